@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs the Debian packages dfm needs to build, test and run. Idempotent: packages
+# already present are skipped, and nothing is done when all are there.
+set -euo pipefail
+
+PKGS=(
+  build-essential make gcc clang
+  libopenblas-openmp-dev libopenblas0-openmp   # BLAS built for OpenMP (see docs/ARCHITECTURE.md)
+  libomp-dev                                   # OpenMP runtime for clang builds
+  libyaml-dev libjansson-dev libpng-dev zlib1g-dev
+  python3-torch python3-numpy                  # PyTorch references in tests and benchmarks (/usr/bin/python3)
+  dataset-fashion-mnist                        # the default training data
+)
+
+missing=()
+for p in "${PKGS[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+echo "install-deps: installing ${missing[*]}"
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+  if command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else
+    echo "install-deps: need root (or sudo) to apt-get install: ${missing[*]}" >&2; exit 1
+  fi
+fi
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+echo "install-deps: done"

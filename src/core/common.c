@@ -1,0 +1,137 @@
+/* Checked wrappers and small utilities shared by all of dfm. */
+#include "dfm/common.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+#include <unistd.h>
+
+void dfm_die(const char *fmt, ...) {
+    va_list ap;
+    fflush(stdout);
+    fputs("dfm: error: ", stderr);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+    exit(1);
+}
+
+void dfm_warn(const char *fmt, ...) {
+    va_list ap;
+    fputs("dfm: warning: ", stderr);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+}
+
+void *xmalloc(size_t n) {
+    void *p = malloc(n ? n : 1);
+    if (!p) dfm_die("out of memory allocating %zu bytes", n);
+    return p;
+}
+
+void *xcalloc(size_t count, size_t size) {
+    void *p = calloc(count ? count : 1, size ? size : 1);
+    if (!p) dfm_die("out of memory allocating %zu x %zu bytes", count, size);
+    return p;
+}
+
+void *xrealloc(void *p, size_t n) {
+    void *q = realloc(p, n ? n : 1);
+    if (!q) dfm_die("out of memory reallocating to %zu bytes", n);
+    return q;
+}
+
+float *xalloc_floats(size_t n) {
+    size_t bytes = (n * sizeof(float) + 63) / 64 * 64;
+    void *p = NULL;
+    if (posix_memalign(&p, 64, bytes ? bytes : 64) != 0) dfm_die("out of memory allocating %zu floats", n);
+    memset(p, 0, bytes);
+    return p;
+}
+
+char *xstrdup(const char *s) {
+    size_t n = strlen(s) + 1;
+    char *p = xmalloc(n);
+    memcpy(p, s, n);
+    return p;
+}
+
+FILE *xfopen(const char *path, const char *mode) {
+    FILE *f = fopen(path, mode);
+    if (!f) dfm_die("cannot open '%s' (mode %s): %s", path, mode, strerror(errno));
+    return f;
+}
+
+void xfread(void *buf, size_t size, size_t count, FILE *f, const char *path) {
+    long off = ftell(f);
+    size_t got = fread(buf, size, count, f);
+    if (got != count)
+        dfm_die("'%s': short read at offset %ld: wanted %zu x %zu bytes, got %zu%s", path, off, count, size, got,
+                feof(f) ? " (file truncated?)" : "");
+}
+
+void xfwrite(const void *buf, size_t size, size_t count, FILE *f, const char *path) {
+    if (fwrite(buf, size, count, f) != count) dfm_die("'%s': write failed: %s", path, strerror(errno));
+}
+
+void xfclose(FILE *f, const char *path) {
+    if (fclose(f) != 0) dfm_die("'%s': close failed: %s", path, strerror(errno));
+}
+
+void atomic_open(dfm_atomic_file *af, const char *path) {
+    size_t n = strlen(path) + 32;
+    af->path = xstrdup(path);
+    af->tmp_path = xmalloc(n);
+    snprintf(af->tmp_path, n, "%s.tmp.%ld", path, (long)getpid());
+    af->f = xfopen(af->tmp_path, "wb");
+}
+
+static void fsync_dir_of(const char *path) {
+    char *copy = xstrdup(path);
+    int fd = open(dirname(copy), O_RDONLY | O_DIRECTORY);
+    if (fd >= 0) {
+        fsync(fd);
+        close(fd);
+    }
+    free(copy);
+}
+
+void atomic_commit(dfm_atomic_file *af) {
+    if (fflush(af->f) != 0) dfm_die("'%s': flush failed: %s", af->tmp_path, strerror(errno));
+    if (fsync(fileno(af->f)) != 0) dfm_die("'%s': fsync failed: %s", af->tmp_path, strerror(errno));
+    xfclose(af->f, af->tmp_path);
+    if (rename(af->tmp_path, af->path) != 0)
+        dfm_die("cannot rename '%s' to '%s': %s", af->tmp_path, af->path, strerror(errno));
+    fsync_dir_of(af->path);
+    free(af->path);
+    free(af->tmp_path);
+    af->f = NULL;
+}
+
+void atomic_abort(dfm_atomic_file *af) {
+    if (af->f) fclose(af->f);
+    unlink(af->tmp_path);
+    free(af->path);
+    free(af->tmp_path);
+    af->f = NULL;
+}
+
+double dfm_time_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+long dfm_peak_rss_kb(void) {
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return ru.ru_maxrss;
+}
