@@ -1,0 +1,69 @@
+/* DiT (Peebles & Xie, "Scalable Diffusion Models with Transformers"), adaLN-Zero, class-conditional.
+ *
+ * Parameter names are those of diffusers' DiTTransformer2DModel. dfm keeps ONE timestep/class embedder
+ * (as the paper does) under block 0's names; diffusers stores a copy in every block, so export writes the
+ * copies and import reads block 0's (see docs/ARCHITECTURE.md). */
+#ifndef DFM_DIT_H
+#define DFM_DIT_H
+
+#include "dfm/model.h"
+
+#include <stddef.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct {
+    int num_layers;
+    int hidden_size;
+    int num_heads;
+    int ffn_hidden_size; /* 0 = 4 * hidden_size */
+    int patch_size;
+    int in_channels;
+    int out_channels;    /* 0 = in_channels */
+    int image_size;      /* input height = width (diffusers: sample_size) */
+    int num_classes;     /* the class table has num_classes + 1 rows: the last is the null class */
+    int freq_dim;        /* timestep sinusoid width, 256 */
+    float norm_eps;      /* eps of each block's second LayerNorm (diffusers' norm_eps); the others use 1e-6 */
+} dit_config;
+
+/* Named configs: "tiny", "S/2", "B/2", "L/2", "XL/2" (DiT-S/2 etc). Returns 0 if the name is unknown. */
+int dit_config_named(dit_config *c, const char *name);
+/* Fill defaults (ffn, out_channels) and validate; on error returns 0 with a message in err. */
+int dit_config_check(dit_config *c, char *err, size_t errlen);
+
+typedef struct dit_acts dit_acts;
+
+typedef struct {
+    dit_config cfg;
+    int d, T, grid, head_dim, ffn, patch_dim, out_dim; /* derived sizes */
+    param_table table;
+    float *params, *grads; /* one buffer each, table.total floats */
+    int max_batch;
+    dit_acts *acts;        /* activation and scratch buffers for max_batch samples */
+    float *pos_embed;      /* fixed [T, d] */
+} dit_model;
+
+/* Build the model (parameter table, buffers) for micro-batches of up to max_batch samples. Dies on a bad config. */
+void dit_create(dit_model *m, const dit_config *cfg, int max_batch);
+void dit_free(dit_model *m);
+/* Paper initialisation (xavier-uniform linears, N(0, 0.02) embeddings, zero adaLN and output) from a seed. */
+void dit_init(dit_model *m, uint64_t seed);
+/* Bytes held by activations + scratch. */
+size_t dit_activation_bytes(const dit_model *m);
+
+/* Forward: x [B, C, H, W], t [B] (model timesteps), labels [B] (num_classes = null class) -> out [B, C_out, H, W].
+ * Saves what the backward needs. */
+void dit_forward(dit_model *m, float *out, const float *x, const float *t, const int *labels, int B);
+/* Backward of the last forward: accumulates parameter gradients from dout [B, C_out, H, W]. */
+void dit_backward(dit_model *m, const float *dout, int B);
+/* Model FLOPs of one forward of B samples (matrix products and attention); a training step is about 3x. */
+double dit_forward_flops(const dit_model *m, int B);
+/* Zero the gradient buffer. */
+void dit_zero_grad(dit_model *m);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,33 @@
+/* AdamW over a named parameter table (weight decay skipped where the table says no_decay), with
+ * global-norm gradient clipping, and an EMA of the weights. */
+#ifndef DFM_OPTIM_H
+#define DFM_OPTIM_H
+
+#include "dfm/model.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct {
+    float lr, beta1, beta2, eps, weight_decay;
+    float clip_grad; /* max global norm; <= 0 disables clipping */
+} adamw_config;
+
+typedef struct {
+    adamw_config cfg;
+    const param_table *table;
+    float *m, *v; /* one buffer each, table->total floats */
+    long step;    /* updates taken */
+} adamw_state;
+
+void adamw_config_defaults(adamw_config *c); /* lr 1e-4, betas (0.9, 0.999), eps 1e-8, wd 0.01, clip 1.0 */
+void adamw_init(adamw_state *s, const param_table *t, const adamw_config *cfg);
+void adamw_free(adamw_state *s);
+/* Clip grads, then one AdamW update at learning rate lr. Returns the gradient norm before clipping. */
+double adamw_update(adamw_state *s, float *params, float *grads, float lr);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

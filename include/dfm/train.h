@@ -1,0 +1,40 @@
+/* One DiT training step: split the global batch into micro-batches, draw noise/timesteps/dropout per
+ * global sample index, forward, loss, backward with gradient accumulation, clip, AdamW. */
+#ifndef DFM_TRAIN_H
+#define DFM_TRAIN_H
+
+#include "dfm/diffusion.h"
+#include "dfm/dit.h"
+#include "dfm/optim.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct {
+    dit_model *model;
+    adamw_state *opt;
+    objective_config obj;
+    uint64_t seed;
+    diffusion_batch db; /* sized for the model's max micro-batch */
+    float *out, *dout;  /* model output and its gradient, [max_batch, C_out, H, W] */
+} dit_trainer;
+
+typedef struct {
+    double loss;      /* mean over the global batch */
+    double grad_norm; /* before clipping */
+} step_result;
+
+void dit_trainer_init(dit_trainer *tr, dit_model *m, adamw_state *opt, const objective_config *obj, uint64_t seed);
+void dit_trainer_free(dit_trainer *tr);
+/* Forward + backward of the global batch x0 [B, C, H, W], labels [B], in micro-batches of the model's
+ * max_batch; gradients are accumulated (pre-scaled so they equal the gradient of the global mean loss).
+ * Does not zero gradients or step the optimiser. Returns the global mean loss. */
+double dit_trainer_grads(dit_trainer *tr, const float *x0, const int *labels, int B, uint32_t step);
+/* Zero grads, dit_trainer_grads, clip + AdamW at lr. */
+step_result dit_trainer_step(dit_trainer *tr, const float *x0, const int *labels, int B, uint32_t step, float lr);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

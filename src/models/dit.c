@@ -1,0 +1,516 @@
+/* DiT forward and backward over one contiguous parameter buffer.
+ *
+ * Data flow of one block (x is the residual stream, [B, T, d]; mod = adaLN vector [B, 6d] per block):
+ *   ln1 = LN(x)            xm1 = ln1 * (1 + scale_msa) + shift_msa     qkv = xm1 Wqkv^T + b
+ *   ao = attention(qkv)    proj = ao Wo^T + b                           x_mid = x + gate_msa * proj
+ *   ln2 = LN(x_mid)        xm2 = ln2 * (1 + scale_mlp) + shift_mlp      h = xm2 W1^T + b
+ *   f = gelu(h) W2^T + b   x_out = x_mid + gate_mlp * f
+ * Saved per block: x, qkv, ao, lse, proj, x_mid, h, f and the LayerNorm statistics. ln1/xm1, ln2/xm2 and
+ * gelu(h) are recomputed in the backward (cheap elementwise work instead of 5 more [B, T, d..4d] tensors). */
+#include "dfm/dit.h"
+#include "dfm/common.h"
+#include "dfm/kernels.h"
+#include "dfm/rng.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define LN_EPS 1e-6f
+
+/* ---- configs ---------------------------------------------------------------------------------- */
+
+int dit_config_named(dit_config *c, const char *name) {
+    static const struct {
+        const char *name;
+        int layers, hidden, heads;
+    } named[] = {
+        {"tiny", 2, 32, 2}, {"S/2", 12, 384, 6}, {"B/2", 12, 768, 12}, {"L/2", 24, 1024, 16}, {"XL/2", 28, 1152, 16},
+    };
+    for (size_t i = 0; i < sizeof named / sizeof named[0]; i++) {
+        if (strcmp(named[i].name, name)) continue;
+        memset(c, 0, sizeof *c);
+        c->num_layers = named[i].layers;
+        c->hidden_size = named[i].hidden;
+        c->num_heads = named[i].heads;
+        c->patch_size = 2;
+        c->in_channels = 4;
+        c->image_size = strcmp(name, "tiny") ? 32 : 8;
+        c->num_classes = strcmp(name, "tiny") ? 1000 : 10;
+        c->freq_dim = 256;
+        c->norm_eps = 1e-6f;
+        return 1;
+    }
+    return 0;
+}
+
+int dit_config_check(dit_config *c, char *err, size_t errlen) {
+#define BAD(...) return snprintf(err, errlen, __VA_ARGS__), 0
+    if (c->num_layers < 1) BAD("model.num_layers must be >= 1 (got %d)", c->num_layers);
+    if (c->hidden_size < 1) BAD("model.hidden_size must be >= 1 (got %d)", c->hidden_size);
+    if (c->num_heads < 1) BAD("model.num_attention_heads must be >= 1 (got %d)", c->num_heads);
+    if (c->hidden_size % c->num_heads)
+        BAD("model.hidden_size %d is not divisible by model.num_attention_heads %d", c->hidden_size, c->num_heads);
+    if (c->hidden_size % 4)
+        BAD("model.hidden_size %d must be divisible by 4 for the 2-D sin-cos position embedding", c->hidden_size);
+    if (c->patch_size < 1) BAD("model.patch_size must be >= 1 (got %d)", c->patch_size);
+    if (c->image_size < 1) BAD("model.image_size must be >= 1 (got %d)", c->image_size);
+    if (c->image_size % c->patch_size)
+        BAD("model.patch_size %d does not divide model.image_size %d", c->patch_size, c->image_size);
+    if (c->in_channels < 1) BAD("model.in_channels must be >= 1 (got %d)", c->in_channels);
+    if (c->out_channels == 0) c->out_channels = c->in_channels;
+    if (c->out_channels < c->in_channels)
+        BAD("model.out_channels %d must be >= model.in_channels %d", c->out_channels, c->in_channels);
+    if (c->ffn_hidden_size == 0) c->ffn_hidden_size = 4 * c->hidden_size;
+    if (c->ffn_hidden_size < 1) BAD("model.ffn_hidden_size must be >= 1 (got %d)", c->ffn_hidden_size);
+    if (c->num_classes < 1) BAD("model.num_classes must be >= 1 (got %d)", c->num_classes);
+    if (c->freq_dim < 2 || c->freq_dim % 2) BAD("model.freq_dim must be even and >= 2 (got %d)", c->freq_dim);
+    if (!(c->norm_eps > 0)) BAD("model.norm_eps must be > 0 (got %g)", (double)c->norm_eps);
+    return 1;
+#undef BAD
+}
+
+/* ---- parameters ------------------------------------------------------------------------------- */
+
+/* Views into the parameter (or gradient) buffer, resolved once from the table. */
+typedef struct {
+    float *mod_w, *mod_b;       /* norm1.linear [6d, d], [6d] */
+    float *qkv_w, *qkv_b;       /* to_q/to_k/to_v, adjacent in the buffer: [3d, d], [3d] */
+    float *out_w, *out_b;       /* to_out.0 [d, d] */
+    float *fc1_w, *fc1_b;       /* ff.net.0.proj [F, d] */
+    float *fc2_w, *fc2_b;       /* ff.net.2 [d, F] */
+} block_views;
+
+typedef struct {
+    float *pe_w, *pe_b;       /* pos_embed.proj [d, C, p, p] */
+    float *t1_w, *t1_b;       /* timestep_embedder.linear_1 [d, freq] */
+    float *t2_w, *t2_b;       /* linear_2 [d, d] */
+    float *cls;               /* class_embedder.embedding_table [classes + 1, d] */
+    float *po1_w, *po1_b;     /* proj_out_1 [2d, d] */
+    float *po2_w, *po2_b;     /* proj_out_2 [p*p*out, d] */
+    block_views *blk;
+} views;
+
+struct dit_acts {
+    int B;
+    float *buf;
+    size_t nfloats;
+    /* global */
+    float *patches, *tproj, *t1, *t1s, *c, *sc, *modf, *lnf, *xmf, *lnf_mean, *lnf_rstd, *out_tok, *t_saved;
+    int *labels;
+    /* per block (arrays of num_layers + 1 for x) */
+    float **x, **qkv, **ao, **lse, **proj, **xmid, **h, **f, **mean1, **rstd1, **mean2, **rstd2, **mod;
+    /* backward scratch */
+    float *dx, *dT_a, *dT_b, *d3, *dF_a, *dF_b, *dmod, *dsc, *dc, *dt1s, *dt1, *dmodf, *dtok, *attn_ws;
+    views p, g;
+};
+
+static void add_linear(param_table *t, const char *prefix, int out, int in) {
+    char name[320];
+    int64_t ws[2] = {out, in}, bs[1] = {out};
+    snprintf(name, sizeof name, "%s.weight", prefix);
+    param_table_add(t, name, 2, ws, 0);
+    snprintf(name, sizeof name, "%s.bias", prefix);
+    param_table_add(t, name, 1, bs, 1);
+}
+
+static void build_table(dit_model *m) {
+    const dit_config *c = &m->cfg;
+    param_table *t = &m->table;
+    int d = m->d, p = c->patch_size;
+    char name[256];
+    int64_t pe[4] = {d, c->in_channels, p, p}, pb[1] = {d};
+    param_table_add(t, "pos_embed.proj.weight", 4, pe, 0);
+    param_table_add(t, "pos_embed.proj.bias", 1, pb, 1);
+    add_linear(t, "transformer_blocks.0.norm1.emb.timestep_embedder.linear_1", d, c->freq_dim);
+    add_linear(t, "transformer_blocks.0.norm1.emb.timestep_embedder.linear_2", d, d);
+    int64_t cs[2] = {c->num_classes + 1, d};
+    param_table_add(t, "transformer_blocks.0.norm1.emb.class_embedder.embedding_table.weight", 2, cs, 0);
+    for (int l = 0; l < c->num_layers; l++) {
+        char pre[128];
+        snprintf(pre, sizeof pre, "transformer_blocks.%d", l);
+        snprintf(name, sizeof name, "%s.norm1.linear", pre);
+        add_linear(t, name, 6 * d, d);
+        /* q, k, v weights adjacent, then their biases adjacent: one fused GEMM reads them as [3d, d] */
+        int64_t ws[2] = {d, d}, bs[1] = {d};
+        const char *qkv[3] = {"to_q", "to_k", "to_v"};
+        for (int i = 0; i < 3; i++) {
+            snprintf(name, sizeof name, "%s.attn1.%s.weight", pre, qkv[i]);
+            param_table_add(t, name, 2, ws, 0);
+        }
+        for (int i = 0; i < 3; i++) {
+            snprintf(name, sizeof name, "%s.attn1.%s.bias", pre, qkv[i]);
+            param_table_add(t, name, 1, bs, 1);
+        }
+        snprintf(name, sizeof name, "%s.attn1.to_out.0", pre);
+        add_linear(t, name, d, d);
+        snprintf(name, sizeof name, "%s.ff.net.0.proj", pre);
+        add_linear(t, name, m->ffn, d);
+        snprintf(name, sizeof name, "%s.ff.net.2", pre);
+        add_linear(t, name, d, m->ffn);
+    }
+    add_linear(t, "proj_out_1", 2 * d, d);
+    add_linear(t, "proj_out_2", m->out_dim, d);
+}
+
+static float *view(const dit_model *m, float *base, const char *fmt, int l) {
+    char name[256];
+    snprintf(name, sizeof name, fmt, l);
+    const param_entry *e = param_table_find(&m->table, name);
+    if (!e) dfm_die("internal: DiT parameter '%s' missing from the table", name);
+    return base + e->offset;
+}
+
+static void resolve_views(const dit_model *m, float *base, views *v) {
+    v->pe_w = view(m, base, "pos_embed.proj.weight", 0);
+    v->pe_b = view(m, base, "pos_embed.proj.bias", 0);
+    v->t1_w = view(m, base, "transformer_blocks.%d.norm1.emb.timestep_embedder.linear_1.weight", 0);
+    v->t1_b = view(m, base, "transformer_blocks.%d.norm1.emb.timestep_embedder.linear_1.bias", 0);
+    v->t2_w = view(m, base, "transformer_blocks.%d.norm1.emb.timestep_embedder.linear_2.weight", 0);
+    v->t2_b = view(m, base, "transformer_blocks.%d.norm1.emb.timestep_embedder.linear_2.bias", 0);
+    v->cls = view(m, base, "transformer_blocks.%d.norm1.emb.class_embedder.embedding_table.weight", 0);
+    v->po1_w = view(m, base, "proj_out_1.weight", 0);
+    v->po1_b = view(m, base, "proj_out_1.bias", 0);
+    v->po2_w = view(m, base, "proj_out_2.weight", 0);
+    v->po2_b = view(m, base, "proj_out_2.bias", 0);
+    v->blk = xcalloc((size_t)m->cfg.num_layers, sizeof(block_views));
+    for (int l = 0; l < m->cfg.num_layers; l++) {
+        block_views *b = &v->blk[l];
+        b->mod_w = view(m, base, "transformer_blocks.%d.norm1.linear.weight", l);
+        b->mod_b = view(m, base, "transformer_blocks.%d.norm1.linear.bias", l);
+        b->qkv_w = view(m, base, "transformer_blocks.%d.attn1.to_q.weight", l);
+        b->qkv_b = view(m, base, "transformer_blocks.%d.attn1.to_q.bias", l);
+        b->out_w = view(m, base, "transformer_blocks.%d.attn1.to_out.0.weight", l);
+        b->out_b = view(m, base, "transformer_blocks.%d.attn1.to_out.0.bias", l);
+        b->fc1_w = view(m, base, "transformer_blocks.%d.ff.net.0.proj.weight", l);
+        b->fc1_b = view(m, base, "transformer_blocks.%d.ff.net.0.proj.bias", l);
+        b->fc2_w = view(m, base, "transformer_blocks.%d.ff.net.2.weight", l);
+        b->fc2_b = view(m, base, "transformer_blocks.%d.ff.net.2.bias", l);
+        /* the fused GEMM relies on to_k/to_v following to_q directly */
+        if (view(m, base, "transformer_blocks.%d.attn1.to_v.weight", l) != b->qkv_w + 2 * (size_t)m->d * m->d ||
+            view(m, base, "transformer_blocks.%d.attn1.to_v.bias", l) != b->qkv_b + 2 * (size_t)m->d)
+            dfm_die("internal: q/k/v parameters of block %d are not adjacent", l);
+    }
+}
+
+/* ---- activations ------------------------------------------------------------------------------ */
+
+/* Two passes over the same carving code: the first counts floats, the second hands out pointers. */
+typedef struct {
+    float *base;
+    size_t used;
+} carver;
+
+static float *carve(carver *cv, size_t n) {
+    float *p = cv->base ? cv->base + cv->used : NULL;
+    cv->used += (n + 15) / 16 * 16; /* keep every view 64-byte aligned */
+    return p;
+}
+
+static void carve_acts(dit_model *m, dit_acts *a, carver *cv) {
+    size_t B = (size_t)a->B, T = (size_t)m->T, d = (size_t)m->d, F = (size_t)m->ffn, L = (size_t)m->cfg.num_layers;
+    size_t BT = B * T, H = (size_t)m->cfg.num_heads;
+    a->patches = carve(cv, BT * (size_t)m->patch_dim);
+    a->t_saved = carve(cv, B);
+    a->tproj = carve(cv, B * (size_t)m->cfg.freq_dim);
+    a->t1 = carve(cv, B * d);
+    a->t1s = carve(cv, B * d);
+    a->c = carve(cv, B * d);
+    a->sc = carve(cv, B * d);
+    a->modf = carve(cv, B * 2 * d);
+    a->lnf = carve(cv, BT * d);
+    a->xmf = carve(cv, BT * d);
+    a->lnf_mean = carve(cv, BT);
+    a->lnf_rstd = carve(cv, BT);
+    a->out_tok = carve(cv, BT * (size_t)m->out_dim);
+    for (size_t l = 0; l <= L; l++) a->x[l] = carve(cv, BT * d);
+    for (size_t l = 0; l < L; l++) {
+        a->qkv[l] = carve(cv, BT * 3 * d);
+        a->ao[l] = carve(cv, BT * d);
+        a->lse[l] = carve(cv, B * H * T);
+        a->proj[l] = carve(cv, BT * d);
+        a->xmid[l] = carve(cv, BT * d);
+        a->h[l] = carve(cv, BT * F);
+        a->f[l] = carve(cv, BT * d);
+        a->mean1[l] = carve(cv, BT);
+        a->rstd1[l] = carve(cv, BT);
+        a->mean2[l] = carve(cv, BT);
+        a->rstd2[l] = carve(cv, BT);
+        a->mod[l] = carve(cv, B * 6 * d);
+    }
+    a->dx = carve(cv, BT * d);
+    a->dT_a = carve(cv, BT * d);
+    a->dT_b = carve(cv, BT * d);
+    a->d3 = carve(cv, BT * 3 * d);
+    a->dF_a = carve(cv, BT * F);
+    a->dF_b = carve(cv, BT * F);
+    a->dmod = carve(cv, B * 6 * d);
+    a->dsc = carve(cv, B * d);
+    a->dc = carve(cv, B * d);
+    a->dt1s = carve(cv, B * d);
+    a->dt1 = carve(cv, B * d);
+    a->dmodf = carve(cv, B * 2 * d);
+    a->dtok = carve(cv, BT * (size_t)m->out_dim);
+    a->attn_ws = carve(cv, attention_workspace_floats(a->B, (int)H, (int)T));
+}
+
+void dit_create(dit_model *m, const dit_config *cfg, int max_batch) {
+    memset(m, 0, sizeof *m);
+    m->cfg = *cfg;
+    char err[512];
+    if (!dit_config_check(&m->cfg, err, sizeof err)) dfm_die("invalid DiT config: %s", err);
+    if (max_batch < 1) dfm_die("DiT: micro-batch size must be >= 1 (got %d)", max_batch);
+    const dit_config *c = &m->cfg;
+    m->d = c->hidden_size;
+    m->grid = c->image_size / c->patch_size;
+    m->T = m->grid * m->grid;
+    m->head_dim = c->hidden_size / c->num_heads;
+    m->ffn = c->ffn_hidden_size;
+    m->patch_dim = c->in_channels * c->patch_size * c->patch_size;
+    m->out_dim = c->out_channels * c->patch_size * c->patch_size;
+    m->max_batch = max_batch;
+    build_table(m);
+    m->params = xalloc_floats(m->table.total);
+    m->grads = xalloc_floats(m->table.total);
+    m->pos_embed = xalloc_floats((size_t)m->T * m->d);
+    pos_embed_2d_sincos(m->pos_embed, m->d, m->grid, m->grid, (float)m->grid, 1.0f);
+
+    dit_acts *a = xcalloc(1, sizeof *a);
+    size_t L1 = (size_t)c->num_layers + 1;
+    float ***lists[] = {&a->x,     &a->qkv,   &a->ao,    &a->lse,   &a->proj,  &a->xmid, &a->h,
+                        &a->f,     &a->mean1, &a->rstd1, &a->mean2, &a->rstd2, &a->mod};
+    for (size_t i = 0; i < sizeof lists / sizeof lists[0]; i++) *lists[i] = xcalloc(L1, sizeof(float *));
+    a->B = max_batch;
+    carver cv = {NULL, 0};
+    carve_acts(m, a, &cv);
+    a->nfloats = cv.used;
+    a->buf = xalloc_floats(a->nfloats);
+    cv = (carver){a->buf, 0};
+    carve_acts(m, a, &cv);
+    a->labels = xcalloc((size_t)max_batch, sizeof(int));
+    resolve_views(m, m->params, &a->p);
+    resolve_views(m, m->grads, &a->g);
+    m->acts = a;
+}
+
+void dit_free(dit_model *m) {
+    dit_acts *a = m->acts;
+    if (a) {
+        float **lists[] = {a->x, a->qkv, a->ao, a->lse, a->proj, a->xmid, a->h,
+                           a->f, a->mean1, a->rstd1, a->mean2, a->rstd2, a->mod};
+        for (size_t i = 0; i < sizeof lists / sizeof lists[0]; i++) free(lists[i]);
+        free(a->p.blk);
+        free(a->g.blk);
+        free(a->labels);
+        free(a->buf);
+        free(a);
+    }
+    free(m->params);
+    free(m->grads);
+    free(m->pos_embed);
+    param_table_free(&m->table);
+    memset(m, 0, sizeof *m);
+}
+
+size_t dit_activation_bytes(const dit_model *m) { return m->acts->nfloats * sizeof(float); }
+
+void dit_zero_grad(dit_model *m) { memset(m->grads, 0, m->table.total * sizeof(float)); }
+
+/* ---- initialisation --------------------------------------------------------------------------- */
+
+static void fill_uniform(float *w, size_t n, float bound, uint64_t seed, uint32_t idx) {
+    for (size_t i = 0; i < n; i++)
+        w[i] = (float)((2.0 * rng_uniform(seed, RNG_STREAM_INIT, 0, idx, (uint32_t)i) - 1.0) * bound);
+}
+
+void dit_init(dit_model *m, uint64_t seed) {
+    memset(m->params, 0, m->table.total * sizeof(float));
+    for (int i = 0; i < m->table.n; i++) {
+        const param_entry *e = &m->table.e[i];
+        float *w = m->params + e->offset;
+        const char *n = e->name;
+        if (e->ndim == 1) continue; /* biases: zero */
+        if (strstr(n, "norm1.linear") || strstr(n, "proj_out")) continue; /* adaLN-Zero: zero modulation/output */
+        if (strstr(n, "embedding_table") || strstr(n, "timestep_embedder")) {
+            rng_fill_normal(w, e->numel, seed, RNG_STREAM_INIT, 1u << 20, (uint32_t)i);
+            for (size_t j = 0; j < e->numel; j++) w[j] *= 0.02f;
+            continue;
+        }
+        /* xavier-uniform over [out, in...] (the patch conv as [d, C*p*p]) */
+        double fan_out = (double)e->shape[0], fan_in = (double)e->numel / fan_out;
+        fill_uniform(w, e->numel, (float)sqrt(6.0 / (fan_in + fan_out)), seed, (uint32_t)i);
+    }
+}
+
+/* ---- forward ---------------------------------------------------------------------------------- */
+
+static void add_pos_embed(float *x, const float *pos, int B, int T, int d) {
+#pragma omp parallel for schedule(static)
+    for (int b = 0; b < B; b++) {
+        float *xb = x + (size_t)b * T * d;
+        for (size_t i = 0; i < (size_t)T * d; i++) xb[i] += pos[i];
+    }
+}
+
+void dit_forward(dit_model *m, float *out, const float *x, const float *t, const int *labels, int B) {
+    dit_acts *a = m->acts;
+    const dit_config *c = &m->cfg;
+    if (B < 1 || B > m->max_batch) dfm_die("DiT forward: batch %d outside 1..%d", B, m->max_batch);
+    for (int b = 0; b < B; b++)
+        if (labels[b] < 0 || labels[b] > c->num_classes)
+            dfm_die("DiT forward: class label %d of sample %d outside 0..%d (%d = null class)", labels[b], b,
+                    c->num_classes, c->num_classes);
+    const views *p = &a->p;
+    int d = m->d, T = m->T, BT = B * T, H = c->num_heads, D = m->head_dim, F = m->ffn;
+    memcpy(a->labels, labels, sizeof(int) * (size_t)B);
+    memcpy(a->t_saved, t, sizeof(float) * (size_t)B);
+
+    /* patch embedding + fixed positions */
+    patchify_forward(a->patches, x, B, c->in_channels, c->image_size, c->image_size, c->patch_size);
+    matmul_forward(a->x[0], a->patches, p->pe_w, p->pe_b, BT, d, m->patch_dim);
+    add_pos_embed(a->x[0], m->pos_embed, B, T, d);
+
+    /* conditioning c = MLP(sinusoid(t)) + class embedding; every adaLN linear reads silu(c) */
+    timestep_embedding(a->tproj, t, B, c->freq_dim, 10000.0f, 1.0f, 1);
+    matmul_forward(a->t1, a->tproj, p->t1_w, p->t1_b, B, d, c->freq_dim);
+    silu_forward(a->t1s, a->t1, (size_t)B * d);
+    matmul_forward(a->c, a->t1s, p->t2_w, p->t2_b, B, d, d);
+    embedding_forward(a->sc, p->cls, labels, B, d); /* sc as temporary for the class embedding */
+    for (size_t i = 0; i < (size_t)B * d; i++) a->c[i] += a->sc[i];
+    silu_forward(a->sc, a->c, (size_t)B * d);
+
+    float *ln = a->dT_a, *xm = a->dT_b, *gelu_out = a->dF_a; /* scratch, free during the forward */
+    for (int l = 0; l < c->num_layers; l++) {
+        const block_views *w = &p->blk[l];
+        float *mod = a->mod[l];
+        matmul_forward(mod, a->sc, w->mod_w, w->mod_b, B, 6 * d, d);
+        /* attention half */
+        layernorm_forward(ln, a->mean1[l], a->rstd1[l], a->x[l], NULL, NULL, BT, d, LN_EPS);
+        modulate_forward(xm, ln, mod + 0 * d, mod + 1 * d, B, T, d, 6 * d);
+        matmul_forward(a->qkv[l], xm, w->qkv_w, w->qkv_b, BT, 3 * d, d);
+        attention_forward(a->ao[l], a->lse[l], a->qkv[l], a->qkv[l] + d, a->qkv[l] + 2 * d, NULL, B, T, T, H, D,
+                          3 * d, 3 * d, d, 1.0f / sqrtf((float)D));
+        matmul_forward(a->proj[l], a->ao[l], w->out_w, w->out_b, BT, d, d);
+        gate_residual_forward(a->xmid[l], a->x[l], a->proj[l], mod + 2 * d, B, T, d, 6 * d);
+        /* MLP half */
+        layernorm_forward(ln, a->mean2[l], a->rstd2[l], a->xmid[l], NULL, NULL, BT, d, c->norm_eps);
+        modulate_forward(xm, ln, mod + 3 * d, mod + 4 * d, B, T, d, 6 * d);
+        matmul_forward(a->h[l], xm, w->fc1_w, w->fc1_b, BT, F, d);
+        gelu_forward(gelu_out, a->h[l], (size_t)BT * F);
+        matmul_forward(a->f[l], gelu_out, w->fc2_w, w->fc2_b, BT, d, F);
+        gate_residual_forward(a->x[l + 1], a->xmid[l], a->f[l], mod + 5 * d, B, T, d, 6 * d);
+    }
+
+    /* final layer: adaLN shift/scale (chunk order shift, scale), linear, unpatchify */
+    float *xL = a->x[c->num_layers];
+    matmul_forward(a->modf, a->sc, p->po1_w, p->po1_b, B, 2 * d, d);
+    layernorm_forward(a->lnf, a->lnf_mean, a->lnf_rstd, xL, NULL, NULL, BT, d, LN_EPS);
+    modulate_forward(a->xmf, a->lnf, a->modf, a->modf + d, B, T, d, 2 * d);
+    matmul_forward(a->out_tok, a->xmf, p->po2_w, p->po2_b, BT, m->out_dim, d);
+    unpatchify_forward(out, a->out_tok, B, c->out_channels, c->image_size, c->image_size, c->patch_size);
+}
+
+/* ---- backward --------------------------------------------------------------------------------- */
+
+static void zero(float *p, size_t n) { memset(p, 0, n * sizeof(float)); }
+
+void dit_backward(dit_model *m, const float *dout, int B) {
+    dit_acts *a = m->acts;
+    const dit_config *c = &m->cfg;
+    const views *p = &a->p, *g = &a->g;
+    int d = m->d, T = m->T, BT = B * T, H = c->num_heads, D = m->head_dim, F = m->ffn;
+    size_t nT = (size_t)BT * d;
+
+    /* final layer */
+    zero(a->dtok, (size_t)BT * m->out_dim);
+    unpatchify_backward(a->dtok, dout, B, c->out_channels, c->image_size, c->image_size, c->patch_size);
+    float *dxm = a->dT_a, *dln = a->dT_b;
+    zero(dxm, nT);
+    matmul_backward(dxm, g->po2_w, g->po2_b, a->dtok, a->xmf, p->po2_w, BT, m->out_dim, d);
+    zero(dln, nT);
+    zero(a->dmodf, (size_t)B * 2 * d);
+    modulate_backward(dln, a->dmodf, a->dmodf + d, dxm, a->lnf, a->modf + d, B, T, d, 2 * d);
+    zero(a->dx, nT);
+    layernorm_backward(a->dx, NULL, NULL, dln, a->x[c->num_layers], NULL, a->lnf_mean, a->lnf_rstd, BT, d);
+    zero(a->dsc, (size_t)B * d);
+    matmul_backward(a->dsc, g->po1_w, g->po1_b, a->dmodf, a->sc, p->po1_w, B, 2 * d, d);
+
+    float *ln = a->dT_a, *xm = a->dT_b; /* recomputed forward values */
+    float *dtmp = a->lnf, *dtmp2 = a->xmf; /* [B,T,d] buffers no longer needed after the final layer */
+    for (int l = c->num_layers - 1; l >= 0; l--) {
+        const block_views *w = &p->blk[l], *gw = &g->blk[l];
+        const float *mod = a->mod[l];
+        float *dmod = a->dmod;
+        zero(dmod, (size_t)B * 6 * d);
+
+        /* ---- MLP half: x_out = x_mid + gate_mlp * f ---- */
+        float *df = dtmp;
+        zero(df, nT);
+        gate_residual_backward(NULL, df, dmod + 5 * d, a->dx, a->f[l], mod + 5 * d, B, T, d, 6 * d);
+        float *gelu_out = a->dF_a, *dg = a->dF_b;
+        gelu_forward(gelu_out, a->h[l], (size_t)BT * F);
+        zero(dg, (size_t)BT * F);
+        matmul_backward(dg, gw->fc2_w, gw->fc2_b, df, gelu_out, w->fc2_w, BT, d, F);
+        float *dh = a->dF_a; /* gelu_out is dead once fc2's weight gradient is taken */
+        zero(dh, (size_t)BT * F);
+        gelu_backward(dh, dg, a->h[l], (size_t)BT * F);
+        layernorm_forward(ln, a->mean2[l], a->rstd2[l], a->xmid[l], NULL, NULL, BT, d, c->norm_eps);
+        modulate_forward(xm, ln, mod + 3 * d, mod + 4 * d, B, T, d, 6 * d);
+        float *dxm2 = dtmp;
+        zero(dxm2, nT);
+        matmul_backward(dxm2, gw->fc1_w, gw->fc1_b, dh, xm, w->fc1_w, BT, F, d);
+        float *dln2 = dtmp2;
+        zero(dln2, nT);
+        modulate_backward(dln2, dmod + 3 * d, dmod + 4 * d, dxm2, ln, mod + 4 * d, B, T, d, 6 * d);
+        layernorm_backward(a->dx, NULL, NULL, dln2, a->xmid[l], NULL, a->mean2[l], a->rstd2[l], BT, d);
+
+        /* ---- attention half: x_mid = x + gate_msa * proj ---- */
+        float *dproj = dtmp;
+        zero(dproj, nT);
+        gate_residual_backward(NULL, dproj, dmod + 2 * d, a->dx, a->proj[l], mod + 2 * d, B, T, d, 6 * d);
+        float *dao = dtmp2;
+        zero(dao, nT);
+        matmul_backward(dao, gw->out_w, gw->out_b, dproj, a->ao[l], w->out_w, BT, d, d);
+        float *dqkv = a->d3;
+        zero(dqkv, (size_t)BT * 3 * d);
+        attention_backward(dqkv, dqkv + d, dqkv + 2 * d, a->attn_ws, dao, a->ao[l], a->lse[l], a->qkv[l],
+                           a->qkv[l] + d, a->qkv[l] + 2 * d, NULL, B, T, T, H, D, 3 * d, 3 * d, d,
+                           1.0f / sqrtf((float)D));
+        layernorm_forward(ln, a->mean1[l], a->rstd1[l], a->x[l], NULL, NULL, BT, d, LN_EPS);
+        modulate_forward(xm, ln, mod + 0 * d, mod + 1 * d, B, T, d, 6 * d);
+        float *dxm1 = dtmp;
+        zero(dxm1, nT);
+        matmul_backward(dxm1, gw->qkv_w, gw->qkv_b, dqkv, xm, w->qkv_w, BT, 3 * d, d);
+        float *dln1 = dtmp2;
+        zero(dln1, nT);
+        modulate_backward(dln1, dmod + 0 * d, dmod + 1 * d, dxm1, ln, mod + 1 * d, B, T, d, 6 * d);
+        layernorm_backward(a->dx, NULL, NULL, dln1, a->x[l], NULL, a->mean1[l], a->rstd1[l], BT, d);
+
+        /* adaLN linear of this block */
+        matmul_backward(a->dsc, gw->mod_w, gw->mod_b, dmod, a->sc, w->mod_w, B, 6 * d, d);
+    }
+
+    /* conditioning */
+    zero(a->dc, (size_t)B * d);
+    silu_backward(a->dc, a->dsc, a->c, (size_t)B * d);
+    embedding_backward(g->cls, a->dc, a->labels, B, d);
+    zero(a->dt1s, (size_t)B * d);
+    matmul_backward(a->dt1s, g->t2_w, g->t2_b, a->dc, a->t1s, p->t2_w, B, d, d);
+    zero(a->dt1, (size_t)B * d);
+    silu_backward(a->dt1, a->dt1s, a->t1, (size_t)B * d);
+    matmul_backward(NULL, g->t1_w, g->t1_b, a->dt1, a->tproj, p->t1_w, B, d, c->freq_dim);
+
+    /* patch embedding (the position embedding is fixed) */
+    matmul_backward(NULL, g->pe_w, g->pe_b, a->dx, a->patches, p->pe_w, BT, d, m->patch_dim);
+}
+
+double dit_forward_flops(const dit_model *m, int B) {
+    const dit_config *c = &m->cfg;
+    double BT = (double)B * m->T, d = m->d, F = m->ffn, L = c->num_layers;
+    double per_block = 2 * BT * d * (3 * d) + 2 * BT * d * d + 2 * BT * d * F * 2 /* qkv, out, MLP */
+                       + 4.0 * B * c->num_heads * (double)m->T * m->T * m->head_dim /* QK^T and PV */
+                       + 2.0 * B * d * 6 * d;                                           /* adaLN */
+    return L * per_block + 2 * BT * m->patch_dim * d + 2 * BT * d * m->out_dim + 2.0 * B * d * 2 * d +
+           2.0 * B * (c->freq_dim * d + d * d);
+}

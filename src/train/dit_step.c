@@ -1,0 +1,51 @@
+/* The DiT training step shared by every paradigm. */
+#include "dfm/train.h"
+#include "dfm/common.h"
+
+#include <stdlib.h>
+
+void dit_trainer_init(dit_trainer *tr, dit_model *m, adamw_state *opt, const objective_config *obj, uint64_t seed) {
+    tr->model = m;
+    tr->opt = opt;
+    tr->obj = *obj;
+    tr->seed = seed;
+    const dit_config *c = &m->cfg;
+    size_t in_n = (size_t)c->in_channels * c->image_size * c->image_size;
+    size_t out_n = (size_t)c->out_channels * c->image_size * c->image_size;
+    diffusion_batch_alloc(&tr->db, m->max_batch, in_n);
+    tr->out = xalloc_floats((size_t)m->max_batch * out_n);
+    tr->dout = xalloc_floats((size_t)m->max_batch * out_n);
+}
+
+void dit_trainer_free(dit_trainer *tr) {
+    diffusion_batch_free(&tr->db);
+    free(tr->out);
+    free(tr->dout);
+}
+
+double dit_trainer_grads(dit_trainer *tr, const float *x0, const int *labels, int B, uint32_t step) {
+    dit_model *m = tr->model;
+    const dit_config *c = &m->cfg;
+    size_t in_n = (size_t)c->in_channels * c->image_size * c->image_size;
+    size_t out_n = (size_t)c->out_channels * c->image_size * c->image_size;
+    double loss = 0;
+    for (int first = 0; first < B; first += m->max_batch) {
+        int mb = B - first < m->max_batch ? B - first : m->max_batch;
+        diffusion_prepare(&tr->db, &tr->obj, x0 + (size_t)first * in_n, labels + first, mb, in_n, c->num_classes,
+                          tr->seed, step, (uint32_t)first);
+        dit_forward(m, tr->out, tr->db.model_in, tr->db.timestep, tr->db.labels, mb);
+        /* each micro-batch's mean loss weighs mb / B in the global mean */
+        float share = (float)mb / (float)B;
+        loss += share * diffusion_loss(&tr->db, tr->out, tr->dout, out_n, share);
+        dit_backward(m, tr->dout, mb);
+    }
+    return loss;
+}
+
+step_result dit_trainer_step(dit_trainer *tr, const float *x0, const int *labels, int B, uint32_t step, float lr) {
+    step_result r;
+    dit_zero_grad(tr->model);
+    r.loss = dit_trainer_grads(tr, x0, labels, B, step);
+    r.grad_norm = adamw_update(tr->opt, tr->model->params, tr->model->grads, lr);
+    return r;
+}
