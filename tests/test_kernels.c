@@ -474,6 +474,23 @@ static void test_timestep_embedding(int B, int dim, float max_period, float shif
     free(t), free(out);
 }
 
+/* Values from torch 1.13 (diffusers' get_timestep_embedding, dim 256, flip_sin_to_cos, shift 1, t = 999 and 731)
+ * at the entries where torch's exp (not correctly rounded) matters most; a correctly rounded exp is 2e-5..6e-5 off */
+static void test_timestep_torch_values(void) {
+    static const struct {
+        int row, col;
+        float v;
+    } ref[] = {{0, 132, -0.24801071f}, {1, 132, 0.29033792f}, {1, 144, 0.256918609f},  {0, 16, 0.454846561f},
+               {1, 4, 0.9569242f},     {0, 4, 0.968757272f},  {0, 144, -0.890569806f}, {0, 21, -0.47538209f}};
+    const float t[2] = {999.0f, 731.0f};
+    float out[2 * 256];
+    timestep_embedding(out, t, 2, 256, 10000, 1, 1);
+    double worst = 0;
+    for (size_t k = 0; k < sizeof ref / sizeof ref[0]; k++)
+        worst = fmax(worst, fabs(out[ref[k].row * 256 + ref[k].col] - ref[k].v));
+    CHECK(worst < 2e-6, "timestep_embedding matches recorded torch values at t = 999, 731: max abs err %.2e", worst);
+}
+
 static void test_pos_embed(int dim, int gh, int gw, float base, float interp) {
     size_t n = (size_t)gh * gw * dim;
     float *out = zeros(n);
@@ -709,6 +726,7 @@ int main(void) {
     test_timestep_embedding(5, 33, 10000, 1, 0);
     test_timestep_embedding(4, 7, 10000, 0, 1);
     test_timestep_embedding(3, 1152, 10000, 1, 1);
+    test_timestep_torch_values();
     test_pos_embed(64, 4, 4, 4, 1);
     test_pos_embed(384, 16, 16, 16, 1);
     test_pos_embed(32, 5, 3, 16, 2);

@@ -8,10 +8,35 @@
  * the columns and each walks all rows in order (deterministic, race-free). */
 #define EMBED_COLS 256
 
+/* exp as torch computes it on CPU for float tensors (SLEEF's expf_u10 algorithm, which torch vectorises with):
+ * round-to-nearest range reduction by ln 2 in two parts, a degree-5 polynomial of the same coefficients, all
+ * steps fused-multiply-add in float. It is within 1 ulp of exp but not correctly rounded, and for the timestep
+ * frequencies one ulp matters: at t ~ 1000 it moves t * freq by ~6e-5. With this, the frequencies are
+ * bitwise those of torch (checked by tests/ref/kernels_ref.py). */
+static float torch_expf(float d) {
+    const float q = rintf(d * 1.44269504088896341f);
+    float s = fmaf(q, -0.693145751953125f, d);
+    s = fmaf(q, -1.428606765330187045e-06f, s);
+    float u = 0.000198527617612853646278381f;
+    u = fmaf(u, s, 0.00139304355252534151077271f);
+    u = fmaf(u, s, 0.00833336077630519866943359f);
+    u = fmaf(u, s, 0.0416664853692054748535156f);
+    u = fmaf(u, s, 0.166666671633720397949219f);
+    u = fmaf(u, s, 0.5f);
+    u = 1.0f + fmaf(s * s, u, s);
+    const int qi = (int)q;
+    const int qh = qi >= 0 ? qi / 2 : -((1 - qi) / 2); /* floor(qi / 2) */
+    u = ldexpf(ldexpf(u, qh), qi - qh);                /* two exact steps, as SLEEF scales */
+    if (d < -104.0f) u = 0.0f;
+    if (d > 100.0f) u = INFINITY;
+    return u;
+}
+
 /* Follows diffusers' get_timestep_embedding step by step in float32, as torch computes it: the exponent,
- * exp and t * freq are rounded to float exactly where torch rounds them (for t ~ 1000 the argument's float
- * rounding alone moves sin/cos by ~3e-5, so a double-precision argument would NOT match torch). Only sin and
- * cos are evaluated in double and rounded, i.e. correctly rounded where torch is within an ulp or so. */
+ * exp and t * freq are rounded to float exactly where torch rounds them, and exp is torch's own (above), so
+ * the sin/cos arguments are bitwise torch's. (For t ~ 1000 the argument's float rounding alone moves sin/cos
+ * by ~3e-5, so neither a double-precision argument nor a correctly rounded exp would match torch to 1e-5.)
+ * sin and cos are evaluated in double and rounded, i.e. within torch's own ~1 ulp. */
 void timestep_embedding(float *restrict out, const float *restrict t, int B, int dim, float max_period,
                         float freq_shift, int flip_sin_to_cos) {
     const int half = dim / 2;
@@ -28,7 +53,7 @@ void timestep_embedding(float *restrict out, const float *restrict t, int B, int
         for (int i = 0; i < half; i++) {
             float e = neg_log * (float)i;
             e = e / denom;
-            const float freq = (float)exp((double)e);
+            const float freq = torch_expf(e);
             const float arg = t[b] * freq;
             first[i] = (float)sin((double)arg);
             second[i] = (float)cos((double)arg);
