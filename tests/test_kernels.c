@@ -634,6 +634,20 @@ static void test_adamw(size_t n, float lr, float wd) {
     free(p), free(m), free(v), free(g), free(rp), free(rm), free(rv), free(p0);
 }
 
+/* the vectorised body and the scalar tail must agree bitwise: n elements at once vs one at a time */
+static void test_adamw_paths(void) {
+    const size_t n = 103;
+    float *p = randn(n, 1), *g = randn(n, 1), *m = randn(n, 0.1f), *v = randn(n, 0.1f);
+    for (size_t i = 0; i < n; i++) v[i] = v[i] * v[i];
+    float *p2 = copy(p, n), *m2 = copy(m, n), *v2 = copy(v, n);
+    adamw_step(p, g, m, v, n, 1e-3f, 0.9f, 0.999f, 1e-8f, 0.01f, 7);
+    for (size_t i = 0; i < n; i++) adamw_step(p2 + i, g + i, m2 + i, v2 + i, 1, 1e-3f, 0.9f, 0.999f, 1e-8f, 0.01f, 7);
+    int same =
+        !memcmp(p, p2, n * sizeof(float)) && !memcmp(m, m2, n * sizeof(float)) && !memcmp(v, v2, n * sizeof(float));
+    CHECK(same, "adamw_step vector body and scalar tail agree bitwise");
+    free(p), free(g), free(m), free(v), free(p2), free(m2), free(v2);
+}
+
 static void test_norms(size_t n) {
     float *g = randn(n, 0.01f);
     double ref = 0;
@@ -736,6 +750,7 @@ int main(void) {
     test_matmul(130, 64, 48);
     test_adamw(10007, 1e-3f, 0.0f);
     test_adamw(1000, 1e-4f, 0.05f);
+    test_adamw_paths();
     test_norms(100003);
     test_norms(1);
     test_determinism();
