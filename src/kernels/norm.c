@@ -13,18 +13,16 @@ void layernorm_forward(float *restrict out, float *restrict mean, float *restric
     for (int i = 0; i < N; i++) {
         const float *x = inp + (size_t)i * C;
         float *o = out + (size_t)i * C;
-        /* two-pass statistics in double: cheap next to the memory traffic, and robust to large means */
-        double s = 0;
+        /* two-pass statistics (no E[x^2] - E[x]^2 cancellation) in float over SIMD lanes, i.e. pairwise-like
+         * partial sums; rstd itself in double */
+        float s = 0;
 #pragma omp simd reduction(+ : s)
         for (int j = 0; j < C; j++) s += x[j];
-        const float m = (float)(s / C);
-        double v = 0;
+        const float m = s / C;
+        float v = 0;
 #pragma omp simd reduction(+ : v)
-        for (int j = 0; j < C; j++) {
-            double d = (double)x[j] - m;
-            v += d * d;
-        }
-        const float r = (float)(1.0 / sqrt(v / C + (double)eps));
+        for (int j = 0; j < C; j++) v += (x[j] - m) * (x[j] - m);
+        const float r = (float)(1.0 / sqrt((double)v / C + (double)eps));
         if (weight && bias) {
             for (int j = 0; j < C; j++) o[j] = (x[j] - m) * r * weight[j] + bias[j];
         } else if (weight) {
