@@ -1,0 +1,85 @@
+/* File-system helpers for tests that write fixtures: a temporary folder (removed at the end), path joining,
+ * running the fixture generators under /usr/bin/python3 (which has numpy) and the dfm binary. */
+#ifndef DFM_TEST_FS_H
+#define DFM_TEST_FS_H
+
+#include <ftw.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static int test_rm_entry_(const char *p, const struct stat *st, int flag, struct FTW *ftw) {
+    (void)st, (void)flag, (void)ftw;
+    return remove(p);
+}
+static inline void test_rmtree(const char *dir) {
+    nftw(dir, test_rm_entry_, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+static inline char *test_mkdtemp(void) {
+    char *d = malloc(64);
+    snprintf(d, 64, "/tmp/dfm_test_XXXXXX");
+    if (!mkdtemp(d)) {
+        perror("mkdtemp");
+        exit(1);
+    }
+    return d;
+}
+
+/* printf-style path into a static rotating buffer (8 slots). */
+static inline const char *test_path(const char *fmt, ...) {
+    static char bufs[8][1024];
+    static int k;
+    char *b = bufs[k++ & 7];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(b, 1024, fmt, ap);
+    va_end(ap);
+    return b;
+}
+
+/* Run a shell command; returns its exit status. */
+static inline int test_sh(const char *fmt, ...) {
+    char cmd[4096];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(cmd, sizeof cmd, fmt, ap);
+    va_end(ap);
+    int rc = system(cmd);
+    return rc == -1 ? -1 : WEXITSTATUS(rc);
+}
+
+/* 1 when /usr/bin/python3 with numpy is usable; otherwise prints a FAIL line saying so. */
+static inline int test_have_python(int *failed) {
+    if (test_sh("/usr/bin/python3 -c 'import numpy' >/dev/null 2>&1") == 0) return 1;
+    printf("FAIL /usr/bin/python3 with numpy is needed to generate fixtures (apt-get install python3-numpy)\n");
+    (*failed)++;
+    return 0;
+}
+
+static inline char *test_read_file(const char *path, size_t *len) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *b = malloc((size_t)n + 1);
+    size_t got = fread(b, 1, (size_t)n, f);
+    b[got] = 0;
+    fclose(f);
+    if (len) *len = got;
+    return b;
+}
+
+/* The dfm binary of the build this test belongs to (tests/run.sh sets DFM_BUILD). */
+static inline const char *test_dfm_bin(void) {
+    static char p[512];
+    const char *b = getenv("DFM_BUILD");
+    snprintf(p, sizeof p, "%s/dfm", b ? b : "build");
+    return p;
+}
+
+#endif
