@@ -58,6 +58,15 @@ size_t dit_activation_bytes(const dit_model *m);
 void dit_forward(dit_model *m, float *out, const float *x, const float *t, const int *labels, int B);
 /* Backward of the last forward: accumulates parameter gradients from dout [B, C_out, H, W]. */
 void dit_backward(dit_model *m, const float *dout, int B);
+/* Weights files: F32 safetensors under diffusers names (block 0 holding the shared embedder) with the
+ * config as metadata "dfm_dit_config" (JSON), so the file alone rebuilds the model. */
+char *dit_config_to_json(const dit_config *c); /* malloc'ed */
+int dit_config_from_json(dit_config *c, const char *text, char *err, size_t errlen);
+/* buf: m->params or an EMA copy laid out by m->table. extra_meta: NULL-terminated key/value pairs or NULL. */
+void dit_save_weights(const dit_model *m, const float *buf, const char *path, const char *const *extra_meta);
+/* Create m from the file's config (for micro-batches up to max_batch) and load its weights. 0 or -1 + err. */
+int dit_open_weights(dit_model *m, const char *path, int max_batch, char *err, size_t errlen);
+
 /* Model FLOPs of one forward of B samples (matrix products and attention); a training step is about 3x. */
 double dit_forward_flops(const dit_model *m, int B);
 /* Zero the gradient buffer. */

@@ -32,6 +32,15 @@ void param_table_add(param_table *t, const char *name, int ndim, const int64_t *
 const param_entry *param_table_find(const param_table *t, const char *name);
 void param_table_free(param_table *t);
 
+/* Save a buffer laid out by table t (parameters, EMA weights, a moment) as F32 safetensors, one tensor
+ * per entry, names prefixed with `prefix` (may be ""), atomically. meta: NULL-terminated key/value pairs. */
+void param_table_save(const param_table *t, const float *buf, const char *prefix, const char *path,
+                      const char *const *meta);
+/* Load every entry of t (name prefixed with `prefix`) from a safetensors file into buf, converting F16/BF16/F64.
+ * A missing tensor, a shape mismatch or (unless allow_extra) a tensor the table does not know is an error
+ * that names the file, the tensor and both shapes; returns 0 on success, -1 with the message in err. */
+int param_table_load(const param_table *t, float *buf, const char *prefix, const char *path, int allow_extra,
+                     char *err, size_t errlen);
 #ifdef __cplusplus
 }
 #endif

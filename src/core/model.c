@@ -1,6 +1,9 @@
 /* Named parameter tables. */
 #include "dfm/model.h"
 #include "dfm/common.h"
+#include "dfm/safetensors.h"
+
+#include <stdio.h>
 
 #include <stdlib.h>
 #include <string.h>
@@ -36,4 +39,69 @@ void param_table_free(param_table *t) {
     for (int i = 0; i < t->n; i++) free(t->e[i].name);
     free(t->e);
     memset(t, 0, sizeof *t);
+}
+
+static void shape_str(char *out, size_t n, int ndim, const int64_t *shape) {
+    size_t used = (size_t)snprintf(out, n, "[");
+    for (int i = 0; i < ndim && used < n; i++) used += (size_t)snprintf(out + used, n - used, i ? ", %lld" : "%lld",
+                                                                       (long long)shape[i]);
+    if (used < n) snprintf(out + used, n - used, "]");
+}
+
+void param_table_save(const param_table *t, const float *buf, const char *prefix, const char *path,
+                      const char *const *meta) {
+    st_writer *w = st_writer_new();
+    char name[512];
+    for (int i = 0; i < t->n; i++) {
+        snprintf(name, sizeof name, "%s%s", prefix, t->e[i].name);
+        st_writer_add(w, name, ST_F32, t->e[i].ndim, t->e[i].shape, buf + t->e[i].offset);
+    }
+    for (int i = 0; meta && meta[i]; i += 2) st_writer_meta(w, meta[i], meta[i + 1]);
+    st_writer_finish(w, path);
+}
+
+int param_table_load(const param_table *t, float *buf, const char *prefix, const char *path, int allow_extra,
+                     char *err, size_t errlen) {
+    st_file *f = st_open(path, err, errlen);
+    if (!f) return -1;
+    char name[512], want[128], got[128];
+    size_t plen = strlen(prefix);
+    for (int i = 0; i < t->n; i++) {
+        const param_entry *e = &t->e[i];
+        snprintf(name, sizeof name, "%s%s", prefix, e->name);
+        const st_tensor *s = st_find(f, name);
+        shape_str(want, sizeof want, e->ndim, e->shape);
+        if (!s) {
+            snprintf(err, errlen, "'%s': tensor '%s' %s is missing", path, name, want);
+            st_close(f);
+            return -1;
+        }
+        int same = s->ndim == e->ndim;
+        for (int d = 0; same && d < e->ndim; d++) same = s->shape[d] == e->shape[d];
+        if (!same) {
+            shape_str(got, sizeof got, s->ndim, s->shape);
+            snprintf(err, errlen, "'%s': tensor '%s' has shape %s, but this model expects %s", path, name, got, want);
+            st_close(f);
+            return -1;
+        }
+        if (s->dtype != ST_F32 && s->dtype != ST_F16 && s->dtype != ST_BF16 && s->dtype != ST_F64) {
+            snprintf(err, errlen, "'%s': tensor '%s' has dtype %s; expected a floating-point dtype", path, name,
+                     st_dtype_name(s->dtype));
+            st_close(f);
+            return -1;
+        }
+        st_read_f32(f, s, buf + e->offset);
+    }
+    if (!allow_extra) {
+        for (int i = 0; i < f->n_tensors; i++) {
+            const char *n = f->tensors[i].name;
+            if (strncmp(n, prefix, plen) || !param_table_find(t, n + plen)) {
+                snprintf(err, errlen, "'%s': tensor '%s' is not a parameter of this model", path, n);
+                st_close(f);
+                return -1;
+            }
+        }
+    }
+    st_close(f);
+    return 0;
 }
