@@ -89,9 +89,11 @@ static void shard_add_sample(shard_out *o, int split, const char *key, part_buf 
         o->cur_split = split;
     }
     for (int i = 0; i < nparts; i++) {
-        char member[4096];
-        snprintf(member, sizeof member, "%s.%s", key, parts[i].name);
+        size_t ml = strlen(key) + strlen(parts[i].name) + 2;
+        char *member = xmalloc(ml);
+        snprintf(member, ml, "%s.%s", key, parts[i].name);
         uint64_t off = tar_writer_add(&o->w, member, parts[i].data, parts[i].size);
+        free(member);
         if (i == 0) o->idx[o->in_shard] = off;
     }
     o->in_shard++;
