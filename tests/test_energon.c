@@ -443,6 +443,23 @@ static void test_skip_bad(void) {
     energon_close(r);
 }
 
+static void test_fmnist_errors(void) {
+    char err[1024], d[1024];
+    uint8_t *img, *lab;
+    int n;
+    snprintf(d, sizeof d, "%s/fmbad", dir);
+    test_sh("mkdir -p %s && cp %s/t10k-labels-idx1-ubyte.gz %s/", d, FMNIST_DEFAULT_DIR, d);
+    int rc = fmnist_load(d, 0, 0, &img, &lab, &n, err, sizeof err);
+    CHECK(rc != 0 && strstr(err, "t10k-images-idx3-ubyte.gz"), "Fashion-MNIST missing file named: %s", err);
+    /* a gzip stream cut in the middle: the error names the file and the byte where data ran out */
+    test_sh("head -c 20000 %s/t10k-images-idx3-ubyte.gz > %s/t10k-images-idx3-ubyte.gz", FMNIST_DEFAULT_DIR, d);
+    rc = fmnist_load(d, 0, 0, &img, &lab, &n, err, sizeof err);
+    CHECK(rc != 0 && strstr(err, "t10k-images-idx3-ubyte.gz") && strstr(err, "truncated"),
+          "Fashion-MNIST truncated file: %s", err);
+    rc = test_sh("%s data prepare --out %s/x --fashion-mnist %s --test-set >/dev/null 2>&1", dfm_bin, dir, d);
+    CHECK(rc == 1, "dfm data prepare on a truncated idx.gz exits 1 (got %d)", rc);
+}
+
 static void test_brace(void) {
     char **v;
     int n = energon_brace_expand("shards/s_{0008..0011}_{a,b}.tar", &v);
@@ -460,6 +477,7 @@ int main(int argc, char **argv) {
     dir = test_mkdtemp();
     int failed = 0;
     test_brace();
+    test_fmnist_errors();
     make_tensor_source(test_path("%s/src", dir), NSYN, 0);
     test_roundtrip_synthetic();
     test_roundtrip_fmnist();
