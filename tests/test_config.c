@@ -537,6 +537,45 @@ static void test_round_trip(void) {
     cfg_free(c);
 }
 
+/* `dfm config` prints what cfg_from_args resolves; errors go to stderr with exit status 1. */
+static void test_dfm_config_cmd(void) {
+    const char *out = test_path("%s/dfm_config.yaml", tmpdir), *errf = test_path("%s/dfm_config.err", tmpdir);
+    const char *f = write_file("cmd.yaml", "train:\n  eval_iters: 9\n");
+    int rc = test_sh("%s config --recipe dit_s2 --training-mode finetune --config-file %s 'model.num_layers=3' "
+                     "'+extra={a: [1, x]}' >%s 2>%s",
+                     test_dfm_bin(), f, out, errf);
+    char *argv[] = {"config",
+                    "--recipe",
+                    "dit_s2",
+                    "--training-mode",
+                    "finetune",
+                    "--config-file",
+                    (char *)f,
+                    "model.num_layers=3",
+                    "+extra={a: [1, x]}",
+                    NULL};
+    cfg *want = NULL;
+    CHECK(cfg_from_args(9, argv, &want, NULL, err, sizeof err) == 0, "in-process resolution %s", err);
+    cfg *got = cfg_new("raw");
+    int lrc = rc == 0 ? cfg_merge_file(got, out, err, sizeof err) : -1;
+    CHECK(rc == 0 && lrc == 0 && want && cfg_equal(got, want) && cfg_int(got, "model.num_layers") == 3 &&
+              cfg_int(got, "train.eval_iters") == 9 && cfg_float(got, "diffusion.flow_shift") == 3.0,
+          "dfm config (exit %d) prints the tree cfg_from_args resolves %s", rc, lrc ? err : "");
+    cfg_free(got);
+    cfg_free(want);
+    rc = test_sh("%s config model.num_layer=3 >%s 2>%s", test_dfm_bin(), out, errf);
+    char *msg = test_read_file(errf, NULL);
+    if (msg && strchr(msg, '\n')) *strchr(msg, '\n') = 0;
+    CHECK(rc == 1 && has(msg, "unknown key 'model.num_layer'") && has(msg, "did you mean 'model.num_layers'"),
+          "dfm config with a bad key exits 1: %s", msg ? msg : "(no stderr)");
+    free(msg);
+    rc = test_sh("%s config --help >%s 2>%s", test_dfm_bin(), out, errf);
+    msg = test_read_file(out, NULL);
+    CHECK(rc == 0 && has(msg, "dit_xl2") && has(msg, "--config-file") && has(msg, "model.num_layers"),
+          "dfm config --help lists recipes, options and keys");
+    free(msg);
+}
+
 /* ------------------------------------------------------------------------------------------------ getters */
 
 static void test_getters(void) {
@@ -568,6 +607,7 @@ int main(void) {
     test_training_mode();
     test_cli();
     test_round_trip();
+    test_dfm_config_cmd();
     test_getters();
     test_rmtree(tmpdir);
     free(tmpdir);

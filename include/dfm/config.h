@@ -82,6 +82,9 @@ typedef struct {
     int help;                  /* --help / -h was given: *out is then the bare recipe, for cfg_help */
 } cfg_cli;
 
+/* The options and override grammar above plus the list of recipes, for a command's --help. */
+void cfg_cli_usage(FILE *f);
+
 /* argv[0] is the command name and is skipped. Every remaining argument that is not one of the flags above
  * must be an override (contains '=' or starts with '~'); unknown --flags are errors. On success *out is the
  * resolved tree (free with cfg_free); on error returns -1, *out = NULL and the message is in err. */

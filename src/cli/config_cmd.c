@@ -9,10 +9,9 @@
 static void config_usage(FILE *f) {
     fprintf(f, "usage: dfm config [--recipe NAME] [--config-file FILE.yaml] [--training-mode pretrain|finetune]\n"
                "                  [--sources] [overrides...]\n"
-               "Prints the resolved configuration as YAML. Overrides (Hydra): a.b=v, +a.b=v (add), ++a.b=v (add or\n"
-               "set), ~a.b or ~a.b=v (delete); values are YAML: 3, 1e-4, true, null, 'x y', [1, 2], {k: v}.\n"
-               "--sources adds where each value came from as a comment.\nrecipes:\n");
-    for (int i = 0; i < cfg_recipe_count(); i++) fprintf(f, "  %-18s %s\n", cfg_recipe_name(i), cfg_recipe_summary(i));
+               "Prints the resolved configuration as YAML (what --print-config prints and run_config.yaml holds);\n"
+               "--sources adds where each value came from as a comment.\n\n");
+    cfg_cli_usage(f);
 }
 
 int dfm_config_main(int argc, char **argv) {

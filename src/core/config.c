@@ -568,6 +568,7 @@ static void describe(const cnode *n, char *out, size_t outlen) {
 static void emit_block(sbuf *b, const cnode *map, int indent, int annotate) {
     for (int i = 0; i < map->n; i++) {
         const cnode *v = map->items[i];
+        size_t line_start = b->len;
         sb_printf(b, "%*s", indent, "");
         emit_string(b, map->keys[i]);
         sb_puts(b, ":");
@@ -579,6 +580,7 @@ static void emit_block(sbuf *b, const cnode *map, int indent, int annotate) {
         sb_puts(b, " ");
         emit_flow(b, v);
         if (annotate) {
+            for (size_t col = b->len - line_start; col < 46; col++) sb_puts(b, " "); /* a column of sources */
             sb_puts(b, "  # ");
             for (const char *p = v->src; *p; p++) sb_add(b, *p == '\n' ? " " : p, 1);
         }
@@ -1153,6 +1155,18 @@ done:
     else
         cfg_free(c);
     return rc;
+}
+
+void cfg_cli_usage(FILE *f) {
+    fprintf(f, "configuration (base recipe < --training-mode < --config-file < overrides):\n"
+               "  --recipe NAME              base recipe (below)\n"
+               "  --config-file FILE.yaml    YAML merged over the recipe (maps merge, scalars and lists replace)\n"
+               "  --training-mode MODE       pretrain | finetune: DFM's flow-matching presets for diffusion.*\n"
+               "  --print-config             print the resolved configuration as YAML\n"
+               "overrides (Hydra): a.b=v set, +a.b=v add, ++a.b=v add or set, ~a.b / ~a.b=v delete, a.0=v list item;\n"
+               "  values are YAML: 3, 1e-4, true, null, 'x y', [1, 2], {k: v}\n"
+               "recipes:\n");
+    for (int i = 0; i < cfg_recipe_count(); i++) fprintf(f, "  %-20s %s\n", cfg_recipe_name(i), cfg_recipe_summary(i));
 }
 
 /* ---------------------------------------------------------------- reading */
