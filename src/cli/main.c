@@ -1,17 +1,34 @@
-/* dfm command-line entry point. */
+/* dfm command-line entry point: a table of sub-commands, each implemented in its own src/cli file. */
 #include "dfm/common.h"
 #include "dfm/kernels.h"
 
 #include <stdio.h>
 #include <string.h>
 
-int dfm_data_main(int argc, char **argv); /* src/cli/data_cmd.c */
+int dfm_data_main(int argc, char **argv);   /* src/cli/data_cmd.c */
+int dfm_config_main(int argc, char **argv); /* src/cli/config_cmd.c */
+
+static int version_main(int argc, char **argv) {
+    (void)argc, (void)argv;
+    kernels_init();
+    printf("dfm 0.1.0\n%s\n", kernels_blas_info());
+    return 0;
+}
+
+static const struct {
+    const char *name;
+    int (*fn)(int, char **);
+    const char *help;
+} commands[] = {
+    {"config", dfm_config_main, "print a resolved configuration (dfm config --help)"},
+    {"data", dfm_data_main, "prepare and inspect Energon webdataset folders (dfm data --help)"},
+    {"version", version_main, "print version and BLAS information"},
+};
 
 static void usage(FILE *f) {
-    fprintf(f, "usage: dfm <command> [args]\n"
-               "commands:\n"
-               "  version      print version and BLAS information\n"
-               "  data         prepare and inspect Energon webdataset folders (dfm data --help)\n");
+    fprintf(f, "usage: dfm <command> [args]\ncommands:\n");
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        fprintf(f, "  %-12s %s\n", commands[i].name, commands[i].help);
 }
 
 int main(int argc, char **argv) {
@@ -20,16 +37,13 @@ int main(int argc, char **argv) {
         return 2;
     }
     const char *cmd = argv[1];
-    if (!strcmp(cmd, "version") || !strcmp(cmd, "--version")) {
-        kernels_init();
-        printf("dfm 0.1.0\n%s\n", kernels_blas_info());
-        return 0;
-    }
-    if (!strcmp(cmd, "data")) return dfm_data_main(argc - 1, argv + 1);
+    if (!strcmp(cmd, "--version")) return version_main(argc - 1, argv + 1);
     if (!strcmp(cmd, "help") || !strcmp(cmd, "--help") || !strcmp(cmd, "-h")) {
         usage(stdout);
         return 0;
     }
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        if (!strcmp(cmd, commands[i].name)) return commands[i].fn(argc - 1, argv + 1);
     fprintf(stderr, "dfm: error: unknown command '%s'\n", cmd);
     usage(stderr);
     return 2;
