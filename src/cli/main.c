@@ -7,6 +7,7 @@
 
 int dfm_data_main(int argc, char **argv);   /* src/cli/data_cmd.c */
 int dfm_config_main(int argc, char **argv); /* src/cli/config_cmd.c */
+int dfm_eval_main(int argc, char **argv);   /* src/cli/eval_cmd.c */
 
 static int version_main(int argc, char **argv) {
     (void)argc, (void)argv;
@@ -22,6 +23,7 @@ static const struct {
 } commands[] = {
     {"config", dfm_config_main, "print a resolved configuration (dfm config --help)"},
     {"data", dfm_data_main, "prepare and inspect Energon webdataset folders (dfm data --help)"},
+    {"eval", dfm_eval_main, "train the sample-quality classifier and score generated samples (dfm eval --help)"},
     {"version", version_main, "print version and BLAS information"},
 };
 
