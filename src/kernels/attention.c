@@ -202,18 +202,40 @@ static head_slice slice_of(float *dq, float *dk, float *dv, const float *delta, 
     return s;
 }
 
+/* Largest head size for which the backward keeps transposed copies of a key block's K and V on the stack. */
+#define ATT_TRANSPOSE_MAX_D 128
+
+/* dst[d * ATT_BK + j] = src[j * stride + d] for j < nk, d < D: a key block laid out so that
+ * Q K^T becomes a plain (no-transpose) product, which OpenBLAS runs faster on small tiles. */
+static void transpose_key_block(float *dst, const float *src, int nk, int D, int stride) {
+    for (int j0 = 0; j0 < nk; j0 += 16)
+        for (int d = 0; d < D; d++) {
+            int j1 = min_int(j0 + 16, nk);
+            for (int j = j0; j < j1; j++) dst[(size_t)d * ATT_BK + j] = src[(size_t)j * stride + d];
+        }
+}
+
 /* Recompute one tile: P = exp(S*scale - lse) into P, and dS = P * (dO V^T - delta) into dS
- * (both BQ x BK, row stride ATT_BK) for queries [i0, i0+nq) and keys [j0, j0+nk). */
-static void tile_probs_and_dscores(float *P, float *dS, const head_slice *hs, int i0, int nq, int j0, int nk) {
+ * (both BQ x BK, row stride ATT_BK) for queries [i0, i0+nq) and keys [j0, j0+nk).
+ * KT, VT: the key block transposed ([D, ATT_BK]), or NULL to read K and V in place. */
+static void tile_probs_and_dscores(float *P, float *dS, const head_slice *hs, int i0, int nq, int j0, int nk,
+                                   const float *KT, const float *VT) {
     int D = hs->D;
     const float *Qi = hs->Q + (size_t)i0 * hs->q_stride;
     const float *Kj = hs->K + (size_t)j0 * hs->kv_stride;
     const float *Vj = hs->V + (size_t)j0 * hs->kv_stride;
     const float *dOi = hs->dO + (size_t)i0 * hs->out_stride;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nq, nk, D, hs->scale2, Qi, hs->q_stride, Kj, hs->kv_stride,
-                0.0f, P, ATT_BK);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nq, nk, D, 1.0f, dOi, hs->out_stride, Vj, hs->kv_stride, 0.0f,
-                dS, ATT_BK);
+    if (KT) {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nq, nk, D, hs->scale2, Qi, hs->q_stride, KT, ATT_BK,
+                    0.0f, P, ATT_BK);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nq, nk, D, 1.0f, dOi, hs->out_stride, VT, ATT_BK, 0.0f,
+                    dS, ATT_BK);
+    } else {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nq, nk, D, hs->scale2, Qi, hs->q_stride, Kj, hs->kv_stride,
+                    0.0f, P, ATT_BK);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nq, nk, D, 1.0f, dOi, hs->out_stride, Vj, hs->kv_stride,
+                    0.0f, dS, ATT_BK);
+    }
     for (int r = 0; r < nq; r++) {
         float *p = P + (size_t)r * ATT_BK;
         float *ds = dS + (size_t)r * ATT_BK;
@@ -232,13 +254,19 @@ static void tile_probs_and_dscores(float *P, float *dS, const head_slice *hs, in
  * dQ of every query block (used when one thread owns the whole (sample, head)). */
 static void backward_key_block(const head_slice *hs, int j0, int nk, int dq_too) {
     float P[ATT_BQ * ATT_BK], dS[ATT_BQ * ATT_BK];
+    float KT[ATT_TRANSPOSE_MAX_D * ATT_BK], VT[ATT_TRANSPOSE_MAX_D * ATT_BK];
     int D = hs->D;
     const float *Kj = hs->K + (size_t)j0 * hs->kv_stride;
     float *dKj = hs->dK + (size_t)j0 * hs->kv_stride;
     float *dVj = hs->dV + (size_t)j0 * hs->kv_stride;
+    int transposed = D <= ATT_TRANSPOSE_MAX_D;
+    if (transposed) {
+        transpose_key_block(KT, Kj, nk, D, hs->kv_stride);
+        transpose_key_block(VT, hs->V + (size_t)j0 * hs->kv_stride, nk, D, hs->kv_stride);
+    }
     for (int i0 = 0; i0 < hs->nq_total; i0 += ATT_BQ) {
         int nq = min_int(ATT_BQ, hs->nq_total - i0);
-        tile_probs_and_dscores(P, dS, hs, i0, nq, j0, nk);
+        tile_probs_and_dscores(P, dS, hs, i0, nq, j0, nk, transposed ? KT : NULL, transposed ? VT : NULL);
         const float *Qi = hs->Q + (size_t)i0 * hs->q_stride;
         const float *dOi = hs->dO + (size_t)i0 * hs->out_stride;
         /* dV += P^T dO; dK += scale dS^T Q */
@@ -252,16 +280,26 @@ static void backward_key_block(const head_slice *hs, int j0, int nk, int dq_too)
     }
 }
 
-/* dQ of queries [i0, i0+nq) from all key blocks, in key-block order (the same per-element
- * order as backward_key_block with dq_too, so both paths give bitwise equal dQ). */
-static void backward_query_block(const head_slice *hs, int i0, int nq) {
+/* dQ of queries [i0, i1) from all key blocks, in key-block order: per element the same products in
+ * the same order as backward_key_block with dq_too, so both backward paths give bitwise equal dQ.
+ * Each key block is transposed once for all the query blocks of the range. */
+static void backward_query_range(const head_slice *hs, int i0, int i1) {
     float P[ATT_BQ * ATT_BK], dS[ATT_BQ * ATT_BK];
-    float *dQi = hs->dQ + (size_t)i0 * hs->q_stride;
+    float KT[ATT_TRANSPOSE_MAX_D * ATT_BK], VT[ATT_TRANSPOSE_MAX_D * ATT_BK];
+    int transposed = hs->D <= ATT_TRANSPOSE_MAX_D;
     for (int j0 = 0; j0 < hs->nkv; j0 += ATT_BK) {
         int nk = min_int(ATT_BK, hs->nkv - j0);
-        tile_probs_and_dscores(P, dS, hs, i0, nq, j0, nk);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nq, hs->D, nk, hs->scale, dS, ATT_BK,
-                    hs->K + (size_t)j0 * hs->kv_stride, hs->kv_stride, 1.0f, dQi, hs->q_stride);
+        const float *Kj = hs->K + (size_t)j0 * hs->kv_stride;
+        if (transposed) {
+            transpose_key_block(KT, Kj, nk, hs->D, hs->kv_stride);
+            transpose_key_block(VT, hs->V + (size_t)j0 * hs->kv_stride, nk, hs->D, hs->kv_stride);
+        }
+        for (int ib = i0; ib < i1; ib += ATT_BQ) {
+            int nq = min_int(ATT_BQ, i1 - ib);
+            tile_probs_and_dscores(P, dS, hs, ib, nq, j0, nk, transposed ? KT : NULL, transposed ? VT : NULL);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nq, hs->D, nk, hs->scale, dS, ATT_BK, Kj,
+                        hs->kv_stride, 1.0f, hs->dQ + (size_t)ib * hs->q_stride, hs->q_stride);
+        }
     }
 }
 
@@ -302,6 +340,11 @@ void attention_backward(float *dq, float *dk, float *dv, float *workspace, const
         return;
     }
     int nkb = (Nk + ATT_BK - 1) / ATT_BK, nqb = (Nq + ATT_BQ - 1) / ATT_BQ;
+    /* query blocks per dQ task: enough to amortise the key-block transposes, few enough for about
+     * four tasks per thread (the grouping does not change any result) */
+    long group = (nheads * nqb) / (4L * nthreads);
+    group = group < 1 ? 1 : (group > 8 ? 8 : group);
+    long ngroups = (nqb + group - 1) / group;
 #pragma omp parallel
     {
 #pragma omp for schedule(static)
@@ -313,12 +356,12 @@ void attention_backward(float *dq, float *dk, float *dv, float *workspace, const
             if (j0 < hs.nkv) backward_key_block(&hs, j0, min_int(ATT_BK, hs.nkv - j0), 0);
         }
 #pragma omp for schedule(static)
-        for (long t = 0; t < nheads * nqb; t++) {
-            long bh = t / nqb;
-            int i0 = (int)(t % nqb) * ATT_BQ;
+        for (long t = 0; t < nheads * ngroups; t++) {
+            long bh = t / ngroups;
+            int i0 = (int)((t % ngroups) * group * ATT_BQ);
             head_slice hs = slice_of(dq, dk, dv, delta, dout, lse, q, k, v, kv_len, (int)(bh / H), (int)(bh % H), Nq,
                                      Nk, H, D, q_stride, kv_stride, out_stride, scale);
-            backward_query_block(&hs, i0, min_int(ATT_BQ, Nq - i0));
+            backward_query_range(&hs, i0, min_int(i0 + (int)group * ATT_BQ, Nq));
         }
     }
 }
