@@ -26,6 +26,7 @@ static attn_layout layout_of(const attn_case *c) {
     int C = c->H * c->D;
     attn_layout l;
     if (c->fused) {
+        if (c->Nq != c->Nk) abort(); /* a test-table mistake: fused qkv has one sequence length */
         l.q_stride = l.kv_stride = 3 * C;
         l.out_stride = C + c->pad;
         l.q_floats = (size_t)c->B * c->Nq * 3 * C;
@@ -275,8 +276,8 @@ static void check_case(const attn_case *c) {
 }
 
 /* Backward twice into buffers pre-filled with random values must give prefill + 2 * gradient. */
-static void check_accumulation(void) {
-    attn_case c = {2, 3, 70, 70, 16, 1, 0, {70, 33}, 1.0f};
+static void check_accumulation(int B, int H) {
+    attn_case c = {B, H, 70, 70, 16, 1, 0, {70, 33}, 1.0f};
     attn_layout l = layout_of(&c);
     attn_bufs a;
     bufs_init(&a, &c, &l);
@@ -292,7 +293,7 @@ static void check_accumulation(void) {
     run_backward(&a, &c, &l);
     for (size_t i = 0; i < l.q_floats; i++) expect[i] = prefill[i] + 2.0f * grad[i];
     double e = test_rel_err(a.dqbuf, expect, l.q_floats);
-    CHECK(e <= 1e-6, "attention backward accumulates (+=) into dq, dk, dv: rel err %.2e", e);
+    CHECK(e <= 1e-6, "attention backward B%d H%d accumulates (+=) into dq, dk, dv: rel err %.2e", B, H, e);
     free(grad), free(prefill), free(expect);
     bufs_free(&a);
 }
@@ -339,8 +340,8 @@ static void check_finite_differences(void) {
 }
 
 /* Two runs give the same bits; so does a single-threaded run (a different work split in the backward). */
-static void check_determinism(int small) {
-    attn_case c = {1, 3, small ? 70 : 200, small ? 90 : 300, 24, 0, 1, {small ? 77 : 290, 0}, 1.0f};
+static void check_determinism(int H, int D, int small) {
+    attn_case c = {1, H, small ? 70 : 200, small ? 90 : 300, D, 0, 1, {small ? 77 : 290, 0}, 1.0f};
     attn_layout l = layout_of(&c);
     attn_bufs a;
     bufs_init(&a, &c, &l);
@@ -364,7 +365,7 @@ static void check_determinism(int small) {
         same &= !memcmp(dq1, a.dqbuf, sizeof(float) * l.q_floats);
         same &= !memcmp(dk1, a.dkbuf, sizeof(float) * l.kv_floats);
         same &= !memcmp(dv1, a.dvbuf, sizeof(float) * l.kv_floats);
-        CHECK(same, "attention forward and backward bitwise reproducible (%s, %d threads vs %d)",
+        CHECK(same, "attention forward and backward bitwise reproducible (H%d D%d, %s, %d threads vs %d)", H, D,
               threads_pass ? "1 thread" : "second run", threads_pass ? 1 : saved, saved);
     }
     free(out1), free(lse1), free(dq1), free(dk1), free(dv1);
@@ -386,10 +387,20 @@ int main(void) {
         {2, 3, big, big + 43, 72, 0, 2, {0, big + 33}, 1.0f},
         {2, 1, 65, 260, 8, 0, 0, {-1, -1}, 4.0f}, /* peaky scores: the running max changes often */
         {1, 2, 1, 300, 64, 0, 0, {-1, -1}, 2.0f},
+        /* a single head: with several threads the backward splits into key-block and query-block passes */
+        {1, 1, 130, big, 64, 0, 1, {big - 20, 0}, 1.0f},
+        {1, 1, 129, 129, 72, 1, 0, {-1, -1}, 1.0f},
+        /* head sizes above the backward's transposed-block limit (128) read K and V in place */
+        {2, 1, 70, 140, 136, 0, 1, {140, 77}, 1.0f},
+        {1, 1, 129, 129, 160, 1, 0, {-1, -1}, 1.0f},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) check_case(&cases[i]);
-    check_accumulation();
+    check_accumulation(2, 3);
+    check_accumulation(1, 1);
     check_finite_differences();
-    check_determinism(small);
+    /* with several threads, one head takes the split backward (key-block and query-block passes) */
+    check_determinism(1, 72, small);
+    check_determinism(1, 128, small);
+    check_determinism(3, 24, small);
     return test_finish();
 }
