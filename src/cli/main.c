@@ -8,6 +8,7 @@
 int dfm_data_main(int argc, char **argv);   /* src/cli/data_cmd.c */
 int dfm_config_main(int argc, char **argv); /* src/cli/config_cmd.c */
 int dfm_eval_main(int argc, char **argv);   /* src/cli/eval_cmd.c */
+int dfm_pretrain_main(int argc, char **argv); /* src/cli/pretrain_cmd.c */
 
 static int version_main(int argc, char **argv) {
     (void)argc, (void)argv;
@@ -24,6 +25,7 @@ static const struct {
     {"config", dfm_config_main, "print a resolved configuration (dfm config --help)"},
     {"data", dfm_data_main, "prepare and inspect Energon webdataset folders (dfm data --help)"},
     {"eval", dfm_eval_main, "train the sample-quality classifier and score generated samples (dfm eval --help)"},
+    {"pretrain", dfm_pretrain_main, "train a DiT (Megatron-style recipe + YAML + overrides; dfm pretrain --help)"},
     {"version", version_main, "print version and BLAS information"},
 };
 

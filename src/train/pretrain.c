@@ -1,0 +1,575 @@
+/* The training job (Megatron paradigm conventions): config in; iter_%07d/ checkpoints, metrics.jsonl and a
+ * loss curve out. Resuming from a checkpoint continues bit-identically: the data order, the noise and the
+ * timesteps are functions of (seed, step, sample index), and every piece of state is saved exactly. */
+#include "dfm/pretrain.h"
+#include "dfm/common.h"
+#include "dfm/data.h"
+#include "dfm/kernels.h"
+#include "dfm/optim.h"
+#include "dfm/plot.h"
+#include "dfm/safetensors.h"
+#include "dfm/train.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* ---- configuration binding -------------------------------------------------------------------- */
+
+static int int_key(const cfg *c, const char *key, int64_t lo, int64_t hi) {
+    int64_t v = cfg_int(c, key);
+    if (v < lo || v > hi)
+        dfm_die("%s = %lld (from %s) is out of range [%lld, %lld]", key, (long long)v, cfg_source(c, key),
+                (long long)lo, (long long)hi);
+    return (int)v;
+}
+
+void config_to_dit(const cfg *c, dit_config *d) {
+    memset(d, 0, sizeof *d);
+    d->num_layers = int_key(c, "model.num_layers", 1, 1000);
+    d->hidden_size = int_key(c, "model.hidden_size", 1, 1 << 16);
+    d->num_heads = int_key(c, "model.num_attention_heads", 1, 1 << 12);
+    d->ffn_hidden_size = int_key(c, "model.ffn_hidden_size", 0, 1 << 18);
+    d->patch_size = int_key(c, "model.patch_size", 1, 64);
+    d->in_channels = int_key(c, "model.in_channels", 1, 1024);
+    d->out_channels = int_key(c, "model.out_channels", 0, 1024);
+    d->image_size = int_key(c, "model.image_size", 1, 1 << 14);
+    d->num_classes = int_key(c, "model.num_classes", 1, 1 << 24);
+    d->freq_dim = int_key(c, "model.freq_dim", 2, 1 << 14);
+    d->norm_eps = (float)cfg_float(c, "model.norm_eps");
+    char err[512];
+    if (!dit_config_check(d, err, sizeof err)) dfm_die("invalid model (recipe %s): %s", cfg_recipe_of(c), err);
+}
+
+void config_to_objective(const cfg *c, objective_config *o) {
+    const char *kind = cfg_str(c, "diffusion.objective");
+    if (!strcmp(kind, "edm")) objective_defaults_edm(o);
+    else objective_defaults_flow(o, 0);
+    if (!timestep_sampling_parse(cfg_str(c, "diffusion.timestep_sampling"), &o->sampling))
+        dfm_die("diffusion.timestep_sampling: unknown value '%s'", cfg_str(c, "diffusion.timestep_sampling"));
+    o->logit_mean = (float)cfg_float(c, "diffusion.logit_mean");
+    o->logit_std = (float)cfg_float(c, "diffusion.logit_std");
+    o->flow_shift = (float)cfg_float(c, "diffusion.flow_shift");
+    o->mix_uniform_ratio = (float)cfg_float(c, "diffusion.mix_uniform_ratio");
+    o->mode_scale = (float)cfg_float(c, "diffusion.mode_scale");
+    o->sigma_min = (float)cfg_float(c, "diffusion.sigma_min");
+    o->sigma_max = (float)cfg_float(c, "diffusion.sigma_max");
+    o->num_train_timesteps = int_key(c, "diffusion.num_train_timesteps", 1, 1 << 20);
+    o->use_loss_weighting = cfg_bool(c, "diffusion.use_loss_weighting");
+    o->cond_dropout_prob = (float)cfg_float(c, "diffusion.cfg_dropout_prob");
+    o->p_mean = (float)cfg_float(c, "diffusion.edm_p_mean");
+    o->p_std = (float)cfg_float(c, "diffusion.edm_p_std");
+    o->sigma_data = (float)cfg_float(c, "diffusion.edm_sigma_data");
+    o->edm_sigma_min = (float)cfg_float(c, "diffusion.edm_sigma_min");
+    o->edm_sigma_max = (float)cfg_float(c, "diffusion.edm_sigma_max");
+    if (!(o->flow_shift > 0)) dfm_die("diffusion.flow_shift must be > 0 (from %s)", cfg_source(c, "diffusion.flow_shift"));
+    if (!(o->sigma_min >= 0 && o->sigma_min < o->sigma_max && o->sigma_max <= 1))
+        dfm_die("diffusion.sigma_min/sigma_max must satisfy 0 <= min < max <= 1 (got %g, %g)", (double)o->sigma_min,
+                (double)o->sigma_max);
+    if (!(o->cond_dropout_prob >= 0 && o->cond_dropout_prob <= 1))
+        dfm_die("diffusion.cfg_dropout_prob must be in [0, 1] (got %g)", (double)o->cond_dropout_prob);
+    if (!(o->edm_sigma_min > 0 && o->edm_sigma_min < o->edm_sigma_max && o->sigma_data > 0))
+        dfm_die("diffusion.edm_sigma_min/max/sigma_data must satisfy 0 < min < max and sigma_data > 0");
+}
+
+static char *objective_json(const objective_config *o) {
+    json_t *j = json_pack("{s:s, s:f, s:i, s:f, s:f, s:f}", "kind", o->kind == OBJ_EDM ? "edm" : "flow_matching",
+                          "flow_shift", (double)o->flow_shift, "num_train_timesteps", o->num_train_timesteps,
+                          "sigma_data", (double)o->sigma_data, "edm_sigma_min", (double)o->edm_sigma_min,
+                          "edm_sigma_max", (double)o->edm_sigma_max);
+    char *s = json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    json_decref(j);
+    return s;
+}
+
+double lr_schedule(long it, double lr, double min_lr, long warmup, long decay_iters, lr_style style) {
+    if (warmup > 0 && it < warmup) return lr * (double)(it + 1) / (double)warmup;
+    if (style == LR_CONSTANT) return lr;
+    if (it >= decay_iters) return min_lr;
+    double span = (double)(decay_iters - warmup), ratio = span > 0 ? (double)(it - warmup) / span : 1.0;
+    double coef = style == LR_COSINE ? 0.5 * (1.0 + cos(M_PI * ratio)) : 1.0 - ratio;
+    return min_lr + (lr - min_lr) * coef;
+}
+
+/* ---- small file helpers ----------------------------------------------------------------------- */
+
+static void mkdir_p(const char *path) {
+    char *p = xstrdup(path);
+    for (char *s = p + 1; *s; s++)
+        if (*s == '/') {
+            *s = 0;
+            if (mkdir(p, 0755) != 0 && errno != EEXIST) dfm_die("cannot create folder '%s': %s", p, strerror(errno));
+            *s = '/';
+        }
+    if (mkdir(p, 0755) != 0 && errno != EEXIST) dfm_die("cannot create folder '%s': %s", p, strerror(errno));
+    free(p);
+}
+
+static void rm_rf(const char *path) {
+    DIR *d = opendir(path);
+    if (d) {
+        struct dirent *e;
+        while ((e = readdir(d))) {
+            if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+            char sub[4096];
+            snprintf(sub, sizeof sub, "%s/%s", path, e->d_name);
+            rm_rf(sub);
+        }
+        closedir(d);
+        rmdir(path);
+    } else unlink(path);
+}
+
+static char *read_text(const char *path, char *err, size_t errlen) {
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        snprintf(err, errlen, "cannot open '%s': %s", path, strerror(errno));
+        return NULL;
+    }
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *s = xmalloc((size_t)n + 1);
+    size_t got = fread(s, 1, (size_t)n, f);
+    fclose(f);
+    s[got] = 0;
+    return s;
+}
+
+static void write_text(const char *path, const char *text) {
+    dfm_atomic_file af;
+    atomic_open(&af, path);
+    xfwrite(text, 1, strlen(text), af.f, af.tmp_path);
+    atomic_commit(&af);
+}
+
+static void fsync_path(const char *path) {
+    int fd = open(path, O_RDONLY);
+    if (fd >= 0) {
+        fsync(fd);
+        close(fd);
+    }
+}
+
+/* ---- checkpoints ------------------------------------------------------------------------------ */
+
+static int is_iter_name(const char *name, long *it) {
+    if (strncmp(name, "iter_", 5) || strlen(name) != 12) return 0;
+    for (int i = 5; i < 12; i++)
+        if (name[i] < '0' || name[i] > '9') return 0;
+    *it = atol(name + 5);
+    return 1;
+}
+
+char *checkpoint_resolve(const char *path, char *err, size_t errlen) {
+    char tracker[4096];
+    snprintf(tracker, sizeof tracker, "%s/latest_checkpointed_iteration.txt", path);
+    struct stat sb;
+    if (stat(tracker, &sb) == 0) {
+        char *text = read_text(tracker, err, errlen);
+        if (!text) return NULL;
+        char *end;
+        long it = strtol(text, &end, 10);
+        while (*end == '\n' || *end == ' ' || *end == '\r') end++;
+        if (end == text || *end || it < 0) {
+            snprintf(err, errlen, "'%s': expected an iteration number, got '%.40s'", tracker, text);
+            free(text);
+            return NULL;
+        }
+        free(text);
+        char *dir = xmalloc(strlen(path) + 32);
+        sprintf(dir, "%s/iter_%07ld", path, it);
+        if (stat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode)) {
+            snprintf(err, errlen, "'%s' names iteration %ld, but '%s' does not exist", tracker, it, dir);
+            free(dir);
+            return NULL;
+        }
+        return dir;
+    }
+    char model[4096];
+    snprintf(model, sizeof model, "%s/model.safetensors", path);
+    if (stat(model, &sb) == 0) return xstrdup(path);
+    snprintf(err, errlen,
+             "'%s' is neither a checkpoint folder (no latest_checkpointed_iteration.txt) nor an iter_NNNNNNN folder "
+             "(no model.safetensors)",
+             path);
+    return NULL;
+}
+
+typedef struct {
+    const cfg *c;
+    dit_model model;
+    adamw_state opt;
+    dit_trainer tr;
+    objective_config obj;
+    float *ema;
+    float ema_decay;
+    data_loader *loader;
+    long iteration; /* completed optimizer steps */
+    int64_t consumed;
+    char *objective_meta;
+} job;
+
+static void save_checkpoint(job *j, const char *root) {
+    mkdir_p(root);
+    char final[4096], tmp[4096], path[4200];
+    snprintf(final, sizeof final, "%s/iter_%07ld", root, j->iteration);
+    snprintf(tmp, sizeof tmp, "%s/iter_%07ld.tmp.%ld", root, j->iteration, (long)getpid());
+    rm_rf(tmp);
+    mkdir_p(tmp);
+    const char *meta[] = {"dfm_objective", j->objective_meta, NULL};
+    snprintf(path, sizeof path, "%s/model.safetensors", tmp);
+    dit_save_weights(&j->model, j->model.params, path, meta);
+    snprintf(path, sizeof path, "%s/ema.safetensors", tmp);
+    dit_save_weights(&j->model, j->ema, path, meta);
+    char step[32];
+    snprintf(step, sizeof step, "%ld", j->opt.step);
+    const char *ometa[] = {"step", step, NULL};
+    st_writer *w = st_writer_new();
+    char name[600];
+    for (int i = 0; i < j->model.table.n; i++) {
+        const param_entry *e = &j->model.table.e[i];
+        snprintf(name, sizeof name, "exp_avg.%s", e->name);
+        st_writer_add(w, name, ST_F32, e->ndim, e->shape, j->opt.m + e->offset);
+        snprintf(name, sizeof name, "exp_avg_sq.%s", e->name);
+        st_writer_add(w, name, ST_F32, e->ndim, e->shape, j->opt.v + e->offset);
+    }
+    for (int i = 0; ometa[i]; i += 2) st_writer_meta(w, ometa[i], ometa[i + 1]);
+    snprintf(path, sizeof path, "%s/optimizer.safetensors", tmp);
+    st_writer_finish(w, path);
+    char *loader_state = loader_state_save(j->loader);
+    json_error_t je;
+    json_t *ls = json_loads(loader_state, 0, &je);
+    json_t *st = json_pack("{s:I, s:I, s:I, s:o}", "iteration", (json_int_t)j->iteration, "consumed_samples",
+                           (json_int_t)j->consumed, "seed", (json_int_t)cfg_int(j->c, "rng.seed"), "data_loader",
+                           ls ? ls : json_null());
+    char *text = json_dumps(st, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+    snprintf(path, sizeof path, "%s/train_state.json", tmp);
+    write_text(path, text);
+    free(text);
+    json_decref(st);
+    free(loader_state);
+    snprintf(path, sizeof path, "%s/run_config.yaml", tmp);
+    cfg_write_yaml(j->c, path);
+    fsync_path(tmp);
+    /* the folder appears under its final name only when complete; a re-save of the same iteration replaces it */
+    struct stat sb;
+    if (stat(final, &sb) == 0) rm_rf(final);
+    if (rename(tmp, final) != 0) dfm_die("cannot rename '%s' to '%s': %s", tmp, final, strerror(errno));
+    fsync_path(root);
+    snprintf(path, sizeof path, "%s/latest_checkpointed_iteration.txt", root);
+    snprintf(step, sizeof step, "%ld\n", j->iteration);
+    write_text(path, step);
+    /* keep the most recent k; also clear temporary folders left by killed runs */
+    int keep = (int)cfg_int(j->c, "checkpoint.most_recent_k");
+    DIR *d = opendir(root);
+    long iters[4096];
+    int n = 0;
+    struct dirent *e;
+    while (d && (e = readdir(d))) {
+        long it;
+        if (is_iter_name(e->d_name, &it) && n < 4096) iters[n++] = it;
+        else if (!strncmp(e->d_name, "iter_", 5) && strstr(e->d_name, ".tmp.")) {
+            snprintf(path, sizeof path, "%s/%s", root, e->d_name);
+            rm_rf(path);
+        }
+    }
+    if (d) closedir(d);
+    if (keep > 0)
+        for (int a = 0; a < n; a++) {
+            int newer = 0;
+            for (int b = 0; b < n; b++) newer += iters[b] > iters[a];
+            if (newer >= keep && iters[a] != j->iteration) {
+                snprintf(path, sizeof path, "%s/iter_%07ld", root, iters[a]);
+                rm_rf(path);
+            }
+        }
+}
+
+static void load_checkpoint(job *j, const char *where) {
+    char err[1024];
+    char *dir = checkpoint_resolve(where, err, sizeof err);
+    if (!dir) dfm_die("checkpoint.load: %s", err);
+    char path[4200];
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    if (param_table_load(&j->model.table, j->model.params, "", path, 0, err, sizeof err) != 0)
+        dfm_die("cannot resume: %s", err);
+    snprintf(path, sizeof path, "%s/ema.safetensors", dir);
+    if (param_table_load(&j->model.table, j->ema, "", path, 0, err, sizeof err) != 0)
+        dfm_die("cannot resume: %s", err);
+    snprintf(path, sizeof path, "%s/train_state.json", dir);
+    char *text = read_text(path, err, sizeof err);
+    if (!text) dfm_die("cannot resume: %s", err);
+    json_error_t je;
+    json_t *st = json_loads(text, 0, &je);
+    json_int_t it, consumed, seed;
+    json_t *ls = NULL;
+    if (!st || json_unpack(st, "{s:I, s:I, s:I, s:o}", "iteration", &it, "consumed_samples", &consumed, "seed", &seed,
+                           "data_loader", &ls) != 0)
+        dfm_die("'%s': expected {\"iteration\", \"consumed_samples\", \"seed\", \"data_loader\"}", path);
+    if ((int64_t)seed != cfg_int(j->c, "rng.seed"))
+        dfm_die("cannot resume from '%s': it was trained with rng.seed %lld, this run has %lld", dir, (long long)seed,
+                (long long)cfg_int(j->c, "rng.seed"));
+    char *ls_text = json_dumps(ls, JSON_COMPACT);
+    if (loader_state_restore(j->loader, ls_text, err, sizeof err) != 0) dfm_die("cannot resume from '%s': %s", dir, err);
+    free(ls_text);
+    j->iteration = (long)it;
+    j->consumed = consumed;
+    json_decref(st);
+    free(text);
+    if (cfg_bool(j->c, "checkpoint.load_optim")) {
+        snprintf(path, sizeof path, "%s/optimizer.safetensors", dir);
+        if (param_table_load(&j->model.table, j->opt.m, "exp_avg.", path, 1, err, sizeof err) != 0 ||
+            param_table_load(&j->model.table, j->opt.v, "exp_avg_sq.", path, 1, err, sizeof err) != 0)
+            dfm_die("cannot resume the optimizer: %s", err);
+        st_file *f = st_open_or_die(path);
+        const char *step = st_meta(f, "step");
+        if (!step) dfm_die("'%s': no 'step' metadata", path);
+        j->opt.step = atol(step);
+        st_close(f);
+    }
+    printf("resumed from %s at iteration %ld\n", dir, j->iteration);
+    free(dir);
+}
+
+/* metrics.jsonl after a resume: drop lines of steps the checkpoint does not contain, so the file reads as if
+ * the run had never been interrupted. */
+static void trim_metrics(const char *path, long iteration) {
+    FILE *f = fopen(path, "r");
+    if (!f) return;
+    size_t cap = 0, len = 0, lcap = 0;
+    char *out = NULL, *line = NULL;
+    ssize_t n;
+    while ((n = getline(&line, &lcap, f)) > 0) {
+        json_error_t je;
+        json_t *o = json_loads(line, 0, &je);
+        json_t *st = o ? json_object_get(o, "step") : NULL;
+        int keep = st && json_is_integer(st) && json_integer_value(st) <= iteration;
+        if (o) json_decref(o);
+        if (!keep) continue;
+        if (len + (size_t)n + 1 > cap) out = xrealloc(out, cap = 2 * (len + (size_t)n + 1));
+        memcpy(out + len, line, (size_t)n);
+        len += (size_t)n;
+    }
+    free(line);
+    fclose(f);
+    if (!out) out = xstrdup("");
+    else out[len] = 0;
+    write_text(path, out);
+    free(out);
+}
+
+/* ---- validation ------------------------------------------------------------------------------- */
+
+/* Deterministic validation loss: the same samples, noise and timesteps at every evaluation. */
+static double validate(job *j, const image_dataset *ds, const int *val_idx, int n_val, int iters, float *x,
+                       int *labels) {
+    if (!ds || n_val == 0 || iters <= 0) return NAN;
+    objective_config o = j->obj;
+    o.cond_dropout_prob = 0.0f;
+    dit_trainer vt = j->tr;
+    vt.obj = o;
+    int mb = j->model.max_batch;
+    size_t per = (size_t)ds->c * ds->h * ds->w;
+    double total = 0;
+    int count = 0;
+    for (int k = 0; k < iters; k++) {
+        for (int b = 0; b < mb; b++) {
+            int i = val_idx[(k * mb + b) % n_val];
+            for (size_t e = 0; e < per; e++) x[b * per + e] = ds->pixels[(size_t)i * per + e] * (2.0f / 255.0f) - 1.0f;
+            labels[b] = ds->labels[i] >= 0 ? ds->labels[i] : j->model.cfg.num_classes;
+        }
+        diffusion_prepare(&vt.db, &o, x, labels, mb, per, j->model.cfg.num_classes, j->tr.seed ^ 0x76616cull,
+                          0xFFFFFFFFu - (uint32_t)k, 0);
+        dit_forward(&j->model, vt.out, vt.db.model_in, vt.db.timestep, vt.db.labels, mb);
+        size_t out_n = (size_t)j->model.cfg.out_channels * ds->h * ds->w;
+        total += diffusion_loss(&vt.db, vt.out, NULL, out_n, 1.0f);
+        count++;
+    }
+    return total / count;
+}
+
+/* ---- the loop --------------------------------------------------------------------------------- */
+
+static void fmt_eta(char *buf, size_t n, double s) {
+    if (!(s >= 0) || s > 1e7) snprintf(buf, n, "?");
+    else if (s >= 3600) snprintf(buf, n, "%dh%02dm", (int)(s / 3600), (int)(s / 60) % 60);
+    else snprintf(buf, n, "%dm%02ds", (int)(s / 60), (int)s % 60);
+}
+
+int dfm_pretrain(const cfg *c) {
+    int nth = kernels_init();
+    /* what is not built yet is refused rather than ignored */
+    const char *par[] = {"model.tensor_model_parallel_size", "model.context_parallel_size",
+                         "model.pipeline_model_parallel_size"};
+    for (int i = 0; i < 3; i++)
+        if (cfg_int(c, par[i]) != 1)
+            dfm_die("%s = %lld (from %s): model parallelism is not built yet; use 1", par[i],
+                    (long long)cfg_int(c, par[i]), cfg_source(c, par[i]));
+    if (cfg_bool(c, "model.sequence_parallel"))
+        dfm_die("model.sequence_parallel = true (from %s): sequence parallelism is not built yet",
+                cfg_source(c, "model.sequence_parallel"));
+    if (!cfg_is_null(c, "model.recompute_granularity"))
+        dfm_die("model.recompute_granularity (from %s): activation recomputation is not built yet; use null",
+                cfg_source(c, "model.recompute_granularity"));
+
+    job j;
+    memset(&j, 0, sizeof j);
+    j.c = c;
+    dit_config dc;
+    config_to_dit(c, &dc);
+    config_to_objective(c, &j.obj);
+    j.objective_meta = objective_json(&j.obj);
+    long train_iters = int_key(c, "train.train_iters", 0, 1L << 30);
+    int gbs = int_key(c, "train.global_batch_size", 1, 1 << 20), mbs = int_key(c, "train.micro_batch_size", 1, 1 << 20);
+    if (gbs % mbs)
+        dfm_die("train.global_batch_size %d is not a multiple of train.micro_batch_size %d", gbs, mbs);
+    uint64_t seed = (uint64_t)cfg_int(c, "rng.seed");
+    int workers = int_key(c, "dataset.num_workers", 0, 256);
+    int size = cfg_is_null(c, "dataset.image_size") ? dc.image_size : int_key(c, "dataset.image_size", 1, 1 << 14);
+    int chans = cfg_is_null(c, "dataset.channels") ? dc.in_channels : int_key(c, "dataset.channels", 1, 4);
+    if (size != dc.image_size || chans != dc.in_channels)
+        dfm_die("dataset.image_size/channels (%d, %d) must match model.image_size/in_channels (%d, %d): dfm trains "
+                "on pixels directly",
+                size, chans, dc.image_size, dc.in_channels);
+
+    /* data */
+    const char *dtype = cfg_str(c, "dataset.type"), *dpath = cfg_str(c, "dataset.path");
+    image_dataset ds = {0};
+    int *train_idx = NULL, *val_idx = NULL, n_train = 0, n_val = 0;
+    char err[1024];
+    if (!strcmp(dtype, "energon")) {
+        j.loader = loader_new_energon(dpath, "train", seed, gbs, workers, chans, size, size, dc.num_classes, err,
+                                      sizeof err);
+        if (!j.loader) dfm_die("dataset.path: %s", err);
+    } else {
+        if (image_dataset_load(&ds, dtype, dpath, 1, size, chans, workers, err, sizeof err) != 0)
+            dfm_die("dataset (%s, from %s): %s", dtype, cfg_source(c, "dataset.path"), err);
+        if (ds.num_classes > dc.num_classes)
+            dfm_die("the dataset has %d classes but model.num_classes is %d", ds.num_classes, dc.num_classes);
+        n_val = int_key(c, "dataset.val_samples", 0, ds.n - 1);
+        split_indices(ds.n, n_val, seed, &train_idx, &n_train, &val_idx);
+        j.loader = loader_new(&ds, train_idx, n_train, seed, gbs, workers, dc.num_classes);
+    }
+
+    /* model, EMA, optimiser */
+    dit_create(&j.model, &dc, mbs);
+    dit_init(&j.model, seed);
+    j.ema = xalloc_floats(j.model.table.total);
+    memcpy(j.ema, j.model.params, j.model.table.total * sizeof(float));
+    j.ema_decay = (float)cfg_float(c, "train.ema_decay");
+    adamw_config oc;
+    oc.lr = (float)cfg_float(c, "optimizer.lr");
+    oc.beta1 = (float)cfg_float(c, "optimizer.adam_beta1");
+    oc.beta2 = (float)cfg_float(c, "optimizer.adam_beta2");
+    oc.eps = (float)cfg_float(c, "optimizer.adam_eps");
+    oc.weight_decay = (float)cfg_float(c, "optimizer.weight_decay");
+    oc.clip_grad = (float)cfg_float(c, "optimizer.clip_grad");
+    adamw_init(&j.opt, &j.model.table, &oc);
+    dit_trainer_init(&j.tr, &j.model, &j.opt, &j.obj, seed);
+    const char *style_s = cfg_str(c, "scheduler.lr_decay_style");
+    lr_style style = !strcmp(style_s, "cosine") ? LR_COSINE : !strcmp(style_s, "linear") ? LR_LINEAR : LR_CONSTANT;
+    long warmup = int_key(c, "scheduler.lr_warmup_iters", 0, 1L << 30);
+    long decay_iters = cfg_is_null(c, "scheduler.lr_decay_iters") ? train_iters
+                                                                  : int_key(c, "scheduler.lr_decay_iters", 0, 1L << 30);
+    double min_lr = cfg_float(c, "optimizer.min_lr");
+
+    if (!cfg_is_null(c, "checkpoint.load")) load_checkpoint(&j, cfg_str(c, "checkpoint.load"));
+
+    /* run folder */
+    const char *outdir = cfg_str(c, "logger.output_dir");
+    mkdir_p(outdir);
+    char metrics[4200], curve[4200], runcfg[4200];
+    snprintf(metrics, sizeof metrics, "%s/metrics.jsonl", outdir);
+    snprintf(curve, sizeof curve, "%s/loss_curve.png", outdir);
+    snprintf(runcfg, sizeof runcfg, "%s/run_config.yaml", outdir);
+    cfg_write_yaml(c, runcfg);
+    if (j.iteration > 0) trim_metrics(metrics, j.iteration);
+    else unlink(metrics);
+    FILE *mf = xfopen(metrics, "a");
+
+    const char *save = cfg_is_null(c, "checkpoint.save") ? NULL : cfg_str(c, "checkpoint.save");
+    long save_interval = int_key(c, "checkpoint.save_interval", 1, 1L << 30);
+    long log_interval = int_key(c, "logger.log_interval", 1, 1L << 30);
+    long eval_interval = int_key(c, "train.eval_interval", 1, 1L << 30);
+    int eval_iters = int_key(c, "train.eval_iters", 0, 1 << 20);
+    int tty = isatty(fileno(stdout));
+
+    size_t per = (size_t)dc.in_channels * dc.image_size * dc.image_size;
+    float *x = xalloc_floats((size_t)gbs * per);
+    int *labels = xcalloc((size_t)gbs, sizeof(int));
+    printf("dfm pretrain: recipe %s, DiT %d x %d (%d heads, patch %d, %d tokens), %zu parameters, %s objective\n",
+           cfg_recipe_of(c), dc.num_layers, dc.hidden_size, dc.num_heads, dc.patch_size, j.model.T, j.model.table.total,
+           j.obj.kind == OBJ_EDM ? "EDM" : "flow-matching");
+    printf("  data %s (%s): %d training / %d validation samples; batch %d (micro %d); %ld steps; %d threads\n",
+           dtype, dpath, n_train, n_val, gbs, mbs, train_iters, nth);
+    printf("  %s\n", kernels_blas_info());
+    fflush(stdout);
+
+    double t_window = dfm_time_s(), wait_window = 0, t_start = t_window;
+    long steps_window = 0, start_it = j.iteration;
+    while (j.iteration < train_iters) {
+        long it = j.iteration;
+        double lr = lr_schedule(it, oc.lr, min_lr, warmup, decay_iters, style);
+        wait_window += loader_next(j.loader, x, labels);
+        step_result r = dit_trainer_step(&j.tr, x, labels, gbs, (uint32_t)it, (float)lr);
+        if (!isfinite(r.loss)) dfm_die("loss became %g at step %ld: lower optimizer.lr or check the data", r.loss, it + 1);
+        ema_update(j.ema, j.model.params, j.model.table.total, j.ema_decay);
+        j.iteration++;
+        j.consumed += gbs;
+        steps_window++;
+        if (j.iteration % log_interval == 0 || j.iteration == train_iters) {
+            double now = dfm_time_s(), dt = now - t_window;
+            double sps = steps_window * gbs / dt, wait_frac = wait_window / dt;
+            fprintf(mf, "{\"step\": %ld, \"loss\": %.7g, \"lr\": %.6g, \"grad_norm\": %.6g, \"samples_per_s\": %.4g, "
+                        "\"data_wait_frac\": %.4g}\n",
+                    j.iteration, r.loss, lr, r.grad_norm, sps, wait_frac);
+            fflush(mf);
+            char eta[32];
+            fmt_eta(eta, sizeof eta, (double)(train_iters - j.iteration) * dt / steps_window);
+            if (tty)
+                printf("\r\033[K  step %ld/%ld | loss %.4f | lr %.2e | grad norm %.3f | %.1f samples/s | data wait %.1f%% | "
+                       "ETA %s",
+                       j.iteration, train_iters, r.loss, lr, r.grad_norm, sps, 100 * wait_frac, eta);
+            else
+                printf("  step %ld/%ld loss %.4f lr %.3e grad_norm %.4f samples/s %.1f data_wait %.1f%% eta %s\n",
+                       j.iteration, train_iters, r.loss, lr, r.grad_norm, sps, 100 * wait_frac, eta);
+            fflush(stdout);
+            if (plot_loss_curve(metrics, curve, err, sizeof err) != 0) dfm_warn("loss curve: %s", err);
+            t_window = dfm_time_s(), wait_window = 0, steps_window = 0;
+        }
+        if (j.iteration % eval_interval == 0 || j.iteration == train_iters) {
+            double v = validate(&j, ds.pixels ? &ds : NULL, val_idx, n_val, eval_iters, x, labels);
+            if (isfinite(v)) {
+                fprintf(mf, "{\"step\": %ld, \"val_loss\": %.7g}\n", j.iteration, v);
+                fflush(mf);
+                printf("%s  validation loss at step %ld: %.5f\n", tty ? "\n" : "", j.iteration, v);
+            }
+        }
+        if (save && (j.iteration % save_interval == 0 || j.iteration == train_iters)) {
+            save_checkpoint(&j, save);
+            if (tty) printf("\n");
+            printf("  saved checkpoint %s/iter_%07ld\n", save, j.iteration);
+        }
+        fflush(stdout);
+    }
+    xfclose(mf, metrics);
+    if (plot_loss_curve(metrics, curve, err, sizeof err) != 0) dfm_warn("loss curve: %s", err);
+    double total = dfm_time_s() - t_start;
+    printf("%sdone: %ld steps in %.1f s (%.1f samples/s); metrics in %s, loss curve in %s\n", tty ? "\n" : "",
+           j.iteration - start_it, total, total > 0 ? (j.iteration - start_it) * gbs / total : 0.0, metrics, curve);
+
+    free(x), free(labels), free(train_idx), free(val_idx), free(j.ema), free(j.objective_meta);
+    loader_free(j.loader);
+    image_dataset_free(&ds);
+    dit_trainer_free(&j.tr);
+    adamw_free(&j.opt);
+    dit_free(&j.model);
+    return 0;
+}

@@ -1,0 +1,243 @@
+/* The training job end to end through the dfm binary on a tiny config: kill -9 and resume gives the same
+ * metrics as an uninterrupted run; broken checkpoints, datasets and configs give clear errors. */
+#include "dfm/common.h"
+#include "test.h"
+
+#include <signal.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static char dir[128], bin[512];
+
+static const char *TINY =
+    "model.num_layers=2 model.hidden_size=32 model.num_attention_heads=2 model.ffn_hidden_size=64 "
+    "model.patch_size=7 train.train_iters=12 train.global_batch_size=8 train.micro_batch_size=4 "
+    "train.eval_interval=6 train.eval_iters=1 dataset.val_samples=16 dataset.num_workers=1 logger.log_interval=1 "
+    "checkpoint.save_interval=3 checkpoint.most_recent_k=2 optimizer.lr=3e-3 scheduler.lr_warmup_iters=2";
+
+/* Run a shell command, capturing combined output into *out (malloc'ed). Returns the exit status. */
+static int run(const char *cmd, char **out) {
+    char full[4096];
+    snprintf(full, sizeof full, "%s 2>&1", cmd);
+    FILE *p = popen(full, "r");
+    size_t cap = 1 << 16, len = 0;
+    char *buf = xmalloc(cap);
+    size_t n;
+    while ((n = fread(buf + len, 1, cap - len - 1, p)) > 0) {
+        len += n;
+        if (len + 1 >= cap) buf = xrealloc(buf, cap *= 2);
+    }
+    buf[len] = 0;
+    int st = pclose(p);
+    if (out) *out = buf;
+    else free(buf);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static char *slurp(const char *path) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return xstrdup("");
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *s = xmalloc((size_t)n + 1);
+    s[fread(s, 1, (size_t)n, f)] = 0;
+    fclose(f);
+    return s;
+}
+
+/* The reproducible part of metrics.jsonl: each line without its timing fields. */
+static char *losses_only(const char *metrics) {
+    char *s = slurp(metrics), *out = xcalloc(strlen(s) + 1, 1);
+    for (char *line = strtok(s, "\n"); line; line = strtok(NULL, "\n")) {
+        char *cut = strstr(line, ", \"samples_per_s\"");
+        if (cut) *cut = 0;
+        strcat(out, line);
+        strcat(out, "\n");
+    }
+    free(s);
+    return out;
+}
+
+static int count_lines(const char *path) {
+    char *s = slurp(path);
+    int n = 0;
+    for (char *p = s; *p; p++) n += *p == '\n';
+    free(s);
+    return n;
+}
+
+static void kill_and_resume(void) {
+    char cmd[4096], *out = NULL;
+    /* the uninterrupted run */
+    snprintf(cmd, sizeof cmd, "%s pretrain %s logger.output_dir=%s/a checkpoint.save=%s/a/ckpt", bin, TINY, dir, dir);
+    int rc = run(cmd, &out);
+    CHECK(rc == 0, "uninterrupted tiny run finishes (exit %d)%s%.300s", rc, rc ? ": " : "", rc ? out : "");
+    free(out);
+    char ma[256], mb[256];
+    snprintf(ma, sizeof ma, "%s/a/metrics.jsonl", dir);
+    snprintf(mb, sizeof mb, "%s/b/metrics.jsonl", dir);
+
+    /* the same run killed with SIGKILL once it has logged 7 steps (a checkpoint exists at step 6) */
+    snprintf(cmd, sizeof cmd, "%s/b", dir);
+    mkdir(cmd, 0755);
+    pid_t pid = fork();
+    if (pid == 0) {
+        char outdir[256], save[256];
+        snprintf(outdir, sizeof outdir, "logger.output_dir=%s/b", dir);
+        snprintf(save, sizeof save, "checkpoint.save=%s/b/ckpt", dir);
+        char *argv[64];
+        int argc = 0;
+        argv[argc++] = bin;
+        argv[argc++] = "pretrain";
+        char *tiny = xstrdup(TINY);
+        for (char *t = strtok(tiny, " "); t; t = strtok(NULL, " ")) argv[argc++] = t;
+        argv[argc++] = outdir;
+        argv[argc++] = save;
+        argv[argc] = NULL;
+        freopen("/dev/null", "w", stdout);
+        execv(bin, argv);
+        _exit(127);
+    }
+    double t0 = dfm_time_s();
+    while (count_lines(mb) < 8 && dfm_time_s() - t0 < 120) usleep(2000);
+    kill(pid, SIGKILL);
+    int st;
+    waitpid(pid, &st, 0);
+    int lines_at_kill = count_lines(mb);
+    CHECK(WIFSIGNALED(st) && lines_at_kill < 14, "run killed with SIGKILL mid-training (%d metric lines written)",
+          lines_at_kill);
+
+    /* resume from whatever the killed run left */
+    snprintf(cmd, sizeof cmd, "%s pretrain %s logger.output_dir=%s/b checkpoint.save=%s/b/ckpt checkpoint.load=%s/b/ckpt",
+             bin, TINY, dir, dir, dir);
+    rc = run(cmd, &out);
+    CHECK(rc == 0 && strstr(out, "resumed from"), "resumed run finishes (exit %d)%s%.300s", rc, rc ? ": " : "",
+          rc ? out : "");
+    free(out);
+    char *a = losses_only(ma), *b = losses_only(mb);
+    CHECK(strlen(a) > 100 && !strcmp(a, b), "resumed metrics.jsonl equals the uninterrupted run's (%zu bytes)%s",
+          strlen(a), strcmp(a, b) ? "" : "");
+    if (strcmp(a, b)) printf("# uninterrupted:\n%s# resumed:\n%s", a, b);
+    free(a), free(b);
+
+    /* final weights identical too */
+    char pa[256], pb[256];
+    snprintf(pa, sizeof pa, "%s/a/ckpt/iter_0000012/model.safetensors", dir);
+    snprintf(pb, sizeof pb, "%s/b/ckpt/iter_0000012/model.safetensors", dir);
+    char *wa = slurp(pa), *wb = slurp(pb);
+    struct stat sa, sb;
+    int same = stat(pa, &sa) == 0 && stat(pb, &sb) == 0 && sa.st_size == sb.st_size && sa.st_size > 1000;
+    if (same) {
+        FILE *fa = fopen(pa, "rb"), *fb = fopen(pb, "rb");
+        for (long i = 0; i < sa.st_size && same; i++) same = fgetc(fa) == fgetc(fb);
+        fclose(fa), fclose(fb);
+    }
+    CHECK(same, "final model.safetensors of the resumed run is byte-identical");
+    free(wa), free(wb);
+
+    /* most_recent_k = 2: only the two newest checkpoints remain */
+    snprintf(pa, sizeof pa, "%s/a/ckpt/iter_0000009", dir);
+    snprintf(pb, sizeof pb, "%s/a/ckpt/iter_0000006", dir);
+    CHECK(stat(pa, &sa) == 0 && stat(pb, &sb) != 0, "checkpoint.most_recent_k=2 keeps iter 9 and 12 only");
+}
+
+static void broken_checkpoints(void) {
+    char cmd[4096], path[512], *out;
+    /* a half-written checkpoint folder (as a crash mid-save leaves it) is never picked up */
+    snprintf(path, sizeof path, "%s/a/ckpt/iter_0000015.tmp.999", dir);
+    mkdir(path, 0755);
+    snprintf(cmd, sizeof cmd,
+             "%s pretrain %s train.train_iters=13 logger.output_dir=%s/c checkpoint.save=null checkpoint.load=%s/a/ckpt",
+             bin, TINY, dir, dir);
+    int rc = run(cmd, &out);
+    CHECK(rc == 0 && strstr(out, "iter_0000012 at iteration 12"), "resume ignores a half-written iter_*.tmp.* folder");
+    free(out);
+    /* a tracker naming a missing iteration */
+    snprintf(path, sizeof path, "%s/a/ckpt/latest_checkpointed_iteration.txt", dir);
+    FILE *f = xfopen(path, "w");
+    fputs("77\n", f);
+    fclose(f);
+    rc = run(cmd, &out);
+    CHECK(rc != 0 && strstr(out, "iter_0000077") && strstr(out, "does not exist"),
+          "tracker naming a missing iteration is refused: %.200s", out);
+    free(out);
+    f = xfopen(path, "w");
+    fputs("12\n", f);
+    fclose(f);
+    /* a checkpoint of another model shape */
+    snprintf(cmd, sizeof cmd,
+             "%s pretrain %s model.hidden_size=48 train.train_iters=13 logger.output_dir=%s/c checkpoint.save=null "
+             "checkpoint.load=%s/a/ckpt",
+             bin, TINY, dir, dir);
+    rc = run(cmd, &out);
+    CHECK(rc != 0 && strstr(out, "pos_embed.proj.weight") && strstr(out, "[32, 1, 7, 7]") &&
+              strstr(out, "[48, 1, 7, 7]"),
+          "checkpoint of another shape refused, naming the tensor: %.300s", out);
+    free(out);
+    /* a truncated weights file */
+    snprintf(path, sizeof path, "%s/a/ckpt/iter_0000012/model.safetensors", dir);
+    struct stat sb;
+    stat(path, &sb);
+    if (truncate(path, sb.st_size - 100) != 0) dfm_die("truncate failed");
+    snprintf(cmd, sizeof cmd,
+             "%s pretrain %s train.train_iters=13 logger.output_dir=%s/c checkpoint.save=null checkpoint.load=%s/a/ckpt",
+             bin, TINY, dir, dir);
+    rc = run(cmd, &out);
+    CHECK(rc != 0 && strstr(out, "model.safetensors") && strstr(out, "truncated"),
+          "truncated checkpoint weights refused: %.300s", out);
+    free(out);
+}
+
+static void bad_inputs(void) {
+    char cmd[4096], *out;
+    snprintf(cmd, sizeof cmd, "%s pretrain %s dataset.path=%s/nowhere logger.output_dir=%s/d", bin, TINY, dir, dir);
+    int rc = run(cmd, &out);
+    CHECK(rc != 0 && strstr(out, "nowhere"), "missing dataset folder named: %.300s", out);
+    free(out);
+    /* a truncated copy of the Fashion-MNIST training images */
+    snprintf(cmd, sizeof cmd,
+             "mkdir -p %s/fm && cp /usr/share/datasets/fashion-mnist/* %s/fm/ && "
+             "head -c 100000 /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz > "
+             "%s/fm/train-images-idx3-ubyte.gz",
+             dir, dir, dir);
+    run(cmd, NULL);
+    snprintf(cmd, sizeof cmd, "%s pretrain %s dataset.path=%s/fm logger.output_dir=%s/d", bin, TINY, dir, dir);
+    rc = run(cmd, &out);
+    CHECK(rc != 0 && strstr(out, "train-images-idx3-ubyte.gz"), "truncated dataset file named: %.300s", out);
+    free(out);
+    snprintf(cmd, sizeof cmd, "%s pretrain train.global_batch_sise=8", bin);
+    rc = run(cmd, &out);
+    CHECK(rc != 0 && strstr(out, "train.global_batch_size"), "misspelt key gets a suggestion: %.300s", out);
+    free(out);
+    snprintf(cmd, sizeof cmd, "%s pretrain %s train.global_batch_size=6 logger.output_dir=%s/d", bin, TINY, dir);
+    rc = run(cmd, &out);
+    CHECK(rc != 0 && strstr(out, "not a multiple of train.micro_batch_size"), "batch sizes checked: %.200s", out);
+    free(out);
+    snprintf(cmd, sizeof cmd, "%s pretrain %s model.tensor_model_parallel_size=2 logger.output_dir=%s/d", bin, TINY,
+             dir);
+    rc = run(cmd, &out);
+    CHECK(rc != 0 && strstr(out, "not built yet"), "unbuilt parallelism refused, not ignored: %.200s", out);
+    free(out);
+    snprintf(cmd, sizeof cmd, "%s pretrain %s model.hidden_size=33 logger.output_dir=%s/d", bin, TINY, dir);
+    rc = run(cmd, &out);
+    CHECK(rc != 0 && strstr(out, "not divisible"), "invalid model shape refused: %.200s", out);
+    free(out);
+}
+
+int main(void) {
+    test_seed();
+    const char *b = getenv("DFM_BUILD");
+    snprintf(bin, sizeof bin, "%s/dfm", b ? b : "build");
+    snprintf(dir, sizeof dir, "/tmp/dfm_test_pretrain_XXXXXX");
+    if (!mkdtemp(dir)) dfm_die("mkdtemp failed");
+    kill_and_resume();
+    broken_checkpoints();
+    bad_inputs();
+    char cmd[256];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    run(cmd, NULL);
+    return test_finish();
+}
