@@ -1,12 +1,17 @@
 /* Attention kernel benchmark: forward and backward time and GFLOP/s on DiT-like shapes.
  * Flops counted as 4 * B * H * Nq * Nk_valid * D forward (two block products) and 2.5x that backward.
- * Usage: bench_attention [repeats]  (each figure is the best of the repeats). */
+ * Usage: bench_attention [repeats [name-filter]]  (each figure is the best of the repeats; with a
+ * filter, only shapes whose name contains it).
+ * On a shared machine wall-clock figures swing with other load; DFM_BENCH_CPU_TIME=1 times by process
+ * CPU time instead, which with OMP_NUM_THREADS=1 gives a stable per-core figure. */
 #include "dfm/common.h"
 #include "dfm/kernels.h"
 
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <time.h>
 
 typedef struct {
     const char *name;
@@ -20,11 +25,20 @@ static void fill(float *x, size_t n, unsigned *state) {
     }
 }
 
+static double process_cpu_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
 int main(int argc, char **argv) {
     int repeats = argc > 1 ? atoi(argv[1]) : 5;
     if (repeats < 1) repeats = 1;
     int nthreads = kernels_init();
-    printf("# %s\n# best of %d runs, %d threads\n", kernels_blas_info(), repeats, nthreads);
+    const char *cpu_env = getenv("DFM_BENCH_CPU_TIME");
+    double (*clock_s)(void) = cpu_env && atoi(cpu_env) ? process_cpu_s : dfm_time_s;
+    printf("# %s\n# best of %d runs, %d threads, %s time\n", kernels_blas_info(), repeats, nthreads,
+           clock_s == process_cpu_s ? "process CPU" : "wall-clock");
     const bench_shape shapes[] = {
         {"DiT B8 H6 N256 D64", 8, 6, 256, 256, 64, 0},
         {"B2 H16 N1024 D72", 2, 16, 1024, 1024, 72, 0},
@@ -34,6 +48,7 @@ int main(int argc, char **argv) {
     printf("%-40s %10s %10s %10s %10s\n", "shape", "fwd ms", "fwd GF/s", "bwd ms", "bwd GF/s");
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
         const bench_shape *sh = &shapes[s];
+        if (argc > 2 && !strstr(sh->name, argv[2])) continue;
         int B = sh->B, H = sh->H, Nq = sh->Nq, Nk = sh->Nk, D = sh->D, C = H * D;
         size_t nq = (size_t)B * Nq * C, nk = (size_t)B * Nk * C;
         float *q = xalloc_floats(nq), *k = xalloc_floats(nk), *v = xalloc_floats(nk);
@@ -50,11 +65,11 @@ int main(int argc, char **argv) {
         double flops = 4.0 * B * H * (double)Nq * nvalid * D;
         double best_f = 1e30, best_b = 1e30;
         for (int r = 0; r < repeats; r++) {
-            double t0 = dfm_time_s();
+            double t0 = clock_s();
             attention_forward(out, lse, q, k, v, mask, B, Nq, Nk, H, D, C, C, C, scale);
-            double t1 = dfm_time_s();
+            double t1 = clock_s();
             attention_backward(dq, dk, dv, ws, dout, out, lse, q, k, v, mask, B, Nq, Nk, H, D, C, C, C, scale);
-            double t2 = dfm_time_s();
+            double t2 = clock_s();
             if (t1 - t0 < best_f) best_f = t1 - t0;
             if (t2 - t1 < best_b) best_b = t2 - t1;
         }

@@ -29,11 +29,11 @@ static inline char *test_mkdtemp(void) {
     return d;
 }
 
-/* printf-style path into a static rotating buffer (8 slots). */
+/* printf-style path into a static rotating buffer (64 slots: copy a result that must outlive 63 more calls). */
 static inline const char *test_path(const char *fmt, ...) {
-    static char bufs[8][1024];
+    static char bufs[64][1024];
     static int k;
-    char *b = bufs[k++ & 7];
+    char *b = bufs[k++ & 63];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(b, 1024, fmt, ap);

@@ -22,6 +22,8 @@ enum {
     RNG_STREAM_INIT = 4,     /* parameter initialisation (index = parameter number) */
     RNG_STREAM_BATCH = 5,    /* per-step (not per-sample) decisions, e.g. the mix-uniform coin */
     RNG_STREAM_SAMPLE = 6,   /* generation: initial latents */
+    RNG_STREAM_DATA = 7,     /* data order: the permutation of epoch `step` */
+    RNG_STREAM_SPLIT = 8,    /* the train/validation split */
 };
 
 /* One Philox4x32-10 block: 4 random 32-bit words from a 128-bit counter and a 64-bit key. */

@@ -24,10 +24,14 @@ static yt_node *new_node(ytp *c, yt_kind kind, const yaml_event_t *ev) {
     return n;
 }
 
-static void push(yt_node *n, char *key, yt_node *item) {
+static void push(yt_node *n, char *key, int key_line, yt_node *item) {
     n->items = xrealloc(n->items, (size_t)(n->n + 1) * sizeof *n->items);
-    if (n->kind == YT_MAP) n->keys = xrealloc(n->keys, (size_t)(n->n + 1) * sizeof *n->keys);
-    if (n->kind == YT_MAP) n->keys[n->n] = key;
+    if (n->kind == YT_MAP) {
+        n->keys = xrealloc(n->keys, (size_t)(n->n + 1) * sizeof *n->keys);
+        n->key_lines = xrealloc(n->key_lines, (size_t)(n->n + 1) * sizeof *n->key_lines);
+        n->keys[n->n] = key;
+        n->key_lines[n->n] = key_line;
+    }
     n->items[n->n++] = item;
 }
 
@@ -39,6 +43,7 @@ static void free_node(yt_node *n) {
     }
     free(n->items);
     free(n->keys);
+    free(n->key_lines);
     free(n->str);
     if (n->owns_file) free((char *)n->file);
     free(n);
@@ -80,6 +85,7 @@ static yt_node *build(ytp *c, yaml_event_t *ev) {
                 return n;
             }
             char *key = NULL;
+            int key_line = 0;
             if (is_map) {
                 if (e.type != YAML_SCALAR_EVENT) {
                     snprintf(c->err, c->errlen, "%s:%zu: map keys must be plain scalars", c->file,
@@ -88,6 +94,7 @@ static yt_node *build(ytp *c, yaml_event_t *ev) {
                     goto fail;
                 }
                 key = xstrdup((const char *)e.data.scalar.value);
+                key_line = (int)e.start_mark.line + 1;
                 for (int i = 0; i < n->n; i++)
                     if (!strcmp(n->keys[i], key)) {
                         snprintf(c->err, c->errlen, "%s:%zu: duplicate key '%s' (first at line %d)", c->file,
@@ -108,7 +115,7 @@ static yt_node *build(ytp *c, yaml_event_t *ev) {
                 free(key);
                 goto fail;
             }
-            push(n, key, item);
+            push(n, key, key_line, item);
         }
     fail:
         free_node(n);

@@ -103,7 +103,9 @@ void diffusion_prepare(diffusion_batch *db, const objective_config *o, const flo
         double uni = rng_uniform(seed, RNG_STREAM_TIMESTEP, step, gi, 4);
         db->draw_normal[b] = (float)nrm;
         db->draw_uniform[b] = (float)uni;
-        double s = objective_sigma(o, nrm, uni, db->batch_coin);
+        /* everything below derives from the fp32 sigma that is stored, so a consumer of db->sigma (or a
+         * reference implementation) recomputes exactly the same timesteps and coefficients */
+        double s = (float)objective_sigma(o, nrm, uni, db->batch_coin);
         double drop = rng_uniform(seed, RNG_STREAM_DROPOUT, step, gi, 0);
         db->labels[b] = drop < o->cond_dropout_prob ? null_class : labels[b];
         db->sigma[b] = (float)s;
@@ -119,7 +121,7 @@ void diffusion_prepare(diffusion_batch *db, const objective_config *o, const flo
                 in[i] = xt[i];
                 tg[i] = noise[i] - x[i];
             }
-            db->timestep[b] = (float)(o->num_train_timesteps * s);
+            db->timestep[b] = (float)o->num_train_timesteps * (float)s;
             db->c_skip[b] = 0.0f;
             db->c_out[b] = 1.0f;
             db->weight[b] = o->use_loss_weighting ? (float)(1.0 + o->flow_shift * s) : 1.0f;

@@ -25,7 +25,12 @@
 
 /* Query and key block sizes: a BQ x BK score tile (plus one more in the backward) lives on the
  * stack of each thread; big enough that sgemm call overhead is amortised, small enough for L1/L2. */
-enum { ATT_BQ = 64, ATT_BK = 128 };
+#ifndef ATT_BQ
+#define ATT_BQ 64
+#endif
+#ifndef ATT_BK
+#define ATT_BK 128
+#endif
 
 #define ATT_LOG2E 1.4426950408889634f
 #define ATT_LN2 0.6931471805599453f

@@ -14,9 +14,11 @@ import torch.nn.functional as Fn
 
 def timestep_embedding(t, dim, max_period=10000.0, freq_shift=1.0):
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=t.dtype) / (half - freq_shift))
-    args = t[:, None] * freqs[None, :]
-    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)  # flip_sin_to_cos
+    # in float32 whatever the model's dtype, as diffusers computes it (a float64 reference would otherwise
+    # differ from any fp32 implementation by the rounding of t * freq at t ~ 1000)
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32) / (half - freq_shift))
+    args = t.float()[:, None] * freqs[None, :]
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1).to(t.dtype)  # flip_sin_to_cos
     if dim % 2:
         emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
     return emb

@@ -1,0 +1,629 @@
+/* `dfm data prepare` and `dfm data inspect`: write and check Energon-compatible webdataset folders. */
+#include "dfm/codec.h"
+#include "dfm/common.h"
+#include "dfm/energon.h"
+#include "dfm/fashion_mnist.h"
+#include "dfm/tar.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <jansson.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+int dfm_data_main(int argc, char **argv);
+
+static void data_usage(FILE *f) {
+    fprintf(
+        f,
+        "usage: dfm data prepare --out DIR SOURCE [options]\n"
+        "       dfm data inspect PATH [--split NAME] [--quick]\n"
+        "\n"
+        "prepare writes an Energon-compatible webdataset folder: DIR/shards/shard_NNNNNN.tar, beside each its\n"
+        "<shard>.tar.idx, and DIR/.nv-meta/{dataset.yaml (CrudeWebdataset), split.yaml, .info.json}.\n"
+        "SOURCE (one of):\n"
+        "  --fashion-mnist [DIR]  idx.gz files (default " FMNIST_DEFAULT_DIR "); parts .png .cls .json\n"
+        "      --test-set         use the t10k set instead of the training set\n"
+        "  --images DIR           PNG/JPEG files; optional DIR/metadata.jsonl lines {\"file_name\": ..., \"label\":\n"
+        "                         N | \"text\": ...} give .cls/.txt parts and the line itself as .json\n"
+        "  --tensors DIR          files grouped by key (name up to the first dot): a.latent.npy + a.txt -> one\n"
+        "                         sample; each tensor of a .safetensors file becomes a <name>.npy part\n"
+        "options:\n"
+        "  --maxcount N           samples per shard (default 1000)\n"
+        "  --limit N              use only the first N samples of the source\n"
+        "  --split R[,R[,R]]      train,val,test ratios (default 1 = all train); each split gets its own shards\n"
+        "inspect prints the splits, shard and sample counts and the parts of the first sample (names, types,\n"
+        "shapes), after checking every shard against its .tar.idx (--quick skips the full scan). PATH may be a\n"
+        "MetadatasetV2 .yaml, for which the blended sources are listed. Exits non-zero on a broken dataset.\n");
+}
+
+/* ------------------------------------------------------------------------------------------------ prepare */
+
+typedef struct {
+    char *name;
+    uint8_t *data;
+    size_t size;
+} part_buf;
+
+typedef struct {
+    char *out;
+    int maxcount;
+    tar_writer w;
+    int open, shard_no, in_shard;
+    uint64_t *idx;
+    char **names;
+    int64_t *counts;
+    int nshards;
+    /* split assignment */
+    int split_of_shard[1 << 16];
+    int cur_split;
+} shard_out;
+
+static void shard_finish(shard_out *o) {
+    if (!o->open) return;
+    uint64_t end = tar_writer_close(&o->w);
+    o->idx[o->in_shard] = end;
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s.idx", o->out, o->names[o->nshards - 1]);
+    tar_idx_write(path, o->idx, (size_t)o->in_shard + 1);
+    o->counts[o->nshards - 1] = o->in_shard;
+    o->open = 0;
+}
+
+static void shard_add_sample(shard_out *o, int split, const char *key, part_buf *parts, int nparts) {
+    if (o->open && (o->in_shard == o->maxcount || split != o->cur_split)) shard_finish(o);
+    if (!o->open) {
+        if (o->nshards >= (1 << 16)) dfm_die("prepare: more than 65536 shards; raise --maxcount");
+        char name[64], path[4096];
+        snprintf(name, sizeof name, "shards/shard_%06d.tar", o->nshards);
+        snprintf(path, sizeof path, "%s/%s", o->out, name);
+        o->names = xrealloc(o->names, (size_t)(o->nshards + 1) * sizeof *o->names);
+        o->counts = xrealloc(o->counts, (size_t)(o->nshards + 1) * sizeof *o->counts);
+        o->names[o->nshards] = xstrdup(name);
+        o->split_of_shard[o->nshards] = split;
+        o->nshards++;
+        tar_writer_open(&o->w, path);
+        o->open = 1;
+        o->in_shard = 0;
+        o->cur_split = split;
+    }
+    for (int i = 0; i < nparts; i++) {
+        size_t ml = strlen(key) + strlen(parts[i].name) + 2;
+        char *member = xmalloc(ml);
+        snprintf(member, ml, "%s.%s", key, parts[i].name);
+        uint64_t off = tar_writer_add(&o->w, member, parts[i].data, parts[i].size);
+        free(member);
+        if (i == 0) o->idx[o->in_shard] = off;
+    }
+    o->in_shard++;
+}
+
+static void write_text_atomic(const char *path, const char *text) {
+    dfm_atomic_file af;
+    atomic_open(&af, path);
+    xfwrite(text, 1, strlen(text), af.f, af.tmp_path);
+    atomic_commit(&af);
+}
+
+static void mkdir_p(const char *path) {
+    char *p = xstrdup(path);
+    for (char *s = p + 1; *s; s++)
+        if (*s == '/') {
+            *s = 0;
+            if (mkdir(p, 0755) != 0 && errno != EEXIST) dfm_die("cannot create folder '%s': %s", p, strerror(errno));
+            *s = '/';
+        }
+    if (mkdir(p, 0755) != 0 && errno != EEXIST) dfm_die("cannot create folder '%s': %s", p, strerror(errno));
+    free(p);
+}
+
+static const char *const split_names[3] = {"train", "val", "test"};
+
+static void write_meta(shard_out *o, const int *nsplit_samples) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/.nv-meta", o->out);
+    mkdir_p(path);
+    snprintf(path, sizeof path, "%s/.nv-meta/dataset.yaml", o->out);
+    write_text_atomic(path, "__module__: megatron.energon\n__class__: CrudeWebdataset\n");
+    /* split.yaml as Energon writes it: split_parts then exclude */
+    size_t cap = 256 + (size_t)o->nshards * 64;
+    char *t = xmalloc(cap);
+    size_t n = (size_t)snprintf(t, cap, "split_parts:\n");
+    for (int s = 0; s < 3; s++) {
+        if (!nsplit_samples[s]) continue;
+        n += (size_t)snprintf(t + n, cap - n, "  %s:\n", split_names[s]);
+        for (int i = 0; i < o->nshards; i++)
+            if (o->split_of_shard[i] == s) n += (size_t)snprintf(t + n, cap - n, "  - %s\n", o->names[i]);
+    }
+    snprintf(t + n, cap - n, "exclude: []\n");
+    snprintf(path, sizeof path, "%s/.nv-meta/split.yaml", o->out);
+    write_text_atomic(path, t);
+    free(t);
+    json_t *j = json_object(), *sc = json_object();
+    json_object_set_new(j, "energon_version", json_string("dfm-0.1.0"));
+    for (int i = 0; i < o->nshards; i++) json_object_set_new(sc, o->names[i], json_integer(o->counts[i]));
+    json_object_set_new(j, "shard_counts", sc);
+    char *js = json_dumps(j, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+    json_decref(j);
+    snprintf(path, sizeof path, "%s/.nv-meta/.info.json", o->out);
+    size_t jl = strlen(js);
+    char *withnl = xmalloc(jl + 2);
+    memcpy(withnl, js, jl);
+    withnl[jl] = '\n';
+    withnl[jl + 1] = 0;
+    write_text_atomic(path, withnl);
+    free(withnl);
+    free(js);
+}
+
+static uint8_t *read_all(const char *path, size_t *len) {
+    FILE *f = xfopen(path, "rb");
+    if (fseeko(f, 0, SEEK_END) != 0) dfm_die("'%s': seek failed", path);
+    off_t n = ftello(f);
+    fseeko(f, 0, SEEK_SET);
+    uint8_t *b = xmalloc((size_t)n + 1);
+    xfread(b, 1, (size_t)n, f, path);
+    xfclose(f, path);
+    b[n] = 0;
+    *len = (size_t)n;
+    return b;
+}
+
+static int cmp_str(const void *a, const void *b) {
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static char **list_dir(const char *dir, int *n) {
+    DIR *d = opendir(dir);
+    if (!d) dfm_die("cannot open folder '%s': %s", dir, strerror(errno));
+    char **names = NULL;
+    *n = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (e->d_name[0] == '.') continue;
+        names = xrealloc(names, (size_t)(*n + 1) * sizeof *names);
+        names[(*n)++] = xstrdup(e->d_name);
+    }
+    closedir(d);
+    if (*n) qsort(names, (size_t)*n, sizeof *names, cmp_str);
+    return names;
+}
+
+/* A sample source: fills parts for sample i; returns the number of parts; key written into key. */
+typedef struct {
+    int kind; /* 0 fmnist, 1 images, 2 tensors */
+    int count;
+    uint8_t *images, *labels;
+    char *dir;
+    char **files; /* images: file names; tensors: keys */
+    int nfiles;
+    json_t **meta; /* images: the metadata line of each file, or NULL */
+    char **all;    /* tensors: all file names, sorted */
+    int nall;
+} source;
+
+static void key_from_name(char *key, size_t cap, const char *name) {
+    /* the key is the base name up to the first dot: dots would split it into parts */
+    snprintf(key, cap, "%s", name);
+    char *dot = strchr(key, '.');
+    if (dot) *dot = 0;
+}
+
+static uint8_t *safetensor_to_npy(const char *path, const char *tname, json_t *entry, const uint8_t *data,
+                                  size_t datalen, size_t *out_len) {
+    const char *dt = json_string_value(json_object_get(entry, "dtype"));
+    json_t *shape = json_object_get(entry, "shape"), *offs = json_object_get(entry, "data_offsets");
+    if (!dt || !json_is_array(shape) || !json_is_array(offs) || json_array_size(shape) > NPY_MAX_DIMS)
+        dfm_die("'%s': tensor '%s' lacks dtype/shape/data_offsets", path, tname);
+    int64_t sh[NPY_MAX_DIMS];
+    size_t nd = json_array_size(shape), count = 1;
+    for (size_t i = 0; i < nd; i++) count *= (size_t)(sh[i] = json_integer_value(json_array_get(shape, i)));
+    size_t b = (size_t)json_integer_value(json_array_get(offs, 0)),
+           e = (size_t)json_integer_value(json_array_get(offs, 1));
+    static const struct {
+        const char *st, *npy;
+        size_t sz;
+    } map[] = {{"F32", "<f4", 4}, {"F64", "<f8", 8}, {"F16", "<f2", 2}, {"I64", "<i8", 8},  {"I32", "<i4", 4},
+               {"I16", "<i2", 2}, {"I8", "|i1", 1},  {"U8", "|u1", 1},  {"BOOL", "|b1", 1}, {"BF16", "<f4", 2}};
+    for (size_t k = 0; k < sizeof map / sizeof map[0]; k++) {
+        if (strcmp(dt, map[k].st)) continue;
+        if (e < b || e > datalen || e - b != count * map[k].sz)
+            dfm_die("'%s': tensor '%s' has data_offsets [%zu, %zu] that do not fit %zu x %s in %zu data bytes", path,
+                    tname, b, e, count, dt, datalen);
+        if (!strcmp(dt, "BF16")) { /* numpy has no bfloat16: widen to float32 */
+            float *f = xmalloc(count * 4 + 1);
+            for (size_t i = 0; i < count; i++) {
+                uint32_t bits = (uint32_t)(data[b + 2 * i] | data[b + 2 * i + 1] << 8) << 16;
+                memcpy(&f[i], &bits, 4);
+            }
+            uint8_t *r = npy_encode(f, "<f4", sh, (int)nd, out_len);
+            free(f);
+            return r;
+        }
+        return npy_encode(data + b, map[k].npy, sh, (int)nd, out_len);
+    }
+    dfm_die("'%s': tensor '%s' has dtype %s, which has no .npy equivalent here", path, tname, dt);
+}
+
+static int source_parts(source *s, int i, char *key, size_t keycap, part_buf *parts, int maxparts) {
+    int np = 0;
+    if (s->kind == 0) {
+        snprintf(key, keycap, "%06d", i);
+        parts[np].name = xstrdup("png");
+        parts[np].data = png_encode_mem(s->images + (size_t)i * 784, 28, 28, 1, &parts[np].size);
+        np++;
+        char t[128];
+        snprintf(t, sizeof t, "%d", s->labels[i]);
+        parts[np].name = xstrdup("cls");
+        parts[np].data = (uint8_t *)xstrdup(t);
+        parts[np++].size = strlen(t);
+        snprintf(t, sizeof t, "{\"label\": %d, \"class_name\": \"%s\"}", s->labels[i],
+                 fmnist_class_names[s->labels[i]]);
+        parts[np].name = xstrdup("json");
+        parts[np].data = (uint8_t *)xstrdup(t);
+        parts[np++].size = strlen(t);
+        return np;
+    }
+    if (s->kind == 1) {
+        const char *f = s->files[i];
+        key_from_name(key, keycap, f);
+        char path[4096];
+        snprintf(path, sizeof path, "%s/%s", s->dir, f);
+        const char *ext = strrchr(f, '.');
+        parts[np].name = xstrdup(ext && (!strcasecmp(ext, ".jpg") || !strcasecmp(ext, ".jpeg")) ? "jpg" : "png");
+        parts[np].data = read_all(path, &parts[np].size);
+        if (!strcmp(parts[np].name, "png")) { /* refuse broken images now rather than at training time */
+            uint8_t *px;
+            int w, h, c;
+            char err[256];
+            if (png_decode_mem(parts[np].data, parts[np].size, &px, &w, &h, &c, err, sizeof err) != 0)
+                dfm_die("'%s': %s", path, err);
+            free(px);
+        }
+        np++;
+        json_t *m = s->meta ? s->meta[i] : NULL;
+        if (m) {
+            json_t *label = json_object_get(m, "label"), *text = json_object_get(m, "text");
+            if (label) {
+                char t[64];
+                if (!json_is_integer(label))
+                    dfm_die("'%s/metadata.jsonl': label of '%s' must be an integer", s->dir, f);
+                snprintf(t, sizeof t, "%lld", (long long)json_integer_value(label));
+                parts[np].name = xstrdup("cls");
+                parts[np].data = (uint8_t *)xstrdup(t);
+                parts[np++].size = strlen(t);
+            }
+            if (json_is_string(text)) {
+                parts[np].name = xstrdup("txt");
+                parts[np].data = (uint8_t *)xstrdup(json_string_value(text));
+                parts[np++].size = strlen(json_string_value(text));
+            }
+            char *js = json_dumps(m, JSON_COMPACT | JSON_PRESERVE_ORDER);
+            parts[np].name = xstrdup("json");
+            parts[np].data = (uint8_t *)js;
+            parts[np++].size = strlen(js);
+        }
+        return np;
+    }
+    /* tensors: every file whose key matches */
+    snprintf(key, keycap, "%s", s->files[i]);
+    size_t kl = strlen(key);
+    for (int k = 0; k < s->nall; k++) {
+        const char *f = s->all[k];
+        if (strncmp(f, key, kl) || f[kl] != '.') continue;
+        char path[4096];
+        snprintf(path, sizeof path, "%s/%s", s->dir, f);
+        const char *rest = f + kl + 1;
+        size_t len;
+        uint8_t *b = read_all(path, &len);
+        if (!strcmp(rest, "safetensors") || (strlen(rest) > 12 && !strcmp(rest + strlen(rest) - 12, ".safetensors"))) {
+            if (len < 8) dfm_die("'%s': too short for a safetensors file", path);
+            uint64_t hl = 0;
+            for (int q = 7; q >= 0; q--) hl = hl << 8 | b[q];
+            if (hl > 100000000 || 8 + hl > len)
+                dfm_die("'%s': safetensors header length %llu is invalid", path, (unsigned long long)hl);
+            json_error_t je;
+            json_t *h = json_loadb((const char *)b + 8, (size_t)hl, 0, &je);
+            if (!json_is_object(h)) dfm_die("'%s': safetensors header is not a JSON object: %s", path, je.text);
+            const char *tn;
+            json_t *ent;
+            json_object_foreach(h, tn, ent) {
+                if (!strcmp(tn, "__metadata__")) continue;
+                if (np == maxparts) dfm_die("'%s': too many parts for sample '%s'", path, key);
+                size_t nl = strlen(tn) + 5;
+                parts[np].name = xmalloc(nl);
+                snprintf(parts[np].name, nl, "%s.npy", tn);
+                parts[np].data = safetensor_to_npy(path, tn, ent, b + 8 + hl, len - 8 - (size_t)hl, &parts[np].size);
+                np++;
+            }
+            json_decref(h);
+            free(b);
+        } else {
+            if (np == maxparts) dfm_die("'%s': too many parts for sample '%s'", path, key);
+            if (strlen(rest) > 4 && !strcmp(rest + strlen(rest) - 4, ".npy") ? 1 : !strcmp(rest, "npy")) {
+                npy_view v;
+                char err[256];
+                if (npy_parse(b, len, &v, err, sizeof err) != 0) dfm_die("'%s': %s", path, err);
+            }
+            parts[np].name = xstrdup(rest);
+            parts[np].data = b;
+            parts[np++].size = len;
+        }
+    }
+    return np;
+}
+
+static int cmd_prepare(int argc, char **argv) {
+    const char *out = NULL, *fm_dir = NULL, *img_dir = NULL, *ten_dir = NULL, *split = "1";
+    int test_set = 0, maxcount = 1000, limit = 0, have_fm = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        const char *next = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "--out") && next)
+            out = argv[++i];
+        else if (!strcmp(a, "--fashion-mnist")) {
+            have_fm = 1;
+            if (next && next[0] != '-') fm_dir = argv[++i];
+        } else if (!strcmp(a, "--test-set"))
+            test_set = 1;
+        else if (!strcmp(a, "--images") && next)
+            img_dir = argv[++i];
+        else if (!strcmp(a, "--tensors") && next)
+            ten_dir = argv[++i];
+        else if (!strcmp(a, "--maxcount") && next)
+            maxcount = atoi(argv[++i]);
+        else if (!strcmp(a, "--limit") && next)
+            limit = atoi(argv[++i]);
+        else if (!strcmp(a, "--split") && next)
+            split = argv[++i];
+        else if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            data_usage(stdout);
+            return 0;
+        } else {
+            fprintf(stderr, "dfm: error: data prepare: unknown or incomplete option '%s'\n", a);
+            data_usage(stderr);
+            return 2;
+        }
+    }
+    if (!out || have_fm + !!img_dir + !!ten_dir != 1) {
+        fprintf(stderr,
+                "dfm: error: data prepare needs --out DIR and exactly one of --fashion-mnist, --images, --tensors\n");
+        return 2;
+    }
+    if (maxcount < 1) dfm_die("data prepare: --maxcount must be at least 1");
+    double ratio[3] = {0, 0, 0};
+    int nr = sscanf(split, "%lf,%lf,%lf", &ratio[0], &ratio[1], &ratio[2]);
+    if (nr < 1 || ratio[0] < 0 || ratio[1] < 0 || ratio[2] < 0 || ratio[0] + ratio[1] + ratio[2] <= 0)
+        dfm_die("data prepare: --split '%s' must be 1 to 3 non-negative ratios like 8,1,1", split);
+
+    source s = {0};
+    char err[1024];
+    if (have_fm) {
+        s.kind = 0;
+        if (fmnist_load(fm_dir ? fm_dir : FMNIST_DEFAULT_DIR, !test_set, limit, &s.images, &s.labels, &s.count, err,
+                        sizeof err) != 0)
+            dfm_die("%s", err);
+    } else if (img_dir) {
+        s.kind = 1;
+        s.dir = xstrdup(img_dir);
+        char mp[4096];
+        snprintf(mp, sizeof mp, "%s/metadata.jsonl", img_dir);
+        FILE *mf = fopen(mp, "r");
+        if (mf) {
+            char *line = NULL;
+            size_t lcap = 0;
+            int lineno = 0;
+            while (getline(&line, &lcap, mf) > 0) {
+                lineno++;
+                if (strspn(line, " \t\r\n") == strlen(line)) continue;
+                json_error_t je;
+                json_t *j = json_loads(line, 0, &je);
+                const char *fn = j ? json_string_value(json_object_get(j, "file_name")) : NULL;
+                if (!fn)
+                    dfm_die("%s:%d: expected a JSON object with \"file_name\"%s%s", mp, lineno, j ? "" : ": ",
+                            j ? "" : je.text);
+                s.files = xrealloc(s.files, (size_t)(s.nfiles + 1) * sizeof *s.files);
+                s.meta = xrealloc(s.meta, (size_t)(s.nfiles + 1) * sizeof *s.meta);
+                s.files[s.nfiles] = xstrdup(fn);
+                s.meta[s.nfiles++] = j;
+            }
+            free(line);
+            fclose(mf);
+        } else {
+            int n;
+            char **all = list_dir(img_dir, &n);
+            for (int i = 0; i < n; i++) {
+                const char *e = strrchr(all[i], '.');
+                if (e && (!strcasecmp(e, ".png") || !strcasecmp(e, ".jpg") || !strcasecmp(e, ".jpeg"))) {
+                    s.files = xrealloc(s.files, (size_t)(s.nfiles + 1) * sizeof *s.files);
+                    s.files[s.nfiles++] = xstrdup(all[i]);
+                }
+                free(all[i]);
+            }
+            free(all);
+        }
+        s.count = s.nfiles;
+    } else {
+        s.kind = 2;
+        s.dir = xstrdup(ten_dir);
+        s.all = list_dir(ten_dir, &s.nall);
+        for (int i = 0; i < s.nall; i++) {
+            char key[4096];
+            key_from_name(key, sizeof key, s.all[i]);
+            if (!strchr(s.all[i], '.')) continue;
+            if (s.nfiles && !strcmp(s.files[s.nfiles - 1], key)) continue;
+            s.files = xrealloc(s.files, (size_t)(s.nfiles + 1) * sizeof *s.files);
+            s.files[s.nfiles++] = xstrdup(key);
+        }
+        s.count = s.nfiles;
+    }
+    if (limit > 0 && s.count > limit) s.count = limit;
+    if (s.count == 0) dfm_die("data prepare: the source has no samples");
+
+    shard_out *o = xcalloc(1, sizeof *o);
+    o->out = xstrdup(out);
+    o->maxcount = maxcount;
+    o->idx = xmalloc(((size_t)maxcount + 1) * sizeof *o->idx);
+    char sp[4096];
+    snprintf(sp, sizeof sp, "%s/shards", out);
+    mkdir_p(sp);
+    /* contiguous sample ranges per split, so that every split with a ratio gets its share exactly */
+    double tot = ratio[0] + ratio[1] + ratio[2];
+    int bound[4] = {0, (int)((double)s.count * ratio[0] / tot + 0.5),
+                    (int)((double)s.count * (ratio[0] + ratio[1]) / tot + 0.5), s.count};
+    int nsplit[3];
+    for (int k = 0; k < 3; k++) nsplit[k] = bound[k + 1] - bound[k];
+    part_buf parts[64];
+    for (int i = 0; i < s.count; i++) {
+        char key[4096];
+        int np = source_parts(&s, i, key, sizeof key, parts, 64);
+        if (np == 0) dfm_die("data prepare: sample '%s' has no parts", key);
+        int sp_i = i < bound[1] ? 0 : i < bound[2] ? 1 : 2;
+        shard_add_sample(o, sp_i, key, parts, np);
+        for (int k = 0; k < np; k++) {
+            free(parts[k].name);
+            free(parts[k].data);
+        }
+    }
+    shard_finish(o);
+    write_meta(o, nsplit);
+    printf("prepared %d samples in %d shards under %s (train %d, val %d, test %d)\n", s.count, o->nshards, out,
+           nsplit[0], nsplit[1], nsplit[2]);
+    for (int i = 0; i < o->nshards; i++) free(o->names[i]);
+    free(o->names);
+    free(o->counts);
+    free(o->idx);
+    free(o->out);
+    free(o);
+    free(s.images);
+    free(s.labels);
+    free(s.dir);
+    for (int i = 0; i < s.nfiles; i++) {
+        free(s.files[i]);
+        if (s.meta) json_decref(s.meta[i]);
+    }
+    free(s.files);
+    free(s.meta);
+    for (int i = 0; i < s.nall; i++) free(s.all[i]);
+    free(s.all);
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------------------ inspect */
+
+static void print_first_sample(const char *path, const char *split) {
+    energon_options o;
+    energon_options_default(&o);
+    o.split = split;
+    o.num_workers = 0;
+    o.shuffle_buffer = 0;
+    o.slice_size = 0;
+    o.quiet = 1;
+    char err[1024];
+    energon_reader *r = energon_open(path, &o, err, sizeof err);
+    if (!r) dfm_die("%s", err);
+    energon_sample *s;
+    if (energon_next(r, &s) != 0) dfm_die("%s", energon_error(r));
+    printf("first sample of '%s': key '%s' in %s\n", split, s->key, s->shard);
+    for (int i = 0; i < s->nparts; i++) {
+        const energon_part *p = &s->parts[i];
+        printf("  .%-16s ", p->name);
+        if (p->kind == EN_TENSOR) {
+            printf("tensor %s [", p->dtype == EN_U8 ? "uint8" : "float32");
+            for (int d = 0; d < p->ndim; d++) printf("%s%lld", d ? ", " : "", (long long)p->shape[d]);
+            printf("]\n");
+        } else if (p->kind == EN_INT)
+            printf("int %lld\n", (long long)p->ival);
+        else if (p->kind == EN_STRING)
+            printf("string (%zu bytes): %.60s%s\n", p->nbytes, (const char *)p->data, p->nbytes > 60 ? "..." : "");
+        else
+            printf("bytes (%zu)\n", p->nbytes);
+    }
+    for (int i = 0; i < s->nsubflavors; i++)
+        printf("  subflavor %s = %s\n", s->subflavor_keys[i], s->subflavor_values[i]);
+    energon_sample_free(s);
+    energon_close(r);
+}
+
+static int cmd_inspect(int argc, char **argv) {
+    const char *path = NULL, *split = NULL;
+    int quick = 0;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--quick"))
+            quick = 1;
+        else if (!strcmp(argv[i], "--split") && i + 1 < argc)
+            split = argv[++i];
+        else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+            data_usage(stdout);
+            return 0;
+        } else if (argv[i][0] != '-' && !path)
+            path = argv[i];
+        else {
+            fprintf(stderr, "dfm: error: data inspect: unexpected argument '%s'\n", argv[i]);
+            return 2;
+        }
+    }
+    if (!path) {
+        fprintf(stderr, "dfm: error: data inspect needs a dataset folder or metadataset .yaml\n");
+        return 2;
+    }
+    char err[1024];
+    struct stat st;
+    if (stat(path, &st) != 0) dfm_die("'%s' does not exist", path);
+    if (!S_ISDIR(st.st_mode)) { /* a metadataset */
+        energon_options o;
+        energon_options_default(&o);
+        o.split = split ? split : "train";
+        o.num_workers = 0;
+        energon_reader *r = energon_open(path, &o, err, sizeof err);
+        if (!r) dfm_die("%s", err);
+        printf("metadataset %s, split '%s': %d sources\n", path, o.split, energon_num_sources(r));
+        for (int i = 0; i < energon_num_sources(r); i++) {
+            energon_source_info si = energon_source(r, i);
+            printf("  %s [%s]: %lld samples, %s %.4g\n", si.path, si.split_part, (long long)si.samples,
+                   si.repetitions > 0 ? "repetitions" : "weight", si.repetitions > 0 ? si.repetitions : si.weight);
+        }
+        energon_close(r);
+        print_first_sample(path, o.split);
+        return 0;
+    }
+    energon_dataset_info info;
+    if (energon_dataset_info_load(path, NULL, &info, err, sizeof err) != 0) dfm_die("%s", err);
+    printf("dataset %s (%s), %d shards\n", path, info.dataset_class ? info.dataset_class : "no dataset.yaml",
+           info.nshards);
+    for (int i = 0; i < info.nsplits; i++)
+        printf("  split %-6s %4d shards %10lld samples\n", info.splits[i].name, info.splits[i].nshards,
+               (long long)info.splits[i].samples);
+    if (!quick) {
+        for (int i = 0; i < info.nshards; i++) {
+            char sp[4096];
+            snprintf(sp, sizeof sp, "%s/%s", path, info.shard_names[i]);
+            if (energon_check_shard(sp, info.shard_counts[i], err, sizeof err) != 0) {
+                energon_dataset_info_free(&info);
+                dfm_die("%s", err);
+            }
+        }
+        printf("all %d shards agree with their .tar.idx and .info.json\n", info.nshards);
+    }
+    const char *first = split;
+    for (int i = 0; !first && i < info.nsplits; i++)
+        if (info.splits[i].samples > 0) first = info.splits[i].name;
+    char firstbuf[256];
+    snprintf(firstbuf, sizeof firstbuf, "%s", first ? first : "");
+    energon_dataset_info_free(&info);
+    if (firstbuf[0]) print_first_sample(path, firstbuf);
+    return 0;
+}
+
+int dfm_data_main(int argc, char **argv) {
+    if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+        data_usage(argc < 2 ? stderr : stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    if (!strcmp(argv[1], "prepare")) return cmd_prepare(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "inspect")) return cmd_inspect(argc - 1, argv + 1);
+    fprintf(stderr, "dfm: error: unknown data command '%s' (prepare, inspect)\n", argv[1]);
+    data_usage(stderr);
+    return 2;
+}

@@ -1,0 +1,182 @@
+/* The built-in recipes: complete config trees (the schema of every valid key) in Megatron-Bridge's sections
+ * plus DFM's diffusion keys. dit_fashion_mnist is the default; the dit_* recipes are the DiT paper's sizes. */
+#include "dfm/config.h"
+#include "dfm/common.h"
+
+#include <stdio.h>
+#include <string.h>
+
+/* Every key, with the defaults of dit_fashion_mnist. */
+static cfg *recipe_base(const char *name) {
+    cfg *c = cfg_new(name);
+    char buf[256];
+
+    /* model: Megatron's shape keys plus the DiT ones */
+    cfg_def(c, "model.num_layers", CFG_INT, "6", "transformer blocks");
+    cfg_def(c, "model.hidden_size", CFG_INT, "256", "model width");
+    cfg_def(c, "model.num_attention_heads", CFG_INT, "4", "attention heads (hidden_size must divide by it)");
+    cfg_def(c, "model.ffn_hidden_size", CFG_INT, "1024", "MLP width (4 x hidden_size in DiT)");
+    cfg_def(c, "model.patch_size", CFG_INT, "2", "image patch side");
+    cfg_def(c, "model.in_channels", CFG_INT, "1", "input channels (1 for Fashion-MNIST, 4 for VAE latents)");
+    cfg_def(c, "model.out_channels", CFG_INT, "1", "output channels");
+    cfg_def(c, "model.image_size", CFG_INT, "28", "input height = width");
+    cfg_def(c, "model.num_classes", CFG_INT, "10", "class labels (one more row is the null class for CFG)");
+    cfg_def(c, "model.freq_dim", CFG_INT, "256", "timestep sinusoid width");
+    cfg_def(c, "model.norm_eps", CFG_FLOAT, "1e-6", "LayerNorm epsilon");
+    cfg_def(c, "model.tensor_model_parallel_size", CFG_INT, "1", "tensor-parallel ranks");
+    cfg_def(c, "model.context_parallel_size", CFG_INT, "1", "context-parallel ranks");
+    cfg_def(c, "model.pipeline_model_parallel_size", CFG_INT, "1", "pipeline stages");
+    cfg_def(c, "model.sequence_parallel", CFG_BOOL, "false", "shard norms/dropout over the sequence with TP");
+    cfg_def_enum(c, "model.recompute_granularity", 1, NULL, "full|selective", "activation recomputation");
+    cfg_def_enum(c, "model.recompute_method", 1, NULL, "uniform|block", "how recomputed layers are chosen");
+    cfg_def(c, "model.recompute_num_layers", CFG_INT, NULL, "layers per recompute unit");
+
+    /* train */
+    cfg_def(c, "train.train_iters", CFG_INT, "3000", "optimizer steps");
+    cfg_def(c, "train.global_batch_size", CFG_INT, "64", "samples per optimizer step");
+    cfg_def(c, "train.micro_batch_size", CFG_INT, "64", "samples per forward/backward (gradient accumulation)");
+    cfg_def(c, "train.eval_interval", CFG_INT, "500", "steps between validation losses");
+    cfg_def(c, "train.eval_iters", CFG_INT, "4", "validation micro-batches per evaluation");
+    cfg_def(c, "train.ema_decay", CFG_FLOAT, "0.999", "EMA decay of the weights used for sampling");
+    cfg_def_enum(c, "train.device", 0, "cpu", "cpu", "where to train");
+
+    /* optimizer */
+    cfg_def_enum(c, "optimizer.optimizer", 0, "adam", "adam", "optimizer (Adam with decoupled weight decay)");
+    cfg_def(c, "optimizer.lr", CFG_FLOAT, "1e-3", "peak learning rate");
+    cfg_def(c, "optimizer.min_lr", CFG_FLOAT, "1e-5", "learning rate at the end of the decay");
+    cfg_def(c, "optimizer.weight_decay", CFG_FLOAT, "0.01", "decoupled weight decay");
+    cfg_def(c, "optimizer.adam_beta1", CFG_FLOAT, "0.9", "Adam beta1");
+    cfg_def(c, "optimizer.adam_beta2", CFG_FLOAT, "0.999", "Adam beta2");
+    cfg_def(c, "optimizer.adam_eps", CFG_FLOAT, "1e-8", "Adam epsilon");
+    cfg_def(c, "optimizer.clip_grad", CFG_FLOAT, "1.0", "gradient-norm clip (0 = off)");
+
+    /* scheduler */
+    cfg_def_enum(c, "scheduler.lr_decay_style", 0, "cosine", "cosine|linear|constant", "decay after warmup");
+    cfg_def(c, "scheduler.lr_warmup_iters", CFG_INT, "100", "linear warmup steps");
+    cfg_def(c, "scheduler.lr_decay_iters", CFG_INT, NULL, "steps of warmup + decay (null = train.train_iters)");
+
+    /* checkpoint: Megatron's iter_%07d/ layout */
+    snprintf(buf, sizeof buf, "runs/%s/checkpoints", name);
+    cfg_def(c, "checkpoint.save", CFG_STR | CFG_NULLABLE, buf, "folder of iter_%07d/ checkpoints (null = none)");
+    cfg_def(c, "checkpoint.load", CFG_STR, NULL, "folder to resume from (its latest checkpoint)");
+    cfg_def(c, "checkpoint.save_interval", CFG_INT, "1000", "steps between checkpoints");
+    cfg_def(c, "checkpoint.load_optim", CFG_BOOL, "true", "restore the optimizer state on resume");
+    cfg_def(c, "checkpoint.most_recent_k", CFG_INT, "2", "checkpoints kept (the oldest are removed)");
+
+    /* dataset */
+    cfg_def_enum(c, "dataset.type", 0, "fashion_mnist", "fashion_mnist|image_folder|energon", "data source");
+    cfg_def(c, "dataset.path", CFG_STR, "/usr/share/datasets/fashion-mnist", "dataset folder");
+    cfg_def(c, "dataset.num_workers", CFG_INT, "2", "loader threads");
+    cfg_def(c, "dataset.val_samples", CFG_INT, "1000", "samples held out for validation");
+    cfg_def(c, "dataset.image_size", CFG_INT, NULL, "resize to this side (null = model.image_size)");
+    cfg_def(c, "dataset.channels", CFG_INT, NULL, "convert to this many channels (null = model.in_channels)");
+
+    /* logger */
+    cfg_def(c, "logger.log_interval", CFG_INT, "50", "steps between log lines");
+    snprintf(buf, sizeof buf, "runs/%s", name);
+    cfg_def(c, "logger.output_dir", CFG_STR, buf, "run folder: metrics.jsonl, loss curve, run_config.yaml");
+
+    cfg_def(c, "rng.seed", CFG_INT, "1234", "seed of every random draw (init, data order, noise)");
+
+    /* diffusion: REFERENCE.md §2 */
+    cfg_def_enum(c, "diffusion.objective", 0, "flow_matching", "flow_matching|edm", "training objective");
+    cfg_def_enum(c, "diffusion.timestep_sampling", 0, "logit_normal", "uniform|logit_normal|lognorm|mode|mix",
+                 "flow matching: how u in (0,1) is drawn");
+    cfg_def(c, "diffusion.logit_mean", CFG_FLOAT, "0.0", "logit_normal mean");
+    cfg_def(c, "diffusion.logit_std", CFG_FLOAT, "1.0", "logit_normal std");
+    cfg_def(c, "diffusion.flow_shift", CFG_FLOAT, "1.0", "sigma shift s = shift/(shift + 1/u - 1)");
+    cfg_def(c, "diffusion.mix_uniform_ratio", CFG_FLOAT, "0.1", "probability a batch uses uniform u");
+    cfg_def(c, "diffusion.mode_scale", CFG_FLOAT, "1.29", "'mode' sampling scale");
+    cfg_def(c, "diffusion.sigma_min", CFG_FLOAT, "0.0", "flow matching sigma clamp, low");
+    cfg_def(c, "diffusion.sigma_max", CFG_FLOAT, "1.0", "flow matching sigma clamp, high");
+    cfg_def(c, "diffusion.num_train_timesteps", CFG_INT, "1000", "the model sees t = num_train_timesteps * sigma");
+    cfg_def(c, "diffusion.use_loss_weighting", CFG_BOOL, "true", "weight the loss by 1 + flow_shift * sigma");
+    cfg_def(c, "diffusion.cfg_dropout_prob", CFG_FLOAT, "0.1", "probability a label is replaced by the null class");
+    cfg_def(c, "diffusion.edm_p_mean", CFG_FLOAT, "-1.2", "EDM log-sigma mean");
+    cfg_def(c, "diffusion.edm_p_std", CFG_FLOAT, "1.2", "EDM log-sigma std");
+    cfg_def(c, "diffusion.edm_sigma_data", CFG_FLOAT, "0.5", "EDM data std");
+    cfg_def(c, "diffusion.edm_sigma_min", CFG_FLOAT, "0.002", "EDM sigma range, low");
+    cfg_def(c, "diffusion.edm_sigma_max", CFG_FLOAT, "80.0", "EDM sigma range, high");
+
+    /* generate */
+    cfg_def_enum(c, "generate.sampler", 0, "euler", "euler|heun", "euler (flow matching) or heun (EDM)");
+    cfg_def(c, "generate.steps", CFG_INT, "25", "sampling steps");
+    cfg_def(c, "generate.guidance_scale", CFG_FLOAT, "3.0", "classifier-free guidance scale (1 = off)");
+    cfg_def(c, "generate.flow_shift", CFG_FLOAT, "1.0", "sampling sigma shift");
+    cfg_def(c, "generate.num_samples", CFG_INT, "10", "samples to draw");
+    cfg_def(c, "generate.seed", CFG_INT, "0", "sampling seed");
+    return c;
+}
+
+/* DiT-S/B/L/XL with patch 2 on 32x32x4 latents (256px images through the SD VAE), ImageNet-scale training as
+ * in the DiT paper: constant LR 1e-4, no weight decay, EMA 0.9999. */
+static cfg *recipe_dit(const char *name, int layers, int hidden, int heads) {
+    cfg *c = recipe_base(name);
+    char v[32];
+    snprintf(v, sizeof v, "%d", layers);
+    cfg_set_default(c, "model.num_layers", v);
+    snprintf(v, sizeof v, "%d", hidden);
+    cfg_set_default(c, "model.hidden_size", v);
+    snprintf(v, sizeof v, "%d", heads);
+    cfg_set_default(c, "model.num_attention_heads", v);
+    snprintf(v, sizeof v, "%d", 4 * hidden);
+    cfg_set_default(c, "model.ffn_hidden_size", v);
+    cfg_set_default(c, "model.in_channels", "4");
+    cfg_set_default(c, "model.out_channels", "4");
+    cfg_set_default(c, "model.image_size", "32");
+    cfg_set_default(c, "model.num_classes", "1000");
+    cfg_set_default(c, "train.train_iters", "400000");
+    cfg_set_default(c, "train.global_batch_size", "256");
+    cfg_set_default(c, "train.micro_batch_size", "32");
+    cfg_set_default(c, "train.eval_interval", "5000");
+    cfg_set_default(c, "train.eval_iters", "32");
+    cfg_set_default(c, "train.ema_decay", "0.9999");
+    cfg_set_default(c, "optimizer.lr", "1e-4");
+    cfg_set_default(c, "optimizer.min_lr", "1e-4");
+    cfg_set_default(c, "optimizer.weight_decay", "0.0");
+    cfg_set_default(c, "scheduler.lr_decay_style", "constant");
+    cfg_set_default(c, "scheduler.lr_warmup_iters", "0");
+    cfg_set_default(c, "checkpoint.save_interval", "10000");
+    cfg_set_default(c, "dataset.type", "image_folder");
+    cfg_set_default(c, "dataset.path", "data/imagenet");
+    cfg_set_default(c, "dataset.num_workers", "8");
+    cfg_set_default(c, "dataset.val_samples", "10000");
+    cfg_set_default(c, "logger.log_interval", "100");
+    return c;
+}
+
+typedef struct {
+    const char *name, *summary;
+    int layers, hidden, heads; /* 0: the Fashion-MNIST base */
+} recipe_entry;
+
+static const recipe_entry recipes[] = {
+    {"dit_fashion_mnist", "DiT (6 x 256, 4 heads, patch 2) on Fashion-MNIST 28x28, CPU-sized (the default)", 0, 0, 0},
+    {"dit_s2", "DiT-S/2 (12 layers x 384, 6 heads) on 32x32x4 latents, 1000 classes", 12, 384, 6},
+    {"dit_b2", "DiT-B/2 (12 layers x 768, 12 heads) on 32x32x4 latents, 1000 classes", 12, 768, 12},
+    {"dit_l2", "DiT-L/2 (24 layers x 1024, 16 heads) on 32x32x4 latents, 1000 classes", 24, 1024, 16},
+    {"dit_xl2", "DiT-XL/2 (28 layers x 1152, 16 heads) on 32x32x4 latents, 1000 classes", 28, 1152, 16},
+};
+#define NRECIPES ((int)(sizeof recipes / sizeof recipes[0]))
+
+int cfg_recipe_count(void) {
+    return NRECIPES;
+}
+const char *cfg_recipe_name(int i) {
+    return i >= 0 && i < NRECIPES ? recipes[i].name : NULL;
+}
+const char *cfg_recipe_summary(int i) {
+    return i >= 0 && i < NRECIPES ? recipes[i].summary : NULL;
+}
+
+cfg *cfg_recipe(const char *name, char *err, size_t errlen) {
+    for (int i = 0; i < NRECIPES; i++) {
+        const recipe_entry *r = &recipes[i];
+        if (strcmp(name, r->name)) continue;
+        return r->layers ? recipe_dit(r->name, r->layers, r->hidden, r->heads) : recipe_base(r->name);
+    }
+    size_t off = (size_t)snprintf(err, errlen, "unknown recipe '%s'; recipes:", name);
+    for (int i = 0; i < NRECIPES && off < errlen; i++)
+        off += (size_t)snprintf(err + off, errlen - off, "%s %s", i ? "," : "", recipes[i].name);
+    return NULL;
+}
