@@ -8,6 +8,7 @@ PKGS=(
   libopenblas-openmp-dev libopenblas0-openmp   # BLAS built for OpenMP (see docs/ARCHITECTURE.md)
   libomp-dev                                   # OpenMP runtime for clang builds
   libyaml-dev libjansson-dev libpng-dev libjpeg62-turbo-dev zlib1g-dev
+  pkg-config libcairo2-dev fonts-dejavu-core    # sample grids and loss curves (cairo; a font for their labels)
   python3-torch python3-numpy                  # PyTorch references in tests and benchmarks (/usr/bin/python3)
   dataset-fashion-mnist                        # the default training data
 )

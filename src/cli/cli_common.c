@@ -1,0 +1,170 @@
+/* Shared helpers of dfm's subcommands (see cli_common.h). */
+#include "cli/cli_common.h"
+#include "dfm/common.h"
+#include "dfm/fashion_mnist.h"
+#include "dfm/safetensors.h"
+
+#include <jansson.h>
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+int cli_parse_int(const char *s, long lo, long hi, long *out) {
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (!*s || *end || errno || v < lo || v > hi) return 0;
+    *out = v;
+    return 1;
+}
+
+int cli_parse_u64(const char *s, uint64_t *out) {
+    char *end;
+    errno = 0;
+    if (!*s || *s == '-') return 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (*end || errno) return 0;
+    *out = (uint64_t)v;
+    return 1;
+}
+
+int cli_parse_float(const char *s, double lo, double hi, double *out) {
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (!*s || *end || errno || !isfinite(v) || v < lo || v > hi) return 0;
+    *out = v;
+    return 1;
+}
+
+int cli_opt(int argc, char **argv, int *i, const char *name, const char **val) {
+    const char *a = argv[*i];
+    size_t n = strlen(name);
+    if (strncmp(a, name, n)) return 0;
+    if (a[n] == '=') {
+        *val = a + n + 1;
+        return 1;
+    }
+    if (a[n]) return 0;
+    if (*i + 1 >= argc) dfm_die("option %s needs a value", name);
+    *val = argv[++*i];
+    return 1;
+}
+
+static int is_dir(const char *p) {
+    struct stat st;
+    return stat(p, &st) == 0 && S_ISDIR(st.st_mode);
+}
+static int is_file(const char *p) {
+    struct stat st;
+    return stat(p, &st) == 0 && S_ISREG(st.st_mode);
+}
+
+int cli_resolve_weights(const char *checkpoint, const char *which, int which_explicit, char *out, size_t outlen,
+                        char *err, size_t errlen) {
+    struct stat st;
+    if (stat(checkpoint, &st) != 0) {
+        snprintf(err, errlen, "checkpoint '%s' does not exist", checkpoint);
+        return -1;
+    }
+    if (!S_ISDIR(st.st_mode)) {
+        snprintf(out, outlen, "%s", checkpoint);
+        return 0;
+    }
+    char dir[4096], p[4608];
+    snprintf(dir, sizeof dir, "%s", checkpoint);
+    snprintf(p, sizeof p, "%s/latest_checkpointed_iteration.txt", checkpoint);
+    if (is_file(p)) { /* a checkpoint root: follow it to the newest iteration */
+        FILE *f = fopen(p, "r");
+        char line[64] = "";
+        if (!f || !fgets(line, sizeof line, f)) {
+            snprintf(err, errlen, "cannot read '%s'", p);
+            if (f) fclose(f);
+            return -1;
+        }
+        fclose(f);
+        line[strcspn(line, " \r\n")] = 0;
+        long it;
+        if (!cli_parse_int(line, 0, 9999999, &it)) {
+            snprintf(err, errlen, "'%s' holds '%s', not an iteration number", p, line);
+            return -1;
+        }
+        snprintf(dir, sizeof dir, "%.4000s/iter_%07ld", checkpoint, it);
+        if (!is_dir(dir)) {
+            snprintf(err, errlen, "'%s' names iteration %ld, but '%s' is missing", p, it, dir);
+            return -1;
+        }
+    }
+    snprintf(p, sizeof p, "%s/%s.safetensors", dir, which);
+    if (is_file(p)) {
+        snprintf(out, outlen, "%s", p);
+        return 0;
+    }
+    if (!which_explicit && !strcmp(which, "ema")) {
+        snprintf(p, sizeof p, "%s/model.safetensors", dir);
+        if (is_file(p)) {
+            dfm_warn("'%s' has no ema.safetensors; using the raw weights model.safetensors", dir);
+            snprintf(out, outlen, "%s", p);
+            return 0;
+        }
+    }
+    snprintf(err, errlen, "'%s' has no %s.safetensors: not a checkpoint folder (iter_NNNNNNN/) or root", dir, which);
+    return -1;
+}
+
+int cli_open_dit(const char *checkpoint, const char *which, int which_explicit, int max_batch, dit_model *m,
+                 cli_model_info *info, char *err, size_t errlen) {
+    memset(info, 0, sizeof *info);
+    if (cli_resolve_weights(checkpoint, which, which_explicit, info->path, sizeof info->path, err, errlen)) return -1;
+    char serr[1024];
+    st_file *f = st_open(info->path, serr, sizeof serr);
+    if (!f) {
+        snprintf(err, errlen, "'%s' is not a dfm weights file (safetensors): %s", info->path, serr);
+        return -1;
+    }
+    if (!st_meta(f, "dfm_dit_config")) {
+        snprintf(err, errlen, "'%s' is not a dfm DiT weights file: it has no 'dfm_dit_config' metadata", info->path);
+        st_close(f);
+        return -1;
+    }
+    int rc = stored_objective_parse(st_meta(f, "dfm_objective"), &info->obj, serr, sizeof serr);
+    if (rc < 0) {
+        snprintf(err, errlen, "'%s': %s", info->path, serr);
+        st_close(f);
+        return -1;
+    }
+    info->has_objective = rc == 1;
+    char *names_json = st_meta(f, "dfm_class_names") ? xstrdup(st_meta(f, "dfm_class_names")) : NULL;
+    st_close(f);
+    if (dit_open_weights(m, info->path, max_batch, err, errlen)) {
+        free(names_json);
+        return -1;
+    }
+
+    int K = m->cfg.num_classes;
+    info->class_names = xcalloc((size_t)K, sizeof(char *));
+    json_t *names = names_json ? json_loads(names_json, 0, NULL) : NULL;
+    if (names_json && (!json_is_array(names) || (int)json_array_size(names) != K))
+        dfm_warn("'%s': metadata 'dfm_class_names' is not a list of %d names; ignoring it", info->path, K);
+    for (int k = 0; k < K; k++) {
+        json_t *v = json_is_array(names) && (int)json_array_size(names) == K ? json_array_get(names, (size_t)k) : NULL;
+        char buf[32];
+        snprintf(buf, sizeof buf, "class %d", k);
+        info->class_names[k] = xstrdup(json_is_string(v) ? json_string_value(v)
+                                       : K == 10         ? fmnist_class_names[k]
+                                                         : buf);
+    }
+    json_decref(names);
+    free(names_json);
+    return 0;
+}
+
+void cli_model_info_free(cli_model_info *info, int num_classes) {
+    for (int k = 0; info->class_names && k < num_classes; k++) free(info->class_names[k]);
+    free(info->class_names);
+    info->class_names = NULL;
+}
