@@ -24,12 +24,15 @@ BENCH_BINS:= $(BENCH_SRCS:bench/%.c=$(BUILD)/bench/%)
 LIB       := $(BUILD)/libdfm.a
 BIN       := $(BUILD)/dfm
 
-.PHONY: all deps demo test test-fast test-asan bench clean format
+.PHONY: all deps test-deps demo test test-fast bench clean format
 
 all: $(BIN) $(TEST_BINS) $(BENCH_BINS)
 
 deps:
 	@bash scripts/install-deps.sh
+
+test-deps:
+	@bash scripts/install-deps.sh --test
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -50,13 +53,14 @@ $(BUILD)/bench/%: bench/%.c $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -o $@ $< $(LIB) $(LDFLAGS) $(LDLIBS)
 
-# The main job (until the training-job issue lands: a short DiT training run on a fixed batch).
+# The main job: train the default recipe (DiT on Fashion-MNIST), sample a labelled grid of every class and
+# score the samples (scripts/demo.sh; about 15 minutes on 2 cores).
 demo: deps
 	@$(MAKE) --no-print-directory $(BIN)
-	$(BIN) demo
+	@bash scripts/demo.sh
 
 # Full test suite: release build with gcc, the same tests under ASan+UBSan, and a clang build check.
-test: deps
+test: test-deps
 	@bash tests/run.sh
 
 # Release-build tests only (what a developer runs while iterating).
@@ -64,7 +68,7 @@ test-fast:
 	@$(MAKE) --no-print-directory all
 	@bash tests/run.sh --fast
 
-bench: deps
+bench: test-deps
 	@$(MAKE) --no-print-directory all
 	@bash bench/run.sh
 

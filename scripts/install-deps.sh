@@ -1,17 +1,24 @@
 #!/usr/bin/env bash
-# Installs the Debian packages dfm needs to build, test and run. Idempotent: packages
-# already present are skipped, and nothing is done when all are there.
+# Installs the Debian packages dfm needs. Idempotent: packages already present are skipped, and
+# nothing is done when all are there.
+#   install-deps.sh          what building and running dfm needs (make demo)
+#   install-deps.sh --test   that plus what the tests and benchmarks need (make test, make bench)
 set -euo pipefail
 
 PKGS=(
-  build-essential make gcc clang
+  build-essential make gcc
   libopenblas-openmp-dev libopenblas0-openmp   # BLAS built for OpenMP (see docs/ARCHITECTURE.md)
   libomp-dev                                   # OpenMP runtime for clang builds
   libyaml-dev libjansson-dev libpng-dev libjpeg62-turbo-dev zlib1g-dev
   pkg-config libcairo2-dev fonts-dejavu-core    # sample grids and loss curves (cairo; a font for their labels)
-  python3-torch python3-numpy                  # PyTorch references in tests and benchmarks (/usr/bin/python3)
   dataset-fashion-mnist                        # the default training data
 )
+if [ "${1:-}" = "--test" ]; then
+  PKGS+=(
+    clang                                      # the test suite also builds with clang
+    python3-torch python3-numpy                # PyTorch references in tests and benchmarks (/usr/bin/python3)
+  )
+fi
 
 missing=()
 for p in "${PKGS[@]}"; do

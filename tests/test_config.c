@@ -129,13 +129,13 @@ static void test_recipes(void) {
         cfg_free(c);
     }
     cfg *c = recipe("dit_fashion_mnist");
-    CHECK(cfg_int(c, "model.num_layers") == 6 && cfg_int(c, "model.hidden_size") == 256 &&
+    CHECK(cfg_int(c, "model.num_layers") == 6 && cfg_int(c, "model.hidden_size") == 128 &&
               cfg_int(c, "model.in_channels") == 1 && cfg_int(c, "model.image_size") == 28 &&
-              cfg_int(c, "model.num_classes") == 10 && cfg_int(c, "train.train_iters") == 3000 &&
+              cfg_int(c, "model.num_classes") == 10 && cfg_int(c, "train.train_iters") == 1000 &&
               cfg_float(c, "optimizer.lr") == 1e-3 && !strcmp(cfg_str(c, "dataset.type"), "fashion_mnist") &&
               !strcmp(cfg_str(c, "dataset.path"), "/usr/share/datasets/fashion-mnist") &&
               !strcmp(cfg_str(c, "checkpoint.save"), "runs/dit_fashion_mnist/checkpoints") &&
-              cfg_float(c, "train.ema_decay") == 0.999,
+              cfg_float(c, "train.ema_decay") == 0.995,
           "dit_fashion_mnist defaults");
     cfg_free(c);
     const int shapes[4][3] = {{12, 384, 6}, {12, 768, 12}, {24, 1024, 16}, {28, 1152, 16}};

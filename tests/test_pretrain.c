@@ -1,5 +1,6 @@
 /* The training job end to end through the dfm binary on a tiny config: kill -9 and resume gives the same
  * metrics as an uninterrupted run; broken checkpoints, datasets and configs give clear errors. */
+#include "dfm/codec.h"
 #include "dfm/common.h"
 #include "test.h"
 
@@ -7,6 +8,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <jpeglib.h>
 #include <unistd.h>
 
 static char dir[128], bin[512];
@@ -227,6 +229,87 @@ static void bad_inputs(void) {
     free(out);
 }
 
+static void write_file(const char *path, const void *buf, size_t n) {
+    FILE *f = xfopen(path, "wb");
+    xfwrite(buf, 1, n, f, path);
+    fclose(f);
+}
+
+static void write_jpeg(const char *path, const uint8_t *rgb, int w, int h) {
+    struct jpeg_compress_struct c;
+    struct jpeg_error_mgr e;
+    c.err = jpeg_std_error(&e);
+    jpeg_create_compress(&c);
+    FILE *f = xfopen(path, "wb");
+    jpeg_stdio_dest(&c, f);
+    c.image_width = (JDIMENSION)w, c.image_height = (JDIMENSION)h, c.input_components = 3, c.in_color_space = JCS_RGB;
+    jpeg_set_defaults(&c);
+    jpeg_start_compress(&c, TRUE);
+    while (c.next_scanline < c.image_height) {
+        JSAMPROW row = (JSAMPROW)(rgb + (size_t)c.next_scanline * w * 3);
+        jpeg_write_scanlines(&c, &row, 1);
+    }
+    jpeg_finish_compress(&c);
+    jpeg_destroy_compress(&c);
+    fclose(f);
+}
+
+/* An image folder with PNG and JPEG files of other sizes, labelled by sub-folder, then by metadata.jsonl. */
+static void image_folder(void) {
+    char path[512], cmd[4096], *out;
+    const char *classes[2] = {"boots", "shirts"};
+    for (int k = 0; k < 2; k++) {
+        snprintf(path, sizeof path, "%s/imgs/%s", dir, classes[k]);
+        snprintf(cmd, sizeof cmd, "mkdir -p %s", path);
+        run(cmd, NULL);
+        for (int i = 0; i < 12; i++) {
+            int w = 40 + i, h = 36;
+            uint8_t *px = xmalloc((size_t)w * h * 3);
+            for (int p = 0; p < w * h * 3; p++) px[p] = (uint8_t)(test_uniform() * 255);
+            if (i % 2) {
+                size_t len;
+                uint8_t *png = png_encode_mem(px, w, h, 3, &len);
+                snprintf(path, sizeof path, "%s/imgs/%s/%02d.png", dir, classes[k], i);
+                write_file(path, png, len);
+                free(png);
+            } else {
+                snprintf(path, sizeof path, "%s/imgs/%s/%02d.jpg", dir, classes[k], i);
+                write_jpeg(path, px, w, h);
+            }
+            free(px);
+        }
+    }
+    const char *folder_run = "%s pretrain model.num_layers=1 model.hidden_size=32 model.num_attention_heads=2 "
+                             "model.ffn_hidden_size=64 model.patch_size=7 model.num_classes=2 train.train_iters=3 "
+                             "train.global_batch_size=4 train.micro_batch_size=4 dataset.type=image_folder "
+                             "dataset.path=%s/imgs dataset.val_samples=4 logger.output_dir=%s/e checkpoint.save=null";
+    snprintf(cmd, sizeof cmd, folder_run, bin, dir, dir);
+    int rc = run(cmd, &out);
+    CHECK(rc == 0 && strstr(out, "20 training / 4 validation"),
+          "image folder (PNG + JPEG, resized, labels from sub-folders) trains: %.300s", rc ? out : "ok");
+    free(out);
+    /* labels from metadata.jsonl, and a bad line in it */
+    snprintf(path, sizeof path, "%s/imgs/metadata.jsonl", dir);
+    const char *good = "{\"file_name\": \"boots/00.jpg\", \"label\": 1}\n{\"file_name\": \"shirts/01.png\", \"label\": 0}\n";
+    write_file(path, good, strlen(good));
+    rc = run(cmd, &out);
+    CHECK(rc == 0, "metadata.jsonl labels accepted: %.300s", rc ? out : "ok");
+    free(out);
+    const char *bad = "{\"file_name\": \"boots/00.jpg\", \"label\": 1}\n{\"file_name\": \"nope.png\"}\n";
+    write_file(path, bad, strlen(bad));
+    rc = run(cmd, &out);
+    CHECK(rc != 0 && strstr(out, "metadata.jsonl' line 2") && strstr(out, "nope.png"),
+          "metadata.jsonl naming a missing file refused with its line: %.300s", out);
+    free(out);
+    /* a corrupt image names the file */
+    unlink(path);
+    snprintf(path, sizeof path, "%s/imgs/boots/03.png", dir);
+    write_file(path, "not a png", 9);
+    rc = run(cmd, &out);
+    CHECK(rc != 0 && strstr(out, "boots/03.png"), "corrupt PNG named: %.300s", out);
+    free(out);
+}
+
 int main(void) {
     test_seed();
     const char *b = getenv("DFM_BUILD");
@@ -236,6 +319,7 @@ int main(void) {
     kill_and_resume();
     broken_checkpoints();
     bad_inputs();
+    image_folder();
     char cmd[256];
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
     run(cmd, NULL);

@@ -214,6 +214,7 @@ typedef struct {
     long iteration; /* completed optimizer steps */
     int64_t consumed;
     char *objective_meta;
+    char *class_names_meta; /* JSON list, or NULL */
 } job;
 
 static void save_checkpoint(job *j, const char *root) {
@@ -223,7 +224,8 @@ static void save_checkpoint(job *j, const char *root) {
     snprintf(tmp, sizeof tmp, "%s/iter_%07ld.tmp.%ld", root, j->iteration, (long)getpid());
     rm_rf(tmp);
     mkdir_p(tmp);
-    const char *meta[] = {"dfm_objective", j->objective_meta, NULL};
+    const char *meta[] = {"dfm_objective", j->objective_meta,
+                          j->class_names_meta ? "dfm_class_names" : NULL, j->class_names_meta, NULL};
     snprintf(path, sizeof path, "%s/model.safetensors", tmp);
     dit_save_weights(&j->model, j->model.params, path, meta);
     snprintf(path, sizeof path, "%s/ema.safetensors", tmp);
@@ -453,6 +455,12 @@ int dfm_pretrain(const cfg *c) {
             dfm_die("dataset (%s, from %s): %s", dtype, cfg_source(c, "dataset.path"), err);
         if (ds.num_classes > dc.num_classes)
             dfm_die("the dataset has %d classes but model.num_classes is %d", ds.num_classes, dc.num_classes);
+        if (ds.class_names) {
+            json_t *names = json_array();
+            for (int i = 0; i < ds.num_classes; i++) json_array_append_new(names, json_string(ds.class_names[i]));
+            j.class_names_meta = json_dumps(names, JSON_COMPACT);
+            json_decref(names);
+        }
         n_val = int_key(c, "dataset.val_samples", 0, ds.n - 1);
         split_indices(ds.n, n_val, seed, &train_idx, &n_train, &val_idx);
         j.loader = loader_new(&ds, train_idx, n_train, seed, gbs, workers, dc.num_classes);
@@ -565,7 +573,7 @@ int dfm_pretrain(const cfg *c) {
     printf("%sdone: %ld steps in %.1f s (%.1f samples/s); metrics in %s, loss curve in %s\n", tty ? "\n" : "",
            j.iteration - start_it, total, total > 0 ? (j.iteration - start_it) * gbs / total : 0.0, metrics, curve);
 
-    free(x), free(labels), free(train_idx), free(val_idx), free(j.ema), free(j.objective_meta);
+    free(x), free(labels), free(train_idx), free(val_idx), free(j.ema), free(j.objective_meta), free(j.class_names_meta);
     loader_free(j.loader);
     image_dataset_free(&ds);
     dit_trainer_free(&j.tr);
