@@ -369,32 +369,44 @@ static void trim_metrics(const char *path, long iteration) {
 
 /* ---- validation ------------------------------------------------------------------------------- */
 
-/* Deterministic validation loss: the same samples, noise and timesteps at every evaluation. */
-static double validate(job *j, const image_dataset *ds, const int *val_idx, int n_val, int iters, float *x,
-                       int *labels) {
-    if (!ds || n_val == 0 || iters <= 0) return NAN;
+/* Deterministic validation loss: the same samples, noise and timesteps at every evaluation. The samples are
+ * the first iters x micro-batch of the held-out split (in-memory sources: val_idx; Energon: a fresh reader over
+ * the dataset's "val" split, so every evaluation reads the same stream). */
+static double validate(job *j, const image_dataset *ds, const int *val_idx, int n_val, const char *energon_path,
+                       int iters, float *x, int *labels) {
+    if (iters <= 0 || (ds && n_val == 0) || (!ds && !energon_path)) return NAN;
     objective_config o = j->obj;
     o.cond_dropout_prob = 0.0f;
     dit_trainer vt = j->tr;
     vt.obj = o;
+    const dit_config *dc = &j->model.cfg;
     int mb = j->model.max_batch;
-    size_t per = (size_t)ds->c * ds->h * ds->w;
+    size_t per = (size_t)dc->in_channels * dc->image_size * dc->image_size;
+    data_loader *vl = NULL;
+    if (!ds) {
+        char err[1024];
+        vl = loader_new_energon(energon_path, "val", j->tr.seed, mb, 0, dc->in_channels, dc->image_size,
+                                dc->image_size, dc->num_classes, err, sizeof err);
+        if (!vl) return NAN;
+    }
     double total = 0;
-    int count = 0;
     for (int k = 0; k < iters; k++) {
-        for (int b = 0; b < mb; b++) {
-            int i = val_idx[(k * mb + b) % n_val];
-            for (size_t e = 0; e < per; e++) x[b * per + e] = ds->pixels[(size_t)i * per + e] * (2.0f / 255.0f) - 1.0f;
-            labels[b] = ds->labels[i] >= 0 ? ds->labels[i] : j->model.cfg.num_classes;
-        }
-        diffusion_prepare(&vt.db, &o, x, labels, mb, per, j->model.cfg.num_classes, j->tr.seed ^ 0x76616cull,
+        if (vl) loader_next(vl, x, labels);
+        else
+            for (int b = 0; b < mb; b++) {
+                int i = val_idx[(k * mb + b) % n_val];
+                for (size_t e = 0; e < per; e++)
+                    x[b * per + e] = ds->pixels[(size_t)i * per + e] * (2.0f / 255.0f) - 1.0f;
+                labels[b] = ds->labels[i] >= 0 ? ds->labels[i] : dc->num_classes;
+            }
+        diffusion_prepare(&vt.db, &o, x, labels, mb, per, dc->num_classes, j->tr.seed ^ 0x76616cull,
                           0xFFFFFFFFu - (uint32_t)k, 0);
         dit_forward(&j->model, vt.out, vt.db.model_in, vt.db.timestep, vt.db.labels, mb);
-        size_t out_n = (size_t)j->model.cfg.out_channels * ds->h * ds->w;
+        size_t out_n = (size_t)dc->out_channels * dc->image_size * dc->image_size;
         total += diffusion_loss(&vt.db, vt.out, NULL, out_n, 1.0f);
-        count++;
     }
-    return total / count;
+    loader_free(vl);
+    return total / iters;
 }
 
 /* ---- the loop --------------------------------------------------------------------------------- */
@@ -442,7 +454,7 @@ int dfm_pretrain(const cfg *c) {
                 size, chans, dc.image_size, dc.in_channels);
 
     /* data */
-    const char *dtype = cfg_str(c, "dataset.type"), *dpath = cfg_str(c, "dataset.path");
+    const char *dtype = cfg_str(c, "dataset.type"), *dpath = cfg_str(c, "dataset.path"), *energon_val = NULL;
     image_dataset ds = {0};
     int *train_idx = NULL, *val_idx = NULL, n_train = 0, n_val = 0;
     char err[1024];
@@ -450,6 +462,11 @@ int dfm_pretrain(const cfg *c) {
         j.loader = loader_new_energon(dpath, "train", seed, gbs, workers, chans, size, size, dc.num_classes, err,
                                       sizeof err);
         if (!j.loader) dfm_die("dataset.path: %s", err);
+        data_loader *probe = loader_new_energon(dpath, "val", seed, mbs, 0, chans, size, size, dc.num_classes, err,
+                                                sizeof err);
+        if (probe) energon_val = dpath;
+        else dfm_warn("no validation split in '%s' (%s): validation loss is skipped", dpath, err);
+        loader_free(probe);
     } else {
         if (image_dataset_load(&ds, dtype, dpath, 1, size, chans, workers, err, sizeof err) != 0)
             dfm_die("dataset (%s, from %s): %s", dtype, cfg_source(c, "dataset.path"), err);
@@ -515,8 +532,12 @@ int dfm_pretrain(const cfg *c) {
     printf("dfm pretrain: recipe %s, DiT %d x %d (%d heads, patch %d, %d tokens), %zu parameters, %s objective\n",
            cfg_recipe_of(c), dc.num_layers, dc.hidden_size, dc.num_heads, dc.patch_size, j.model.T, j.model.table.total,
            j.obj.kind == OBJ_EDM ? "EDM" : "flow-matching");
-    printf("  data %s (%s): %d training / %d validation samples; batch %d (micro %d); %ld steps; %d threads\n",
-           dtype, dpath, n_train, n_val, gbs, mbs, train_iters, nth);
+    if (ds.pixels)
+        printf("  data %s (%s): %d training / %d validation samples; batch %d (micro %d); %ld steps; %d threads\n",
+               dtype, dpath, n_train, n_val, gbs, mbs, train_iters, nth);
+    else
+        printf("  data %s (%s): train split%s; batch %d (micro %d); %ld steps; %d threads\n", dtype, dpath,
+               energon_val ? " + val split" : "", gbs, mbs, train_iters, nth);
     printf("  %s\n", kernels_blas_info());
     fflush(stdout);
 
@@ -553,7 +574,7 @@ int dfm_pretrain(const cfg *c) {
             t_window = dfm_time_s(), wait_window = 0, steps_window = 0;
         }
         if (j.iteration % eval_interval == 0 || j.iteration == train_iters) {
-            double v = validate(&j, ds.pixels ? &ds : NULL, val_idx, n_val, eval_iters, x, labels);
+            double v = validate(&j, ds.pixels ? &ds : NULL, val_idx, n_val, energon_val, eval_iters, x, labels);
             if (isfinite(v)) {
                 fprintf(mf, "{\"step\": %ld, \"val_loss\": %.7g}\n", j.iteration, v);
                 fflush(mf);
