@@ -13,12 +13,13 @@ void layernorm_forward(float *restrict out, float *restrict mean, float *restric
     for (int i = 0; i < N; i++) {
         const float *x = inp + (size_t)i * C;
         float *o = out + (size_t)i * C;
-        /* two-pass statistics (no E[x^2] - E[x]^2 cancellation) in float over SIMD lanes, i.e. pairwise-like
-         * partial sums; rstd itself in double */
-        float s = 0;
+        /* two-pass statistics (no E[x^2] - E[x]^2 cancellation); the mean accumulates in double because
+         * rows with a large offset lose digits in a float sum when the loop is not vectorised (-O1 builds);
+         * the centred variance is safe in float over SIMD lanes; rstd itself in double */
+        double s = 0;
 #pragma omp simd reduction(+ : s)
         for (int j = 0; j < C; j++) s += x[j];
-        const float m = s / C;
+        const float m = (float)(s / C);
         float v = 0;
 #pragma omp simd reduction(+ : v)
         for (int j = 0; j < C; j++) v += (x[j] - m) * (x[j] - m);
