@@ -3,7 +3,9 @@
 #include "dfm/kernels.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 int dfm_config_main(int argc, char **argv);   /* src/cli/config_cmd.c */
 int dfm_data_main(int argc, char **argv);     /* src/cli/data_cmd.c */
@@ -40,6 +42,15 @@ static void usage(FILE *f) {
 }
 
 int main(int argc, char **argv) {
+    /* OpenMP threads that spin at barriers steal the cores from each other and from any other process: with
+     * another job on the machine, a 2-thread run slowed 2-6x (docs/PERFORMANCE.md), while sleeping waiters
+     * cost nothing measurable alone. libgomp reads the policy when it loads, before main, so the binary
+     * restarts itself once with it set. OMP_WAIT_POLICY=active in the environment keeps spinning. */
+    if (!getenv("OMP_WAIT_POLICY")) {
+        setenv("OMP_WAIT_POLICY", "passive", 1);
+        execv("/proc/self/exe", argv);
+        /* if the restart fails, carry on with the default policy */
+    }
     if (argc < 2) {
         usage(stderr);
         return 2;
