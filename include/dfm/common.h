@@ -38,6 +38,13 @@ void atomic_open(dfm_atomic_file *af, const char *path);
 void atomic_commit(dfm_atomic_file *af); /* flush, fsync, close, rename */
 void atomic_abort(dfm_atomic_file *af);  /* close and unlink the temporary file */
 
+/* Small file-system helpers, each dying with a message that names the path (except read_file_err). */
+void xmkdir_p(const char *path);                          /* mkdir -p; the result must be a folder */
+void rm_tree(const char *path);                           /* rm -rf; missing paths are fine */
+uint8_t *xread_file(const char *path, size_t *len);       /* whole file, NUL-terminated; *len excludes the NUL */
+char *read_file_err(const char *path, char *err, size_t errlen); /* text, or NULL with the reason in err */
+void write_text_atomic(const char *path, const char *text);      /* temporary file, fsync, rename */
+
 double dfm_time_s(void);    /* monotonic seconds */
 long dfm_peak_rss_kb(void); /* peak resident set size of this process */
 

@@ -99,31 +99,12 @@ static void shard_add_sample(shard_out *o, int split, const char *key, part_buf 
     o->in_shard++;
 }
 
-static void write_text_atomic(const char *path, const char *text) {
-    dfm_atomic_file af;
-    atomic_open(&af, path);
-    xfwrite(text, 1, strlen(text), af.f, af.tmp_path);
-    atomic_commit(&af);
-}
-
-static void mkdir_p(const char *path) {
-    char *p = xstrdup(path);
-    for (char *s = p + 1; *s; s++)
-        if (*s == '/') {
-            *s = 0;
-            if (mkdir(p, 0755) != 0 && errno != EEXIST) dfm_die("cannot create folder '%s': %s", p, strerror(errno));
-            *s = '/';
-        }
-    if (mkdir(p, 0755) != 0 && errno != EEXIST) dfm_die("cannot create folder '%s': %s", p, strerror(errno));
-    free(p);
-}
-
 static const char *const split_names[3] = {"train", "val", "test"};
 
 static void write_meta(shard_out *o, const int *nsplit_samples) {
     char path[4096];
     snprintf(path, sizeof path, "%s/.nv-meta", o->out);
-    mkdir_p(path);
+    xmkdir_p(path);
     snprintf(path, sizeof path, "%s/.nv-meta/dataset.yaml", o->out);
     write_text_atomic(path, "__module__: megatron.energon\n__class__: CrudeWebdataset\n");
     /* split.yaml as Energon writes it: split_parts then exclude */
@@ -155,19 +136,6 @@ static void write_meta(shard_out *o, const int *nsplit_samples) {
     write_text_atomic(path, withnl);
     free(withnl);
     free(js);
-}
-
-static uint8_t *read_all(const char *path, size_t *len) {
-    FILE *f = xfopen(path, "rb");
-    if (fseeko(f, 0, SEEK_END) != 0) dfm_die("'%s': seek failed", path);
-    off_t n = ftello(f);
-    fseeko(f, 0, SEEK_SET);
-    uint8_t *b = xmalloc((size_t)n + 1);
-    xfread(b, 1, (size_t)n, f, path);
-    xfclose(f, path);
-    b[n] = 0;
-    *len = (size_t)n;
-    return b;
 }
 
 static int cmp_str(const void *a, const void *b) {
@@ -272,7 +240,7 @@ static int source_parts(source *s, int i, char *key, size_t keycap, part_buf *pa
         snprintf(path, sizeof path, "%s/%s", s->dir, f);
         const char *ext = strrchr(f, '.');
         parts[np].name = xstrdup(ext && (!strcasecmp(ext, ".jpg") || !strcasecmp(ext, ".jpeg")) ? "jpg" : "png");
-        parts[np].data = read_all(path, &parts[np].size);
+        parts[np].data = xread_file(path, &parts[np].size);
         if (!strcmp(parts[np].name, "png")) { /* refuse broken images now rather than at training time */
             uint8_t *px;
             int w, h, c;
@@ -316,7 +284,7 @@ static int source_parts(source *s, int i, char *key, size_t keycap, part_buf *pa
         snprintf(path, sizeof path, "%s/%s", s->dir, f);
         const char *rest = f + kl + 1;
         size_t len;
-        uint8_t *b = read_all(path, &len);
+        uint8_t *b = xread_file(path, &len);
         if (!strcmp(rest, "safetensors") || (strlen(rest) > 12 && !strcmp(rest + strlen(rest) - 12, ".safetensors"))) {
             if (len < 8) dfm_die("'%s': too short for a safetensors file", path);
             uint64_t hl = 0;
@@ -467,7 +435,7 @@ static int cmd_prepare(int argc, char **argv) {
     o->idx = xmalloc(((size_t)maxcount + 1) * sizeof *o->idx);
     char sp[4096];
     snprintf(sp, sizeof sp, "%s/shards", out);
-    mkdir_p(sp);
+    xmkdir_p(sp);
     /* contiguous sample ranges per split, so that every split with a ratio gets its share exactly */
     double tot = ratio[0] + ratio[1] + ratio[2];
     int bound[4] = {0, (int)((double)s.count * ratio[0] / tot + 0.5),

@@ -139,18 +139,6 @@ static int cmd_train_classifier(int argc, char **argv) {
     return 0;
 }
 
-static uint8_t *read_file(const char *path, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (!f) dfm_die("cannot open '%s': %s", path, strerror(errno));
-    if (fseek(f, 0, SEEK_END) || ftell(f) < 0) dfm_die("cannot read '%s': %s", path, strerror(errno));
-    *len = (size_t)ftell(f);
-    rewind(f);
-    uint8_t *buf = xmalloc(*len ? *len : 1);
-    xfread(buf, 1, *len, f, path);
-    xfclose(f, path);
-    return buf;
-}
-
 /* Read the manifest and its PNGs: images [n, 784] in [-1, 1], labels [n]. Dies with a message naming the
  * manifest and the entry on any problem. */
 static void load_manifest(const char *path, float **images, int **labels, int *count) {
@@ -191,7 +179,7 @@ static void load_manifest(const char *path, float **images, int **labels, int *c
         else
             snprintf(file, sizeof file, "%s%s", dir, name);
         size_t len;
-        uint8_t *buf = read_file(file, &len), *px;
+        uint8_t *buf = xread_file(file, &len), *px;
         int w, h, ch;
         if (png_decode_mem(buf, len, &px, &w, &h, &ch, err, sizeof err))
             dfm_die("manifest '%s' entry %zu: '%s': %s", path, i, file, err);

@@ -71,20 +71,6 @@ static int parse_classes(const char *s, const cli_model_info *info, int K, int *
     return rc;
 }
 
-static void mkdir_p(const char *dir) {
-    char *p = xstrdup(dir);
-    for (char *q = p + 1; *q; q++)
-        if (*q == '/') {
-            *q = 0;
-            if (mkdir(p, 0755) != 0 && errno != EEXIST) dfm_die("cannot create folder '%s': %s", p, strerror(errno));
-            *q = '/';
-        }
-    if (mkdir(p, 0755) != 0 && errno != EEXIST) dfm_die("cannot create folder '%s': %s", p, strerror(errno));
-    struct stat st;
-    if (stat(p, &st) != 0 || !S_ISDIR(st.st_mode)) dfm_die("'%s' is not a folder", p);
-    free(p);
-}
-
 static void write_file_atomic(const char *path, const void *data, size_t len) {
     dfm_atomic_file af;
     atomic_open(&af, path);
@@ -231,7 +217,7 @@ int dfm_generate_main(int argc, char **argv) {
         snprintf(settings, sizeof settings, "EDM, %s, %d steps, guidance %g, seed %llu", sampler_name(sc.sampler),
                  sc.steps, (double)sc.guidance, (unsigned long long)seed);
     fprintf(stderr, "generate: %s: %d samples (%d classes x %ld), %s\n", info.path, n, ncls, per, settings);
-    mkdir_p(out_dir);
+    xmkdir_p(out_dir);
 
     size_t per_sample = (size_t)C * S * S;
     float *x = xalloc_floats((size_t)n * per_sample);

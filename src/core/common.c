@@ -3,11 +3,13 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <ftw.h>
 #include <libgen.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -122,6 +124,58 @@ void atomic_abort(dfm_atomic_file *af) {
     free(af->path);
     free(af->tmp_path);
     af->f = NULL;
+}
+
+void xmkdir_p(const char *path) {
+    char *p = xstrdup(path);
+    for (char *s = p + 1; *s; s++)
+        if (*s == '/') {
+            *s = 0;
+            if (mkdir(p, 0755) != 0 && errno != EEXIST) dfm_die("cannot create folder '%s': %s", p, strerror(errno));
+            *s = '/';
+        }
+    if (mkdir(p, 0755) != 0 && errno != EEXIST) dfm_die("cannot create folder '%s': %s", p, strerror(errno));
+    struct stat st;
+    if (stat(p, &st) != 0 || !S_ISDIR(st.st_mode)) dfm_die("'%s' is not a folder", p);
+    free(p);
+}
+
+static int rm_entry(const char *p, const struct stat *st, int flag, struct FTW *ftw) {
+    (void)st, (void)flag, (void)ftw;
+    return remove(p);
+}
+
+void rm_tree(const char *path) { nftw(path, rm_entry, 16, FTW_DEPTH | FTW_PHYS); }
+
+static uint8_t *read_whole(FILE *f, const char *path, size_t *len) {
+    if (fseeko(f, 0, SEEK_END) != 0) dfm_die("'%s': seek failed: %s", path, strerror(errno));
+    off_t n = ftello(f);
+    if (n < 0) dfm_die("'%s': cannot tell its size: %s", path, strerror(errno));
+    fseeko(f, 0, SEEK_SET);
+    uint8_t *b = xmalloc((size_t)n + 1);
+    xfread(b, 1, (size_t)n, f, path);
+    xfclose(f, path);
+    b[n] = 0;
+    if (len) *len = (size_t)n;
+    return b;
+}
+
+uint8_t *xread_file(const char *path, size_t *len) { return read_whole(xfopen(path, "rb"), path, len); }
+
+char *read_file_err(const char *path, char *err, size_t errlen) {
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        snprintf(err, errlen, "cannot open '%s': %s", path, strerror(errno));
+        return NULL;
+    }
+    return (char *)read_whole(f, path, NULL);
+}
+
+void write_text_atomic(const char *path, const char *text) {
+    dfm_atomic_file af;
+    atomic_open(&af, path);
+    xfwrite(text, 1, strlen(text), af.f, af.tmp_path);
+    atomic_commit(&af);
 }
 
 double dfm_time_s(void) {

@@ -87,14 +87,6 @@ static int write_json(const char *path, json_t *j, char *err, size_t errlen) {
     return 0;
 }
 
-static int rm_entry(const char *p, const struct stat *st, int flag, struct FTW *ftw) {
-    (void)st, (void)flag, (void)ftw;
-    return remove(p);
-}
-static void rmtree(const char *dir) {
-    nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
-}
-
 static int xmkdir(const char *path, char *err, size_t errlen) {
     if (mkdir(path, 0755) != 0) {
         snprintf(err, errlen, "cannot create folder '%s': %s", path, strerror(errno));
@@ -202,7 +194,7 @@ static int install_folder(const char *tmp, const char *dir, char *err, size_t er
     if (rename(tmp, dir) == 0) return 0; /* dir was an empty folder */
     /* an earlier export: swap atomically, then delete the old one (now at tmp) */
     if (renameat2(AT_FDCWD, tmp, AT_FDCWD, dir, RENAME_EXCHANGE) == 0) {
-        rmtree(tmp);
+        rm_tree(tmp);
         return 0;
     }
     /* file system without RENAME_EXCHANGE: move the old one aside first */
@@ -215,7 +207,7 @@ static int install_folder(const char *tmp, const char *dir, char *err, size_t er
     else if (rename(tmp, dir) != 0)
         snprintf(err, errlen, "cannot rename '%s' to '%s': %s", tmp, dir, strerror(errno));
     else
-        rmtree(old), rc = 0;
+        rm_tree(old), rc = 0;
     free(old);
     return rc;
 }
@@ -261,7 +253,7 @@ int dit_export_diffusers(const dit_model *m, const float *weights, const char *d
     }
     char tmp[DIR_MAX];
     snprintf(tmp, sizeof tmp, "%s.tmp.%ld", dir, (long)getpid());
-    rmtree(tmp);
+    rm_tree(tmp);
     if (xmkdir(tmp, err, errlen)) return -1;
     snprintf(path, sizeof path, "%s/transformer", tmp);
     if (xmkdir(path, err, errlen)) goto fail;
@@ -302,7 +294,7 @@ int dit_export_diffusers(const dit_model *m, const float *weights, const char *d
     if (install_folder(tmp, dir, err, errlen)) goto fail;
     return 0;
 fail:
-    rmtree(tmp);
+    rm_tree(tmp);
     return -1;
 }
 

@@ -99,56 +99,6 @@ double lr_schedule(long it, double lr, double min_lr, long warmup, long decay_it
 
 /* ---- small file helpers ----------------------------------------------------------------------- */
 
-static void mkdir_p(const char *path) {
-    char *p = xstrdup(path);
-    for (char *s = p + 1; *s; s++)
-        if (*s == '/') {
-            *s = 0;
-            if (mkdir(p, 0755) != 0 && errno != EEXIST) dfm_die("cannot create folder '%s': %s", p, strerror(errno));
-            *s = '/';
-        }
-    if (mkdir(p, 0755) != 0 && errno != EEXIST) dfm_die("cannot create folder '%s': %s", p, strerror(errno));
-    free(p);
-}
-
-static void rm_rf(const char *path) {
-    DIR *d = opendir(path);
-    if (d) {
-        struct dirent *e;
-        while ((e = readdir(d))) {
-            if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
-            char sub[4096];
-            snprintf(sub, sizeof sub, "%s/%s", path, e->d_name);
-            rm_rf(sub);
-        }
-        closedir(d);
-        rmdir(path);
-    } else unlink(path);
-}
-
-static char *read_text(const char *path, char *err, size_t errlen) {
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        snprintf(err, errlen, "cannot open '%s': %s", path, strerror(errno));
-        return NULL;
-    }
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *s = xmalloc((size_t)n + 1);
-    size_t got = fread(s, 1, (size_t)n, f);
-    fclose(f);
-    s[got] = 0;
-    return s;
-}
-
-static void write_text(const char *path, const char *text) {
-    dfm_atomic_file af;
-    atomic_open(&af, path);
-    xfwrite(text, 1, strlen(text), af.f, af.tmp_path);
-    atomic_commit(&af);
-}
-
 static void fsync_path(const char *path) {
     int fd = open(path, O_RDONLY);
     if (fd >= 0) {
@@ -172,7 +122,7 @@ char *checkpoint_resolve(const char *path, char *err, size_t errlen) {
     snprintf(tracker, sizeof tracker, "%s/latest_checkpointed_iteration.txt", path);
     struct stat sb;
     if (stat(tracker, &sb) == 0) {
-        char *text = read_text(tracker, err, errlen);
+        char *text = read_file_err(tracker, err, errlen);
         if (!text) return NULL;
         char *end;
         long it = strtol(text, &end, 10);
@@ -218,12 +168,12 @@ typedef struct {
 } job;
 
 static void save_checkpoint(job *j, const char *root) {
-    mkdir_p(root);
+    xmkdir_p(root);
     char final[4096], tmp[4096], path[4200];
     snprintf(final, sizeof final, "%s/iter_%07ld", root, j->iteration);
     snprintf(tmp, sizeof tmp, "%s/iter_%07ld.tmp.%ld", root, j->iteration, (long)getpid());
-    rm_rf(tmp);
-    mkdir_p(tmp);
+    rm_tree(tmp);
+    xmkdir_p(tmp);
     const char *meta[] = {"dfm_objective", j->objective_meta,
                           j->class_names_meta ? "dfm_class_names" : NULL, j->class_names_meta, NULL};
     snprintf(path, sizeof path, "%s/model.safetensors", tmp);
@@ -253,7 +203,7 @@ static void save_checkpoint(job *j, const char *root) {
                            ls ? ls : json_null());
     char *text = json_dumps(st, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
     snprintf(path, sizeof path, "%s/train_state.json", tmp);
-    write_text(path, text);
+    write_text_atomic(path, text);
     free(text);
     json_decref(st);
     free(loader_state);
@@ -262,12 +212,12 @@ static void save_checkpoint(job *j, const char *root) {
     fsync_path(tmp);
     /* the folder appears under its final name only when complete; a re-save of the same iteration replaces it */
     struct stat sb;
-    if (stat(final, &sb) == 0) rm_rf(final);
+    if (stat(final, &sb) == 0) rm_tree(final);
     if (rename(tmp, final) != 0) dfm_die("cannot rename '%s' to '%s': %s", tmp, final, strerror(errno));
     fsync_path(root);
     snprintf(path, sizeof path, "%s/latest_checkpointed_iteration.txt", root);
     snprintf(step, sizeof step, "%ld\n", j->iteration);
-    write_text(path, step);
+    write_text_atomic(path, step);
     /* keep the most recent k; also clear temporary folders left by killed runs */
     int keep = (int)cfg_int(j->c, "checkpoint.most_recent_k");
     DIR *d = opendir(root);
@@ -279,7 +229,7 @@ static void save_checkpoint(job *j, const char *root) {
         if (is_iter_name(e->d_name, &it) && n < 4096) iters[n++] = it;
         else if (!strncmp(e->d_name, "iter_", 5) && strstr(e->d_name, ".tmp.")) {
             snprintf(path, sizeof path, "%s/%s", root, e->d_name);
-            rm_rf(path);
+            rm_tree(path);
         }
     }
     if (d) closedir(d);
@@ -289,7 +239,7 @@ static void save_checkpoint(job *j, const char *root) {
             for (int b = 0; b < n; b++) newer += iters[b] > iters[a];
             if (newer >= keep && iters[a] != j->iteration) {
                 snprintf(path, sizeof path, "%s/iter_%07ld", root, iters[a]);
-                rm_rf(path);
+                rm_tree(path);
             }
         }
 }
@@ -306,7 +256,7 @@ static void load_checkpoint(job *j, const char *where) {
     if (param_table_load(&j->model.table, j->ema, "", path, 0, err, sizeof err) != 0)
         dfm_die("cannot resume: %s", err);
     snprintf(path, sizeof path, "%s/train_state.json", dir);
-    char *text = read_text(path, err, sizeof err);
+    char *text = read_file_err(path, err, sizeof err);
     if (!text) dfm_die("cannot resume: %s", err);
     json_error_t je;
     json_t *st = json_loads(text, 0, &je);
@@ -363,7 +313,7 @@ static void trim_metrics(const char *path, long iteration) {
     fclose(f);
     if (!out) out = xstrdup("");
     else out[len] = 0;
-    write_text(path, out);
+    write_text_atomic(path, out);
     free(out);
 }
 
@@ -509,7 +459,7 @@ int dfm_pretrain(const cfg *c) {
 
     /* run folder */
     const char *outdir = cfg_str(c, "logger.output_dir");
-    mkdir_p(outdir);
+    xmkdir_p(outdir);
     char metrics[4200], curve[4200], runcfg[4200];
     snprintf(metrics, sizeof metrics, "%s/metrics.jsonl", outdir);
     snprintf(curve, sizeof curve, "%s/loss_curve.png", outdir);
