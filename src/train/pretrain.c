@@ -210,10 +210,14 @@ static void save_checkpoint(job *j, const char *root) {
     snprintf(path, sizeof path, "%s/run_config.yaml", tmp);
     cfg_write_yaml(j->c, path);
     fsync_path(tmp);
-    /* the folder appears under its final name only when complete; a re-save of the same iteration replaces it */
+    /* the folder appears under its final name only when complete; a re-save of the same iteration (a run
+     * resumed at its last step) moves the old folder aside first and deletes it only after the swap */
     struct stat sb;
-    if (stat(final, &sb) == 0) rm_tree(final);
+    char old[4200];
+    snprintf(old, sizeof old, "%s/iter_%07ld.tmp.%ld.old", root, j->iteration, (long)getpid());
+    int had_old = stat(final, &sb) == 0 && rename(final, old) == 0;
     if (rename(tmp, final) != 0) dfm_die("cannot rename '%s' to '%s': %s", tmp, final, strerror(errno));
+    if (had_old) rm_tree(old);
     fsync_path(root);
     snprintf(path, sizeof path, "%s/latest_checkpointed_iteration.txt", root);
     snprintf(step, sizeof step, "%ld\n", j->iteration);
