@@ -8,6 +8,7 @@
 #include "test.h"
 #include "test_fs.h"
 
+#include <jpeglib.h>
 #include <libgen.h>
 #include <string.h>
 
@@ -256,6 +257,104 @@ static void test_errors(void) {
     test_sh("rm -rf %s", b);
 }
 
+/* Encode h x w x 3 RGB as a quality-95 JPEG with libjpeg's compressor. */
+static uint8_t *jpeg_encode_test(const uint8_t *px, int w, int h, size_t *len) {
+    struct jpeg_compress_struct c;
+    struct jpeg_error_mgr e;
+    unsigned char *buf = NULL;
+    unsigned long n = 0;
+    c.err = jpeg_std_error(&e);
+    jpeg_create_compress(&c);
+    jpeg_mem_dest(&c, &buf, &n);
+    c.image_width = (JDIMENSION)w, c.image_height = (JDIMENSION)h, c.input_components = 3, c.in_color_space = JCS_RGB;
+    jpeg_set_defaults(&c);
+    jpeg_set_quality(&c, 95, TRUE);
+    jpeg_start_compress(&c, TRUE);
+    for (int y = 0; y < h; y++) {
+        JSAMPROW row = (JSAMPROW)(px + (size_t)y * w * 3);
+        jpeg_write_scanlines(&c, &row, 1);
+    }
+    jpeg_finish_compress(&c);
+    jpeg_destroy_compress(&c);
+    *len = n;
+    return buf;
+}
+
+/* JPEG parts decode to uint8 HWC like PNG; corrupt or truncated JPEGs are errors naming shard, sample, part. */
+static void test_jpeg(void) {
+    enum { W = 24, H = 16, NJ = 5 };
+    uint8_t px[H * W * 3];
+    for (int y = 0; y < H; y++)
+        for (int x = 0; x < W; x++) {
+            px[(y * W + x) * 3 + 0] = (uint8_t)(x * 10);
+            px[(y * W + x) * 3 + 1] = (uint8_t)(y * 15);
+            px[(y * W + x) * 3 + 2] = 128;
+        }
+    test_sh("rm -rf %s/jsrc && mkdir -p %s/jsrc", dir, dir);
+    size_t jlen = 0;
+    uint8_t *jpg = jpeg_encode_test(px, W, H, &jlen);
+    for (int i = 0; i < NJ; i++) write_file(test_path("%s/jsrc/j%d.jpg", dir, i), jpg, jlen);
+    const char *ds = test_path("%s/jpg", dir);
+    int rc = test_sh("%s data prepare --out %s --images %s/jsrc >/dev/null", dfm_bin, ds, dir);
+    CHECK(rc == 0, "dfm data prepare --images with .jpg files exits 0");
+    char err[1024];
+    energon_reader *r = open_r(ds, 0, 1, 0, 0, 0, err);
+    CHECK(r != NULL, "open JPEG dataset%s%s", r ? "" : ": ", r ? "" : err);
+    int bad = 0, got = 0;
+    double mad = 0;
+    for (int i = 0; r && i < NJ; i++) {
+        energon_sample *s;
+        if (energon_next(r, &s) != 0) {
+            bad++;
+            break;
+        }
+        const energon_part *p = energon_sample_part(s, "jpg");
+        if (!p || p->kind != EN_TENSOR || p->dtype != EN_U8 || p->ndim != 3 || p->shape[0] != H || p->shape[1] != W ||
+            p->shape[2] != 3)
+            bad++;
+        else {
+            got++;
+            const uint8_t *d = p->data;
+            for (int k = 0; k < H * W * 3; k++) mad += abs((int)d[k] - (int)px[k]);
+        }
+        energon_sample_free(s);
+    }
+    if (r) energon_close(r);
+    mad /= (double)(got ? got : 1) * H * W * 3;
+    CHECK(bad == 0 && got == NJ && mad < 4.0,
+          "JPEG parts decode to uint8 %dx%dx3 tensors close to the encoded pixels (%d bad, mean abs diff %.2f)", H, W,
+          bad, mad);
+    /* the decoder alone: truncated and non-JPEG buffers */
+    uint8_t *out = NULL;
+    int w, h, c;
+    rc = jpeg_decode_mem(jpg, jlen - 40, &out, &w, &h, &c, err, sizeof err);
+    CHECK(rc != 0 && strstr(err, "truncated"), "truncated JPEG is an error: %s", rc ? err : "(decoded)");
+    if (!rc) free(out);
+    rc = jpeg_decode_mem((const uint8_t *)"hello world", 11, &out, &w, &h, &c, err, sizeof err);
+    CHECK(rc != 0 && strstr(err, "not a JPEG"), "non-JPEG buffer is an error: %s", rc ? err : "(decoded)");
+    if (!rc) free(out);
+    /* a corrupt JPEG inside a shard: overwrite the frame header (SOF0 marker) of the 3rd sample's image */
+    const char *b = test_path("%s/jpg_bad", dir);
+    test_sh("rm -rf %s && cp -r %s %s", b, ds, b);
+    size_t tl;
+    char *tar = test_read_file(test_path("%s/shards/shard_000000.tar", b), &tl);
+    size_t hits = 0, at = 0;
+    for (size_t k = 0; tar && k + 1 < tl; k++)
+        if ((uint8_t)tar[k] == 0xFF && (uint8_t)tar[k + 1] == 0xC0 && ++hits == 3) at = k;
+    free(tar);
+    if (at) {
+        FILE *f = fopen(test_path("%s/shards/shard_000000.tar", b), "r+b");
+        fseek(f, (long)at + 1, SEEK_SET);
+        fputc(0x01, f); /* TEM: not a frame marker, so the stream has no image */
+        fclose(f);
+    }
+    CHECK(at && expect_read_error(b, "corrupt JPEG", "part 'jpg'", err) && strstr(err, "shard_000000.tar") &&
+              strstr(err, "'j2'"),
+          "corrupt JPEG in a shard: %s", err);
+    test_sh("rm -rf %s", b);
+    free(jpg);
+}
+
 static void write_yaml(const char *name, const char *text) {
     FILE *f = fopen(test_path("%s/%s", dir, name), "w");
     fputs(text, f);
@@ -486,6 +585,7 @@ int main(int argc, char **argv) {
         test_python_dataset("gnu");
     }
     test_errors();
+    test_jpeg();
     test_blend();
     test_sharding();
     test_resume();

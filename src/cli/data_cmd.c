@@ -241,11 +241,12 @@ static int source_parts(source *s, int i, char *key, size_t keycap, part_buf *pa
         const char *ext = strrchr(f, '.');
         parts[np].name = xstrdup(ext && (!strcasecmp(ext, ".jpg") || !strcasecmp(ext, ".jpeg")) ? "jpg" : "png");
         parts[np].data = xread_file(path, &parts[np].size);
-        if (!strcmp(parts[np].name, "png")) { /* refuse broken images now rather than at training time */
+        { /* refuse broken images now rather than at training time */
             uint8_t *px;
             int w, h, c;
             char err[256];
-            if (png_decode_mem(parts[np].data, parts[np].size, &px, &w, &h, &c, err, sizeof err) != 0)
+            if ((strcmp(parts[np].name, "png") ? jpeg_decode_mem : png_decode_mem)(parts[np].data, parts[np].size, &px,
+                                                                                   &w, &h, &c, err, sizeof err) != 0)
                 dfm_die("'%s': %s", path, err);
             free(px);
         }

@@ -582,10 +582,12 @@ static int decode_part(const energon_reader *r, const wds_part *in, energon_part
     memset(out, 0, sizeof *out);
     out->name = xstrdup(in->name);
     const char *ext = last_ext(in->name);
-    if (!strcmp(ext, "png")) {
+    int is_png = !strcmp(ext, "png"), is_jpeg = !strcmp(ext, "jpg") || !strcmp(ext, "jpeg");
+    if (is_png || is_jpeg) {
         uint8_t *px;
         int w, h, c;
-        if (png_decode_mem(in->data, in->size, &px, &w, &h, &c, err, errlen) != 0) return -1;
+        if ((is_png ? png_decode_mem : jpeg_decode_mem)(in->data, in->size, &px, &w, &h, &c, err, errlen) != 0)
+            return -1;
         out->kind = EN_TENSOR;
         out->ndim = 3;
         out->shape[0] = h, out->shape[1] = w, out->shape[2] = c;
