@@ -355,6 +355,100 @@ static void test_jpeg(void) {
     free(jpg);
 }
 
+/* Count the samples of one split by reading one epoch's worth and checking keys fall in [lo, hi). */
+static int split_keys_in(const char *ds, const char *split, int n, int lo, int hi) {
+    energon_options o;
+    energon_options_default(&o);
+    o.split = split, o.num_workers = 0, o.shuffle_buffer = 0, o.slice_size = 0, o.quiet = 1;
+    char err[1024];
+    energon_reader *r = energon_open(ds, &o, err, sizeof err);
+    if (!r) return 0;
+    int ok = 1;
+    for (int i = 0; i < n && ok; i++) {
+        energon_sample *s;
+        if (energon_next(r, &s) != 0)
+            ok = 0;
+        else {
+            ok = key_num(s) >= lo && key_num(s) < hi;
+            energon_sample_free(s);
+        }
+    }
+    energon_close(r);
+    return ok;
+}
+
+static int split_counts(const char *ds, long long tr, long long va, long long te) {
+    energon_dataset_info info;
+    char err[1024];
+    if (energon_dataset_info_load(ds, NULL, &info, err, sizeof err) != 0) return 0;
+    long long c[3] = {-1, -1, -1};
+    static const char *nm[3] = {"train", "val", "test"};
+    for (int i = 0; i < info.nsplits; i++)
+        for (int k = 0; k < 3; k++)
+            if (!strcmp(info.splits[i].name, nm[k])) c[k] = info.splits[i].samples;
+    energon_dataset_info_free(&info);
+    return c[0] == tr && c[1] == va && c[2] == te;
+}
+
+/* --split-parts NAME:REGEX in prepare and dfm data split: Energon's split assignment by shard-path patterns. */
+static void test_split_patterns(void) {
+    const char *ds = test_path("%s/pat", dir);
+    /* 37 samples, 10 per shard: shard_000000..2 hold 10, shard_000003 holds 7 */
+    int rc = test_sh("%s data prepare --out %s --tensors %s/src --maxcount 10 --split-parts "
+                     "'train:shards/shard_00000[0-1]\\.tar' --split-parts val:shards/shard_000002.tar "
+                     "--split-parts 'test:shards/shard_0+3\\.tar' >/dev/null",
+                     dfm_bin, ds, dir);
+    CHECK(rc == 0, "dfm data prepare --split-parts train/val/test exits 0");
+    CHECK(split_counts(ds, 20, 10, 7), "--split-parts: the reader sees train 20, val 10, test 7 samples");
+    CHECK(split_keys_in(ds, "val", 10, 20, 30) && split_keys_in(ds, "test", 7, 30, 37),
+          "--split-parts: val reads samples 20-29, test 30-36");
+    /* dfm data split rewrites split.yaml from new patterns */
+    rc = test_sh("%s data split %s --split-parts 'train:shards/shard_00000[0-2].tar' --split-parts "
+                 "'test:.*3.tar' >/dev/null",
+                 dfm_bin, ds);
+    CHECK(rc == 0 && split_counts(ds, 30, -1, 7) && split_keys_in(ds, "train", 30, 0, 30),
+          "dfm data split: split.yaml rewritten to train 30, test 7, no val");
+    char *before = test_read_file(test_path("%s/.nv-meta/split.yaml", ds), NULL);
+    /* errors: unmatched shard, shard in two splits, bad regex, --split with --split-parts */
+    rc = test_sh("%s data split %s --split-parts 'train:shards/shard_00000[0-1].tar' --split-parts "
+                 "'val:shards/shard_000003.tar' 2>%s/stderr.txt",
+                 dfm_bin, ds, dir);
+    char *se = test_read_file(test_path("%s/stderr.txt", dir), NULL);
+    CHECK(rc != 0 && se && strstr(se, "'shards/shard_000002.tar' matches no --split-parts pattern"),
+          "unmatched shard is an error naming it: %s", se ? se : "");
+    free(se);
+    rc = test_sh("%s data split %s --split-parts 'train:shards/.*' --split-parts 'val:.*3.tar' 2>%s/stderr.txt",
+                 dfm_bin, ds, dir);
+    se = test_read_file(test_path("%s/stderr.txt", dir), NULL);
+    CHECK(rc != 0 && se &&
+              strstr(se, "'shards/shard_000003.tar' matches the patterns of both split 'train' and "
+                         "split 'val'"),
+          "shard matching two patterns is an error naming it: %s", se ? se : "");
+    free(se);
+    rc = test_sh("%s data split %s --split-parts 'train:shards/(shard' 2>%s/stderr.txt", dfm_bin, ds, dir);
+    se = test_read_file(test_path("%s/stderr.txt", dir), NULL);
+    CHECK(rc != 0 && se && strstr(se, "bad regular expression 'shards/(shard'"), "bad regex is an error: %s",
+          se ? se : "");
+    free(se);
+    char *after = test_read_file(test_path("%s/.nv-meta/split.yaml", ds), NULL);
+    CHECK(before && after && !strcmp(before, after), "failed dfm data split runs leave split.yaml as it was");
+    free(before);
+    free(after);
+    rc = test_sh("%s data prepare --out %s/pat2 --tensors %s/src --split 8,2 --split-parts 'train:.*' "
+                 "2>%s/stderr.txt",
+                 dfm_bin, dir, dir, dir);
+    se = test_read_file(test_path("%s/stderr.txt", dir), NULL);
+    CHECK(rc != 0 && se && strstr(se, "not both"), "--split with --split-parts is an error: %s", se ? se : "");
+    free(se);
+    rc = test_sh("%s data prepare --out %s/pat2 --tensors %s/src --maxcount 10 --split-parts "
+                 "'train:shards/shard_00000[0-2].tar' 2>%s/stderr.txt",
+                 dfm_bin, dir, dir, dir);
+    se = test_read_file(test_path("%s/stderr.txt", dir), NULL);
+    CHECK(rc != 0 && se && strstr(se, "shard_000003.tar") && strstr(se, "matches no"),
+          "prepare with a shard no pattern matches is an error naming it: %s", se ? se : "");
+    free(se);
+}
+
 static void write_yaml(const char *name, const char *text) {
     FILE *f = fopen(test_path("%s/%s", dir, name), "w");
     fputs(text, f);
@@ -586,6 +680,7 @@ int main(int argc, char **argv) {
     }
     test_errors();
     test_jpeg();
+    test_split_patterns();
     test_blend();
     test_sharding();
     test_resume();
