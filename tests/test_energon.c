@@ -449,6 +449,99 @@ static void test_split_patterns(void) {
     free(se);
 }
 
+/* split.yaml sample excludes "<shard>/<key>" next to a shard exclude: those samples never appear, counts,
+ * DP sharding and resume stay consistent; unknown samples warn (Energon ignores them), unknown shards fail. */
+static void test_sample_excludes(void) {
+    const char *ds = test_path("%s/excl", dir);
+    test_sh("rm -rf %s && cp -r %s/syn %s", ds, dir, ds);
+    FILE *f = fopen(test_path("%s/.nv-meta/split.yaml", ds), "w");
+    fprintf(f, "split_parts:\n  train:\n  - shards/shard_{000000..000003}.tar\nexclude:\n"
+               "  - shards/shard_000001.tar/s012\n  - shards/shard_000002.tar\n  - shards/shard_000003.tar/s035\n"
+               "  - shards/shard_000000.tar/s000\n");
+    fclose(f);
+    char err[1024];
+    energon_reader *r = open_r(ds, 0, 1, 2, 0, 0, err);
+    CHECK(r != NULL, "open with sample excludes%s%s", r ? "" : ": ", r ? "" : err);
+    if (!r) return;
+    /* one epoch is 10 + 10 + 7 - 3 (samples) - 10 (shard 2) = 24 samples, in order, then it starts again */
+    int want[24], nw = 0, bad = 0;
+    for (int i = 0; i < NSYN; i++)
+        if (i != 0 && i != 12 && i != 35 && (i < 20 || i >= 30)) want[nw++] = i;
+    for (int i = 0; i < 2 * nw; i++) {
+        energon_sample *s;
+        if (energon_next(r, &s) != 0) {
+            bad++;
+            break;
+        }
+        if (key_num(s) != want[i % nw] || s->epoch != i / nw) bad++;
+        energon_sample_free(s);
+    }
+    energon_close(r);
+    CHECK(nw == 24 && bad == 0,
+          "sample excludes: 24 samples per epoch, s000, s012, s035 and shard 2 never read (%d bad)", bad);
+    /* DP ranks: disjoint, none excluded, together one epoch */
+    int seen[NSYN] = {0}, dup = 0, excl = 0, tot = 0;
+    for (int rank = 0; rank < 2; rank++) {
+        energon_reader *rr = open_r(ds, rank, 2, 0, 0, 0, err);
+        for (int i = 0; rr && i < 12; i++) {
+            energon_sample *s;
+            if (energon_next(rr, &s) != 0) break;
+            int k = key_num(s);
+            dup += seen[k]++ > 0;
+            excl += k == 0 || k == 12 || k == 35 || (k >= 20 && k < 30);
+            tot++;
+            energon_sample_free(s);
+        }
+        if (rr) energon_close(rr);
+    }
+    CHECK(tot == 24 && dup == 0 && excl == 0,
+          "sample excludes with 2 DP ranks: 24 distinct samples, %d duplicated, %d excluded", dup, excl);
+    /* resume: shuffled, save after 9, restore, the next 30 equal the uninterrupted stream */
+    energon_reader *a = open_r(ds, 0, 1, 1, 8, 4, err), *b = open_r(ds, 0, 1, 1, 8, 4, err);
+    int same = a && b;
+    char *st = NULL;
+    for (int i = 0; same && i < 39; i++) {
+        energon_sample *s;
+        if (energon_next(a, &s) != 0)
+            same = 0;
+        else {
+            int ka = key_num(s);
+            energon_sample_free(s);
+            if (i == 9 - 1) {
+                st = energon_state_save(a);
+                energon_close(b);
+                b = open_r(ds, 0, 1, 1, 8, 4, err);
+                same = b && energon_state_restore(b, st, err, sizeof err) == 0;
+            } else if (i >= 9) {
+                same = energon_next(b, &s) == 0 && key_num(s) == ka && ka != 12 && ka != 35 && ka != 0;
+                if (same) energon_sample_free(s);
+            }
+        }
+    }
+    free(st);
+    if (a) energon_close(a);
+    if (b) energon_close(b);
+    CHECK(same, "sample excludes: save after 9, restore, next 30 equal the uninterrupted shuffled stream");
+    /* an exclude naming no sample: a warning (Energon silently ignores it), the rest still applies */
+    f = fopen(test_path("%s/.nv-meta/split.yaml", ds), "w");
+    fprintf(f, "split_parts:\n  train:\n  - shards/shard_{000000..000003}.tar\nexclude:\n"
+               "  - shards/shard_000001.tar/nope\n");
+    fclose(f);
+    int rc = test_sh("%s data inspect %s >/dev/null 2>%s/stderr.txt", dfm_bin, ds, dir);
+    char *se = test_read_file(test_path("%s/stderr.txt", dir), NULL);
+    CHECK(rc == 0 && se && strstr(se, "exclude entry 'shards/shard_000001.tar/nope' names no sample"),
+          "exclude of a missing sample warns: rc %d, %s", rc, se ? se : "");
+    free(se);
+    /* an exclude whose shard is not in .info.json is an error naming it */
+    f = fopen(test_path("%s/.nv-meta/split.yaml", ds), "w");
+    fprintf(f, "split_parts:\n  train:\n  - shards/shard_{000000..000003}.tar\nexclude:\n"
+               "  - shards/shard_000009.tar/s001\n");
+    fclose(f);
+    CHECK(expect_open_error(ds, "split.yaml", "'shards/shard_000009.tar/s001' is neither a shard", err),
+          "exclude of an unknown shard's sample: %s", err);
+    test_sh("rm -rf %s", ds);
+}
+
 static void write_yaml(const char *name, const char *text) {
     FILE *f = fopen(test_path("%s/%s", dir, name), "w");
     fputs(text, f);
@@ -681,6 +774,7 @@ int main(int argc, char **argv) {
     test_errors();
     test_jpeg();
     test_split_patterns();
+    test_sample_excludes();
     test_blend();
     test_sharding();
     test_resume();

@@ -106,6 +106,10 @@ typedef struct {
     int nshards; /* from .info.json */
     char **shard_names;
     int64_t *shard_counts;
+    /* split.yaml exclude entries "<shard>/<sample key>" (Energon's sample excludes): the reader drops those
+     * samples; split sample counts above do not subtract them (that needs a scan of the shard) */
+    int nsample_excludes;
+    char **sample_excludes;
 } energon_dataset_info;
 
 int energon_dataset_info_load(const char *dir, const char *split_config, energon_dataset_info *info, char *err,

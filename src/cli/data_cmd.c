@@ -45,7 +45,9 @@ static void data_usage(FILE *f) {
         "shapes), after checking every shard against its .tar.idx (--quick skips the full scan). PATH may be a\n"
         "MetadatasetV2 .yaml, for which the blended sources are listed. Exits non-zero on a broken dataset.\n"
         "split rewrites DIR/.nv-meta/split.yaml (atomically) from --split-parts patterns over the shards listed\n"
-        "in DIR/.nv-meta/.info.json, keeping its exclude list.\n");
+        "in DIR/.nv-meta/.info.json, keeping its exclude list. That list (edit it by hand) may name whole shards\n"
+        "or single samples as <shard>/<sample key>, e.g. shards/shard_000001.tar/s012; the reader skips them\n"
+        "(inspect's sample counts do not subtract single-sample excludes).\n");
 }
 
 /* ------------------------------------------------------------------------------------------------ prepare */
