@@ -614,6 +614,44 @@ static void test_blend(void) {
     energon_close(r);
 }
 
+/* Keys of the first n samples (no shuffle) of a metadataset; -1 marks a read error. */
+static void read_keys(const char *path, int n, int *keys, char *err) {
+    energon_reader *r = open_r(path, 0, 1, 0, 0, 0, err);
+    for (int i = 0; i < n; i++) {
+        energon_sample *s;
+        keys[i] = -1;
+        if (!r || energon_next(r, &s) != 0) continue;
+        keys[i] = key_num(s);
+        energon_sample_free(s);
+    }
+    if (r) energon_close(r);
+}
+
+/* subset on a nested metadataset and on a blend: the inner range first, then the outer percentage of it. */
+static void test_nested_subset(void) {
+    write_yaml("ns_inner.yaml", "__module__: megatron.energon\n__class__: MetadatasetV2\nsplits:\n"
+                                "  train: {path: ./syn, subset: {range: [10, 30]}}\n");
+    write_yaml("ns_outer.yaml", "__module__: megatron.energon\n__class__: MetadatasetV2\nsplits:\n"
+                                "  train: {path: ./ns_inner.yaml, subset: {range: [50%, 100%]}}\n");
+    char err[1024];
+    int keys[20], bad = 0;
+    read_keys(test_path("%s/ns_outer.yaml", dir), 20, keys, err);
+    for (int i = 0; i < 20; i++) bad += keys[i] != 20 + i % 10;
+    CHECK(bad == 0, "subset 50%%-100%% of a nested metadataset's [10, 30): samples 20-29 (%d bad, first %d)", bad,
+          keys[0]);
+    write_yaml("ns_blend.yaml", "__module__: megatron.energon\n__class__: MetadatasetV2\nsplits:\n"
+                                "  train:\n    subset: {range: [0%, 25%]}\n    blend:\n"
+                                "      - {weight: 1, path: ./ns_outer.yaml}\n");
+    read_keys(test_path("%s/ns_blend.yaml", dir), 10, keys, err);
+    bad = 0;
+    for (int i = 0; i < 10; i++) bad += keys[i] != 20 + i % 3; /* 25% of [20, 30) = [20, 22.5) -> 3 */
+    CHECK(bad == 0, "subset 0%%-25%% on a blend over that: samples 20-22 (%d bad, first %d)", bad, keys[0]);
+    write_yaml("ns_abs.yaml", "__module__: megatron.energon\n__class__: MetadatasetV2\nsplits:\n"
+                              "  train: {path: ./ns_inner.yaml, subset: {range: [0, 5]}}\n");
+    CHECK(expect_open_error(test_path("%s/ns_abs.yaml", dir), "ns_abs.yaml:4", "must be a percentage", err),
+          "absolute subset on a nested metadataset: %s", err);
+}
+
 static void test_sharding(void) {
     const char *syn = test_path("%s/syn", dir);
     char err[1024];
@@ -776,6 +814,7 @@ int main(int argc, char **argv) {
     test_split_patterns();
     test_sample_excludes();
     test_blend();
+    test_nested_subset();
     test_sharding();
     test_resume();
     test_skip_bad();

@@ -456,6 +456,10 @@ struct energon_reader {
     int nsrc;
     en_source *src;
     int epochized;
+    /* while parsing: subsets of the enclosing metadatasets and blends, outermost first (Energon applies the
+     * innermost first, each a percentage of what the inner ones left) */
+    const yt_node *outer_subsets[20];
+    int nouter;
     uint64_t blend_rng;
     int64_t outer_epoch;
     int64_t *remaining;
@@ -1012,6 +1016,27 @@ static int add_source(energon_reader *r, const char *root, const char *split_par
             return seterr(err, errlen, "%s:%d: empty subset range [%lld, %lld)", range->file, range->line,
                           (long long)lo, (long long)hi);
     }
+    for (int k = r->nouter - 1; k >= 0; k--) {
+        const yt_node *range = yt_get(r->outer_subsets[k], "range");
+        int64_t a, b, n = hi - lo;
+        for (int j = 0; j < 2; j++) {
+            const yt_node *v = range->items[j];
+            size_t l = strlen(v->str);
+            if (!l || v->str[l - 1] != '%')
+                return seterr(err, errlen,
+                              "%s:%d: subset bound '%s' on a nested metadataset or blend must be a percentage "
+                              "(absolute sample indices are allowed next to a dataset path only, as in Energon)",
+                              v->file, v->line, v->str);
+        }
+        if (subset_bound(range->items[0], n, &a, err, errlen) || subset_bound(range->items[1], n, &b, err, errlen))
+            return -1;
+        if (b <= a)
+            return seterr(err, errlen,
+                          "%s:%d: subset range leaves no samples of '%s' split '%s' ([%lld, %lld) of %lld)",
+                          range->file, range->line, root, split_part, (long long)a, (long long)b, (long long)n);
+        hi = lo + b;
+        lo = lo + a;
+    }
     s->lo = lo;
     s->n = hi - lo;
     if (s->n < r->o.dp_size)
@@ -1154,8 +1179,23 @@ static int parse_node(energon_reader *r, const yt_node *n, const char *base, con
         rc = seterr(err, errlen, "%s:%d: give exactly one of 'path', 'blend', 'blend_epochized'", n->file, n->line);
         goto out;
     }
+    const yt_node *subset = yt_get(n, "subset");
+    if (subset) {
+        const yt_node *range = yt_get(subset, "range");
+        if (subset->kind != YT_MAP || !range || range->kind != YT_SEQ || range->n != 2 ||
+            range->items[0]->kind != YT_SCALAR || range->items[1]->kind != YT_SCALAR) {
+            rc = seterr(err, errlen, "%s:%d: subset needs 'range: [begin, end]'", subset->file, subset->line);
+            goto out;
+        }
+    }
     if (blend || be) {
+        if (subset && r->nouter == (int)(sizeof r->outer_subsets / sizeof *r->outer_subsets)) {
+            rc = seterr(err, errlen, "%s:%d: subsets nested too deep", subset->file, subset->line);
+            goto out;
+        }
+        if (subset) r->outer_subsets[r->nouter++] = subset;
         rc = parse_blend(r, blend ? blend : be, be != NULL, base, split, weight, &kv, depth, err, errlen);
+        if (subset) r->nouter--;
         goto out;
     }
     if (path->kind != YT_SCALAR) {
@@ -1173,10 +1213,13 @@ static int parse_node(energon_reader *r, const yt_node *n, const char *base, con
         if (stat(full, &st) != 0)
             rc = seterr(err, errlen, "%s:%d: path '%s' (resolved to '%s') does not exist", path->file, path->line,
                         path->str, full);
-        else if (yt_get(n, "subset"))
-            rc = seterr(err, errlen, "%s:%d: 'subset' on a nested metadataset is not supported", n->file, n->line);
-        else
+        else if (subset && r->nouter == (int)(sizeof r->outer_subsets / sizeof *r->outer_subsets))
+            rc = seterr(err, errlen, "%s:%d: subsets nested too deep", subset->file, subset->line);
+        else {
+            if (subset) r->outer_subsets[r->nouter++] = subset;
             rc = open_metadataset(r, full, part, weight, &kv, depth + 1, err, errlen);
+            if (subset) r->nouter--;
+        }
     }
     free(full);
 out:
