@@ -8,6 +8,7 @@
 #include "test.h"
 #include "test_fs.h"
 
+#include <jpeglib.h>
 #include <libgen.h>
 #include <string.h>
 
@@ -256,6 +257,291 @@ static void test_errors(void) {
     test_sh("rm -rf %s", b);
 }
 
+/* Encode h x w x 3 RGB as a quality-95 JPEG with libjpeg's compressor. */
+static uint8_t *jpeg_encode_test(const uint8_t *px, int w, int h, size_t *len) {
+    struct jpeg_compress_struct c;
+    struct jpeg_error_mgr e;
+    unsigned char *buf = NULL;
+    unsigned long n = 0;
+    c.err = jpeg_std_error(&e);
+    jpeg_create_compress(&c);
+    jpeg_mem_dest(&c, &buf, &n);
+    c.image_width = (JDIMENSION)w, c.image_height = (JDIMENSION)h, c.input_components = 3, c.in_color_space = JCS_RGB;
+    jpeg_set_defaults(&c);
+    jpeg_set_quality(&c, 95, TRUE);
+    jpeg_start_compress(&c, TRUE);
+    for (int y = 0; y < h; y++) {
+        JSAMPROW row = (JSAMPROW)(px + (size_t)y * w * 3);
+        jpeg_write_scanlines(&c, &row, 1);
+    }
+    jpeg_finish_compress(&c);
+    jpeg_destroy_compress(&c);
+    *len = n;
+    return buf;
+}
+
+/* JPEG parts decode to uint8 HWC like PNG; corrupt or truncated JPEGs are errors naming shard, sample, part. */
+static void test_jpeg(void) {
+    enum { W = 24, H = 16, NJ = 5 };
+    uint8_t px[H * W * 3];
+    for (int y = 0; y < H; y++)
+        for (int x = 0; x < W; x++) {
+            px[(y * W + x) * 3 + 0] = (uint8_t)(x * 10);
+            px[(y * W + x) * 3 + 1] = (uint8_t)(y * 15);
+            px[(y * W + x) * 3 + 2] = 128;
+        }
+    test_sh("rm -rf %s/jsrc && mkdir -p %s/jsrc", dir, dir);
+    size_t jlen = 0;
+    uint8_t *jpg = jpeg_encode_test(px, W, H, &jlen);
+    for (int i = 0; i < NJ; i++) write_file(test_path("%s/jsrc/j%d.jpg", dir, i), jpg, jlen);
+    const char *ds = test_path("%s/jpg", dir);
+    int rc = test_sh("%s data prepare --out %s --images %s/jsrc >/dev/null", dfm_bin, ds, dir);
+    CHECK(rc == 0, "dfm data prepare --images with .jpg files exits 0");
+    char err[1024];
+    energon_reader *r = open_r(ds, 0, 1, 0, 0, 0, err);
+    CHECK(r != NULL, "open JPEG dataset%s%s", r ? "" : ": ", r ? "" : err);
+    int bad = 0, got = 0;
+    double mad = 0;
+    for (int i = 0; r && i < NJ; i++) {
+        energon_sample *s;
+        if (energon_next(r, &s) != 0) {
+            bad++;
+            break;
+        }
+        const energon_part *p = energon_sample_part(s, "jpg");
+        if (!p || p->kind != EN_TENSOR || p->dtype != EN_U8 || p->ndim != 3 || p->shape[0] != H || p->shape[1] != W ||
+            p->shape[2] != 3)
+            bad++;
+        else {
+            got++;
+            const uint8_t *d = p->data;
+            for (int k = 0; k < H * W * 3; k++) mad += abs((int)d[k] - (int)px[k]);
+        }
+        energon_sample_free(s);
+    }
+    if (r) energon_close(r);
+    mad /= (double)(got ? got : 1) * H * W * 3;
+    CHECK(bad == 0 && got == NJ && mad < 4.0,
+          "JPEG parts decode to uint8 %dx%dx3 tensors close to the encoded pixels (%d bad, mean abs diff %.2f)", H, W,
+          bad, mad);
+    /* the decoder alone: truncated and non-JPEG buffers */
+    uint8_t *out = NULL;
+    int w, h, c;
+    rc = jpeg_decode_mem(jpg, jlen - 40, &out, &w, &h, &c, err, sizeof err);
+    CHECK(rc != 0 && strstr(err, "truncated"), "truncated JPEG is an error: %s", rc ? err : "(decoded)");
+    if (!rc) free(out);
+    rc = jpeg_decode_mem((const uint8_t *)"hello world", 11, &out, &w, &h, &c, err, sizeof err);
+    CHECK(rc != 0 && strstr(err, "not a JPEG"), "non-JPEG buffer is an error: %s", rc ? err : "(decoded)");
+    if (!rc) free(out);
+    /* a corrupt JPEG inside a shard: overwrite the frame header (SOF0 marker) of the 3rd sample's image */
+    const char *b = test_path("%s/jpg_bad", dir);
+    test_sh("rm -rf %s && cp -r %s %s", b, ds, b);
+    size_t tl;
+    char *tar = test_read_file(test_path("%s/shards/shard_000000.tar", b), &tl);
+    size_t hits = 0, at = 0;
+    for (size_t k = 0; tar && k + 1 < tl; k++)
+        if ((uint8_t)tar[k] == 0xFF && (uint8_t)tar[k + 1] == 0xC0 && ++hits == 3) at = k;
+    free(tar);
+    if (at) {
+        FILE *f = fopen(test_path("%s/shards/shard_000000.tar", b), "r+b");
+        fseek(f, (long)at + 1, SEEK_SET);
+        fputc(0x01, f); /* TEM: not a frame marker, so the stream has no image */
+        fclose(f);
+    }
+    CHECK(at && expect_read_error(b, "corrupt JPEG", "part 'jpg'", err) && strstr(err, "shard_000000.tar") &&
+              strstr(err, "'j2'"),
+          "corrupt JPEG in a shard: %s", err);
+    test_sh("rm -rf %s", b);
+    free(jpg);
+}
+
+/* Count the samples of one split by reading one epoch's worth and checking keys fall in [lo, hi). */
+static int split_keys_in(const char *ds, const char *split, int n, int lo, int hi) {
+    energon_options o;
+    energon_options_default(&o);
+    o.split = split, o.num_workers = 0, o.shuffle_buffer = 0, o.slice_size = 0, o.quiet = 1;
+    char err[1024];
+    energon_reader *r = energon_open(ds, &o, err, sizeof err);
+    if (!r) return 0;
+    int ok = 1;
+    for (int i = 0; i < n && ok; i++) {
+        energon_sample *s;
+        if (energon_next(r, &s) != 0)
+            ok = 0;
+        else {
+            ok = key_num(s) >= lo && key_num(s) < hi;
+            energon_sample_free(s);
+        }
+    }
+    energon_close(r);
+    return ok;
+}
+
+static int split_counts(const char *ds, long long tr, long long va, long long te) {
+    energon_dataset_info info;
+    char err[1024];
+    if (energon_dataset_info_load(ds, NULL, &info, err, sizeof err) != 0) return 0;
+    long long c[3] = {-1, -1, -1};
+    static const char *nm[3] = {"train", "val", "test"};
+    for (int i = 0; i < info.nsplits; i++)
+        for (int k = 0; k < 3; k++)
+            if (!strcmp(info.splits[i].name, nm[k])) c[k] = info.splits[i].samples;
+    energon_dataset_info_free(&info);
+    return c[0] == tr && c[1] == va && c[2] == te;
+}
+
+/* --split-parts NAME:REGEX in prepare and dfm data split: Energon's split assignment by shard-path patterns. */
+static void test_split_patterns(void) {
+    const char *ds = test_path("%s/pat", dir);
+    /* 37 samples, 10 per shard: shard_000000..2 hold 10, shard_000003 holds 7 */
+    int rc = test_sh("%s data prepare --out %s --tensors %s/src --maxcount 10 --split-parts "
+                     "'train:shards/shard_00000[0-1]\\.tar' --split-parts val:shards/shard_000002.tar "
+                     "--split-parts 'test:shards/shard_0+3\\.tar' >/dev/null",
+                     dfm_bin, ds, dir);
+    CHECK(rc == 0, "dfm data prepare --split-parts train/val/test exits 0");
+    CHECK(split_counts(ds, 20, 10, 7), "--split-parts: the reader sees train 20, val 10, test 7 samples");
+    CHECK(split_keys_in(ds, "val", 10, 20, 30) && split_keys_in(ds, "test", 7, 30, 37),
+          "--split-parts: val reads samples 20-29, test 30-36");
+    /* dfm data split rewrites split.yaml from new patterns */
+    rc = test_sh("%s data split %s --split-parts 'train:shards/shard_00000[0-2].tar' --split-parts "
+                 "'test:.*3.tar' >/dev/null",
+                 dfm_bin, ds);
+    CHECK(rc == 0 && split_counts(ds, 30, -1, 7) && split_keys_in(ds, "train", 30, 0, 30),
+          "dfm data split: split.yaml rewritten to train 30, test 7, no val");
+    char *before = test_read_file(test_path("%s/.nv-meta/split.yaml", ds), NULL);
+    /* errors: unmatched shard, shard in two splits, bad regex, --split with --split-parts */
+    rc = test_sh("%s data split %s --split-parts 'train:shards/shard_00000[0-1].tar' --split-parts "
+                 "'val:shards/shard_000003.tar' 2>%s/stderr.txt",
+                 dfm_bin, ds, dir);
+    char *se = test_read_file(test_path("%s/stderr.txt", dir), NULL);
+    CHECK(rc != 0 && se && strstr(se, "'shards/shard_000002.tar' matches no --split-parts pattern"),
+          "unmatched shard is an error naming it: %s", se ? se : "");
+    free(se);
+    rc = test_sh("%s data split %s --split-parts 'train:shards/.*' --split-parts 'val:.*3.tar' 2>%s/stderr.txt",
+                 dfm_bin, ds, dir);
+    se = test_read_file(test_path("%s/stderr.txt", dir), NULL);
+    CHECK(rc != 0 && se &&
+              strstr(se, "'shards/shard_000003.tar' matches the patterns of both split 'train' and "
+                         "split 'val'"),
+          "shard matching two patterns is an error naming it: %s", se ? se : "");
+    free(se);
+    rc = test_sh("%s data split %s --split-parts 'train:shards/(shard' 2>%s/stderr.txt", dfm_bin, ds, dir);
+    se = test_read_file(test_path("%s/stderr.txt", dir), NULL);
+    CHECK(rc != 0 && se && strstr(se, "bad regular expression 'shards/(shard'"), "bad regex is an error: %s",
+          se ? se : "");
+    free(se);
+    char *after = test_read_file(test_path("%s/.nv-meta/split.yaml", ds), NULL);
+    CHECK(before && after && !strcmp(before, after), "failed dfm data split runs leave split.yaml as it was");
+    free(before);
+    free(after);
+    rc = test_sh("%s data prepare --out %s/pat2 --tensors %s/src --split 8,2 --split-parts 'train:.*' "
+                 "2>%s/stderr.txt",
+                 dfm_bin, dir, dir, dir);
+    se = test_read_file(test_path("%s/stderr.txt", dir), NULL);
+    CHECK(rc != 0 && se && strstr(se, "not both"), "--split with --split-parts is an error: %s", se ? se : "");
+    free(se);
+    rc = test_sh("%s data prepare --out %s/pat2 --tensors %s/src --maxcount 10 --split-parts "
+                 "'train:shards/shard_00000[0-2].tar' 2>%s/stderr.txt",
+                 dfm_bin, dir, dir, dir);
+    se = test_read_file(test_path("%s/stderr.txt", dir), NULL);
+    CHECK(rc != 0 && se && strstr(se, "shard_000003.tar") && strstr(se, "matches no"),
+          "prepare with a shard no pattern matches is an error naming it: %s", se ? se : "");
+    free(se);
+}
+
+/* split.yaml sample excludes "<shard>/<key>" next to a shard exclude: those samples never appear, counts,
+ * DP sharding and resume stay consistent; unknown samples warn (Energon ignores them), unknown shards fail. */
+static void test_sample_excludes(void) {
+    const char *ds = test_path("%s/excl", dir);
+    test_sh("rm -rf %s && cp -r %s/syn %s", ds, dir, ds);
+    FILE *f = fopen(test_path("%s/.nv-meta/split.yaml", ds), "w");
+    fprintf(f, "split_parts:\n  train:\n  - shards/shard_{000000..000003}.tar\nexclude:\n"
+               "  - shards/shard_000001.tar/s012\n  - shards/shard_000002.tar\n  - shards/shard_000003.tar/s035\n"
+               "  - shards/shard_000000.tar/s000\n");
+    fclose(f);
+    char err[1024];
+    energon_reader *r = open_r(ds, 0, 1, 2, 0, 0, err);
+    CHECK(r != NULL, "open with sample excludes%s%s", r ? "" : ": ", r ? "" : err);
+    if (!r) return;
+    /* one epoch is 10 + 10 + 7 - 3 (samples) - 10 (shard 2) = 24 samples, in order, then it starts again */
+    int want[24], nw = 0, bad = 0;
+    for (int i = 0; i < NSYN; i++)
+        if (i != 0 && i != 12 && i != 35 && (i < 20 || i >= 30)) want[nw++] = i;
+    for (int i = 0; i < 2 * nw; i++) {
+        energon_sample *s;
+        if (energon_next(r, &s) != 0) {
+            bad++;
+            break;
+        }
+        if (key_num(s) != want[i % nw] || s->epoch != i / nw) bad++;
+        energon_sample_free(s);
+    }
+    energon_close(r);
+    CHECK(nw == 24 && bad == 0,
+          "sample excludes: 24 samples per epoch, s000, s012, s035 and shard 2 never read (%d bad)", bad);
+    /* DP ranks: disjoint, none excluded, together one epoch */
+    int seen[NSYN] = {0}, dup = 0, excl = 0, tot = 0;
+    for (int rank = 0; rank < 2; rank++) {
+        energon_reader *rr = open_r(ds, rank, 2, 0, 0, 0, err);
+        for (int i = 0; rr && i < 12; i++) {
+            energon_sample *s;
+            if (energon_next(rr, &s) != 0) break;
+            int k = key_num(s);
+            dup += seen[k]++ > 0;
+            excl += k == 0 || k == 12 || k == 35 || (k >= 20 && k < 30);
+            tot++;
+            energon_sample_free(s);
+        }
+        if (rr) energon_close(rr);
+    }
+    CHECK(tot == 24 && dup == 0 && excl == 0,
+          "sample excludes with 2 DP ranks: 24 distinct samples, %d duplicated, %d excluded", dup, excl);
+    /* resume: shuffled, save after 9, restore, the next 30 equal the uninterrupted stream */
+    energon_reader *a = open_r(ds, 0, 1, 1, 8, 4, err), *b = open_r(ds, 0, 1, 1, 8, 4, err);
+    int same = a && b;
+    char *st = NULL;
+    for (int i = 0; same && i < 39; i++) {
+        energon_sample *s;
+        if (energon_next(a, &s) != 0)
+            same = 0;
+        else {
+            int ka = key_num(s);
+            energon_sample_free(s);
+            if (i == 9 - 1) {
+                st = energon_state_save(a);
+                energon_close(b);
+                b = open_r(ds, 0, 1, 1, 8, 4, err);
+                same = b && energon_state_restore(b, st, err, sizeof err) == 0;
+            } else if (i >= 9) {
+                same = energon_next(b, &s) == 0 && key_num(s) == ka && ka != 12 && ka != 35 && ka != 0;
+                if (same) energon_sample_free(s);
+            }
+        }
+    }
+    free(st);
+    if (a) energon_close(a);
+    if (b) energon_close(b);
+    CHECK(same, "sample excludes: save after 9, restore, next 30 equal the uninterrupted shuffled stream");
+    /* an exclude naming no sample: a warning (Energon silently ignores it), the rest still applies */
+    f = fopen(test_path("%s/.nv-meta/split.yaml", ds), "w");
+    fprintf(f, "split_parts:\n  train:\n  - shards/shard_{000000..000003}.tar\nexclude:\n"
+               "  - shards/shard_000001.tar/nope\n");
+    fclose(f);
+    int rc = test_sh("%s data inspect %s >/dev/null 2>%s/stderr.txt", dfm_bin, ds, dir);
+    char *se = test_read_file(test_path("%s/stderr.txt", dir), NULL);
+    CHECK(rc == 0 && se && strstr(se, "exclude entry 'shards/shard_000001.tar/nope' names no sample"),
+          "exclude of a missing sample warns: rc %d, %s", rc, se ? se : "");
+    free(se);
+    /* an exclude whose shard is not in .info.json is an error naming it */
+    f = fopen(test_path("%s/.nv-meta/split.yaml", ds), "w");
+    fprintf(f, "split_parts:\n  train:\n  - shards/shard_{000000..000003}.tar\nexclude:\n"
+               "  - shards/shard_000009.tar/s001\n");
+    fclose(f);
+    CHECK(expect_open_error(ds, "split.yaml", "'shards/shard_000009.tar/s001' is neither a shard", err),
+          "exclude of an unknown shard's sample: %s", err);
+    test_sh("rm -rf %s", ds);
+}
+
 static void write_yaml(const char *name, const char *text) {
     FILE *f = fopen(test_path("%s/%s", dir, name), "w");
     fputs(text, f);
@@ -326,6 +612,44 @@ static void test_blend(void) {
     CHECK(exact, "blend_epochized over 2 epochs: %d + %d samples (want 40 + %lld), each of the 10 keys 4 times", c0, c1,
           (long long)(2 * n1));
     energon_close(r);
+}
+
+/* Keys of the first n samples (no shuffle) of a metadataset; -1 marks a read error. */
+static void read_keys(const char *path, int n, int *keys, char *err) {
+    energon_reader *r = open_r(path, 0, 1, 0, 0, 0, err);
+    for (int i = 0; i < n; i++) {
+        energon_sample *s;
+        keys[i] = -1;
+        if (!r || energon_next(r, &s) != 0) continue;
+        keys[i] = key_num(s);
+        energon_sample_free(s);
+    }
+    if (r) energon_close(r);
+}
+
+/* subset on a nested metadataset and on a blend: the inner range first, then the outer percentage of it. */
+static void test_nested_subset(void) {
+    write_yaml("ns_inner.yaml", "__module__: megatron.energon\n__class__: MetadatasetV2\nsplits:\n"
+                                "  train: {path: ./syn, subset: {range: [10, 30]}}\n");
+    write_yaml("ns_outer.yaml", "__module__: megatron.energon\n__class__: MetadatasetV2\nsplits:\n"
+                                "  train: {path: ./ns_inner.yaml, subset: {range: [50%, 100%]}}\n");
+    char err[1024];
+    int keys[20], bad = 0;
+    read_keys(test_path("%s/ns_outer.yaml", dir), 20, keys, err);
+    for (int i = 0; i < 20; i++) bad += keys[i] != 20 + i % 10;
+    CHECK(bad == 0, "subset 50%%-100%% of a nested metadataset's [10, 30): samples 20-29 (%d bad, first %d)", bad,
+          keys[0]);
+    write_yaml("ns_blend.yaml", "__module__: megatron.energon\n__class__: MetadatasetV2\nsplits:\n"
+                                "  train:\n    subset: {range: [0%, 25%]}\n    blend:\n"
+                                "      - {weight: 1, path: ./ns_outer.yaml}\n");
+    read_keys(test_path("%s/ns_blend.yaml", dir), 10, keys, err);
+    bad = 0;
+    for (int i = 0; i < 10; i++) bad += keys[i] != 20 + i % 3; /* 25% of [20, 30) = [20, 22.5) -> 3 */
+    CHECK(bad == 0, "subset 0%%-25%% on a blend over that: samples 20-22 (%d bad, first %d)", bad, keys[0]);
+    write_yaml("ns_abs.yaml", "__module__: megatron.energon\n__class__: MetadatasetV2\nsplits:\n"
+                              "  train: {path: ./ns_inner.yaml, subset: {range: [0, 5]}}\n");
+    CHECK(expect_open_error(test_path("%s/ns_abs.yaml", dir), "ns_abs.yaml:4", "must be a percentage", err),
+          "absolute subset on a nested metadataset: %s", err);
 }
 
 static void test_sharding(void) {
@@ -486,7 +810,11 @@ int main(int argc, char **argv) {
         test_python_dataset("gnu");
     }
     test_errors();
+    test_jpeg();
+    test_split_patterns();
+    test_sample_excludes();
     test_blend();
+    test_nested_subset();
     test_sharding();
     test_resume();
     test_skip_bad();

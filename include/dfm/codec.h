@@ -1,4 +1,4 @@
-/* In-memory codecs for dataset parts: PNG (libpng) and NumPy .npy. Decoders return -1 with a message;
+/* In-memory codecs for dataset parts: PNG (libpng), JPEG (libjpeg) and NumPy .npy. Decoders return -1 with a message;
  * encoders exit on failure (they only fail when out of memory). */
 #ifndef DFM_CODEC_H
 #define DFM_CODEC_H
@@ -15,6 +15,10 @@ uint8_t *png_encode_mem(const uint8_t *pixels, int w, int h, int channels, size_
 /* Decode any PNG to 8-bit h x w x channels (palette expanded, 16-bit reduced). *pixels is malloc'ed. */
 int png_decode_mem(const uint8_t *buf, size_t len, uint8_t **pixels, int *w, int *h, int *channels, char *err,
                    size_t errlen);
+/* Decode a baseline or progressive JPEG to 8-bit h x w x channels (1 gray or 3 RGB; CMYK/YCCK are converted
+ * to RGB by libjpeg where it can). A truncated or corrupt stream is an error. *pixels is malloc'ed. */
+int jpeg_decode_mem(const uint8_t *buf, size_t len, uint8_t **pixels, int *w, int *h, int *channels, char *err,
+                    size_t errlen);
 
 #define NPY_MAX_DIMS 8
 typedef struct {

@@ -24,7 +24,7 @@ typedef enum { EN_U8, EN_F32 } energon_dtype;
 typedef struct {
     char *name; /* part name after the key: "png", "cls", "latent.npy" */
     energon_part_kind kind;
-    energon_dtype dtype; /* tensors: PNG -> u8 HWC (or f32 in [0,1] with image_float), .npy -> f32 (u8 stays u8) */
+    energon_dtype dtype; /* tensors: PNG/JPEG -> u8 HWC (or f32 in [0,1] with image_float), .npy -> f32 (u8 stays u8) */
     int ndim;
     int64_t shape[8];
     void *data; /* tensor elements; bytes; NUL-terminated string (.json, .txt) */
@@ -54,7 +54,7 @@ typedef struct {
     int prefetch;       /* samples planned/decoded ahead (default 2 x workers + 1) */
     int shuffle_buffer; /* per source; 0 = no buffer */
     int slice_size;     /* samples per shuffled slice; 0 = keep the shard order */
-    int image_float;    /* decode PNG to float32 in [0, 1] instead of uint8 */
+    int image_float;    /* decode PNG/JPEG to float32 in [0, 1] instead of uint8 */
     double max_abs;     /* samples with |x| > max_abs (or NaN/Inf) in a float tensor are skipped (default 1e6) */
     int quiet;          /* no warning per skipped sample */
 } energon_options;
@@ -106,6 +106,10 @@ typedef struct {
     int nshards; /* from .info.json */
     char **shard_names;
     int64_t *shard_counts;
+    /* split.yaml exclude entries "<shard>/<sample key>" (Energon's sample excludes): the reader drops those
+     * samples; split sample counts above do not subtract them (that needs a scan of the shard) */
+    int nsample_excludes;
+    char **sample_excludes;
 } energon_dataset_info;
 
 int energon_dataset_info_load(const char *dir, const char *split_config, energon_dataset_info *info, char *err,

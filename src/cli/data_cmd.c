@@ -1,13 +1,16 @@
-/* `dfm data prepare` and `dfm data inspect`: write and check Energon-compatible webdataset folders. */
+/* `dfm data prepare`, `dfm data inspect` and `dfm data split`: write and check Energon-compatible webdataset folders.
+ */
 #include "dfm/codec.h"
 #include "dfm/common.h"
 #include "dfm/energon.h"
 #include "dfm/fashion_mnist.h"
 #include "dfm/tar.h"
+#include "dfm/yamltree.h"
 
 #include <dirent.h>
 #include <errno.h>
 #include <jansson.h>
+#include <regex.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -19,6 +22,7 @@ static void data_usage(FILE *f) {
         f,
         "usage: dfm data prepare --out DIR SOURCE [options]\n"
         "       dfm data inspect PATH [--split NAME] [--quick]\n"
+        "       dfm data split DIR --split-parts NAME:REGEX [--split-parts NAME:REGEX ...]\n"
         "\n"
         "prepare writes an Energon-compatible webdataset folder: DIR/shards/shard_NNNNNN.tar, beside each its\n"
         "<shard>.tar.idx, and DIR/.nv-meta/{dataset.yaml (CrudeWebdataset), split.yaml, .info.json}.\n"
@@ -33,9 +37,17 @@ static void data_usage(FILE *f) {
         "  --maxcount N           samples per shard (default 1000)\n"
         "  --limit N              use only the first N samples of the source\n"
         "  --split R[,R[,R]]      train,val,test ratios (default 1 = all train); each split gets its own shards\n"
+        "  --split-parts NAME:REGEX  instead of --split, Energon's way: each shard path relative to DIR (e.g.\n"
+        "                         shards/shard_000003.tar) must fully match the POSIX extended regex of exactly\n"
+        "                         one split, e.g. --split-parts 'train:shards/shard_00000[0-5].tar'\n"
+        "                         --split-parts 'val:shards/shard_00000[6-7].tar' (repeat per split)\n"
         "inspect prints the splits, shard and sample counts and the parts of the first sample (names, types,\n"
         "shapes), after checking every shard against its .tar.idx (--quick skips the full scan). PATH may be a\n"
-        "MetadatasetV2 .yaml, for which the blended sources are listed. Exits non-zero on a broken dataset.\n");
+        "MetadatasetV2 .yaml, for which the blended sources are listed. Exits non-zero on a broken dataset.\n"
+        "split rewrites DIR/.nv-meta/split.yaml (atomically) from --split-parts patterns over the shards listed\n"
+        "in DIR/.nv-meta/.info.json, keeping its exclude list. That list (edit it by hand) may name whole shards\n"
+        "or single samples as <shard>/<sample key>, e.g. shards/shard_000001.tar/s012; the reader skips them\n"
+        "(inspect's sample counts do not subtract single-sample excludes).\n");
 }
 
 /* ------------------------------------------------------------------------------------------------ prepare */
@@ -99,25 +111,134 @@ static void shard_add_sample(shard_out *o, int split, const char *key, part_buf 
     o->in_shard++;
 }
 
+/* ------------------------------------------------------------------------------------- split patterns */
+
+#define MAX_SPLIT_PATTERNS 16
+
+typedef struct {
+    int n;
+    char name[MAX_SPLIT_PATTERNS][64];
+    const char *pattern[MAX_SPLIT_PATTERNS];
+} split_patterns;
+
+/* "--split-parts NAME:REGEX" */
+static void split_patterns_add(split_patterns *sp, const char *arg) {
+    const char *colon = strchr(arg, ':');
+    size_t nl = colon ? (size_t)(colon - arg) : 0;
+    if (!colon || nl == 0 || nl >= sizeof sp->name[0] ||
+        strspn(arg, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-") != nl)
+        dfm_die("--split-parts '%s': expected NAME:REGEX, e.g. train:shards/shard_00000[0-5].tar", arg);
+    if (sp->n == MAX_SPLIT_PATTERNS) dfm_die("--split-parts: at most %d patterns", MAX_SPLIT_PATTERNS);
+    memcpy(sp->name[sp->n], arg, nl);
+    sp->name[sp->n][nl] = 0;
+    for (int i = 0; i < sp->n; i++)
+        if (!strcmp(sp->name[i], sp->name[sp->n])) dfm_die("--split-parts: split '%s' given twice", sp->name[i]);
+    /* refuse a bad expression before any shard is written */
+    size_t pl = strlen(colon + 1) + 8;
+    char *full = xmalloc(pl);
+    snprintf(full, pl, "^(%s)$", colon + 1);
+    regex_t re;
+    int rc = regcomp(&re, full, REG_EXTENDED | REG_NOSUB);
+    free(full);
+    if (rc != 0) {
+        char m[256];
+        regerror(rc, &re, m, sizeof m);
+        dfm_die("--split-parts %s: bad regular expression '%s': %s", sp->name[sp->n], colon + 1, m);
+    }
+    regfree(&re);
+    sp->pattern[sp->n++] = colon + 1;
+}
+
+/* Energon's split_parts from patterns: every shard path (relative to the dataset folder) must fully match the
+ * POSIX extended regex of exactly one split. Returns the split.yaml text (malloc'ed) or NULL with err set. */
+static char *split_yaml_from_patterns(const split_patterns *sp, char *const *names, int nshards, char *const *excludes,
+                                      int nexcl, char *err, size_t errlen) {
+    regex_t re[MAX_SPLIT_PATTERNS];
+    int *of = xmalloc((size_t)(nshards ? nshards : 1) * sizeof *of), ncomp = 0;
+    char *t = NULL;
+    for (; ncomp < sp->n; ncomp++) {
+        size_t pl = strlen(sp->pattern[ncomp]) + 8;
+        char *full = xmalloc(pl);
+        snprintf(full, pl, "^(%s)$", sp->pattern[ncomp]);
+        int rc = regcomp(&re[ncomp], full, REG_EXTENDED | REG_NOSUB);
+        free(full);
+        if (rc != 0) {
+            char m[256];
+            regerror(rc, &re[ncomp], m, sizeof m);
+            snprintf(err, errlen, "--split-parts %s: bad regular expression '%s': %s", sp->name[ncomp],
+                     sp->pattern[ncomp], m);
+            goto done;
+        }
+    }
+    for (int i = 0; i < nshards; i++) {
+        of[i] = -1;
+        for (int k = 0; k < sp->n; k++) {
+            if (regexec(&re[k], names[i], 0, NULL, 0) != 0) continue;
+            if (of[i] >= 0) {
+                snprintf(err, errlen, "shard '%s' matches the patterns of both split '%s' and split '%s'", names[i],
+                         sp->name[of[i]], sp->name[k]);
+                goto done;
+            }
+            of[i] = k;
+        }
+        if (of[i] < 0) {
+            size_t n = (size_t)snprintf(err, errlen, "shard '%s' matches no --split-parts pattern (", names[i]);
+            for (int k = 0; k < sp->n && n < errlen; k++)
+                n += (size_t)snprintf(err + n, errlen - n, "%s%s:%s", k ? ", " : "", sp->name[k], sp->pattern[k]);
+            if (n < errlen) snprintf(err + n, errlen - n, ")");
+            goto done;
+        }
+    }
+    for (int k = 0; k < sp->n; k++) {
+        int any = 0;
+        for (int i = 0; i < nshards && !any; i++) any = of[i] == k;
+        if (!any) {
+            snprintf(err, errlen, "--split-parts %s:%s matches no shard", sp->name[k], sp->pattern[k]);
+            goto done;
+        }
+    }
+    size_t cap = 256, n = 0;
+    for (int i = 0; i < nshards; i++) cap += strlen(names[i]) + 8;
+    for (int i = 0; i < nexcl; i++) cap += strlen(excludes[i]) + 8;
+    t = xmalloc(cap);
+    n += (size_t)snprintf(t + n, cap - n, "split_parts:\n");
+    for (int k = 0; k < sp->n; k++) {
+        n += (size_t)snprintf(t + n, cap - n, "  %s:\n", sp->name[k]);
+        for (int i = 0; i < nshards; i++)
+            if (of[i] == k) n += (size_t)snprintf(t + n, cap - n, "  - %s\n", names[i]);
+    }
+    if (!nexcl)
+        snprintf(t + n, cap - n, "exclude: []\n");
+    else {
+        n += (size_t)snprintf(t + n, cap - n, "exclude:\n");
+        for (int i = 0; i < nexcl; i++) n += (size_t)snprintf(t + n, cap - n, "- %s\n", excludes[i]);
+    }
+done:
+    for (int k = 0; k < ncomp; k++) regfree(&re[k]);
+    free(of);
+    return t;
+}
+
 static const char *const split_names[3] = {"train", "val", "test"};
 
-static void write_meta(shard_out *o, const int *nsplit_samples) {
+static void write_meta(shard_out *o, const int *nsplit_samples, const char *split_yaml) {
     char path[4096];
     snprintf(path, sizeof path, "%s/.nv-meta", o->out);
     xmkdir_p(path);
     snprintf(path, sizeof path, "%s/.nv-meta/dataset.yaml", o->out);
     write_text_atomic(path, "__module__: megatron.energon\n__class__: CrudeWebdataset\n");
     /* split.yaml as Energon writes it: split_parts then exclude */
-    size_t cap = 256 + (size_t)o->nshards * 64;
+    size_t cap = 256 + (size_t)o->nshards * 64 + (split_yaml ? strlen(split_yaml) : 0);
     char *t = xmalloc(cap);
-    size_t n = (size_t)snprintf(t, cap, "split_parts:\n");
-    for (int s = 0; s < 3; s++) {
+    if (split_yaml) snprintf(t, cap, "%s", split_yaml);
+    size_t n = split_yaml ? 0 : (size_t)snprintf(t, cap, "split_parts:\n");
+    for (int s = 0; s < 3 && !split_yaml; s++) {
         if (!nsplit_samples[s]) continue;
         n += (size_t)snprintf(t + n, cap - n, "  %s:\n", split_names[s]);
         for (int i = 0; i < o->nshards; i++)
             if (o->split_of_shard[i] == s) n += (size_t)snprintf(t + n, cap - n, "  - %s\n", o->names[i]);
     }
-    snprintf(t + n, cap - n, "exclude: []\n");
+    if (!split_yaml) snprintf(t + n, cap - n, "exclude: []\n");
     snprintf(path, sizeof path, "%s/.nv-meta/split.yaml", o->out);
     write_text_atomic(path, t);
     free(t);
@@ -241,11 +362,12 @@ static int source_parts(source *s, int i, char *key, size_t keycap, part_buf *pa
         const char *ext = strrchr(f, '.');
         parts[np].name = xstrdup(ext && (!strcasecmp(ext, ".jpg") || !strcasecmp(ext, ".jpeg")) ? "jpg" : "png");
         parts[np].data = xread_file(path, &parts[np].size);
-        if (!strcmp(parts[np].name, "png")) { /* refuse broken images now rather than at training time */
+        { /* refuse broken images now rather than at training time */
             uint8_t *px;
             int w, h, c;
             char err[256];
-            if (png_decode_mem(parts[np].data, parts[np].size, &px, &w, &h, &c, err, sizeof err) != 0)
+            if ((strcmp(parts[np].name, "png") ? jpeg_decode_mem : png_decode_mem)(parts[np].data, parts[np].size, &px,
+                                                                                   &w, &h, &c, err, sizeof err) != 0)
                 dfm_die("'%s': %s", path, err);
             free(px);
         }
@@ -323,8 +445,9 @@ static int source_parts(source *s, int i, char *key, size_t keycap, part_buf *pa
 }
 
 static int cmd_prepare(int argc, char **argv) {
-    const char *out = NULL, *fm_dir = NULL, *img_dir = NULL, *ten_dir = NULL, *split = "1";
+    const char *out = NULL, *fm_dir = NULL, *img_dir = NULL, *ten_dir = NULL, *split = NULL;
     int test_set = 0, maxcount = 1000, limit = 0, have_fm = 0;
+    split_patterns pats = {0};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *next = i + 1 < argc ? argv[i + 1] : NULL;
@@ -345,6 +468,8 @@ static int cmd_prepare(int argc, char **argv) {
             limit = atoi(argv[++i]);
         else if (!strcmp(a, "--split") && next)
             split = argv[++i];
+        else if (!strcmp(a, "--split-parts") && next)
+            split_patterns_add(&pats, argv[++i]);
         else if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             data_usage(stdout);
             return 0;
@@ -360,6 +485,8 @@ static int cmd_prepare(int argc, char **argv) {
         return 2;
     }
     if (maxcount < 1) dfm_die("data prepare: --maxcount must be at least 1");
+    if (split && pats.n) dfm_die("data prepare: give either --split ratios or --split-parts patterns, not both");
+    if (!split) split = "1";
     double ratio[3] = {0, 0, 0};
     int nr = sscanf(split, "%lf,%lf,%lf", &ratio[0], &ratio[1], &ratio[2]);
     if (nr < 1 || ratio[0] < 0 || ratio[1] < 0 || ratio[2] < 0 || ratio[0] + ratio[1] + ratio[2] <= 0)
@@ -455,9 +582,19 @@ static int cmd_prepare(int argc, char **argv) {
         }
     }
     shard_finish(o);
-    write_meta(o, nsplit);
-    printf("prepared %d samples in %d shards under %s (train %d, val %d, test %d)\n", s.count, o->nshards, out,
-           nsplit[0], nsplit[1], nsplit[2]);
+    char *split_yaml = NULL;
+    if (pats.n) {
+        split_yaml = split_yaml_from_patterns(&pats, o->names, o->nshards, NULL, 0, err, sizeof err);
+        if (!split_yaml) dfm_die("data prepare --out %s: %s", out, err);
+    }
+    write_meta(o, nsplit, split_yaml);
+    if (split_yaml)
+        printf("prepared %d samples in %d shards under %s, splits from %d --split-parts patterns\n", s.count,
+               o->nshards, out, pats.n);
+    else
+        printf("prepared %d samples in %d shards under %s (train %d, val %d, test %d)\n", s.count, o->nshards, out,
+               nsplit[0], nsplit[1], nsplit[2]);
+    free(split_yaml);
     for (int i = 0; i < o->nshards; i++) free(o->names[i]);
     free(o->names);
     free(o->counts);
@@ -584,6 +721,77 @@ static int cmd_inspect(int argc, char **argv) {
     return 0;
 }
 
+/* ------------------------------------------------------------------------------------------------- split */
+
+/* Rewrite DIR/.nv-meta/split.yaml from patterns over the shards of .info.json, keeping its exclude list. */
+static int cmd_split(int argc, char **argv) {
+    const char *dirp = NULL;
+    split_patterns pats = {0};
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--split-parts") && i + 1 < argc)
+            split_patterns_add(&pats, argv[++i]);
+        else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+            data_usage(stdout);
+            return 0;
+        } else if (argv[i][0] != '-' && !dirp)
+            dirp = argv[i];
+        else {
+            fprintf(stderr, "dfm: error: data split: unknown or incomplete option '%s'\n", argv[i]);
+            data_usage(stderr);
+            return 2;
+        }
+    }
+    if (!dirp || !pats.n) {
+        fprintf(stderr, "dfm: error: data split needs DIR and at least one --split-parts NAME:REGEX\n");
+        return 2;
+    }
+    char ip[4096], sp[4096], err[2048];
+    snprintf(ip, sizeof ip, "%s/.nv-meta/.info.json", dirp);
+    snprintf(sp, sizeof sp, "%s/.nv-meta/split.yaml", dirp);
+    json_error_t je;
+    json_t *info = json_load_file(ip, 0, &je);
+    if (!info) dfm_die("'%s': %s (line %d)", ip, je.text, je.line);
+    json_t *sc = json_object_get(info, "shard_counts");
+    if (!json_is_object(sc) || json_object_size(sc) == 0)
+        dfm_die("'%s': expected a non-empty object \"shard_counts\"", ip);
+    int nshards = 0;
+    char **names = xmalloc(json_object_size(sc) * sizeof *names);
+    const char *k;
+    json_t *v;
+    json_object_foreach(sc, k, v) names[nshards++] = xstrdup(k);
+    json_decref(info);
+    qsort(names, (size_t)nshards, sizeof *names, cmp_str);
+    /* keep the existing exclude list, entry by entry as written */
+    char **ex = NULL;
+    int nex = 0;
+    struct stat st;
+    if (stat(sp, &st) == 0) {
+        yt_node *y = yt_parse_file(sp, err, sizeof err);
+        if (!y) dfm_die("%s", err);
+        yt_node *e = yt_get(y, "exclude");
+        if (e && !yt_is_null(e)) {
+            if (e->kind != YT_SEQ) dfm_die("%s:%d: 'exclude' must be a list", sp, e->line);
+            ex = xmalloc((size_t)(e->n ? e->n : 1) * sizeof *ex);
+            for (int i = 0; i < e->n; i++) {
+                if (e->items[i]->kind != YT_SCALAR)
+                    dfm_die("%s:%d: exclude entries must be strings", sp, e->items[i]->line);
+                ex[nex++] = xstrdup(e->items[i]->str);
+            }
+        }
+        yt_free(y);
+    }
+    char *t = split_yaml_from_patterns(&pats, names, nshards, ex, nex, err, sizeof err);
+    if (!t) dfm_die("data split %s: %s", dirp, err);
+    write_text_atomic(sp, t);
+    printf("wrote %s: %d shards in %d splits, %d exclude entries kept\n", sp, nshards, pats.n, nex);
+    free(t);
+    for (int i = 0; i < nshards; i++) free(names[i]);
+    free(names);
+    for (int i = 0; i < nex; i++) free(ex[i]);
+    free(ex);
+    return 0;
+}
+
 int dfm_data_main(int argc, char **argv) {
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
         data_usage(argc < 2 ? stderr : stdout);
@@ -591,7 +799,8 @@ int dfm_data_main(int argc, char **argv) {
     }
     if (!strcmp(argv[1], "prepare")) return cmd_prepare(argc - 1, argv + 1);
     if (!strcmp(argv[1], "inspect")) return cmd_inspect(argc - 1, argv + 1);
-    fprintf(stderr, "dfm: error: unknown data command '%s' (prepare, inspect)\n", argv[1]);
+    if (!strcmp(argv[1], "split")) return cmd_split(argc - 1, argv + 1);
+    fprintf(stderr, "dfm: error: unknown data command '%s' (prepare, inspect, split)\n", argv[1]);
     data_usage(stderr);
     return 2;
 }

@@ -1,8 +1,11 @@
-/* PNG and .npy codecs over memory buffers. */
+/* PNG, JPEG and .npy codecs over memory buffers. */
 #include "dfm/codec.h"
 #include "dfm/common.h"
 
+#include <jpeglib.h>
+#include <jerror.h>
 #include <png.h>
+#include <stdio.h>
 #include <setjmp.h>
 #include <stdlib.h>
 #include <string.h>
@@ -110,6 +113,72 @@ int png_decode_mem(const uint8_t *buf, size_t len, uint8_t **pixels, int *w, int
     *w = (int)pw;
     *h = (int)ph;
     *channels = c;
+    return 0;
+}
+
+/* -------------------------------------------------------------------------------------------- JPEG */
+
+struct jpeg_fail {
+    struct jpeg_error_mgr mgr;
+    jmp_buf jump;
+    char msg[JMSG_LENGTH_MAX];
+    int truncated;
+};
+
+static void jpeg_fail_exit(j_common_ptr cinfo) {
+    struct jpeg_fail *f = (struct jpeg_fail *)cinfo->err;
+    (*cinfo->err->format_message)(cinfo, f->msg);
+    longjmp(f->jump, 1);
+}
+
+/* Warnings stay quiet; a premature end of the data (which libjpeg pads with gray and only warns about) is
+ * remembered so that it can be reported as an error, as PIL does for a truncated file. */
+static void jpeg_quiet(j_common_ptr cinfo, int level) {
+    struct jpeg_fail *f = (struct jpeg_fail *)cinfo->err;
+    if (level < 0 && cinfo->err->msg_code == JWRN_JPEG_EOF) f->truncated = 1;
+}
+
+int jpeg_decode_mem(const uint8_t *buf, size_t len, uint8_t **pixels, int *w, int *h, int *channels, char *err,
+                    size_t errlen) {
+    struct jpeg_decompress_struct cinfo;
+    struct jpeg_fail fail;
+    uint8_t *volatile out = NULL;
+    if (len < 3 || buf[0] != 0xFF || buf[1] != 0xD8) {
+        snprintf(err, errlen, "not a JPEG (no SOI marker, %zu bytes)", len);
+        return -1;
+    }
+    cinfo.err = jpeg_std_error(&fail.mgr);
+    fail.mgr.error_exit = jpeg_fail_exit;
+    fail.mgr.emit_message = jpeg_quiet;
+    fail.truncated = 0;
+    if (setjmp(fail.jump)) {
+        snprintf(err, errlen, "corrupt JPEG: %s", fail.msg);
+        jpeg_destroy_decompress(&cinfo);
+        free(out);
+        return -1;
+    }
+    jpeg_create_decompress(&cinfo);
+    jpeg_mem_src(&cinfo, buf, (unsigned long)len);
+    jpeg_read_header(&cinfo, TRUE);
+    if ((uint64_t)cinfo.image_width * cinfo.image_height > (1u << 28)) {
+        snprintf(fail.msg, sizeof fail.msg, "image too large (%ux%u)", cinfo.image_width, cinfo.image_height);
+        longjmp(fail.jump, 1);
+    }
+    if (cinfo.num_components != 1) cinfo.out_color_space = JCS_RGB;
+    jpeg_start_decompress(&cinfo);
+    int ww = (int)cinfo.output_width, hh = (int)cinfo.output_height, cc = cinfo.output_components;
+    out = xmalloc((size_t)ww * hh * cc);
+    while (cinfo.output_scanline < cinfo.output_height) {
+        JSAMPROW row = out + (size_t)cinfo.output_scanline * ww * cc;
+        jpeg_read_scanlines(&cinfo, &row, 1);
+    }
+    if (fail.truncated) {
+        snprintf(fail.msg, sizeof fail.msg, "data ends early (truncated after %zu bytes)", len);
+        longjmp(fail.jump, 1);
+    }
+    jpeg_finish_decompress(&cinfo);
+    jpeg_destroy_decompress(&cinfo);
+    *pixels = out, *w = ww, *h = hh, *channels = cc;
     return 0;
 }
 

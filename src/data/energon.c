@@ -247,15 +247,24 @@ int energon_dataset_info_load(const char *dir, const char *split_config, energon
             free(e);
         }
     }
-    for (int i = 0; i < nex; i++)
-        if (info_count(info, ex[i]) < 0) {
+    for (int i = 0; i < nex; i++) {
+        if (info_count(info, ex[i]) >= 0) continue;
+        /* "<shard>/<sample key>": a sample exclude, kept for the reader */
+        int shard_ok = 0;
+        for (int k = 0; k < info->nshards && !shard_ok; k++) {
+            size_t l = strlen(info->shard_names[k]);
+            shard_ok = !strncmp(ex[i], info->shard_names[k], l) && ex[i][l] == '/' && ex[i][l + 1];
+        }
+        if (!shard_ok) {
             seterr(err, errlen,
-                   "%s: exclude entry '%s' is not a shard listed in .info.json (sample-level excludes are not "
-                   "supported)",
+                   "%s: exclude entry '%s' is neither a shard listed in .info.json nor '<shard>/<sample key>' of one",
                    sp, ex[i]);
             free_strs(ex, nex);
             goto fail_s;
         }
+        info->sample_excludes = xrealloc(info->sample_excludes, (size_t)(info->nsample_excludes + 1) * sizeof(char *));
+        info->sample_excludes[info->nsample_excludes++] = xstrdup(ex[i]);
+    }
     info->splits = xcalloc((size_t)parts->n + 1, sizeof *info->splits);
     for (int i = 0; i < parts->n; i++) {
         energon_split_info *si = &info->splits[info->nsplits++];
@@ -316,6 +325,7 @@ void energon_dataset_info_free(energon_dataset_info *info) {
     free(info->splits);
     free_strs(info->shard_names, info->nshards);
     free(info->shard_counts);
+    free_strs(info->sample_excludes, info->nsample_excludes);
     free(info->root);
     free(info->dataset_class);
     memset(info, 0, sizeof *info);
@@ -410,6 +420,7 @@ typedef struct {
     int nshards;
     char **shard_names, **shard_paths;
     uint64_t **offsets;
+    int64_t **keep;  /* per shard, NULL or the kept samples' indices into offsets (sample excludes) */
     int64_t *prefix; /* nshards + 1 cumulative counts */
     int64_t lo, n;   /* subset [lo, lo + n) of the concatenated shards */
     double weight, repetitions;
@@ -445,6 +456,10 @@ struct energon_reader {
     int nsrc;
     en_source *src;
     int epochized;
+    /* while parsing: subsets of the enclosing metadatasets and blends, outermost first (Energon applies the
+     * innermost first, each a percentage of what the inner ones left) */
+    const yt_node *outer_subsets[20];
+    int nouter;
     uint64_t blend_rng;
     int64_t outer_epoch;
     int64_t *remaining;
@@ -470,6 +485,8 @@ static void source_free(en_source *s) {
     free_strs(s->shard_paths, s->nshards);
     for (int i = 0; i < s->nshards; i++) free(s->offsets ? s->offsets[i] : NULL);
     free(s->offsets);
+    for (int i = 0; i < s->nshards; i++) free(s->keep ? s->keep[i] : NULL);
+    free(s->keep);
     free(s->prefix);
     free_strs(s->sub_keys, s->nsub);
     free_strs(s->sub_vals, s->nsub);
@@ -582,10 +599,12 @@ static int decode_part(const energon_reader *r, const wds_part *in, energon_part
     memset(out, 0, sizeof *out);
     out->name = xstrdup(in->name);
     const char *ext = last_ext(in->name);
-    if (!strcmp(ext, "png")) {
+    int is_png = !strcmp(ext, "png"), is_jpeg = !strcmp(ext, "jpg") || !strcmp(ext, "jpeg");
+    if (is_png || is_jpeg) {
         uint8_t *px;
         int w, h, c;
-        if (png_decode_mem(in->data, in->size, &px, &w, &h, &c, err, errlen) != 0) return -1;
+        if ((is_png ? png_decode_mem : jpeg_decode_mem)(in->data, in->size, &px, &w, &h, &c, err, errlen) != 0)
+            return -1;
         out->kind = EN_TENSOR;
         out->ndim = 3;
         out->shape[0] = h, out->shape[1] = w, out->shape[2] = c;
@@ -669,6 +688,7 @@ static void load_sample(energon_reader *r, shard_cache *cache, en_slot *slot) {
             hi = mid - 1;
     }
     int64_t local = g - s->prefix[lo];
+    if (s->keep && s->keep[lo]) local = s->keep[lo][local];
     char err[ERRLEN];
     if (cache->path != s->shard_paths[lo]) {
         if (cache->path) tar_close(&cache->tr);
@@ -884,6 +904,49 @@ static int subset_bound(const yt_node *v, int64_t n, int64_t *out, char *err, si
     return 0;
 }
 
+/* Drop the samples of shard i named by "<shard>/<key>" excludes: read each sample's first member header to get
+ * its key. Returns the number of samples kept, or -1 with err set. used[k] is set for each exclude that hit. */
+static int64_t apply_sample_excludes(en_source *s, int i, int64_t c, const energon_dataset_info *info, char *used,
+                                     char *err, size_t errlen) {
+    const char *shard = s->shard_names[i];
+    size_t sl = strlen(shard);
+    int any = 0;
+    for (int k = 0; k < info->nsample_excludes && !any; k++)
+        any = !strncmp(info->sample_excludes[k], shard, sl) && info->sample_excludes[k][sl] == '/';
+    if (!any) return c;
+    tar_reader tr;
+    if (tar_open(&tr, s->shard_paths[i]) != 0) {
+        seterr(err, errlen, "%s", tr.err);
+        tar_close(&tr);
+        return -1;
+    }
+    if (!s->keep) s->keep = xcalloc((size_t)s->nshards, sizeof(int64_t *));
+    int64_t *keep = xmalloc((size_t)(c ? c : 1) * sizeof *keep), kept = 0;
+    for (int64_t j = 0; j < c; j++) {
+        tar_member m;
+        size_t kl;
+        const char *part;
+        if (tar_seek(&tr, s->offsets[i][j]) != 0 || tar_next(&tr, &m) != 1 || !wds_split_name(m.name, &kl, &part)) {
+            seterr(err, errlen, "'%s': no sample member at offset %llu (sample %lld, per '%s.idx')%s%s",
+                   s->shard_paths[i], (unsigned long long)s->offsets[i][j], (long long)j, s->shard_paths[i],
+                   tr.err[0] ? ": " : "", tr.err);
+            tar_close(&tr);
+            free(keep);
+            return -1;
+        }
+        int drop = 0;
+        for (int k = 0; k < info->nsample_excludes; k++) {
+            const char *e = info->sample_excludes[k];
+            if (!strncmp(e, shard, sl) && e[sl] == '/' && strlen(e + sl + 1) == kl && !strncmp(e + sl + 1, m.name, kl))
+                drop = used[k] = 1;
+        }
+        if (!drop) keep[kept++] = j;
+    }
+    tar_close(&tr);
+    s->keep[i] = keep;
+    return kept;
+}
+
 static int add_source(energon_reader *r, const char *root, const char *split_part, const char *split_config,
                       const yt_node *subset, const kvlist *sub, double weight, double reps, char *err, size_t errlen) {
     energon_dataset_info info;
@@ -907,16 +970,39 @@ static int add_source(energon_reader *r, const char *root, const char *split_par
     s->shard_paths = xcalloc((size_t)si->nshards, sizeof(char *));
     s->offsets = xcalloc((size_t)si->nshards, sizeof(uint64_t *));
     s->prefix = xcalloc((size_t)si->nshards + 1, sizeof(int64_t));
+    char *used = xcalloc((size_t)info.nsample_excludes + 1, 1);
     for (int i = 0; i < si->nshards; i++) {
         s->shard_names[i] = xstrdup(si->shards[i]);
         s->shard_paths[i] = path_join(root, si->shards[i]);
         int64_t c = info_count(&info, si->shards[i]);
-        s->prefix[i + 1] = s->prefix[i] + c;
         if (load_idx(s->shard_paths[i], c, &s->offsets[i], err, errlen) != 0) {
             energon_dataset_info_free(&info);
+            free(used);
             return -1;
         }
+        if (info.nsample_excludes) {
+            int64_t kept = apply_sample_excludes(s, i, c, &info, used, err, errlen);
+            if (kept < 0) {
+                energon_dataset_info_free(&info);
+                free(used);
+                return -1;
+            }
+            c = kept;
+        }
+        s->prefix[i + 1] = s->prefix[i] + c;
     }
+    /* Energon ignores sample excludes that name no sample of the split's shards; say so */
+    for (int k = 0; k < info.nsample_excludes; k++) {
+        int mine = 0; /* excludes of shards in other splits are not this source's business */
+        for (int i = 0; i < s->nshards && !mine; i++) {
+            size_t l = strlen(s->shard_names[i]);
+            mine = !strncmp(info.sample_excludes[k], s->shard_names[i], l) && info.sample_excludes[k][l] == '/';
+        }
+        if (mine && !used[k])
+            dfm_warn("'%s/.nv-meta/%s': exclude entry '%s' names no sample of split '%s' (ignored, as Energon does)",
+                     root, split_config ? split_config : "split.yaml", info.sample_excludes[k], split_part);
+    }
+    free(used);
     energon_dataset_info_free(&info);
     int64_t total = s->prefix[s->nshards], lo = 0, hi = total;
     if (subset) {
@@ -929,6 +1015,27 @@ static int add_source(energon_reader *r, const char *root, const char *split_par
         if (hi <= lo)
             return seterr(err, errlen, "%s:%d: empty subset range [%lld, %lld)", range->file, range->line,
                           (long long)lo, (long long)hi);
+    }
+    for (int k = r->nouter - 1; k >= 0; k--) {
+        const yt_node *range = yt_get(r->outer_subsets[k], "range");
+        int64_t a, b, n = hi - lo;
+        for (int j = 0; j < 2; j++) {
+            const yt_node *v = range->items[j];
+            size_t l = strlen(v->str);
+            if (!l || v->str[l - 1] != '%')
+                return seterr(err, errlen,
+                              "%s:%d: subset bound '%s' on a nested metadataset or blend must be a percentage "
+                              "(absolute sample indices are allowed next to a dataset path only, as in Energon)",
+                              v->file, v->line, v->str);
+        }
+        if (subset_bound(range->items[0], n, &a, err, errlen) || subset_bound(range->items[1], n, &b, err, errlen))
+            return -1;
+        if (b <= a)
+            return seterr(err, errlen,
+                          "%s:%d: subset range leaves no samples of '%s' split '%s' ([%lld, %lld) of %lld)",
+                          range->file, range->line, root, split_part, (long long)a, (long long)b, (long long)n);
+        hi = lo + b;
+        lo = lo + a;
     }
     s->lo = lo;
     s->n = hi - lo;
@@ -1072,8 +1179,23 @@ static int parse_node(energon_reader *r, const yt_node *n, const char *base, con
         rc = seterr(err, errlen, "%s:%d: give exactly one of 'path', 'blend', 'blend_epochized'", n->file, n->line);
         goto out;
     }
+    const yt_node *subset = yt_get(n, "subset");
+    if (subset) {
+        const yt_node *range = yt_get(subset, "range");
+        if (subset->kind != YT_MAP || !range || range->kind != YT_SEQ || range->n != 2 ||
+            range->items[0]->kind != YT_SCALAR || range->items[1]->kind != YT_SCALAR) {
+            rc = seterr(err, errlen, "%s:%d: subset needs 'range: [begin, end]'", subset->file, subset->line);
+            goto out;
+        }
+    }
     if (blend || be) {
+        if (subset && r->nouter == (int)(sizeof r->outer_subsets / sizeof *r->outer_subsets)) {
+            rc = seterr(err, errlen, "%s:%d: subsets nested too deep", subset->file, subset->line);
+            goto out;
+        }
+        if (subset) r->outer_subsets[r->nouter++] = subset;
         rc = parse_blend(r, blend ? blend : be, be != NULL, base, split, weight, &kv, depth, err, errlen);
+        if (subset) r->nouter--;
         goto out;
     }
     if (path->kind != YT_SCALAR) {
@@ -1091,10 +1213,13 @@ static int parse_node(energon_reader *r, const yt_node *n, const char *base, con
         if (stat(full, &st) != 0)
             rc = seterr(err, errlen, "%s:%d: path '%s' (resolved to '%s') does not exist", path->file, path->line,
                         path->str, full);
-        else if (yt_get(n, "subset"))
-            rc = seterr(err, errlen, "%s:%d: 'subset' on a nested metadataset is not supported", n->file, n->line);
-        else
+        else if (subset && r->nouter == (int)(sizeof r->outer_subsets / sizeof *r->outer_subsets))
+            rc = seterr(err, errlen, "%s:%d: subsets nested too deep", subset->file, subset->line);
+        else {
+            if (subset) r->outer_subsets[r->nouter++] = subset;
             rc = open_metadataset(r, full, part, weight, &kv, depth + 1, err, errlen);
+            if (subset) r->nouter--;
+        }
     }
     free(full);
 out:

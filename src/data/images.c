@@ -7,8 +7,6 @@
 #include <dirent.h>
 #include <errno.h>
 #include <jansson.h>
-#include <jpeglib.h>
-#include <setjmp.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,50 +25,6 @@ void image_dataset_free(image_dataset *ds) {
     for (int i = 0; ds->class_names && i < ds->num_classes; i++) free(ds->class_names[i]);
     free(ds->class_names);
     memset(ds, 0, sizeof *ds);
-}
-
-/* ---- JPEG ------------------------------------------------------------------------------------- */
-
-struct jpeg_fail {
-    struct jpeg_error_mgr mgr;
-    jmp_buf jump;
-    char msg[JMSG_LENGTH_MAX];
-};
-
-static void jpeg_fail_exit(j_common_ptr cinfo) {
-    struct jpeg_fail *f = (struct jpeg_fail *)cinfo->err;
-    (*cinfo->err->format_message)(cinfo, f->msg);
-    longjmp(f->jump, 1);
-}
-
-static int jpeg_decode_mem(const uint8_t *buf, size_t len, uint8_t **pixels, int *w, int *h, int *channels,
-                           char *err, size_t errlen) {
-    struct jpeg_decompress_struct cinfo;
-    struct jpeg_fail fail;
-    uint8_t *volatile out = NULL;
-    cinfo.err = jpeg_std_error(&fail.mgr);
-    fail.mgr.error_exit = jpeg_fail_exit;
-    if (setjmp(fail.jump)) {
-        seterr(err, errlen, "JPEG decode failed: %s", fail.msg);
-        jpeg_destroy_decompress(&cinfo);
-        free(out);
-        return -1;
-    }
-    jpeg_create_decompress(&cinfo);
-    jpeg_mem_src(&cinfo, buf, (unsigned long)len);
-    jpeg_read_header(&cinfo, TRUE);
-    if (cinfo.num_components != 1) cinfo.out_color_space = JCS_RGB;
-    jpeg_start_decompress(&cinfo);
-    int ww = (int)cinfo.output_width, hh = (int)cinfo.output_height, cc = cinfo.output_components;
-    out = xmalloc((size_t)ww * hh * cc);
-    while (cinfo.output_scanline < cinfo.output_height) {
-        JSAMPROW row = out + (size_t)cinfo.output_scanline * ww * cc;
-        jpeg_read_scanlines(&cinfo, &row, 1);
-    }
-    jpeg_finish_decompress(&cinfo);
-    jpeg_destroy_decompress(&cinfo);
-    *pixels = out, *w = ww, *h = hh, *channels = cc;
-    return 0;
 }
 
 /* ---- resize and channel conversion -------------------------------------------------------------- */
@@ -129,8 +83,10 @@ static int load_fashion(image_dataset *ds, const char *path, int train, int size
 #pragma omp parallel for schedule(static)
     for (int i = 0; i < n; i++) {
         uint8_t *dst = ds->pixels + (size_t)i * channels * size * size;
-        if (size == FMNIST_SIDE && channels == 1) memcpy(dst, img + (size_t)i * 784, 784);
-        else to_chw(dst, img + (size_t)i * 784, FMNIST_SIDE, FMNIST_SIDE, 1, size, channels);
+        if (size == FMNIST_SIDE && channels == 1)
+            memcpy(dst, img + (size_t)i * 784, 784);
+        else
+            to_chw(dst, img + (size_t)i * 784, FMNIST_SIDE, FMNIST_SIDE, 1, size, channels);
         ds->labels[i] = lab[i];
     }
     ds->num_classes = 10;
@@ -158,7 +114,9 @@ static int is_image(const char *name) {
     return has_ext(name, ".png") || has_ext(name, ".jpg") || has_ext(name, ".jpeg");
 }
 
-static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+static int cmp_str(const void *a, const void *b) {
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
 
 /* All image files under root (recursively), sorted so the dataset order does not depend on the file system. */
 static void list_images(const char *root, const char *rel, file_list *fl) {
@@ -174,7 +132,8 @@ static void list_images(const char *root, const char *rel, file_list *fl) {
         snprintf(full, sizeof full, "%s/%s", root, sub);
         struct stat sb;
         if (stat(full, &sb) != 0) continue;
-        if (S_ISDIR(sb.st_mode)) list_images(root, sub, fl);
+        if (S_ISDIR(sb.st_mode))
+            list_images(root, sub, fl);
         else if (S_ISREG(sb.st_mode) && is_image(e->d_name)) {
             if (fl->n == fl->cap) {
                 fl->cap = fl->cap ? 2 * fl->cap : 256;
@@ -264,9 +223,12 @@ static int decode_one(const char *path, uint8_t *dst, int size, int channels, ch
     uint8_t *px = NULL;
     int w, h, c, rc;
     char derr[300];
-    if (got != (size_t)len) rc = (snprintf(derr, sizeof derr, "short read"), -1);
-    else if (has_ext(path, ".png")) rc = png_decode_mem(buf, (size_t)len, &px, &w, &h, &c, derr, sizeof derr);
-    else rc = jpeg_decode_mem(buf, (size_t)len, &px, &w, &h, &c, derr, sizeof derr);
+    if (got != (size_t)len)
+        rc = (snprintf(derr, sizeof derr, "short read"), -1);
+    else if (has_ext(path, ".png"))
+        rc = png_decode_mem(buf, (size_t)len, &px, &w, &h, &c, derr, sizeof derr);
+    else
+        rc = jpeg_decode_mem(buf, (size_t)len, &px, &w, &h, &c, derr, sizeof derr);
     free(buf);
     if (rc != 0) return seterr(err, errlen, "'%s': %s", path, derr), -1;
     to_chw(dst, px, w, h, c, size, channels);
@@ -349,9 +311,12 @@ int image_dataset_load(image_dataset *ds, const char *type, const char *path, in
     if (size < 1 || channels < 1 || channels > 4)
         return seterr(err, errlen, "image size %d / channels %d out of range", size, channels), -1;
     int rc;
-    if (!strcmp(type, "fashion_mnist")) rc = load_fashion(ds, path, train, size, channels, err, errlen);
-    else if (!strcmp(type, "image_folder")) rc = load_folder(ds, path, size, channels, num_workers, err, errlen);
-    else rc = (seterr(err, errlen, "unknown in-memory dataset type '%s'", type), -1);
+    if (!strcmp(type, "fashion_mnist"))
+        rc = load_fashion(ds, path, train, size, channels, err, errlen);
+    else if (!strcmp(type, "image_folder"))
+        rc = load_folder(ds, path, size, channels, num_workers, err, errlen);
+    else
+        rc = (seterr(err, errlen, "unknown in-memory dataset type '%s'", type), -1);
     if (rc != 0) image_dataset_free(ds);
     return rc;
 }
