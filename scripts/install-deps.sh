@@ -8,6 +8,7 @@ set -euo pipefail
 PKGS=(
   build-essential make gcc
   libopenblas-openmp-dev libopenblas0-openmp   # BLAS built for OpenMP (see docs/ARCHITECTURE.md)
+  libdnnl-dev                                  # oneDNN: sgemm of the linear layers
   libomp-dev                                   # OpenMP runtime for clang builds
   libyaml-dev libjansson-dev libpng-dev libjpeg62-turbo-dev zlib1g-dev
   pkg-config libcairo2-dev fonts-dejavu-core    # sample grids and loss curves (cairo; a font for their labels)

@@ -1,0 +1,3 @@
+build-dnnl/src/kernels/activation.o: src/kernels/activation.c \
+ include/dfm/kernels.h
+include/dfm/kernels.h:

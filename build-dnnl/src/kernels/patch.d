@@ -1,0 +1,2 @@
+build-dnnl/src/kernels/patch.o: src/kernels/patch.c include/dfm/kernels.h
+include/dfm/kernels.h:
