@@ -1,2 +1,0 @@
-build-dnnl/src/kernels/norm.o: src/kernels/norm.c include/dfm/kernels.h
-include/dfm/kernels.h:

@@ -1,2 +1,0 @@
-build-dnnl/src/kernels/patch.o: src/kernels/patch.c include/dfm/kernels.h
-include/dfm/kernels.h:
