@@ -114,7 +114,7 @@ static void test_recipes(void) {
                  cfg_int(c, "logger.log_interval") > 0 && cfg_int(c, "rng.seed") == 1234 &&
                  !strcmp(cfg_str(c, "diffusion.objective"), "flow_matching") &&
                  cfg_float(c, "diffusion.edm_sigma_max") == 80.0 && cfg_bool(c, "diffusion.use_loss_weighting") &&
-                 !strcmp(cfg_str(c, "generate.sampler"), "euler") && cfg_int(c, "generate.steps") == 25;
+                 cfg_float(c, "diffusion.cfg_dropout_prob") == 0.1;
         char src[64];
         snprintf(src, sizeof src, "recipe %s", name);
         CHECK(ok && !strcmp(cfg_source(c, "model.num_layers"), src) && !strcmp(cfg_recipe_of(c), name),
@@ -467,7 +467,7 @@ static void test_round_trip(void) {
                          "train.ema_decay=1e20",       "diffusion.logit_mean=-0.0",
                          "dataset.path='123'",         "logger.output_dir='x: #y'",
                          "checkpoint.load=\"true\"",   "checkpoint.save=null",
-                         "diffusion.sigma_min=1e-300", "generate.guidance_scale=7"};
+                         "diffusion.sigma_min=1e-300", "diffusion.flow_shift=7"};
     int ok = 1;
     for (size_t i = 0; i < sizeof ovs / sizeof ovs[0]; i++) ok = ok && ov(c, ovs[i]);
     CHECK(ok, "round-trip overrides apply %s", err);
@@ -479,7 +479,7 @@ static void test_round_trip(void) {
               !strcmp(cfg_str(d, "dataset.path"), "123") && cfg_float(d, "optimizer.lr") == 0.1,
           "--print-config output reloads over the recipe to the identical tree %s", rc ? err : "");
     CHECK(has(y, "lr: 0.1\n") && has(y, "min_lr: 3.3333333333333335e-05\n") && has(y, "ema_decay: 1.0e+20\n") &&
-              has(y, "guidance_scale: 7.0\n") && has(y, "load: \"true\"\n") && has(y, "path: \"123\"\n"),
+              has(y, "flow_shift: 7.0\n") && has(y, "load: \"true\"\n") && has(y, "path: \"123\"\n"),
           "floats print short and stay floats, strings that look like other types are quoted");
     char *y2 = cfg_to_yaml(d);
     CHECK(!strcmp(y, y2), "printing the reloaded tree gives the same text");

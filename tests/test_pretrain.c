@@ -223,6 +223,11 @@ static void bad_inputs(void) {
     rc = run(cmd, &out);
     CHECK(rc != 0 && strstr(out, "not built yet"), "unbuilt parallelism refused, not ignored: %.200s", out);
     free(out);
+    snprintf(cmd, sizeof cmd, "%s pretrain %s model.recompute_num_layers=2 logger.output_dir=%s/d", bin, TINY, dir);
+    rc = run(cmd, &out);
+    CHECK(rc != 0 && strstr(out, "recompute_num_layers") && strstr(out, "not built yet"),
+          "unbuilt recomputation refused, not ignored: %.200s", out);
+    free(out);
     snprintf(cmd, sizeof cmd, "%s pretrain %s model.hidden_size=33 logger.output_dir=%s/d", bin, TINY, dir);
     rc = run(cmd, &out);
     CHECK(rc != 0 && strstr(out, "not divisible"), "invalid model shape refused: %.200s", out);

@@ -98,13 +98,6 @@ static cfg *recipe_base(const char *name) {
     cfg_def(c, "diffusion.edm_sigma_min", CFG_FLOAT, "0.002", "EDM sigma range, low");
     cfg_def(c, "diffusion.edm_sigma_max", CFG_FLOAT, "80.0", "EDM sigma range, high");
 
-    /* generate */
-    cfg_def_enum(c, "generate.sampler", 0, "euler", "euler|heun", "euler (flow matching) or heun (EDM)");
-    cfg_def(c, "generate.steps", CFG_INT, "25", "sampling steps");
-    cfg_def(c, "generate.guidance_scale", CFG_FLOAT, "3.0", "classifier-free guidance scale (1 = off)");
-    cfg_def(c, "generate.flow_shift", CFG_FLOAT, "1.0", "sampling sigma shift");
-    cfg_def(c, "generate.num_samples", CFG_INT, "10", "samples to draw");
-    cfg_def(c, "generate.seed", CFG_INT, "0", "sampling seed");
     return c;
 }
 

@@ -383,9 +383,11 @@ int dfm_pretrain(const cfg *c) {
     if (cfg_bool(c, "model.sequence_parallel"))
         dfm_die("model.sequence_parallel = true (from %s): sequence parallelism is not built yet",
                 cfg_source(c, "model.sequence_parallel"));
-    if (!cfg_is_null(c, "model.recompute_granularity"))
-        dfm_die("model.recompute_granularity (from %s): activation recomputation is not built yet; use null",
-                cfg_source(c, "model.recompute_granularity"));
+    const char *recompute[] = {"model.recompute_granularity", "model.recompute_method", "model.recompute_num_layers"};
+    for (int i = 0; i < 3; i++)
+        if (!cfg_is_null(c, recompute[i]))
+            dfm_die("%s (from %s): activation recomputation is not built yet; use null", recompute[i],
+                    cfg_source(c, recompute[i]));
 
     job j;
     memset(&j, 0, sizeof j);
