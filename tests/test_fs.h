@@ -3,7 +3,8 @@
 #ifndef DFM_TEST_FS_H
 #define DFM_TEST_FS_H
 
-#include <ftw.h>
+#include "dfm/common.h"
+
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -11,13 +12,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-static int test_rm_entry_(const char *p, const struct stat *st, int flag, struct FTW *ftw) {
-    (void)st, (void)flag, (void)ftw;
-    return remove(p);
-}
-static inline void test_rmtree(const char *dir) {
-    nftw(dir, test_rm_entry_, 16, FTW_DEPTH | FTW_PHYS);
-}
+static inline void test_rmtree(const char *dir) { rm_tree(dir); }
 
 static inline char *test_mkdtemp(void) {
     char *d = malloc(64);

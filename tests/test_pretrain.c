@@ -3,6 +3,7 @@
 #include "dfm/codec.h"
 #include "dfm/common.h"
 #include "test.h"
+#include "test_fs.h"
 
 #include <signal.h>
 #include <string.h>
@@ -38,16 +39,10 @@ static int run(const char *cmd, char **out) {
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
+/* A text file's contents, or "" when it does not exist (yet). */
 static char *slurp(const char *path) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return xstrdup("");
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *s = xmalloc((size_t)n + 1);
-    s[fread(s, 1, (size_t)n, f)] = 0;
-    fclose(f);
-    return s;
+    char *s = test_read_file(path, NULL);
+    return s ? s : xstrdup("");
 }
 
 /* The reproducible part of metrics.jsonl: each line without its timing fields. */
@@ -129,20 +124,16 @@ static void kill_and_resume(void) {
     char pa[256], pb[256];
     snprintf(pa, sizeof pa, "%s/a/ckpt/iter_0000012/model.safetensors", dir);
     snprintf(pb, sizeof pb, "%s/b/ckpt/iter_0000012/model.safetensors", dir);
-    char *wa = slurp(pa), *wb = slurp(pb);
-    struct stat sa, sb;
-    int same = stat(pa, &sa) == 0 && stat(pb, &sb) == 0 && sa.st_size == sb.st_size && sa.st_size > 1000;
-    if (same) {
-        FILE *fa = fopen(pa, "rb"), *fb = fopen(pb, "rb");
-        for (long i = 0; i < sa.st_size && same; i++) same = fgetc(fa) == fgetc(fb);
-        fclose(fa), fclose(fb);
-    }
+    size_t la = 0, lb = 0;
+    char *wa = test_read_file(pa, &la), *wb = test_read_file(pb, &lb);
+    int same = wa && wb && la == lb && la > 1000 && !memcmp(wa, wb, la);
     CHECK(same, "final model.safetensors of the resumed run is byte-identical");
     free(wa), free(wb);
 
     /* most_recent_k = 2: only the two newest checkpoints remain */
     snprintf(pa, sizeof pa, "%s/a/ckpt/iter_0000009", dir);
     snprintf(pb, sizeof pb, "%s/a/ckpt/iter_0000006", dir);
+    struct stat sa, sb;
     CHECK(stat(pa, &sa) == 0 && stat(pb, &sb) != 0, "checkpoint.most_recent_k=2 keeps iter 9 and 12 only");
 }
 
@@ -351,8 +342,7 @@ static void energon_training(void) {
 
 int main(void) {
     test_seed();
-    const char *b = getenv("DFM_BUILD");
-    snprintf(bin, sizeof bin, "%s/dfm", b ? b : "build");
+    snprintf(bin, sizeof bin, "%s", test_dfm_bin());
     snprintf(dir, sizeof dir, "/tmp/dfm_test_pretrain_XXXXXX");
     if (!mkdtemp(dir)) dfm_die("mkdtemp failed");
     kill_and_resume();
@@ -360,8 +350,6 @@ int main(void) {
     bad_inputs();
     image_folder();
     energon_training();
-    char cmd[256];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
-    run(cmd, NULL);
+    rm_tree(dir);
     return test_finish();
 }

@@ -331,8 +331,7 @@ static double validate(job *j, const image_dataset *ds, const int *val_idx, int 
     if (iters <= 0 || (ds && n_val == 0) || (!ds && !energon_path)) return NAN;
     objective_config o = j->obj;
     o.cond_dropout_prob = 0.0f;
-    dit_trainer vt = j->tr;
-    vt.obj = o;
+    diffusion_batch *db = &j->tr.db; /* the trainer's buffers are free between steps */
     const dit_config *dc = &j->model.cfg;
     int mb = j->model.max_batch;
     size_t per = (size_t)dc->in_channels * dc->image_size * dc->image_size;
@@ -353,11 +352,11 @@ static double validate(job *j, const image_dataset *ds, const int *val_idx, int 
                     x[b * per + e] = ds->pixels[(size_t)i * per + e] * (2.0f / 255.0f) - 1.0f;
                 labels[b] = ds->labels[i] >= 0 ? ds->labels[i] : dc->num_classes;
             }
-        diffusion_prepare(&vt.db, &o, x, labels, mb, per, dc->num_classes, j->tr.seed ^ 0x76616cull,
+        diffusion_prepare(db, &o, x, labels, mb, per, dc->num_classes, j->tr.seed ^ 0x76616cull,
                           0xFFFFFFFFu - (uint32_t)k, 0);
-        dit_forward(&j->model, vt.out, vt.db.model_in, vt.db.timestep, vt.db.labels, mb);
+        dit_forward(&j->model, j->tr.out, db->model_in, db->timestep, db->labels, mb);
         size_t out_n = (size_t)dc->out_channels * dc->image_size * dc->image_size;
-        total += diffusion_loss(&vt.db, vt.out, NULL, out_n, 1.0f);
+        total += diffusion_loss(db, j->tr.out, NULL, out_n, 1.0f);
     }
     loader_free(vl);
     return total / iters;
