@@ -13,6 +13,7 @@ PKGS=(
   libyaml-dev libjansson-dev libpng-dev libjpeg62-turbo-dev zlib1g-dev
   pkg-config libcairo2-dev fonts-dejavu-core    # sample grids and loss curves (cairo; a font for their labels)
   dataset-fashion-mnist                        # the default training data
+  libopenmpi-dev openmpi-bin                   # many processes: mpirun -np N dfm pretrain ...
 )
 if [ "${1:-}" = "--test" ]; then
   PKGS+=(

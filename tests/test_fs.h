@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 static inline void test_rmtree(const char *dir) { rm_tree(dir); }
@@ -45,6 +46,27 @@ static inline int test_sh(const char *fmt, ...) {
     va_end(ap);
     int rc = system(cmd);
     return rc == -1 ? -1 : WEXITSTATUS(rc);
+}
+
+/* Run a shell command, capturing its combined output into *out (malloc'ed; NULL out discards it). Returns the
+ * exit status (-1 if it did not exit normally). */
+static inline int test_capture(const char *cmd, char **out) {
+    char full[8192];
+    snprintf(full, sizeof full, "%s 2>&1", cmd);
+    fflush(stdout);
+    FILE *p = popen(full, "r");
+    size_t cap = 1 << 16, len = 0;
+    char *buf = xmalloc(cap);
+    size_t n;
+    while (p && (n = fread(buf + len, 1, cap - len - 1, p)) > 0) {
+        len += n;
+        if (len + 1 >= cap) buf = xrealloc(buf, cap *= 2);
+    }
+    buf[len] = 0;
+    int st = p ? pclose(p) : -1;
+    if (out) *out = buf;
+    else free(buf);
+    return st != -1 && WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
 /* 1 when /usr/bin/python3 with numpy is usable; otherwise prints a FAIL line saying so. */

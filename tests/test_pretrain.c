@@ -20,25 +20,6 @@ static const char *TINY =
     "train.eval_interval=6 train.eval_iters=1 dataset.val_samples=16 dataset.num_workers=1 logger.log_interval=1 "
     "checkpoint.save_interval=3 checkpoint.most_recent_k=2 optimizer.lr=3e-3 scheduler.lr_warmup_iters=2";
 
-/* Run a shell command, capturing combined output into *out (malloc'ed). Returns the exit status. */
-static int run(const char *cmd, char **out) {
-    char full[4096];
-    snprintf(full, sizeof full, "%s 2>&1", cmd);
-    FILE *p = popen(full, "r");
-    size_t cap = 1 << 16, len = 0;
-    char *buf = xmalloc(cap);
-    size_t n;
-    while ((n = fread(buf + len, 1, cap - len - 1, p)) > 0) {
-        len += n;
-        if (len + 1 >= cap) buf = xrealloc(buf, cap *= 2);
-    }
-    buf[len] = 0;
-    int st = pclose(p);
-    if (out) *out = buf;
-    else free(buf);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
 /* A text file's contents, or "" when it does not exist (yet). */
 static char *slurp(const char *path) {
     char *s = test_read_file(path, NULL);
@@ -70,7 +51,7 @@ static void kill_and_resume(void) {
     char cmd[4096], *out = NULL;
     /* the uninterrupted run */
     snprintf(cmd, sizeof cmd, "%s pretrain %s logger.output_dir=%s/a checkpoint.save=%s/a/ckpt", bin, TINY, dir, dir);
-    int rc = run(cmd, &out);
+    int rc = test_capture(cmd, &out);
     CHECK(rc == 0, "uninterrupted tiny run finishes (exit %d)%s%.300s", rc, rc ? ": " : "", rc ? out : "");
     free(out);
     char ma[256], mb[256];
@@ -110,7 +91,7 @@ static void kill_and_resume(void) {
     /* resume from whatever the killed run left */
     snprintf(cmd, sizeof cmd, "%s pretrain %s logger.output_dir=%s/b checkpoint.save=%s/b/ckpt checkpoint.load=%s/b/ckpt",
              bin, TINY, dir, dir, dir);
-    rc = run(cmd, &out);
+    rc = test_capture(cmd, &out);
     CHECK(rc == 0 && strstr(out, "resumed from"), "resumed run finishes (exit %d)%s%.300s", rc, rc ? ": " : "",
           rc ? out : "");
     free(out);
@@ -145,7 +126,7 @@ static void broken_checkpoints(void) {
     snprintf(cmd, sizeof cmd,
              "%s pretrain %s train.train_iters=13 logger.output_dir=%s/c checkpoint.save=null checkpoint.load=%s/a/ckpt",
              bin, TINY, dir, dir);
-    int rc = run(cmd, &out);
+    int rc = test_capture(cmd, &out);
     CHECK(rc == 0 && strstr(out, "iter_0000012 at iteration 12"), "resume ignores a half-written iter_*.tmp.* folder");
     free(out);
     /* a tracker naming a missing iteration */
@@ -153,7 +134,7 @@ static void broken_checkpoints(void) {
     FILE *f = xfopen(path, "w");
     fputs("77\n", f);
     fclose(f);
-    rc = run(cmd, &out);
+    rc = test_capture(cmd, &out);
     CHECK(rc != 0 && strstr(out, "iter_0000077") && strstr(out, "does not exist"),
           "tracker naming a missing iteration is refused: %.200s", out);
     free(out);
@@ -165,7 +146,7 @@ static void broken_checkpoints(void) {
              "%s pretrain %s model.hidden_size=48 train.train_iters=13 logger.output_dir=%s/c checkpoint.save=null "
              "checkpoint.load=%s/a/ckpt",
              bin, TINY, dir, dir);
-    rc = run(cmd, &out);
+    rc = test_capture(cmd, &out);
     CHECK(rc != 0 && strstr(out, "pos_embed.proj.weight") && strstr(out, "[32, 1, 7, 7]") &&
               strstr(out, "[48, 1, 7, 7]"),
           "checkpoint of another shape refused, naming the tensor: %.300s", out);
@@ -178,7 +159,7 @@ static void broken_checkpoints(void) {
     snprintf(cmd, sizeof cmd,
              "%s pretrain %s train.train_iters=13 logger.output_dir=%s/c checkpoint.save=null checkpoint.load=%s/a/ckpt",
              bin, TINY, dir, dir);
-    rc = run(cmd, &out);
+    rc = test_capture(cmd, &out);
     CHECK(rc != 0 && strstr(out, "model.safetensors") && strstr(out, "truncated"),
           "truncated checkpoint weights refused: %.300s", out);
     free(out);
@@ -187,7 +168,7 @@ static void broken_checkpoints(void) {
 static void bad_inputs(void) {
     char cmd[4096], *out;
     snprintf(cmd, sizeof cmd, "%s pretrain %s dataset.path=%s/nowhere logger.output_dir=%s/d", bin, TINY, dir, dir);
-    int rc = run(cmd, &out);
+    int rc = test_capture(cmd, &out);
     CHECK(rc != 0 && strstr(out, "nowhere"), "missing dataset folder named: %.300s", out);
     free(out);
     /* a truncated copy of the Fashion-MNIST training images */
@@ -196,31 +177,32 @@ static void bad_inputs(void) {
              "head -c 100000 /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz > "
              "%s/fm/train-images-idx3-ubyte.gz",
              dir, dir, dir);
-    run(cmd, NULL);
+    test_capture(cmd, NULL);
     snprintf(cmd, sizeof cmd, "%s pretrain %s dataset.path=%s/fm logger.output_dir=%s/d", bin, TINY, dir, dir);
-    rc = run(cmd, &out);
+    rc = test_capture(cmd, &out);
     CHECK(rc != 0 && strstr(out, "train-images-idx3-ubyte.gz"), "truncated dataset file named: %.300s", out);
     free(out);
     snprintf(cmd, sizeof cmd, "%s pretrain train.global_batch_sise=8", bin);
-    rc = run(cmd, &out);
+    rc = test_capture(cmd, &out);
     CHECK(rc != 0 && strstr(out, "train.global_batch_size"), "misspelt key gets a suggestion: %.300s", out);
     free(out);
     snprintf(cmd, sizeof cmd, "%s pretrain %s train.global_batch_size=6 logger.output_dir=%s/d", bin, TINY, dir);
-    rc = run(cmd, &out);
-    CHECK(rc != 0 && strstr(out, "not a multiple of train.micro_batch_size"), "batch sizes checked: %.200s", out);
+    rc = test_capture(cmd, &out);
+    CHECK(rc != 0 && strstr(out, "does not divide into data-parallel size 1 x train.micro_batch_size 4"), "batch sizes checked: %.200s", out);
     free(out);
     snprintf(cmd, sizeof cmd, "%s pretrain %s model.tensor_model_parallel_size=2 logger.output_dir=%s/d", bin, TINY,
              dir);
-    rc = run(cmd, &out);
-    CHECK(rc != 0 && strstr(out, "not built yet"), "unbuilt parallelism refused, not ignored: %.200s", out);
+    rc = test_capture(cmd, &out);
+    CHECK(rc != 0 && strstr(out, "world size 1 (mpirun -np) is not divisible by tensor x context x pipeline"),
+          "a layout that does not fit the world is refused: %.200s", out);
     free(out);
     snprintf(cmd, sizeof cmd, "%s pretrain %s model.recompute_num_layers=2 logger.output_dir=%s/d", bin, TINY, dir);
-    rc = run(cmd, &out);
+    rc = test_capture(cmd, &out);
     CHECK(rc != 0 && strstr(out, "recompute_num_layers") && strstr(out, "not built yet"),
           "unbuilt recomputation refused, not ignored: %.200s", out);
     free(out);
     snprintf(cmd, sizeof cmd, "%s pretrain %s model.hidden_size=33 logger.output_dir=%s/d", bin, TINY, dir);
-    rc = run(cmd, &out);
+    rc = test_capture(cmd, &out);
     CHECK(rc != 0 && strstr(out, "not divisible"), "invalid model shape refused: %.200s", out);
     free(out);
 }
@@ -257,7 +239,7 @@ static void image_folder(void) {
     for (int k = 0; k < 2; k++) {
         snprintf(path, sizeof path, "%s/imgs/%s", dir, classes[k]);
         snprintf(cmd, sizeof cmd, "mkdir -p %s", path);
-        run(cmd, NULL);
+        test_capture(cmd, NULL);
         for (int i = 0; i < 12; i++) {
             int w = 40 + i, h = 36;
             uint8_t *px = xmalloc((size_t)w * h * 3);
@@ -280,7 +262,7 @@ static void image_folder(void) {
                              "train.global_batch_size=4 train.micro_batch_size=4 dataset.type=image_folder "
                              "dataset.path=%s/imgs dataset.val_samples=4 logger.output_dir=%s/e checkpoint.save=null";
     snprintf(cmd, sizeof cmd, folder_run, bin, dir, dir);
-    int rc = run(cmd, &out);
+    int rc = test_capture(cmd, &out);
     CHECK(rc == 0 && strstr(out, "20 training / 4 validation"),
           "image folder (PNG + JPEG, resized, labels from sub-folders) trains: %.300s", rc ? out : "ok");
     free(out);
@@ -288,12 +270,12 @@ static void image_folder(void) {
     snprintf(path, sizeof path, "%s/imgs/metadata.jsonl", dir);
     const char *good = "{\"file_name\": \"boots/00.jpg\", \"label\": 1}\n{\"file_name\": \"shirts/01.png\", \"label\": 0}\n";
     write_file(path, good, strlen(good));
-    rc = run(cmd, &out);
+    rc = test_capture(cmd, &out);
     CHECK(rc == 0, "metadata.jsonl labels accepted: %.300s", rc ? out : "ok");
     free(out);
     const char *bad = "{\"file_name\": \"boots/00.jpg\", \"label\": 1}\n{\"file_name\": \"nope.png\"}\n";
     write_file(path, bad, strlen(bad));
-    rc = run(cmd, &out);
+    rc = test_capture(cmd, &out);
     CHECK(rc != 0 && strstr(out, "metadata.jsonl' line 2") && strstr(out, "nope.png"),
           "metadata.jsonl naming a missing file refused with its line: %.300s", out);
     free(out);
@@ -301,7 +283,7 @@ static void image_folder(void) {
     unlink(path);
     snprintf(path, sizeof path, "%s/imgs/boots/03.png", dir);
     write_file(path, "not a png", 9);
-    rc = run(cmd, &out);
+    rc = test_capture(cmd, &out);
     CHECK(rc != 0 && strstr(out, "boots/03.png"), "corrupt PNG named: %.300s", out);
     free(out);
 }
@@ -312,23 +294,23 @@ static void energon_training(void) {
     char cmd[4096], *out;
     snprintf(cmd, sizeof cmd, "%s data prepare --out %s/en --fashion-mnist --limit 300 --maxcount 64 --split 8,2", bin,
              dir);
-    int rc = run(cmd, &out);
+    int rc = test_capture(cmd, &out);
     CHECK(rc == 0, "dfm data prepare from Fashion-MNIST: %.200s", rc ? out : "ok");
     free(out);
     const char *en_run = "%s pretrain %s dataset.type=energon dataset.path=%s/en train.eval_interval=3 "
                          "train.train_iters=%d logger.output_dir=%s/%s checkpoint.save=%s/%s/ckpt %s";
     snprintf(cmd, sizeof cmd, en_run, bin, TINY, dir, 6, dir, "ea", dir, "ea", "");
-    rc = run(cmd, &out);
+    rc = test_capture(cmd, &out);
     CHECK(rc == 0 && strstr(out, "train split + val split") && strstr(out, "validation loss at step 6"),
           "trains on an Energon folder with its val split: %.300s", rc ? out : "ok");
     free(out);
     snprintf(cmd, sizeof cmd, en_run, bin, TINY, dir, 3, dir, "eb", dir, "eb", "");
-    rc = run(cmd, &out);
+    rc = test_capture(cmd, &out);
     free(out);
     char load[300];
     snprintf(load, sizeof load, "checkpoint.load=%s/eb/ckpt", dir);
     snprintf(cmd, sizeof cmd, en_run, bin, TINY, dir, 6, dir, "eb", dir, "eb", load);
-    int rc2 = run(cmd, &out);
+    int rc2 = test_capture(cmd, &out);
     free(out);
     char ma[256], mb[256];
     snprintf(ma, sizeof ma, "%s/ea/metrics.jsonl", dir);

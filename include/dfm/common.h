@@ -13,6 +13,9 @@ extern "C" {
 
 /* Print "dfm: error: <msg>" to stderr and exit(1). */
 void dfm_die(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
+/* Under several processes: a prefix for every message ("rank 3: ") and the way out instead of exit(1)
+ * (MPI_Abort, so that one rank's error ends the whole job). */
+void dfm_set_die_hook(const char *prefix, void (*exit_fn)(int code));
 /* Print "dfm: warning: <msg>" to stderr. */
 void dfm_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 

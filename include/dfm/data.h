@@ -47,6 +47,9 @@ data_loader *loader_new_energon(const char *path, const char *split, uint64_t se
                                 int c, int h, int w, int null_class, char *err, size_t errlen);
 /* The next batch: x [batch, C, H, W] in [-1, 1], labels [batch]. Returns seconds spent waiting for data. */
 double loader_next(data_loader *l, float *x, int *labels);
+/* Keep only samples [first, first + count) of every batch (this data-parallel rank's share): loader_next then
+ * writes count samples; the position still advances by the whole batch, so every rank walks the same order. */
+void loader_set_slice(data_loader *l, int first, int count);
 /* State as JSON text (malloc'ed) and restore (before the first loader_next). */
 char *loader_state_save(data_loader *l);
 int loader_state_restore(data_loader *l, const char *json, char *err, size_t errlen);

@@ -43,6 +43,11 @@ typedef struct {
     int max_batch;
     dit_acts *acts;        /* activation and scratch buffers for max_batch samples */
     float *pos_embed;      /* fixed [T, d] */
+    /* parameter segments in table order: 0 = patch/timestep/class embedders, 1..L = blocks, L+1 = output
+     * head; the forward visits them in this order, the backward in reverse */
+    int nseg;
+    size_t *seg_begin;   /* nseg + 1 offsets into the table */
+    segment_hooks hooks; /* zero: parameters and gradients are m->params / m->grads */
 } dit_model;
 
 /* Build the model (parameter table, buffers) for micro-batches of up to max_batch samples. Dies on a bad config. */

@@ -118,6 +118,8 @@ void adamw_step(float *param, const float *grad, float *m, float *v, size_t n, f
                 float beta2, float eps, float weight_decay, long step);
 /* L2 norm of a buffer, accumulated in double. */
 double global_norm(const float *x, size_t n);
+/* Sum of squares in double with the same fixed chunking (partial norms of sharded gradients). */
+double sum_squares(const float *x, size_t n);
 /* As torch.nn.utils.clip_grad_norm_: coef = max_norm / (total_norm + 1e-6), applied if < 1.
  * Returns the total norm before clipping. */
 double clip_grad_norm(float *grad, size_t n, double max_norm);

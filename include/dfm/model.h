@@ -41,6 +41,20 @@ void param_table_save(const param_table *t, const float *buf, const char *prefix
  * that names the file, the tensor and both shapes; returns 0 on success, -1 with the message in err. */
 int param_table_load(const param_table *t, float *buf, const char *prefix, const char *path, int allow_extra,
                      char *err, size_t errlen);
+/* How a model's forward and backward reach its parameters and gradients, segment by segment. A segment is a
+ * contiguous range of the table (a model's embedders, one block, its output head). Without hooks (all NULL)
+ * everything lives in the model's own buffers; a data-parallel engine sets them to gather sharded parameters
+ * just before use and to start reducing a segment's gradients as soon as the backward has finished it. */
+typedef struct {
+    void *ctx;
+    /* segment s's parameters, laid out as the table's range of s; `backward` says which pass asks */
+    const float *(*params)(void *ctx, int seg, int backward);
+    /* where segment s's gradients accumulate (+=), same layout */
+    float *(*grads)(void *ctx, int seg);
+    /* the backward has finished segment s's gradients */
+    void (*grads_done)(void *ctx, int seg);
+} segment_hooks;
+
 #ifdef __cplusplus
 }
 #endif

@@ -3,6 +3,7 @@
 #ifndef DFM_TRAIN_H
 #define DFM_TRAIN_H
 
+#include "dfm/data_parallel.h"
 #include "dfm/diffusion.h"
 #include "dfm/dit.h"
 #include "dfm/optim.h"
@@ -33,6 +34,12 @@ void dit_trainer_free(dit_trainer *tr);
 double dit_trainer_grads(dit_trainer *tr, const float *x0, const int *labels, int B, uint32_t step);
 /* Zero grads, dit_trainer_grads, clip + AdamW at lr. */
 step_result dit_trainer_step(dit_trainer *tr, const float *x0, const int *labels, int B, uint32_t step, float lr);
+/* A data-parallel step: this rank's n_local samples x0 [n_local, C, H, W] of a global batch of B_global whose
+ * first one has global index `first` (noise, timesteps and dropout are drawn by global index), in micro-batches
+ * of the model's max_batch; the engine reduces the gradients and updates the parameters. The loss returned is
+ * the global mean over every rank. tr->opt is not used (the engine holds the optimizer). */
+step_result dit_trainer_step_dp(dit_trainer *tr, dp_engine *e, const float *x0, const int *labels, int n_local,
+                                int B_global, uint32_t first, uint32_t step, float lr);
 
 #ifdef __cplusplus
 }

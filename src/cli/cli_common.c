@@ -1,7 +1,9 @@
 /* Shared helpers of dfm's subcommands (see cli_common.h). */
 #include "cli/cli_common.h"
+#include "dfm/checkpoint.h"
 #include "dfm/common.h"
 #include "dfm/fashion_mnist.h"
+#include "dfm/pretrain.h"
 #include "dfm/safetensors.h"
 
 #include <jansson.h>
@@ -116,34 +118,83 @@ int cli_resolve_weights(const char *checkpoint, const char *which, int which_exp
     return -1;
 }
 
+/* The iteration folder a checkpoint argument names, if it is a sharded one (saved by several ranks), else NULL. */
+static char *sharded_dir(const char *checkpoint) {
+    char err[1024];
+    if (!is_dir(checkpoint)) return NULL;
+    char *dir = checkpoint_resolve(checkpoint, err, sizeof err);
+    if (dir && ckpt_is_sharded(dir, err, sizeof err) == 1) return dir;
+    free(dir);
+    return NULL;
+}
+
+/* A sharded checkpoint: the config and metadata from shard 0, the weights gathered from every shard. */
+static int open_sharded(const char *dir, const char *which, int max_batch, dit_model *m, char **objective,
+                        char **names, char *err, size_t errlen) {
+    char *cfg_text = ckpt_meta(dir, "dfm_dit_config");
+    if (!cfg_text) {
+        snprintf(err, errlen, "'%s': shard 0 has no 'dfm_dit_config' metadata: not a dfm DiT checkpoint", dir);
+        return -1;
+    }
+    dit_config c;
+    char cerr[400];
+    int rc = dit_config_from_json(&c, cfg_text, cerr, sizeof cerr);
+    free(cfg_text);
+    if (rc != 0) {
+        snprintf(err, errlen, "'%s': %s", dir, cerr);
+        return -1;
+    }
+    dit_create(m, &c, max_batch);
+    if (ckpt_read_range(dir, which, &m->table, 0, m->table.total, m->params, err, errlen) != 0) {
+        dit_free(m);
+        return -1;
+    }
+    *objective = ckpt_meta(dir, "dfm_objective");
+    *names = ckpt_meta(dir, "dfm_class_names");
+    return 0;
+}
+
 int cli_open_dit(const char *checkpoint, const char *which, int which_explicit, int max_batch, dit_model *m,
                  cli_model_info *info, char *err, size_t errlen) {
     memset(info, 0, sizeof *info);
-    if (cli_resolve_weights(checkpoint, which, which_explicit, info->path, sizeof info->path, err, errlen)) return -1;
     char serr[1024];
-    st_file *f = st_open(info->path, serr, sizeof serr);
-    if (!f) {
-        snprintf(err, errlen, "'%s' is not a dfm weights file (safetensors): %s", info->path, serr);
-        return -1;
-    }
-    if (!st_meta(f, "dfm_dit_config")) {
-        snprintf(err, errlen, "'%s' is not a dfm DiT weights file: it has no 'dfm_dit_config' metadata", info->path);
+    char *objective = NULL, *names_json = NULL;
+    char *sdir = sharded_dir(checkpoint);
+    if (sdir) {
+        snprintf(info->path, sizeof info->path, "%.4000s (%s, from its shards)", sdir, which);
+        int rc = open_sharded(sdir, which, max_batch, m, &objective, &names_json, err, errlen);
+        free(sdir);
+        if (rc) return -1;
+    } else {
+        if (cli_resolve_weights(checkpoint, which, which_explicit, info->path, sizeof info->path, err, errlen))
+            return -1;
+        st_file *f = st_open(info->path, serr, sizeof serr);
+        if (!f) {
+            snprintf(err, errlen, "'%s' is not a dfm weights file (safetensors): %s", info->path, serr);
+            return -1;
+        }
+        if (!st_meta(f, "dfm_dit_config")) {
+            snprintf(err, errlen, "'%s' is not a dfm DiT weights file: it has no 'dfm_dit_config' metadata", info->path);
+            st_close(f);
+            return -1;
+        }
+        objective = st_meta(f, "dfm_objective") ? xstrdup(st_meta(f, "dfm_objective")) : NULL;
+        names_json = st_meta(f, "dfm_class_names") ? xstrdup(st_meta(f, "dfm_class_names")) : NULL;
         st_close(f);
-        return -1;
+        if (dit_open_weights(m, info->path, max_batch, err, errlen)) {
+            free(objective), free(names_json);
+            return -1;
+        }
     }
-    int rc = stored_objective_parse(st_meta(f, "dfm_objective"), &info->obj, serr, sizeof serr);
+    int rc = stored_objective_parse(objective, &info->obj, serr, sizeof serr);
+    free(objective);
     if (rc < 0) {
         snprintf(err, errlen, "'%s': %s", info->path, serr);
-        st_close(f);
+        free(names_json);
+        dit_free(m);
         return -1;
     }
     info->has_objective = rc == 1;
-    char *names_json = st_meta(f, "dfm_class_names") ? xstrdup(st_meta(f, "dfm_class_names")) : NULL;
-    st_close(f);
-    if (dit_open_weights(m, info->path, max_batch, err, errlen)) {
-        free(names_json);
-        return -1;
-    }
 
     int K = m->cfg.num_classes;
     info->class_names = xcalloc((size_t)K, sizeof(char *));

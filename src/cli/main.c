@@ -1,7 +1,9 @@
 /* dfm command-line entry point: a table of sub-commands, each implemented in its own src/cli file. */
 #include "dfm/common.h"
+#include "dfm/dist.h"
 #include "dfm/kernels.h"
 
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -41,15 +43,37 @@ static void usage(FILE *f) {
         fprintf(f, "  %-12s %s\n", commands[i].name, commands[i].help);
 }
 
-int main(int argc, char **argv) {
+/* Settings that the OpenMP and BLAS runtimes read when they load, before main: set what the user left unset,
+ * then restart once so that they take effect. Returns 1 if anything was set. */
+static int runtime_environment(void) {
+    int changed = 0;
     /* OpenMP threads that spin at barriers steal the cores from each other and from any other process: with
      * another job on the machine, a 2-thread run slowed 2-6x (docs/PERFORMANCE.md), while sleeping waiters
-     * cost nothing measurable alone. libgomp reads the policy when it loads, before main, so the binary
-     * restarts itself once with it set. OMP_WAIT_POLICY=active in the environment keeps spinning. */
-    if (!getenv("OMP_WAIT_POLICY")) {
-        setenv("OMP_WAIT_POLICY", "passive", 1);
-        execv("/proc/self/exe", argv);
-        /* if the restart fails, carry on with the default policy */
+     * cost nothing measurable alone. OMP_WAIT_POLICY=active in the environment keeps spinning. */
+    if (!getenv("OMP_WAIT_POLICY")) setenv("OMP_WAIT_POLICY", "passive", 1), changed = 1;
+    /* OpenBLAS 0.3.21 does not know Zen 4/5 and picks its AVX2 kernels there; its AVX-512 (SkylakeX) kernels are
+     * as fast on Zen 4 and much faster on Zen 5 (REFERENCE.md §7). */
+    if (!getenv("OPENBLAS_CORETYPE") && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl"))
+        setenv("OPENBLAS_CORETYPE", "SkylakeX", 1), changed = 1;
+    /* several ranks on one machine (mpirun): share the cores between them instead of oversubscribing */
+    const char *local = getenv("OMPI_COMM_WORLD_LOCAL_SIZE");
+    if (local && atoi(local) > 1 && !getenv("OMP_NUM_THREADS")) {
+        cpu_set_t set;
+        int cpus = sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : 1;
+        int per = cpus / atoi(local);
+        char buf[16];
+        snprintf(buf, sizeof buf, "%d", per > 1 ? per : 1);
+        setenv("OMP_NUM_THREADS", buf, 1), changed = 1;
+    }
+    return changed;
+}
+
+int main(int argc, char **argv) {
+    if (!getenv("DFM_ENV_SET")) {
+        setenv("DFM_ENV_SET", "1", 1);
+        if (runtime_environment()) execv("/proc/self/exe", argv);
+        /* if the restart fails, carry on with the defaults */
     }
     if (argc < 2) {
         usage(stderr);
@@ -62,7 +86,12 @@ int main(int argc, char **argv) {
         return 0;
     }
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
-        if (!strcmp(cmd, commands[i].name)) return commands[i].fn(argc - 1, argv + 1);
+        if (!strcmp(cmd, commands[i].name)) {
+            dist_init(&argc, &argv);
+            int rc = commands[i].fn(argc - 1, argv + 1);
+            dist_finalize();
+            return rc;
+        }
     fprintf(stderr, "dfm: error: unknown command '%s'\n", cmd);
     usage(stderr);
     return 2;

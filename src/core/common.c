@@ -13,20 +13,30 @@
 #include <time.h>
 #include <unistd.h>
 
+static char die_prefix[64];
+static void (*die_exit)(int);
+
+void dfm_set_die_hook(const char *prefix, void (*exit_fn)(int code)) {
+    snprintf(die_prefix, sizeof die_prefix, "%s", prefix ? prefix : "");
+    die_exit = exit_fn;
+}
+
 void dfm_die(const char *fmt, ...) {
     va_list ap;
     fflush(stdout);
-    fputs("dfm: error: ", stderr);
+    fprintf(stderr, "dfm: error: %s", die_prefix);
     va_start(ap, fmt);
     vfprintf(stderr, fmt, ap);
     va_end(ap);
     fputc('\n', stderr);
+    fflush(stderr);
+    if (die_exit) die_exit(1);
     exit(1);
 }
 
 void dfm_warn(const char *fmt, ...) {
     va_list ap;
-    fputs("dfm: warning: ", stderr);
+    fprintf(stderr, "dfm: warning: %s", die_prefix);
     va_start(ap, fmt);
     vfprintf(stderr, fmt, ap);
     va_end(ap);

@@ -40,6 +40,15 @@ static cfg *recipe_base(const char *name) {
     cfg_def(c, "train.ema_decay", CFG_FLOAT, "0.995", "EMA decay of the weights used for sampling");
     cfg_def_enum(c, "train.device", 0, "cpu", "cpu", "where to train");
 
+    /* data parallelism (mpirun -np N: DP = N / (TP x CP x PP)) */
+    cfg_def(c, "ddp.use_distributed_optimizer", CFG_BOOL, "false",
+            "shard the optimizer state over data-parallel ranks (= data_parallel_sharding_strategy optim)");
+    cfg_def_enum(c, "ddp.data_parallel_sharding_strategy", 0, "no_shard", "no_shard|optim|optim_grads|optim_grads_params",
+                 "what is sharded over data-parallel ranks besides the optimizer");
+    cfg_def(c, "ddp.overlap_grad_reduce", CFG_BOOL, "true", "reduce gradient buckets during the backward");
+    cfg_def(c, "ddp.overlap_param_gather", CFG_BOOL, "true", "gather the next segment's parameters during compute");
+    cfg_def(c, "dist.timeout_s", CFG_FLOAT, "600", "seconds a rank waits for the others before ending the job");
+
     /* optimizer */
     cfg_def_enum(c, "optimizer.optimizer", 0, "adam", "adam", "optimizer (Adam with decoupled weight decay)");
     cfg_def(c, "optimizer.lr", CFG_FLOAT, "1e-3", "peak learning rate");

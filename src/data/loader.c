@@ -11,6 +11,7 @@
 
 struct data_loader {
     int batch, null_class, c, h, w;
+    int slice_first, slice_count; /* the part of each batch this process keeps (data parallelism) */
     size_t sample_floats;
     /* in-memory source */
     const image_dataset *ds;
@@ -54,10 +55,12 @@ static void fill_memory(data_loader *l, loader_state *st, float *x, int *labels)
         if (st->pos >= l->n) st->epoch++, st->pos = 0;
         make_perm(l, st->epoch);
         int i = l->perm[st->pos++];
+        int k = b - l->slice_first;
+        if (k < 0 || k >= l->slice_count) continue;
         const uint8_t *src = ds->pixels + (size_t)i * l->sample_floats;
-        float *dst = x + (size_t)b * l->sample_floats;
-        for (size_t k = 0; k < l->sample_floats; k++) dst[k] = src[k] * (2.0f / 255.0f) - 1.0f;
-        labels[b] = ds->labels[i] >= 0 ? ds->labels[i] : l->null_class;
+        float *dst = x + (size_t)k * l->sample_floats;
+        for (size_t e = 0; e < l->sample_floats; e++) dst[e] = src[e] * (2.0f / 255.0f) - 1.0f;
+        labels[k] = ds->labels[i] >= 0 ? ds->labels[i] : l->null_class;
     }
 }
 
@@ -67,6 +70,11 @@ static int fill_energon(data_loader *l, float *x, int *labels) {
         if (energon_next(l->en, &s) != 0) {
             snprintf(l->errbuf, sizeof l->errbuf, "%s", energon_error(l->en));
             return -1;
+        }
+        int k = b - l->slice_first;
+        if (k < 0 || k >= l->slice_count) { /* another rank's sample: the stream is read whole on every rank */
+            energon_sample_free(s);
+            continue;
         }
         const energon_part *img = NULL;
         for (int p = 0; p < s->nparts && !img; p++)
@@ -79,14 +87,14 @@ static int fill_energon(data_loader *l, float *x, int *labels) {
             return -1;
         }
         const uint8_t *src = img->data;
-        float *dst = x + (size_t)b * l->sample_floats;
+        float *dst = x + (size_t)k * l->sample_floats;
         for (int ch = 0; ch < l->c; ch++)
             for (int y = 0; y < l->h; y++)
                 for (int xx = 0; xx < l->w; xx++)
                     dst[((size_t)ch * l->h + y) * l->w + xx] =
                         src[((size_t)y * l->w + xx) * l->c + ch] * (2.0f / 255.0f) - 1.0f;
         const energon_part *cls = energon_sample_part(s, "cls");
-        labels[b] = cls && cls->kind == EN_INT && cls->ival >= 0 ? (int)cls->ival : l->null_class;
+        labels[k] = cls && cls->kind == EN_INT && cls->ival >= 0 ? (int)cls->ival : l->null_class;
         energon_sample_free(s);
     }
     return 0;
@@ -124,6 +132,7 @@ static data_loader *alloc_loader(int batch, int c, int h, int w, int null_class)
     l->batch = batch, l->c = c, l->h = h, l->w = w, l->null_class = null_class;
     l->sample_floats = (size_t)c * h * w;
     l->perm_epoch = -1;
+    l->slice_first = 0, l->slice_count = batch;
     return l;
 }
 
@@ -184,8 +193,8 @@ double loader_next(data_loader *l, float *x, int *labels) {
     while (!l->ready) pthread_cond_wait(&l->cv, &l->mu);
     pthread_mutex_unlock(&l->mu);
     double waited = dfm_time_s() - t0;
-    memcpy(x, l->px, sizeof(float) * (size_t)l->batch * l->sample_floats);
-    memcpy(labels, l->plab, sizeof(int) * (size_t)l->batch);
+    memcpy(x, l->px, sizeof(float) * (size_t)l->slice_count * l->sample_floats);
+    memcpy(labels, l->plab, sizeof(int) * (size_t)l->slice_count);
     /* advance the consumer state exactly as the producer did, then ask for the next batch */
     for (int b = 0; b < l->batch; b++) {
         if (l->st.pos >= l->n) l->st.epoch++, l->st.pos = 0;
@@ -193,6 +202,18 @@ double loader_next(data_loader *l, float *x, int *labels) {
     }
     request(l);
     return waited;
+}
+
+void loader_set_slice(data_loader *l, int first, int count) {
+    if (first < 0 || count < 1 || first + count > l->batch)
+        dfm_die("internal: loader slice [%d, +%d) outside the batch of %d", first, count, l->batch);
+    if (l->threaded) { /* the prefetched batch was cut to the old slice */
+        pthread_mutex_lock(&l->mu);
+        while (l->want) pthread_cond_wait(&l->cv, &l->mu);
+        l->ready = 0;
+        pthread_mutex_unlock(&l->mu);
+    }
+    l->slice_first = first, l->slice_count = count;
 }
 
 char *loader_state_save(data_loader *l) {

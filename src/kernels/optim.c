@@ -85,7 +85,7 @@ void adamw_step(float *restrict param, const float *restrict grad, float *restri
 #undef ADAMW_W
 }
 
-double global_norm(const float *restrict x, size_t n) {
+double sum_squares(const float *restrict x, size_t n) {
     double part[NORM_CHUNKS];
     const size_t chunk = (n + NORM_CHUNKS - 1) / NORM_CHUNKS;
 #pragma omp parallel for schedule(static)
@@ -99,8 +99,10 @@ double global_norm(const float *restrict x, size_t n) {
     }
     double total = 0;
     for (int k = 0; k < NORM_CHUNKS; k++) total += part[k];
-    return sqrt(total);
+    return total;
 }
+
+double global_norm(const float *restrict x, size_t n) { return sqrt(sum_squares(x, n)); }
 
 double clip_grad_norm(float *restrict grad, size_t n, double max_norm) {
     const double total = global_norm(grad, n);

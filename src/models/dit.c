@@ -89,7 +89,6 @@ typedef struct {
     float *cls;               /* class_embedder.embedding_table [classes + 1, d] */
     float *po1_w, *po1_b;     /* proj_out_1 [2d, d] */
     float *po2_w, *po2_b;     /* proj_out_2 [p*p*out, d] */
-    block_views *blk;
 } views;
 
 struct dit_acts {
@@ -103,7 +102,7 @@ struct dit_acts {
     float **x, **qkv, **ao, **lse, **proj, **xmid, **h, **f, **mean1, **rstd1, **mean2, **rstd2, **mod;
     /* backward scratch */
     float *dx, *dT_a, *dT_b, *d3, *dF_a, *dF_b, *dmod, *dsc, *dc, *dt1s, *dt1, *dmodf, *dtok, *attn_ws;
-    views p, g;
+    size_t off_head[7], off_blk[10], off_fin[4]; /* view offsets within their segments */
 };
 
 static void add_linear(param_table *t, const char *prefix, int out, int in) {
@@ -154,44 +153,95 @@ static void build_table(dit_model *m) {
     add_linear(t, "proj_out_2", m->out_dim, d);
 }
 
-static float *view(const dit_model *m, float *base, const char *fmt, int l) {
+/* Offsets of the views inside their segment, resolved once from the table: every block has the same layout,
+ * so one set of block offsets serves all of them (checked at creation). */
+enum { H_PE_W, H_PE_B, H_T1_W, H_T1_B, H_T2_W, H_T2_B, H_CLS, N_HEAD };
+enum { B_MOD_W, B_MOD_B, B_QKV_W, B_QKV_B, B_OUT_W, B_OUT_B, B_FC1_W, B_FC1_B, B_FC2_W, B_FC2_B, N_BLOCK };
+enum { F_PO1_W, F_PO1_B, F_PO2_W, F_PO2_B, N_FINAL };
+
+static size_t entry_offset(const dit_model *m, const char *fmt, int l) {
     char name[256];
     snprintf(name, sizeof name, fmt, l);
     const param_entry *e = param_table_find(&m->table, name);
     if (!e) dfm_die("internal: DiT parameter '%s' missing from the table", name);
-    return base + e->offset;
+    return e->offset;
 }
 
-static void resolve_views(const dit_model *m, float *base, views *v) {
-    v->pe_w = view(m, base, "pos_embed.proj.weight", 0);
-    v->pe_b = view(m, base, "pos_embed.proj.bias", 0);
-    v->t1_w = view(m, base, "transformer_blocks.%d.norm1.emb.timestep_embedder.linear_1.weight", 0);
-    v->t1_b = view(m, base, "transformer_blocks.%d.norm1.emb.timestep_embedder.linear_1.bias", 0);
-    v->t2_w = view(m, base, "transformer_blocks.%d.norm1.emb.timestep_embedder.linear_2.weight", 0);
-    v->t2_b = view(m, base, "transformer_blocks.%d.norm1.emb.timestep_embedder.linear_2.bias", 0);
-    v->cls = view(m, base, "transformer_blocks.%d.norm1.emb.class_embedder.embedding_table.weight", 0);
-    v->po1_w = view(m, base, "proj_out_1.weight", 0);
-    v->po1_b = view(m, base, "proj_out_1.bias", 0);
-    v->po2_w = view(m, base, "proj_out_2.weight", 0);
-    v->po2_b = view(m, base, "proj_out_2.bias", 0);
-    v->blk = xcalloc((size_t)m->cfg.num_layers, sizeof(block_views));
-    for (int l = 0; l < m->cfg.num_layers; l++) {
-        block_views *b = &v->blk[l];
-        b->mod_w = view(m, base, "transformer_blocks.%d.norm1.linear.weight", l);
-        b->mod_b = view(m, base, "transformer_blocks.%d.norm1.linear.bias", l);
-        b->qkv_w = view(m, base, "transformer_blocks.%d.attn1.to_q.weight", l);
-        b->qkv_b = view(m, base, "transformer_blocks.%d.attn1.to_q.bias", l);
-        b->out_w = view(m, base, "transformer_blocks.%d.attn1.to_out.0.weight", l);
-        b->out_b = view(m, base, "transformer_blocks.%d.attn1.to_out.0.bias", l);
-        b->fc1_w = view(m, base, "transformer_blocks.%d.ff.net.0.proj.weight", l);
-        b->fc1_b = view(m, base, "transformer_blocks.%d.ff.net.0.proj.bias", l);
-        b->fc2_w = view(m, base, "transformer_blocks.%d.ff.net.2.weight", l);
-        b->fc2_b = view(m, base, "transformer_blocks.%d.ff.net.2.bias", l);
+static void resolve_segments(dit_model *m, dit_acts *a) {
+    int L = m->cfg.num_layers;
+    m->nseg = L + 2;
+    m->seg_begin = xcalloc((size_t)m->nseg + 1, sizeof(size_t));
+    for (int l = 0; l < L; l++)
+        m->seg_begin[1 + l] = entry_offset(m, "transformer_blocks.%d.norm1.linear.weight", l);
+    m->seg_begin[L + 1] = entry_offset(m, "proj_out_1.weight", 0);
+    m->seg_begin[L + 2] = m->table.total;
+    static const char *head[N_HEAD] = {
+        "pos_embed.proj.weight",
+        "pos_embed.proj.bias",
+        "transformer_blocks.%d.norm1.emb.timestep_embedder.linear_1.weight",
+        "transformer_blocks.%d.norm1.emb.timestep_embedder.linear_1.bias",
+        "transformer_blocks.%d.norm1.emb.timestep_embedder.linear_2.weight",
+        "transformer_blocks.%d.norm1.emb.timestep_embedder.linear_2.bias",
+        "transformer_blocks.%d.norm1.emb.class_embedder.embedding_table.weight"};
+    static const char *blk[N_BLOCK] = {
+        "transformer_blocks.%d.norm1.linear.weight",    "transformer_blocks.%d.norm1.linear.bias",
+        "transformer_blocks.%d.attn1.to_q.weight",      "transformer_blocks.%d.attn1.to_q.bias",
+        "transformer_blocks.%d.attn1.to_out.0.weight",  "transformer_blocks.%d.attn1.to_out.0.bias",
+        "transformer_blocks.%d.ff.net.0.proj.weight",   "transformer_blocks.%d.ff.net.0.proj.bias",
+        "transformer_blocks.%d.ff.net.2.weight",        "transformer_blocks.%d.ff.net.2.bias"};
+    static const char *fin[N_FINAL] = {"proj_out_1.weight", "proj_out_1.bias", "proj_out_2.weight", "proj_out_2.bias"};
+    for (int i = 0; i < N_HEAD; i++) a->off_head[i] = entry_offset(m, head[i], 0);
+    for (int i = 0; i < N_FINAL; i++) a->off_fin[i] = entry_offset(m, fin[i], 0) - m->seg_begin[L + 1];
+    for (int l = 0; l < L; l++) {
+        for (int i = 0; i < N_BLOCK; i++) {
+            size_t off = entry_offset(m, blk[i], l) - m->seg_begin[1 + l];
+            if (l == 0) a->off_blk[i] = off;
+            else if (off != a->off_blk[i]) dfm_die("internal: DiT block %d is laid out unlike block 0", l);
+        }
         /* the fused GEMM relies on to_k/to_v following to_q directly */
-        if (view(m, base, "transformer_blocks.%d.attn1.to_v.weight", l) != b->qkv_w + 2 * (size_t)m->d * m->d ||
-            view(m, base, "transformer_blocks.%d.attn1.to_v.bias", l) != b->qkv_b + 2 * (size_t)m->d)
+        if (entry_offset(m, "transformer_blocks.%d.attn1.to_v.weight", l) - m->seg_begin[1 + l] !=
+                a->off_blk[B_QKV_W] + 2 * (size_t)m->d * m->d ||
+            entry_offset(m, "transformer_blocks.%d.attn1.to_v.bias", l) - m->seg_begin[1 + l] !=
+                a->off_blk[B_QKV_B] + 2 * (size_t)m->d)
             dfm_die("internal: q/k/v parameters of block %d are not adjacent", l);
     }
+}
+
+/* Views of one segment given its base (parameters or gradients). */
+static void head_at(const dit_acts *a, float *base, views *v) {
+    v->pe_w = base + a->off_head[H_PE_W], v->pe_b = base + a->off_head[H_PE_B];
+    v->t1_w = base + a->off_head[H_T1_W], v->t1_b = base + a->off_head[H_T1_B];
+    v->t2_w = base + a->off_head[H_T2_W], v->t2_b = base + a->off_head[H_T2_B];
+    v->cls = base + a->off_head[H_CLS];
+}
+
+static void block_at(const dit_acts *a, float *base, block_views *b) {
+    const size_t *o = a->off_blk;
+    b->mod_w = base + o[B_MOD_W], b->mod_b = base + o[B_MOD_B];
+    b->qkv_w = base + o[B_QKV_W], b->qkv_b = base + o[B_QKV_B];
+    b->out_w = base + o[B_OUT_W], b->out_b = base + o[B_OUT_B];
+    b->fc1_w = base + o[B_FC1_W], b->fc1_b = base + o[B_FC1_B];
+    b->fc2_w = base + o[B_FC2_W], b->fc2_b = base + o[B_FC2_B];
+}
+
+static void final_at(const dit_acts *a, float *base, views *v) {
+    v->po1_w = base + a->off_fin[F_PO1_W], v->po1_b = base + a->off_fin[F_PO1_B];
+    v->po2_w = base + a->off_fin[F_PO2_W], v->po2_b = base + a->off_fin[F_PO2_B];
+}
+
+/* Where segment s lives for this pass: the model's buffers, or wherever the hooks put it. */
+static float *seg_params(dit_model *m, int s, int backward) {
+    if (m->hooks.params) return (float *)m->hooks.params(m->hooks.ctx, s, backward);
+    return m->params + m->seg_begin[s];
+}
+
+static float *seg_grads(dit_model *m, int s) {
+    if (m->hooks.grads) return m->hooks.grads(m->hooks.ctx, s);
+    return m->grads + m->seg_begin[s];
+}
+
+static void seg_done(dit_model *m, int s) {
+    if (m->hooks.grads_done) m->hooks.grads_done(m->hooks.ctx, s);
 }
 
 /* ---- activations ------------------------------------------------------------------------------ */
@@ -289,8 +339,7 @@ void dit_create(dit_model *m, const dit_config *cfg, int max_batch) {
     cv = (carver){a->buf, 0};
     carve_acts(m, a, &cv);
     a->labels = xcalloc((size_t)max_batch, sizeof(int));
-    resolve_views(m, m->params, &a->p);
-    resolve_views(m, m->grads, &a->g);
+    resolve_segments(m, a);
     m->acts = a;
 }
 
@@ -300,8 +349,6 @@ void dit_free(dit_model *m) {
         float **lists[] = {a->x, a->qkv, a->ao, a->lse, a->proj, a->xmid, a->h,
                            a->f, a->mean1, a->rstd1, a->mean2, a->rstd2, a->mod};
         for (size_t i = 0; i < sizeof lists / sizeof lists[0]; i++) free(lists[i]);
-        free(a->p.blk);
-        free(a->g.blk);
         free(a->labels);
         free(a->buf);
         free(a);
@@ -309,6 +356,7 @@ void dit_free(dit_model *m) {
     free(m->params);
     free(m->grads);
     free(m->pos_embed);
+    free(m->seg_begin);
     param_table_free(&m->table);
     memset(m, 0, sizeof *m);
 }
@@ -361,7 +409,9 @@ void dit_forward(dit_model *m, float *out, const float *x, const float *t, const
         if (labels[b] < 0 || labels[b] > c->num_classes)
             dfm_die("DiT forward: class label %d of sample %d outside 0..%d (%d = null class)", labels[b], b,
                     c->num_classes, c->num_classes);
-    const views *p = &a->p;
+    views pv;
+    const views *p = &pv;
+    head_at(a, seg_params(m, 0, 0), &pv);
     int d = m->d, T = m->T, BT = B * T, H = c->num_heads, D = m->head_dim, F = m->ffn;
     memcpy(a->labels, labels, sizeof(int) * (size_t)B);
     memcpy(a->t_saved, t, sizeof(float) * (size_t)B);
@@ -382,7 +432,9 @@ void dit_forward(dit_model *m, float *out, const float *x, const float *t, const
 
     float *ln = a->dT_a, *xm = a->dT_b, *gelu_out = a->dF_a; /* scratch, free during the forward */
     for (int l = 0; l < c->num_layers; l++) {
-        const block_views *w = &p->blk[l];
+        block_views wv;
+        block_at(a, seg_params(m, 1 + l, 0), &wv);
+        const block_views *w = &wv;
         float *mod = a->mod[l];
         matmul_forward(mod, a->sc, w->mod_w, w->mod_b, B, 6 * d, d);
         /* attention half */
@@ -403,6 +455,7 @@ void dit_forward(dit_model *m, float *out, const float *x, const float *t, const
     }
 
     /* final layer: adaLN shift/scale (chunk order shift, scale), linear, unpatchify */
+    final_at(a, seg_params(m, c->num_layers + 1, 0), &pv);
     float *xL = a->x[c->num_layers];
     matmul_forward(a->modf, a->sc, p->po1_w, p->po1_b, B, 2 * d, d);
     layernorm_forward(a->lnf, a->lnf_mean, a->lnf_rstd, xL, NULL, NULL, BT, d, LN_EPS);
@@ -418,9 +471,12 @@ static void zero(float *p, size_t n) { memset(p, 0, n * sizeof(float)); }
 void dit_backward(dit_model *m, const float *dout, int B) {
     dit_acts *a = m->acts;
     const dit_config *c = &m->cfg;
-    const views *p = &a->p, *g = &a->g;
+    views pv, gv;
+    const views *p = &pv, *g = &gv;
     int d = m->d, T = m->T, BT = B * T, H = c->num_heads, D = m->head_dim, F = m->ffn;
     size_t nT = (size_t)BT * d;
+    final_at(a, seg_params(m, c->num_layers + 1, 1), &pv);
+    final_at(a, seg_grads(m, c->num_layers + 1), &gv);
 
     /* final layer */
     zero(a->dtok, (size_t)BT * m->out_dim);
@@ -435,11 +491,15 @@ void dit_backward(dit_model *m, const float *dout, int B) {
     layernorm_backward(a->dx, NULL, NULL, dln, a->x[c->num_layers], NULL, a->lnf_mean, a->lnf_rstd, BT, d);
     zero(a->dsc, (size_t)B * d);
     matmul_backward(a->dsc, g->po1_w, g->po1_b, a->dmodf, a->sc, p->po1_w, B, 2 * d, d);
+    seg_done(m, c->num_layers + 1);
 
     float *ln = a->dT_a, *xm = a->dT_b; /* recomputed forward values */
     float *dtmp = a->lnf, *dtmp2 = a->xmf; /* [B,T,d] buffers no longer needed after the final layer */
     for (int l = c->num_layers - 1; l >= 0; l--) {
-        const block_views *w = &p->blk[l], *gw = &g->blk[l];
+        block_views wv, gwv;
+        block_at(a, seg_params(m, 1 + l, 1), &wv);
+        block_at(a, seg_grads(m, 1 + l), &gwv);
+        const block_views *w = &wv, *gw = &gwv;
         const float *mod = a->mod[l];
         float *dmod = a->dmod;
         zero(dmod, (size_t)B * 6 * d);
@@ -489,9 +549,12 @@ void dit_backward(dit_model *m, const float *dout, int B) {
 
         /* adaLN linear of this block */
         matmul_backward(a->dsc, gw->mod_w, gw->mod_b, dmod, a->sc, w->mod_w, B, 6 * d, d);
+        seg_done(m, 1 + l);
     }
 
     /* conditioning */
+    head_at(a, seg_params(m, 0, 1), &pv);
+    head_at(a, seg_grads(m, 0), &gv);
     zero(a->dc, (size_t)B * d);
     silu_backward(a->dc, a->dsc, a->c, (size_t)B * d);
     embedding_backward(g->cls, a->dc, a->labels, B, d);
@@ -503,6 +566,7 @@ void dit_backward(dit_model *m, const float *dout, int B) {
 
     /* patch embedding (the position embedding is fixed) */
     matmul_backward(NULL, g->pe_w, g->pe_b, a->dx, a->patches, p->pe_w, BT, d, m->patch_dim);
+    seg_done(m, 0);
 }
 
 double dit_forward_flops(const dit_model *m, int B) {

@@ -1,6 +1,7 @@
 /* The DiT training step shared by every paradigm. */
 #include "dfm/train.h"
 #include "dfm/common.h"
+#include "dfm/dist.h"
 
 #include <stdlib.h>
 
@@ -47,5 +48,31 @@ step_result dit_trainer_step(dit_trainer *tr, const float *x0, const int *labels
     dit_zero_grad(tr->model);
     r.loss = dit_trainer_grads(tr, x0, labels, B, step);
     r.grad_norm = adamw_update(tr->opt, tr->model->params, tr->model->grads, lr);
+    return r;
+}
+
+step_result dit_trainer_step_dp(dit_trainer *tr, dp_engine *e, const float *x0, const int *labels, int n_local,
+                                int B_global, uint32_t first, uint32_t step, float lr) {
+    dit_model *m = tr->model;
+    const dit_config *c = &m->cfg;
+    size_t in_n = (size_t)c->in_channels * c->image_size * c->image_size;
+    size_t out_n = (size_t)c->out_channels * c->image_size * c->image_size;
+    step_result r;
+    dp_begin_step(e);
+    double loss = 0;
+    for (int off = 0; off < n_local; off += m->max_batch) {
+        int mb = n_local - off < m->max_batch ? n_local - off : m->max_batch;
+        dp_micro_begin(e, off + mb >= n_local);
+        diffusion_prepare(&tr->db, &tr->obj, x0 + (size_t)off * in_n, labels + off, mb, in_n, c->num_classes, tr->seed,
+                          step, first + (uint32_t)off);
+        dit_forward(m, tr->out, tr->db.model_in, tr->db.timestep, tr->db.labels, mb);
+        float share = (float)mb / (float)B_global;
+        loss += share * diffusion_loss(&tr->db, tr->out, tr->dout, out_n, share);
+        dit_backward(m, tr->dout, mb);
+        dp_micro_end(e);
+    }
+    dist_allreduce_sum_f64(&loss, 1, "all-reduce of the loss");
+    r.loss = loss;
+    r.grad_norm = dp_finish_step(e, lr);
     return r;
 }

@@ -2,8 +2,11 @@
  * loss curve out. Resuming from a checkpoint continues bit-identically: the data order, the noise and the
  * timesteps are functions of (seed, step, sample index), and every piece of state is saved exactly. */
 #include "dfm/pretrain.h"
+#include "dfm/checkpoint.h"
 #include "dfm/common.h"
 #include "dfm/data.h"
+#include "dfm/data_parallel.h"
+#include "dfm/dist.h"
 #include "dfm/kernels.h"
 #include "dfm/optim.h"
 #include "dfm/plot.h"
@@ -145,9 +148,11 @@ char *checkpoint_resolve(const char *path, char *err, size_t errlen) {
     char model[4096];
     snprintf(model, sizeof model, "%s/model.safetensors", path);
     if (stat(model, &sb) == 0) return xstrdup(path);
+    char e2[64];
+    if (ckpt_is_sharded(path, e2, sizeof e2) == 1) return xstrdup(path);
     snprintf(err, errlen,
              "'%s' is neither a checkpoint folder (no latest_checkpointed_iteration.txt) nor an iter_NNNNNNN folder "
-             "(no model.safetensors)",
+             "(no model.safetensors or shard_00000_of_NNNNN.safetensors)",
              path);
     return NULL;
 }
@@ -155,10 +160,11 @@ char *checkpoint_resolve(const char *path, char *err, size_t errlen) {
 typedef struct {
     const cfg *c;
     dit_model model;
-    adamw_state opt;
+    dp_engine *dp; /* data parallelism (one process: DP = 1, nothing sharded); holds the optimizer and EMA */
+    int sharded;   /* checkpoints as one shard per rank */
+    char token[32]; /* names this job's temporary checkpoint folders (the same on every rank) */
     dit_trainer tr;
     objective_config obj;
-    float *ema;
     float ema_decay;
     data_loader *loader;
     long iteration; /* completed optimizer steps */
@@ -168,33 +174,51 @@ typedef struct {
 } job;
 
 static void save_checkpoint(job *j, const char *root) {
-    xmkdir_p(root);
+    int lead = dist_get()->rank == 0;
     char final[4096], tmp[4096], path[4200];
     snprintf(final, sizeof final, "%s/iter_%07ld", root, j->iteration);
-    snprintf(tmp, sizeof tmp, "%s/iter_%07ld.tmp.%ld", root, j->iteration, (long)getpid());
-    rm_tree(tmp);
-    xmkdir_p(tmp);
-    const char *meta[] = {"dfm_objective", j->objective_meta,
-                          j->class_names_meta ? "dfm_class_names" : NULL, j->class_names_meta, NULL};
-    snprintf(path, sizeof path, "%s/model.safetensors", tmp);
-    dit_save_weights(&j->model, j->model.params, path, meta);
-    snprintf(path, sizeof path, "%s/ema.safetensors", tmp);
-    dit_save_weights(&j->model, j->ema, path, meta);
-    char step[32];
-    snprintf(step, sizeof step, "%ld", j->opt.step);
-    const char *ometa[] = {"step", step, NULL};
-    st_writer *w = st_writer_new();
-    char name[600];
-    for (int i = 0; i < j->model.table.n; i++) {
-        const param_entry *e = &j->model.table.e[i];
-        snprintf(name, sizeof name, "exp_avg.%s", e->name);
-        st_writer_add(w, name, ST_F32, e->ndim, e->shape, j->opt.m + e->offset);
-        snprintf(name, sizeof name, "exp_avg_sq.%s", e->name);
-        st_writer_add(w, name, ST_F32, e->ndim, e->shape, j->opt.v + e->offset);
+    snprintf(tmp, sizeof tmp, "%s/iter_%07ld.tmp.%s", root, j->iteration, j->token);
+    if (lead) {
+        xmkdir_p(root);
+        rm_tree(tmp);
+        xmkdir_p(tmp);
     }
-    for (int i = 0; ometa[i]; i += 2) st_writer_meta(w, ometa[i], ometa[i + 1]);
-    snprintf(path, sizeof path, "%s/optimizer.safetensors", tmp);
-    st_writer_finish(w, path);
+    dist_barrier_world();
+    char step[32];
+    snprintf(step, sizeof step, "%ld", dp_optimizer_step(j->dp));
+    if (j->sharded) { /* every rank writes its own range of parameters, EMA and moments */
+        char *cfg_json = dit_config_to_json(&j->model.cfg);
+        const char *smeta[] = {"dfm_dit_config", cfg_json, "dfm_objective", j->objective_meta, "step", step,
+                               "dfm_class_names", j->class_names_meta, NULL};
+        dp_save_shard(j->dp, tmp, smeta);
+        free(cfg_json);
+    } else if (lead) {
+        const char *meta[] = {"dfm_objective", j->objective_meta, j->class_names_meta ? "dfm_class_names" : NULL,
+                              j->class_names_meta, NULL};
+        snprintf(path, sizeof path, "%s/model.safetensors", tmp);
+        dit_save_weights(&j->model, j->model.params, path, meta);
+        snprintf(path, sizeof path, "%s/ema.safetensors", tmp);
+        dit_save_weights(&j->model, dp_full_ema(j->dp), path, meta);
+        const adamw_state *opt = dp_optimizer(j->dp);
+        st_writer *w = st_writer_new();
+        char name[600];
+        for (int i = 0; i < j->model.table.n; i++) {
+            const param_entry *e = &j->model.table.e[i];
+            snprintf(name, sizeof name, "exp_avg.%s", e->name);
+            st_writer_add(w, name, ST_F32, e->ndim, e->shape, opt->m + e->offset);
+            snprintf(name, sizeof name, "exp_avg_sq.%s", e->name);
+            st_writer_add(w, name, ST_F32, e->ndim, e->shape, opt->v + e->offset);
+        }
+        st_writer_meta(w, "step", step);
+        snprintf(path, sizeof path, "%s/optimizer.safetensors", tmp);
+        st_writer_finish(w, path);
+    }
+    /* every rank's files are complete before the folder gets its final name */
+    dist_barrier_world();
+    if (!lead) {
+        dist_barrier_world();
+        return;
+    }
     char *loader_state = loader_state_save(j->loader);
     json_error_t je;
     json_t *ls = json_loads(loader_state, 0, &je);
@@ -214,14 +238,15 @@ static void save_checkpoint(job *j, const char *root) {
      * resumed at its last step) moves the old folder aside first and deletes it only after the swap */
     struct stat sb;
     char old[4200];
-    snprintf(old, sizeof old, "%s/iter_%07ld.tmp.%ld.old", root, j->iteration, (long)getpid());
+    snprintf(old, sizeof old, "%s/iter_%07ld.tmp.%s.old", root, j->iteration, j->token);
     int had_old = stat(final, &sb) == 0 && rename(final, old) == 0;
     if (rename(tmp, final) != 0) dfm_die("cannot rename '%s' to '%s': %s", tmp, final, strerror(errno));
     if (had_old) rm_tree(old);
     fsync_path(root);
     snprintf(path, sizeof path, "%s/latest_checkpointed_iteration.txt", root);
-    snprintf(step, sizeof step, "%ld\n", j->iteration);
-    write_text_atomic(path, step);
+    char it_text[32];
+    snprintf(it_text, sizeof it_text, "%ld\n", j->iteration);
+    write_text_atomic(path, it_text);
     /* keep the most recent k; also clear temporary folders left by killed runs */
     int keep = (int)cfg_int(j->c, "checkpoint.most_recent_k");
     DIR *d = opendir(root);
@@ -246,6 +271,7 @@ static void save_checkpoint(job *j, const char *root) {
                 rm_tree(path);
             }
         }
+    dist_barrier_world();
 }
 
 static void load_checkpoint(job *j, const char *where) {
@@ -253,11 +279,7 @@ static void load_checkpoint(job *j, const char *where) {
     char *dir = checkpoint_resolve(where, err, sizeof err);
     if (!dir) dfm_die("checkpoint.load: %s", err);
     char path[4200];
-    snprintf(path, sizeof path, "%s/model.safetensors", dir);
-    if (param_table_load(&j->model.table, j->model.params, "", path, 0, err, sizeof err) != 0)
-        dfm_die("cannot resume: %s", err);
-    snprintf(path, sizeof path, "%s/ema.safetensors", dir);
-    if (param_table_load(&j->model.table, j->ema, "", path, 0, err, sizeof err) != 0)
+    if (dp_load(j->dp, dir, cfg_bool(j->c, "checkpoint.load_optim"), err, sizeof err) != 0)
         dfm_die("cannot resume: %s", err);
     snprintf(path, sizeof path, "%s/train_state.json", dir);
     char *text = read_file_err(path, err, sizeof err);
@@ -279,18 +301,7 @@ static void load_checkpoint(job *j, const char *where) {
     j->consumed = consumed;
     json_decref(st);
     free(text);
-    if (cfg_bool(j->c, "checkpoint.load_optim")) {
-        snprintf(path, sizeof path, "%s/optimizer.safetensors", dir);
-        if (param_table_load(&j->model.table, j->opt.m, "exp_avg.", path, 1, err, sizeof err) != 0 ||
-            param_table_load(&j->model.table, j->opt.v, "exp_avg_sq.", path, 1, err, sizeof err) != 0)
-            dfm_die("cannot resume the optimizer: %s", err);
-        st_file *f = st_open_or_die(path);
-        const char *step = st_meta(f, "step");
-        if (!step) dfm_die("'%s': no 'step' metadata", path);
-        j->opt.step = atol(step);
-        st_close(f);
-    }
-    printf("resumed from %s at iteration %ld\n", dir, j->iteration);
+    if (dist_get()->rank == 0) printf("resumed from %s at iteration %ld\n", dir, j->iteration);
     free(dir);
 }
 
@@ -372,6 +383,14 @@ static void fmt_eta(char *buf, size_t n, double s) {
 
 int dfm_pretrain(const cfg *c) {
     int nth = kernels_init();
+    const dist_info *di = dist_get();
+    int lead = di->rank == 0;
+    char err[1024];
+    dist_set_timeout(cfg_float(c, "dist.timeout_s"));
+    if (dist_setup_groups(int_key(c, "model.tensor_model_parallel_size", 1, 1 << 16),
+                          int_key(c, "model.context_parallel_size", 1, 1 << 16),
+                          int_key(c, "model.pipeline_model_parallel_size", 1, 1 << 16), err, sizeof err) != 0)
+        dfm_die("%s", err);
     /* what is not built yet is refused rather than ignored */
     const char *par[] = {"model.tensor_model_parallel_size", "model.context_parallel_size",
                          "model.pipeline_model_parallel_size"};
@@ -397,8 +416,16 @@ int dfm_pretrain(const cfg *c) {
     j.objective_meta = objective_json(&j.obj);
     long train_iters = int_key(c, "train.train_iters", 0, 1L << 30);
     int gbs = int_key(c, "train.global_batch_size", 1, 1 << 20), mbs = int_key(c, "train.micro_batch_size", 1, 1 << 20);
-    if (gbs % mbs)
-        dfm_die("train.global_batch_size %d is not a multiple of train.micro_batch_size %d", gbs, mbs);
+    if (gbs % ((long)mbs * di->dp))
+        dfm_die("train.global_batch_size %d does not divide into data-parallel size %d x train.micro_batch_size %d "
+                "(every rank takes %d / %d samples in micro-batches of %d)",
+                gbs, di->dp, mbs, gbs, di->dp, mbs);
+    int n_local = gbs / di->dp;
+    dp_sharding strategy;
+    if (!dp_sharding_parse(cfg_str(c, "ddp.data_parallel_sharding_strategy"), &strategy))
+        dfm_die("ddp.data_parallel_sharding_strategy: unknown value '%s'",
+                cfg_str(c, "ddp.data_parallel_sharding_strategy"));
+    if (cfg_bool(c, "ddp.use_distributed_optimizer") && strategy == DP_NO_SHARD) strategy = DP_OPTIM;
     uint64_t seed = (uint64_t)cfg_int(c, "rng.seed");
     int workers = int_key(c, "dataset.num_workers", 0, 256);
     int size = cfg_is_null(c, "dataset.image_size") ? dc.image_size : int_key(c, "dataset.image_size", 1, 1 << 14);
@@ -412,7 +439,6 @@ int dfm_pretrain(const cfg *c) {
     const char *dtype = cfg_str(c, "dataset.type"), *dpath = cfg_str(c, "dataset.path"), *energon_val = NULL;
     image_dataset ds = {0};
     int *train_idx = NULL, *val_idx = NULL, n_train = 0, n_val = 0;
-    char err[1024];
     if (!strcmp(dtype, "energon")) {
         j.loader = loader_new_energon(dpath, "train", seed, gbs, workers, chans, size, size, dc.num_classes, err,
                                       sizeof err);
@@ -438,11 +464,11 @@ int dfm_pretrain(const cfg *c) {
         j.loader = loader_new(&ds, train_idx, n_train, seed, gbs, workers, dc.num_classes);
     }
 
-    /* model, EMA, optimiser */
+    loader_set_slice(j.loader, di->dp_rank * n_local, n_local);
+
+    /* model, EMA, optimiser (every rank initialises the same weights from the seed, then keeps its share) */
     dit_create(&j.model, &dc, mbs);
     dit_init(&j.model, seed);
-    j.ema = xalloc_floats(j.model.table.total);
-    memcpy(j.ema, j.model.params, j.model.table.total * sizeof(float));
     j.ema_decay = (float)cfg_float(c, "train.ema_decay");
     adamw_config oc;
     oc.lr = (float)cfg_float(c, "optimizer.lr");
@@ -451,8 +477,14 @@ int dfm_pretrain(const cfg *c) {
     oc.eps = (float)cfg_float(c, "optimizer.adam_eps");
     oc.weight_decay = (float)cfg_float(c, "optimizer.weight_decay");
     oc.clip_grad = (float)cfg_float(c, "optimizer.clip_grad");
-    adamw_init(&j.opt, &j.model.table, &oc);
-    dit_trainer_init(&j.tr, &j.model, &j.opt, &j.obj, seed);
+    dp_model dm = {&j.model.table, j.model.nseg, j.model.seg_begin, &j.model.params, &j.model.grads, &j.model.hooks};
+    j.dp = dp_engine_new(dm, strategy, &oc, cfg_bool(c, "ddp.overlap_grad_reduce"),
+                         cfg_bool(c, "ddp.overlap_param_gather"));
+    j.sharded = strategy != DP_NO_SHARD;
+    long token = (long)getpid();
+    dist_bcast_bytes(&token, sizeof token, 0, "broadcast of the job token");
+    snprintf(j.token, sizeof j.token, "%ld", token);
+    dit_trainer_init(&j.tr, &j.model, dp_optimizer(j.dp), &j.obj, seed);
     const char *style_s = cfg_str(c, "scheduler.lr_decay_style");
     lr_style style = !strcmp(style_s, "cosine") ? LR_COSINE : !strcmp(style_s, "linear") ? LR_LINEAR : LR_CONSTANT;
     long warmup = int_key(c, "scheduler.lr_warmup_iters", 0, 1L << 30);
@@ -462,75 +494,95 @@ int dfm_pretrain(const cfg *c) {
 
     if (!cfg_is_null(c, "checkpoint.load")) load_checkpoint(&j, cfg_str(c, "checkpoint.load"));
 
-    /* run folder */
+    /* run folder: rank 0 writes the metrics, plots and config; every rank computes the same losses */
     const char *outdir = cfg_str(c, "logger.output_dir");
-    xmkdir_p(outdir);
     char metrics[4200], curve[4200], runcfg[4200];
     snprintf(metrics, sizeof metrics, "%s/metrics.jsonl", outdir);
     snprintf(curve, sizeof curve, "%s/loss_curve.png", outdir);
     snprintf(runcfg, sizeof runcfg, "%s/run_config.yaml", outdir);
-    cfg_write_yaml(c, runcfg);
-    if (j.iteration > 0) trim_metrics(metrics, j.iteration);
-    else unlink(metrics);
-    FILE *mf = xfopen(metrics, "a");
+    FILE *mf = NULL;
+    if (lead) {
+        xmkdir_p(outdir);
+        cfg_write_yaml(c, runcfg);
+        if (j.iteration > 0) trim_metrics(metrics, j.iteration);
+        else unlink(metrics);
+        mf = xfopen(metrics, "a");
+    }
 
     const char *save = cfg_is_null(c, "checkpoint.save") ? NULL : cfg_str(c, "checkpoint.save");
     long save_interval = int_key(c, "checkpoint.save_interval", 1, 1L << 30);
     long log_interval = int_key(c, "logger.log_interval", 1, 1L << 30);
     long eval_interval = int_key(c, "train.eval_interval", 1, 1L << 30);
     int eval_iters = int_key(c, "train.eval_iters", 0, 1 << 20);
-    int tty = isatty(fileno(stdout));
+    int tty = lead && isatty(fileno(stdout));
 
     size_t per = (size_t)dc.in_channels * dc.image_size * dc.image_size;
-    float *x = xalloc_floats((size_t)gbs * per);
-    int *labels = xcalloc((size_t)gbs, sizeof(int));
-    printf("dfm pretrain: recipe %s, DiT %d x %d (%d heads, patch %d, %d tokens), %zu parameters, %s objective\n",
-           cfg_recipe_of(c), dc.num_layers, dc.hidden_size, dc.num_heads, dc.patch_size, j.model.T, j.model.table.total,
-           j.obj.kind == OBJ_EDM ? "EDM" : "flow-matching");
-    if (ds.pixels)
-        printf("  data %s (%s): %d training / %d validation samples; batch %d (micro %d); %ld steps; %d threads\n",
-               dtype, dpath, n_train, n_val, gbs, mbs, train_iters, nth);
-    else
-        printf("  data %s (%s): train split%s; batch %d (micro %d); %ld steps; %d threads\n", dtype, dpath,
-               energon_val ? " + val split" : "", gbs, mbs, train_iters, nth);
-    printf("  %s\n", kernels_blas_info());
-    fflush(stdout);
+    float *x = xalloc_floats((size_t)n_local * per);
+    int *labels = xcalloc((size_t)n_local, sizeof(int));
+    size_t pbytes, gbytes, obytes;
+    dp_memory(j.dp, &pbytes, &gbytes, &obytes);
+    if (lead) {
+        printf("dfm pretrain: recipe %s, DiT %d x %d (%d heads, patch %d, %d tokens), %zu parameters, %s objective\n",
+               cfg_recipe_of(c), dc.num_layers, dc.hidden_size, dc.num_heads, dc.patch_size, j.model.T,
+               j.model.table.total, j.obj.kind == OBJ_EDM ? "EDM" : "flow-matching");
+        if (ds.pixels)
+            printf("  data %s (%s): %d training / %d validation samples; batch %d (micro %d); %ld steps; %d threads\n",
+                   dtype, dpath, n_train, n_val, gbs, mbs, train_iters, nth);
+        else
+            printf("  data %s (%s): train split%s; batch %d (micro %d); %ld steps; %d threads\n", dtype, dpath,
+                   energon_val ? " + val split" : "", gbs, mbs, train_iters, nth);
+        if (di->size > 1)
+            printf("  %d processes: data parallel %d x tensor %d x context %d x pipeline %d; %d samples per rank; "
+                   "sharding %s\n",
+                   di->size, di->dp, di->tp, di->cp, di->pp, n_local, dp_sharding_name(strategy));
+        printf("  memory per rank: parameters %.1f MB, gradients %.1f MB, optimizer state + EMA %.1f MB, "
+               "activations %.1f MB\n",
+               pbytes / 1e6, gbytes / 1e6, obytes / 1e6, dit_activation_bytes(&j.model) / 1e6);
+        printf("  %s\n", kernels_blas_info());
+        fflush(stdout);
+    }
 
     double t_window = dfm_time_s(), wait_window = 0, t_start = t_window;
     long steps_window = 0, start_it = j.iteration;
+    dist_take_wait_time();
     while (j.iteration < train_iters) {
         long it = j.iteration;
         double lr = lr_schedule(it, oc.lr, min_lr, warmup, decay_iters, style);
         wait_window += loader_next(j.loader, x, labels);
-        step_result r = dit_trainer_step(&j.tr, x, labels, gbs, (uint32_t)it, (float)lr);
+        step_result r = dit_trainer_step_dp(&j.tr, j.dp, x, labels, n_local, gbs, (uint32_t)(di->dp_rank * n_local),
+                                            (uint32_t)it, (float)lr);
         if (!isfinite(r.loss)) dfm_die("loss became %g at step %ld: lower optimizer.lr or check the data", r.loss, it + 1);
-        ema_update(j.ema, j.model.params, j.model.table.total, j.ema_decay);
+        dp_ema_update(j.dp, j.ema_decay);
         j.iteration++;
         j.consumed += gbs;
         steps_window++;
         if (j.iteration % log_interval == 0 || j.iteration == train_iters) {
             double now = dfm_time_s(), dt = now - t_window;
-            double sps = steps_window * gbs / dt, wait_frac = wait_window / dt;
-            fprintf(mf, "{\"step\": %ld, \"loss\": %.7g, \"lr\": %.6g, \"grad_norm\": %.6g, \"samples_per_s\": %.4g, "
-                        "\"data_wait_frac\": %.4g}\n",
-                    j.iteration, r.loss, lr, r.grad_norm, sps, wait_frac);
-            fflush(mf);
-            char eta[32];
-            fmt_eta(eta, sizeof eta, (double)(train_iters - j.iteration) * dt / steps_window);
-            if (tty)
-                printf("\r\033[K  step %ld/%ld | loss %.4f | lr %.2e | grad norm %.3f | %.1f samples/s | data wait %.1f%% | "
-                       "ETA %s",
-                       j.iteration, train_iters, r.loss, lr, r.grad_norm, sps, 100 * wait_frac, eta);
-            else
-                printf("  step %ld/%ld loss %.4f lr %.3e grad_norm %.4f samples/s %.1f data_wait %.1f%% eta %s\n",
-                       j.iteration, train_iters, r.loss, lr, r.grad_norm, sps, 100 * wait_frac, eta);
-            fflush(stdout);
-            if (plot_loss_curve(metrics, curve, err, sizeof err) != 0) dfm_warn("loss curve: %s", err);
+            double sps = steps_window * gbs / dt, wait_frac = wait_window / dt, comm_frac = dist_take_wait_time() / dt;
+            if (lead) {
+                fprintf(mf,
+                        "{\"step\": %ld, \"loss\": %.7g, \"lr\": %.6g, \"grad_norm\": %.6g, \"samples_per_s\": %.4g, "
+                        "\"data_wait_frac\": %.4g%s",
+                        j.iteration, r.loss, lr, r.grad_norm, sps, wait_frac, di->size > 1 ? "" : "}\n");
+                if (di->size > 1) fprintf(mf, ", \"comm_wait_frac\": %.4g}\n", comm_frac);
+                fflush(mf);
+                char eta[32];
+                fmt_eta(eta, sizeof eta, (double)(train_iters - j.iteration) * dt / steps_window);
+                if (tty)
+                    printf("\r\033[K  step %ld/%ld | loss %.4f | lr %.2e | grad norm %.3f | %.1f samples/s | data wait "
+                           "%.1f%% | ETA %s",
+                           j.iteration, train_iters, r.loss, lr, r.grad_norm, sps, 100 * wait_frac, eta);
+                else
+                    printf("  step %ld/%ld loss %.4f lr %.3e grad_norm %.4f samples/s %.1f data_wait %.1f%% eta %s\n",
+                           j.iteration, train_iters, r.loss, lr, r.grad_norm, sps, 100 * wait_frac, eta);
+                fflush(stdout);
+                if (plot_loss_curve(metrics, curve, err, sizeof err) != 0) dfm_warn("loss curve: %s", err);
+            }
             t_window = dfm_time_s(), wait_window = 0, steps_window = 0;
         }
         if (j.iteration % eval_interval == 0 || j.iteration == train_iters) {
             double v = validate(&j, ds.pixels ? &ds : NULL, val_idx, n_val, energon_val, eval_iters, x, labels);
-            if (isfinite(v)) {
+            if (isfinite(v) && lead) {
                 fprintf(mf, "{\"step\": %ld, \"val_loss\": %.7g}\n", j.iteration, v);
                 fflush(mf);
                 printf("%s  validation loss at step %ld: %.5f\n", tty ? "\n" : "", j.iteration, v);
@@ -539,21 +591,23 @@ int dfm_pretrain(const cfg *c) {
         if (save && (j.iteration % save_interval == 0 || j.iteration == train_iters)) {
             save_checkpoint(&j, save);
             if (tty) printf("\n");
-            printf("  saved checkpoint %s/iter_%07ld\n", save, j.iteration);
+            if (lead) printf("  saved checkpoint %s/iter_%07ld\n", save, j.iteration);
         }
         fflush(stdout);
     }
-    xfclose(mf, metrics);
-    if (plot_loss_curve(metrics, curve, err, sizeof err) != 0) dfm_warn("loss curve: %s", err);
-    double total = dfm_time_s() - t_start;
-    printf("%sdone: %ld steps in %.1f s (%.1f samples/s); metrics in %s, loss curve in %s\n", tty ? "\n" : "",
-           j.iteration - start_it, total, total > 0 ? (j.iteration - start_it) * gbs / total : 0.0, metrics, curve);
+    if (lead) {
+        xfclose(mf, metrics);
+        if (plot_loss_curve(metrics, curve, err, sizeof err) != 0) dfm_warn("loss curve: %s", err);
+        double total = dfm_time_s() - t_start;
+        printf("%sdone: %ld steps in %.1f s (%.1f samples/s); metrics in %s, loss curve in %s\n", tty ? "\n" : "",
+               j.iteration - start_it, total, total > 0 ? (j.iteration - start_it) * gbs / total : 0.0, metrics, curve);
+    }
 
-    free(x), free(labels), free(train_idx), free(val_idx), free(j.ema), free(j.objective_meta), free(j.class_names_meta);
+    free(x), free(labels), free(train_idx), free(val_idx), free(j.objective_meta), free(j.class_names_meta);
     loader_free(j.loader);
     image_dataset_free(&ds);
     dit_trainer_free(&j.tr);
-    adamw_free(&j.opt);
+    dp_engine_free(j.dp);
     dit_free(&j.model);
     return 0;
 }

@@ -1,0 +1,39 @@
+/* Checkpoint tensors, consolidated or sharded, read back into any layout.
+ *
+ * A checkpoint folder (iter_NNNNNNN/) holds a model's flat buffers (the parameters "model", their EMA "ema", and
+ * the AdamW moments "exp_avg", "exp_avg_sq") in one of two forms:
+ *  - consolidated: model.safetensors, ema.safetensors and optimizer.safetensors ("exp_avg.<name>",
+ *    "exp_avg_sq.<name>"), one tensor per parameter under its diffusers name (one process, or DDP's rank 0);
+ *  - sharded: shard_RRRRR_of_WWWWW.safetensors, one per data-parallel rank, each holding that rank's contiguous
+ *    range of the flat buffers as 1-D pieces "<kind>.<name>", with metadata "dfm_shard" (JSON) giving the
+ *    writer's range and, for each piece, its tensor's global shape and the piece's element offset in it.
+ * Either form reads into any range of the flat layout, so a run saved with one data-parallel size and
+ * sharding resumes under any other, including one process. */
+#ifndef DFM_CHECKPOINT_H
+#define DFM_CHECKPOINT_H
+
+#include "dfm/model.h"
+
+#include <stddef.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Write shard `rank` of `world` into dir: bufs[k] hold kind kinds[k] for the table range [begin, end) (bufs[k][0]
+ * is element `begin`). meta: NULL-terminated key/value pairs copied into the file. Atomic (temporary + rename). */
+void ckpt_write_shard(const char *dir, int rank, int world, const param_table *t, size_t begin, size_t end, int nkinds,
+                      const char *const *kinds, const float *const *bufs, const char *const *meta);
+/* 1 if dir holds shard files, 0 if it holds consolidated files, -1 (err) if neither. */
+int ckpt_is_sharded(const char *dir, char *err, size_t errlen);
+/* Fill out[0 .. end-begin) with kind's elements [begin, end) of the flat layout of t, from either form. Every
+ * tensor's shape is checked against the table; a missing shard, piece or tensor is an error naming it. */
+int ckpt_read_range(const char *dir, const char *kind, const param_table *t, size_t begin, size_t end, float *out,
+                    char *err, size_t errlen);
+/* A metadata value of the checkpoint's weights (model.safetensors, or shard 0), malloc'ed, or NULL. */
+char *ckpt_meta(const char *dir, const char *key);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

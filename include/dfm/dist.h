@@ -1,0 +1,65 @@
+/* Processes: MPI process groups in Megatron's rank order and the collectives dfm uses.
+ *
+ * Launched by mpirun (OpenMPI's OMPI_COMM_WORLD_SIZE, or PMI_SIZE / PMIX_RANK from other launchers), dfm
+ * initialises MPI; started any other way it is one process and no MPI call is made. Every wait on a
+ * collective is bounded by dist.timeout_s: a peer that stalls or dies ends the whole job with a message naming
+ * this rank and the operation, never a hang. An error on any rank (dfm_die) aborts every rank. */
+#ifndef DFM_DIST_H
+#define DFM_DIST_H
+
+#include <stddef.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct {
+    int active;                  /* MPI is initialised (launched by mpirun) */
+    int rank, size;              /* world */
+    int local_rank, local_size;  /* processes on this machine */
+    int tp, cp, dp, pp;          /* group sizes: tp * cp * dp * pp = size */
+    int tp_rank, cp_rank, dp_rank, pp_rank;
+    double timeout_s;            /* bound on any wait for peers */
+} dist_info;
+
+/* Initialise from the environment (call first thing in main). Idempotent. */
+void dist_init(int *argc, char ***argv);
+/* The world as set up so far (one process until dist_init finds a launcher). */
+const dist_info *dist_get(void);
+/* Split the world into groups: rank = tp_rank + TP * (cp_rank + CP * (dp_rank + DP * pp_rank)), i.e. TP
+ * fastest, then CP, then DP, then PP (Megatron's order); DP is what remains. 0, or -1 with err naming the
+ * numbers that disagree. */
+int dist_setup_groups(int tp, int cp, int pp, char *err, size_t errlen);
+void dist_set_timeout(double seconds);
+void dist_finalize(void);
+
+/* ---- collectives over the data-parallel group (no-ops for one process) ------------------------- */
+
+typedef struct dist_req dist_req; /* a collective in flight */
+
+void dist_barrier_world(void);
+/* In-place sum over DP of n doubles (blocking, bounded by the timeout). */
+void dist_allreduce_sum_f64(double *v, int n, const char *what);
+/* Bitwise OR of an int over the world: "did any rank fail?" checks. */
+int dist_any_world(int flag, const char *what);
+void dist_bcast_bytes(void *buf, size_t n, int root_dp_rank, const char *what);
+
+/* Non-blocking: sum buf[0..n) over DP in place. */
+dist_req *dist_iallreduce_sum_f64(double *buf, size_t n, const char *what);
+/* Non-blocking reduce-scatter over DP: send[0..sum counts) is summed; DP rank r receives its counts[r] values
+ * (the part starting at sum of counts[0..r)) into recv. */
+dist_req *dist_ireduce_scatter_f64(const double *send, double *recv, const int *counts, const char *what);
+/* Non-blocking all-gather over DP: rank r contributes counts[r] floats from send; recv receives all of them
+ * in rank order (displacements are the running sums of counts). */
+dist_req *dist_iallgatherv_f32(const float *send, float *recv, const int *counts, const char *what);
+/* Complete (and free) a request; dies naming the operation if the peers do not answer within the timeout. */
+void dist_wait(dist_req *r);
+/* Give MPI a chance to progress outstanding requests; 1 if r is complete (r may be NULL). */
+int dist_test(dist_req *r);
+/* Seconds spent inside dist_wait / blocking collectives since the last call (communication not hidden). */
+double dist_take_wait_time(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

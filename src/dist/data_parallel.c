@@ -1,0 +1,359 @@
+/* DDP and sharded data parallelism (see data_parallel.h).
+ *
+ * Reductions are sums: every rank scales its micro-batch gradients by (micro-batch / global batch), so the sum
+ * over ranks is the gradient of the global mean loss, as in one process.
+ *
+ * Layout independence: a micro-batch's fp32 gradient does not depend on where it was computed, but an fp32 sum
+ * of several of them depends on their order, and AdamW turns that rounding noise into visible updates wherever
+ * a gradient is mathematically zero (the key bias of attention is one). So micro-batch gradients are summed
+ * in fp64, within a rank and across ranks, and rounded to fp32 once: a sum of a few fp32 values in fp64 is
+ * exact, hence the same for every split of the global batch over micro-batches and ranks. The price is an
+ * fp64 accumulator and fp64 reductions (twice the bytes of fp32). */
+#include "dfm/data_parallel.h"
+#include "dfm/checkpoint.h"
+#include "dfm/common.h"
+#include "dfm/dist.h"
+#include "dfm/kernels.h"
+#include "dfm/safetensors.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct dp_engine {
+    dp_model m;
+    dp_sharding s;
+    int overlap_grad, overlap_param;
+    int dp, rank;
+    size_t total, S, sb, se; /* shard size and this rank's range */
+    float *full_p, *full_g;  /* the model's full buffers, where the strategy keeps them */
+    float *p_shard;          /* this rank's parameters (own buffer under optim_grads_params, else in full_p) */
+    double *acc;             /* no_shard, optim: the whole gradient summed over micro-batches (fp64) */
+    double *acc_shard;       /* sharded strategies: this rank's part of the reduced gradient (fp64) */
+    double *recv;            /* optim_grads(+params): each micro-batch's reduce-scatter lands here */
+    float *g_shard;          /* sharded strategies: acc_shard rounded to fp32, for clipping and AdamW */
+    float *ema;              /* shard, or whole under no_shard */
+    adamw_state opt;
+    int reduce_now;
+    dist_req **seg_req; /* no_shard / optim: each segment's reduction in flight */
+    size_t max_seg;
+    float *bucket[2];   /* optim_grads(+params): gradient buckets, alternating between segments */
+    double *dbucket[2]; /* the same in fp64, in flight */
+    int bucket_seg[2];
+    dist_req *bucket_req[2];
+    float *gbuf[2];     /* optim_grads_params: gathered parameters of two segments (in use, prefetched) */
+    int gbuf_seg[2];
+    dist_req *gbuf_req[2];
+    int *counts;
+};
+
+int dp_sharding_parse(const char *s, dp_sharding *out) {
+    static const char *names[] = {"no_shard", "optim", "optim_grads", "optim_grads_params"};
+    for (int i = 0; i < 4; i++)
+        if (!strcmp(s, names[i])) return *out = (dp_sharding)i, 1;
+    return 0;
+}
+
+const char *dp_sharding_name(dp_sharding s) {
+    static const char *names[] = {"no_shard", "optim", "optim_grads", "optim_grads_params"};
+    return names[s];
+}
+
+static int shards_grads(const dp_engine *e) { return e->s >= DP_OPTIM_GRADS; }
+
+/* counts[r] = elements of [b, end) in rank r's shard; returns where this rank's part starts in its shard
+ * (0 when it has none). */
+static size_t seg_counts(dp_engine *e, size_t b, size_t end) {
+    for (int r = 0; r < e->dp; r++) {
+        size_t rb = (size_t)r * e->S < e->total ? (size_t)r * e->S : e->total;
+        size_t re = rb + e->S < e->total ? rb + e->S : e->total;
+        size_t lo = b > rb ? b : rb, hi = end < re ? end : re;
+        e->counts[r] = lo < hi ? (int)(hi - lo) : 0;
+    }
+    return e->counts[e->rank] ? (b > e->sb ? b : e->sb) - e->sb : 0;
+}
+
+static size_t seg_len(const dp_engine *e, int s) { return e->m.seg_begin[s + 1] - e->m.seg_begin[s]; }
+
+/* ---- gradients -------------------------------------------------------------------------------- */
+
+static void start_reduce(dp_engine *e, int s) {
+    size_t b = e->m.seg_begin[s], end = e->m.seg_begin[s + 1];
+    if (e->s == DP_NO_SHARD) e->seg_req[s] = dist_iallreduce_sum_f64(e->acc + b, end - b, "all-reduce of gradients");
+    else {
+        size_t o = seg_counts(e, b, end);
+        e->seg_req[s] = dist_ireduce_scatter_f64(e->acc + b, e->acc_shard + o, e->counts, "reduce-scatter of gradients");
+    }
+}
+
+static void bucket_complete(dp_engine *e, int slot) {
+    if (!e->bucket_req[slot]) return;
+    dist_wait(e->bucket_req[slot]);
+    e->bucket_req[slot] = NULL;
+    int s = e->bucket_seg[slot];
+    size_t o = seg_counts(e, e->m.seg_begin[s], e->m.seg_begin[s + 1]);
+    size_t n = (size_t)e->counts[e->rank];
+    for (size_t i = 0; i < n; i++) e->acc_shard[o + i] += e->recv[o + i];
+}
+
+static float *hook_grads(void *ctx, int s) {
+    dp_engine *e = ctx;
+    int slot = s & 1;
+    bucket_complete(e, slot);
+    e->bucket_seg[slot] = s;
+    memset(e->bucket[slot], 0, seg_len(e, s) * sizeof(float));
+    return e->bucket[slot];
+}
+
+static void hook_grads_done(void *ctx, int s) {
+    dp_engine *e = ctx;
+    size_t b = e->m.seg_begin[s], end = e->m.seg_begin[s + 1], n = end - b;
+    if (shards_grads(e)) { /* this micro-batch's bucket: widen, reduce-scatter, add to the shard when done */
+        int slot = s & 1;
+        const float *g = e->bucket[slot];
+        double *d = e->dbucket[slot];
+#pragma omp parallel for schedule(static)
+        for (size_t i = 0; i < n; i++) d[i] = g[i];
+        size_t o = seg_counts(e, b, end);
+        e->bucket_req[slot] = dist_ireduce_scatter_f64(d, e->recv + o, e->counts, "reduce-scatter of gradients");
+        if (!e->overlap_grad) bucket_complete(e, slot);
+        dist_test(e->bucket_req[1 - slot]);
+        return;
+    }
+    /* whole gradients: add this micro-batch's segment to the fp64 sum; on the last one, reduce it */
+    const float *g = e->full_g + b;
+    double *acc = e->acc + b;
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) acc[i] += g[i];
+    if (!e->reduce_now || !e->overlap_grad) return;
+    start_reduce(e, s);
+    for (int k = s + 1; k < e->m.nseg; k++) /* let the earlier buckets progress */
+        if (e->seg_req[k]) dist_test(e->seg_req[k]);
+}
+
+/* ---- parameters (optim_grads_params) ----------------------------------------------------------- */
+
+static void gather_into(dp_engine *e, int slot, int s) {
+    if (e->gbuf_req[slot]) dist_wait(e->gbuf_req[slot]);
+    size_t o = seg_counts(e, e->m.seg_begin[s], e->m.seg_begin[s + 1]);
+    e->gbuf_seg[slot] = s;
+    e->gbuf_req[slot] = dist_iallgatherv_f32(e->p_shard + o, e->gbuf[slot], e->counts, "all-gather of parameters");
+}
+
+static const float *hook_params(void *ctx, int s, int backward) {
+    dp_engine *e = ctx;
+    int slot = e->gbuf_seg[0] == s ? 0 : e->gbuf_seg[1] == s ? 1 : -1;
+    if (slot < 0) {
+        /* not gathered yet: use the slot that does not hold the next segment in this direction */
+        int next = backward ? s - 1 : s + 1;
+        slot = e->gbuf_seg[0] == next ? 1 : 0;
+        gather_into(e, slot, s);
+    }
+    if (e->gbuf_req[slot]) {
+        dist_wait(e->gbuf_req[slot]);
+        e->gbuf_req[slot] = NULL;
+    }
+    int next = backward ? s - 1 : s + 1;
+    if (e->overlap_param && next >= 0 && next < e->m.nseg && e->gbuf_seg[1 - slot] != next) gather_into(e, 1 - slot, next);
+    return e->gbuf[slot];
+}
+
+/* ---- set-up ----------------------------------------------------------------------------------- */
+
+dp_engine *dp_engine_new(dp_model mdl, dp_sharding s, const adamw_config *oc, int overlap_grad, int overlap_param) {
+    const dist_info *di = dist_get();
+    dp_engine *e = xcalloc(1, sizeof *e);
+    e->m = mdl;
+    e->s = s;
+    e->overlap_grad = overlap_grad, e->overlap_param = overlap_param;
+    e->dp = di->dp;
+    e->rank = di->dp_rank;
+    e->total = mdl.table->total;
+    e->S = (e->total + (size_t)e->dp - 1) / (size_t)e->dp;
+    e->sb = (size_t)e->rank * e->S < e->total ? (size_t)e->rank * e->S : e->total;
+    e->se = e->sb + e->S < e->total ? e->sb + e->S : e->total;
+    e->counts = xcalloc((size_t)e->dp, sizeof(int));
+    e->seg_req = xcalloc((size_t)mdl.nseg, sizeof(dist_req *));
+    for (int k = 0; k < mdl.nseg; k++)
+        if (seg_len(e, k) > e->max_seg) e->max_seg = seg_len(e, k);
+    if (e->max_seg > (size_t)INT32_MAX) dfm_die("a model segment of %zu parameters is too large for MPI counts", e->max_seg);
+    size_t len = e->se - e->sb;
+    e->full_p = *mdl.params;
+    e->full_g = *mdl.grads;
+    mdl.hooks->grads_done = hook_grads_done;
+    mdl.hooks->ctx = e;
+    if (s == DP_NO_SHARD) {
+        adamw_init(&e->opt, mdl.table, oc);
+        e->ema = xalloc_floats(e->total);
+        memcpy(e->ema, e->full_p, e->total * sizeof(float));
+        e->p_shard = e->full_p;
+        e->acc = xcalloc(e->total, sizeof(double));
+        return e;
+    }
+    adamw_init_range(&e->opt, mdl.table, oc, e->sb, e->se);
+    e->ema = xalloc_floats(len);
+    memcpy(e->ema, e->full_p + e->sb, len * sizeof(float));
+    e->g_shard = xalloc_floats(len);
+    e->acc_shard = xcalloc(len ? len : 1, sizeof(double));
+    e->p_shard = e->full_p + e->sb;
+    if (shards_grads(e)) {
+        free(e->full_g);
+        e->full_g = *mdl.grads = NULL;
+        e->recv = xcalloc(len ? len : 1, sizeof(double));
+        for (int k = 0; k < 2; k++) {
+            e->bucket[k] = xalloc_floats(e->max_seg);
+            e->dbucket[k] = xcalloc(e->max_seg, sizeof(double));
+            e->bucket_seg[k] = -1;
+        }
+        mdl.hooks->grads = hook_grads;
+    } else
+        e->acc = xcalloc(e->total, sizeof(double));
+    if (s == DP_OPTIM_GRADS_PARAMS) {
+        e->p_shard = xalloc_floats(len);
+        memcpy(e->p_shard, e->full_p + e->sb, len * sizeof(float));
+        free(e->full_p);
+        e->full_p = *mdl.params = NULL;
+        for (int k = 0; k < 2; k++) e->gbuf[k] = xalloc_floats(e->max_seg), e->gbuf_seg[k] = -1;
+        mdl.hooks->params = hook_params;
+    }
+    return e;
+}
+
+void dp_engine_free(dp_engine *e) {
+    if (!e) return;
+    for (int k = 0; k < 2; k++) {
+        dist_wait(e->bucket_req[k]);
+        dist_wait(e->gbuf_req[k]);
+        free(e->bucket[k]);
+        free(e->dbucket[k]);
+        free(e->gbuf[k]);
+    }
+    for (int k = 0; k < e->m.nseg; k++) dist_wait(e->seg_req[k]);
+    if (e->s == DP_OPTIM_GRADS_PARAMS) free(e->p_shard);
+    free(e->g_shard), free(e->acc), free(e->acc_shard), free(e->recv), free(e->ema), free(e->counts), free(e->seg_req);
+    adamw_free(&e->opt);
+    memset(e->m.hooks, 0, sizeof *e->m.hooks);
+    free(e);
+}
+
+void dp_memory(const dp_engine *e, size_t *pb, size_t *gb, size_t *ob) {
+    size_t len = e->se - e->sb, f = sizeof(float);
+    *pb = (e->full_p ? e->total : 0) * f + (e->s == DP_OPTIM_GRADS_PARAMS ? (len + 2 * e->max_seg) * f : 0);
+    size_t d = sizeof(double);
+    *gb = (e->full_g ? e->total * f : 0) + (e->acc ? e->total * d : 0) + (e->g_shard ? len * (f + d) : 0) +
+          (shards_grads(e) ? len * d + 2 * e->max_seg * (f + d) : 0);
+    size_t opt_len = e->opt.end - e->opt.begin;
+    *ob = 2 * opt_len * f + (e->s == DP_NO_SHARD ? e->total : len) * f;
+}
+
+void dp_shard_range(const dp_engine *e, size_t *begin, size_t *end) { *begin = e->sb, *end = e->se; }
+long dp_optimizer_step(const dp_engine *e) { return e->opt.step; }
+float *dp_full_ema(dp_engine *e) { return e->s == DP_NO_SHARD ? e->ema : NULL; }
+adamw_state *dp_optimizer(dp_engine *e) { return &e->opt; }
+
+/* ---- the step --------------------------------------------------------------------------------- */
+
+void dp_begin_step(dp_engine *e) {
+    if (e->acc) memset(e->acc, 0, e->total * sizeof(double));
+    if (e->acc_shard) memset(e->acc_shard, 0, (e->se - e->sb) * sizeof(double));
+}
+
+void dp_micro_begin(dp_engine *e, int last) {
+    e->reduce_now = last;
+    if (e->full_g) memset(e->full_g, 0, e->total * sizeof(float)); /* this micro-batch's gradient alone */
+}
+
+void dp_micro_end(dp_engine *e) {
+    if (shards_grads(e))
+        for (int k = 0; k < 2; k++) bucket_complete(e, k);
+}
+
+double dp_finish_step(dp_engine *e, float lr) {
+    size_t len = e->se - e->sb;
+    if (!shards_grads(e)) {
+        for (int s = 0; s < e->m.nseg; s++)
+            if (!e->seg_req[s]) start_reduce(e, s); /* not started during the backward (no overlap, or DP = 1) */
+        for (int s = 0; s < e->m.nseg; s++) dist_wait(e->seg_req[s]), e->seg_req[s] = NULL;
+        if (e->s == DP_NO_SHARD) {
+#pragma omp parallel for schedule(static)
+            for (size_t i = 0; i < e->total; i++) e->full_g[i] = (float)e->acc[i];
+            return adamw_update(&e->opt, e->full_p, e->full_g, lr);
+        }
+    }
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < len; i++) e->g_shard[i] = (float)e->acc_shard[i];
+    double ss = sum_squares(e->g_shard, len);
+    dist_allreduce_sum_f64(&ss, 1, "all-reduce of the gradient norm");
+    double norm = sqrt(ss);
+    if (e->opt.cfg.clip_grad > 0) {
+        double coef = e->opt.cfg.clip_grad / (norm + 1e-6);
+        if (coef < 1.0) {
+            const float c = (float)coef;
+            for (size_t i = 0; i < len; i++) e->g_shard[i] *= c;
+        }
+    }
+    adamw_step_range(&e->opt, e->p_shard, e->g_shard, lr);
+    if (e->full_p) { /* optim, optim_grads: every rank needs all parameters for the next forward */
+        seg_counts(e, 0, e->total);
+        dist_wait(dist_iallgatherv_f32(e->p_shard, e->full_p, e->counts, "all-gather of updated parameters"));
+    }
+    for (int k = 0; k < 2; k++) { /* gathered copies are stale now */
+        dist_wait(e->gbuf_req[k]);
+        e->gbuf_req[k] = NULL;
+        e->gbuf_seg[k] = -1;
+    }
+    return norm;
+}
+
+void dp_ema_update(dp_engine *e, float decay) {
+    if (e->s == DP_NO_SHARD) ema_update(e->ema, e->full_p, e->total, decay);
+    else ema_update(e->ema, e->p_shard, e->se - e->sb, decay);
+}
+
+void dp_gather_full(dp_engine *e, int ema, float *out) {
+    if (e->s == DP_NO_SHARD) {
+        memcpy(out, ema ? e->ema : e->full_p, e->total * sizeof(float));
+        return;
+    }
+    seg_counts(e, 0, e->total);
+    dist_wait(dist_iallgatherv_f32(ema ? e->ema : e->p_shard, out, e->counts, "all-gather of the model"));
+}
+
+/* ---- checkpoints ------------------------------------------------------------------------------ */
+
+void dp_save_shard(dp_engine *e, const char *dir, const char *const *meta) {
+    const char *kinds[4] = {"model", "ema", "exp_avg", "exp_avg_sq"};
+    const float *bufs[4] = {e->p_shard, e->ema, e->opt.m, e->opt.v};
+    ckpt_write_shard(dir, e->rank, e->dp, e->m.table, e->sb, e->se, 4, kinds, bufs, meta);
+}
+
+int dp_load(dp_engine *e, const char *dir, int load_optim, char *err, size_t errlen) {
+    size_t eb = e->s == DP_NO_SHARD ? 0 : e->sb, ee = e->s == DP_NO_SHARD ? e->total : e->se;
+    if (e->full_p) {
+        if (ckpt_read_range(dir, "model", e->m.table, 0, e->total, e->full_p, err, errlen)) return -1;
+    } else if (ckpt_read_range(dir, "model", e->m.table, e->sb, e->se, e->p_shard, err, errlen))
+        return -1;
+    if (ckpt_read_range(dir, "ema", e->m.table, eb, ee, e->ema, err, errlen)) return -1;
+    for (int k = 0; k < 2; k++) e->gbuf_seg[k] = -1;
+    if (!load_optim) return 0;
+    if (ckpt_read_range(dir, "exp_avg", e->m.table, e->opt.begin, e->opt.end, e->opt.m, err, errlen) ||
+        ckpt_read_range(dir, "exp_avg_sq", e->m.table, e->opt.begin, e->opt.end, e->opt.v, err, errlen))
+        return -1;
+    char *step = NULL;
+    char path[4200];
+    if (ckpt_is_sharded(dir, err, errlen) == 1) step = ckpt_meta(dir, "step");
+    else {
+        snprintf(path, sizeof path, "%s/optimizer.safetensors", dir);
+        st_file *f = st_open(path, err, errlen);
+        if (!f) return -1;
+        if (st_meta(f, "step")) step = xstrdup(st_meta(f, "step"));
+        st_close(f);
+    }
+    if (!step) {
+        snprintf(err, errlen, "'%s': the optimizer state has no 'step' metadata", dir);
+        return -1;
+    }
+    e->opt.step = atol(step);
+    free(step);
+    return 0;
+}

@@ -1,0 +1,239 @@
+/* MPI process groups and bounded collectives (see dist.h). */
+#include "dfm/dist.h"
+#include "dfm/common.h"
+
+#include <mpi.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static dist_info info = {0, 0, 1, 0, 1, 1, 1, 1, 1, 0, 0, 0, 0, 600.0};
+static MPI_Comm dp_comm = MPI_COMM_NULL, tp_comm = MPI_COMM_NULL, cp_comm = MPI_COMM_NULL, pp_comm = MPI_COMM_NULL;
+static double wait_time;
+
+struct dist_req {
+    MPI_Request req;
+    const char *what;
+    int *displs; /* owned, for the v-collectives */
+};
+
+
+static void abort_all(int code) {
+    fflush(stdout);
+    fflush(stderr);
+    MPI_Abort(MPI_COMM_WORLD, code ? code : 1);
+    exit(code ? code : 1);
+}
+
+static void check(int rc, const char *what) {
+    if (rc == MPI_SUCCESS) return;
+    char msg[MPI_MAX_ERROR_STRING];
+    int len = 0;
+    MPI_Error_string(rc, msg, &len);
+    dfm_die("%s: MPI error: %s", what, msg);
+}
+
+void dist_init(int *argc, char ***argv) {
+    if (info.active) return;
+    int launched = getenv("OMPI_COMM_WORLD_SIZE") || getenv("PMI_SIZE") || getenv("PMIX_RANK");
+    if (!launched) return;
+    int provided = 0;
+    if (MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided) != MPI_SUCCESS) dfm_die("MPI_Init_thread failed");
+    MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
+    info.active = 1;
+    MPI_Comm_rank(MPI_COMM_WORLD, &info.rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &info.size);
+    MPI_Comm local;
+    MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, info.rank, MPI_INFO_NULL, &local);
+    MPI_Comm_rank(local, &info.local_rank);
+    MPI_Comm_size(local, &info.local_size);
+    MPI_Comm_free(&local);
+    info.dp = info.size;
+    info.dp_rank = info.rank;
+    MPI_Comm_dup(MPI_COMM_WORLD, &dp_comm);
+    char prefix[48];
+    snprintf(prefix, sizeof prefix, "rank %d: ", info.rank);
+    dfm_set_die_hook(prefix, abort_all);
+}
+
+const dist_info *dist_get(void) { return &info; }
+
+void dist_set_timeout(double seconds) { info.timeout_s = seconds > 0 ? seconds : 600.0; }
+
+int dist_setup_groups(int tp, int cp, int pp, char *err, size_t errlen) {
+    if (tp < 1 || cp < 1 || pp < 1) {
+        snprintf(err, errlen, "parallel sizes must be >= 1 (tensor %d, context %d, pipeline %d)", tp, cp, pp);
+        return -1;
+    }
+    long model = (long)tp * cp * pp;
+    if (info.size % model) {
+        snprintf(err, errlen,
+                 "the world size %d (mpirun -np) is not divisible by tensor x context x pipeline parallel = %d x %d x "
+                 "%d = %ld",
+                 info.size, tp, cp, pp, model);
+        return -1;
+    }
+    info.tp = tp, info.cp = cp, info.pp = pp;
+    info.dp = (int)(info.size / model);
+    int r = info.rank;
+    info.tp_rank = r % tp;
+    info.cp_rank = (r / tp) % cp;
+    info.dp_rank = (r / (tp * cp)) % info.dp;
+    info.pp_rank = r / (tp * cp * info.dp);
+    if (!info.active) return 0;
+    MPI_Comm *comms[] = {&dp_comm, &tp_comm, &cp_comm, &pp_comm};
+    for (int i = 0; i < 4; i++)
+        if (*comms[i] != MPI_COMM_NULL) MPI_Comm_free(comms[i]);
+    /* ranks that share every coordinate but one form that coordinate's group, ordered by it */
+    int tp_key = info.tp_rank, cp_key = info.cp_rank, dp_key = info.dp_rank, pp_key = info.pp_rank;
+    int tp_color = r / tp;
+    int cp_color = info.tp_rank + tp * (info.dp_rank + info.dp * info.pp_rank);
+    int dp_color = info.tp_rank + tp * (info.cp_rank + cp * info.pp_rank);
+    int pp_color = r % (tp * cp * info.dp);
+    check(MPI_Comm_split(MPI_COMM_WORLD, tp_color, tp_key, &tp_comm), "creating the tensor-parallel group");
+    check(MPI_Comm_split(MPI_COMM_WORLD, cp_color, cp_key, &cp_comm), "creating the context-parallel group");
+    check(MPI_Comm_split(MPI_COMM_WORLD, dp_color, dp_key, &dp_comm), "creating the data-parallel group");
+    check(MPI_Comm_split(MPI_COMM_WORLD, pp_color, pp_key, &pp_comm), "creating the pipeline-parallel group");
+    for (int i = 0; i < 4; i++) MPI_Comm_set_errhandler(*comms[i], MPI_ERRORS_RETURN);
+    return 0;
+}
+
+void dist_finalize(void) {
+    if (!info.active) return;
+    MPI_Comm *comms[] = {&dp_comm, &tp_comm, &cp_comm, &pp_comm};
+    for (int i = 0; i < 4; i++)
+        if (*comms[i] != MPI_COMM_NULL) MPI_Comm_free(comms[i]);
+    dfm_set_die_hook(NULL, NULL);
+    MPI_Finalize();
+    info.active = 0;
+}
+
+/* ---- waiting with a bound ---------------------------------------------------------------------- */
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* Poll rather than block in MPI_Wait, so that a peer that never answers is noticed. The sleep grows from
+ * nothing to 200 us: short collectives finish at full speed, long waits leave the core to the other ranks. */
+static void wait_bounded(MPI_Request *req, const char *what) {
+    double t0 = now_s();
+    int done = 0;
+    long spins = 0;
+    while (!done) {
+        check(MPI_Test(req, &done, MPI_STATUS_IGNORE), what);
+        if (done) break;
+        double el = now_s() - t0;
+        if (el > info.timeout_s)
+            dfm_die("%s: no answer from the other ranks for %.0f s (dist.timeout_s): a rank has stalled or died",
+                    what, el);
+        if (++spins > 100) {
+            struct timespec ts = {0, spins > 2000 ? 200000 : 20000};
+            nanosleep(&ts, NULL);
+        }
+    }
+    wait_time += now_s() - t0;
+}
+
+double dist_take_wait_time(void) {
+    double t = wait_time;
+    wait_time = 0;
+    return t;
+}
+
+/* ---- collectives -------------------------------------------------------------------------------- */
+
+void dist_barrier_world(void) {
+    if (!info.active) return;
+    MPI_Request r;
+    check(MPI_Ibarrier(MPI_COMM_WORLD, &r), "barrier");
+    wait_bounded(&r, "barrier");
+}
+
+void dist_allreduce_sum_f64(double *v, int n, const char *what) {
+    if (!info.active || info.dp == 1) return;
+    MPI_Request r;
+    check(MPI_Iallreduce(MPI_IN_PLACE, v, n, MPI_DOUBLE, MPI_SUM, dp_comm, &r), what);
+    wait_bounded(&r, what);
+}
+
+int dist_any_world(int flag, const char *what) {
+    if (!info.active) return flag;
+    MPI_Request r;
+    int v = flag;
+    check(MPI_Iallreduce(MPI_IN_PLACE, &v, 1, MPI_INT, MPI_BOR, MPI_COMM_WORLD, &r), what);
+    wait_bounded(&r, what);
+    return v;
+}
+
+void dist_bcast_bytes(void *buf, size_t n, int root, const char *what) {
+    if (!info.active || info.dp == 1) return;
+    if (n > INT32_MAX) dfm_die("%s: broadcast of %zu bytes is too large", what, n);
+    MPI_Request r;
+    check(MPI_Ibcast(buf, (int)n, MPI_BYTE, root, dp_comm, &r), what);
+    wait_bounded(&r, what);
+}
+
+static dist_req *new_req(const char *what) {
+    dist_req *q = xcalloc(1, sizeof *q);
+    q->req = MPI_REQUEST_NULL;
+    q->what = what;
+    return q;
+}
+
+dist_req *dist_iallreduce_sum_f64(double *buf, size_t n, const char *what) {
+    dist_req *q = new_req(what);
+    if (!info.active || info.dp == 1) return q;
+    if (n > INT32_MAX) dfm_die("%s: %zu values in one all-reduce is too many", what, n);
+    check(MPI_Iallreduce(MPI_IN_PLACE, buf, (int)n, MPI_DOUBLE, MPI_SUM, dp_comm, &q->req), what);
+    return q;
+}
+
+dist_req *dist_ireduce_scatter_f64(const double *send, double *recv, const int *counts, const char *what) {
+    dist_req *q = new_req(what);
+    if (!info.active || info.dp == 1) {
+        if (counts[0] && recv != send) memcpy(recv, send, sizeof(double) * (size_t)counts[0]);
+        return q;
+    }
+    check(MPI_Ireduce_scatter(send, recv, counts, MPI_DOUBLE, MPI_SUM, dp_comm, &q->req), what);
+    return q;
+}
+
+dist_req *dist_iallgatherv_f32(const float *send, float *recv, const int *counts, const char *what) {
+    dist_req *q = new_req(what);
+    if (!info.active || info.dp == 1) {
+        if (counts[0] && recv != send) memmove(recv, send, sizeof(float) * (size_t)counts[0]);
+        return q;
+    }
+    q->displs = xmalloc(sizeof(int) * (size_t)info.dp);
+    int off = 0;
+    for (int r = 0; r < info.dp; r++) q->displs[r] = off, off += counts[r];
+    /* a rank's part already in place (send inside recv at its displacement) goes as MPI_IN_PLACE */
+    const void *src = send == recv + q->displs[info.dp_rank] ? MPI_IN_PLACE : send;
+    check(MPI_Iallgatherv(src, counts[info.dp_rank], MPI_FLOAT, recv, counts, q->displs, MPI_FLOAT, dp_comm, &q->req),
+          what);
+    return q;
+}
+
+void dist_wait(dist_req *q) {
+    if (!q) return;
+    if (q->req != MPI_REQUEST_NULL) wait_bounded(&q->req, q->what);
+    free(q->displs);
+    free(q);
+}
+
+int dist_test(dist_req *q) {
+    if (!info.active) return 1;
+    if (!q || q->req == MPI_REQUEST_NULL) {
+        int flag;
+        MPI_Iprobe(MPI_ANY_SOURCE, MPI_ANY_TAG, MPI_COMM_WORLD, &flag, MPI_STATUS_IGNORE);
+        return 1;
+    }
+    int done = 0;
+    check(MPI_Test(&q->req, &done, MPI_STATUS_IGNORE), q->what);
+    return done;
+}

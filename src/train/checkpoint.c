@@ -1,0 +1,257 @@
+/* Consolidated and sharded checkpoint tensors (see checkpoint.h). */
+#include "dfm/checkpoint.h"
+#include "dfm/common.h"
+#include "dfm/safetensors.h"
+
+#include <dirent.h>
+#include <jansson.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+static int file_exists(const char *p) {
+    struct stat sb;
+    return stat(p, &sb) == 0 && S_ISREG(sb.st_mode);
+}
+
+static void shard_path(char *out, size_t n, const char *dir, int rank, int world) {
+    snprintf(out, n, "%s/shard_%05d_of_%05d.safetensors", dir, rank, world);
+}
+
+void ckpt_write_shard(const char *dir, int rank, int world, const param_table *t, size_t begin, size_t end, int nkinds,
+                      const char *const *kinds, const float *const *bufs, const char *const *meta) {
+    st_writer *w = st_writer_new();
+    json_t *pieces = json_object();
+    char **names = xcalloc((size_t)t->n * (size_t)nkinds + 1, sizeof(char *));
+    int nn = 0;
+    for (int i = 0; i < t->n; i++) {
+        const param_entry *e = &t->e[i];
+        size_t lo = e->offset > begin ? e->offset : begin;
+        size_t hi = e->offset + e->numel < end ? e->offset + e->numel : end;
+        if (lo >= hi) continue;
+        json_t *shape = json_array();
+        for (int d = 0; d < e->ndim; d++) json_array_append_new(shape, json_integer((json_int_t)e->shape[d]));
+        json_object_set_new(pieces, e->name, json_pack("{s:o, s:I}", "shape", shape, "offset", (json_int_t)(lo - e->offset)));
+        int64_t n1 = (int64_t)(hi - lo);
+        for (int k = 0; k < nkinds; k++) {
+            size_t len = strlen(kinds[k]) + strlen(e->name) + 2;
+            names[nn] = xmalloc(len);
+            snprintf(names[nn], len, "%s.%s", kinds[k], e->name);
+            st_writer_add(w, names[nn++], ST_F32, 1, &n1, bufs[k] + (lo - begin));
+        }
+    }
+    json_t *info = json_pack("{s:i, s:i, s:I, s:I, s:I, s:o}", "rank", rank, "world", world, "begin", (json_int_t)begin,
+                             "end", (json_int_t)end, "total", (json_int_t)t->total, "pieces", pieces);
+    char *text = json_dumps(info, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    st_writer_meta(w, "dfm_shard", text);
+    for (int i = 0; meta && meta[i]; i += 2)
+        if (meta[i + 1]) st_writer_meta(w, meta[i], meta[i + 1]);
+    char path[4200];
+    shard_path(path, sizeof path, dir, rank, world);
+    st_writer_finish(w, path);
+    free(text);
+    json_decref(info);
+    for (int i = 0; i < nn; i++) free(names[i]);
+    free(names);
+}
+
+/* The world size of the shard files in dir (from shard_00000_of_WWWWW), or 0. */
+static int shard_world(const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d) return 0;
+    struct dirent *e;
+    int world = 0;
+    while ((e = readdir(d))) {
+        int r, w;
+        char tail[32];
+        if (sscanf(e->d_name, "shard_%5d_of_%5d.%31s", &r, &w, tail) == 3 && r == 0 && !strcmp(tail, "safetensors") &&
+            w > 0)
+            world = w;
+    }
+    closedir(d);
+    return world;
+}
+
+int ckpt_is_sharded(const char *dir, char *err, size_t errlen) {
+    char p[4200];
+    snprintf(p, sizeof p, "%s/model.safetensors", dir);
+    if (file_exists(p)) return 0;
+    if (shard_world(dir) > 0) return 1;
+    snprintf(err, errlen, "'%s' holds neither model.safetensors nor shard_00000_of_NNNNN.safetensors", dir);
+    return -1;
+}
+
+char *ckpt_meta(const char *dir, const char *key) {
+    char p[4200];
+    snprintf(p, sizeof p, "%s/model.safetensors", dir);
+    if (!file_exists(p)) {
+        int w = shard_world(dir);
+        if (!w) return NULL;
+        shard_path(p, sizeof p, dir, 0, w);
+    }
+    st_file *f = st_open(p, NULL, 0);
+    if (!f) return NULL;
+    const char *v = st_meta(f, key);
+    char *out = v ? xstrdup(v) : NULL;
+    st_close(f);
+    return out;
+}
+
+static int is_float(st_dtype d) { return d == ST_F32 || d == ST_F16 || d == ST_BF16 || d == ST_F64; }
+
+static void shape_text(char *out, size_t n, int ndim, const int64_t *shape) {
+    size_t k = (size_t)snprintf(out, n, "[");
+    for (int d = 0; d < ndim && k < n; d++) k += (size_t)snprintf(out + k, n - k, d ? ", %lld" : "%lld", (long long)shape[d]);
+    if (k < n) snprintf(out + k, n - k, "]");
+}
+
+/* Copy the part of src (covering flat [src_lo, src_lo + n)) that falls in [begin, end) into out. */
+static size_t copy_overlap(float *out, size_t begin, size_t end, const float *src, size_t src_lo, size_t n) {
+    size_t lo = src_lo > begin ? src_lo : begin, hi = src_lo + n < end ? src_lo + n : end;
+    if (lo >= hi) return 0;
+    memcpy(out + (lo - begin), src + (lo - src_lo), (hi - lo) * sizeof(float));
+    return hi - lo;
+}
+
+static int read_consolidated(const char *dir, const char *kind, const param_table *t, size_t begin, size_t end,
+                             float *out, char *err, size_t errlen) {
+    const char *file = "model", *prefix = "";
+    if (!strcmp(kind, "ema")) file = "ema";
+    else if (!strcmp(kind, "exp_avg")) file = "optimizer", prefix = "exp_avg.";
+    else if (!strcmp(kind, "exp_avg_sq")) file = "optimizer", prefix = "exp_avg_sq.";
+    else if (strcmp(kind, "model")) {
+        snprintf(err, errlen, "internal: unknown checkpoint kind '%s'", kind);
+        return -1;
+    }
+    char path[4200], name[600], want[128], got[128];
+    snprintf(path, sizeof path, "%s/%s.safetensors", dir, file);
+    st_file *f = st_open(path, err, errlen);
+    if (!f) return -1;
+    float *tmp = NULL;
+    size_t tmp_cap = 0;
+    int rc = 0;
+    for (int i = 0; i < t->n && !rc; i++) {
+        const param_entry *e = &t->e[i];
+        if (e->offset >= end || e->offset + e->numel <= begin) continue;
+        snprintf(name, sizeof name, "%s%s", prefix, e->name);
+        const st_tensor *s = st_find(f, name);
+        shape_text(want, sizeof want, e->ndim, e->shape);
+        int same = s && s->ndim == e->ndim;
+        for (int d = 0; same && d < e->ndim; d++) same = s->shape[d] == e->shape[d];
+        if (!s) snprintf(err, errlen, "'%s': tensor '%s' %s is missing", path, name, want), rc = -1;
+        else if (!same) {
+            shape_text(got, sizeof got, s->ndim, s->shape);
+            snprintf(err, errlen, "'%s': tensor '%s' has shape %s, but this model expects %s", path, name, got, want);
+            rc = -1;
+        } else if (!is_float(s->dtype)) {
+            snprintf(err, errlen, "'%s': tensor '%s' has dtype %s; expected a floating-point dtype", path, name,
+                     st_dtype_name(s->dtype));
+            rc = -1;
+        } else if (e->offset >= begin && e->offset + e->numel <= end) {
+            st_read_f32(f, s, out + (e->offset - begin));
+        } else {
+            if (tmp_cap < e->numel) free(tmp), tmp = xalloc_floats(tmp_cap = e->numel);
+            st_read_f32(f, s, tmp);
+            copy_overlap(out, begin, end, tmp, e->offset, e->numel);
+        }
+    }
+    free(tmp);
+    st_close(f);
+    return rc;
+}
+
+static int read_sharded(const char *dir, const char *kind, const param_table *t, size_t begin, size_t end, float *out,
+                        char *err, size_t errlen) {
+    int world = shard_world(dir);
+    size_t *covered = xcalloc((size_t)t->n, sizeof(size_t));
+    float *tmp = NULL;
+    size_t tmp_cap = 0;
+    int rc = 0;
+    char path[4200], name[600], want[128];
+    for (int r = 0; r < world && !rc; r++) {
+        shard_path(path, sizeof path, dir, r, world);
+        if (!file_exists(path)) {
+            snprintf(err, errlen, "'%s' is missing: the checkpoint was saved by %d ranks and needs all their shards", path,
+                     world);
+            rc = -1;
+            break;
+        }
+        st_file *f = st_open(path, err, errlen);
+        if (!f) {
+            rc = -1;
+            break;
+        }
+        const char *mtext = st_meta(f, "dfm_shard");
+        json_t *m = mtext ? json_loads(mtext, 0, NULL) : NULL;
+        json_t *pieces = m ? json_object_get(m, "pieces") : NULL;
+        json_t *total = m ? json_object_get(m, "total") : NULL;
+        if (!json_is_object(pieces) || !json_is_integer(total)) {
+            snprintf(err, errlen, "'%s': metadata 'dfm_shard' is missing or lacks \"pieces\"/\"total\"", path);
+            rc = -1;
+        } else if ((size_t)json_integer_value(total) != t->total) {
+            snprintf(err, errlen, "'%s' holds a model of %lld parameters; this one has %zu", path,
+                     (long long)json_integer_value(total), t->total);
+            rc = -1;
+        }
+        for (int i = 0; i < t->n && !rc; i++) {
+            const param_entry *e = &t->e[i];
+            json_t *pc = json_object_get(pieces, e->name);
+            if (!pc) continue;
+            json_t *shape = json_object_get(pc, "shape"), *off = json_object_get(pc, "offset");
+            int same = json_is_array(shape) && (int)json_array_size(shape) == e->ndim && json_is_integer(off);
+            for (int d = 0; same && d < e->ndim; d++)
+                same = json_integer_value(json_array_get(shape, (size_t)d)) == e->shape[d];
+            snprintf(name, sizeof name, "%s.%s", kind, e->name);
+            const st_tensor *s = st_find(f, name);
+            shape_text(want, sizeof want, e->ndim, e->shape);
+            if (!same) {
+                snprintf(err, errlen, "'%s': piece of '%s' is not of a tensor of shape %s", path, e->name, want);
+                rc = -1;
+            } else if (!s || s->ndim != 1 || !is_float(s->dtype)) {
+                snprintf(err, errlen, "'%s': tensor '%s' is missing or not a 1-D floating-point piece", path, name);
+                rc = -1;
+            } else {
+                json_int_t o = json_integer_value(off);
+                size_t n = (size_t)s->shape[0];
+                if (o < 0 || (size_t)o + n > e->numel) {
+                    snprintf(err, errlen, "'%s': piece '%s' [%lld, +%zu) lies outside its tensor of %zu elements", path,
+                             name, (long long)o, n, e->numel);
+                    rc = -1;
+                    break;
+                }
+                size_t lo = e->offset + (size_t)o;
+                if (lo >= end || lo + n <= begin) continue;
+                if (tmp_cap < n) free(tmp), tmp = xalloc_floats(tmp_cap = n);
+                st_read_f32(f, s, tmp);
+                covered[i] += copy_overlap(out, begin, end, tmp, lo, n);
+            }
+        }
+        if (m) json_decref(m);
+        st_close(f);
+    }
+    for (int i = 0; i < t->n && !rc; i++) {
+        const param_entry *e = &t->e[i];
+        size_t lo = e->offset > begin ? e->offset : begin, hi = e->offset + e->numel < end ? e->offset + e->numel : end;
+        size_t need = lo < hi ? hi - lo : 0;
+        if (covered[i] != need) {
+            snprintf(err, errlen, "'%s': the %d shards cover %zu of the %zu elements of '%s.%s' needed here", dir, world,
+                     covered[i], need, kind, e->name);
+            rc = -1;
+        }
+    }
+    free(tmp);
+    free(covered);
+    return rc;
+}
+
+int ckpt_read_range(const char *dir, const char *kind, const param_table *t, size_t begin, size_t end, float *out,
+                    char *err, size_t errlen) {
+    if (begin > end || end > t->total) {
+        snprintf(err, errlen, "internal: range [%zu, %zu) outside the model's %zu parameters", begin, end, t->total);
+        return -1;
+    }
+    int sharded = ckpt_is_sharded(dir, err, errlen);
+    if (sharded < 0) return -1;
+    return sharded ? read_sharded(dir, kind, t, begin, end, out, err, errlen)
+                   : read_consolidated(dir, kind, t, begin, end, out, err, errlen);
+}

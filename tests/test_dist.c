@@ -1,0 +1,230 @@
+/* Many processes (mpirun --oversubscribe on 2 cores): DDP and every sharding strategy against one process,
+ * checkpoints across layouts, and failures that end the whole job. */
+#include "dfm/checkpoint.h"
+#include "dfm/dit.h"
+#include "test.h"
+#include "test_fs.h"
+
+#include <jansson.h>
+#include <math.h>
+#include <time.h>
+
+static const char *TINY =
+    "model.num_layers=2 model.hidden_size=32 model.num_attention_heads=2 model.ffn_hidden_size=64 "
+    "model.patch_size=7 train.global_batch_size=8 train.micro_batch_size=2 train.eval_interval=100 "
+    "train.eval_iters=1 dataset.val_samples=16 dataset.num_workers=0 logger.log_interval=1 optimizer.lr=3e-3 "
+    "scheduler.lr_warmup_iters=2 checkpoint.most_recent_k=4 train.train_iters=10 checkpoint.save_interval=5";
+
+static const char *strategies[] = {"no_shard", "optim", "optim_grads", "optim_grads_params"};
+static char *dir;
+static const char *bin;
+
+/* Losses by step from metrics.jsonl (steps first..last); returns how many were found. */
+static int read_losses(const char *run, double *loss, int max_step) {
+    char *text = test_read_file(test_path("%s/metrics.jsonl", run), NULL);
+    int n = 0;
+    for (char *line = text ? strtok(text, "\n") : NULL; line; line = strtok(NULL, "\n")) {
+        json_t *o = json_loads(line, 0, NULL);
+        json_t *st = o ? json_object_get(o, "step") : NULL, *l = o ? json_object_get(o, "loss") : NULL;
+        if (json_is_integer(st) && json_is_number(l) && json_integer_value(st) <= max_step) {
+            loss[json_integer_value(st)] = json_number_value(l);
+            n++;
+        }
+        if (o) json_decref(o);
+    }
+    free(text);
+    return n;
+}
+
+/* Worst relative difference of the losses of steps [from, to] between two runs (inf if any is missing). */
+static double loss_diff(const char *a, const char *b, int from, int to) {
+    double la[64], lb[64];
+    for (int i = 0; i < 64; i++) la[i] = lb[i] = NAN;
+    read_losses(a, la, 63);
+    read_losses(b, lb, 63);
+    double worst = 0;
+    for (int s = from; s <= to; s++) {
+        double d = fabs(la[s] - lb[s]) / fabs(lb[s]);
+        if (!(d <= worst)) worst = isnan(d) ? INFINITY : d;
+    }
+    return worst;
+}
+
+/* Worst relative difference of a kind of checkpoint tensor ("model", "ema") between two iteration folders,
+ * each read whole from whatever form it was saved in. */
+static double weights_diff(const char *a, const char *b, const char *kind) {
+    dit_config c;
+    dit_config_named(&c, "tiny");
+    c.num_layers = 2, c.hidden_size = 32, c.num_heads = 2, c.ffn_hidden_size = 64, c.patch_size = 7;
+    c.in_channels = 1, c.out_channels = 1, c.image_size = 28, c.num_classes = 10;
+    dit_model m;
+    dit_create(&m, &c, 1);
+    size_t n = m.table.total;
+    float *wa = xalloc_floats(n), *wb = xalloc_floats(n);
+    char err[1024];
+    double d = INFINITY;
+    if (ckpt_read_range(a, kind, &m.table, 0, n, wa, err, sizeof err) == 0 &&
+        ckpt_read_range(b, kind, &m.table, 0, n, wb, err, sizeof err) == 0)
+        d = test_rel_err(wa, wb, n);
+    else printf("# %s\n", err);
+    free(wa), free(wb);
+    dit_free(&m);
+    return d;
+}
+
+static int train(int np, const char *name, const char *extra) {
+    char cmd[4096];
+    if (np > 0)
+        snprintf(cmd, sizeof cmd, "mpirun --oversubscribe -np %d %s pretrain %s logger.output_dir=%s/%s "
+                 "checkpoint.save=%s/%s/ck %s > %s/%s.log 2>&1", np, bin, TINY, dir, name, dir, name, extra, dir, name);
+    else
+        snprintf(cmd, sizeof cmd, "%s pretrain %s logger.output_dir=%s/%s checkpoint.save=%s/%s/ck %s > %s/%s.log 2>&1",
+                 bin, TINY, dir, name, dir, name, extra, dir, name);
+    int rc = test_sh("%s", cmd);
+    if (rc != 0) {
+        printf("# '%s' failed (%d); its log:\n", cmd, rc);
+        test_sh("tail -20 %s/%s.log | sed 's/^/#   /'", dir, name);
+    }
+    return rc;
+}
+
+static void same_as_one_process(void) {
+    const char *one = test_path("%s/one", dir);
+    char one_run[1024];
+    snprintf(one_run, sizeof one_run, "%s", one);
+    CHECK(train(0, "one", "") == 0, "one process trains");
+    int nps[] = {2, 4};
+    for (int k = 0; k < 2; k++)
+        for (int s = 0; s < 4; s++) {
+            char name[64], extra[256];
+            snprintf(name, sizeof name, "np%d_%s", nps[k], strategies[s]);
+            snprintf(extra, sizeof extra, "ddp.data_parallel_sharding_strategy=%s", strategies[s]);
+            int rc = train(nps[k], name, extra);
+            char run[1024];
+            snprintf(run, sizeof run, "%s/%s", dir, name);
+            double dl = rc ? INFINITY : loss_diff(run, one_run, 1, 10);
+            double dw = rc ? INFINITY : weights_diff(test_path("%s/ck/iter_0000010", run), test_path("%s/ck/iter_0000010", one_run), "model");
+            double de = rc ? INFINITY : weights_diff(test_path("%s/ck/iter_0000010", run), test_path("%s/ck/iter_0000010", one_run), "ema");
+            CHECK(dl <= 1e-6 && dw <= 1e-6 && de <= 1e-6,
+                  "DP=%d %s vs one process, 10 steps: losses rel %.2e, weights rel %.2e, EMA rel %.2e (tol 1e-6)", nps[k],
+                  strategies[s], dl, dw, de);
+        }
+    /* one process with each sharding strategy (DP = 1): the engine's paths under the leak checker */
+    for (int s = 1; s < 4; s++) {
+        char name[64], extra[256];
+        snprintf(name, sizeof name, "np1_%s", strategies[s]);
+        snprintf(extra, sizeof extra, "ddp.data_parallel_sharding_strategy=%s", strategies[s]);
+        int rc = train(0, name, extra);
+        double dl = rc ? INFINITY : loss_diff(test_path("%s/%s", dir, name), one_run, 1, 10);
+        CHECK(dl == 0, "one process with sharding %s: losses bit-identical to no_shard (rel %.2e)", strategies[s], dl);
+    }
+}
+
+static void resume_across_layouts(void) {
+    const char *saved = test_path("%s/np4_optim_grads_params/ck/iter_0000005", dir);
+    struct stat sb;
+    CHECK(stat(test_path("%s/shard_00003_of_00004.safetensors", saved), &sb) == 0,
+          "DP=4 optim_grads_params saves one shard per rank");
+    const char *layouts[][2] = {{"2", "no_shard"}, {"2", "optim_grads"}, {"0", "no_shard"}, {"0", "optim_grads_params"}};
+    for (int k = 0; k < 4; k++) {
+        char name[64], extra[1024];
+        snprintf(name, sizeof name, "resume_np%s_%s", layouts[k][0], layouts[k][1]);
+        snprintf(extra, sizeof extra, "ddp.data_parallel_sharding_strategy=%s checkpoint.load=%s", layouts[k][1], saved);
+        int rc = train(atoi(layouts[k][0]), name, extra);
+        char run[1024];
+        snprintf(run, sizeof run, "%s/%s", dir, name);
+        double dl = rc ? INFINITY : loss_diff(run, test_path("%s/one", dir), 6, 10);
+        double dw = rc ? INFINITY
+                       : weights_diff(test_path("%s/ck/iter_0000010", run), test_path("%s/one/ck/iter_0000010", dir), "model");
+        CHECK(dl <= 1e-6 && dw <= 1e-6,
+              "saved with DP=4 optim_grads_params, resumed with %s %s: steps 6-10 losses rel %.2e, final weights rel "
+              "%.2e vs the uninterrupted run",
+              atoi(layouts[k][0]) ? "DP=2" : "one process,", layouts[k][1], dl, dw);
+    }
+    /* the sharded checkpoint feeds generate like a consolidated one */
+    char *out = NULL;
+    char cmd[2048];
+    snprintf(cmd, sizeof cmd, "%s generate --checkpoint %s/np4_optim_grads_params/ck --out %s/gen --per-class 1 --steps 2",
+             bin, dir, dir);
+    int rc = test_capture(cmd, &out);
+    CHECK(rc == 0 && stat(test_path("%s/gen/grid.png", dir), &sb) == 0,
+          "dfm generate reads a sharded checkpoint: %.200s", out);
+    free(out);
+}
+
+static void layout_errors(void) {
+    char cmd[2048], *out = NULL;
+    snprintf(cmd, sizeof cmd, "mpirun --oversubscribe -np 2 %s pretrain %s train.global_batch_size=6 logger.output_dir=%s/e",
+             bin, TINY, dir);
+    int rc = test_capture(cmd, &out);
+    CHECK(rc != 0 && strstr(out, "train.global_batch_size 6 does not divide into data-parallel size 2 x "
+                                 "train.micro_batch_size 2"),
+          "a global batch that DP x micro-batch does not divide is refused, naming the numbers");
+    free(out);
+    snprintf(cmd, sizeof cmd, "mpirun --oversubscribe -np 3 %s pretrain %s model.tensor_model_parallel_size=2 "
+             "logger.output_dir=%s/e", bin, TINY, dir);
+    rc = test_capture(cmd, &out);
+    CHECK(rc != 0 && strstr(out, "world size 3 (mpirun -np) is not divisible by tensor x context x pipeline parallel"),
+          "a layout that does not divide the world is refused: %.300s", out);
+    free(out);
+    snprintf(cmd, sizeof cmd, "mpirun --oversubscribe -np 2 %s pretrain %s model.tensor_model_parallel_size=2 "
+             "logger.output_dir=%s/e", bin, TINY, dir);
+    rc = test_capture(cmd, &out);
+    CHECK(rc != 0 && strstr(out, "not built yet"), "tensor parallelism (not built yet) is refused, not ignored");
+    free(out);
+}
+
+/* Start a long run under mpirun, wait for its first logged step, do `action` to one rank (a signal), and time how
+ * long the job takes to end. */
+static void fail_one_rank(const char *name, const char *signal, const char *extra, const char *expect) {
+    const char *run = test_path("%s/%s", dir, name);
+    char script[4096];
+    snprintf(script, sizeof script,
+             "mpirun --oversubscribe -np 2 %s pretrain %s train.train_iters=100000 %s logger.output_dir=%s "
+             "checkpoint.save=null > %s.log 2>&1 & MP=$!; "
+             "for i in $(seq 600); do [ -s %s/metrics.jsonl ] && break; sleep 0.1; done; "
+             "P=$(pgrep -f '^[^ ]*dfm pretrain .*%s' | tail -1); kill -%s $P; S=$(date +%%s.%%N); "
+             "wait $MP; RC=$?; E=$(date +%%s.%%N); echo $RC $S $E > %s.result; "
+             "pkill -9 -f '^[^ ]*dfm pretrain .*%s' 2>/dev/null; true",
+             bin, TINY, extra, run, run, run, run, signal, run, run);
+    FILE *f = fopen(test_path("%s.sh", run), "w");
+    if (f) fputs(script, f), fclose(f);
+    test_sh("bash %s.sh", run);
+    char *res = test_read_file(test_path("%s.result", run), NULL), *log = test_read_file(test_path("%s.log", run), NULL);
+    int rc = -1;
+    double t0 = 0, t1 = 1e9;
+    if (res) sscanf(res, "%d %lf %lf", &rc, &t0, &t1);
+    CHECK(rc > 0 && t1 - t0 < 30 && log && (!expect || strstr(log, expect)),
+          "%s: the job ends with status %d %.1f s later%s%s", name, rc, t1 - t0, expect ? ", saying: " : "",
+          expect && log && strstr(log, expect) ? strstr(log, expect) : "");
+    free(res), free(log);
+}
+
+int main(void) {
+    bin = test_dfm_bin();
+    setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 1);
+    setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 1);
+    setenv("OMPI_MCA_btl_vader_single_copy_mechanism", "none", 1); /* containers may forbid cross-memory attach */
+    if (getenv("DFM_TEST_SANITIZER")) {
+        /* OpenMPI's own allocations outlive MPI_Finalize: suppress them (full unwinding, so that the frames inside
+         * its plugins are named) and keep checking dfm's */
+        setenv("OMPI_MCA_mca_base_component_disable_dlclose", "1", 1);
+        char supp[1024], cwd[800];
+        snprintf(supp, sizeof supp, "suppressions=%s/tests/lsan-mpi.supp", getcwd(cwd, sizeof cwd) ? cwd : ".");
+        setenv("LSAN_OPTIONS", supp, 1);
+        setenv("ASAN_OPTIONS", "detect_leaks=1:fast_unwind_on_malloc=0", 1);
+    }
+    if (test_sh("command -v mpirun >/dev/null") != 0) {
+        printf("FAIL mpirun is missing (apt-get install openmpi-bin libopenmpi-dev)\n");
+        return 1;
+    }
+    dir = test_mkdtemp();
+    same_as_one_process();
+    resume_across_layouts();
+    layout_errors();
+    fail_one_rank("killed", "9", "", NULL);
+    fail_one_rank("stalled", "STOP", "dist.timeout_s=3", "no answer from the other ranks");
+    test_rmtree(dir);
+    free(dir);
+    return test_finish();
+}
