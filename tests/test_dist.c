@@ -10,7 +10,7 @@
 #include <time.h>
 
 static const char *TINY =
-    "model.num_layers=2 model.hidden_size=32 model.num_attention_heads=2 model.ffn_hidden_size=64 "
+    "model.num_layers=2 model.hidden_size=32 model.num_attention_heads=2 model.ffn_hidden_size=128 "
     "model.patch_size=7 train.global_batch_size=8 train.micro_batch_size=2 train.eval_interval=100 "
     "train.eval_iters=1 dataset.val_samples=16 dataset.num_workers=0 logger.log_interval=1 optimizer.lr=3e-3 "
     "scheduler.lr_warmup_iters=2 checkpoint.most_recent_k=4 train.train_iters=10 checkpoint.save_interval=5";
@@ -55,7 +55,7 @@ static double loss_diff(const char *a, const char *b, int from, int to) {
 static double weights_diff(const char *a, const char *b, const char *kind) {
     dit_config c;
     dit_config_named(&c, "tiny");
-    c.num_layers = 2, c.hidden_size = 32, c.num_heads = 2, c.ffn_hidden_size = 64, c.patch_size = 7;
+    c.num_layers = 2, c.hidden_size = 32, c.num_heads = 2, c.ffn_hidden_size = 128, c.patch_size = 7;
     c.in_channels = 1, c.out_channels = 1, c.image_size = 28, c.num_classes = 10;
     dit_model m;
     dit_create(&m, &c, 1);
@@ -149,6 +149,14 @@ static void resume_across_layouts(void) {
     int rc = test_capture(cmd, &out);
     CHECK(rc == 0 && stat(test_path("%s/gen/grid.png", dir), &sb) == 0,
           "dfm generate reads a sharded checkpoint: %.200s", out);
+    free(out);
+    /* and export writes one consolidated diffusers folder, the same as from the one-process run */
+    snprintf(cmd, sizeof cmd, "%s export --checkpoint %s/np4_optim_grads_params/ck --out %s/exp4 && %s export "
+             "--checkpoint %s/one/ck --out %s/exp1", bin, dir, dir, bin, dir, dir);
+    rc = test_capture(cmd, &out);
+    CHECK(rc == 0 && test_sh("cmp -s %s/exp4/transformer/diffusion_pytorch_model.safetensors "
+                             "%s/exp1/transformer/diffusion_pytorch_model.safetensors", dir, dir) == 0,
+          "dfm export of the DP=4 sharded checkpoint equals the one-process export byte for byte: %.300s", out);
     free(out);
 }
 

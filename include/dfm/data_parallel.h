@@ -40,10 +40,12 @@ typedef struct {
 
 typedef struct dp_engine dp_engine;
 
-/* Shard a model whose parameters are already initialised (every rank identically). overlap_grad: start each
+/* Shard a model whose parameters are already initialised (every rank identically); n_micro: micro-batches per
+ * step on each rank (gradient accumulation). overlap_grad: start each
  * segment's reduction as soon as the backward finishes it; overlap_param: gather the next segment's parameters
  * while the current one computes. */
-dp_engine *dp_engine_new(dp_model mdl, dp_sharding s, const adamw_config *oc, int overlap_grad, int overlap_param);
+dp_engine *dp_engine_new(dp_model mdl, dp_sharding s, const adamw_config *oc, int n_micro, int overlap_grad,
+                         int overlap_param);
 void dp_engine_free(dp_engine *e);
 
 /* A training step: begin (zero gradients), then per micro-batch micro_begin(last?) + forward/backward +

@@ -29,9 +29,14 @@ struct dp_engine {
     float *full_p, *full_g;  /* the model's full buffers, where the strategy keeps them */
     float *p_shard;          /* this rank's parameters (own buffer under optim_grads_params, else in full_p) */
     double *acc;             /* no_shard, optim: the whole gradient summed over micro-batches (fp64) */
-    double *acc_shard;       /* sharded strategies: this rank's part of the reduced gradient (fp64) */
-    double *recv;            /* optim_grads(+params): each micro-batch's reduce-scatter lands here */
-    float *g_shard;          /* sharded strategies: acc_shard rounded to fp32, for clipping and AdamW */
+    double *acc_shard;       /* sharded strategies: this rank's part of the reduced gradient (fp64); at the end
+                              * of a step rounded to fp32 in place for clipping and AdamW */
+    double *recv;            /* optim_grads(+params), from a rank's second micro-batch on: reduce-scatters land
+                              * here and are added to acc_shard (the first one lands in acc_shard directly) */
+    int n_micro;             /* micro-batches per step on this rank */
+    int direct;              /* one process, one micro-batch, no_shard: no sum to take */
+    int micro;               /* micro-batches begun this step */
+    int bucket_direct[2];
     float *ema;              /* shard, or whole under no_shard */
     adamw_state opt;
     int reduce_now;
@@ -90,6 +95,7 @@ static void bucket_complete(dp_engine *e, int slot) {
     if (!e->bucket_req[slot]) return;
     dist_wait(e->bucket_req[slot]);
     e->bucket_req[slot] = NULL;
+    if (e->bucket_direct[slot]) return;
     int s = e->bucket_seg[slot];
     size_t o = seg_counts(e, e->m.seg_begin[s], e->m.seg_begin[s + 1]);
     size_t n = (size_t)e->counts[e->rank];
@@ -115,11 +121,14 @@ static void hook_grads_done(void *ctx, int s) {
 #pragma omp parallel for schedule(static)
         for (size_t i = 0; i < n; i++) d[i] = g[i];
         size_t o = seg_counts(e, b, end);
-        e->bucket_req[slot] = dist_ireduce_scatter_f64(d, e->recv + o, e->counts, "reduce-scatter of gradients");
+        e->bucket_direct[slot] = e->micro == 1;
+        e->bucket_req[slot] = dist_ireduce_scatter_f64(d, (e->micro == 1 ? e->acc_shard : e->recv) + o, e->counts,
+                                                       "reduce-scatter of gradients");
         if (!e->overlap_grad) bucket_complete(e, slot);
         dist_test(e->bucket_req[1 - slot]);
         return;
     }
+    if (e->direct) return;
     /* whole gradients: add this micro-batch's segment to the fp64 sum; on the last one, reduce it */
     const float *g = e->full_g + b;
     double *acc = e->acc + b;
@@ -160,12 +169,16 @@ static const float *hook_params(void *ctx, int s, int backward) {
 
 /* ---- set-up ----------------------------------------------------------------------------------- */
 
-dp_engine *dp_engine_new(dp_model mdl, dp_sharding s, const adamw_config *oc, int overlap_grad, int overlap_param) {
+dp_engine *dp_engine_new(dp_model mdl, dp_sharding s, const adamw_config *oc, int n_micro, int overlap_grad,
+                         int overlap_param) {
     const dist_info *di = dist_get();
     dp_engine *e = xcalloc(1, sizeof *e);
     e->m = mdl;
     e->s = s;
     e->overlap_grad = overlap_grad, e->overlap_param = overlap_param;
+    e->n_micro = n_micro;
+    /* one process, one micro-batch, nothing sharded: the micro-batch gradient is the gradient, no sum to take */
+    e->direct = s == DP_NO_SHARD && e->dp == 1 && n_micro == 1;
     e->dp = di->dp;
     e->rank = di->dp_rank;
     e->total = mdl.table->total;
@@ -187,19 +200,18 @@ dp_engine *dp_engine_new(dp_model mdl, dp_sharding s, const adamw_config *oc, in
         e->ema = xalloc_floats(e->total);
         memcpy(e->ema, e->full_p, e->total * sizeof(float));
         e->p_shard = e->full_p;
-        e->acc = xcalloc(e->total, sizeof(double));
+        if (!e->direct) e->acc = xcalloc(e->total, sizeof(double));
         return e;
     }
     adamw_init_range(&e->opt, mdl.table, oc, e->sb, e->se);
     e->ema = xalloc_floats(len);
     memcpy(e->ema, e->full_p + e->sb, len * sizeof(float));
-    e->g_shard = xalloc_floats(len);
     e->acc_shard = xcalloc(len ? len : 1, sizeof(double));
     e->p_shard = e->full_p + e->sb;
     if (shards_grads(e)) {
         free(e->full_g);
         e->full_g = *mdl.grads = NULL;
-        e->recv = xcalloc(len ? len : 1, sizeof(double));
+        if (n_micro > 1) e->recv = xcalloc(len + 1, sizeof(double));
         for (int k = 0; k < 2; k++) {
             e->bucket[k] = xalloc_floats(e->max_seg);
             e->dbucket[k] = xcalloc(e->max_seg, sizeof(double));
@@ -230,7 +242,7 @@ void dp_engine_free(dp_engine *e) {
     }
     for (int k = 0; k < e->m.nseg; k++) dist_wait(e->seg_req[k]);
     if (e->s == DP_OPTIM_GRADS_PARAMS) free(e->p_shard);
-    free(e->g_shard), free(e->acc), free(e->acc_shard), free(e->recv), free(e->ema), free(e->counts), free(e->seg_req);
+    free(e->acc), free(e->acc_shard), free(e->recv), free(e->ema), free(e->counts), free(e->seg_req);
     adamw_free(&e->opt);
     memset(e->m.hooks, 0, sizeof *e->m.hooks);
     free(e);
@@ -240,8 +252,8 @@ void dp_memory(const dp_engine *e, size_t *pb, size_t *gb, size_t *ob) {
     size_t len = e->se - e->sb, f = sizeof(float);
     *pb = (e->full_p ? e->total : 0) * f + (e->s == DP_OPTIM_GRADS_PARAMS ? (len + 2 * e->max_seg) * f : 0);
     size_t d = sizeof(double);
-    *gb = (e->full_g ? e->total * f : 0) + (e->acc ? e->total * d : 0) + (e->g_shard ? len * (f + d) : 0) +
-          (shards_grads(e) ? len * d + 2 * e->max_seg * (f + d) : 0);
+    *gb = (e->full_g ? e->total * f : 0) + (e->acc ? e->total * d : 0) + (e->acc_shard ? len * d : 0) +
+          (e->recv ? len * d : 0) + (shards_grads(e) ? 2 * e->max_seg * (f + d) : 0);
     size_t opt_len = e->opt.end - e->opt.begin;
     *ob = 2 * opt_len * f + (e->s == DP_NO_SHARD ? e->total : len) * f;
 }
@@ -254,12 +266,30 @@ adamw_state *dp_optimizer(dp_engine *e) { return &e->opt; }
 /* ---- the step --------------------------------------------------------------------------------- */
 
 void dp_begin_step(dp_engine *e) {
+    e->micro = 0;
     if (e->acc) memset(e->acc, 0, e->total * sizeof(double));
     if (e->acc_shard) memset(e->acc_shard, 0, (e->se - e->sb) * sizeof(double));
 }
 
+/* Round acc_shard to fp32 in place (the floats take the first half of its bytes): element i is read before
+ * float i is written, and float i lies in the bytes of double i/2, already read. Byte copies keep this within
+ * C's aliasing rules. */
+static float *narrow_shard(dp_engine *e) {
+    size_t len = e->se - e->sb;
+    char *bytes = (char *)e->acc_shard;
+    for (size_t i = 0; i < len; i++) {
+        double d;
+        memcpy(&d, bytes + i * sizeof(double), sizeof d);
+        float f = (float)d;
+        memcpy(bytes + i * sizeof(float), &f, sizeof f);
+    }
+    return (float *)(void *)bytes;
+}
+
 void dp_micro_begin(dp_engine *e, int last) {
     e->reduce_now = last;
+    if (++e->micro > e->n_micro || last != (e->micro == e->n_micro))
+        dfm_die("internal: micro-batch %d of a step planned with %d", e->micro, e->n_micro);
     if (e->full_g) memset(e->full_g, 0, e->total * sizeof(float)); /* this micro-batch's gradient alone */
 }
 
@@ -271,28 +301,29 @@ void dp_micro_end(dp_engine *e) {
 double dp_finish_step(dp_engine *e, float lr) {
     size_t len = e->se - e->sb;
     if (!shards_grads(e)) {
-        for (int s = 0; s < e->m.nseg; s++)
+        for (int s = 0; s < e->m.nseg && !e->direct; s++)
             if (!e->seg_req[s]) start_reduce(e, s); /* not started during the backward (no overlap, or DP = 1) */
         for (int s = 0; s < e->m.nseg; s++) dist_wait(e->seg_req[s]), e->seg_req[s] = NULL;
         if (e->s == DP_NO_SHARD) {
+            if (!e->direct) {
 #pragma omp parallel for schedule(static)
-            for (size_t i = 0; i < e->total; i++) e->full_g[i] = (float)e->acc[i];
+                for (size_t i = 0; i < e->total; i++) e->full_g[i] = (float)e->acc[i];
+            }
             return adamw_update(&e->opt, e->full_p, e->full_g, lr);
         }
     }
-#pragma omp parallel for schedule(static)
-    for (size_t i = 0; i < len; i++) e->g_shard[i] = (float)e->acc_shard[i];
-    double ss = sum_squares(e->g_shard, len);
+    float *g = narrow_shard(e);
+    double ss = sum_squares(g, len);
     dist_allreduce_sum_f64(&ss, 1, "all-reduce of the gradient norm");
     double norm = sqrt(ss);
     if (e->opt.cfg.clip_grad > 0) {
         double coef = e->opt.cfg.clip_grad / (norm + 1e-6);
         if (coef < 1.0) {
             const float c = (float)coef;
-            for (size_t i = 0; i < len; i++) e->g_shard[i] *= c;
+            for (size_t i = 0; i < len; i++) g[i] *= c;
         }
     }
-    adamw_step_range(&e->opt, e->p_shard, e->g_shard, lr);
+    adamw_step_range(&e->opt, e->p_shard, g, lr);
     if (e->full_p) { /* optim, optim_grads: every rank needs all parameters for the next forward */
         seg_counts(e, 0, e->total);
         dist_wait(dist_iallgatherv_f32(e->p_shard, e->full_p, e->counts, "all-gather of updated parameters"));

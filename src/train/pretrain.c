@@ -478,7 +478,7 @@ int dfm_pretrain(const cfg *c) {
     oc.weight_decay = (float)cfg_float(c, "optimizer.weight_decay");
     oc.clip_grad = (float)cfg_float(c, "optimizer.clip_grad");
     dp_model dm = {&j.model.table, j.model.nseg, j.model.seg_begin, &j.model.params, &j.model.grads, &j.model.hooks};
-    j.dp = dp_engine_new(dm, strategy, &oc, cfg_bool(c, "ddp.overlap_grad_reduce"),
+    j.dp = dp_engine_new(dm, strategy, &oc, n_local / mbs, cfg_bool(c, "ddp.overlap_grad_reduce"),
                          cfg_bool(c, "ddp.overlap_param_gather"));
     j.sharded = strategy != DP_NO_SHARD;
     long token = (long)getpid();
