@@ -71,6 +71,7 @@ test-fast:
 bench: test-deps
 	@$(MAKE) --no-print-directory all
 	@bash bench/run.sh
+	@bash bench/dp.sh
 
 format:
 	clang-format -i $$(git ls-files '*.c' '*.h')
