@@ -781,7 +781,7 @@ static int dtype_setstate(vm *V, pk_value *inst, const pk_value *st) {
     np_dtype *dt = inst->priv;
     if (st->kind != PK_TUPLE || st->n < 2) return FAIL("numpy dtype state must be a tuple");
     const pk_value *bo = st->items[1];
-    if (bo->kind != PK_STR || bo->len != 1 || !strchr("<>|=", bo->s[0]))
+    if (bo->kind != PK_STR || bo->len != 1 || !bo->s[0] || !strchr("<>|=", bo->s[0]))
         return FAIL("numpy dtype state: byte order must be one of < > | =");
     for (int i = 2; i < 5 && i < st->n; i++)
         if (st->items[i]->kind != PK_NONE) return FAIL("structured and sub-array numpy dtypes are not supported");

@@ -274,6 +274,18 @@ write("zip_inside_pickle.pickle",
                           (zip_storage, 1, (2, 2), (1, 2), False, collections.OrderedDict())), protocol=4),
       torch.as_strided(st, (2, 2), (1, 2), 1), "pickle")
 
+
+
+def nest_storage(levels):
+    """A storage inside `levels` torch.save streams, each one's object being _load_from_bytes(the next)."""
+    inner = Reduce(torch.storage._load_from_bytes, (tsave(torch.arange(4, dtype=torch.int32).storage(), legacy=True),))
+    for _ in range(levels - 1):
+        inner = Reduce(torch.storage._load_from_bytes, (tsave(inner, legacy=True),))
+    return Reduce(torch._utils._rebuild_tensor_v2, (inner, 1, (3,), (1,), False, collections.OrderedDict()))
+
+
+write("nested_3.pickle", pickle.dumps(nest_storage(3), protocol=4), torch.arange(1, 4, dtype=torch.int32), "pickle")
+
 # ------------------------------------------------------------------------------------------------ hostile
 
 cmd = "echo pwned > %s" % marker
@@ -298,6 +310,7 @@ write_bad("object_array.pickle", pickle.dumps(np.array([1, "a"], dtype=object), 
           "not supported")
 oob = pickle.dumps(np.arange(4.0), protocol=5, buffer_callback=lambda b: False)
 write_bad("oob_buffer.pickle", oob, "pickle", "NEXT_BUFFER")
+write_bad("nested_5.pickle", pickle.dumps(nest_storage(5), protocol=4), "pickle", "nested more than 4 deep")
 write_bad("persid_in_pickle.pickle", b"\x80\x02X\x01\x00\x00\x00aQ.", "pickle", "persistent id")
 
 # ------------------------------------------------------------------------------------------------ broken
@@ -360,6 +373,14 @@ write_bad("short_storage_legacy.pth", lb[:-10], "torch", "truncated: storage")
 assert lb.count(b"little_endianq\x02\x88") == 1
 write_bad("big_endian_legacy.pth", lb.replace(b"little_endianq\x02\x88", b"little_endianq\x02\x89"), "torch",
           "big-endian")
+# legacy storage views (view_metadata (key, offset, size), written by old torch): tensor [5] on elements 2..6
+assert lb.count(b"K%Ntq\x07QK\x00K%\x85") == 1, lb
+view = b"X\x01\x00\x00\x00vK\x02K\x05\x87"
+write("legacy_view.pth", lb.replace(b"K%Ntq\x07QK\x00K%\x85", b"K%" + view + b"tq\x07QK\x00K\x05\x85"),
+      {"t": t37["t"][2:7]}, "torch")
+bad_view = b"X\x01\x00\x00\x00vK\x23K\x05\x87"
+write_bad("legacy_view_outside.pth", lb.replace(b"K%Ntq\x07QK\x00K%\x85", b"K%" + bad_view + b"tq\x07QK\x00K\x05\x85"),
+          "torch", "lies outside storage")
 write_bad("legacy_as_pickle.meta", lb, "pickle", "not a plain pickle")
 write_bad("pickle_as_torch.pth", pickle.dumps({"a": 1}), "torch", "not a torch.save file")
 write_bad("not_zip.pth", b"PK\x03\x04garbage", "torch", "not a readable zip archive")
