@@ -337,7 +337,7 @@ static int zip_mem(pk_ctx *C, const uint8_t *buf, size_t len, const char *what, 
     zip_error_t ze;
     zip_error_init(&ze);
     zip_source_t *src = zip_source_buffer_create(buf, len, 0, &ze);
-    zip_t *z = src ? zip_open_from_source(src, ZIP_RDONLY | ZIP_CHECKCONS, &ze) : NULL;
+    zip_t *z = src ? zip_open_from_source(src, ZIP_RDONLY, &ze) : NULL;
     if (!z) {
         zip_ctx Z = {.what = what};
         int rc = zfail(C, &Z, "not a readable zip archive: %s", zip_error_strerror(&ze));
@@ -477,7 +477,7 @@ pk_doc *pk_load_file(const char *path, pk_expect expect, char *err, size_t errle
         ctx_init(&C, path, (uint64_t)st.st_size, err, errlen);
         fmt = PK_FMT_TORCH_ZIP;
         int zerr = 0;
-        zip_t *z = zip_open(path, ZIP_RDONLY | ZIP_CHECKCONS, &zerr);
+        zip_t *z = zip_open(path, ZIP_RDONLY, &zerr);
         if (!z) {
             zip_error_t ze;
             zip_error_init_with_code(&ze, zerr);

@@ -355,6 +355,34 @@ def rezip(replace):
     return b.getvalue()
 
 
+# the same archive rewritten by Python's zipfile: deflated entries, and entries with data descriptors (a stream)
+b = io.BytesIO()
+with zipfile.ZipFile(b, "w", zipfile.ZIP_DEFLATED) as w:
+    for n in zf.namelist():
+        w.writestr(n, zf.read(n))
+write("rezip_deflated.pth", b.getvalue(), t37, "torch")
+
+
+class Unseekable(io.RawIOBase):
+    def __init__(self):
+        self.buf = bytearray()
+
+    def writable(self):
+        return True
+
+    def write(self, data):
+        self.buf += data
+        return len(data)
+
+
+u = Unseekable()
+with zipfile.ZipFile(u, "w", zipfile.ZIP_STORED) as w:
+    for n in zf.namelist():
+        with w.open(n, "w") as e:
+            e.write(zf.read(n))
+assert bytes(u.buf).count(b"PK\x07\x08") >= 1  # data descriptors
+write("rezip_stream.pth", bytes(u.buf), t37, "torch")
+
 pkl = zf.read(pre + "/data.pkl")
 assert pkl.count(b"cpuq\x06K%") == 1, pkl
 write_bad("numel_2_60_zip.pth", rezip({pre + "/data.pkl": pkl.replace(b"cpuq\x06K%", b"cpuq\x06" + huge)}),
