@@ -11,6 +11,7 @@ PKGS=(
   libdnnl-dev                                  # oneDNN: sgemm of the linear layers
   libomp-dev                                   # OpenMP runtime for clang builds
   libyaml-dev libjansson-dev libpng-dev libjpeg62-turbo-dev zlib1g-dev
+  libzip-dev                                   # torch.save zip archives (.pth, .meta)
   pkg-config libcairo2-dev fonts-dejavu-core    # sample grids and loss curves (cairo; a font for their labels)
   dataset-fashion-mnist                        # the default training data
   libopenmpi-dev openmpi-bin                   # many processes: mpirun -np N dfm pretrain ...
@@ -18,6 +19,7 @@ PKGS=(
 if [ "${1:-}" = "--test" ]; then
   PKGS+=(
     clang                                      # the test suite also builds with clang
+    libclang-rt-14-dev                         # clang's sanitizer and libFuzzer runtimes (tests/fuzz/)
     python3-torch python3-numpy                # PyTorch references in tests and benchmarks (/usr/bin/python3)
   )
 fi

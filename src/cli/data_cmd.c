@@ -4,6 +4,7 @@
 #include "dfm/common.h"
 #include "dfm/energon.h"
 #include "dfm/fashion_mnist.h"
+#include "dfm/pickle.h"
 #include "dfm/tar.h"
 #include "dfm/yamltree.h"
 
@@ -22,6 +23,7 @@ static void data_usage(FILE *f) {
         f,
         "usage: dfm data prepare --out DIR SOURCE [options]\n"
         "       dfm data inspect PATH [--split NAME] [--quick]\n"
+        "       dfm data inspect FILE.meta|.pth|.pt|.pickle|.pkl\n"
         "       dfm data split DIR --split-parts NAME:REGEX [--split-parts NAME:REGEX ...]\n"
         "\n"
         "prepare writes an Energon-compatible webdataset folder: DIR/shards/shard_NNNNNN.tar, beside each its\n"
@@ -44,6 +46,9 @@ static void data_usage(FILE *f) {
         "inspect prints the splits, shard and sample counts and the parts of the first sample (names, types,\n"
         "shapes), after checking every shard against its .tar.idx (--quick skips the full scan). PATH may be a\n"
         "MetadatasetV2 .yaml, for which the blended sources are listed. Exits non-zero on a broken dataset.\n"
+        "For a pickle or torch.save file (DFM's .meta caches, Energon .pth/.pickle parts) inspect prints its tree:\n"
+        "keys, types, dtypes and shapes. Only tensors, numpy arrays and plain values are rebuilt; a file that asks\n"
+        "for any other Python name (code) is refused with its name.\n"
         "split rewrites DIR/.nv-meta/split.yaml (atomically) from --split-parts patterns over the shards listed\n"
         "in DIR/.nv-meta/.info.json, keeping its exclude list. That list (edit it by hand) may name whole shards\n"
         "or single samples as <shard>/<sample key>, e.g. shards/shard_000001.tar/s012; the reader skips them\n"
@@ -651,6 +656,25 @@ static void print_first_sample(const char *path, const char *split) {
     energon_close(r);
 }
 
+static int has_ext(const char *path, const char *ext) {
+    size_t n = strlen(path), e = strlen(ext);
+    return n > e && !strcmp(path + n - e, ext);
+}
+
+/* A pickle or torch.save file: its tree. */
+static int inspect_pickle_file(const char *path) {
+    char err[2048];
+    pk_doc *d = pk_load_file(path, PK_ANY, err, sizeof err);
+    if (!d) dfm_die("%s", err);
+    if (d->format == PK_FMT_PICKLE)
+        printf("%s: pickle (protocol %d)\n", path, d->protocol);
+    else
+        printf("%s: %s, pickle protocol %d\n", path, pk_format_name(d->format), d->protocol);
+    pk_print(stdout, d->root, 2000);
+    pk_doc_free(d);
+    return 0;
+}
+
 static int cmd_inspect(int argc, char **argv) {
     const char *path = NULL, *split = NULL;
     int quick = 0;
@@ -670,12 +694,16 @@ static int cmd_inspect(int argc, char **argv) {
         }
     }
     if (!path) {
-        fprintf(stderr, "dfm: error: data inspect needs a dataset folder or metadataset .yaml\n");
+        fprintf(stderr, "dfm: error: data inspect needs a dataset folder, a metadataset .yaml or a .meta/.pth/.pickle "
+                        "file\n");
         return 2;
     }
     char err[1024];
     struct stat st;
     if (stat(path, &st) != 0) dfm_die("'%s' does not exist", path);
+    if (S_ISREG(st.st_mode) && (has_ext(path, ".meta") || has_ext(path, ".pth") || has_ext(path, ".pt") ||
+                                has_ext(path, ".pickle") || has_ext(path, ".pkl")))
+        return inspect_pickle_file(path);
     if (!S_ISDIR(st.st_mode)) { /* a metadataset */
         energon_options o;
         energon_options_default(&o);
