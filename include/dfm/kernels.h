@@ -61,6 +61,12 @@ void layernorm_backward(float *dinp, float *dweight, float *dbias, const float *
 void rmsnorm_forward(float *out, float *rstd, const float *inp, const float *weight, int N, int C, float eps);
 void rmsnorm_backward(float *dinp, float *dweight, const float *dout, const float *inp, const float *weight,
                       const float *rstd, int N, int C);
+/* The same over rows that are a stride apart (e.g. the q or k slice of a fused [N, 3C] qkv buffer):
+ * row i of inp is at inp + i * inp_stride, of out at out + i * out_stride (likewise dinp, dout). */
+void rmsnorm_forward_strided(float *out, float *rstd, const float *inp, const float *weight, int N, int C,
+                             int inp_stride, int out_stride, float eps);
+void rmsnorm_backward_strided(float *dinp, float *dweight, const float *dout, const float *inp, const float *weight,
+                              const float *rstd, int N, int C, int dinp_stride, int dout_stride, int inp_stride);
 
 /* ---- Activations (elementwise over n) --------------------------------------------------------- */
 /* GELU, tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) */
@@ -93,6 +99,14 @@ void patchify_backward(float *dimg, const float *dtokens, int B, int C, int H, i
 /* tokens [B, (H/p)*(W/p), p*p*C] with features in (ph, pw, c) order (c fastest) -> img [B, C, H, W]. */
 void unpatchify_forward(float *img, const float *tokens, int B, int C, int H, int W, int p);
 void unpatchify_backward(float *dtokens, const float *dimg, int B, int C, int H, int W, int p);
+/* Video latents x [B, C, T, H, W] -> tokens [B, (T/pt)*(H/ph)*(W/pw), C*pt*ph*pw], tokens row-major over the
+ * (frame, row, column) patch grid, features in (c, kt, kh, kw) order: a Conv3d(kernel = stride = patch) weight
+ * [d, C, pt, ph, pw] is then a [d, C*pt*ph*pw] GEMM operand. T, H, W must be multiples of pt, ph, pw. */
+void patchify3d_forward(float *tokens, const float *x, int B, int C, int T, int H, int W, int pt, int ph, int pw);
+void patchify3d_backward(float *dx, const float *dtokens, int B, int C, int T, int H, int W, int pt, int ph, int pw);
+/* tokens with features in (kt, kh, kw, c) order (c fastest; diffusers' Wan output layout) -> x [B, C, T, H, W]. */
+void unpatchify3d_forward(float *x, const float *tokens, int B, int C, int T, int H, int W, int pt, int ph, int pw);
+void unpatchify3d_backward(float *dtokens, const float *dx, int B, int C, int T, int H, int W, int pt, int ph, int pw);
 
 /* ---- Embeddings ------------------------------------------------------------------------------- */
 /* Sinusoidal timestep embedding, out [B, dim]:
@@ -110,6 +124,21 @@ void pos_embed_2d_sincos(float *out, int dim, int grid_h, int grid_w, float base
 void embedding_forward(float *out, const float *table, const int *ids, int B, int C);
 /* dtable[ids[b], :] += dout[b, :] */
 void embedding_backward(float *dtable, const float *dout, const int *ids, int B, int C);
+
+/* ---- Rotary position embedding ---------------------------------------------------------------- */
+/* Wan's 3-D RoPE tables, cos and sin [grid_t * grid_h * grid_w, head_dim / 2], tokens row-major over
+ * (frame, row, column). Pair i of a head belongs to the frame axis for i < dt/2, then the row axis for dh/2
+ * pairs, then the column axis, with dh = dw = 2 * (head_dim / 6), dt = head_dim - dh - dw (128 -> 44/42/42);
+ * within an axis of `dim` features, pair j has angle pos * theta^(-2j / dim). head_dim must be even. */
+void rope_table_3d(float *cos_tab, float *sin_tab, int grid_t, int grid_h, int grid_w, int head_dim, double theta);
+/* Rotate interleaved pairs: for token row r = b*N + n, head h, pair i (features 2i, 2i+1 of the head),
+ * (x0, x1) -> (x0 c - x1 s, x0 s + x1 c) with c, s = cos_tab / sin_tab[n * D/2 + i]. Rows of inp / out are
+ * inp_stride / out_stride floats apart; out may be inp (in place, equal strides). */
+void rope_forward(float *out, const float *inp, const float *cos_tab, const float *sin_tab, int B, int N, int H, int D,
+                  int inp_stride, int out_stride);
+/* dinp += the rotation by -angle of dout (dinp must not alias dout). */
+void rope_backward(float *dinp, const float *dout, const float *cos_tab, const float *sin_tab, int B, int N, int H,
+                   int D, int dinp_stride, int dout_stride);
 
 /* ---- Optimiser and friends -------------------------------------------------------------------- */
 /* AdamW as in torch.optim.AdamW: p *= 1 - lr*wd; m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;

@@ -94,12 +94,14 @@ void layernorm_backward(float *restrict dinp, float *restrict dweight, float *re
     }
 }
 
-void rmsnorm_forward(float *restrict out, float *restrict rstd, const float *restrict inp, const float *restrict weight,
-                     int N, int C, float eps) {
+/* RMSNorm over C features of rows that are inp_stride / out_stride floats apart (e.g. the q or k slice of a
+ * fused [N, 3C] qkv buffer, normalised over all heads as Wan's qk-norm does). */
+void rmsnorm_forward_strided(float *restrict out, float *restrict rstd, const float *restrict inp,
+                             const float *restrict weight, int N, int C, int inp_stride, int out_stride, float eps) {
 #pragma omp parallel for schedule(static)
     for (int i = 0; i < N; i++) {
-        const float *x = inp + (size_t)i * C;
-        float *o = out + (size_t)i * C;
+        const float *x = inp + (size_t)i * inp_stride;
+        float *o = out + (size_t)i * out_stride;
         double s = 0;
 #pragma omp simd reduction(+ : s)
         for (int j = 0; j < C; j++) s += (double)x[j] * x[j];
@@ -113,14 +115,19 @@ void rmsnorm_forward(float *restrict out, float *restrict rstd, const float *res
     }
 }
 
-void rmsnorm_backward(float *restrict dinp, float *restrict dweight, const float *restrict dout,
-                      const float *restrict inp, const float *restrict weight, const float *restrict rstd, int N,
-                      int C) {
+void rmsnorm_forward(float *restrict out, float *restrict rstd, const float *restrict inp, const float *restrict weight,
+                     int N, int C, float eps) {
+    rmsnorm_forward_strided(out, rstd, inp, weight, N, C, C, C, eps);
+}
+
+void rmsnorm_backward_strided(float *restrict dinp, float *restrict dweight, const float *restrict dout,
+                              const float *restrict inp, const float *restrict weight, const float *restrict rstd,
+                              int N, int C, int dinp_stride, int dout_stride, int inp_stride) {
     if (dinp) {
 #pragma omp parallel for schedule(static)
         for (int i = 0; i < N; i++) {
-            const float *x = inp + (size_t)i * C, *g = dout + (size_t)i * C;
-            float *dx = dinp + (size_t)i * C;
+            const float *x = inp + (size_t)i * inp_stride, *g = dout + (size_t)i * dout_stride;
+            float *dx = dinp + (size_t)i * dinp_stride;
             const float r = rstd[i];
             /* dx = r * (g*w - x * r^2 * mean(g*w*x)) */
             float s = 0;
@@ -146,11 +153,17 @@ void rmsnorm_backward(float *restrict dinp, float *restrict dweight, const float
             const int j0 = b * NORM_COLS, nj = C - j0 < NORM_COLS ? C - j0 : NORM_COLS;
             float aw[NORM_COLS] = {0};
             for (int i = 0; i < N; i++) {
-                const float *x = inp + (size_t)i * C + j0, *g = dout + (size_t)i * C + j0;
+                const float *x = inp + (size_t)i * inp_stride + j0, *g = dout + (size_t)i * dout_stride + j0;
                 const float r = rstd[i];
                 for (int j = 0; j < nj; j++) aw[j] += g[j] * (x[j] * r);
             }
             for (int j = 0; j < nj; j++) dweight[j0 + j] += aw[j];
         }
     }
+}
+
+void rmsnorm_backward(float *restrict dinp, float *restrict dweight, const float *restrict dout,
+                      const float *restrict inp, const float *restrict weight, const float *restrict rstd, int N,
+                      int C) {
+    rmsnorm_backward_strided(dinp, dweight, dout, inp, weight, rstd, N, C, C, C, C);
 }

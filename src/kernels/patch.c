@@ -68,3 +68,86 @@ void unpatchify_backward(float *restrict dtokens, const float *restrict dimg, in
             }
     }
 }
+
+/* ---- 3-D patches (video latents [B, C, T, H, W], patch pt x ph x pw, the layout of a Conv3d with
+ * kernel = stride = patch) ---------------------------------------------------------------------------------
+ * Tokens run over the patch grid (gt, gh, gw) row-major. Work items are (sample, gt, gh) rows of the grid:
+ * each touches a disjoint set of pixels and tokens, so the backward scatters are race-free too. */
+
+/* tokens[b, (gt*GH + gh)*GW + gw, ((c*pt + kt)*ph + kh)*pw + kw] = x[b, c, gt*pt + kt, gh*ph + kh, gw*pw + kw] */
+void patchify3d_forward(float *restrict tokens, const float *restrict x, int B, int C, int T, int H, int W, int pt,
+                        int ph, int pw) {
+    const int GT = T / pt, GH = H / ph, GW = W / pw, F = C * pt * ph * pw;
+#pragma omp parallel for schedule(static)
+    for (long r = 0; r < (long)B * GT * GH; r++) {
+        const int b = (int)(r / ((long)GT * GH)), gt = (int)(r / GH % GT), gh = (int)(r % GH);
+        float *trow = tokens + (size_t)r * GW * F;
+        for (int c = 0; c < C; c++)
+            for (int kt = 0; kt < pt; kt++)
+                for (int kh = 0; kh < ph; kh++) {
+                    const float *src =
+                        x + ((((size_t)b * C + c) * T + (size_t)gt * pt + kt) * H + (size_t)gh * ph + kh) * W;
+                    float *dst = trow + (((size_t)c * pt + kt) * ph + kh) * pw;
+                    for (int gw = 0; gw < GW; gw++)
+                        for (int kw = 0; kw < pw; kw++) dst[(size_t)gw * F + kw] = src[(size_t)gw * pw + kw];
+                }
+    }
+}
+
+void patchify3d_backward(float *restrict dx, const float *restrict dtokens, int B, int C, int T, int H, int W, int pt,
+                         int ph, int pw) {
+    const int GT = T / pt, GH = H / ph, GW = W / pw, F = C * pt * ph * pw;
+#pragma omp parallel for schedule(static)
+    for (long r = 0; r < (long)B * GT * GH; r++) {
+        const int b = (int)(r / ((long)GT * GH)), gt = (int)(r / GH % GT), gh = (int)(r % GH);
+        const float *trow = dtokens + (size_t)r * GW * F;
+        for (int c = 0; c < C; c++)
+            for (int kt = 0; kt < pt; kt++)
+                for (int kh = 0; kh < ph; kh++) {
+                    float *dst = dx + ((((size_t)b * C + c) * T + (size_t)gt * pt + kt) * H + (size_t)gh * ph + kh) * W;
+                    const float *src = trow + (((size_t)c * pt + kt) * ph + kh) * pw;
+                    for (int gw = 0; gw < GW; gw++)
+                        for (int kw = 0; kw < pw; kw++) dst[(size_t)gw * pw + kw] += src[(size_t)gw * F + kw];
+                }
+    }
+}
+
+/* x[b, c, gt*pt + kt, gh*ph + kh, gw*pw + kw] = tokens[b, (gt*GH + gh)*GW + gw, ((kt*ph + kh)*pw + kw)*C + c] */
+void unpatchify3d_forward(float *restrict x, const float *restrict tokens, int B, int C, int T, int H, int W, int pt,
+                          int ph, int pw) {
+    const int GT = T / pt, GH = H / ph, GW = W / pw, F = C * pt * ph * pw;
+#pragma omp parallel for schedule(static)
+    for (long r = 0; r < (long)B * GT * GH; r++) {
+        const int b = (int)(r / ((long)GT * GH)), gt = (int)(r / GH % GT), gh = (int)(r % GH);
+        const float *trow = tokens + (size_t)r * GW * F;
+        for (int c = 0; c < C; c++)
+            for (int kt = 0; kt < pt; kt++)
+                for (int kh = 0; kh < ph; kh++) {
+                    float *dst = x + ((((size_t)b * C + c) * T + (size_t)gt * pt + kt) * H + (size_t)gh * ph + kh) * W;
+                    const float *src = trow + (((size_t)kt * ph + kh) * pw) * C + c;
+                    for (int gw = 0; gw < GW; gw++)
+                        for (int kw = 0; kw < pw; kw++)
+                            dst[(size_t)gw * pw + kw] = src[(size_t)gw * F + (size_t)kw * C];
+                }
+    }
+}
+
+void unpatchify3d_backward(float *restrict dtokens, const float *restrict dx, int B, int C, int T, int H, int W, int pt,
+                           int ph, int pw) {
+    const int GT = T / pt, GH = H / ph, GW = W / pw, F = C * pt * ph * pw;
+#pragma omp parallel for schedule(static)
+    for (long r = 0; r < (long)B * GT * GH; r++) {
+        const int b = (int)(r / ((long)GT * GH)), gt = (int)(r / GH % GT), gh = (int)(r % GH);
+        float *trow = dtokens + (size_t)r * GW * F;
+        for (int c = 0; c < C; c++)
+            for (int kt = 0; kt < pt; kt++)
+                for (int kh = 0; kh < ph; kh++) {
+                    const float *src =
+                        dx + ((((size_t)b * C + c) * T + (size_t)gt * pt + kt) * H + (size_t)gh * ph + kh) * W;
+                    float *dst = trow + (((size_t)kt * ph + kh) * pw) * C + c;
+                    for (int gw = 0; gw < GW; gw++)
+                        for (int kw = 0; kw < pw; kw++)
+                            dst[(size_t)gw * F + (size_t)kw * C] += src[(size_t)gw * pw + kw];
+                }
+    }
+}

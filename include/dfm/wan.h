@@ -1,0 +1,113 @@
+/* Wan 2.1 text-to-video transformer (diffusers' WanTransformer3DModel), forward and backward.
+ *
+ * Parameter names, shapes and semantics are diffusers' (REFERENCE.md §3): patch_embedding (Conv3d as a GEMM),
+ * condition_embedder.{time_embedder, time_proj, text_embedder}, blocks.N.{attn1, attn2, norm2, ffn,
+ * scale_shift_table}, scale_shift_table, proj_out. Only the Wan 2.1 T2V arrangement is built:
+ * cross_attn_norm = true, qk_norm = "rms_norm_across_heads", no image embedder (image_dim and
+ * added_kv_proj_dim null). Inputs in PyTorch order: latents [B, C, T, H, W], timesteps [B] (the model's
+ * 0..1000 scale), text embeddings [B, L, text_dim].
+ *
+ * One deliberate extension: cross-attention takes an optional per-sample count of valid text tokens and
+ * masks the keys after it (diffusers pads T5 embeddings to 512 with zeros and attends to the padding;
+ * passing NULL, or every length = L, computes exactly that). */
+#ifndef DFM_WAN_H
+#define DFM_WAN_H
+
+#include "dfm/model.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct {
+    int num_layers;
+    int num_heads; /* diffusers: num_attention_heads */
+    int head_dim;  /* diffusers: attention_head_dim (even; RoPE splits it 3 ways) */
+    int in_channels;
+    int out_channels; /* 0 = in_channels */
+    int text_dim;     /* width of the text encoder's embeddings (4096 for UMT5-XXL) */
+    int freq_dim;     /* timestep sinusoid width, 256 */
+    int ffn_dim;
+    int patch_t, patch_h, patch_w; /* diffusers: patch_size [1, 2, 2] */
+    float eps;                     /* every LayerNorm and RMSNorm, 1e-6 */
+    int rope_max_seq_len;          /* 1024: the patch grid may not exceed it along any axis */
+} wan_config;
+
+/* Named configs: "wan_tiny" (tests), "wan_1_3b", "wan_14b". Returns 0 if the name is unknown. */
+int wan_config_named(wan_config *c, const char *name);
+/* Fill defaults (out_channels) and validate; on error returns 0 with a message naming the values in err. */
+int wan_config_check(wan_config *c, char *err, size_t errlen);
+/* The parameter table (names, shapes, offsets) of a config, without allocating any buffer: parameter
+ * counts of the big configs can be had without their memory. Dies on an invalid config. */
+void wan_build_table(param_table *t, const wan_config *c);
+
+/* The largest input one forward handles (the activation arena is sized from it), or the input of one call. */
+typedef struct {
+    int batch, frames, height, width; /* latent frames / height / width (before patching) */
+    int text_len;                     /* text tokens L */
+} wan_shape;
+
+typedef struct wan_acts wan_acts;
+
+typedef struct {
+    wan_config cfg;
+    int d, ffn, patch_in, patch_out; /* derived sizes: d = heads * head_dim; C*pt*ph*pw; pt*ph*pw*C_out */
+    param_table table;
+    float *params, *grads; /* one buffer each, table.total floats */
+    wan_shape max;         /* what the activation arena holds */
+    int max_tokens;        /* video tokens per sample at max */
+    wan_acts *acts;        /* activations saved by the forward, and backward scratch */
+} wan_model;
+
+/* Build the model for inputs up to `max` (batch, tokens per sample and text length). Dies with a message on
+ * an invalid config or shape. */
+void wan_create(wan_model *m, const wan_config *cfg, const wan_shape *max);
+void wan_free(wan_model *m);
+/* Wan's initialisation from a seed: xavier-uniform linears (patch embedding as [d, C*pt*ph*pw]), N(0, 0.02)
+ * time and text embedder weights, zero biases, unit RMSNorm/LayerNorm weights, scale_shift_tables
+ * N(0, 1)/sqrt(d), zero proj_out weight (the initial model predicts proj_out's zero bias). */
+void wan_init(wan_model *m, uint64_t seed);
+void wan_zero_grad(wan_model *m);
+/* Bytes held by activations + scratch. */
+size_t wan_activation_bytes(const wan_model *m);
+
+/* Check an input shape against the config and the model's max (divisibility by the patch, RoPE range,
+ * arena size). Returns 0 with the reason in err, or 1. */
+int wan_shape_check(const wan_model *m, const wan_shape *s, char *err, size_t errlen);
+
+/* Forward: latents [B, C, T, H, W], timesteps [B], text [B, L, text_dim], text_lens [B] (valid tokens of
+ * each sample, 1..L; NULL = all L) -> out [B, C_out, T, H, W]. Saves what the backward needs (inputs are
+ * copied; the caller's buffers may change afterwards). Dies on a bad shape or text length. */
+void wan_forward(wan_model *m, float *out, const float *latents, const float *timesteps, const float *text,
+                 const int *text_lens, const wan_shape *s);
+/* Backward of the last forward: accumulates (+=) parameter gradients from dout [B, C_out, T, H, W]. */
+void wan_backward(wan_model *m, const float *dout);
+
+/* The 3-D RoPE tables of the last forward, cos and sin [tokens, head_dim / 2] (for verification). */
+const float *wan_rope_cos(const wan_model *m);
+const float *wan_rope_sin(const wan_model *m);
+
+/* Model FLOPs of one forward on shape s (matrix products and attention, REFERENCE.md §6's formula without
+ * the x3); a training step is about 3x. */
+double wan_forward_flops(const wan_model *m, const wan_shape *s);
+
+/* Config as JSON in diffusers' transformer/config.json keys (patch_size, num_attention_heads,
+ * attention_head_dim, ..., cross_attn_norm, qk_norm), so a diffusers config.json parses too. */
+char *wan_config_to_json(const wan_config *c); /* malloc'ed */
+int wan_config_from_json(wan_config *c, const char *text, char *err, size_t errlen);
+/* Weights files: F32 safetensors under diffusers names with the config as metadata "dfm_wan_config".
+ * buf: m->params or an EMA copy laid out by m->table. extra_meta: NULL-terminated key/value pairs or NULL. */
+void wan_save_weights(const wan_model *m, const float *buf, const char *path, const char *const *extra_meta);
+/* Load every tensor of m->table by name into buf (F32/F16/BF16/F64 converted; a missing tensor or a shape
+ * mismatch is an error naming the tensor and both shapes). 0, or -1 with the message in err. */
+int wan_load_weights(const wan_model *m, float *buf, const char *path, char *err, size_t errlen);
+/* Create m from a dfm weights file's config (for inputs up to max) and load its weights. 0, or -1 + err. */
+int wan_open_weights(wan_model *m, const char *path, const wan_shape *max, char *err, size_t errlen);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

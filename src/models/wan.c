@@ -1,0 +1,804 @@
+/* Wan 2.1 transformer forward and backward over one contiguous parameter buffer.
+ *
+ * Data flow (x is the residual stream [B*N, d]; mod = scale_shift_table + time_proj(silu(temb)), six chunks
+ * of d per sample: shift, scale, gate for self-attention, then for the FFN):
+ *   xm1 = LN(x) * (1 + scale) + shift         qkv = xm1 Wqkv^T + b
+ *   q, k = RMSNorm over all heads (norm_q, norm_k), then RoPE       ao1 = attention(q, k, v)
+ *   x_mid = x + gate * (ao1 Wo^T + b)
+ *   n2 = LN(x_mid; norm2 affine)              q2 = RMSNorm(n2 Wq^T + b)    k2, v2 from the projected text ctx
+ *   x2 = x_mid + attention(q2, RMSNorm(k2), v2; text mask) Wo2^T + b
+ *   xm3 = LN(x2) * (1 + c_scale) + c_shift    x_out = x2 + c_gate * (gelu(xm3 W1^T + b) W2^T + b)
+ * Head: LN(x) * (1 + scale) + shift with (shift, scale) = scale_shift_table + temb (temb before its SiLU),
+ * proj_out, unpatchify.
+ * Saved per block: x, qkv (before the norms), ao1, lse1, proj1, x_mid, q2 and text k2/v2 (before the norms),
+ * ao2, lse2, x2, h, f, and every norm's statistics. LN outputs, modulated inputs, normalised and rotated
+ * q/k and gelu(h) are recomputed in the backward: elementwise work next to the GEMMs, 7 d floats per token
+ * fewer per block. */
+#include "dfm/wan.h"
+#include "dfm/common.h"
+#include "dfm/kernels.h"
+#include "dfm/rng.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define ROPE_THETA 10000.0 /* fixed in diffusers' WanRotaryPosEmbed (not a config key) */
+
+/* ---- configs ---------------------------------------------------------------------------------- */
+
+int wan_config_named(wan_config *c, const char *name) {
+    static const struct {
+        const char *name;
+        int layers, heads, head_dim, ffn, text_dim, channels;
+    } named[] = {
+        /* tiny: head_dim 16 splits RoPE 8/4/4, unequal axes; 2 heads make the norms' "across heads" matter */
+        {"wan_tiny", 2, 2, 16, 64, 32, 4},
+        {"wan_1_3b", 30, 12, 128, 8960, 4096, 16},
+        {"wan_14b", 40, 40, 128, 13824, 4096, 16},
+    };
+    for (size_t i = 0; i < sizeof named / sizeof named[0]; i++) {
+        if (strcmp(named[i].name, name)) continue;
+        memset(c, 0, sizeof *c);
+        c->num_layers = named[i].layers;
+        c->num_heads = named[i].heads;
+        c->head_dim = named[i].head_dim;
+        c->ffn_dim = named[i].ffn;
+        c->text_dim = named[i].text_dim;
+        c->in_channels = c->out_channels = named[i].channels;
+        c->freq_dim = 256;
+        c->patch_t = 1, c->patch_h = 2, c->patch_w = 2;
+        c->eps = 1e-6f;
+        c->rope_max_seq_len = 1024;
+        return 1;
+    }
+    return 0;
+}
+
+int wan_config_check(wan_config *c, char *err, size_t errlen) {
+#define BAD(...) return snprintf(err, errlen, __VA_ARGS__), 0
+    if (c->num_layers < 1) BAD("model.num_layers must be >= 1 (got %d)", c->num_layers);
+    if (c->num_heads < 1) BAD("model.num_attention_heads must be >= 1 (got %d)", c->num_heads);
+    if (c->head_dim < 2 || c->head_dim % 2)
+        BAD("model.attention_head_dim must be even and >= 2 for the rotary embedding's pairs (got %d)", c->head_dim);
+    if (c->in_channels < 1) BAD("model.in_channels must be >= 1 (got %d)", c->in_channels);
+    if (c->out_channels == 0) c->out_channels = c->in_channels;
+    if (c->out_channels < 1) BAD("model.out_channels must be >= 1 (got %d)", c->out_channels);
+    if (c->text_dim < 1) BAD("model.text_dim must be >= 1 (got %d)", c->text_dim);
+    if (c->freq_dim < 2 || c->freq_dim % 2) BAD("model.freq_dim must be even and >= 2 (got %d)", c->freq_dim);
+    if (c->ffn_dim < 1) BAD("model.ffn_dim must be >= 1 (got %d)", c->ffn_dim);
+    if (c->patch_t < 1 || c->patch_h < 1 || c->patch_w < 1)
+        BAD("model.patch_size must be >= 1 on every axis (got [%d, %d, %d])", c->patch_t, c->patch_h, c->patch_w);
+    if (!(c->eps > 0)) BAD("model.eps must be > 0 (got %g)", (double)c->eps);
+    if (c->rope_max_seq_len < 1) BAD("model.rope_max_seq_len must be >= 1 (got %d)", c->rope_max_seq_len);
+    if ((long long)c->num_heads * c->head_dim > (1 << 20))
+        BAD("model width %d heads x %d is unreasonably large", c->num_heads, c->head_dim);
+    return 1;
+#undef BAD
+}
+
+/* ---- parameters ------------------------------------------------------------------------------- */
+
+static void add_linear(param_table *t, const char *prefix, int out, int in) {
+    char name[320];
+    int64_t ws[2] = {out, in}, bs[1] = {out};
+    snprintf(name, sizeof name, "%s.weight", prefix);
+    param_table_add(t, name, 2, ws, 0);
+    snprintf(name, sizeof name, "%s.bias", prefix);
+    param_table_add(t, name, 1, bs, 1);
+}
+
+/* Several linears of the same shape with their weights adjacent, then their biases adjacent: one GEMM then
+ * reads them as one [n*out, in] weight (self-attention q/k/v, cross-attention k/v). */
+static void add_fused_linears(param_table *t, const char *prefix, const char *const *names, int n, int out, int in) {
+    char name[320];
+    int64_t ws[2] = {out, in}, bs[1] = {out};
+    for (int i = 0; i < n; i++) {
+        snprintf(name, sizeof name, "%s.%s.weight", prefix, names[i]);
+        param_table_add(t, name, 2, ws, 0);
+    }
+    for (int i = 0; i < n; i++) {
+        snprintf(name, sizeof name, "%s.%s.bias", prefix, names[i]);
+        param_table_add(t, name, 1, bs, 1);
+    }
+}
+
+static void add_vector(param_table *t, const char *name, int n) {
+    int64_t s[1] = {n};
+    param_table_add(t, name, 1, s, 1);
+}
+
+/* no_decay: biases, norm weights and the modulation tables (offsets added to the time embedding). */
+void wan_build_table(param_table *t, const wan_config *cfg) {
+    wan_config c = *cfg;
+    char err[400];
+    if (!wan_config_check(&c, err, sizeof err)) dfm_die("invalid Wan config: %s", err);
+    memset(t, 0, sizeof *t);
+    const int d = c.num_heads * c.head_dim;
+    char name[256], pre[128];
+    int64_t pe[5] = {d, c.in_channels, c.patch_t, c.patch_h, c.patch_w};
+    param_table_add(t, "patch_embedding.weight", 5, pe, 0);
+    add_vector(t, "patch_embedding.bias", d);
+    add_linear(t, "condition_embedder.time_embedder.linear_1", d, c.freq_dim);
+    add_linear(t, "condition_embedder.time_embedder.linear_2", d, d);
+    add_linear(t, "condition_embedder.time_proj", 6 * d, d);
+    add_linear(t, "condition_embedder.text_embedder.linear_1", d, c.text_dim);
+    add_linear(t, "condition_embedder.text_embedder.linear_2", d, d);
+    static const char *const qkv[3] = {"to_q", "to_k", "to_v"}, *const kv[2] = {"to_k", "to_v"};
+    for (int l = 0; l < c.num_layers; l++) {
+        snprintf(pre, sizeof pre, "blocks.%d.attn1", l);
+        add_fused_linears(t, pre, qkv, 3, d, d);
+        snprintf(name, sizeof name, "%s.to_out.0", pre);
+        add_linear(t, name, d, d);
+        snprintf(name, sizeof name, "%s.norm_q.weight", pre);
+        add_vector(t, name, d);
+        snprintf(name, sizeof name, "%s.norm_k.weight", pre);
+        add_vector(t, name, d);
+        snprintf(pre, sizeof pre, "blocks.%d.attn2", l);
+        snprintf(name, sizeof name, "%s.to_q", pre);
+        add_linear(t, name, d, d);
+        add_fused_linears(t, pre, kv, 2, d, d);
+        snprintf(name, sizeof name, "%s.to_out.0", pre);
+        add_linear(t, name, d, d);
+        snprintf(name, sizeof name, "%s.norm_q.weight", pre);
+        add_vector(t, name, d);
+        snprintf(name, sizeof name, "%s.norm_k.weight", pre);
+        add_vector(t, name, d);
+        snprintf(name, sizeof name, "blocks.%d.norm2.weight", l);
+        add_vector(t, name, d);
+        snprintf(name, sizeof name, "blocks.%d.norm2.bias", l);
+        add_vector(t, name, d);
+        snprintf(name, sizeof name, "blocks.%d.ffn.net.0.proj", l);
+        add_linear(t, name, c.ffn_dim, d);
+        snprintf(name, sizeof name, "blocks.%d.ffn.net.2", l);
+        add_linear(t, name, d, c.ffn_dim);
+        snprintf(name, sizeof name, "blocks.%d.scale_shift_table", l);
+        int64_t sst[3] = {1, 6, d};
+        param_table_add(t, name, 3, sst, 1);
+    }
+    int64_t sst[3] = {1, 2, d};
+    param_table_add(t, "scale_shift_table", 3, sst, 1);
+    add_linear(t, "proj_out", c.out_channels * c.patch_t * c.patch_h * c.patch_w, d);
+}
+
+/* Views into the parameter (or gradient) buffer, resolved once from the table. */
+typedef struct {
+    float *qkv_w, *qkv_b; /* attn1.to_q/to_k/to_v, adjacent: [3d, d], [3d] */
+    float *o1_w, *o1_b;   /* attn1.to_out.0 */
+    float *nq1, *nk1;     /* attn1.norm_q / norm_k weights [d] */
+    float *q2_w, *q2_b;   /* attn2.to_q */
+    float *kv2_w, *kv2_b; /* attn2.to_k/to_v, adjacent: [2d, d], [2d] */
+    float *o2_w, *o2_b;   /* attn2.to_out.0 */
+    float *nq2, *nk2;
+    float *n2_w, *n2_b; /* norm2 (affine LayerNorm before cross-attention) */
+    float *fc1_w, *fc1_b, *fc2_w, *fc2_b;
+    float *sst; /* scale_shift_table [6, d] */
+} block_views;
+
+typedef struct {
+    float *pe_w, *pe_b; /* patch_embedding [d, C*pt*ph*pw] */
+    float *t1_w, *t1_b; /* time_embedder.linear_1 [d, freq] */
+    float *t2_w, *t2_b; /* time_embedder.linear_2 [d, d] */
+    float *tp_w, *tp_b; /* time_proj [6d, d] */
+    float *x1_w, *x1_b; /* text_embedder.linear_1 [d, text_dim] */
+    float *x2_w, *x2_b; /* text_embedder.linear_2 [d, d] */
+    float *sst;         /* scale_shift_table [2, d] */
+    float *po_w, *po_b; /* proj_out [pt*ph*pw*C_out, d] */
+    block_views *blk;
+} views;
+
+struct wan_acts {
+    float *buf;
+    size_t nfloats;
+    /* the last forward */
+    wan_shape cur;
+    int N, gt, gh, gw;             /* tokens per sample and the patch grid */
+    int rope_gt, rope_gh, rope_gw; /* grid the RoPE tables hold (0 = none yet) */
+    int *text_lens, masked;
+    /* global */
+    float *patches, *tsin, *t1, *t1s, *temb, *temb_s, *tproj, *text_in, *c1, *ctx, *rope_cos, *rope_sin;
+    float *hmod, *meanf, *rstdf;
+    /* per block (x has num_layers + 1) */
+    float **x, **mod, **mean1, **rstd1, **qkv, **rq1, **rk1, **ao1, **lse1, **proj1, **xmid, **mean2, **rstd2, **q2,
+        **rq2, **kv2, **rk2, **ao2, **lse2, **x2, **mean3, **rstd3, **h, **f;
+    /* scratch: [B*N, d] x4, [B*N, 3d] x2, [B*N, F] x2, output tokens, text [B*L, 2d] x3 and [B*L, d] x2 */
+    float *sA, *sB, *sC, *dx, *s3a, *s3b, *sFa, *sFb, *tok, *kvs, *dkvs, *dkv, *dctx, *tsc;
+    float *dmod, *dtproj, *dhmod, *dtemb, *dtemb_s, *dt1s, *dt1, *attn_ws;
+    views p, g;
+};
+
+static float *view(const wan_model *m, float *base, const char *fmt, int l) {
+    char name[256];
+    snprintf(name, sizeof name, fmt, l);
+    const param_entry *e = param_table_find(&m->table, name);
+    if (!e) dfm_die("internal: Wan parameter '%s' missing from the table", name);
+    return base + e->offset;
+}
+
+static void resolve_views(const wan_model *m, float *base, views *v) {
+    v->pe_w = view(m, base, "patch_embedding.weight", 0);
+    v->pe_b = view(m, base, "patch_embedding.bias", 0);
+    v->t1_w = view(m, base, "condition_embedder.time_embedder.linear_1.weight", 0);
+    v->t1_b = view(m, base, "condition_embedder.time_embedder.linear_1.bias", 0);
+    v->t2_w = view(m, base, "condition_embedder.time_embedder.linear_2.weight", 0);
+    v->t2_b = view(m, base, "condition_embedder.time_embedder.linear_2.bias", 0);
+    v->tp_w = view(m, base, "condition_embedder.time_proj.weight", 0);
+    v->tp_b = view(m, base, "condition_embedder.time_proj.bias", 0);
+    v->x1_w = view(m, base, "condition_embedder.text_embedder.linear_1.weight", 0);
+    v->x1_b = view(m, base, "condition_embedder.text_embedder.linear_1.bias", 0);
+    v->x2_w = view(m, base, "condition_embedder.text_embedder.linear_2.weight", 0);
+    v->x2_b = view(m, base, "condition_embedder.text_embedder.linear_2.bias", 0);
+    v->sst = view(m, base, "scale_shift_table", 0);
+    v->po_w = view(m, base, "proj_out.weight", 0);
+    v->po_b = view(m, base, "proj_out.bias", 0);
+    const size_t d = (size_t)m->d;
+    v->blk = xcalloc((size_t)m->cfg.num_layers, sizeof(block_views));
+    for (int l = 0; l < m->cfg.num_layers; l++) {
+        block_views *b = &v->blk[l];
+        b->qkv_w = view(m, base, "blocks.%d.attn1.to_q.weight", l);
+        b->qkv_b = view(m, base, "blocks.%d.attn1.to_q.bias", l);
+        b->o1_w = view(m, base, "blocks.%d.attn1.to_out.0.weight", l);
+        b->o1_b = view(m, base, "blocks.%d.attn1.to_out.0.bias", l);
+        b->nq1 = view(m, base, "blocks.%d.attn1.norm_q.weight", l);
+        b->nk1 = view(m, base, "blocks.%d.attn1.norm_k.weight", l);
+        b->q2_w = view(m, base, "blocks.%d.attn2.to_q.weight", l);
+        b->q2_b = view(m, base, "blocks.%d.attn2.to_q.bias", l);
+        b->kv2_w = view(m, base, "blocks.%d.attn2.to_k.weight", l);
+        b->kv2_b = view(m, base, "blocks.%d.attn2.to_k.bias", l);
+        b->o2_w = view(m, base, "blocks.%d.attn2.to_out.0.weight", l);
+        b->o2_b = view(m, base, "blocks.%d.attn2.to_out.0.bias", l);
+        b->nq2 = view(m, base, "blocks.%d.attn2.norm_q.weight", l);
+        b->nk2 = view(m, base, "blocks.%d.attn2.norm_k.weight", l);
+        b->n2_w = view(m, base, "blocks.%d.norm2.weight", l);
+        b->n2_b = view(m, base, "blocks.%d.norm2.bias", l);
+        b->fc1_w = view(m, base, "blocks.%d.ffn.net.0.proj.weight", l);
+        b->fc1_b = view(m, base, "blocks.%d.ffn.net.0.proj.bias", l);
+        b->fc2_w = view(m, base, "blocks.%d.ffn.net.2.weight", l);
+        b->fc2_b = view(m, base, "blocks.%d.ffn.net.2.bias", l);
+        b->sst = view(m, base, "blocks.%d.scale_shift_table", l);
+        /* the fused GEMMs rely on the adjacency build_table promises */
+        if (view(m, base, "blocks.%d.attn1.to_v.weight", l) != b->qkv_w + 2 * d * d ||
+            view(m, base, "blocks.%d.attn1.to_v.bias", l) != b->qkv_b + 2 * d ||
+            view(m, base, "blocks.%d.attn2.to_v.weight", l) != b->kv2_w + d * d ||
+            view(m, base, "blocks.%d.attn2.to_v.bias", l) != b->kv2_b + d)
+            dfm_die("internal: fused projections of Wan block %d are not adjacent", l);
+    }
+}
+
+/* ---- activations ------------------------------------------------------------------------------ */
+
+/* Two passes over the same carving code: the first counts floats, the second hands out pointers. */
+typedef struct {
+    float *base;
+    size_t used;
+} carver;
+
+static float *carve(carver *cv, size_t n) {
+    float *p = cv->base ? cv->base + cv->used : NULL;
+    cv->used += (n + 15) / 16 * 16; /* keep every view 64-byte aligned */
+    return p;
+}
+
+static void carve_acts(const wan_model *m, wan_acts *a, carver *cv) {
+    const wan_config *c = &m->cfg;
+    const size_t B = (size_t)m->max.batch, N = (size_t)m->max_tokens, Lt = (size_t)m->max.text_len;
+    const size_t d = (size_t)m->d, F = (size_t)m->ffn, H = (size_t)c->num_heads, BN = B * N, BL = B * Lt;
+    a->patches = carve(cv, BN * (size_t)m->patch_in);
+    a->tsin = carve(cv, B * (size_t)c->freq_dim);
+    a->t1 = carve(cv, B * d);
+    a->t1s = carve(cv, B * d);
+    a->temb = carve(cv, B * d);
+    a->temb_s = carve(cv, B * d);
+    a->tproj = carve(cv, B * 6 * d);
+    a->text_in = carve(cv, BL * (size_t)c->text_dim);
+    a->c1 = carve(cv, BL * d);
+    a->ctx = carve(cv, BL * d);
+    a->rope_cos = carve(cv, N * (size_t)c->head_dim / 2);
+    a->rope_sin = carve(cv, N * (size_t)c->head_dim / 2);
+    a->hmod = carve(cv, B * 2 * d);
+    a->meanf = carve(cv, BN);
+    a->rstdf = carve(cv, BN);
+    for (int l = 0; l <= c->num_layers; l++) a->x[l] = carve(cv, BN * d);
+    for (int l = 0; l < c->num_layers; l++) {
+        a->mod[l] = carve(cv, B * 6 * d);
+        a->mean1[l] = carve(cv, BN);
+        a->rstd1[l] = carve(cv, BN);
+        a->qkv[l] = carve(cv, BN * 3 * d);
+        a->rq1[l] = carve(cv, BN);
+        a->rk1[l] = carve(cv, BN);
+        a->ao1[l] = carve(cv, BN * d);
+        a->lse1[l] = carve(cv, B * H * N);
+        a->proj1[l] = carve(cv, BN * d);
+        a->xmid[l] = carve(cv, BN * d);
+        a->mean2[l] = carve(cv, BN);
+        a->rstd2[l] = carve(cv, BN);
+        a->q2[l] = carve(cv, BN * d);
+        a->rq2[l] = carve(cv, BN);
+        a->kv2[l] = carve(cv, BL * 2 * d);
+        a->rk2[l] = carve(cv, BL);
+        a->ao2[l] = carve(cv, BN * d);
+        a->lse2[l] = carve(cv, B * H * N);
+        a->x2[l] = carve(cv, BN * d);
+        a->mean3[l] = carve(cv, BN);
+        a->rstd3[l] = carve(cv, BN);
+        a->h[l] = carve(cv, BN * F);
+        a->f[l] = carve(cv, BN * d);
+    }
+    a->sA = carve(cv, BN * d);
+    a->sB = carve(cv, BN * d);
+    a->sC = carve(cv, BN * d);
+    a->dx = carve(cv, BN * d);
+    a->s3a = carve(cv, BN * 3 * d);
+    a->s3b = carve(cv, BN * 3 * d);
+    a->sFa = carve(cv, BN * F);
+    a->sFb = carve(cv, BN * F);
+    a->tok = carve(cv, BN * (size_t)m->patch_out);
+    a->kvs = carve(cv, BL * 2 * d);
+    a->dkvs = carve(cv, BL * 2 * d);
+    a->dkv = carve(cv, BL * 2 * d);
+    a->dctx = carve(cv, BL * d);
+    a->tsc = carve(cv, BL * d);
+    a->dmod = carve(cv, B * 6 * d);
+    a->dtproj = carve(cv, B * 6 * d);
+    a->dhmod = carve(cv, B * 2 * d);
+    a->dtemb = carve(cv, B * d);
+    a->dtemb_s = carve(cv, B * d);
+    a->dt1s = carve(cv, B * d);
+    a->dt1 = carve(cv, B * d);
+    a->attn_ws = carve(cv, attention_workspace_floats((int)B, (int)H, (int)N));
+}
+
+#define PER_BLOCK_LISTS(a)                                                                                             \
+    {                                                                                                                  \
+        &(a)->x, &(a)->mod, &(a)->mean1, &(a)->rstd1, &(a)->qkv, &(a)->rq1, &(a)->rk1, &(a)->ao1, &(a)->lse1,          \
+            &(a)->proj1, &(a)->xmid, &(a)->mean2, &(a)->rstd2, &(a)->q2, &(a)->rq2, &(a)->kv2, &(a)->rk2, &(a)->ao2,   \
+            &(a)->lse2, &(a)->x2, &(a)->mean3, &(a)->rstd3, &(a)->h, &(a)->f                                           \
+    }
+
+int wan_shape_check(const wan_model *m, const wan_shape *s, char *err, size_t errlen) {
+#define BAD(...) return snprintf(err, errlen, __VA_ARGS__), 0
+    const wan_config *c = &m->cfg;
+    if (s->batch < 1) BAD("batch must be >= 1 (got %d)", s->batch);
+    if (s->frames < 1 || s->height < 1 || s->width < 1)
+        BAD("latent size must be positive (got %d frames x %d x %d)", s->frames, s->height, s->width);
+    if (s->frames % c->patch_t || s->height % c->patch_h || s->width % c->patch_w)
+        BAD("latent size %d frames x %d x %d is not divisible by the patch size [%d, %d, %d]", s->frames, s->height,
+            s->width, c->patch_t, c->patch_h, c->patch_w);
+    const int gt = s->frames / c->patch_t, gh = s->height / c->patch_h, gw = s->width / c->patch_w;
+    if (gt > c->rope_max_seq_len || gh > c->rope_max_seq_len || gw > c->rope_max_seq_len)
+        BAD("patch grid %d x %d x %d exceeds rope_max_seq_len %d", gt, gh, gw, c->rope_max_seq_len);
+    if (s->text_len < 1) BAD("text length must be >= 1 (got %d)", s->text_len);
+    if (!m->acts) return 1; /* checking the max shape itself */
+    if (s->batch > m->max.batch) BAD("batch %d exceeds the model's max batch %d", s->batch, m->max.batch);
+    if ((long long)gt * gh * gw > m->max_tokens)
+        BAD("%d x %d x %d = %lld tokens per sample exceed the model's max %d", gt, gh, gw, (long long)gt * gh * gw,
+            m->max_tokens);
+    if (s->text_len > m->max.text_len) BAD("text length %d exceeds the model's max %d", s->text_len, m->max.text_len);
+    return 1;
+#undef BAD
+}
+
+void wan_create(wan_model *m, const wan_config *cfg, const wan_shape *max) {
+    memset(m, 0, sizeof *m);
+    m->cfg = *cfg;
+    char err[512];
+    if (!wan_config_check(&m->cfg, err, sizeof err)) dfm_die("invalid Wan config: %s", err);
+    if (!wan_shape_check(m, max, err, sizeof err)) dfm_die("Wan: invalid max input shape: %s", err);
+    const wan_config *c = &m->cfg;
+    m->d = c->num_heads * c->head_dim;
+    m->ffn = c->ffn_dim;
+    m->patch_in = c->in_channels * c->patch_t * c->patch_h * c->patch_w;
+    m->patch_out = c->out_channels * c->patch_t * c->patch_h * c->patch_w;
+    m->max = *max;
+    long long tokens = (long long)(max->frames / c->patch_t) * (max->height / c->patch_h) * (max->width / c->patch_w);
+    /* B*N and B*L index rows as int throughout (sizes as size_t) */
+    if (tokens * max->batch > (1 << 26) || (long long)max->text_len * max->batch > (1 << 24))
+        dfm_die("Wan: max input of %d samples x %lld tokens (text %d) is beyond what one process holds", max->batch,
+                tokens, max->text_len);
+    m->max_tokens = (int)tokens;
+    wan_build_table(&m->table, c);
+    m->params = xalloc_floats(m->table.total);
+    m->grads = xalloc_floats(m->table.total);
+
+    wan_acts *a = xcalloc(1, sizeof *a);
+    float ***lists[] = PER_BLOCK_LISTS(a);
+    for (size_t i = 0; i < sizeof lists / sizeof lists[0]; i++)
+        *lists[i] = xcalloc((size_t)c->num_layers + 1, sizeof(float *));
+    carver cv = {NULL, 0};
+    carve_acts(m, a, &cv);
+    a->nfloats = cv.used;
+    a->buf = xalloc_floats(a->nfloats);
+    cv = (carver){a->buf, 0};
+    carve_acts(m, a, &cv);
+    a->text_lens = xcalloc((size_t)max->batch, sizeof(int));
+    resolve_views(m, m->params, &a->p);
+    resolve_views(m, m->grads, &a->g);
+    m->acts = a;
+}
+
+void wan_free(wan_model *m) {
+    wan_acts *a = m->acts;
+    if (a) {
+        float ***lists[] = PER_BLOCK_LISTS(a);
+        for (size_t i = 0; i < sizeof lists / sizeof lists[0]; i++) free(*lists[i]);
+        free(a->p.blk);
+        free(a->g.blk);
+        free(a->text_lens);
+        free(a->buf);
+        free(a);
+    }
+    free(m->params);
+    free(m->grads);
+    param_table_free(&m->table);
+    memset(m, 0, sizeof *m);
+}
+
+size_t wan_activation_bytes(const wan_model *m) {
+    return m->acts->nfloats * sizeof(float);
+}
+
+void wan_zero_grad(wan_model *m) {
+    memset(m->grads, 0, m->table.total * sizeof(float));
+}
+
+const float *wan_rope_cos(const wan_model *m) {
+    return m->acts->rope_cos;
+}
+const float *wan_rope_sin(const wan_model *m) {
+    return m->acts->rope_sin;
+}
+
+/* ---- initialisation --------------------------------------------------------------------------- */
+
+static int ends_with(const char *s, const char *suffix) {
+    size_t n = strlen(s), k = strlen(suffix);
+    return n >= k && !strcmp(s + n - k, suffix);
+}
+
+/* Wan's own init (the original repository's init_weights; diffusers defines none beyond PyTorch's
+ * defaults): see wan.h. Every tensor draws from its own Philox stream keyed by its table index. */
+void wan_init(wan_model *m, uint64_t seed) {
+    memset(m->params, 0, m->table.total * sizeof(float));
+    for (int i = 0; i < m->table.n; i++) {
+        const param_entry *e = &m->table.e[i];
+        float *w = m->params + e->offset;
+        const char *n = e->name;
+        if (ends_with(n, ".bias")) continue;
+        if (strstr(n, "norm_q.weight") || strstr(n, "norm_k.weight") || strstr(n, "norm2.weight")) {
+            for (size_t j = 0; j < e->numel; j++) w[j] = 1.0f;
+            continue;
+        }
+        if (strstr(n, "scale_shift_table")) {
+            rng_fill_normal(w, e->numel, seed, RNG_STREAM_INIT, 1u << 20, (uint32_t)i);
+            const float s = 1.0f / sqrtf((float)m->d);
+            for (size_t j = 0; j < e->numel; j++) w[j] *= s;
+            continue;
+        }
+        if (!strcmp(n, "proj_out.weight")) continue; /* zero: the initial prediction is the zero bias */
+        if (strstr(n, "time_embedder") || strstr(n, "text_embedder")) {
+            rng_fill_normal(w, e->numel, seed, RNG_STREAM_INIT, 1u << 20, (uint32_t)i);
+            for (size_t j = 0; j < e->numel; j++) w[j] *= 0.02f;
+            continue;
+        }
+        /* xavier-uniform over [out, in...] (the patch Conv3d as [d, C*pt*ph*pw]) */
+        const double fan_out = (double)e->shape[0], fan_in = (double)e->numel / fan_out;
+        const double bound = sqrt(6.0 / (fan_in + fan_out));
+        for (size_t j = 0; j < e->numel; j++)
+            w[j] = (float)((2.0 * rng_uniform(seed, RNG_STREAM_INIT, 0, (uint32_t)i, (uint32_t)j) - 1.0) * bound);
+    }
+}
+
+/* ---- helpers ---------------------------------------------------------------------------------- */
+
+static void zero(float *p, size_t n) {
+    memset(p, 0, n * sizeof(float));
+}
+
+/* dst[r, 0:C] = src[r, 0:C] for rows dst_stride / src_stride apart (accumulate: +=) */
+static void copy_rows(float *restrict dst, const float *restrict src, size_t rows, int C, int dst_stride,
+                      int src_stride, int accumulate) {
+#pragma omp parallel for schedule(static)
+    for (size_t r = 0; r < rows; r++) {
+        float *o = dst + r * (size_t)dst_stride;
+        const float *i = src + r * (size_t)src_stride;
+        if (accumulate)
+            for (int j = 0; j < C; j++) o[j] += i[j];
+        else
+            memcpy(o, i, sizeof(float) * (size_t)C);
+    }
+}
+
+/* q and k of a fused [rows, 3d] qkv, normalised over all heads and rotated, plus v copied: what
+ * self-attention reads (strides 3d). rq, rk receive the RMS statistics (or NULL when recomputing). */
+static void self_attention_inputs(const wan_model *m, float *att, float *rq, float *rk, const float *qkv,
+                                  const block_views *w, int B, int N) {
+    const wan_acts *a = m->acts;
+    const int d = m->d, BN = B * N, H = m->cfg.num_heads, D = m->cfg.head_dim;
+    rmsnorm_forward_strided(att, rq, qkv, w->nq1, BN, d, 3 * d, 3 * d, m->cfg.eps);
+    rmsnorm_forward_strided(att + d, rk, qkv + d, w->nk1, BN, d, 3 * d, 3 * d, m->cfg.eps);
+    rope_forward(att, att, a->rope_cos, a->rope_sin, B, N, H, D, 3 * d, 3 * d);
+    rope_forward(att + d, att + d, a->rope_cos, a->rope_sin, B, N, H, D, 3 * d, 3 * d);
+    copy_rows(att + 2 * d, qkv + 2 * d, (size_t)BN, d, 3 * d, 3 * d, 0);
+}
+
+/* k of the fused [rows, 2d] text k/v normalised over all heads, v copied: what cross-attention reads. */
+static void cross_attention_kv(const wan_model *m, float *kvs, float *rk, const float *kv, const block_views *w,
+                               int BL) {
+    const int d = m->d;
+    rmsnorm_forward_strided(kvs, rk, kv, w->nk2, BL, d, 2 * d, 2 * d, m->cfg.eps);
+    copy_rows(kvs + d, kv + d, (size_t)BL, d, 2 * d, 2 * d, 0);
+}
+
+static void add_residual(float *restrict out, const float *restrict x, const float *restrict y, size_t n) {
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) out[i] = x[i] + y[i];
+}
+
+/* mod[b, :] = table[:] + tproj[b, :] over n = 6d (blocks) or the head's 2d built from temb */
+static void add_table(float *mod, const float *table, const float *per_sample, int B, int n) {
+    for (int b = 0; b < B; b++)
+        for (int j = 0; j < n; j++) mod[(size_t)b * n + j] = table[j] + per_sample[(size_t)b * n + j];
+}
+
+/* ---- forward ---------------------------------------------------------------------------------- */
+
+void wan_forward(wan_model *m, float *out, const float *latents, const float *timesteps, const float *text,
+                 const int *text_lens, const wan_shape *s) {
+    wan_acts *a = m->acts;
+    const wan_config *c = &m->cfg;
+    char err[400];
+    if (!wan_shape_check(m, s, err, sizeof err)) dfm_die("Wan forward: %s", err);
+    const int B = s->batch, Lt = s->text_len, d = m->d, H = c->num_heads, D = c->head_dim, F = m->ffn;
+    a->masked = 0;
+    for (int b = 0; b < B; b++) {
+        const int n = text_lens ? text_lens[b] : Lt;
+        if (n < 1 || n > Lt)
+            dfm_die("Wan forward: text length %d of sample %d outside 1..%d (the padded text length)", n, b, Lt);
+        a->text_lens[b] = n;
+        a->masked |= n < Lt;
+    }
+    a->cur = *s;
+    a->gt = s->frames / c->patch_t, a->gh = s->height / c->patch_h, a->gw = s->width / c->patch_w;
+    const int N = a->N = a->gt * a->gh * a->gw, BN = B * N, BL = B * Lt;
+    if (a->rope_gt != a->gt || a->rope_gh != a->gh || a->rope_gw != a->gw) {
+        rope_table_3d(a->rope_cos, a->rope_sin, a->gt, a->gh, a->gw, D, ROPE_THETA);
+        a->rope_gt = a->gt, a->rope_gh = a->gh, a->rope_gw = a->gw;
+    }
+    const int *lens = a->masked ? a->text_lens : NULL;
+    const float scale = 1.0f / sqrtf((float)D);
+    const views *p = &a->p;
+
+    /* patch embedding (Conv3d with kernel = stride = patch, as a GEMM) */
+    patchify3d_forward(a->patches, latents, B, c->in_channels, s->frames, s->height, s->width, c->patch_t, c->patch_h,
+                       c->patch_w);
+    matmul_forward(a->x[0], a->patches, p->pe_w, p->pe_b, BN, d, m->patch_in);
+
+    /* time: sinusoid [cos, sin] with frequencies exp(-ln(10000) i / half) (diffusers' Timesteps with
+     * flip_sin_to_cos, downscale_freq_shift 0), MLP with SiLU -> temb; time_proj(silu(temb)) -> 6 chunks */
+    timestep_embedding(a->tsin, timesteps, B, c->freq_dim, 10000.0f, 0.0f, 1);
+    matmul_forward(a->t1, a->tsin, p->t1_w, p->t1_b, B, d, c->freq_dim);
+    silu_forward(a->t1s, a->t1, (size_t)B * d);
+    matmul_forward(a->temb, a->t1s, p->t2_w, p->t2_b, B, d, d);
+    silu_forward(a->temb_s, a->temb, (size_t)B * d);
+    matmul_forward(a->tproj, a->temb_s, p->tp_w, p->tp_b, B, 6 * d, d);
+
+    /* text: linear, GELU (tanh), linear */
+    memcpy(a->text_in, text, sizeof(float) * (size_t)BL * c->text_dim);
+    matmul_forward(a->c1, a->text_in, p->x1_w, p->x1_b, BL, d, c->text_dim);
+    gelu_forward(a->tsc, a->c1, (size_t)BL * d);
+    matmul_forward(a->ctx, a->tsc, p->x2_w, p->x2_b, BL, d, d);
+
+    for (int l = 0; l < c->num_layers; l++) {
+        const block_views *w = &p->blk[l];
+        float *mod = a->mod[l];
+        add_table(mod, w->sst, a->tproj, B, 6 * d);
+        /* self-attention */
+        layernorm_forward(a->sA, a->mean1[l], a->rstd1[l], a->x[l], NULL, NULL, BN, d, c->eps);
+        modulate_forward(a->sB, a->sA, mod + 0 * d, mod + 1 * d, B, N, d, 6 * d);
+        matmul_forward(a->qkv[l], a->sB, w->qkv_w, w->qkv_b, BN, 3 * d, d);
+        self_attention_inputs(m, a->s3a, a->rq1[l], a->rk1[l], a->qkv[l], w, B, N);
+        attention_forward(a->ao1[l], a->lse1[l], a->s3a, a->s3a + d, a->s3a + 2 * d, NULL, B, N, N, H, D, 3 * d, 3 * d,
+                          d, scale);
+        matmul_forward(a->proj1[l], a->ao1[l], w->o1_w, w->o1_b, BN, d, d);
+        gate_residual_forward(a->xmid[l], a->x[l], a->proj1[l], mod + 2 * d, B, N, d, 6 * d);
+        /* cross-attention over the projected text (no RoPE, no gate) */
+        layernorm_forward(a->sA, a->mean2[l], a->rstd2[l], a->xmid[l], w->n2_w, w->n2_b, BN, d, c->eps);
+        matmul_forward(a->q2[l], a->sA, w->q2_w, w->q2_b, BN, d, d);
+        rmsnorm_forward_strided(a->sB, a->rq2[l], a->q2[l], w->nq2, BN, d, d, d, c->eps);
+        matmul_forward(a->kv2[l], a->ctx, w->kv2_w, w->kv2_b, BL, 2 * d, d);
+        cross_attention_kv(m, a->kvs, a->rk2[l], a->kv2[l], w, BL);
+        attention_forward(a->ao2[l], a->lse2[l], a->sB, a->kvs, a->kvs + d, lens, B, N, Lt, H, D, d, 2 * d, d, scale);
+        matmul_forward(a->sA, a->ao2[l], w->o2_w, w->o2_b, BN, d, d);
+        add_residual(a->x2[l], a->xmid[l], a->sA, (size_t)BN * d);
+        /* feed-forward */
+        layernorm_forward(a->sA, a->mean3[l], a->rstd3[l], a->x2[l], NULL, NULL, BN, d, c->eps);
+        modulate_forward(a->sB, a->sA, mod + 3 * d, mod + 4 * d, B, N, d, 6 * d);
+        matmul_forward(a->h[l], a->sB, w->fc1_w, w->fc1_b, BN, F, d);
+        gelu_forward(a->sFa, a->h[l], (size_t)BN * F);
+        matmul_forward(a->f[l], a->sFa, w->fc2_w, w->fc2_b, BN, d, F);
+        gate_residual_forward(a->x[l + 1], a->x2[l], a->f[l], mod + 5 * d, B, N, d, 6 * d);
+    }
+
+    /* head: (shift, scale) = scale_shift_table + temb (chunk order shift, scale), LN, modulate, proj_out */
+    for (int b = 0; b < B; b++)
+        for (int k = 0; k < 2; k++)
+            for (int j = 0; j < d; j++)
+                a->hmod[((size_t)b * 2 + k) * d + j] = p->sst[(size_t)k * d + j] + a->temb[(size_t)b * d + j];
+    layernorm_forward(a->sA, a->meanf, a->rstdf, a->x[c->num_layers], NULL, NULL, BN, d, c->eps);
+    modulate_forward(a->sB, a->sA, a->hmod, a->hmod + d, B, N, d, 2 * d);
+    matmul_forward(a->tok, a->sB, p->po_w, p->po_b, BN, m->patch_out, d);
+    unpatchify3d_forward(out, a->tok, B, c->out_channels, s->frames, s->height, s->width, c->patch_t, c->patch_h,
+                         c->patch_w);
+}
+
+/* ---- backward --------------------------------------------------------------------------------- */
+
+/* dtable[j] += sum_b dmod[b, j]; dper_sample[b, j] += dmod[b, j] (the per-sample part may be NULL) */
+static void add_table_backward(float *dtable, float *dper_sample, const float *dmod, int B, int n) {
+    for (int b = 0; b < B; b++)
+        for (int j = 0; j < n; j++) {
+            dtable[j] += dmod[(size_t)b * n + j];
+            if (dper_sample) dper_sample[(size_t)b * n + j] += dmod[(size_t)b * n + j];
+        }
+}
+
+void wan_backward(wan_model *m, const float *dout) {
+    wan_acts *a = m->acts;
+    const wan_config *c = &m->cfg;
+    const wan_shape *s = &a->cur;
+    if (s->batch < 1) dfm_die("Wan backward: no forward to differentiate");
+    const views *p = &a->p, *g = &a->g;
+    const int B = s->batch, Lt = s->text_len, N = a->N, BN = B * N, BL = B * Lt;
+    const int d = m->d, H = c->num_heads, D = c->head_dim, F = m->ffn;
+    const size_t nT = (size_t)BN * d;
+    const int *lens = a->masked ? a->text_lens : NULL;
+    const float scale = 1.0f / sqrtf((float)D);
+
+    /* head */
+    zero(a->tok, (size_t)BN * m->patch_out);
+    unpatchify3d_backward(a->tok, dout, B, c->out_channels, s->frames, s->height, s->width, c->patch_t, c->patch_h,
+                          c->patch_w);
+    float *xL = a->x[c->num_layers];
+    layernorm_forward(a->sA, NULL, NULL, xL, NULL, NULL, BN, d, c->eps);
+    modulate_forward(a->sB, a->sA, a->hmod, a->hmod + d, B, N, d, 2 * d);
+    zero(a->sC, nT);
+    matmul_backward(a->sC, g->po_w, g->po_b, a->tok, a->sB, p->po_w, BN, m->patch_out, d);
+    zero(a->dhmod, (size_t)B * 2 * d);
+    zero(a->sB, nT);
+    modulate_backward(a->sB, a->dhmod, a->dhmod + d, a->sC, a->sA, a->hmod + d, B, N, d, 2 * d);
+    zero(a->dx, nT);
+    layernorm_backward(a->dx, NULL, NULL, a->sB, xL, NULL, a->meanf, a->rstdf, BN, d);
+    zero(a->dtemb, (size_t)B * d);
+    for (int b = 0; b < B; b++)
+        for (int k = 0; k < 2; k++)
+            for (int j = 0; j < d; j++) {
+                const float v = a->dhmod[((size_t)b * 2 + k) * d + j];
+                g->sst[(size_t)k * d + j] += v;
+                a->dtemb[(size_t)b * d + j] += v;
+            }
+
+    zero(a->dtproj, (size_t)B * 6 * d);
+    zero(a->dctx, (size_t)BL * d);
+    for (int l = c->num_layers - 1; l >= 0; l--) {
+        const block_views *w = &p->blk[l], *gw = &g->blk[l];
+        const float *mod = a->mod[l];
+        float *dmod = a->dmod;
+        zero(dmod, (size_t)B * 6 * d);
+
+        /* ---- feed-forward: x_out = x2 + c_gate * f (dx flows through unchanged) ---- */
+        float *df = a->sA;
+        zero(df, nT);
+        gate_residual_backward(NULL, df, dmod + 5 * d, a->dx, a->f[l], mod + 5 * d, B, N, d, 6 * d);
+        gelu_forward(a->sFa, a->h[l], (size_t)BN * F);
+        zero(a->sFb, (size_t)BN * F);
+        matmul_backward(a->sFb, gw->fc2_w, gw->fc2_b, df, a->sFa, w->fc2_w, BN, d, F);
+        float *dh = a->sFa; /* gelu(h) is dead once fc2's weight gradient is taken */
+        zero(dh, (size_t)BN * F);
+        gelu_backward(dh, a->sFb, a->h[l], (size_t)BN * F);
+        float *ln3 = a->sA, *xm3 = a->sB;
+        layernorm_forward(ln3, NULL, NULL, a->x2[l], NULL, NULL, BN, d, c->eps);
+        modulate_forward(xm3, ln3, mod + 3 * d, mod + 4 * d, B, N, d, 6 * d);
+        zero(a->sC, nT);
+        matmul_backward(a->sC, gw->fc1_w, gw->fc1_b, dh, xm3, w->fc1_w, BN, F, d);
+        float *dln3 = a->sB;
+        zero(dln3, nT);
+        modulate_backward(dln3, dmod + 3 * d, dmod + 4 * d, a->sC, ln3, mod + 4 * d, B, N, d, 6 * d);
+        layernorm_backward(a->dx, NULL, NULL, dln3, a->x2[l], NULL, a->mean3[l], a->rstd3[l], BN, d);
+
+        /* ---- cross-attention: x2 = x_mid + attention(...) Wo2^T + b ---- */
+        float *dao2 = a->sA;
+        zero(dao2, nT);
+        matmul_backward(dao2, gw->o2_w, gw->o2_b, a->dx, a->ao2[l], w->o2_w, BN, d, d);
+        float *q2n = a->sB, *dq2n = a->sC;
+        rmsnorm_forward_strided(q2n, NULL, a->q2[l], w->nq2, BN, d, d, d, c->eps);
+        cross_attention_kv(m, a->kvs, NULL, a->kv2[l], w, BL);
+        zero(dq2n, nT);
+        zero(a->dkvs, (size_t)BL * 2 * d);
+        attention_backward(dq2n, a->dkvs, a->dkvs + d, a->attn_ws, dao2, a->ao2[l], a->lse2[l], q2n, a->kvs, a->kvs + d,
+                           lens, B, N, Lt, H, D, d, 2 * d, d, scale);
+        float *dq2 = a->sA;
+        zero(dq2, nT);
+        rmsnorm_backward_strided(dq2, gw->nq2, dq2n, a->q2[l], w->nq2, a->rq2[l], BN, d, d, d, d);
+        zero(a->dkv, (size_t)BL * 2 * d);
+        rmsnorm_backward_strided(a->dkv, gw->nk2, a->dkvs, a->kv2[l], w->nk2, a->rk2[l], BL, d, 2 * d, 2 * d, 2 * d);
+        copy_rows(a->dkv + d, a->dkvs + d, (size_t)BL, d, 2 * d, 2 * d, 0);
+        matmul_backward(a->dctx, gw->kv2_w, gw->kv2_b, a->dkv, a->ctx, w->kv2_w, BL, 2 * d, d);
+        float *n2 = a->sB, *dn2 = a->sC;
+        layernorm_forward(n2, NULL, NULL, a->xmid[l], w->n2_w, w->n2_b, BN, d, c->eps);
+        zero(dn2, nT);
+        matmul_backward(dn2, gw->q2_w, gw->q2_b, dq2, n2, w->q2_w, BN, d, d);
+        layernorm_backward(a->dx, gw->n2_w, gw->n2_b, dn2, a->xmid[l], w->n2_w, a->mean2[l], a->rstd2[l], BN, d);
+
+        /* ---- self-attention: x_mid = x + gate * proj1 ---- */
+        float *dproj = a->sA;
+        zero(dproj, nT);
+        gate_residual_backward(NULL, dproj, dmod + 2 * d, a->dx, a->proj1[l], mod + 2 * d, B, N, d, 6 * d);
+        float *dao1 = a->sB;
+        zero(dao1, nT);
+        matmul_backward(dao1, gw->o1_w, gw->o1_b, dproj, a->ao1[l], w->o1_w, BN, d, d);
+        float *att = a->s3a, *datt = a->s3b;
+        self_attention_inputs(m, att, NULL, NULL, a->qkv[l], w, B, N);
+        zero(datt, (size_t)BN * 3 * d);
+        attention_backward(datt, datt + d, datt + 2 * d, a->attn_ws, dao1, a->ao1[l], a->lse1[l], att, att + d,
+                           att + 2 * d, NULL, B, N, N, H, D, 3 * d, 3 * d, d, scale);
+        float *dqkv = a->s3a; /* the attention inputs are dead now */
+        zero(dqkv, (size_t)BN * 3 * d);
+        for (int qk = 0; qk < 2; qk++) { /* undo RoPE, then the RMSNorm, for q then k */
+            float *dn = a->sA;
+            zero(dn, nT);
+            rope_backward(dn, datt + qk * d, a->rope_cos, a->rope_sin, B, N, H, D, d, 3 * d);
+            rmsnorm_backward_strided(dqkv + qk * d, qk ? gw->nk1 : gw->nq1, dn, a->qkv[l] + qk * d,
+                                     qk ? w->nk1 : w->nq1, qk ? a->rk1[l] : a->rq1[l], BN, d, 3 * d, d, 3 * d);
+        }
+        copy_rows(dqkv + 2 * d, datt + 2 * d, (size_t)BN, d, 3 * d, 3 * d, 0);
+        float *ln1 = a->sA, *xm1 = a->sB;
+        layernorm_forward(ln1, NULL, NULL, a->x[l], NULL, NULL, BN, d, c->eps);
+        modulate_forward(xm1, ln1, mod + 0 * d, mod + 1 * d, B, N, d, 6 * d);
+        zero(a->sC, nT);
+        matmul_backward(a->sC, gw->qkv_w, gw->qkv_b, dqkv, xm1, w->qkv_w, BN, 3 * d, d);
+        float *dln1 = a->sB;
+        zero(dln1, nT);
+        modulate_backward(dln1, dmod + 0 * d, dmod + 1 * d, a->sC, ln1, mod + 1 * d, B, N, d, 6 * d);
+        layernorm_backward(a->dx, NULL, NULL, dln1, a->x[l], NULL, a->mean1[l], a->rstd1[l], BN, d);
+
+        /* mod = scale_shift_table + time_proj output */
+        add_table_backward(gw->sst, a->dtproj, dmod, B, 6 * d);
+    }
+
+    /* time embedding: temb feeds time_proj (through SiLU) and the head (directly) */
+    zero(a->dtemb_s, (size_t)B * d);
+    matmul_backward(a->dtemb_s, g->tp_w, g->tp_b, a->dtproj, a->temb_s, p->tp_w, B, 6 * d, d);
+    silu_backward(a->dtemb, a->dtemb_s, a->temb, (size_t)B * d);
+    zero(a->dt1s, (size_t)B * d);
+    matmul_backward(a->dt1s, g->t2_w, g->t2_b, a->dtemb, a->t1s, p->t2_w, B, d, d);
+    zero(a->dt1, (size_t)B * d);
+    silu_backward(a->dt1, a->dt1s, a->t1, (size_t)B * d);
+    matmul_backward(NULL, g->t1_w, g->t1_b, a->dt1, a->tsin, p->t1_w, B, d, c->freq_dim);
+
+    /* text embedder */
+    float *gelu_c1 = a->tsc, *dgelu = a->kvs;
+    gelu_forward(gelu_c1, a->c1, (size_t)BL * d);
+    zero(dgelu, (size_t)BL * d);
+    matmul_backward(dgelu, g->x2_w, g->x2_b, a->dctx, gelu_c1, p->x2_w, BL, d, d);
+    float *dc1 = a->tsc;
+    zero(dc1, (size_t)BL * d);
+    gelu_backward(dc1, dgelu, a->c1, (size_t)BL * d);
+    matmul_backward(NULL, g->x1_w, g->x1_b, dc1, a->text_in, p->x1_w, BL, d, c->text_dim);
+
+    /* patch embedding */
+    matmul_backward(NULL, g->pe_w, g->pe_b, a->dx, a->patches, p->pe_w, BN, d, m->patch_in);
+}
+
+double wan_forward_flops(const wan_model *m, const wan_shape *s) {
+    const wan_config *c = &m->cfg;
+    const double B = s->batch,
+                 N = (double)(s->frames / c->patch_t) * (s->height / c->patch_h) * (s->width / c->patch_w);
+    const double Q = B * N, Q2 = B * N * N, K = B * s->text_len, QK = B * N * s->text_len, h = m->d, F = m->ffn;
+    const double pv = (double)c->patch_t * c->patch_h * c->patch_w;
+    const double self = 2 * Q * h * 3 * h + 4 * Q2 * h + 2 * Q * h * h;
+    const double cross = 2 * Q * h * h + 4 * K * h * h + 4 * QK * h + 2 * Q * h * h;
+    const double mlp = 4 * Q * h * F;
+    return c->num_layers * (self + cross + mlp) + 2 * Q * c->in_channels * pv * h + 2 * K * (c->text_dim * h + h * h) +
+           2 * Q * h * c->out_channels * pv;
+}
