@@ -60,6 +60,11 @@ typedef struct {
     wan_shape max;         /* what the activation arena holds */
     int max_tokens;        /* video tokens per sample at max */
     wan_acts *acts;        /* activations saved by the forward, and backward scratch */
+    /* parameter segments in table order: 0 = patch and condition embedders, 1..L = blocks, L+1 = output head;
+     * the forward visits them in this order, the backward in reverse */
+    int nseg;
+    size_t *seg_begin;   /* nseg + 1 offsets into the table */
+    segment_hooks hooks; /* zero: parameters and gradients are m->params / m->grads */
 } wan_model;
 
 /* Build the model for inputs up to `max` (batch, tokens per sample and text length). Dies with a message on

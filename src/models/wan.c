@@ -183,10 +183,24 @@ typedef struct {
     float *tp_w, *tp_b; /* time_proj [6d, d] */
     float *x1_w, *x1_b; /* text_embedder.linear_1 [d, text_dim] */
     float *x2_w, *x2_b; /* text_embedder.linear_2 [d, d] */
+    /* the output head (the last segment) */
     float *sst;         /* scale_shift_table [2, d] */
     float *po_w, *po_b; /* proj_out [pt*ph*pw*C_out, d] */
-    block_views *blk;
 } views;
+
+/* Views are filled from per-segment offsets at each use (the segment may live in the model's buffer or in a
+ * data-parallel gather buffer), so each struct doubles as an array of its pointers. */
+#define N_VIEWS (sizeof(views) / sizeof(float *))
+#define N_HEAD_VIEWS 12 /* pe .. x2: segment 0; sst, po: the last segment */
+#define N_BLOCK_VIEWS (sizeof(block_views) / sizeof(float *))
+typedef union {
+    views v;
+    float *p[N_VIEWS];
+} views_u;
+typedef union {
+    block_views v;
+    float *p[N_BLOCK_VIEWS];
+} block_u;
 
 struct wan_acts {
     float *buf;
@@ -205,7 +219,8 @@ struct wan_acts {
     /* scratch: [B*N, d] x4, [B*N, 3d] x2, [B*N, F] x2, output tokens, text [B*L, 2d] x3 and [B*L, d] x2 */
     float *sA, *sB, *sC, *dx, *s3a, *s3b, *sFa, *sFb, *tok, *kvs, *dkvs, *dkv, *dctx, *tsc;
     float *dmod, *dtproj, *dhmod, *dtemb, *dtemb_s, *dt1s, *dt1, *attn_ws;
-    views p, g;
+    size_t off_views[N_VIEWS];       /* within segment 0 (the first 12) or the last segment */
+    size_t off_block[N_BLOCK_VIEWS]; /* within a block's segment (every block is laid out alike) */
 };
 
 static float *view(const wan_model *m, float *base, const char *fmt, int l) {
@@ -216,7 +231,7 @@ static float *view(const wan_model *m, float *base, const char *fmt, int l) {
     return base + e->offset;
 }
 
-static void resolve_views(const wan_model *m, float *base, views *v) {
+static void resolve_views(const wan_model *m, float *base, views *v, block_views *blk) {
     v->pe_w = view(m, base, "patch_embedding.weight", 0);
     v->pe_b = view(m, base, "patch_embedding.bias", 0);
     v->t1_w = view(m, base, "condition_embedder.time_embedder.linear_1.weight", 0);
@@ -233,9 +248,8 @@ static void resolve_views(const wan_model *m, float *base, views *v) {
     v->po_w = view(m, base, "proj_out.weight", 0);
     v->po_b = view(m, base, "proj_out.bias", 0);
     const size_t d = (size_t)m->d;
-    v->blk = xcalloc((size_t)m->cfg.num_layers, sizeof(block_views));
     for (int l = 0; l < m->cfg.num_layers; l++) {
-        block_views *b = &v->blk[l];
+        block_views *b = &blk[l];
         b->qkv_w = view(m, base, "blocks.%d.attn1.to_q.weight", l);
         b->qkv_b = view(m, base, "blocks.%d.attn1.to_q.bias", l);
         b->o1_w = view(m, base, "blocks.%d.attn1.to_out.0.weight", l);
@@ -264,6 +278,64 @@ static void resolve_views(const wan_model *m, float *base, views *v) {
             view(m, base, "blocks.%d.attn2.to_v.bias", l) != b->kv2_b + d)
             dfm_die("internal: fused projections of Wan block %d are not adjacent", l);
     }
+}
+
+/* Segments (0: patch and condition embedders, 1..L: blocks, L+1: output head) and the views' offsets in them. */
+static void resolve_segments(wan_model *m, wan_acts *a) {
+    const int L = m->cfg.num_layers;
+    m->nseg = L + 2;
+    m->seg_begin = xcalloc((size_t)m->nseg + 1, sizeof(size_t));
+    for (int l = 0; l < L; l++) {
+        char name[64];
+        snprintf(name, sizeof name, "blocks.%d.attn1.to_q.weight", l);
+        m->seg_begin[1 + l] = param_table_find(&m->table, name)->offset;
+    }
+    m->seg_begin[L + 1] = param_table_find(&m->table, "scale_shift_table")->offset;
+    m->seg_begin[L + 2] = m->table.total;
+    views_u v;
+    block_views *blk = xcalloc((size_t)L, sizeof *blk);
+    resolve_views(m, m->params, &v.v, blk);
+    for (size_t i = 0; i < N_VIEWS; i++) {
+        size_t seg_start = m->seg_begin[i < N_HEAD_VIEWS ? 0 : L + 1];
+        a->off_views[i] = (size_t)(v.p[i] - m->params) - seg_start;
+        if (v.p[i] - m->params < (ptrdiff_t)seg_start || (size_t)(v.p[i] - m->params) >= m->seg_begin[i < N_HEAD_VIEWS ? 1 : L + 2])
+            dfm_die("internal: Wan view %zu lies outside its segment", i);
+    }
+    for (int l = 0; l < L; l++) {
+        block_u b = {.v = blk[l]};
+        for (size_t i = 0; i < N_BLOCK_VIEWS; i++) {
+            size_t off = (size_t)(b.p[i] - m->params) - m->seg_begin[1 + l];
+            if (l == 0) a->off_block[i] = off;
+            else if (off != a->off_block[i]) dfm_die("internal: Wan block %d is laid out unlike block 0", l);
+        }
+    }
+    free(blk);
+}
+
+/* Where segment s lives for this pass: the model's buffers, or wherever the hooks put it. */
+static float *seg_params(wan_model *m, int s, int backward) {
+    if (m->hooks.params) return (float *)m->hooks.params(m->hooks.ctx, s, backward);
+    return m->params + m->seg_begin[s];
+}
+
+static float *seg_grads(wan_model *m, int s) {
+    if (m->hooks.grads) return m->hooks.grads(m->hooks.ctx, s);
+    return m->grads + m->seg_begin[s];
+}
+
+static void seg_done(wan_model *m, int s) {
+    if (m->hooks.grads_done) m->hooks.grads_done(m->hooks.ctx, s);
+}
+
+/* Fill the embedder views (first) or the head views (!first) of v from their segment's base. */
+static void views_at(const wan_acts *a, float *base, int first, views *v) {
+    views_u *u = (views_u *)v;
+    for (size_t i = first ? 0 : N_HEAD_VIEWS; i < (first ? N_HEAD_VIEWS : N_VIEWS); i++) u->p[i] = base + a->off_views[i];
+}
+
+static void block_at(const wan_acts *a, float *base, block_views *b) {
+    block_u *u = (block_u *)b;
+    for (size_t i = 0; i < N_BLOCK_VIEWS; i++) u->p[i] = base + a->off_block[i];
 }
 
 /* ---- activations ------------------------------------------------------------------------------ */
@@ -412,8 +484,7 @@ void wan_create(wan_model *m, const wan_config *cfg, const wan_shape *max) {
     cv = (carver){a->buf, 0};
     carve_acts(m, a, &cv);
     a->text_lens = xcalloc((size_t)max->batch, sizeof(int));
-    resolve_views(m, m->params, &a->p);
-    resolve_views(m, m->grads, &a->g);
+    resolve_segments(m, a);
     m->acts = a;
 }
 
@@ -422,12 +493,11 @@ void wan_free(wan_model *m) {
     if (a) {
         float ***lists[] = PER_BLOCK_LISTS(a);
         for (size_t i = 0; i < sizeof lists / sizeof lists[0]; i++) free(*lists[i]);
-        free(a->p.blk);
-        free(a->g.blk);
         free(a->text_lens);
         free(a->buf);
         free(a);
     }
+    free(m->seg_begin);
     free(m->params);
     free(m->grads);
     param_table_free(&m->table);
@@ -567,7 +637,9 @@ void wan_forward(wan_model *m, float *out, const float *latents, const float *ti
     }
     const int *lens = a->masked ? a->text_lens : NULL;
     const float scale = 1.0f / sqrtf((float)D);
-    const views *p = &a->p;
+    views pv;
+    const views *p = &pv;
+    views_at(a, seg_params(m, 0, 0), 1, &pv);
 
     /* patch embedding (Conv3d with kernel = stride = patch, as a GEMM) */
     patchify3d_forward(a->patches, latents, B, c->in_channels, s->frames, s->height, s->width, c->patch_t, c->patch_h,
@@ -590,7 +662,9 @@ void wan_forward(wan_model *m, float *out, const float *latents, const float *ti
     matmul_forward(a->ctx, a->tsc, p->x2_w, p->x2_b, BL, d, d);
 
     for (int l = 0; l < c->num_layers; l++) {
-        const block_views *w = &p->blk[l];
+        block_views wv;
+        block_at(a, seg_params(m, 1 + l, 0), &wv);
+        const block_views *w = &wv;
         float *mod = a->mod[l];
         add_table(mod, w->sst, a->tproj, B, 6 * d);
         /* self-attention */
@@ -621,6 +695,7 @@ void wan_forward(wan_model *m, float *out, const float *latents, const float *ti
     }
 
     /* head: (shift, scale) = scale_shift_table + temb (chunk order shift, scale), LN, modulate, proj_out */
+    views_at(a, seg_params(m, c->num_layers + 1, 0), 0, &pv);
     for (int b = 0; b < B; b++)
         for (int k = 0; k < 2; k++)
             for (int j = 0; j < d; j++)
@@ -648,7 +723,10 @@ void wan_backward(wan_model *m, const float *dout) {
     const wan_config *c = &m->cfg;
     const wan_shape *s = &a->cur;
     if (s->batch < 1) dfm_die("Wan backward: no forward to differentiate");
-    const views *p = &a->p, *g = &a->g;
+    views pv, gv;
+    const views *p = &pv, *g = &gv;
+    views_at(a, seg_params(m, c->num_layers + 1, 1), 0, &pv);
+    views_at(a, seg_grads(m, c->num_layers + 1), 0, &gv);
     const int B = s->batch, Lt = s->text_len, N = a->N, BN = B * N, BL = B * Lt;
     const int d = m->d, H = c->num_heads, D = c->head_dim, F = m->ffn;
     const size_t nT = (size_t)BN * d;
@@ -677,11 +755,15 @@ void wan_backward(wan_model *m, const float *dout) {
                 g->sst[(size_t)k * d + j] += v;
                 a->dtemb[(size_t)b * d + j] += v;
             }
+    seg_done(m, c->num_layers + 1);
 
     zero(a->dtproj, (size_t)B * 6 * d);
     zero(a->dctx, (size_t)BL * d);
     for (int l = c->num_layers - 1; l >= 0; l--) {
-        const block_views *w = &p->blk[l], *gw = &g->blk[l];
+        block_views wv, gwv;
+        block_at(a, seg_params(m, 1 + l, 1), &wv);
+        block_at(a, seg_grads(m, 1 + l), &gwv);
+        const block_views *w = &wv, *gw = &gwv;
         const float *mod = a->mod[l];
         float *dmod = a->dmod;
         zero(dmod, (size_t)B * 6 * d);
@@ -764,9 +846,12 @@ void wan_backward(wan_model *m, const float *dout) {
 
         /* mod = scale_shift_table + time_proj output */
         add_table_backward(gw->sst, a->dtproj, dmod, B, 6 * d);
+        seg_done(m, 1 + l);
     }
 
     /* time embedding: temb feeds time_proj (through SiLU) and the head (directly) */
+    views_at(a, seg_params(m, 0, 1), 1, &pv);
+    views_at(a, seg_grads(m, 0), 1, &gv);
     zero(a->dtemb_s, (size_t)B * d);
     matmul_backward(a->dtemb_s, g->tp_w, g->tp_b, a->dtproj, a->temb_s, p->tp_w, B, 6 * d, d);
     silu_backward(a->dtemb, a->dtemb_s, a->temb, (size_t)B * d);
@@ -788,6 +873,7 @@ void wan_backward(wan_model *m, const float *dout) {
 
     /* patch embedding */
     matmul_backward(NULL, g->pe_w, g->pe_b, a->dx, a->patches, p->pe_w, BN, d, m->patch_in);
+    seg_done(m, 0);
 }
 
 double wan_forward_flops(const wan_model *m, const wan_shape *s) {
