@@ -6,6 +6,7 @@
 #include "dfm/config.h"
 #include "dfm/diffusion.h"
 #include "dfm/dit.h"
+#include "dfm/wan.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -18,6 +19,7 @@ double lr_schedule(long it, double lr, double min_lr, long warmup, long decay_it
 
 /* Bind config sections to the structs the library uses; die with the key named on bad values. */
 void config_to_dit(const cfg *c, dit_config *out);
+void config_to_wan(const cfg *c, wan_config *out); /* model.kind = wan */
 void config_to_objective(const cfg *c, objective_config *out);
 
 /* Run the job described by c. Returns 0 on success. */

@@ -19,6 +19,7 @@
 
 #include "dfm/diffusion.h"
 #include "dfm/dit.h"
+#include "dfm/wan.h"
 
 #include <stddef.h>
 #include <stdint.h>
@@ -62,6 +63,12 @@ void sample_initial_noise(float *x, size_t n, uint64_t sample_seed, float scale)
 int dit_sample(dit_model *m, const sampler_config *s, const int *labels, const uint64_t *seeds, int n, float *out,
                void (*progress)(int done, int total, void *ctx), void *ctx, char *err, size_t errlen);
 
+/* The same for Wan: n clips conditioned on text [n, text_len, text_dim] with valid lengths text_lens[n], into
+ * out [n, in_channels, frames, height, width]. With guidance the unconditional half sees one zero text token
+ * (what condition dropout trains). */
+int wan_sample(wan_model *m, const sampler_config *s, const float *text, const int *text_lens, const uint64_t *seeds,
+               int n, int frames, int height, int width, int text_len, float *out,
+               void (*progress)(int done, int total, void *ctx), void *pctx, char *err, size_t errlen);
 /* Sampling settings stored in a dfm weights file's metadata "dfm_objective":
  * {"kind": "flow_matching"|"edm", "flow_shift": ..., "sigma_data": ..., "cond_dropout_prob": ...}.
  * Returns 1 if present and valid (fields left at their defaults when absent), 0 if the key is absent,

@@ -7,6 +7,7 @@
 #include "dfm/diffusion.h"
 #include "dfm/dit.h"
 #include "dfm/optim.h"
+#include "dfm/wan.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -40,6 +41,33 @@ step_result dit_trainer_step(dit_trainer *tr, const float *x0, const int *labels
  * the global mean over every rank. tr->opt is not used (the engine holds the optimizer). */
 step_result dit_trainer_step_dp(dit_trainer *tr, dp_engine *e, const float *x0, const int *labels, int n_local,
                                 int B_global, uint32_t first, uint32_t step, float lr);
+
+/* Wan 2.1 training: latents [B, C, T, H, W] with text embeddings [B, L, D] and valid lengths. Condition dropout
+ * (diffusion.cfg_dropout_prob, drawn like the DiT's null class) replaces a sample's text by one zero token: the
+ * unconditional input classifier-free guidance needs at sampling time. */
+typedef struct {
+    wan_model *model;
+    objective_config obj;
+    uint64_t seed;
+    int frames, height, width, text_len; /* sample shape */
+    diffusion_batch db;                   /* sized for the model's max micro-batch */
+    float *out, *dout;                    /* [max_batch, C_out, T, H, W] */
+    float *text;                          /* the micro-batch's text after dropout */
+    int *cond, *lens;                     /* condition flags (0 = keep) and the lengths after dropout */
+} wan_trainer;
+
+void wan_trainer_init(wan_trainer *tr, wan_model *m, const objective_config *obj, uint64_t seed, int frames, int height,
+                      int width, int text_len);
+void wan_trainer_free(wan_trainer *tr);
+/* As dit_trainer_step_dp for Wan: this rank's n_local samples of a global batch of B_global, the first with
+ * global index `first`. */
+step_result wan_trainer_step_dp(wan_trainer *tr, dp_engine *e, const float *latents, const float *text,
+                                const int *text_lens, int n_local, int B_global, uint32_t first, uint32_t step,
+                                float lr);
+/* Loss of one micro-batch (at most the model's max batch) under the objective `o` with draws keyed by
+ * (seed, step, first), without gradients: validation. */
+double wan_trainer_loss(wan_trainer *tr, const objective_config *o, uint64_t seed, const float *latents,
+                        const float *text, const int *text_lens, int B, uint32_t step, uint32_t first);
 
 #ifdef __cplusplus
 }

@@ -214,6 +214,60 @@ int cli_open_dit(const char *checkpoint, const char *which, int which_explicit, 
     return 0;
 }
 
+char *cli_checkpoint_meta(const char *checkpoint, const char *which, const char *key) {
+    char *sdir = sharded_dir(checkpoint);
+    if (sdir) {
+        char *v = ckpt_meta(sdir, key);
+        free(sdir);
+        return v;
+    }
+    char path[4608], err[1024];
+    if (cli_resolve_weights(checkpoint, which, 0, path, sizeof path, err, sizeof err)) return NULL;
+    st_file *f = st_open(path, NULL, 0);
+    if (!f) return NULL;
+    char *v = st_meta(f, key) ? xstrdup(st_meta(f, key)) : NULL;
+    st_close(f);
+    return v;
+}
+
+int cli_open_wan(const char *checkpoint, const char *which, int which_explicit, const wan_shape *max, wan_model *m,
+                 cli_model_info *info, char **sample_meta, char *err, size_t errlen) {
+    memset(info, 0, sizeof *info);
+    char serr[1024];
+    char *sdir = sharded_dir(checkpoint);
+    if (sdir) snprintf(info->path, sizeof info->path, "%.4000s (%s, from its shards)", sdir, which);
+    else if (cli_resolve_weights(checkpoint, which, which_explicit, info->path, sizeof info->path, err, errlen))
+        return -1;
+    char *cfg_text = cli_checkpoint_meta(checkpoint, which, "dfm_wan_config");
+    wan_config c;
+    if (!cfg_text || wan_config_from_json(&c, cfg_text, serr, sizeof serr) != 0) {
+        snprintf(err, errlen, "'%s' is not a dfm Wan checkpoint: %s", info->path,
+                 cfg_text ? serr : "no 'dfm_wan_config' metadata");
+        free(cfg_text), free(sdir);
+        return -1;
+    }
+    free(cfg_text);
+    wan_create(m, &c, max);
+    int rc = sdir ? ckpt_read_range(sdir, which, &m->table, 0, m->table.total, m->params, err, errlen)
+                  : wan_load_weights(m, m->params, info->path, err, errlen);
+    free(sdir);
+    if (rc != 0) {
+        wan_free(m);
+        return -1;
+    }
+    char *objective = cli_checkpoint_meta(checkpoint, which, "dfm_objective");
+    rc = stored_objective_parse(objective, &info->obj, serr, sizeof serr);
+    free(objective);
+    if (rc < 0) {
+        snprintf(err, errlen, "'%s': %s", info->path, serr);
+        wan_free(m);
+        return -1;
+    }
+    info->has_objective = rc == 1;
+    *sample_meta = cli_checkpoint_meta(checkpoint, which, "dfm_wan_sample");
+    return 0;
+}
+
 void cli_model_info_free(cli_model_info *info, int num_classes) {
     for (int k = 0; info->class_names && k < num_classes; k++) free(info->class_names[k]);
     free(info->class_names);

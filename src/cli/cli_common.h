@@ -40,4 +40,14 @@ int cli_open_dit(const char *checkpoint, const char *which, int which_explicit, 
                  cli_model_info *info, char *err, size_t errlen);
 void cli_model_info_free(cli_model_info *info, int num_classes);
 
+/* Metadata `key` of the weights a checkpoint argument names (a weights file, an iter folder, a checkpoint root;
+ * consolidated or sharded), malloc'ed, or NULL. */
+char *cli_checkpoint_meta(const char *checkpoint, const char *which, const char *key);
+
+/* A dfm Wan checkpoint: the model built for inputs up to max (its weights loaded), the objective, and the
+ * "dfm_wan_sample" metadata (the training clips' shape and text encoder; malloc'ed JSON or NULL). */
+#include "dfm/wan.h"
+int cli_open_wan(const char *checkpoint, const char *which, int which_explicit, const wan_shape *max, wan_model *m,
+                 cli_model_info *info, char **sample_meta, char *err, size_t errlen);
+
 #endif

@@ -1,6 +1,7 @@
 /* dfm generate: class-conditional samples from a DiT checkpoint, as PNGs, a samples.json manifest and a
- * labelled grid. */
+ * labelled grid; or, from a Wan checkpoint, clips from text (src/cli/generate_wan.c). */
 #include "cli/cli_common.h"
+#include "cli/generate_wan.h"
 #include "dfm/codec.h"
 #include "dfm/common.h"
 #include "dfm/kernels.h"
@@ -31,7 +32,11 @@ static void usage(FILE *f) {
                "  --seed N            base seed; sample i uses seed N + i (default 0)\n"
                "  --classes LIST      comma-separated class numbers or names, or 'all' (default all)\n"
                "  --per-class N       samples of each class (default 8)\n"
-               "  --batch N           samples per model evaluation (default 32)\n");
+               "  --batch N           samples per model evaluation (default 32; Wan 4)\n"
+               "Wan checkpoints (clips from text; GIFs, frame strips, samples.json, samples.safetensors):\n"
+               "  --prompt TEXT       a caption (repeatable), encoded by the checkpoint's stand-in text encoder\n"
+               "  --per-prompt N      clips of each prompt (default 2)\n"
+               "  --text-embeddings F precomputed embeddings (safetensors: text_embeddings [n, L, D], text_lens [n])\n");
 }
 
 static int parse_classes(const char *s, const cli_model_info *info, int K, int **out, int *n, char *err,
@@ -96,7 +101,9 @@ static void progress(int done, int total, void *ctx) {
 int dfm_generate_main(int argc, char **argv) {
     const char *checkpoint = NULL, *out_dir = NULL, *weights = "ema", *objective = NULL, *sampler = NULL;
     const char *steps_s = NULL, *guid_s = NULL, *shift_s = NULL, *seed_s = "0", *classes_s = "all";
-    const char *per_s = "8", *batch_s = "32";
+    const char *per_s = "8", *batch_s = NULL, *per_prompt_s = "2", *text_emb = NULL;
+    const char **prompts = xcalloc((size_t)argc, sizeof(char *));
+    int nprompts = 0;
     int weights_explicit = 0;
     for (int i = 1; i < argc; i++) {
         const char *v;
@@ -127,6 +134,12 @@ int dfm_generate_main(int argc, char **argv) {
             per_s = v;
         else if (cli_opt(argc, argv, &i, "--batch", &v))
             batch_s = v;
+        else if (cli_opt(argc, argv, &i, "--prompt", &v))
+            prompts[nprompts++] = v;
+        else if (cli_opt(argc, argv, &i, "--per-prompt", &v))
+            per_prompt_s = v;
+        else if (cli_opt(argc, argv, &i, "--text-embeddings", &v))
+            text_emb = v;
         else {
             fprintf(stderr, "dfm: error: generate: unknown argument '%s'\n", argv[i]);
             usage(stderr);
@@ -146,6 +159,10 @@ int dfm_generate_main(int argc, char **argv) {
     double guidance = 1.0, shift = 0;
     if (!cli_parse_int(per_s, 1, 100000, &per))
         dfm_die("--per-class must be an integer in 1..100000 (got '%s')", per_s);
+    char *wan_cfg = cli_checkpoint_meta(checkpoint, weights, "dfm_wan_config");
+    int is_wan = wan_cfg != NULL;
+    free(wan_cfg);
+    if (!batch_s) batch_s = is_wan ? "4" : "32";
     if (!cli_parse_int(batch_s, 1, 65536, &batch))
         dfm_die("--batch must be an integer in 1..65536 (got '%s')", batch_s);
     if (!cli_parse_u64(seed_s, &seed)) dfm_die("--seed must be a non-negative integer (got '%s')", seed_s);
@@ -166,6 +183,23 @@ int dfm_generate_main(int argc, char **argv) {
     }
     sampler_kind sk = SAMPLER_EULER;
     if (sampler && !sampler_parse(sampler, &sk)) dfm_die("--sampler must be 'euler' or 'heun' (got '%s')", sampler);
+    if (is_wan) {
+        long per_prompt;
+        if (!cli_parse_int(per_prompt_s, 1, 100000, &per_prompt))
+            dfm_die("--per-prompt must be an integer in 1..100000 (got '%s')", per_prompt_s);
+        if (objective || sampler || strcmp(classes_s, "all") || strcmp(per_s, "8"))
+            dfm_die("--objective, --sampler, --classes and --per-class are DiT options; a Wan checkpoint samples with "
+                    "the Euler flow ODE from --prompt captions (--per-prompt N)");
+        kernels_init();
+        wan_gen_opts o = {checkpoint, weights, out_dir, weights_explicit, text_emb, prompts, nprompts, (int)per_prompt,
+                          (int)batch, (int)steps, guidance, shift_s ? shift : 0, seed, progress};
+        int rc = dfm_generate_wan(&o);
+        free(prompts);
+        return rc;
+    }
+    if (nprompts || text_emb || strcmp(per_prompt_s, "2"))
+        dfm_die("--prompt, --per-prompt and --text-embeddings need a Wan checkpoint; '%s' is a DiT", checkpoint);
+    free(prompts);
 
     kernels_init();
     dit_model m;

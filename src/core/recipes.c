@@ -11,7 +11,8 @@ static cfg *recipe_base(const char *name) {
     cfg *c = cfg_new(name);
     char buf[256];
 
-    /* model: Megatron's shape keys plus the DiT ones */
+    /* model: Megatron's shape keys plus the DiT and Wan ones */
+    cfg_def_enum(c, "model.kind", 0, "dit", "dit|wan", "DiT (class-conditional images) or Wan 2.1 (text-to-video)");
     cfg_def(c, "model.num_layers", CFG_INT, "6", "transformer blocks");
     cfg_def(c, "model.hidden_size", CFG_INT, "128", "model width");
     cfg_def(c, "model.num_attention_heads", CFG_INT, "4", "attention heads (hidden_size must divide by it)");
@@ -23,6 +24,10 @@ static cfg *recipe_base(const char *name) {
     cfg_def(c, "model.num_classes", CFG_INT, "10", "class labels (one more row is the null class for CFG)");
     cfg_def(c, "model.freq_dim", CFG_INT, "256", "timestep sinusoid width");
     cfg_def(c, "model.norm_eps", CFG_FLOAT, "1e-6", "LayerNorm epsilon");
+    cfg_def(c, "model.num_frames", CFG_INT, "8", "Wan: latent frames per sample");
+    cfg_def(c, "model.patch_size_t", CFG_INT, "1", "Wan: patch length along time (diffusers patch_size[0])");
+    cfg_def(c, "model.text_dim", CFG_INT, "32", "Wan: width of the text encoder's embeddings (4096 for UMT5)");
+    cfg_def(c, "model.text_len", CFG_INT, "8", "Wan: text tokens per sample (padded length)");
     cfg_def(c, "model.tensor_model_parallel_size", CFG_INT, "1", "tensor-parallel ranks");
     cfg_def(c, "model.context_parallel_size", CFG_INT, "1", "context-parallel ranks");
     cfg_def(c, "model.pipeline_model_parallel_size", CFG_INT, "1", "pipeline stages");
@@ -73,10 +78,12 @@ static cfg *recipe_base(const char *name) {
     cfg_def(c, "checkpoint.most_recent_k", CFG_INT, "2", "checkpoints kept (the oldest are removed)");
 
     /* dataset */
-    cfg_def_enum(c, "dataset.type", 0, "fashion_mnist", "fashion_mnist|image_folder|energon", "data source");
+    cfg_def_enum(c, "dataset.type", 0, "fashion_mnist", "fashion_mnist|image_folder|energon|video_clips|video_folder",
+                 "data source (video_*: Wan; video_clips = Fashion-MNIST garments moving, captioned)");
     cfg_def(c, "dataset.path", CFG_STR, "/usr/share/datasets/fashion-mnist", "dataset folder");
     cfg_def(c, "dataset.num_workers", CFG_INT, "2", "loader threads");
     cfg_def(c, "dataset.val_samples", CFG_INT, "1000", "samples held out for validation");
+    cfg_def(c, "dataset.max_samples", CFG_INT, NULL, "video_clips: clips made (null = one per Fashion-MNIST image)");
     cfg_def(c, "dataset.image_size", CFG_INT, NULL, "resize to this side (null = model.image_size)");
     cfg_def(c, "dataset.channels", CFG_INT, NULL, "convert to this many channels (null = model.in_channels)");
 
@@ -147,17 +154,83 @@ static cfg *recipe_dit(const char *name, int layers, int hidden, int heads) {
     return c;
 }
 
+/* Wan 2.1 text-to-video. wan_tiny learns the built-in clips of Fashion-MNIST garments moving across 8 frames
+ * of 32x32 pixels from their captions (one channel: pixels stand in for VAE latents); wan_1_3b and wan_14b
+ * are the published shapes over pre-encoded latents (16 channels; 21 latent frames = 81 video frames; 60x60
+ * = 480x480 pixels through the Wan VAE) with UMT5-XXL embeddings, and DFM's pretraining defaults. */
+static cfg *recipe_wan(const char *name, int layers, int hidden, int heads, int ffn) {
+    cfg *c = recipe_base(name);
+    char v[32];
+    cfg_set_default(c, "model.kind", "wan");
+    snprintf(v, sizeof v, "%d", layers);
+    cfg_set_default(c, "model.num_layers", v);
+    snprintf(v, sizeof v, "%d", hidden);
+    cfg_set_default(c, "model.hidden_size", v);
+    snprintf(v, sizeof v, "%d", heads);
+    cfg_set_default(c, "model.num_attention_heads", v);
+    snprintf(v, sizeof v, "%d", ffn);
+    cfg_set_default(c, "model.ffn_hidden_size", v);
+    cfg_set_default(c, "diffusion.cfg_dropout_prob", "0.1");
+    if (!strcmp(name, "wan_tiny")) {
+        cfg_set_default(c, "model.image_size", "32");
+        cfg_set_default(c, "model.num_frames", "8");
+        cfg_set_default(c, "model.text_dim", "32");
+        cfg_set_default(c, "model.text_len", "8");
+        cfg_set_default(c, "dataset.type", "video_clips");
+        cfg_set_default(c, "dataset.max_samples", "8000");
+        cfg_set_default(c, "dataset.val_samples", "64");
+        cfg_set_default(c, "train.train_iters", "600");
+        cfg_set_default(c, "train.global_batch_size", "8");
+        cfg_set_default(c, "train.micro_batch_size", "8");
+        cfg_set_default(c, "train.eval_interval", "300");
+        cfg_set_default(c, "train.eval_iters", "2");
+        cfg_set_default(c, "scheduler.lr_warmup_iters", "50");
+        cfg_set_default(c, "checkpoint.save_interval", "300");
+        return c;
+    }
+    cfg_set_default(c, "model.in_channels", "16");
+    cfg_set_default(c, "model.out_channels", "16");
+    cfg_set_default(c, "model.image_size", "60");
+    cfg_set_default(c, "model.num_frames", "21");
+    cfg_set_default(c, "model.text_dim", "4096");
+    cfg_set_default(c, "model.text_len", "512");
+    cfg_set_default(c, "dataset.type", "video_folder");
+    cfg_set_default(c, "dataset.path", "data/wan");
+    cfg_set_default(c, "dataset.val_samples", "8");
+    cfg_set_default(c, "train.train_iters", "10000");
+    cfg_set_default(c, "train.global_batch_size", "8");
+    cfg_set_default(c, "train.micro_batch_size", "1");
+    cfg_set_default(c, "train.eval_interval", "1000");
+    cfg_set_default(c, "train.eval_iters", "8");
+    cfg_set_default(c, "train.ema_decay", "0.9999");
+    cfg_set_default(c, "optimizer.lr", "5e-5");
+    cfg_set_default(c, "optimizer.min_lr", "5e-6");
+    cfg_set_default(c, "optimizer.weight_decay", "0.1");
+    cfg_set_default(c, "optimizer.adam_beta2", "0.95");
+    cfg_set_default(c, "diffusion.logit_std", "1.5");
+    cfg_set_default(c, "diffusion.flow_shift", "2.5");
+    cfg_set_default(c, "diffusion.mix_uniform_ratio", "0.2");
+    cfg_set_default(c, "scheduler.lr_warmup_iters", "1000");
+    cfg_set_default(c, "checkpoint.save_interval", "1000");
+    cfg_set_default(c, "logger.log_interval", "10");
+    return c;
+}
+
 typedef struct {
     const char *name, *summary;
     int layers, hidden, heads; /* 0: the Fashion-MNIST base */
+    int wan_ffn;               /* > 0: a Wan recipe */
 } recipe_entry;
 
 static const recipe_entry recipes[] = {
-    {"dit_fashion_mnist", "DiT (6 x 128, 4 heads, patch 2) on Fashion-MNIST 28x28, sized for ~10 minutes on 2 cores (the default)", 0, 0, 0},
-    {"dit_s2", "DiT-S/2 (12 layers x 384, 6 heads) on 32x32x4 latents, 1000 classes", 12, 384, 6},
-    {"dit_b2", "DiT-B/2 (12 layers x 768, 12 heads) on 32x32x4 latents, 1000 classes", 12, 768, 12},
-    {"dit_l2", "DiT-L/2 (24 layers x 1024, 16 heads) on 32x32x4 latents, 1000 classes", 24, 1024, 16},
-    {"dit_xl2", "DiT-XL/2 (28 layers x 1152, 16 heads) on 32x32x4 latents, 1000 classes", 28, 1152, 16},
+    {"dit_fashion_mnist", "DiT (6 x 128, 4 heads, patch 2) on Fashion-MNIST 28x28, sized for ~10 minutes on 2 cores (the default)", 0, 0, 0, 0},
+    {"dit_s2", "DiT-S/2 (12 layers x 384, 6 heads) on 32x32x4 latents, 1000 classes", 12, 384, 6, 0},
+    {"dit_b2", "DiT-B/2 (12 layers x 768, 12 heads) on 32x32x4 latents, 1000 classes", 12, 768, 12, 0},
+    {"dit_l2", "DiT-L/2 (24 layers x 1024, 16 heads) on 32x32x4 latents, 1000 classes", 24, 1024, 16, 0},
+    {"dit_xl2", "DiT-XL/2 (28 layers x 1152, 16 heads) on 32x32x4 latents, 1000 classes", 28, 1152, 16, 0},
+    {"wan_tiny", "Wan 2.1 (4 x 64, 4 heads) on built-in captioned clips of moving Fashion-MNIST garments", 4, 64, 4, 256},
+    {"wan_1_3b", "Wan 2.1 T2V 1.3B (30 x 1536, 12 heads) on pre-encoded latents + UMT5 embeddings", 30, 1536, 12, 8960},
+    {"wan_14b", "Wan 2.1 T2V 14B (40 x 5120, 40 heads) on pre-encoded latents + UMT5 embeddings", 40, 5120, 40, 13824},
 };
 #define NRECIPES ((int)(sizeof recipes / sizeof recipes[0]))
 
@@ -175,6 +248,7 @@ cfg *cfg_recipe(const char *name, char *err, size_t errlen) {
     for (int i = 0; i < NRECIPES; i++) {
         const recipe_entry *r = &recipes[i];
         if (strcmp(name, r->name)) continue;
+        if (r->wan_ffn) return recipe_wan(r->name, r->layers, r->hidden, r->heads, r->wan_ffn);
         return r->layers ? recipe_dit(r->name, r->layers, r->hidden, r->heads) : recipe_base(r->name);
     }
     size_t off = (size_t)snprintf(err, errlen, "unknown recipe '%s'; recipes:", name);

@@ -84,12 +84,17 @@ void sample_initial_noise(float *x, size_t n, uint64_t seed, float scale) {
 
 /* Scratch for one chunk of up to `cap` samples (2 cap model rows with guidance). */
 typedef struct {
-    dit_model *m;
+    dit_model *m;  /* the DiT (class labels), or */
+    wan_model *wm; /* Wan (text): the chunk's text [B, L, D] and lengths; the unconditional rows get one zero token */
     const sampler_config *s;
     int null_class, cfg;
     size_t per, out_per;      /* elements per sample: model input, model output */
     float *xin, *t, *out, *F; /* [rows * per], [rows], [rows * out_per], [cap * per] */
-    int *labels;              /* [rows] */
+    int *labels;              /* [rows] (Wan: the text lengths) */
+    const float *text;        /* Wan: the current chunk's text and lengths */
+    const int *lens;
+    float *wtext;             /* Wan: [rows, L, D] */
+    wan_shape shape;
 } ode_ctx;
 
 /* dx/ds of B samples x at sigma s (classes cls) into dx. */
@@ -106,12 +111,20 @@ static void ode_derivative(ode_ctx *c, float *dx, const float *x, double s, cons
         timestep = (float)(1000.0 * s);
     }
     for (size_t i = 0; i < n; i++) c->xin[i] = x[i] * scale_in;
-    for (int b = 0; b < B; b++) c->t[b] = timestep, c->labels[b] = cls[b];
-    if (c->cfg) { /* second half: the same latents with the null class */
+    for (int b = 0; b < B; b++) c->t[b] = timestep, c->labels[b] = cls ? cls[b] : c->lens[b];
+    if (c->cfg) { /* second half: the same latents with the null class (Wan: one zero text token) */
         memcpy(c->xin + n, c->xin, n * sizeof(float));
-        for (int b = 0; b < B; b++) c->t[B + b] = timestep, c->labels[B + b] = c->null_class;
+        for (int b = 0; b < B; b++) c->t[B + b] = timestep, c->labels[B + b] = c->wm ? 1 : c->null_class;
     }
-    dit_forward(c->m, c->out, c->xin, c->t, c->labels, rows);
+    if (c->wm) {
+        size_t tl = (size_t)c->shape.text_len * c->wm->cfg.text_dim;
+        memcpy(c->wtext, c->text, (size_t)B * tl * sizeof(float));
+        if (c->cfg) memset(c->wtext + (size_t)B * tl, 0, (size_t)B * tl * sizeof(float));
+        c->shape.batch = rows;
+        wan_forward(c->wm, c->out, c->xin, c->t, c->wtext, c->labels, &c->shape);
+    } else {
+        dit_forward(c->m, c->out, c->xin, c->t, c->labels, rows);
+    }
 
     /* guided model output, first in_channels channels of each sample */
     float g = sc->guidance;
@@ -135,6 +148,9 @@ static void ode_derivative(ode_ctx *c, float *dx, const float *x, double s, cons
     }
 }
 
+static int sample_chunks(ode_ctx *c_, int cap, const int *labels, const uint64_t *seeds, int n, float *out,
+                         void (*progress)(int done, int total, void *ctx), void *pctx);
+
 int dit_sample(dit_model *m, const sampler_config *s, const int *labels, const uint64_t *seeds, int n, float *out,
                void (*progress)(int done, int total, void *ctx), void *pctx, char *err, size_t errlen) {
     if (!sampler_check(s, err, errlen)) return -1;
@@ -154,7 +170,15 @@ int dit_sample(dit_model *m, const sampler_config *s, const int *labels, const u
     size_t hw = (size_t)mc->image_size * mc->image_size;
     c.per = (size_t)mc->in_channels * hw;
     c.out_per = (size_t)mc->out_channels * hw;
-    int rows = cfg ? 2 * cap : cap;
+    return sample_chunks(&c, cap, labels, seeds, n, out, progress, pctx);
+}
+
+/* The chunk loop shared by both models: initial noise from each sample's seed, then the ODE steps. */
+static int sample_chunks(ode_ctx *c_, int cap, const int *labels, const uint64_t *seeds, int n, float *out,
+                         void (*progress)(int done, int total, void *ctx), void *pctx) {
+    ode_ctx c = *c_;
+    const sampler_config *s = c.s;
+    int rows = c.cfg ? 2 * cap : cap;
     c.xin = xalloc_floats((size_t)rows * c.per);
     c.t = xalloc_floats((size_t)rows);
     c.out = xalloc_floats((size_t)rows * c.out_per);
@@ -170,7 +194,11 @@ int dit_sample(dit_model *m, const sampler_config *s, const int *labels, const u
         float *x = out + (size_t)start * c.per;
         size_t nel = (size_t)B * c.per;
         for (int b = 0; b < B; b++) sample_initial_noise(x + (size_t)b * c.per, c.per, seeds[start + b], (float)sig[0]);
-        const int *cls = labels + start;
+        const int *cls = labels ? labels + start : NULL;
+        if (c.wm) {
+            c.text = c_->text + (size_t)start * c.shape.text_len * c.wm->cfg.text_dim;
+            c.lens = c_->lens + start;
+        }
         for (int i = 0; i < s->steps; i++) {
             float h = (float)(sig[i + 1] - sig[i]);
             ode_derivative(&c, d1, x, sig[i], cls, B);
@@ -194,6 +222,34 @@ int dit_sample(dit_model *m, const sampler_config *s, const int *labels, const u
     free(c.t);
     free(c.xin);
     return 0;
+}
+
+int wan_sample(wan_model *m, const sampler_config *s, const float *text, const int *text_lens, const uint64_t *seeds,
+               int n, int frames, int height, int width, int text_len, float *out,
+               void (*progress)(int done, int total, void *ctx), void *pctx, char *err, size_t errlen) {
+    if (!sampler_check(s, err, errlen)) return -1;
+    const wan_config *mc = &m->cfg;
+    for (int i = 0; i < n; i++)
+        if (text_lens[i] < 1 || text_lens[i] > text_len) {
+            snprintf(err, errlen, "text length %d of sample %d is outside 1..%d", text_lens[i], i, text_len);
+            return -1;
+        }
+    int cfg = s->guidance != 1.0f;
+    int cap = cfg ? m->max.batch / 2 : m->max.batch;
+    if (cap < 1) {
+        snprintf(err, errlen, "guidance needs a model built for batches of >= 2 (max batch %d)", m->max.batch);
+        return -1;
+    }
+    ode_ctx c = {.wm = m, .s = s, .cfg = cfg, .text = text, .lens = text_lens};
+    c.shape = (wan_shape){cfg ? 2 * cap : cap, frames, height, width, text_len};
+    if (!wan_shape_check(m, &c.shape, err, errlen)) return -1;
+    size_t vox = (size_t)frames * height * width;
+    c.per = (size_t)mc->in_channels * vox;
+    c.out_per = (size_t)mc->out_channels * vox;
+    c.wtext = xalloc_floats((size_t)c.shape.batch * text_len * mc->text_dim);
+    int rc = sample_chunks(&c, cap, NULL, seeds, n, out, progress, pctx);
+    free(c.wtext);
+    return rc;
 }
 
 int stored_objective_parse(const char *json_text, stored_objective *o, char *err, size_t errlen) {

@@ -12,6 +12,8 @@
 #include "dfm/plot.h"
 #include "dfm/safetensors.h"
 #include "dfm/train.h"
+#include "dfm/video.h"
+#include "dfm/wan.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -48,6 +50,27 @@ void config_to_dit(const cfg *c, dit_config *d) {
     d->norm_eps = (float)cfg_float(c, "model.norm_eps");
     char err[512];
     if (!dit_config_check(d, err, sizeof err)) dfm_die("invalid model (recipe %s): %s", cfg_recipe_of(c), err);
+}
+
+void config_to_wan(const cfg *c, wan_config *w) {
+    memset(w, 0, sizeof *w);
+    int hidden = int_key(c, "model.hidden_size", 1, 1 << 16);
+    w->num_layers = int_key(c, "model.num_layers", 1, 1000);
+    w->num_heads = int_key(c, "model.num_attention_heads", 1, 1 << 12);
+    if (hidden % w->num_heads)
+        dfm_die("model.hidden_size %d is not divisible by model.num_attention_heads %d", hidden, w->num_heads);
+    w->head_dim = hidden / w->num_heads;
+    w->ffn_dim = int_key(c, "model.ffn_hidden_size", 1, 1 << 18);
+    w->in_channels = int_key(c, "model.in_channels", 1, 1024);
+    w->out_channels = int_key(c, "model.out_channels", 0, 1024);
+    w->text_dim = int_key(c, "model.text_dim", 1, 1 << 16);
+    w->freq_dim = int_key(c, "model.freq_dim", 2, 1 << 14);
+    w->patch_t = int_key(c, "model.patch_size_t", 1, 64);
+    w->patch_h = w->patch_w = int_key(c, "model.patch_size", 1, 64);
+    w->eps = (float)cfg_float(c, "model.norm_eps");
+    w->rope_max_seq_len = 1024;
+    char err[512];
+    if (!wan_config_check(w, err, sizeof err)) dfm_die("invalid model (recipe %s): %s", cfg_recipe_of(c), err);
 }
 
 void config_to_objective(const cfg *c, objective_config *o) {
@@ -164,6 +187,14 @@ typedef struct {
     int sharded;   /* checkpoints as one shard per rank */
     char token[32]; /* names this job's temporary checkpoint folders (the same on every rank) */
     dit_trainer tr;
+    int wan;              /* model.kind = wan: the fields below instead of model / tr / loader */
+    wan_model wmodel;
+    wan_trainer wtr;
+    video_loader *vloader;
+    const param_table *table; /* the model's parameter table, whichever it is */
+    char *config_json;        /* the model config, stored with the weights under config_key */
+    const char *config_key;
+    char *sample_meta;        /* Wan: the sample shape and text encoder, for dfm generate ("dfm_wan_sample") */
     objective_config obj;
     float ema_decay;
     data_loader *loader;
@@ -172,6 +203,11 @@ typedef struct {
     char *objective_meta;
     char *class_names_meta; /* JSON list, or NULL */
 } job;
+
+static void save_weights(job *j, const float *buf, const char *path, const char *const *meta) {
+    if (j->wan) wan_save_weights(&j->wmodel, buf, path, meta);
+    else dit_save_weights(&j->model, buf, path, meta);
+}
 
 static void save_checkpoint(job *j, const char *root) {
     int lead = dist_get()->rank == 0;
@@ -187,23 +223,24 @@ static void save_checkpoint(job *j, const char *root) {
     char step[32];
     snprintf(step, sizeof step, "%ld", dp_optimizer_step(j->dp));
     if (j->sharded) { /* every rank writes its own range of parameters, EMA and moments */
-        char *cfg_json = dit_config_to_json(&j->model.cfg);
-        const char *smeta[] = {"dfm_dit_config", cfg_json, "dfm_objective", j->objective_meta, "step", step,
-                               "dfm_class_names", j->class_names_meta, NULL};
+        const char *smeta[] = {j->config_key, j->config_json, "dfm_objective", j->objective_meta, "step", step,
+                               "dfm_class_names", j->class_names_meta, "dfm_wan_sample", j->sample_meta, NULL};
         dp_save_shard(j->dp, tmp, smeta);
-        free(cfg_json);
     } else if (lead) {
-        const char *meta[] = {"dfm_objective", j->objective_meta, j->class_names_meta ? "dfm_class_names" : NULL,
-                              j->class_names_meta, NULL};
+        /* optional entries only when present: the list ends at the first NULL key */
+        const char *meta[8] = {"dfm_objective", j->objective_meta};
+        int nm = 2;
+        if (j->class_names_meta) meta[nm++] = "dfm_class_names", meta[nm++] = j->class_names_meta;
+        if (j->sample_meta) meta[nm++] = "dfm_wan_sample", meta[nm++] = j->sample_meta;
         snprintf(path, sizeof path, "%s/model.safetensors", tmp);
-        dit_save_weights(&j->model, j->model.params, path, meta);
+        save_weights(j, *(j->wan ? &j->wmodel.params : &j->model.params), path, meta);
         snprintf(path, sizeof path, "%s/ema.safetensors", tmp);
-        dit_save_weights(&j->model, dp_full_ema(j->dp), path, meta);
+        save_weights(j, dp_full_ema(j->dp), path, meta);
         const adamw_state *opt = dp_optimizer(j->dp);
         st_writer *w = st_writer_new();
         char name[600];
-        for (int i = 0; i < j->model.table.n; i++) {
-            const param_entry *e = &j->model.table.e[i];
+        for (int i = 0; i < j->table->n; i++) {
+            const param_entry *e = &j->table->e[i];
             snprintf(name, sizeof name, "exp_avg.%s", e->name);
             st_writer_add(w, name, ST_F32, e->ndim, e->shape, opt->m + e->offset);
             snprintf(name, sizeof name, "exp_avg_sq.%s", e->name);
@@ -219,7 +256,7 @@ static void save_checkpoint(job *j, const char *root) {
         dist_barrier_world();
         return;
     }
-    char *loader_state = loader_state_save(j->loader);
+    char *loader_state = j->wan ? video_loader_state_save(j->vloader) : loader_state_save(j->loader);
     json_error_t je;
     json_t *ls = json_loads(loader_state, 0, &je);
     json_t *st = json_pack("{s:I, s:I, s:I, s:o}", "iteration", (json_int_t)j->iteration, "consumed_samples",
@@ -295,7 +332,9 @@ static void load_checkpoint(job *j, const char *where) {
         dfm_die("cannot resume from '%s': it was trained with rng.seed %lld, this run has %lld", dir, (long long)seed,
                 (long long)cfg_int(j->c, "rng.seed"));
     char *ls_text = json_dumps(ls, JSON_COMPACT);
-    if (loader_state_restore(j->loader, ls_text, err, sizeof err) != 0) dfm_die("cannot resume from '%s': %s", dir, err);
+    if ((j->wan ? video_loader_state_restore(j->vloader, ls_text, err, sizeof err)
+                : loader_state_restore(j->loader, ls_text, err, sizeof err)) != 0)
+        dfm_die("cannot resume from '%s': %s", dir, err);
     free(ls_text);
     j->iteration = (long)it;
     j->consumed = consumed;
@@ -373,6 +412,40 @@ static double validate(job *j, const image_dataset *ds, const int *val_idx, int 
     return total / iters;
 }
 
+/* The same for Wan: the held-out clips (in memory: val_idx of vd; Energon: the "val" split), conditioned. */
+static double validate_wan(job *j, const video_dataset *vd, const int *val_idx, int n_val, const char *energon_path,
+                           int iters, float *lat, float *text, int *lens) {
+    if (iters <= 0 || (vd && n_val == 0) || (!vd && !energon_path)) return NAN;
+    objective_config o = j->obj;
+    o.cond_dropout_prob = 0.0f;
+    wan_trainer *tr = &j->wtr;
+    const wan_config *wc = &j->wmodel.cfg;
+    int mb = j->wmodel.max.batch;
+    size_t per = (size_t)wc->in_channels * tr->frames * tr->height * tr->width;
+    size_t tl = (size_t)tr->text_len * wc->text_dim;
+    video_loader *vl = NULL;
+    if (!vd) {
+        char err[1024];
+        vl = video_loader_new_energon(energon_path, "val", tr->seed, mb, 0, wc->in_channels, tr->frames, tr->height,
+                                      tr->width, tr->text_len, wc->text_dim, err, sizeof err);
+        if (!vl) return NAN;
+    }
+    double total = 0;
+    for (int k = 0; k < iters; k++) {
+        if (vl) video_loader_next(vl, lat, text, lens);
+        else
+            for (int b = 0; b < mb; b++) {
+                int i = val_idx[(k * mb + b) % n_val];
+                memcpy(lat + b * per, vd->latents + (size_t)i * per, per * sizeof(float));
+                memcpy(text + b * tl, vd->text + (size_t)i * tl, tl * sizeof(float));
+                lens[b] = vd->text_lens[i];
+            }
+        total += wan_trainer_loss(tr, &o, tr->seed ^ 0x76616cull, lat, text, lens, mb, 0xFFFFFFFFu - (uint32_t)k, 0);
+    }
+    video_loader_free(vl);
+    return total / iters;
+}
+
 /* ---- the loop --------------------------------------------------------------------------------- */
 
 static void fmt_eta(char *buf, size_t n, double s) {
@@ -410,8 +483,11 @@ int dfm_pretrain(const cfg *c) {
     job j;
     memset(&j, 0, sizeof j);
     j.c = c;
+    j.wan = !strcmp(cfg_str(c, "model.kind"), "wan");
     dit_config dc;
-    config_to_dit(c, &dc);
+    wan_config wc;
+    if (j.wan) config_to_wan(c, &wc);
+    else config_to_dit(c, &dc);
     config_to_objective(c, &j.obj);
     j.objective_meta = objective_json(&j.obj);
     long train_iters = int_key(c, "train.train_iters", 0, 1L << 30);
@@ -428,18 +504,58 @@ int dfm_pretrain(const cfg *c) {
     if (cfg_bool(c, "ddp.use_distributed_optimizer") && strategy == DP_NO_SHARD) strategy = DP_OPTIM;
     uint64_t seed = (uint64_t)cfg_int(c, "rng.seed");
     int workers = int_key(c, "dataset.num_workers", 0, 256);
-    int size = cfg_is_null(c, "dataset.image_size") ? dc.image_size : int_key(c, "dataset.image_size", 1, 1 << 14);
-    int chans = cfg_is_null(c, "dataset.channels") ? dc.in_channels : int_key(c, "dataset.channels", 1, 4);
-    if (size != dc.image_size || chans != dc.in_channels)
+    int model_size = int_key(c, "model.image_size", 1, 1 << 14);
+    int model_chans = int_key(c, "model.in_channels", 1, 1024);
+    int size = cfg_is_null(c, "dataset.image_size") ? model_size : int_key(c, "dataset.image_size", 1, 1 << 14);
+    int chans = cfg_is_null(c, "dataset.channels") ? model_chans : int_key(c, "dataset.channels", 1, 4);
+    if (size != model_size || chans != model_chans)
         dfm_die("dataset.image_size/channels (%d, %d) must match model.image_size/in_channels (%d, %d): dfm trains "
                 "on pixels directly",
-                size, chans, dc.image_size, dc.in_channels);
+                size, chans, model_size, model_chans);
+    int frames = j.wan ? int_key(c, "model.num_frames", 1, 1 << 12) : 1;
+    int text_len = j.wan ? int_key(c, "model.text_len", 1, 1 << 16) : 0;
 
     /* data */
     const char *dtype = cfg_str(c, "dataset.type"), *dpath = cfg_str(c, "dataset.path"), *energon_val = NULL;
     image_dataset ds = {0};
+    video_dataset vd = {0};
     int *train_idx = NULL, *val_idx = NULL, n_train = 0, n_val = 0;
-    if (!strcmp(dtype, "energon")) {
+    int video_type = !strcmp(dtype, "video_clips") || !strcmp(dtype, "video_folder");
+    if (j.wan != (video_type || !strcmp(dtype, "energon")))
+        dfm_die("dataset.type %s does not fit model.kind %s (Wan trains on video_clips, video_folder or energon; DiT on "
+                "fashion_mnist, image_folder or energon)",
+                dtype, cfg_str(c, "model.kind"));
+    if (!cfg_is_null(c, "dataset.max_samples") && strcmp(dtype, "video_clips"))
+        dfm_die("dataset.max_samples (from %s) applies to dataset.type video_clips only",
+                cfg_source(c, "dataset.max_samples"));
+    if (j.wan && !strcmp(dtype, "energon")) {
+        j.vloader = video_loader_new_energon(dpath, "train", seed, gbs, workers, chans, frames, size, size, text_len,
+                                             wc.text_dim, err, sizeof err);
+        if (!j.vloader) dfm_die("dataset.path: %s", err);
+        video_loader *probe = video_loader_new_energon(dpath, "val", seed, mbs, 0, chans, frames, size, size, text_len,
+                                                       wc.text_dim, err, sizeof err);
+        if (probe) energon_val = dpath;
+        else dfm_warn("no validation split in '%s' (%s): validation loss is skipped", dpath, err);
+        video_loader_free(probe);
+    } else if (j.wan) {
+        int rc = !strcmp(dtype, "video_clips")
+                     ? video_dataset_clips(&vd, dpath,
+                                           cfg_is_null(c, "dataset.max_samples")
+                                               ? 0
+                                               : int_key(c, "dataset.max_samples", 1, 1 << 24),
+                                           frames, size, text_len, wc.text_dim, seed, err, sizeof err)
+                     : video_dataset_folder(&vd, dpath, text_len, err, sizeof err);
+        if (rc != 0) dfm_die("dataset (%s, from %s): %s", dtype, cfg_source(c, "dataset.path"), err);
+        if (vd.c != chans || vd.t != frames || vd.h != size || vd.w != size || vd.text_dim != wc.text_dim ||
+            vd.text_len != text_len)
+            dfm_die("dataset '%s' holds latents [%d, %d, %d, %d] with text [%d, %d]; the model expects [%d, %d, %d, %d] "
+                    "(model.in_channels, num_frames, image_size x2) with text [%d, %d] (model.text_len, text_dim)",
+                    dpath, vd.c, vd.t, vd.h, vd.w, vd.text_len, vd.text_dim, chans, frames, size, size, text_len,
+                    wc.text_dim);
+        n_val = int_key(c, "dataset.val_samples", 0, vd.n - 1);
+        split_indices(vd.n, n_val, seed, &train_idx, &n_train, &val_idx);
+        j.vloader = video_loader_new(&vd, train_idx, n_train, seed, gbs, workers);
+    } else if (!strcmp(dtype, "energon")) {
         j.loader = loader_new_energon(dpath, "train", seed, gbs, workers, chans, size, size, dc.num_classes, err,
                                       sizeof err);
         if (!j.loader) dfm_die("dataset.path: %s", err);
@@ -464,11 +580,35 @@ int dfm_pretrain(const cfg *c) {
         j.loader = loader_new(&ds, train_idx, n_train, seed, gbs, workers, dc.num_classes);
     }
 
-    loader_set_slice(j.loader, di->dp_rank * n_local, n_local);
+    if (j.wan) video_loader_set_slice(j.vloader, di->dp_rank * n_local, n_local);
+    else loader_set_slice(j.loader, di->dp_rank * n_local, n_local);
 
     /* model, EMA, optimiser (every rank initialises the same weights from the seed, then keeps its share) */
-    dit_create(&j.model, &dc, mbs);
-    dit_init(&j.model, seed);
+    dp_model dm;
+    if (j.wan) {
+        wan_shape mx = {mbs, frames, size, size, text_len};
+        wan_create(&j.wmodel, &wc, &mx);
+        wan_init(&j.wmodel, seed);
+        dm = (dp_model){&j.wmodel.table, j.wmodel.nseg, j.wmodel.seg_begin, &j.wmodel.params, &j.wmodel.grads,
+                        &j.wmodel.hooks};
+        j.config_json = wan_config_to_json(&j.wmodel.cfg);
+        j.config_key = "dfm_wan_config";
+        /* what generation needs besides the model: the clip shape, and how captions became embeddings */
+        json_t *sm = json_pack("{s:i, s:i, s:i, s:i, s:i}", "channels", chans, "frames", frames, "height", size, "width",
+                               size, "text_len", text_len);
+        if (!strcmp(dtype, "video_clips"))
+            json_object_set_new(sm, "text_encoder", json_pack("{s:s, s:I}", "kind", "stand_in", "seed", (json_int_t)seed));
+        j.sample_meta = json_dumps(sm, JSON_COMPACT | JSON_PRESERVE_ORDER);
+        json_decref(sm);
+    } else {
+        dit_create(&j.model, &dc, mbs);
+        dit_init(&j.model, seed);
+        dm = (dp_model){&j.model.table, j.model.nseg, j.model.seg_begin, &j.model.params, &j.model.grads,
+                        &j.model.hooks};
+        j.config_json = dit_config_to_json(&j.model.cfg);
+        j.config_key = "dfm_dit_config";
+    }
+    j.table = dm.table;
     j.ema_decay = (float)cfg_float(c, "train.ema_decay");
     adamw_config oc;
     oc.lr = (float)cfg_float(c, "optimizer.lr");
@@ -477,14 +617,14 @@ int dfm_pretrain(const cfg *c) {
     oc.eps = (float)cfg_float(c, "optimizer.adam_eps");
     oc.weight_decay = (float)cfg_float(c, "optimizer.weight_decay");
     oc.clip_grad = (float)cfg_float(c, "optimizer.clip_grad");
-    dp_model dm = {&j.model.table, j.model.nseg, j.model.seg_begin, &j.model.params, &j.model.grads, &j.model.hooks};
     j.dp = dp_engine_new(dm, strategy, &oc, n_local / mbs, cfg_bool(c, "ddp.overlap_grad_reduce"),
                          cfg_bool(c, "ddp.overlap_param_gather"));
     j.sharded = strategy != DP_NO_SHARD;
     long token = (long)getpid();
     dist_bcast_bytes(&token, sizeof token, 0, "broadcast of the job token");
     snprintf(j.token, sizeof j.token, "%ld", token);
-    dit_trainer_init(&j.tr, &j.model, dp_optimizer(j.dp), &j.obj, seed);
+    if (j.wan) wan_trainer_init(&j.wtr, &j.wmodel, &j.obj, seed, frames, size, size, text_len);
+    else dit_trainer_init(&j.tr, &j.model, dp_optimizer(j.dp), &j.obj, seed);
     const char *style_s = cfg_str(c, "scheduler.lr_decay_style");
     lr_style style = !strcmp(style_s, "cosine") ? LR_COSINE : !strcmp(style_s, "linear") ? LR_LINEAR : LR_CONSTANT;
     long warmup = int_key(c, "scheduler.lr_warmup_iters", 0, 1L << 30);
@@ -516,16 +656,26 @@ int dfm_pretrain(const cfg *c) {
     int eval_iters = int_key(c, "train.eval_iters", 0, 1 << 20);
     int tty = lead && isatty(fileno(stdout));
 
-    size_t per = (size_t)dc.in_channels * dc.image_size * dc.image_size;
+    /* this rank's batch: samples (images or latents) with labels, or with text embeddings and their lengths */
+    size_t per = (size_t)chans * frames * size * size;
+    size_t text_per = j.wan ? (size_t)text_len * wc.text_dim : 0;
     float *x = xalloc_floats((size_t)n_local * per);
-    int *labels = xcalloc((size_t)n_local, sizeof(int));
+    float *text = j.wan ? xalloc_floats((size_t)n_local * text_per) : NULL;
+    int *labels = xcalloc((size_t)n_local, sizeof(int)); /* Wan: the text lengths */
     size_t pbytes, gbytes, obytes;
     dp_memory(j.dp, &pbytes, &gbytes, &obytes);
     if (lead) {
-        printf("dfm pretrain: recipe %s, DiT %d x %d (%d heads, patch %d, %d tokens), %zu parameters, %s objective\n",
-               cfg_recipe_of(c), dc.num_layers, dc.hidden_size, dc.num_heads, dc.patch_size, j.model.T,
-               j.model.table.total, j.obj.kind == OBJ_EDM ? "EDM" : "flow-matching");
-        if (ds.pixels)
+        if (j.wan)
+            printf("dfm pretrain: recipe %s, Wan 2.1 %d x %d (%d heads, latents [%d, %d, %d, %d], %d tokens, text %d x %d), "
+                   "%zu parameters, %s objective\n",
+                   cfg_recipe_of(c), wc.num_layers, wc.num_heads * wc.head_dim, wc.num_heads, chans, frames, size, size,
+                   j.wmodel.max_tokens, text_len, wc.text_dim, j.table->total,
+                   j.obj.kind == OBJ_EDM ? "EDM" : "flow-matching");
+        else
+            printf("dfm pretrain: recipe %s, DiT %d x %d (%d heads, patch %d, %d tokens), %zu parameters, %s objective\n",
+                   cfg_recipe_of(c), dc.num_layers, dc.hidden_size, dc.num_heads, dc.patch_size, j.model.T,
+                   j.model.table.total, j.obj.kind == OBJ_EDM ? "EDM" : "flow-matching");
+        if (ds.pixels || vd.latents)
             printf("  data %s (%s): %d training / %d validation samples; batch %d (micro %d); %ld steps; %d threads\n",
                    dtype, dpath, n_train, n_val, gbs, mbs, train_iters, nth);
         else
@@ -537,7 +687,8 @@ int dfm_pretrain(const cfg *c) {
                    di->size, di->dp, di->tp, di->cp, di->pp, n_local, dp_sharding_name(strategy));
         printf("  memory per rank: parameters %.1f MB, gradients %.1f MB, optimizer state + EMA %.1f MB, "
                "activations %.1f MB\n",
-               pbytes / 1e6, gbytes / 1e6, obytes / 1e6, dit_activation_bytes(&j.model) / 1e6);
+               pbytes / 1e6, gbytes / 1e6, obytes / 1e6,
+               (j.wan ? wan_activation_bytes(&j.wmodel) : dit_activation_bytes(&j.model)) / 1e6);
         printf("  %s\n", kernels_blas_info());
         fflush(stdout);
     }
@@ -548,9 +699,15 @@ int dfm_pretrain(const cfg *c) {
     while (j.iteration < train_iters) {
         long it = j.iteration;
         double lr = lr_schedule(it, oc.lr, min_lr, warmup, decay_iters, style);
-        wait_window += loader_next(j.loader, x, labels);
-        step_result r = dit_trainer_step_dp(&j.tr, j.dp, x, labels, n_local, gbs, (uint32_t)(di->dp_rank * n_local),
-                                            (uint32_t)it, (float)lr);
+        uint32_t first = (uint32_t)(di->dp_rank * n_local);
+        step_result r;
+        if (j.wan) {
+            wait_window += video_loader_next(j.vloader, x, text, labels);
+            r = wan_trainer_step_dp(&j.wtr, j.dp, x, text, labels, n_local, gbs, first, (uint32_t)it, (float)lr);
+        } else {
+            wait_window += loader_next(j.loader, x, labels);
+            r = dit_trainer_step_dp(&j.tr, j.dp, x, labels, n_local, gbs, first, (uint32_t)it, (float)lr);
+        }
         if (!isfinite(r.loss)) dfm_die("loss became %g at step %ld: lower optimizer.lr or check the data", r.loss, it + 1);
         dp_ema_update(j.dp, j.ema_decay);
         j.iteration++;
@@ -581,7 +738,9 @@ int dfm_pretrain(const cfg *c) {
             t_window = dfm_time_s(), wait_window = 0, steps_window = 0;
         }
         if (j.iteration % eval_interval == 0 || j.iteration == train_iters) {
-            double v = validate(&j, ds.pixels ? &ds : NULL, val_idx, n_val, energon_val, eval_iters, x, labels);
+            double v = j.wan ? validate_wan(&j, vd.latents ? &vd : NULL, val_idx, n_val, energon_val, eval_iters, x,
+                                            text, labels)
+                             : validate(&j, ds.pixels ? &ds : NULL, val_idx, n_val, energon_val, eval_iters, x, labels);
             if (isfinite(v) && lead) {
                 fprintf(mf, "{\"step\": %ld, \"val_loss\": %.7g}\n", j.iteration, v);
                 fflush(mf);
@@ -603,11 +762,19 @@ int dfm_pretrain(const cfg *c) {
                j.iteration - start_it, total, total > 0 ? (j.iteration - start_it) * gbs / total : 0.0, metrics, curve);
     }
 
-    free(x), free(labels), free(train_idx), free(val_idx), free(j.objective_meta), free(j.class_names_meta);
-    loader_free(j.loader);
-    image_dataset_free(&ds);
-    dit_trainer_free(&j.tr);
+    free(x), free(text), free(labels), free(train_idx), free(val_idx), free(j.objective_meta), free(j.class_names_meta);
+    free(j.config_json), free(j.sample_meta);
     dp_engine_free(j.dp);
-    dit_free(&j.model);
+    if (j.wan) {
+        video_loader_free(j.vloader);
+        video_dataset_free(&vd);
+        wan_trainer_free(&j.wtr);
+        wan_free(&j.wmodel);
+    } else {
+        loader_free(j.loader);
+        image_dataset_free(&ds);
+        dit_trainer_free(&j.tr);
+        dit_free(&j.model);
+    }
     return 0;
 }

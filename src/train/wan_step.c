@@ -1,0 +1,89 @@
+/* The Wan 2.1 training step: flow matching (or EDM) over latents, text conditioning with dropout for CFG. */
+#include "dfm/common.h"
+#include "dfm/dist.h"
+#include "dfm/train.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+void wan_trainer_init(wan_trainer *tr, wan_model *m, const objective_config *obj, uint64_t seed, int frames, int height,
+                      int width, int text_len) {
+    memset(tr, 0, sizeof *tr);
+    tr->model = m;
+    tr->obj = *obj;
+    tr->seed = seed;
+    tr->frames = frames, tr->height = height, tr->width = width, tr->text_len = text_len;
+    const wan_config *c = &m->cfg;
+    int B = m->max.batch;
+    size_t vox = (size_t)frames * height * width;
+    diffusion_batch_alloc(&tr->db, B, (size_t)c->in_channels * vox);
+    tr->out = xalloc_floats((size_t)B * c->out_channels * vox);
+    tr->dout = xalloc_floats((size_t)B * c->out_channels * vox);
+    tr->text = xalloc_floats((size_t)B * text_len * c->text_dim);
+    tr->cond = xcalloc((size_t)B, sizeof(int));
+    tr->lens = xcalloc((size_t)B, sizeof(int));
+}
+
+void wan_trainer_free(wan_trainer *tr) {
+    diffusion_batch_free(&tr->db);
+    free(tr->out), free(tr->dout), free(tr->text), free(tr->cond), free(tr->lens);
+}
+
+/* Noise, timesteps and dropout for B samples, then the model's forward; returns the micro-batch loss and leaves
+ * dout = grad_scale * dloss/dout. */
+static double forward_loss(wan_trainer *tr, const objective_config *o, uint64_t seed, const float *latents,
+                           const float *text, const int *text_lens, int B, uint32_t step, uint32_t first,
+                           float grad_scale, int want_grad) {
+    wan_model *m = tr->model;
+    const wan_config *c = &m->cfg;
+    size_t vox = (size_t)tr->frames * tr->height * tr->width, in_n = (size_t)c->in_channels * vox;
+    size_t tl = (size_t)tr->text_len * c->text_dim;
+    /* the dropout coin is the DiT's: a "label" 0 that diffusion_prepare may turn into the null class 1 */
+    memset(tr->cond, 0, sizeof(int) * (size_t)B);
+    diffusion_prepare(&tr->db, o, latents, tr->cond, B, in_n, 1, seed, step, first);
+    for (int b = 0; b < B; b++) {
+        float *dst = tr->text + (size_t)b * tl;
+        if (tr->db.labels[b] == 1) { /* dropped: one zero token */
+            memset(dst, 0, sizeof(float) * tl);
+            tr->lens[b] = 1;
+        } else {
+            memcpy(dst, text + (size_t)b * tl, sizeof(float) * tl);
+            tr->lens[b] = text_lens[b];
+        }
+    }
+    wan_shape s = {B, tr->frames, tr->height, tr->width, tr->text_len};
+    wan_forward(m, tr->out, tr->db.model_in, tr->db.timestep, tr->text, tr->lens, &s);
+    size_t out_n = (size_t)c->out_channels * vox;
+    return diffusion_loss(&tr->db, tr->out, want_grad ? tr->dout : NULL, out_n, grad_scale);
+}
+
+step_result wan_trainer_step_dp(wan_trainer *tr, dp_engine *e, const float *latents, const float *text,
+                                const int *text_lens, int n_local, int B_global, uint32_t first, uint32_t step,
+                                float lr) {
+    wan_model *m = tr->model;
+    const wan_config *c = &m->cfg;
+    size_t in_n = (size_t)c->in_channels * tr->frames * tr->height * tr->width;
+    size_t tl = (size_t)tr->text_len * c->text_dim;
+    int mbs = m->max.batch;
+    step_result r;
+    dp_begin_step(e);
+    double loss = 0;
+    for (int off = 0; off < n_local; off += mbs) {
+        int mb = n_local - off < mbs ? n_local - off : mbs;
+        dp_micro_begin(e, off + mb >= n_local);
+        float share = (float)mb / (float)B_global;
+        loss += share * forward_loss(tr, &tr->obj, tr->seed, latents + (size_t)off * in_n, text + (size_t)off * tl,
+                                     text_lens + off, mb, step, first + (uint32_t)off, share, 1);
+        wan_backward(m, tr->dout);
+        dp_micro_end(e);
+    }
+    dist_allreduce_sum_f64(&loss, 1, "all-reduce of the loss");
+    r.loss = loss;
+    r.grad_norm = dp_finish_step(e, lr);
+    return r;
+}
+
+double wan_trainer_loss(wan_trainer *tr, const objective_config *o, uint64_t seed, const float *latents,
+                        const float *text, const int *text_lens, int B, uint32_t step, uint32_t first) {
+    return forward_loss(tr, o, seed, latents, text, text_lens, B, step, first, 1.0f, 0);
+}

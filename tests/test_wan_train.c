@@ -1,0 +1,154 @@
+/* Wan 2.1 through the training job and generation: the built-in clips train (losses finite and falling), a
+ * stopped run resumes bit-identically, two data-parallel ranks equal one process, and dfm generate writes a GIF,
+ * a frame strip and a manifest per prompt, with and without guidance. */
+#include "dfm/checkpoint.h"
+#include "dfm/wan.h"
+#include "test.h"
+#include "test_fs.h"
+
+#include <gif_lib.h>
+#include <jansson.h>
+#include <math.h>
+
+static const char *SMALL =
+    "--recipe wan_tiny model.num_layers=2 model.hidden_size=32 model.num_attention_heads=2 model.ffn_hidden_size=64 "
+    "model.image_size=16 model.num_frames=4 dataset.max_samples=64 dataset.val_samples=8 dataset.num_workers=0 "
+    "train.global_batch_size=4 train.micro_batch_size=2 train.eval_interval=3 train.eval_iters=1 "
+    "logger.log_interval=1 checkpoint.save_interval=3 optimizer.lr=3e-3 scheduler.lr_warmup_iters=1";
+
+static char *dir;
+static const char *bin;
+
+/* "loss" of each step of a run's metrics.jsonl into loss[1..max]; returns how many. */
+static int losses(const char *run, double *loss, int max) {
+    char *text = test_read_file(test_path("%s/metrics.jsonl", run), NULL);
+    int n = 0;
+    for (char *line = text ? strtok(text, "\n") : NULL; line; line = strtok(NULL, "\n")) {
+        json_t *o = json_loads(line, 0, NULL);
+        json_t *st = json_object_get(o, "step"), *l = json_object_get(o, "loss");
+        if (json_is_integer(st) && json_is_number(l) && json_integer_value(st) <= max)
+            loss[json_integer_value(st)] = json_number_value(l), n++;
+        json_decref(o);
+    }
+    free(text);
+    return n;
+}
+
+static int train(const char *launcher, const char *name, const char *extra) {
+    return test_sh("%s %s pretrain %s logger.output_dir=%s/%s checkpoint.save=%s/%s/ck %s > %s/%s.log 2>&1", launcher,
+                   bin, SMALL, dir, name, dir, name, extra, dir, name);
+}
+
+static double model_diff(const char *a, const char *b) {
+    char *cfg = ckpt_meta(a, "dfm_wan_config");
+    wan_config c;
+    char err[1024];
+    double d = INFINITY;
+    if (cfg && wan_config_from_json(&c, cfg, err, sizeof err) == 0) {
+        param_table t = {0};
+        wan_build_table(&t, &c);
+        float *wa = xalloc_floats(t.total), *wb = xalloc_floats(t.total);
+        if (ckpt_read_range(a, "model", &t, 0, t.total, wa, err, sizeof err) == 0 &&
+            ckpt_read_range(b, "model", &t, 0, t.total, wb, err, sizeof err) == 0)
+            d = test_rel_err(wa, wb, t.total);
+        free(wa), free(wb);
+        param_table_free(&t);
+    }
+    free(cfg);
+    return d;
+}
+
+int main(void) {
+    bin = test_dfm_bin();
+    dir = test_mkdtemp();
+    setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 1);
+    setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 1);
+    setenv("OMPI_MCA_btl_vader_single_copy_mechanism", "none", 1);
+    if (getenv("DFM_TEST_SANITIZER")) { /* as in test_dist.c */
+        setenv("OMPI_MCA_mca_base_component_disable_dlclose", "1", 1);
+        char supp[1024], cwd[800];
+        snprintf(supp, sizeof supp, "suppressions=%s/tests/lsan-mpi.supp", getcwd(cwd, sizeof cwd) ? cwd : ".");
+        setenv("LSAN_OPTIONS", supp, 1);
+        setenv("ASAN_OPTIONS", "detect_leaks=1:fast_unwind_on_malloc=0", 1);
+    }
+
+    /* 1. train 12 steps */
+    int rc = train("", "full", "train.train_iters=12");
+    double full[16] = {0};
+    int n = rc ? 0 : losses(test_path("%s/full", dir), full, 15);
+    int finite = n == 12;
+    for (int s = 1; s <= 12 && finite; s++) finite = isfinite(full[s]);
+    CHECK(rc == 0 && finite, "wan_tiny trains on the built-in clips: %d finite losses logged (rc %d)", n, rc);
+    double first = (full[1] + full[2] + full[3]) / 3, last = (full[10] + full[11] + full[12]) / 3;
+    CHECK(last < first, "the loss falls: mean of steps 1-3 %.4f, of steps 10-12 %.4f", first, last);
+    char *log = test_read_file(test_path("%s/full.log", dir), NULL);
+    CHECK(log && strstr(log, "validation loss at step 12"), "validation loss is reported");
+    free(log);
+
+    /* 2. stop after 6 steps, resume to 12: the same losses and weights */
+    rc = train("", "part", "train.train_iters=6");
+    rc |= test_sh("%s pretrain %s logger.output_dir=%s/part checkpoint.save=%s/part/ck checkpoint.load=%s/part/ck "
+                  "train.train_iters=12 > %s/resume.log 2>&1",
+                  bin, SMALL, dir, dir, dir, dir);
+    double part[16] = {0};
+    losses(test_path("%s/part", dir), part, 15);
+    double worst = 0;
+    for (int s = 1; s <= 12; s++) worst = fmax(worst, fabs(part[s] - full[s]));
+    double dw = rc ? INFINITY : model_diff(test_path("%s/part/ck/iter_0000012", dir), test_path("%s/full/ck/iter_0000012", dir));
+    CHECK(rc == 0 && worst == 0 && dw == 0, "stopped at 6 and resumed: losses differ by %.3g, weights by %.3g (bit-identical)",
+          worst, dw);
+
+    /* 3. two data-parallel ranks, sharded parameters: the same run */
+    rc = train("mpirun --oversubscribe -np 2", "dp2", "train.train_iters=12 ddp.data_parallel_sharding_strategy=optim_grads_params");
+    double dp2[16] = {0};
+    losses(test_path("%s/dp2", dir), dp2, 15);
+    worst = 0;
+    for (int s = 1; s <= 12; s++) worst = fmax(worst, fabs(dp2[s] - full[s]));
+    dw = rc ? INFINITY : model_diff(test_path("%s/dp2/ck/iter_0000012", dir), test_path("%s/full/ck/iter_0000012", dir));
+    CHECK(rc == 0 && worst == 0 && dw == 0, "DP=2 optim_grads_params equals one process: losses differ by %.3g, weights by %.3g",
+          worst, dw);
+
+    /* 4. clips from prompts, with guidance, from the sharded checkpoint too */
+    const char *srcs[2] = {"full", "dp2"};
+    for (int k = 0; k < 2; k++) {
+        char *out = NULL, cmd[2048];
+        snprintf(cmd, sizeof cmd, "%s generate --checkpoint %s/%s/ck --out %s/gen_%s --prompt 'a sneaker moving left' "
+                 "--prompt 'a bag moving up' --per-prompt 2 --steps 4 --guidance 3", bin, dir, srcs[k], dir, srcs[k]);
+        rc = test_capture(cmd, &out);
+        int gerr = 0;
+        GifFileType *g = DGifOpenFileName(test_path("%s/gen_%s/clip_0003.gif", dir, srcs[k]), &gerr);
+        int frames = g && DGifSlurp(g) == GIF_OK ? g->ImageCount : -1;
+        if (g) DGifCloseFile(g, &gerr);
+        char *man = test_read_file(test_path("%s/gen_%s/samples.json", dir, srcs[k]), NULL);
+        json_t *m = man ? json_loads(man, 0, NULL) : NULL;
+        const char *p3 = json_string_value(json_object_get(json_array_get(m, 3), "prompt"));
+        CHECK(rc == 0 && frames == 4 && json_array_size(m) == 4 && p3 && !strcmp(p3, "a bag moving up"),
+              "generate from the %s checkpoint: 4 clips, a 4-frame GIF each, prompts in samples.json (rc %d, frames %d): "
+              "%.200s", srcs[k], rc, frames, out);
+        json_decref(m);
+        free(man), free(out);
+    }
+    char *a = test_read_file(test_path("%s/gen_full/samples.safetensors", dir), NULL);
+    size_t la = 0, lb = 0;
+    free(a);
+    a = test_read_file(test_path("%s/gen_full/samples.safetensors", dir), &la);
+    char *b = test_read_file(test_path("%s/gen_dp2/samples.safetensors", dir), &lb);
+    CHECK(a && b && la == lb && memcmp(a, b, la) == 0,
+          "clips from the one-process and the DP=2 sharded checkpoints are identical");
+    free(a), free(b);
+
+    /* 5. options that do not fit the model are refused */
+    char *out = NULL, cmd[2048];
+    snprintf(cmd, sizeof cmd, "%s generate --checkpoint %s/full/ck --out %s/x --classes 1", bin, dir, dir);
+    rc = test_capture(cmd, &out);
+    CHECK(rc != 0 && strstr(out, "DiT options"), "--classes on a Wan checkpoint is refused: %.200s", out);
+    free(out);
+    snprintf(cmd, sizeof cmd, "%s pretrain %s dataset.type=fashion_mnist logger.output_dir=%s/y", bin, SMALL, dir);
+    rc = test_capture(cmd, &out);
+    CHECK(rc != 0 && strstr(out, "does not fit model.kind wan"), "an image dataset for Wan is refused: %.200s", out);
+    free(out);
+
+    test_rmtree(dir);
+    free(dir);
+    return test_finish();
+}
