@@ -10,19 +10,11 @@
 #include <string.h>
 
 struct data_loader {
-    int batch, null_class, c, h, w;
-    int slice_first, slice_count; /* the part of each batch this process keeps (data parallelism) */
+    loader_base b; /* batch, slice, order and position or Energon stream, prefetcher */
+    int null_class, c, h, w;
     size_t sample_floats;
-    /* in-memory source */
-    const image_dataset *ds;
-    epoch_order order;
-    loader_state st; /* the consumer's position: the next batch handed out starts here */
-    /* energon source */
-    energon_reader *en;
-    /* prefetch */
-    int threaded;
-    prefetcher pf;
-    float *px;
+    const image_dataset *ds; /* in-memory source */
+    float *px;               /* the prefetched batch */
     int *plab;
     char errbuf[600];
 };
@@ -35,10 +27,10 @@ typedef struct {
 
 static void fill_memory(data_loader *l, loader_state *st, float *x, int *labels) {
     const image_dataset *ds = l->ds;
-    for (int b = 0; b < l->batch; b++) {
-        int i = epoch_order_take(&l->order, st);
-        int k = b - l->slice_first;
-        if (k < 0 || k >= l->slice_count) continue;
+    for (int b = 0; b < l->b.batch; b++) {
+        int i = epoch_order_take(&l->b.order, st);
+        int k = b - l->b.slice_first;
+        if (k < 0 || k >= l->b.slice_count) continue;
         const uint8_t *src = ds->pixels + (size_t)i * l->sample_floats;
         float *dst = x + (size_t)k * l->sample_floats;
         for (size_t e = 0; e < l->sample_floats; e++) dst[e] = src[e] * (2.0f / 255.0f) - 1.0f;
@@ -54,8 +46,8 @@ static void prefetch_fill(void *ctx, loader_state *st) {
 static int take_energon(void *ctx, const energon_sample *s, int b, char *err, size_t errlen) {
     image_fill *f = ctx;
     data_loader *l = f->l;
-    int k = b - l->slice_first;
-    if (k < 0 || k >= l->slice_count) return 0; /* another rank's sample: the stream is read whole on every rank */
+    int k = b - l->b.slice_first;
+    if (k < 0 || k >= l->b.slice_count) return 0; /* another rank's sample: the stream is read whole on every rank */
     const energon_part *img = NULL;
     for (int p = 0; p < s->nparts && !img; p++)
         if (s->parts[p].kind == EN_TENSOR && s->parts[p].dtype == EN_U8 && s->parts[p].ndim == 3) img = &s->parts[p];
@@ -78,9 +70,9 @@ static int take_energon(void *ctx, const energon_sample *s, int b, char *err, si
 
 static data_loader *alloc_loader(int batch, int c, int h, int w, int null_class) {
     data_loader *l = xcalloc(1, sizeof *l);
-    l->batch = batch, l->c = c, l->h = h, l->w = w, l->null_class = null_class;
+    l->b.batch = batch, l->c = c, l->h = h, l->w = w, l->null_class = null_class;
     l->sample_floats = (size_t)c * h * w;
-    l->slice_first = 0, l->slice_count = batch;
+    l->b.slice_first = 0, l->b.slice_count = batch;
     return l;
 }
 
@@ -89,12 +81,12 @@ data_loader *loader_new(const image_dataset *ds, const int *indices, int n, uint
     if (n < 1) dfm_die("data loader: no samples to load from");
     data_loader *l = alloc_loader(batch, ds->c, ds->h, ds->w, null_class);
     l->ds = ds;
-    epoch_order_init(&l->order, indices, n, seed);
+    epoch_order_init(&l->b.order, indices, n, seed);
     if (num_workers > 0) {
-        l->threaded = 1;
+        l->b.threaded = 1;
         l->px = xalloc_floats((size_t)batch * l->sample_floats);
         l->plab = xcalloc((size_t)batch, sizeof(int));
-        prefetcher_start(&l->pf, prefetch_fill, l, "data loader");
+        prefetcher_start(&l->b.pf, prefetch_fill, l, "data loader");
     }
     return l;
 }
@@ -111,59 +103,42 @@ data_loader *loader_new_energon(const char *path, const char *split, uint64_t se
     energon_reader *r = energon_open(path, &o, err, errlen);
     if (!r) return NULL;
     data_loader *l = alloc_loader(batch, c, h, w, null_class);
-    l->en = r;
+    l->b.en = r;
     return l;
 }
 
 double loader_next(data_loader *l, float *x, int *labels) {
     double t0 = dfm_time_s();
-    if (l->en) {
+    if (l->b.en) {
         image_fill f = {l, x, labels};
-        if (energon_fill_batch(l->en, l->batch, take_energon, &f, l->errbuf, sizeof l->errbuf) != 0)
+        if (energon_fill_batch(l->b.en, l->b.batch, take_energon, &f, l->errbuf, sizeof l->errbuf) != 0)
             dfm_die("%s", l->errbuf);
-        l->st.pos += l->batch;
+        l->b.st.pos += l->b.batch;
         return dfm_time_s() - t0;
     }
-    if (!l->threaded) {
-        fill_memory(l, &l->st, x, labels);
+    if (!l->b.threaded) {
+        fill_memory(l, &l->b.st, x, labels);
         return dfm_time_s() - t0;
     }
-    prefetcher_wait(&l->pf, &l->st);
+    loader_base_wait(&l->b);
     double waited = dfm_time_s() - t0;
-    memcpy(x, l->px, sizeof(float) * (size_t)l->slice_count * l->sample_floats);
-    memcpy(labels, l->plab, sizeof(int) * (size_t)l->slice_count);
-    /* advance the consumer state exactly as the producer did, then ask for the next batch */
-    loader_state_advance(&l->st, l->order.n, l->batch);
-    prefetcher_request(&l->pf, &l->st);
+    memcpy(x, l->px, sizeof(float) * (size_t)l->b.slice_count * l->sample_floats);
+    memcpy(labels, l->plab, sizeof(int) * (size_t)l->b.slice_count);
+    loader_base_advance(&l->b);
     return waited;
 }
 
-void loader_set_slice(data_loader *l, int first, int count) {
-    if (first < 0 || count < 1 || first + count > l->batch)
-        dfm_die("internal: loader slice [%d, +%d) outside the batch of %d", first, count, l->batch);
-    if (l->threaded) prefetcher_drop(&l->pf); /* the prefetched batch was cut to the old slice */
-    l->slice_first = first, l->slice_count = count;
-}
+void loader_set_slice(data_loader *l, int first, int count) { loader_base_set_slice(&l->b, first, count, "loader"); }
 
-char *loader_state_save(data_loader *l) {
-    if (l->en) return energon_state_save(l->en);
-    return epoch_order_state_save(&l->order, &l->st, "memory");
-}
+char *loader_state_save(data_loader *l) { return loader_base_state_save(&l->b, "memory"); }
 
 int loader_state_restore(data_loader *l, const char *text, char *err, size_t errlen) {
-    if (l->en) return energon_state_restore(l->en, text, err, errlen);
-    loader_state st;
-    if (epoch_order_state_restore(&l->order, &st, "memory", text, err, errlen) != 0) return -1;
-    if (l->threaded) prefetcher_drop(&l->pf); /* drop anything prefetched from the old position */
-    l->st = st;
-    return 0;
+    return loader_base_state_restore(&l->b, "memory", text, err, errlen);
 }
 
 void loader_free(data_loader *l) {
     if (!l) return;
-    if (l->threaded) prefetcher_stop(&l->pf);
-    if (l->en) energon_close(l->en);
-    epoch_order_free(&l->order);
+    loader_base_free(&l->b);
     free(l->px), free(l->plab);
     free(l);
 }

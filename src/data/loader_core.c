@@ -154,6 +154,42 @@ void prefetcher_stop(prefetcher *p) {
     pthread_cond_destroy(&p->cv);
 }
 
+/* ---------------------------------------------------------------------------------------------- loader base */
+
+void loader_base_set_slice(loader_base *b, int first, int count, const char *what) {
+    if (first < 0 || count < 1 || first + count > b->batch)
+        dfm_die("internal: %s slice [%d, +%d) outside the batch of %d", what, first, count, b->batch);
+    if (b->threaded) prefetcher_drop(&b->pf); /* the prefetched batch was cut to the old slice */
+    b->slice_first = first, b->slice_count = count;
+}
+
+void loader_base_wait(loader_base *b) { prefetcher_wait(&b->pf, &b->st); }
+
+void loader_base_advance(loader_base *b) {
+    loader_state_advance(&b->st, b->order.n, b->batch);
+    prefetcher_request(&b->pf, &b->st);
+}
+
+char *loader_base_state_save(loader_base *b, const char *kind) {
+    if (b->en) return energon_state_save(b->en);
+    return epoch_order_state_save(&b->order, &b->st, kind);
+}
+
+int loader_base_state_restore(loader_base *b, const char *kind, const char *json, char *err, size_t errlen) {
+    if (b->en) return energon_state_restore(b->en, json, err, errlen);
+    loader_state st;
+    if (epoch_order_state_restore(&b->order, &st, kind, json, err, errlen) != 0) return -1;
+    if (b->threaded) prefetcher_drop(&b->pf); /* drop anything prefetched from the old position */
+    b->st = st;
+    return 0;
+}
+
+void loader_base_free(loader_base *b) {
+    if (b->threaded) prefetcher_stop(&b->pf);
+    if (b->en) energon_close(b->en);
+    epoch_order_free(&b->order);
+}
+
 /* ---------------------------------------------------------------------------------------------- energon walk */
 
 int energon_fill_batch(energon_reader *r, int batch, energon_take_fn take, void *ctx, char *err, size_t errlen) {

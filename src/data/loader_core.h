@@ -61,6 +61,27 @@ void prefetcher_request(prefetcher *p, const loader_state *st);
 void prefetcher_drop(prefetcher *p);
 void prefetcher_stop(prefetcher *p);
 
+/* What every batch loader holds: the batch and this rank's slice of it, the source's order and position (in-memory
+ * sources) or Energon stream, and the prefetcher. The functions below are the loaders' common entry points. */
+typedef struct {
+    int batch;
+    int slice_first, slice_count; /* the part of each batch this process keeps (data parallelism) */
+    epoch_order order;            /* in-memory source */
+    loader_state st;              /* the consumer's position: the next batch handed out starts here */
+    energon_reader *en;           /* Energon source (instead) */
+    int threaded;
+    prefetcher pf;
+} loader_base;
+
+void loader_base_set_slice(loader_base *b, int first, int count, const char *what);
+/* Threaded in-memory loaders: wait for the prefetched batch; the caller copies it out, then calls
+ * loader_base_advance, which moves the position as the producer did and asks for the next batch. */
+void loader_base_wait(loader_base *b);
+void loader_base_advance(loader_base *b);
+char *loader_base_state_save(loader_base *b, const char *kind);
+int loader_base_state_restore(loader_base *b, const char *kind, const char *json, char *err, size_t errlen);
+void loader_base_free(loader_base *b); /* stops the thread, closes the stream, frees the order */
+
 /* take(ctx, s, b, err, errlen) for the samples b = 0..batch-1 of the next batch: 0 to go on, 1 to skip the sample
  * (a fresh one is read for the same b, on every rank alike), -1 on error with err set. The sample is freed after
  * take returns. 0, or -1 with err. */
