@@ -36,6 +36,10 @@ extern const char *const video_direction_names[4]; /* "left", "right", "up", "do
  * pixels a frame (at least 1), staying inside the canvas. The text encoder's seed is `seed` too. */
 int video_dataset_clips(video_dataset *vd, const char *fmnist_dir, int n_max, int frames, int size, int text_len,
                         int text_dim, uint64_t seed, char *err, size_t errlen);
+/* Clip `index` of the demo set from its 28x28 garment image: out [frames, size, size] in [-1, 1]. Returns the
+ * direction (VIDEO_DIR_*), or -1 with err when frames and size leave the garment no room to move. */
+int video_clip_render(const uint8_t *image, int index, int frames, int size, uint64_t seed, float *out, char *err,
+                      size_t errlen);
 /* The demo caption of a Fashion-MNIST class (0-9) and direction: "a sneaker moving left", "a t-shirt/top moving
  * up", "an ankle boot moving down". Returns snprintf's count. */
 int video_clip_caption(int label, int direction, char *buf, size_t n);

@@ -293,8 +293,9 @@ static char **list_dir(const char *dir, int *n) {
 
 /* A sample source: fills parts for sample i; returns the number of parts; key written into key. */
 typedef struct {
-    int kind; /* 0 fmnist, 1 images, 2 tensors, 3 video clips */
-    video_dataset vd;
+    int kind; /* 0 fmnist, 1 images, 2 tensors, 3 video clips (of the Fashion-MNIST images) */
+    int frames, size, text_dim;
+    uint64_t seed;
     int count;
     uint8_t *images, *labels;
     char *dir;
@@ -351,22 +352,31 @@ static uint8_t *safetensor_to_npy(const char *path, const char *tname, json_t *e
 static int source_parts(source *s, int i, char *key, size_t keycap, part_buf *parts, int maxparts) {
     int np = 0;
     if (s->kind == 3) { /* a clip: latents [C, T, H, W] as DFM's VAE latents are laid out, text rows up to its length */
-        const video_dataset *vd = &s->vd;
+        enum { MAX_WORDS = 16 }; /* captions have at most 5 words */
         snprintf(key, keycap, "%06d", i);
-        int64_t ls[5] = {vd->c, vd->t, vd->h, vd->w}, ts[2] = {vd->text_lens[i], vd->text_dim};
-        size_t lat_n = (size_t)vd->c * vd->t * vd->h * vd->w, txt_n = (size_t)vd->text_len * vd->text_dim;
+        size_t lat_n = (size_t)s->frames * s->size * s->size;
+        float *lat = xmalloc(lat_n * sizeof(float)), *txt = xmalloc((size_t)MAX_WORDS * s->text_dim * sizeof(float));
+        char err[256], cap[64];
+        int dir = video_clip_render(s->images + (size_t)i * 784, i, s->frames, s->size, s->seed, lat, err, sizeof err);
+        if (dir < 0) dfm_die("data prepare --video-clips: %s", err);
+        video_clip_caption(s->labels[i], dir, cap, sizeof cap);
+        int len;
+        if (text_encoder_encode(cap, s->text_dim, MAX_WORDS, s->seed, txt, &len, err, sizeof err) != 0)
+            dfm_die("data prepare --video-clips: %s", err);
+        int64_t ls[4] = {1, s->frames, s->size, s->size}, ts[2] = {len, s->text_dim};
         parts[np].name = xstrdup("latents.npy");
-        parts[np].data = npy_encode(vd->latents + (size_t)i * lat_n, "<f4", ls, 4, &parts[np].size);
+        parts[np].data = npy_encode(lat, "<f4", ls, 4, &parts[np].size);
         np++;
         parts[np].name = xstrdup("text_embeddings.npy");
-        parts[np].data = npy_encode(vd->text + (size_t)i * txt_n, "<f4", ts, 2, &parts[np].size);
+        parts[np].data = npy_encode(txt, "<f4", ts, 2, &parts[np].size);
         np++;
-        json_t *j = json_pack("{s:s, s:i, s:i}", "caption", vd->captions[i], "text_len", vd->text_lens[i], "index", i);
+        json_t *j = json_pack("{s:s, s:i, s:i}", "caption", cap, "text_len", len, "index", i);
         char *js = json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER);
         json_decref(j);
         parts[np].name = xstrdup("json");
         parts[np].data = (uint8_t *)js;
         parts[np++].size = strlen(js);
+        free(lat), free(txt);
         return np;
     }
     if (s->kind == 0) {
@@ -542,13 +552,20 @@ static int cmd_prepare(int argc, char **argv) {
 
     source s = {0};
     char err[1024];
-    if (have_clips) {
+    if (have_clips) { /* rendered one clip at a time while the shards are written */
         s.kind = 3;
-        /* captions have at most 5 words; 16 rows leave room, and only the valid rows are written */
-        if (video_dataset_clips(&s.vd, clips_dir, clip_n > 0 ? clip_n : limit, clip_frames, clip_size, 16,
-                                clip_text_dim, clip_seed, err, sizeof err) != 0)
+        s.frames = clip_frames, s.size = clip_size, s.text_dim = clip_text_dim, s.seed = clip_seed;
+        if (clip_text_dim < 1) dfm_die("data prepare --video-clips: --text-dim must be at least 1, got %d", clip_text_dim);
+        if (fmnist_load(clips_dir ? clips_dir : FMNIST_DEFAULT_DIR, 1, clip_n > 0 ? clip_n : limit, &s.images,
+                        &s.labels, &s.count, err, sizeof err) != 0)
+            dfm_die("%s", err);
+        /* refuse a frames/size pair that leaves no room to move before any shard is written (the renderer checks
+         * before it writes, so a sane-sized buffer is only needed when the pair is plausible) */
+        int plausible = clip_frames >= 2 && clip_frames <= 4096 && clip_size >= 8 && clip_size <= 4096;
+        float *one = xmalloc(sizeof(float) * (plausible ? (size_t)clip_frames * clip_size * clip_size : 1));
+        if (video_clip_render(s.images, 0, clip_frames, clip_size, clip_seed, one, err, sizeof err) < 0)
             dfm_die("data prepare --video-clips: %s", err);
-        s.count = s.vd.n;
+        free(one);
     } else if (have_fm) {
         s.kind = 0;
         if (fmnist_load(fm_dir ? fm_dir : FMNIST_DEFAULT_DIR, !test_set, limit, &s.images, &s.labels, &s.count, err,
@@ -657,7 +674,6 @@ static int cmd_prepare(int argc, char **argv) {
     free(o->out);
     free(o);
     free(s.images);
-    video_dataset_free(&s.vd);
     free(s.labels);
     free(s.dir);
     for (int i = 0; i < s.nfiles; i++) {

@@ -67,22 +67,62 @@ static int draw_int(uint64_t seed, int i, int k, int m) {
     return v > m ? m : v;
 }
 
-int video_dataset_clips(video_dataset *vd, const char *fmnist_dir, int n_max, int frames, int size, int text_len,
-                        int text_dim, uint64_t seed, char *err, size_t errlen) {
-    memset(vd, 0, sizeof *vd);
+/* The garment's side and step for a canvas, or -1 with err when the garment cannot move a pixel a frame. */
+static int clip_geometry(int frames, int size, int *side, int *step, char *err, size_t errlen) {
     if (frames < 2 || frames > 4096) {
         snprintf(err, errlen, "video clips: frames must be 2 to 4096 (a garment needs two frames to move), got %d",
                  frames);
         return -1;
     }
-    int side = size >= 2 * FMNIST_SIDE ? FMNIST_SIDE : size / 2;
-    if (size < 8 || size > 4096 || (size - side) / (frames - 1) < 1) {
+    *side = size >= 2 * FMNIST_SIDE ? FMNIST_SIDE : size / 2;
+    if (size < 8 || size > 4096 || (size - *side) / (frames - 1) < 1) {
         snprintf(err, errlen,
                  "video clips: size %d is too small for %d frames: the %d-pixel garment must move at least one "
                  "pixel a frame inside the canvas (size >= 8 and size - %d >= frames - 1)",
-                 size, frames, side, side);
+                 size, frames, *side, *side);
         return -1;
     }
+    *step = (size - *side) / (frames - 1);
+    if (*step > *side / 4) *step = *side / 4; /* a garment, not a teleport: at most a quarter of its side a frame */
+    return 0;
+}
+
+int video_clip_render(const uint8_t *image, int index, int frames, int size, uint64_t seed, float *out, char *err,
+                      size_t errlen) {
+    int side, step;
+    if (clip_geometry(frames, size, &side, &step, err, errlen) != 0) return -1;
+    uint8_t garment[FMNIST_SIDE * FMNIST_SIDE];
+    if (side == FMNIST_SIDE)
+        memcpy(garment, image, sizeof garment);
+    else
+        downscale(image, side, garment);
+    int travel = step * (frames - 1), room = size - side;
+    int dir = draw_int(seed, index, 0, 3);
+    int along = draw_int(seed, index, 1, room - travel); /* start offset along the motion, from the near edge */
+    int across = draw_int(seed, index, 2, room);         /* position across the motion */
+    size_t frame_px = (size_t)size * size;
+    for (size_t e = 0; e < frame_px * (size_t)frames; e++) out[e] = -1.0f;
+    for (int f = 0; f < frames; f++) {
+        int x0, y0;
+        switch (dir) {
+        case VIDEO_DIR_LEFT: x0 = room - along - step * f, y0 = across; break;
+        case VIDEO_DIR_RIGHT: x0 = along + step * f, y0 = across; break;
+        case VIDEO_DIR_UP: x0 = across, y0 = room - along - step * f; break;
+        default: x0 = across, y0 = along + step * f; break;
+        }
+        float *fr = out + (size_t)f * frame_px;
+        for (int y = 0; y < side; y++)
+            for (int x = 0; x < side; x++)
+                fr[(size_t)(y0 + y) * size + x0 + x] = garment[y * side + x] * (2.0f / 255.0f) - 1.0f;
+    }
+    return dir;
+}
+
+int video_dataset_clips(video_dataset *vd, const char *fmnist_dir, int n_max, int frames, int size, int text_len,
+                        int text_dim, uint64_t seed, char *err, size_t errlen) {
+    memset(vd, 0, sizeof *vd);
+    int side, step;
+    if (clip_geometry(frames, size, &side, &step, err, errlen) != 0) return -1;
     if (text_len < 1 || text_dim < 1) {
         snprintf(err, errlen, "video clips: text_len and text_dim must be positive (got %d, %d)", text_len, text_dim);
         return -1;
@@ -92,62 +132,32 @@ int video_dataset_clips(video_dataset *vd, const char *fmnist_dir, int n_max, in
     if (fmnist_load(fmnist_dir ? fmnist_dir : FMNIST_DEFAULT_DIR, 1, n_max > 0 ? n_max : 0, &images, &labels,
                     &count, err, errlen) != 0)
         return -1;
-    int step = (size - side) / (frames - 1);
-    if (step > side / 4) step = side / 4; /* a garment, not a teleport: at most a quarter of its side a frame */
-    int travel = step * (frames - 1), room = size - side;
-    size_t frame_px = (size_t)size * size, clip_px = frame_px * (size_t)frames;
+    size_t clip_px = (size_t)size * size * (size_t)frames, txt_n = (size_t)text_len * text_dim;
     vd->n = count, vd->c = 1, vd->t = frames, vd->h = size, vd->w = size;
     vd->text_len = text_len, vd->text_dim = text_dim;
     vd->latents = xalloc_floats((size_t)count * clip_px);
-    vd->text = xalloc_floats((size_t)count * (size_t)text_len * text_dim);
+    vd->text = xalloc_floats((size_t)count * txt_n);
     vd->text_lens = xcalloc((size_t)count, sizeof(int));
     vd->captions = xcalloc((size_t)count, sizeof(char *));
     /* 40 distinct captions: embed each once */
-    float *cap_emb = xalloc_floats((size_t)40 * text_len * text_dim);
+    float *cap_emb = xalloc_floats((size_t)40 * txt_n);
     int cap_len[40] = {0};
     for (int k = 0; k < 40; k++) {
         char cap[64];
         video_clip_caption(k / 4, k % 4, cap, sizeof cap);
-        if (text_encoder_encode(cap, text_dim, text_len, seed, cap_emb + (size_t)k * text_len * text_dim,
-                                &cap_len[k], err, errlen) != 0) {
-            free(cap_emb), free(images), free(labels);
-            video_dataset_free(vd);
-            return -1;
-        }
+        text_encoder_encode(cap, text_dim, text_len, seed, cap_emb + (size_t)k * txt_n, &cap_len[k], err, errlen);
     }
-    uint8_t *garment = xmalloc((size_t)side * side);
     for (int i = 0; i < count; i++) {
-        if (side == FMNIST_SIDE)
-            memcpy(garment, images + (size_t)i * FMNIST_SIDE * FMNIST_SIDE, (size_t)side * side);
-        else
-            downscale(images + (size_t)i * FMNIST_SIDE * FMNIST_SIDE, side, garment);
-        int dir = draw_int(seed, i, 0, 3);
-        int along = draw_int(seed, i, 1, room - travel); /* start offset along the motion, from the near edge */
-        int across = draw_int(seed, i, 2, room);         /* position across the motion */
-        float *clip = vd->latents + (size_t)i * clip_px;
-        for (size_t e = 0; e < clip_px; e++) clip[e] = -1.0f;
-        for (int f = 0; f < frames; f++) {
-            int x0, y0;
-            switch (dir) {
-            case VIDEO_DIR_LEFT: x0 = room - along - step * f, y0 = across; break;
-            case VIDEO_DIR_RIGHT: x0 = along + step * f, y0 = across; break;
-            case VIDEO_DIR_UP: x0 = across, y0 = room - along - step * f; break;
-            default: x0 = across, y0 = along + step * f; break;
-            }
-            float *fr = clip + (size_t)f * frame_px;
-            for (int y = 0; y < side; y++)
-                for (int x = 0; x < side; x++)
-                    fr[(size_t)(y0 + y) * size + x0 + x] = garment[y * side + x] * (2.0f / 255.0f) - 1.0f;
-        }
+        int dir = video_clip_render(images + (size_t)i * FMNIST_SIDE * FMNIST_SIDE, i, frames, size, seed,
+                                    vd->latents + (size_t)i * clip_px, err, errlen);
         int k = labels[i] * 4 + dir;
-        memcpy(vd->text + (size_t)i * text_len * text_dim, cap_emb + (size_t)k * text_len * text_dim,
-               sizeof(float) * (size_t)text_len * text_dim);
+        memcpy(vd->text + (size_t)i * txt_n, cap_emb + (size_t)k * txt_n, sizeof(float) * txt_n);
         vd->text_lens[i] = cap_len[k];
         char cap[64];
         video_clip_caption(labels[i], dir, cap, sizeof cap);
         vd->captions[i] = xstrdup(cap);
     }
-    free(garment), free(cap_emb), free(images), free(labels);
+    free(cap_emb), free(images), free(labels);
     return 0;
 }
 
