@@ -555,7 +555,8 @@ static int cmd_prepare(int argc, char **argv) {
     if (have_clips) { /* rendered one clip at a time while the shards are written */
         s.kind = 3;
         s.frames = clip_frames, s.size = clip_size, s.text_dim = clip_text_dim, s.seed = clip_seed;
-        if (clip_text_dim < 1) dfm_die("data prepare --video-clips: --text-dim must be at least 1, got %d", clip_text_dim);
+        if (clip_text_dim < 1)
+            dfm_die("data prepare --video-clips: --text-dim must be at least 1, got %d", clip_text_dim);
         if (fmnist_load(clips_dir ? clips_dir : FMNIST_DEFAULT_DIR, 1, clip_n > 0 ? clip_n : limit, &s.images,
                         &s.labels, &s.count, err, sizeof err) != 0)
             dfm_die("%s", err);
@@ -703,8 +704,8 @@ static int describe_pickle_part(const energon_sample *s, const energon_part *p) 
         return 1;
     }
     const pk_array *a = pk_as_array(d->root);
-    printf("%s: %s", pk_format_name(d->format), a ? (d->root->kind == PK_TENSOR ? "tensor" : "numpy array")
-                                                   : pk_kind_name(d->root->kind));
+    printf("%s: %s", pk_format_name(d->format),
+           a ? (d->root->kind == PK_TENSOR ? "tensor" : "numpy array") : pk_kind_name(d->root->kind));
     if (a) {
         printf(" %s [", pk_dtype_name(a->dtype));
         for (int k = 0; k < a->ndim; k++) printf("%s%lld", k ? ", " : "", (long long)a->shape[k]);

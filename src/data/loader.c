@@ -76,8 +76,8 @@ static data_loader *alloc_loader(int batch, int c, int h, int w, int null_class)
     return l;
 }
 
-data_loader *loader_new(const image_dataset *ds, const int *indices, int n, uint64_t seed, int batch,
-                        int num_workers, int null_class) {
+data_loader *loader_new(const image_dataset *ds, const int *indices, int n, uint64_t seed, int batch, int num_workers,
+                        int null_class) {
     if (n < 1) dfm_die("data loader: no samples to load from");
     data_loader *l = alloc_loader(batch, ds->c, ds->h, ds->w, null_class);
     l->ds = ds;
@@ -91,8 +91,8 @@ data_loader *loader_new(const image_dataset *ds, const int *indices, int n, uint
     return l;
 }
 
-data_loader *loader_new_energon(const char *path, const char *split, uint64_t seed, int batch, int num_workers,
-                                int c, int h, int w, int null_class, char *err, size_t errlen) {
+data_loader *loader_new_energon(const char *path, const char *split, uint64_t seed, int batch, int num_workers, int c,
+                                int h, int w, int null_class, char *err, size_t errlen) {
     energon_options o;
     energon_options_default(&o);
     o.split = split;
@@ -128,9 +128,13 @@ double loader_next(data_loader *l, float *x, int *labels) {
     return waited;
 }
 
-void loader_set_slice(data_loader *l, int first, int count) { loader_base_set_slice(&l->b, first, count, "loader"); }
+void loader_set_slice(data_loader *l, int first, int count) {
+    loader_base_set_slice(&l->b, first, count, "loader");
+}
 
-char *loader_state_save(data_loader *l) { return loader_base_state_save(&l->b, "memory"); }
+char *loader_state_save(data_loader *l) {
+    return loader_base_state_save(&l->b, "memory");
+}
 
 int loader_state_restore(data_loader *l, const char *text, char *err, size_t errlen) {
     return loader_base_state_restore(&l->b, "memory", text, err, errlen);

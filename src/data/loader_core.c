@@ -69,10 +69,12 @@ int epoch_order_state_restore(const epoch_order *o, loader_state *st, const char
     json_int_t epoch, pos, seed;
     int samples;
     const char *k;
-    if (!j || json_unpack(j, "{s:s, s:I, s:I, s:I, s:i}", "kind", &k, "epoch", &epoch, "pos", &pos, "seed", &seed,
-                          "samples", &samples) != 0 || strcmp(k, kind)) {
-        snprintf(err, errlen, "data loader state: expected {\"kind\": \"%s\", \"epoch\", \"pos\", \"seed\", \"samples\"}",
-                 kind);
+    if (!j ||
+        json_unpack(j, "{s:s, s:I, s:I, s:I, s:i}", "kind", &k, "epoch", &epoch, "pos", &pos, "seed", &seed, "samples",
+                    &samples) != 0 ||
+        strcmp(k, kind)) {
+        snprintf(err, errlen,
+                 "data loader state: expected {\"kind\": \"%s\", \"epoch\", \"pos\", \"seed\", \"samples\"}", kind);
         if (j) json_decref(j);
         return -1;
     }
@@ -163,7 +165,9 @@ void loader_base_set_slice(loader_base *b, int first, int count, const char *wha
     b->slice_first = first, b->slice_count = count;
 }
 
-void loader_base_wait(loader_base *b) { prefetcher_wait(&b->pf, &b->st); }
+void loader_base_wait(loader_base *b) {
+    prefetcher_wait(&b->pf, &b->st);
+}
 
 void loader_base_advance(loader_base *b) {
     loader_state_advance(&b->st, b->order.n, b->batch);

@@ -21,7 +21,7 @@
 void philox_shuffle(int *a, int n, uint64_t seed, uint32_t stream, uint32_t step);
 
 typedef struct {
-    int *indices, n;    /* the samples walked (a copy) */
+    int *indices, n; /* the samples walked (a copy) */
     uint64_t seed;
     int64_t perm_epoch; /* epoch whose permutation is in perm (-1: none) */
     int *perm;

@@ -105,10 +105,18 @@ int video_clip_render(const uint8_t *image, int index, int frames, int size, uin
     for (int f = 0; f < frames; f++) {
         int x0, y0;
         switch (dir) {
-        case VIDEO_DIR_LEFT: x0 = room - along - step * f, y0 = across; break;
-        case VIDEO_DIR_RIGHT: x0 = along + step * f, y0 = across; break;
-        case VIDEO_DIR_UP: x0 = across, y0 = room - along - step * f; break;
-        default: x0 = across, y0 = along + step * f; break;
+        case VIDEO_DIR_LEFT:
+            x0 = room - along - step * f, y0 = across;
+            break;
+        case VIDEO_DIR_RIGHT:
+            x0 = along + step * f, y0 = across;
+            break;
+        case VIDEO_DIR_UP:
+            x0 = across, y0 = room - along - step * f;
+            break;
+        default:
+            x0 = across, y0 = along + step * f;
+            break;
         }
         float *fr = out + (size_t)f * frame_px;
         for (int y = 0; y < side; y++)
@@ -129,8 +137,8 @@ int video_dataset_clips(video_dataset *vd, const char *fmnist_dir, int n_max, in
     }
     uint8_t *images, *labels;
     int count;
-    if (fmnist_load(fmnist_dir ? fmnist_dir : FMNIST_DEFAULT_DIR, 1, n_max > 0 ? n_max : 0, &images, &labels,
-                    &count, err, errlen) != 0)
+    if (fmnist_load(fmnist_dir ? fmnist_dir : FMNIST_DEFAULT_DIR, 1, n_max > 0 ? n_max : 0, &images, &labels, &count,
+                    err, errlen) != 0)
         return -1;
     size_t clip_px = (size_t)size * size * (size_t)frames, txt_n = (size_t)text_len * text_dim;
     vd->n = count, vd->c = 1, vd->t = frames, vd->h = size, vd->w = size;
@@ -163,11 +171,14 @@ int video_dataset_clips(video_dataset *vd, const char *fmnist_dir, int n_max, in
 
 /* ---------------------------------------------------------------------------------------- safetensors folder */
 
-static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+static int cmp_str(const void *a, const void *b) {
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
 
 static void shape_str(const st_tensor *t, char *buf, size_t n) {
     size_t k = (size_t)snprintf(buf, n, "[");
-    for (int d = 0; d < t->ndim && k < n; d++) k += (size_t)snprintf(buf + k, n - k, "%s%lld", d ? ", " : "", (long long)t->shape[d]);
+    for (int d = 0; d < t->ndim && k < n; d++)
+        k += (size_t)snprintf(buf + k, n - k, "%s%lld", d ? ", " : "", (long long)t->shape[d]);
     if (k < n) snprintf(buf + k, n - k, "]");
 }
 
@@ -185,8 +196,8 @@ static const st_tensor *find_sample_tensor(const st_file *f, const char *name, i
     char sh[160];
     shape_str(t, sh, sizeof sh);
     if (t->dtype != ST_F32 && t->dtype != ST_F16 && t->dtype != ST_BF16 && t->dtype != ST_F64) {
-        snprintf(err, errlen, "'%s': tensor '%s' %s has dtype %s; expected a float type (F32, F16, BF16, F64)",
-                 f->path, name, sh, st_dtype_name(t->dtype));
+        snprintf(err, errlen, "'%s': tensor '%s' %s has dtype %s; expected a float type (F32, F16, BF16, F64)", f->path,
+                 name, sh, st_dtype_name(t->dtype));
         return NULL;
     }
     int lead = t->ndim == ndim + 1 && t->shape[0] == 1;
@@ -299,8 +310,8 @@ int video_dataset_folder(video_dataset *vd, const char *dir, int text_len, char 
         } else
             len = text_valid_rows(tbuf, rows[i], vd->text_dim);
         if (len > vd->text_len) {
-            snprintf(err, errlen, "'%s': text_embeddings has %d valid rows, more than the text length %d", files[i]->path,
-                     len, vd->text_len);
+            snprintf(err, errlen, "'%s': text_embeddings has %d valid rows, more than the text length %d",
+                     files[i]->path, len, vd->text_len);
             goto done;
         }
         vd->text_lens[i] = len;

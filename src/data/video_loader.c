@@ -61,7 +61,8 @@ video_loader *video_loader_new(const video_dataset *vd, const int *indices, int 
     if (batch < 1) dfm_die("video loader: batch must be at least 1, got %d", batch);
     for (int i = 0; i < n; i++)
         if (indices[i] < 0 || indices[i] >= vd->n)
-            dfm_die("internal: video loader index %d (entry %d) outside the dataset's %d samples", indices[i], i, vd->n);
+            dfm_die("internal: video loader index %d (entry %d) outside the dataset's %d samples", indices[i], i,
+                    vd->n);
     video_loader *l = alloc_loader(batch, vd->c, vd->t, vd->h, vd->w, vd->text_len, vd->text_dim);
     l->vd = vd;
     epoch_order_init(&l->b.order, indices, n, seed);
@@ -96,11 +97,14 @@ static const char *part_ext(const char *name) {
     return d ? d + 1 : name;
 }
 
-static int is_float_dtype(st_dtype t) { return t == ST_F32 || t == ST_F16 || t == ST_BF16 || t == ST_F64; }
+static int is_float_dtype(st_dtype t) {
+    return t == ST_F32 || t == ST_F16 || t == ST_BF16 || t == ST_F64;
+}
 
 static void dims_str(const int64_t *shape, int ndim, char *buf, size_t n) {
     size_t k = (size_t)snprintf(buf, n, "[");
-    for (int d = 0; d < ndim && k < n; d++) k += (size_t)snprintf(buf + k, n - k, "%s%lld", d ? ", " : "", (long long)shape[d]);
+    for (int d = 0; d < ndim && k < n; d++)
+        k += (size_t)snprintf(buf + k, n - k, "%s%lld", d ? ", " : "", (long long)shape[d]);
     if (k < n) snprintf(buf + k, n - k, "]");
 }
 
@@ -218,8 +222,9 @@ static int take_video(void *ctx, const energon_sample *s, int b, char *err, size
     if (ld[0] != l->c || ld[1] != l->t || ld[2] != l->h || ld[3] != l->w) {
         char sh[128];
         dims_str(lat.shape, lat.ndim, sh, sizeof sh);
-        snprintf(err, errlen, "energon sample '%s' in shard '%s': latents part '%s' has shape %s; expected [%d, %d, %d, %d]",
-                 s->key, s->shard, lat.part->name, sh, l->c, l->t, l->h, l->w);
+        snprintf(err, errlen,
+                 "energon sample '%s' in shard '%s': latents part '%s' has shape %s; expected [%d, %d, %d, %d]", s->key,
+                 s->shard, lat.part->name, sh, l->c, l->t, l->h, l->w);
         goto out;
     }
     if (td[1] != l->text_dim || td[0] < 1) {
@@ -344,13 +349,17 @@ void video_loader_set_slice(video_loader *l, int first, int count) {
 }
 
 /* kind "video", so that an image loader's state is not taken for a video loader's */
-char *video_loader_state_save(video_loader *l) { return loader_base_state_save(&l->b, "video"); }
+char *video_loader_state_save(video_loader *l) {
+    return loader_base_state_save(&l->b, "video");
+}
 
 int video_loader_state_restore(video_loader *l, const char *json, char *err, size_t errlen) {
     return loader_base_state_restore(&l->b, "video", json, err, errlen);
 }
 
-int64_t video_loader_skipped(const video_loader *l) { return l->b.en ? l->skipped + energon_skipped(l->b.en) : 0; }
+int64_t video_loader_skipped(const video_loader *l) {
+    return l->b.en ? l->skipped + energon_skipped(l->b.en) : 0;
+}
 
 void video_loader_free(video_loader *l) {
     if (!l) return;
