@@ -6,6 +6,7 @@
 #include "dfm/fashion_mnist.h"
 #include "dfm/pickle.h"
 #include "dfm/tar.h"
+#include "dfm/video.h"
 #include "dfm/yamltree.h"
 
 #include <dirent.h>
@@ -35,6 +36,12 @@ static void data_usage(FILE *f) {
         "                         N | \"text\": ...} give .cls/.txt parts and the line itself as .json\n"
         "  --tensors DIR          files grouped by key (name up to the first dot): a.latent.npy + a.txt -> one\n"
         "                         sample; each tensor of a .safetensors file becomes a <name>.npy part\n"
+        "  --video-clips [DIR]    the video demo clips (Fashion-MNIST garments moving left/right/up/down, from\n"
+        "                         the idx.gz files in DIR, default " FMNIST_DEFAULT_DIR "); parts latents.npy\n"
+        "                         (float32 [1, F, S, S]), text_embeddings.npy (float32 [words, D], the stand-in\n"
+        "                         text encoder's rows) and json {\"caption\", \"text_len\", \"index\"}\n"
+        "      --n N              clips (default all 60000: 2 GB of latents at 8 frames of 32x32)\n"
+        "      --frames F --size S --text-dim D --seed X   (defaults 8, 32, 64, 0)\n"
         "options:\n"
         "  --maxcount N           samples per shard (default 1000)\n"
         "  --limit N              use only the first N samples of the source\n"
@@ -286,7 +293,9 @@ static char **list_dir(const char *dir, int *n) {
 
 /* A sample source: fills parts for sample i; returns the number of parts; key written into key. */
 typedef struct {
-    int kind; /* 0 fmnist, 1 images, 2 tensors */
+    int kind; /* 0 fmnist, 1 images, 2 tensors, 3 video clips (of the Fashion-MNIST images) */
+    int frames, size, text_dim;
+    uint64_t seed;
     int count;
     uint8_t *images, *labels;
     char *dir;
@@ -342,6 +351,34 @@ static uint8_t *safetensor_to_npy(const char *path, const char *tname, json_t *e
 
 static int source_parts(source *s, int i, char *key, size_t keycap, part_buf *parts, int maxparts) {
     int np = 0;
+    if (s->kind == 3) { /* a clip: latents [C, T, H, W] as DFM's VAE latents are laid out, text rows up to its length */
+        enum { MAX_WORDS = 16 }; /* captions have at most 5 words */
+        snprintf(key, keycap, "%06d", i);
+        size_t lat_n = (size_t)s->frames * s->size * s->size;
+        float *lat = xmalloc(lat_n * sizeof(float)), *txt = xmalloc((size_t)MAX_WORDS * s->text_dim * sizeof(float));
+        char err[256], cap[64];
+        int dir = video_clip_render(s->images + (size_t)i * 784, i, s->frames, s->size, s->seed, lat, err, sizeof err);
+        if (dir < 0) dfm_die("data prepare --video-clips: %s", err);
+        video_clip_caption(s->labels[i], dir, cap, sizeof cap);
+        int len;
+        if (text_encoder_encode(cap, s->text_dim, MAX_WORDS, s->seed, txt, &len, err, sizeof err) != 0)
+            dfm_die("data prepare --video-clips: %s", err);
+        int64_t ls[4] = {1, s->frames, s->size, s->size}, ts[2] = {len, s->text_dim};
+        parts[np].name = xstrdup("latents.npy");
+        parts[np].data = npy_encode(lat, "<f4", ls, 4, &parts[np].size);
+        np++;
+        parts[np].name = xstrdup("text_embeddings.npy");
+        parts[np].data = npy_encode(txt, "<f4", ts, 2, &parts[np].size);
+        np++;
+        json_t *j = json_pack("{s:s, s:i, s:i}", "caption", cap, "text_len", len, "index", i);
+        char *js = json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER);
+        json_decref(j);
+        parts[np].name = xstrdup("json");
+        parts[np].data = (uint8_t *)js;
+        parts[np++].size = strlen(js);
+        free(lat), free(txt);
+        return np;
+    }
     if (s->kind == 0) {
         snprintf(key, keycap, "%06d", i);
         parts[np].name = xstrdup("png");
@@ -451,7 +488,10 @@ static int source_parts(source *s, int i, char *key, size_t keycap, part_buf *pa
 
 static int cmd_prepare(int argc, char **argv) {
     const char *out = NULL, *fm_dir = NULL, *img_dir = NULL, *ten_dir = NULL, *split = NULL;
-    int test_set = 0, maxcount = 1000, limit = 0, have_fm = 0;
+    const char *clips_dir = NULL;
+    int test_set = 0, maxcount = 1000, limit = 0, have_fm = 0, have_clips = 0;
+    int clip_n = 0, clip_frames = 8, clip_size = 32, clip_text_dim = 64;
+    unsigned long long clip_seed = 0;
     split_patterns pats = {0};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -461,7 +501,20 @@ static int cmd_prepare(int argc, char **argv) {
         else if (!strcmp(a, "--fashion-mnist")) {
             have_fm = 1;
             if (next && next[0] != '-') fm_dir = argv[++i];
-        } else if (!strcmp(a, "--test-set"))
+        } else if (!strcmp(a, "--video-clips")) {
+            have_clips = 1;
+            if (next && next[0] != '-') clips_dir = argv[++i];
+        } else if (!strcmp(a, "--n") && next)
+            clip_n = atoi(argv[++i]);
+        else if (!strcmp(a, "--frames") && next)
+            clip_frames = atoi(argv[++i]);
+        else if (!strcmp(a, "--size") && next)
+            clip_size = atoi(argv[++i]);
+        else if (!strcmp(a, "--text-dim") && next)
+            clip_text_dim = atoi(argv[++i]);
+        else if (!strcmp(a, "--seed") && next)
+            clip_seed = strtoull(argv[++i], NULL, 10);
+        else if (!strcmp(a, "--test-set"))
             test_set = 1;
         else if (!strcmp(a, "--images") && next)
             img_dir = argv[++i];
@@ -484,9 +537,9 @@ static int cmd_prepare(int argc, char **argv) {
             return 2;
         }
     }
-    if (!out || have_fm + !!img_dir + !!ten_dir != 1) {
-        fprintf(stderr,
-                "dfm: error: data prepare needs --out DIR and exactly one of --fashion-mnist, --images, --tensors\n");
+    if (!out || have_fm + have_clips + !!img_dir + !!ten_dir != 1) {
+        fprintf(stderr, "dfm: error: data prepare needs --out DIR and exactly one of --fashion-mnist, --images, "
+                        "--tensors, --video-clips\n");
         return 2;
     }
     if (maxcount < 1) dfm_die("data prepare: --maxcount must be at least 1");
@@ -499,7 +552,22 @@ static int cmd_prepare(int argc, char **argv) {
 
     source s = {0};
     char err[1024];
-    if (have_fm) {
+    if (have_clips) { /* rendered one clip at a time while the shards are written */
+        s.kind = 3;
+        s.frames = clip_frames, s.size = clip_size, s.text_dim = clip_text_dim, s.seed = clip_seed;
+        if (clip_text_dim < 1)
+            dfm_die("data prepare --video-clips: --text-dim must be at least 1, got %d", clip_text_dim);
+        if (fmnist_load(clips_dir ? clips_dir : FMNIST_DEFAULT_DIR, 1, clip_n > 0 ? clip_n : limit, &s.images,
+                        &s.labels, &s.count, err, sizeof err) != 0)
+            dfm_die("%s", err);
+        /* refuse a frames/size pair that leaves no room to move before any shard is written (the renderer checks
+         * before it writes, so a sane-sized buffer is only needed when the pair is plausible) */
+        int plausible = clip_frames >= 2 && clip_frames <= 4096 && clip_size >= 8 && clip_size <= 4096;
+        float *one = xmalloc(sizeof(float) * (plausible ? (size_t)clip_frames * clip_size * clip_size : 1));
+        if (video_clip_render(s.images, 0, clip_frames, clip_size, clip_seed, one, err, sizeof err) < 0)
+            dfm_die("data prepare --video-clips: %s", err);
+        free(one);
+    } else if (have_fm) {
         s.kind = 0;
         if (fmnist_load(fm_dir ? fm_dir : FMNIST_DEFAULT_DIR, !test_set, limit, &s.images, &s.labels, &s.count, err,
                         sizeof err) != 0)
@@ -622,6 +690,32 @@ static int cmd_prepare(int argc, char **argv) {
 
 /* ------------------------------------------------------------------------------------------------ inspect */
 
+/* A .pth/.pt/.pickle/.pkl part (DFM's video latents and text embeddings): what it holds, e.g. "torch.save (zip):
+ * tensor bfloat16 [16, 3, 8, 8]". 0 if the part is something else. */
+static int describe_pickle_part(const energon_sample *s, const energon_part *p) {
+    const char *ext = strrchr(p->name, '.');
+    ext = ext ? ext + 1 : p->name;
+    if (strcmp(ext, "pth") && strcmp(ext, "pt") && strcmp(ext, "pickle") && strcmp(ext, "pkl")) return 0;
+    char name[512], err[1024];
+    snprintf(name, sizeof name, "%s/%s.%s", s->shard, s->key, p->name);
+    pk_doc *d = pk_load_mem(p->data, p->nbytes, name, PK_ANY, err, sizeof err);
+    if (!d) {
+        printf("bytes (%zu), unreadable: %s\n", p->nbytes, err);
+        return 1;
+    }
+    const pk_array *a = pk_as_array(d->root);
+    printf("%s: %s", pk_format_name(d->format),
+           a ? (d->root->kind == PK_TENSOR ? "tensor" : "numpy array") : pk_kind_name(d->root->kind));
+    if (a) {
+        printf(" %s [", pk_dtype_name(a->dtype));
+        for (int k = 0; k < a->ndim; k++) printf("%s%lld", k ? ", " : "", (long long)a->shape[k]);
+        printf("]");
+    }
+    printf("\n");
+    pk_doc_free(d);
+    return 1;
+}
+
 static void print_first_sample(const char *path, const char *split) {
     energon_options o;
     energon_options_default(&o);
@@ -638,7 +732,7 @@ static void print_first_sample(const char *path, const char *split) {
     printf("first sample of '%s': key '%s' in %s\n", split, s->key, s->shard);
     for (int i = 0; i < s->nparts; i++) {
         const energon_part *p = &s->parts[i];
-        printf("  .%-16s ", p->name);
+        printf("  .%-20s ", p->name);
         if (p->kind == EN_TENSOR) {
             printf("tensor %s [", p->dtype == EN_U8 ? "uint8" : "float32");
             for (int d = 0; d < p->ndim; d++) printf("%s%lld", d ? ", " : "", (long long)p->shape[d]);
@@ -646,8 +740,8 @@ static void print_first_sample(const char *path, const char *split) {
         } else if (p->kind == EN_INT)
             printf("int %lld\n", (long long)p->ival);
         else if (p->kind == EN_STRING)
-            printf("string (%zu bytes): %.60s%s\n", p->nbytes, (const char *)p->data, p->nbytes > 60 ? "..." : "");
-        else
+            printf("string (%zu bytes): %.100s%s\n", p->nbytes, (const char *)p->data, p->nbytes > 100 ? "..." : "");
+        else if (!describe_pickle_part(s, p))
             printf("bytes (%zu)\n", p->nbytes);
     }
     for (int i = 0; i < s->nsubflavors; i++)

@@ -1,0 +1,94 @@
+/* Training data for video models (Wan 2.1): samples are latents [C, T, H, W] with text embeddings [L, D] and a
+ * valid text length; everything float. Sources: the built-in demo clips (Fashion-MNIST garments moving across short
+ * clips, captions embedded by a stand-in text encoder), a folder of one .safetensors file per sample, and Energon
+ * webdataset folders (.npy, .pth or .pickle parts, DFM's Megatron layout). The batch loader walks samples in exactly
+ * the order of data.h's loader (per-epoch permutations from (seed, epoch), state {epoch, pos}, data-parallel
+ * slices), see docs/ARCHITECTURE.md "Video data". */
+#ifndef DFM_VIDEO_H
+#define DFM_VIDEO_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct {
+    int n;                  /* samples */
+    int c, t, h, w;         /* latent shape of every sample */
+    int text_len, text_dim; /* max text tokens (padding length) and embedding width */
+    float *latents;         /* [n, c, t, h, w] */
+    float *text;            /* [n, text_len, text_dim], zero past each sample's length */
+    int *text_lens;         /* [n], 1..text_len */
+    char **captions;        /* [n] (may be NULL entries when unknown) */
+} video_dataset;
+
+/* Directions of the demo clips; image rows grow downwards, so "up" is towards row 0. */
+enum { VIDEO_DIR_LEFT, VIDEO_DIR_RIGHT, VIDEO_DIR_UP, VIDEO_DIR_DOWN };
+extern const char *const video_direction_names[4]; /* "left", "right", "up", "down" */
+
+/* The built-in demo set: Fashion-MNIST garments moving across short clips, captioned "a sneaker moving left",
+ * captions embedded by the stand-in text encoder. One channel, pixels scaled to [-1, 1] (background -1).
+ * n_max <= 0: one clip per Fashion-MNIST training image (60000); else the first n_max images. Deterministic from
+ * seed (direction and start position of clip i are Philox draws keyed by (seed, i)). frames >= 2; the garment is
+ * min(28, size / 2) pixels square (area-averaged from 28x28) and moves min((size - side) / (frames - 1), side / 4)
+ * pixels a frame (at least 1), staying inside the canvas. The text encoder's seed is `seed` too. */
+int video_dataset_clips(video_dataset *vd, const char *fmnist_dir, int n_max, int frames, int size, int text_len,
+                        int text_dim, uint64_t seed, char *err, size_t errlen);
+/* Clip `index` of the demo set from its 28x28 garment image: out [frames, size, size] in [-1, 1]. Returns the
+ * direction (VIDEO_DIR_*), or -1 with err when frames and size leave the garment no room to move. */
+int video_clip_render(const uint8_t *image, int index, int frames, int size, uint64_t seed, float *out, char *err,
+                      size_t errlen);
+/* The demo caption of a Fashion-MNIST class (0-9) and direction: "a sneaker moving left", "a t-shirt/top moving
+ * up", "an ankle boot moving down". Returns snprintf's count. */
+int video_clip_caption(int label, int direction, char *buf, size_t n);
+/* A folder of pre-encoded samples in dfm's own form: one <key>.safetensors per sample with tensors
+ * "video_latents" [C,T,H,W] (or [1,C,T,H,W]) and "text_embeddings" [L,D] (or [1,L,D]); optional metadata
+ * "caption" and "text_len" (valid tokens; without it, the length is the index of the last non-zero row + 1).
+ * Any float dtype. All samples must share C,T,H,W and D; L is padded to the largest (or text_len if > 0). */
+int video_dataset_folder(video_dataset *vd, const char *dir, int text_len, char *err, size_t errlen);
+void video_dataset_free(video_dataset *vd);
+
+/* Stand-in text encoder (docs/ARCHITECTURE.md "Video data"): the caption is lower-cased (ASCII) and split into
+ * words at white space and '/'; each word is a fixed row of standard normals drawn from Philox keyed by (seed, a
+ * 64-bit FNV-1a hash of the word), plus the sin-cos code of its position, and the sum is scaled to unit RMS.
+ * out [max_len, dim] is zero past the words; *len = number of words, at most max_len (later words are dropped, as
+ * a tokenizer truncates). A caption without words encodes as one row, the empty word at position 0 (so *len >= 1
+ * and "" is a real, learnable null condition). Same words -> same embedding in every process. 0, or -1 with err
+ * for dim or max_len < 1. */
+int text_encoder_encode(const char *caption, int dim, int max_len, uint64_t seed, float *out, int *len, char *err,
+                        size_t errlen);
+
+typedef struct video_loader video_loader;
+/* Batches of `batch` samples over vd's samples `indices`, shuffled per epoch from seed exactly like data_loader.
+ * num_workers > 0 copies the next batch on a background thread. vd must outlive the loader. */
+video_loader *video_loader_new(const video_dataset *vd, const int *indices, int n, uint64_t seed, int batch,
+                               int num_workers);
+/* An Energon/webdataset folder (or metadataset .yaml). Tensor parts: `.npy` (any float dtype), `.pth`/`.pt`
+ * (torch.save of one tensor, DFM's Megatron layout) and `.pickle`/`.pkl` (pickle.dumps of one tensor or numpy
+ * array); the latents are the first tensor part (in the sample's order) of shape [C,T,H,W] or [1,C,T,H,W], the
+ * text the first of shape [L,D] or [1,L,D]; an optional `json` part may carry "text_len" (valid rows) and
+ * "caption". Without "text_len" the valid length is the last non-zero row + 1. Shapes must match c,t,h,w and
+ * text_dim; a valid length above text_len is an error naming the sample and shard (rows past the valid length are
+ * padding and are dropped). Samples with NaN/Inf or |x| > 1e6 are skipped with a warning, on every rank alike. */
+video_loader *video_loader_new_energon(const char *path, const char *split, uint64_t seed, int batch, int num_workers,
+                                       int c, int t, int h, int w, int text_len, int text_dim, char *err,
+                                       size_t errlen);
+/* Keep only samples [first, first + count) of every batch (a data-parallel rank's share), like loader_set_slice:
+ * the position still advances by the whole batch, so every rank walks the same order. */
+void video_loader_set_slice(video_loader *l, int first, int count);
+/* Next batch (count samples): latents [count,c,t,h,w], text [count,text_len,text_dim], text_lens [count].
+ * Returns seconds spent waiting for data. */
+double video_loader_next(video_loader *l, float *latents, float *text, int *text_lens);
+/* State as JSON text (malloc'ed) and restore (before the next video_loader_next). */
+char *video_loader_state_save(video_loader *l);
+int video_loader_state_restore(video_loader *l, const char *json, char *err, size_t errlen);
+/* Samples an Energon loader skipped for NaN/Inf or huge values (0 for in-memory loaders). */
+int64_t video_loader_skipped(const video_loader *l);
+void video_loader_free(video_loader *l);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
