@@ -66,6 +66,10 @@ typedef struct {
  * an invalid config or shape. */
 void wan_create(wan_model *m, const wan_config *cfg, const wan_shape *max);
 void wan_free(wan_model *m);
+/* Only the config, the parameter table and the parameter buffer (no gradients, no activations): enough to
+ * convert weights (load, save, export) at a third of the memory of a trainable model; wan_forward refuses it.
+ * Free with wan_free. Dies on an invalid config. */
+void wan_create_weights_only(wan_model *m, const wan_config *cfg);
 /* Wan's initialisation from a seed: xavier-uniform linears (patch embedding as [d, C*pt*ph*pw]), N(0, 0.02)
  * time and text embedder weights, zero biases, unit RMSNorm/LayerNorm weights, scale_shift_tables
  * N(0, 1)/sqrt(d), zero proj_out weight (the initial model predicts proj_out's zero bias). */
@@ -104,7 +108,8 @@ void wan_save_weights(const wan_model *m, const float *buf, const char *path, co
 /* Load every tensor of m->table by name into buf (F32/F16/BF16/F64 converted; a missing tensor or a shape
  * mismatch is an error naming the tensor and both shapes). 0, or -1 with the message in err. */
 int wan_load_weights(const wan_model *m, float *buf, const char *path, char *err, size_t errlen);
-/* Create m from a dfm weights file's config (for inputs up to max) and load its weights. 0, or -1 + err. */
+/* Create m from a dfm weights file's config (for inputs up to max; max NULL: weights only, as
+ * wan_create_weights_only) and load its weights. 0, or -1 + err. */
 int wan_open_weights(wan_model *m, const char *path, const wan_shape *max, char *err, size_t errlen);
 
 #ifdef __cplusplus

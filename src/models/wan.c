@@ -548,6 +548,7 @@ void wan_forward(wan_model *m, float *out, const float *latents, const float *ti
     wan_acts *a = m->acts;
     const wan_config *c = &m->cfg;
     char err[400];
+    if (!a) dfm_die("Wan forward: the model was built without activations (weights only, for conversion)");
     if (!wan_shape_check(m, s, err, sizeof err)) dfm_die("Wan forward: %s", err);
     const int B = s->batch, Lt = s->text_len, d = m->d, H = c->num_heads, D = c->head_dim, F = m->ffn;
     a->masked = 0;
