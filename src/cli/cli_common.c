@@ -258,22 +258,14 @@ int cli_open_wan(const char *checkpoint, const char *which, int which_explicit, 
         else if (wan_config_from_json(&c, cfg_text, serr, sizeof serr) != 0)
             snprintf(err, errlen, "'%s': %s", sdir, serr);
         else {
-            if (max) {
-                wan_model probe;
-                memset(&probe, 0, sizeof probe);
-                probe.cfg = c;
-                if (!wan_shape_check(&probe, max, serr, sizeof serr)) {
-                    snprintf(err, errlen, "'%s': %s", sdir, serr);
-                    goto sharded_out;
-                }
-                wan_create(m, &c, max);
-            } else
-                wan_create_weights_only(m, &c);
-            rc = ckpt_read_range(sdir, which, &m->table, 0, m->table.total, m->params, err, errlen);
+            wan_create_weights_only(m, &c);
+            if (max && wan_prepare(m, max, serr, sizeof serr))
+                snprintf(err, errlen, "'%s': %s", sdir, serr);
+            else
+                rc = ckpt_read_range(sdir, which, &m->table, 0, m->table.total, m->params, err, errlen);
             if (rc) wan_free(m);
             else objective = ckpt_meta(sdir, "dfm_objective");
         }
-    sharded_out:
         free(cfg_text);
         free(sdir);
         if (rc) return -1;
@@ -292,13 +284,6 @@ int cli_open_wan(const char *checkpoint, const char *which, int which_explicit, 
             snprintf(err, errlen, "'%s' is not a dfm Wan weights file: it has no 'dfm_wan_config' metadata", info->path);
         else if (wan_config_from_json(&c, cfg_text, serr, sizeof serr) != 0)
             snprintf(err, errlen, "'%s': %s", info->path, serr), ok = 0;
-        if (ok && max) {
-            wan_model probe;
-            memset(&probe, 0, sizeof probe);
-            probe.cfg = c;
-            if (!wan_shape_check(&probe, max, serr, sizeof serr))
-                snprintf(err, errlen, "'%s': %s", info->path, serr), ok = 0;
-        }
         objective = ok && st_meta(f, "dfm_objective") ? xstrdup(st_meta(f, "dfm_objective")) : NULL;
         st_close(f);
         if (!ok || wan_open_weights(m, info->path, max, err, errlen)) {

@@ -117,31 +117,15 @@ int wan_import_diffusers(wan_model *m, const char *dir, const wan_shape *max, ch
     char tdir[DFU_DIR_MAX];
     wan_config c;
     if (dfu_transformer_dir(dir, tdir, err, errlen) || read_config(tdir, &c, err, errlen)) return -1;
-    if (max) { /* refuse an input shape here rather than let wan_create die on it */
-        wan_model probe;
-        memset(&probe, 0, sizeof probe);
-        probe.cfg = c;
-        char serr[400];
-        if (!wan_shape_check(&probe, max, serr, sizeof serr)) {
-            snprintf(err, errlen, "Wan model of '%s': %s", dir, serr);
-            return -1;
-        }
-        long long tokens =
-            (long long)(max->frames / c.patch_t) * (max->height / c.patch_h) * (max->width / c.patch_w);
-        if (tokens * max->batch > (1 << 26) || (long long)max->text_len * max->batch > (1 << 24)) {
-            snprintf(err, errlen, "Wan model of '%s': %d samples x %lld tokens (text %d) is beyond one process", dir,
-                     max->batch, tokens, max->text_len);
-            return -1;
-        }
-    }
     dfu_shards sh;
     if (dfu_open_shards(&sh, tdir, err, errlen)) return -1;
-    if (max)
-        wan_create(m, &c, max);
-    else
-        wan_create_weights_only(m, &c);
+    wan_create_weights_only(m, &c);
+    char shape[160], serr[400];
     int rc = 0;
-    char shape[160];
+    if (max && wan_prepare(m, max, serr, sizeof serr)) { /* before reading gigabytes for nothing */
+        snprintf(err, errlen, "Wan model of '%s': %s", dir, serr);
+        rc = -1;
+    }
     for (int i = 0; i < m->table.n && !rc; i++) {
         const param_entry *e = &m->table.e[i];
         const st_file *f;

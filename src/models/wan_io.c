@@ -128,20 +128,6 @@ int wan_load_weights(const wan_model *m, float *buf, const char *path, char *err
     return param_table_load(&m->table, buf, "", path, 0, err, errlen);
 }
 
-void wan_create_weights_only(wan_model *m, const wan_config *cfg) {
-    memset(m, 0, sizeof *m);
-    m->cfg = *cfg;
-    char err[512];
-    if (!wan_config_check(&m->cfg, err, sizeof err)) dfm_die("invalid Wan config: %s", err);
-    const wan_config *c = &m->cfg;
-    m->d = c->num_heads * c->head_dim;
-    m->ffn = c->ffn_dim;
-    m->patch_in = c->in_channels * c->patch_t * c->patch_h * c->patch_w;
-    m->patch_out = c->out_channels * c->patch_t * c->patch_h * c->patch_w;
-    wan_build_table(&m->table, c);
-    m->params = xalloc_floats(m->table.total);
-}
-
 int wan_open_weights(wan_model *m, const char *path, const wan_shape *max, char *err, size_t errlen) {
     st_file *f = st_open(path, err, errlen);
     if (!f) return -1;
@@ -159,10 +145,12 @@ int wan_open_weights(wan_model *m, const char *path, const wan_shape *max, char 
         return -1;
     }
     st_close(f);
-    if (max)
-        wan_create(m, &c, max);
-    else
-        wan_create_weights_only(m, &c);
+    wan_create_weights_only(m, &c);
+    if (max && wan_prepare(m, max, cerr, sizeof cerr)) {
+        snprintf(err, errlen, "'%s': %s", path, cerr);
+        wan_free(m);
+        return -1;
+    }
     if (wan_load_weights(m, m->params, path, err, errlen) != 0) {
         wan_free(m);
         return -1;
