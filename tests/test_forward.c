@@ -90,7 +90,9 @@ static void test_dit(void) {
     char *folder = xstrdup(test_path("%s/dit", tmp)), *wfile = xstrdup(test_path("%s/dit.safetensors", tmp));
     diffusers_export_opts o;
     diffusers_export_defaults(&o);
+    o.max_shard_bytes = 40000; /* sharded, embedder copies included */
     int rc = dit_export_diffusers(&m, m.params, folder, &o, err, sizeof err);
+    rc |= test_sh("test -f %s/transformer/diffusion_pytorch_model.safetensors.index.json", folder);
     dit_save_weights(&m, m.params, wfile, NULL);
 
     const size_t xn = (size_t)B * 64, on = (size_t)B * 2 * 64;
@@ -108,7 +110,7 @@ static void test_dit(void) {
     rc |= run_forward(folder, inp, outp, errf);
     float *got = rc == 0 ? read_sample(outp, on) : NULL;
     CHECK(got && test_rel_err(got, ref, on) <= 1e-6,
-          "DiT: dfm forward on the diffusers folder (int64 timesteps and labels, the null class) = dit_forward "
+          "DiT: dfm forward on the sharded diffusers folder (int64 timesteps and labels, the null class) = dit_forward "
           "(rel %.2e, exit %d)",
           got ? test_rel_err(got, ref, on) : -1.0, rc);
     rc = run_forward(wfile, inp, test_path("%s/dit_out2.safetensors", tmp), errf);
