@@ -104,7 +104,8 @@ static void test_dit(void) {
     tin in[3] = {{"hidden_states", ST_F32, 4, {B, 1, 8, 8}, x},
                  {"timestep", ST_I64, 1, {B}, ti},
                  {"class_labels", ST_I64, 1, {B}, lab}};
-    char *inp = xstrdup(test_path("%s/dit_in.safetensors", tmp)), *outp = xstrdup(test_path("%s/dit_out.safetensors", tmp));
+    char *inp = xstrdup(test_path("%s/dit_in.safetensors", tmp)),
+         *outp = xstrdup(test_path("%s/dit_out.safetensors", tmp));
     char *errf = xstrdup(test_path("%s/stderr.txt", tmp));
     write_inputs(inp, in, 3);
     rc |= run_forward(folder, inp, outp, errf);
@@ -133,8 +134,9 @@ static void test_dit(void) {
     expect_refusal(folder, bad, 3, "input 'class_labels' is missing", "DiT without class_labels");
     memcpy(bad, in, sizeof bad);
     bad[0].shape[2] = 4, bad[0].shape[3] = 16;
-    expect_refusal(folder, bad, 3, "input 'hidden_states' has shape [3, 1, 4, 16]; expected [B, in_channels, "
-                                   "sample_size, sample_size] = [3, 1, 8, 8]",
+    expect_refusal(folder, bad, 3,
+                   "input 'hidden_states' has shape [3, 1, 4, 16]; expected [B, in_channels, "
+                   "sample_size, sample_size] = [3, 1, 8, 8]",
                    "DiT latents of the wrong size");
     memcpy(bad, in, sizeof bad);
     bad[0].ndim = 5, bad[0].shape[1] = 1, bad[0].shape[2] = 1, bad[0].shape[3] = 8, bad[0].shape[4] = 8;
@@ -192,7 +194,8 @@ static void test_wan(void) {
                  {"timestep", ST_F32, 1, {2}, ts},
                  {"encoder_hidden_states", ST_F32, 3, {2, 7, 24}, text},
                  {"encoder_attention_mask", ST_I64, 2, {2, 7}, mask}};
-    char *inp = xstrdup(test_path("%s/wan_in.safetensors", tmp)), *outp = xstrdup(test_path("%s/wan_out.safetensors", tmp));
+    char *inp = xstrdup(test_path("%s/wan_in.safetensors", tmp)),
+         *outp = xstrdup(test_path("%s/wan_out.safetensors", tmp));
     char *errf = xstrdup(test_path("%s/stderr.txt", tmp));
     write_inputs(inp, in, 4);
     rc |= run_forward(folder, inp, outp, errf);
@@ -232,15 +235,17 @@ static void test_wan(void) {
                    "Wan without text");
     memcpy(bad, in, sizeof in);
     bad[2].shape[2] = 16;
-    expect_refusal(folder, bad, 4, "'encoder_hidden_states' has shape [2, 7, 16]; expected [B, L, text_dim] = [2, L, 24]",
+    expect_refusal(folder, bad, 4,
+                   "'encoder_hidden_states' has shape [2, 7, 16]; expected [B, L, text_dim] = [2, L, 24]",
                    "Wan text of the wrong width");
     memcpy(bad, in, sizeof in);
     bad[0].ndim = 4, bad[0].shape[3] = 24;
     expect_refusal(folder, bad, 4, "expected [B, C, T, H, W]", "Wan given 4-D latents");
     memcpy(bad, in, sizeof in);
     bad[0].shape[1] = 3, bad[0].shape[3] = 4, bad[0].shape[4] = 8;
-    expect_refusal(folder, bad, 4, "'hidden_states' has shape [2, 3, 3, 4, 8]; expected [B, in_channels, T, H, W] = "
-                                   "[B, 4, T, H, W]",
+    expect_refusal(folder, bad, 4,
+                   "'hidden_states' has shape [2, 3, 3, 4, 8]; expected [B, in_channels, T, H, W] = "
+                   "[B, 4, T, H, W]",
                    "Wan latents with 3 channels");
     memcpy(bad, in, sizeof in);
     bad[0].shape[3] = 3, bad[0].shape[4] = 8;

@@ -96,7 +96,8 @@ static void test_gray(void) {
 static void test_rgb(void) {
     /* few colours: kept exactly */
     const int T = 3, H = 6, W = 8, S = 2;
-    static const uint8_t colours[6][3] = {{0, 0, 0}, {255, 255, 255}, {255, 0, 0}, {1, 2, 3}, {17, 200, 99}, {250, 251, 252}};
+    static const uint8_t colours[6][3] = {{0, 0, 0}, {255, 255, 255}, {255, 0, 0},
+                                          {1, 2, 3}, {17, 200, 99},   {250, 251, 252}};
     uint8_t *px = xmalloc((size_t)T * H * W * 3);
     for (int i = 0; i < T * H * W; i++) memcpy(px + 3 * i, colours[(i * 7 + i / 5) % 6], 3);
     const char *path = test_path("%s/rgb.gif", tmp);
@@ -139,8 +140,8 @@ static void test_rgb(void) {
             }
     double mean = sum / (3.0 * T2 * H2 * W2);
     CHECK(rc == 0 && s.ok && s.g->ImageCount == T2 && s.g->SColorMap->ColorCount <= 256 && mean < 12 && worst < 64,
-          "RGB gradient (%d colours) quantized to one palette of %d: mean error %.2f levels, worst %d",
-          W2 * H2 * T2, s.ok ? s.g->SColorMap->ColorCount : -1, mean, worst);
+          "RGB gradient (%d colours) quantized to one palette of %d: mean error %.2f levels, worst %d", W2 * H2 * T2,
+          s.ok ? s.g->SColorMap->ColorCount : -1, mean, worst);
     unslurp(&s);
     free(g), free(px);
 }

@@ -44,8 +44,12 @@ static int run_dfm(const char *args, const char *stderr_path) {
     return test_sh("%s %s >/dev/null 2>'%s'", test_dfm_bin(), args, stderr_path);
 }
 
-static json_t *load(const char *path) { return json_load_file(path, 0, NULL); }
-static const char *jstr(json_t *o, const char *k) { return json_string_value(json_object_get(o, k)); }
+static json_t *load(const char *path) {
+    return json_load_file(path, 0, NULL);
+}
+static const char *jstr(json_t *o, const char *k) {
+    return json_string_value(json_object_get(o, k));
+}
 
 static float bf16_round(float x) {
     uint32_t u = (uint32_t)f32_to_bf16(x) << 16;
@@ -117,26 +121,37 @@ static void test_round_trip(void) {
               json_is_null(json_array_get(json_object_get(idx, "text_encoder"), 0)) &&
               json_is_null(json_array_get(json_object_get(idx, "tokenizer"), 0)),
           "model_index.json: WanPipeline, WanTransformer3DModel, UniPCMultistepScheduler, no VAE/text encoder");
-    const char *keys[] = {"patch_size",  "num_attention_heads", "attention_head_dim", "in_channels",
-                          "out_channels", "text_dim",           "freq_dim",           "ffn_dim",
-                          "num_layers",   "cross_attn_norm",    "qk_norm",            "eps",
-                          "image_dim",    "added_kv_proj_dim",  "rope_max_seq_len"};
+    const char *keys[] = {"patch_size",
+                          "num_attention_heads",
+                          "attention_head_dim",
+                          "in_channels",
+                          "out_channels",
+                          "text_dim",
+                          "freq_dim",
+                          "ffn_dim",
+                          "num_layers",
+                          "cross_attn_norm",
+                          "qk_norm",
+                          "eps",
+                          "image_dim",
+                          "added_kv_proj_dim",
+                          "rope_max_seq_len"};
     int have = 0;
     for (size_t i = 0; cfg && i < sizeof keys / sizeof keys[0]; i++) have += json_object_get(cfg, keys[i]) != NULL;
     json_t *ps = json_object_get(cfg, "patch_size");
-    CHECK(cfg && have == (int)(sizeof keys / sizeof keys[0]) && !strcmp(jstr(cfg, "_class_name"), "WanTransformer3DModel") &&
-              json_integer_value(json_object_get(cfg, "num_attention_heads")) == 2 &&
-              json_integer_value(json_object_get(cfg, "attention_head_dim")) == 16 &&
-              json_integer_value(json_object_get(cfg, "ffn_dim")) == 48 &&
-              json_integer_value(json_object_get(cfg, "text_dim")) == 24 &&
-              json_integer_value(json_object_get(cfg, "freq_dim")) == 32 &&
-              json_real_value(json_object_get(cfg, "eps")) == 1e-5 &&
-              json_integer_value(json_array_get(ps, 0)) == 1 && json_integer_value(json_array_get(ps, 2)) == 2 &&
-              json_is_true(json_object_get(cfg, "cross_attn_norm")) &&
-              !strcmp(jstr(cfg, "qk_norm"), "rms_norm_across_heads") &&
-              json_is_null(json_object_get(cfg, "image_dim")) && json_is_null(json_object_get(cfg, "added_kv_proj_dim")),
-          "transformer/config.json: all %d WanTransformer3DModel keys with the model's values (eps written 1e-05)",
-          have);
+    CHECK(
+        cfg && have == (int)(sizeof keys / sizeof keys[0]) &&
+            !strcmp(jstr(cfg, "_class_name"), "WanTransformer3DModel") &&
+            json_integer_value(json_object_get(cfg, "num_attention_heads")) == 2 &&
+            json_integer_value(json_object_get(cfg, "attention_head_dim")) == 16 &&
+            json_integer_value(json_object_get(cfg, "ffn_dim")) == 48 &&
+            json_integer_value(json_object_get(cfg, "text_dim")) == 24 &&
+            json_integer_value(json_object_get(cfg, "freq_dim")) == 32 &&
+            json_real_value(json_object_get(cfg, "eps")) == 1e-5 && json_integer_value(json_array_get(ps, 0)) == 1 &&
+            json_integer_value(json_array_get(ps, 2)) == 2 && json_is_true(json_object_get(cfg, "cross_attn_norm")) &&
+            !strcmp(jstr(cfg, "qk_norm"), "rms_norm_across_heads") && json_is_null(json_object_get(cfg, "image_dim")) &&
+            json_is_null(json_object_get(cfg, "added_kv_proj_dim")),
+        "transformer/config.json: all %d WanTransformer3DModel keys with the model's values (eps written 1e-05)", have);
     CHECK(sch && !strcmp(jstr(sch, "_class_name"), "UniPCMultistepScheduler") &&
               !strcmp(jstr(sch, "prediction_type"), "flow_prediction") &&
               json_is_true(json_object_get(sch, "use_flow_sigmas")) &&
@@ -152,8 +167,7 @@ static void test_round_trip(void) {
         const st_tensor *t = st_find(f, m.table.e[i].name);
         names_ok = t && t->dtype == ST_F32 && t->ndim == m.table.e[i].ndim;
     }
-    CHECK(names_ok, "one F32 safetensors file holding exactly the model's %d tensors under diffusers names",
-          m.table.n);
+    CHECK(names_ok, "one F32 safetensors file holding exactly the model's %d tensors under diffusers names", m.table.n);
     if (f) st_close(f);
 
     /* import: the pipeline folder, the transformer folder, weights only and for a max shape */
@@ -181,7 +195,8 @@ static void test_round_trip(void) {
     int ok = rc == 0;
     for (size_t i = 0; ok && i < m.table.total; i++) ok = r.params[i] == bf16_round(m.params[i]);
     f = st_open(test_path("%s/wan_bf16/transformer/diffusion_pytorch_model.safetensors", tmp), serr, sizeof serr);
-    CHECK(ok && f && f->tensors[0].dtype == ST_BF16, "bf16 export -> import: BF16 tensors, each parameter its bf16 rounding");
+    CHECK(ok && f && f->tensors[0].dtype == ST_BF16,
+          "bf16 export -> import: BF16 tensors, each parameter its bf16 rounding");
     if (f) st_close(f);
     if (rc == 0) wan_free(&r);
     o.dtype = ST_F16;

@@ -263,8 +263,10 @@ int cli_open_wan(const char *checkpoint, const char *which, int which_explicit, 
                 snprintf(err, errlen, "'%s': %s", sdir, serr);
             else
                 rc = ckpt_read_range(sdir, which, &m->table, 0, m->table.total, m->params, err, errlen);
-            if (rc) wan_free(m);
-            else objective = ckpt_meta(sdir, "dfm_objective");
+            if (rc)
+                wan_free(m);
+            else
+                objective = ckpt_meta(sdir, "dfm_objective");
         }
         free(cfg_text);
         free(sdir);
@@ -281,7 +283,8 @@ int cli_open_wan(const char *checkpoint, const char *which, int which_explicit, 
         wan_config c;
         int ok = cfg_text != NULL;
         if (!ok)
-            snprintf(err, errlen, "'%s' is not a dfm Wan weights file: it has no 'dfm_wan_config' metadata", info->path);
+            snprintf(err, errlen, "'%s' is not a dfm Wan weights file: it has no 'dfm_wan_config' metadata",
+                     info->path);
         else if (wan_config_from_json(&c, cfg_text, serr, sizeof serr) != 0)
             snprintf(err, errlen, "'%s': %s", info->path, serr), ok = 0;
         objective = ok && st_meta(f, "dfm_objective") ? xstrdup(st_meta(f, "dfm_objective")) : NULL;

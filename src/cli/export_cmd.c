@@ -35,8 +35,8 @@ static uint64_t parse_size(const char *s) {
     static const struct {
         const char *suffix;
         double mult;
-    } units[] = {{"", 1},           {"B", 1},           {"KB", 1e3},        {"MB", 1e6},         {"GB", 1e9},
-                 {"TB", 1e12},      {"KIB", 1024.0},    {"MIB", 1048576.0}, {"GIB", 1073741824.0}};
+    } units[] = {{"", 1},      {"B", 1},        {"KB", 1e3},        {"MB", 1e6},          {"GB", 1e9},
+                 {"TB", 1e12}, {"KIB", 1024.0}, {"MIB", 1048576.0}, {"GIB", 1073741824.0}};
     char up[8];
     if (strlen(end) >= sizeof up) return 0;
     snprintf(up, sizeof up, "%s", end);
@@ -58,14 +58,15 @@ static int export_wan(const char *checkpoint, const char *weights, int weights_e
     char err[2048];
     if (cli_open_wan(checkpoint, weights, weights_explicit, NULL, &m, &info, err, sizeof err)) dfm_die("%s", err);
     /* Wan is a flow-matching model; a checkpoint without objective metadata is taken as one */
-    o->objective = objective ? (strcmp(objective, "edm") ? OBJ_FLOW_MATCHING : OBJ_EDM)
-                             : info.has_objective ? info.obj.kind : OBJ_FLOW_MATCHING;
+    o->objective = objective            ? (strcmp(objective, "edm") ? OBJ_FLOW_MATCHING : OBJ_EDM)
+                   : info.has_objective ? info.obj.kind
+                                        : OBJ_FLOW_MATCHING;
     o->flow_shift = shift_s ? (float)shift : info.has_objective ? info.obj.flow_shift : 3.0f;
     o->sigma_data = info.obj.sigma_data;
     if (wan_export_diffusers(&m, m.params, out_dir, o, err, sizeof err)) dfm_die("%s", err);
     fprintf(stderr, "export: %s -> %s (WanTransformer3DModel, %d layers, %zu parameters, %s, %s, shift %g)\n",
             info.path, out_dir, m.cfg.num_layers, m.table.total, dtype,
-            o->objective == OBJ_EDM ? "EDMEulerScheduler"
+            o->objective == OBJ_EDM                      ? "EDMEulerScheduler"
             : o->scheduler == DIFFUSERS_SCHED_FLOW_EULER ? "FlowMatchEulerDiscreteScheduler"
                                                          : "UniPCMultistepScheduler",
             (double)o->flow_shift);
@@ -154,9 +155,9 @@ int dfm_export_main(int argc, char **argv) {
     if (dit_export_diffusers(&m, m.params, out_dir, &o, err, sizeof err)) dfm_die("%s", err);
     fprintf(stderr, "export: %s -> %s (DiTTransformer2DModel, %d layers, %s, %s)\n", info.path, out_dir,
             m.cfg.num_layers, dtype,
-            o.objective == OBJ_EDM                    ? "EDMEulerScheduler"
+            o.objective == OBJ_EDM                 ? "EDMEulerScheduler"
             : o.scheduler == DIFFUSERS_SCHED_UNIPC ? "UniPCMultistepScheduler"
-                                                    : "FlowMatchEulerDiscreteScheduler");
+                                                   : "FlowMatchEulerDiscreteScheduler");
     cli_model_info_free(&info, m.cfg.num_classes);
     dit_free(&m);
     return 0;

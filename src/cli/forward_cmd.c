@@ -19,19 +19,18 @@
 #include <unistd.h>
 
 static void usage(FILE *f) {
-    fprintf(f,
-            "usage: dfm forward --model PATH --inputs IN.safetensors --out OUT.safetensors [--weights ema|model]\n"
-            "  --model PATH    a diffusers folder (pipeline or transformer/), or a dfm weights file or checkpoint\n"
-            "                  (DiTTransformer2DModel or WanTransformer3DModel)\n"
-            "  --inputs FILE   safetensors with the forward's inputs, diffusers' names:\n"
-            "                    hidden_states          [B, C, H, W] (DiT) or [B, C, T, H, W] (Wan), float\n"
-            "                    timestep               [B], float or int, the model's 0..1000 scale\n"
-            "                    class_labels           [B] ints, DiT only (num_classes = the null class)\n"
-            "                    encoder_hidden_states  [B, L, text_dim], Wan only\n"
-            "                    encoder_attention_mask [B, L] 0/1, Wan only, optional: a prefix of valid tokens\n"
-            "                                           per sample (dfm masks the padded text keys)\n"
-            "  --out FILE      safetensors with the output `sample` (F32, [B, C_out, ...])\n"
-            "  --weights ema|model  which weights of a dfm checkpoint folder (default ema)\n");
+    fprintf(f, "usage: dfm forward --model PATH --inputs IN.safetensors --out OUT.safetensors [--weights ema|model]\n"
+               "  --model PATH    a diffusers folder (pipeline or transformer/), or a dfm weights file or checkpoint\n"
+               "                  (DiTTransformer2DModel or WanTransformer3DModel)\n"
+               "  --inputs FILE   safetensors with the forward's inputs, diffusers' names:\n"
+               "                    hidden_states          [B, C, H, W] (DiT) or [B, C, T, H, W] (Wan), float\n"
+               "                    timestep               [B], float or int, the model's 0..1000 scale\n"
+               "                    class_labels           [B] ints, DiT only (num_classes = the null class)\n"
+               "                    encoder_hidden_states  [B, L, text_dim], Wan only\n"
+               "                    encoder_attention_mask [B, L] 0/1, Wan only, optional: a prefix of valid tokens\n"
+               "                                           per sample (dfm masks the padded text keys)\n"
+               "  --out FILE      safetensors with the output `sample` (F32, [B, C_out, ...])\n"
+               "  --weights ema|model  which weights of a dfm checkpoint folder (default ema)\n");
 }
 
 /* ---- inputs --------------------------------------------------------------------------------------- */
@@ -92,15 +91,51 @@ static double *read_numbers(const st_file *f, const st_tensor *t) {
     for (size_t i = 0; i < n; i++) {
         const unsigned char *p = raw + i * st_dtype_size(t->dtype);
         switch (t->dtype) {
-        case ST_BOOL: case ST_U8: out[i] = p[0]; break;
-        case ST_I8: out[i] = (int8_t)p[0]; break;
-        case ST_I16: { int16_t v; memcpy(&v, p, 2); out[i] = v; break; }
-        case ST_U16: { uint16_t v; memcpy(&v, p, 2); out[i] = v; break; }
-        case ST_I32: { int32_t v; memcpy(&v, p, 4); out[i] = v; break; }
-        case ST_U32: { uint32_t v; memcpy(&v, p, 4); out[i] = v; break; }
-        case ST_I64: { int64_t v; memcpy(&v, p, 8); out[i] = (double)v; break; }
-        case ST_U64: { uint64_t v; memcpy(&v, p, 8); out[i] = (double)v; break; }
-        default: dfm_die("'%s': tensor '%s': dtype %s is not numeric", f->path, t->name, st_dtype_name(t->dtype));
+        case ST_BOOL:
+        case ST_U8:
+            out[i] = p[0];
+            break;
+        case ST_I8:
+            out[i] = (int8_t)p[0];
+            break;
+        case ST_I16: {
+            int16_t v;
+            memcpy(&v, p, 2);
+            out[i] = v;
+            break;
+        }
+        case ST_U16: {
+            uint16_t v;
+            memcpy(&v, p, 2);
+            out[i] = v;
+            break;
+        }
+        case ST_I32: {
+            int32_t v;
+            memcpy(&v, p, 4);
+            out[i] = v;
+            break;
+        }
+        case ST_U32: {
+            uint32_t v;
+            memcpy(&v, p, 4);
+            out[i] = v;
+            break;
+        }
+        case ST_I64: {
+            int64_t v;
+            memcpy(&v, p, 8);
+            out[i] = (double)v;
+            break;
+        }
+        case ST_U64: {
+            uint64_t v;
+            memcpy(&v, p, 8);
+            out[i] = (double)v;
+            break;
+        }
+        default:
+            dfm_die("'%s': tensor '%s': dtype %s is not numeric", f->path, t->name, st_dtype_name(t->dtype));
         }
     }
     free(raw);
@@ -263,9 +298,10 @@ static void forward_wan(const char *model, int diffusers, const char *which, int
                 if (v != 0 && v != 1)
                     dfm_die("'%s': input 'encoder_attention_mask' [%d, %d] is %g; expected 0 or 1", in->path, b, l, v);
                 if (v == 1 && n < l)
-                    dfm_die("'%s': input 'encoder_attention_mask' row %d is not a prefix mask (1 at position %d after a "
-                            "0 at %d): dfm takes a valid length per sample, the first tokens",
-                            in->path, b, l, n);
+                    dfm_die(
+                        "'%s': input 'encoder_attention_mask' row %d is not a prefix mask (1 at position %d after a "
+                        "0 at %d): dfm takes a valid length per sample, the first tokens",
+                        in->path, b, l, n);
                 if (v == 1) n++;
             }
             if (n == 0)

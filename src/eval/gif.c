@@ -28,8 +28,7 @@ static int cmp_u32(const void *a, const void *b) {
  * and a colour does not flicker from frame to frame. Returns the palette size, or -1. */
 static int rgb_palette(const uint8_t *px, size_t n, GifColorType *pal, uint8_t *idx, char *err, size_t errlen) {
     uint32_t *c = xmalloc(sizeof(uint32_t) * n);
-    for (size_t i = 0; i < n; i++)
-        c[i] = (uint32_t)px[3 * i] << 16 | (uint32_t)px[3 * i + 1] << 8 | px[3 * i + 2];
+    for (size_t i = 0; i < n; i++) c[i] = (uint32_t)px[3 * i] << 16 | (uint32_t)px[3 * i + 1] << 8 | px[3 * i + 2];
     qsort(c, n, sizeof *c, cmp_u32);
     size_t u = 0;
     for (size_t i = 0; i < n && u <= 256; i++)
@@ -127,7 +126,9 @@ int gif_write(const char *path, const uint8_t *frames, int T, int H, int W, int 
         EGifPutExtensionTrailer(g) != GIF_OK)
         goto gif_error;
     for (int t = 0; t < T; t++) {
-        GraphicsControlBlock gcb = {.DisposalMode = DISPOSE_DO_NOT, .UserInputFlag = false, .DelayTime = delay_cs,
+        GraphicsControlBlock gcb = {.DisposalMode = DISPOSE_DO_NOT,
+                                    .UserInputFlag = false,
+                                    .DelayTime = delay_cs,
                                     .TransparentColor = NO_TRANSPARENT_COLOR};
         GifByteType ext[4];
         size_t elen = EGifGCBToExtension(&gcb, ext);

@@ -217,8 +217,8 @@ static void write_one(const char *path, const dfu_tensor *t, int lo, int hi, st_
     free(keep);
 }
 
-int dfu_write_weights(const char *tdir, const dfu_tensor *t, int n, st_dtype dtype, uint64_t max_shard_bytes,
-                      char *err, size_t errlen) {
+int dfu_write_weights(const char *tdir, const dfu_tensor *t, int n, st_dtype dtype, uint64_t max_shard_bytes, char *err,
+                      size_t errlen) {
     if (dtype != ST_F32 && dtype != ST_BF16 && dtype != ST_F16) {
         snprintf(err, errlen, "export dtype must be F32, BF16 or F16 (got %s)", st_dtype_name(dtype));
         return -1;
@@ -397,20 +397,24 @@ void dfu_shape_str(char *out, size_t n, int ndim, const int64_t *shape) {
     if (k < n) snprintf(out + k, n - k, "]");
 }
 
-int dfu_read_checked(const st_file *f, const st_tensor *t, const param_entry *e, float *out, char *err,
-                     size_t errlen) {
+int dfu_read_checked(const st_file *f, const st_tensor *t, const param_entry *e, float *out, char *err, size_t errlen) {
     int same = t->ndim == e->ndim;
     for (int d = 0; same && d < e->ndim; d++) same = t->shape[d] == e->shape[d];
     if (!same) {
         char got[160], want[160];
         dfu_shape_str(got, sizeof got, t->ndim, t->shape);
         dfu_shape_str(want, sizeof want, e->ndim, e->shape);
-        snprintf(err, errlen, "'%s': tensor '%s' has shape %s, but the config implies %s", f->path, t->name, got,
-                 want);
+        snprintf(err, errlen, "'%s': tensor '%s' has shape %s, but the config implies %s", f->path, t->name, got, want);
         return -1;
     }
     switch (t->dtype) {
-    case ST_F32: case ST_F16: case ST_BF16: case ST_F64: case ST_F8_E4M3: case ST_F8_E5M2: break;
+    case ST_F32:
+    case ST_F16:
+    case ST_BF16:
+    case ST_F64:
+    case ST_F8_E4M3:
+    case ST_F8_E5M2:
+        break;
     default:
         snprintf(err, errlen, "'%s': tensor '%s' has dtype %s; expected a floating-point dtype", f->path, t->name,
                  st_dtype_name(t->dtype));

@@ -49,8 +49,8 @@ typedef struct {
  * do not fit in one file of that size, as diffusion_pytorch_model-0000K-of-0000N.safetensors (tensors in the
  * given order, each file at most max_shard_bytes of tensor data; a bigger tensor gets a file of its own) plus
  * diffusion_pytorch_model.safetensors.index.json, as diffusers' save_pretrained does. 0, or -1 + err. */
-int dfu_write_weights(const char *tdir, const dfu_tensor *t, int n, st_dtype dtype, uint64_t max_shard_bytes,
-                      char *err, size_t errlen);
+int dfu_write_weights(const char *tdir, const dfu_tensor *t, int n, st_dtype dtype, uint64_t max_shard_bytes, char *err,
+                      size_t errlen);
 
 /* The transformer folder of `dir` (dir/transformer when it holds config.json, else dir itself when it does)
  * into tdir (DFU_DIR_MAX bytes). 0, or -1 + err naming dir. */
@@ -66,8 +66,7 @@ const st_tensor *dfu_shards_find(const dfu_shards *s, const char *name, const st
 void dfu_shards_close(dfu_shards *s);
 /* Read tensor t of file f into out (fp32) after checking its shape against e and that its dtype is a float.
  * 0, or -1 + err naming the file, the tensor and both shapes. */
-int dfu_read_checked(const st_file *f, const st_tensor *t, const param_entry *e, float *out, char *err,
-                     size_t errlen);
+int dfu_read_checked(const st_file *f, const st_tensor *t, const param_entry *e, float *out, char *err, size_t errlen);
 /* "[a, b, c]" */
 void dfu_shape_str(char *out, size_t n, int ndim, const int64_t *shape);
 

@@ -263,7 +263,8 @@ int dit_import_diffusers(dit_model *m, const char *dir, int max_batch, char *err
     for (int s = 0; s < sh.n && !rc; s++)
         for (int i = 0; i < sh.files[s]->n_tensors && !rc; i++) {
             const st_tensor *t = &sh.files[s]->tensors[i];
-            if (!param_table_find(&m->table, t->name) && !is_emb_copy(t->name) && strcmp(t->name, "pos_embed.pos_embed")) {
+            if (!param_table_find(&m->table, t->name) && !is_emb_copy(t->name) &&
+                strcmp(t->name, "pos_embed.pos_embed")) {
                 char got[160];
                 dfu_shape_str(got, sizeof got, t->ndim, t->shape);
                 snprintf(err, errlen, "'%s': tensor '%s' %s is not part of a DiTTransformer2DModel", sh.files[s]->path,
