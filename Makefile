@@ -9,7 +9,7 @@ OPT       ?= -O3 -march=native
 WARN      := -Wall -Wextra -Werror -Wno-unused-parameter
 CFLAGS    += -std=c11 -D_GNU_SOURCE $(OPT) $(WARN) -fopenmp -Iinclude -Isrc -I$(BLASINC) $(shell pkg-config --cflags cairo ompi-c) $(EXTRA_CFLAGS)
 # Link the OpenMP build of OpenBLAS explicitly (a pthread BLAS under OpenMP halves GEMM speed).
-LDLIBS    += -L$(BLASDIR) -Wl,-rpath,$(BLASDIR) -lopenblas -ldnnl -lyaml -ljansson $(shell pkg-config --libs ompi-c) -lcairo -lfontconfig -lpng -ljpeg -lzip -lz -lm -lpthread $(EXTRA_LDFLAGS)
+LDLIBS    += -L$(BLASDIR) -Wl,-rpath,$(BLASDIR) -lopenblas -ldnnl -lyaml -ljansson $(shell pkg-config --libs ompi-c) -lcairo -lfontconfig -lpng -lgif -ljpeg -lzip -lz -lm -lpthread $(EXTRA_LDFLAGS)
 LDFLAGS   += -fopenmp
 
 LIB_SRCS  := $(filter-out src/cli/%,$(wildcard src/*/*.c))

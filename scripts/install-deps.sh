@@ -12,6 +12,7 @@ PKGS=(
   libomp-dev                                   # OpenMP runtime for clang builds
   libyaml-dev libjansson-dev libpng-dev libjpeg62-turbo-dev zlib1g-dev
   libzip-dev                                   # torch.save zip archives (.pth, .meta)
+  libgif-dev                                   # animated GIFs of generated videos (giflib)
   pkg-config libcairo2-dev fonts-dejavu-core    # sample grids and loss curves (cairo; a font for their labels)
   dataset-fashion-mnist                        # the default training data
   libopenmpi-dev openmpi-bin                   # many processes: mpirun -np N dfm pretrain ...

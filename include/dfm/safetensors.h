@@ -47,7 +47,7 @@ st_file *st_open_or_die(const char *path);
 void st_close(st_file *f);
 const st_tensor *st_find(const st_file *f, const char *name);
 const char *st_meta(const st_file *f, const char *key);
-/* Read a tensor converted to fp32 (F32, F16, BF16, F64 and integer types). Dies on I/O error. */
+/* Read a tensor converted to fp32 (F32, F16, BF16, F64, F8_E4M3, F8_E5M2 and integer types). Dies on I/O error. */
 void st_read_f32(const st_file *f, const st_tensor *t, float *out);
 /* Read a tensor's raw bytes (end - begin of them). */
 void st_read_raw(const st_file *f, const st_tensor *t, void *out);

@@ -71,6 +71,13 @@ typedef struct {
  * an invalid config or shape. */
 void wan_create(wan_model *m, const wan_config *cfg, const wan_shape *max);
 void wan_free(wan_model *m);
+/* Only the config, the parameter table and the parameter buffer (no gradients, no activations): enough to
+ * convert weights (load, save, export) in half the memory of a trainable model; wan_forward refuses it until
+ * wan_prepare. Free with wan_free. Dies on an invalid config. (wan_create = this + wan_prepare.) */
+void wan_create_weights_only(wan_model *m, const wan_config *cfg);
+/* Give a weights-only model its gradients and activation arena for inputs up to max. Returns 0, or -1 with the
+ * reason in err (a shape the config cannot take, too large an input); the model is unchanged then. */
+int wan_prepare(wan_model *m, const wan_shape *max, char *err, size_t errlen);
 /* Wan's initialisation from a seed: xavier-uniform linears (patch embedding as [d, C*pt*ph*pw]), N(0, 0.02)
  * time and text embedder weights, zero biases, unit RMSNorm/LayerNorm weights, scale_shift_tables
  * N(0, 1)/sqrt(d), zero proj_out weight (the initial model predicts proj_out's zero bias). */
@@ -109,7 +116,8 @@ void wan_save_weights(const wan_model *m, const float *buf, const char *path, co
 /* Load every tensor of m->table by name into buf (F32/F16/BF16/F64 converted; a missing tensor or a shape
  * mismatch is an error naming the tensor and both shapes). 0, or -1 with the message in err. */
 int wan_load_weights(const wan_model *m, float *buf, const char *path, char *err, size_t errlen);
-/* Create m from a dfm weights file's config (for inputs up to max) and load its weights. 0, or -1 + err. */
+/* Create m from a dfm weights file's config (for inputs up to max; max NULL: weights only, as
+ * wan_create_weights_only) and load its weights. 0, or -1 + err. */
 int wan_open_weights(wan_model *m, const char *path, const wan_shape *max, char *err, size_t errlen);
 
 #ifdef __cplusplus

@@ -230,33 +230,87 @@ char *cli_checkpoint_meta(const char *checkpoint, const char *which, const char 
     return v;
 }
 
+void cli_model_info_free(cli_model_info *info, int num_classes) {
+    for (int k = 0; info->class_names && k < num_classes; k++) free(info->class_names[k]);
+    free(info->class_names);
+    info->class_names = NULL;
+}
+
+/* ---- Wan ------------------------------------------------------------------------------------------ */
+
+int cli_checkpoint_is_wan(const char *checkpoint, const char *which, int which_explicit) {
+    char *sdir = sharded_dir(checkpoint);
+    if (sdir) {
+        char *cfg = ckpt_meta(sdir, "dfm_wan_config");
+        free(sdir);
+        free(cfg);
+        return cfg != NULL;
+    }
+    /* resolve without cli_resolve_weights' warning about a missing EMA (the open that follows prints it) */
+    char path[4608], err[1024];
+    if (cli_resolve_weights(checkpoint, which, 1, path, sizeof path, err, sizeof err) != 0 &&
+        (which_explicit || strcmp(which, "ema") ||
+         cli_resolve_weights(checkpoint, "model", 1, path, sizeof path, err, sizeof err) != 0))
+        return 0;
+    st_file *f = st_open(path, NULL, 0);
+    int wan = f && st_meta(f, "dfm_wan_config") != NULL;
+    if (f) st_close(f);
+    return wan;
+}
+
 int cli_open_wan(const char *checkpoint, const char *which, int which_explicit, const wan_shape *max, wan_model *m,
-                 cli_model_info *info, char **sample_meta, char *err, size_t errlen) {
+                 cli_wan_info *info, char *err, size_t errlen) {
     memset(info, 0, sizeof *info);
     char serr[1024];
+    char *objective = NULL;
     char *sdir = sharded_dir(checkpoint);
-    if (sdir) snprintf(info->path, sizeof info->path, "%.4000s (%s, from its shards)", sdir, which);
-    else if (cli_resolve_weights(checkpoint, which, which_explicit, info->path, sizeof info->path, err, errlen))
-        return -1;
-    char *cfg_text = cli_checkpoint_meta(checkpoint, which, "dfm_wan_config");
-    wan_config c;
-    if (!cfg_text || wan_config_from_json(&c, cfg_text, serr, sizeof serr) != 0) {
-        snprintf(err, errlen, "'%s' is not a dfm Wan checkpoint: %s", info->path,
-                 cfg_text ? serr : "no 'dfm_wan_config' metadata");
-        free(cfg_text), free(sdir);
-        return -1;
+    if (sdir) { /* the config and metadata from shard 0, the weights gathered from every shard */
+        snprintf(info->path, sizeof info->path, "%.4000s (%s, from its shards)", sdir, which);
+        char *cfg_text = ckpt_meta(sdir, "dfm_wan_config");
+        wan_config c;
+        int rc = -1;
+        if (!cfg_text)
+            snprintf(err, errlen, "'%s': shard 0 has no 'dfm_wan_config' metadata: not a dfm Wan checkpoint", sdir);
+        else if (wan_config_from_json(&c, cfg_text, serr, sizeof serr) != 0)
+            snprintf(err, errlen, "'%s': %s", sdir, serr);
+        else {
+            wan_create_weights_only(m, &c);
+            if (max && wan_prepare(m, max, serr, sizeof serr))
+                snprintf(err, errlen, "'%s': %s", sdir, serr);
+            else
+                rc = ckpt_read_range(sdir, which, &m->table, 0, m->table.total, m->params, err, errlen);
+            if (rc)
+                wan_free(m);
+            else
+                objective = ckpt_meta(sdir, "dfm_objective");
+        }
+        free(cfg_text);
+        free(sdir);
+        if (rc) return -1;
+    } else {
+        if (cli_resolve_weights(checkpoint, which, which_explicit, info->path, sizeof info->path, err, errlen))
+            return -1;
+        st_file *f = st_open(info->path, serr, sizeof serr);
+        if (!f) {
+            snprintf(err, errlen, "'%s' is not a dfm weights file (safetensors): %s", info->path, serr);
+            return -1;
+        }
+        const char *cfg_text = st_meta(f, "dfm_wan_config");
+        wan_config c;
+        int ok = cfg_text != NULL;
+        if (!ok)
+            snprintf(err, errlen, "'%s' is not a dfm Wan weights file: it has no 'dfm_wan_config' metadata",
+                     info->path);
+        else if (wan_config_from_json(&c, cfg_text, serr, sizeof serr) != 0)
+            snprintf(err, errlen, "'%s': %s", info->path, serr), ok = 0;
+        objective = ok && st_meta(f, "dfm_objective") ? xstrdup(st_meta(f, "dfm_objective")) : NULL;
+        st_close(f);
+        if (!ok || wan_open_weights(m, info->path, max, err, errlen)) {
+            free(objective);
+            return -1;
+        }
     }
-    free(cfg_text);
-    wan_create(m, &c, max);
-    int rc = sdir ? ckpt_read_range(sdir, which, &m->table, 0, m->table.total, m->params, err, errlen)
-                  : wan_load_weights(m, m->params, info->path, err, errlen);
-    free(sdir);
-    if (rc != 0) {
-        wan_free(m);
-        return -1;
-    }
-    char *objective = cli_checkpoint_meta(checkpoint, which, "dfm_objective");
-    rc = stored_objective_parse(objective, &info->obj, serr, sizeof serr);
+    int rc = stored_objective_parse(objective, &info->obj, serr, sizeof serr);
     free(objective);
     if (rc < 0) {
         snprintf(err, errlen, "'%s': %s", info->path, serr);
@@ -264,12 +318,5 @@ int cli_open_wan(const char *checkpoint, const char *which, int which_explicit, 
         return -1;
     }
     info->has_objective = rc == 1;
-    *sample_meta = cli_checkpoint_meta(checkpoint, which, "dfm_wan_sample");
     return 0;
-}
-
-void cli_model_info_free(cli_model_info *info, int num_classes) {
-    for (int k = 0; info->class_names && k < num_classes; k++) free(info->class_names[k]);
-    free(info->class_names);
-    info->class_names = NULL;
 }

@@ -44,10 +44,21 @@ void cli_model_info_free(cli_model_info *info, int num_classes);
  * consolidated or sharded), malloc'ed, or NULL. */
 char *cli_checkpoint_meta(const char *checkpoint, const char *which, const char *key);
 
-/* A dfm Wan checkpoint: the model built for inputs up to max (its weights loaded), the objective, and the
- * "dfm_wan_sample" metadata (the training clips' shape and text encoder; malloc'ed JSON or NULL). */
+/* 1 when a --checkpoint argument (a weights file, an iter_NNNNNNN/ folder or a checkpoint root, consolidated
+ * or sharded) holds a dfm Wan model (metadata "dfm_wan_config"), else 0 (including when it cannot be read:
+ * opening it as a DiT then reports why). Prints nothing. */
+int cli_checkpoint_is_wan(const char *checkpoint, const char *which, int which_explicit);
+
+/* A dfm Wan weights file or checkpoint (consolidated or sharded), resolved as cli_open_dit does. */
 #include "dfm/wan.h"
+typedef struct {
+    char path[4608];
+    int has_objective;    /* metadata "dfm_objective" was present */
+    stored_objective obj; /* its values (defaults when absent) */
+} cli_wan_info;
+/* Build m from it: for inputs up to *max, or with max NULL weights only (wan_create_weights_only: export and
+ * conversion, no forward). Returns 0, or -1 with a message. */
 int cli_open_wan(const char *checkpoint, const char *which, int which_explicit, const wan_shape *max, wan_model *m,
-                 cli_model_info *info, char **sample_meta, char *err, size_t errlen);
+                 cli_wan_info *info, char *err, size_t errlen);
 
 #endif

@@ -116,11 +116,9 @@ int dfm_generate_wan(const wan_gen_opts *o) {
     int rows = o->guidance != 1.0 ? 2 * o->batch : o->batch;
     wan_shape mx = {rows, T, H, W, L};
     wan_model m;
-    cli_model_info info;
-    char *unused = NULL;
-    if (cli_open_wan(o->checkpoint, o->weights, o->weights_explicit, &mx, &m, &info, &unused, err, sizeof err))
+    cli_wan_info info;
+    if (cli_open_wan(o->checkpoint, o->weights, o->weights_explicit, &mx, &m, &info, err, sizeof err))
         dfm_die("%s", err);
-    free(unused);
     if (m.cfg.in_channels != C) dfm_die("'%s': the model has %d input channels, its clips %d", info.path, m.cfg.in_channels, C);
 
     float *text;

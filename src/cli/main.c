@@ -13,6 +13,7 @@ int dfm_config_main(int argc, char **argv);   /* src/cli/config_cmd.c */
 int dfm_data_main(int argc, char **argv);     /* src/cli/data_cmd.c */
 int dfm_eval_main(int argc, char **argv);     /* src/cli/eval_cmd.c */
 int dfm_export_main(int argc, char **argv);   /* src/cli/export_cmd.c */
+int dfm_forward_main(int argc, char **argv);  /* src/cli/forward_cmd.c */
 int dfm_generate_main(int argc, char **argv); /* src/cli/generate_cmd.c */
 int dfm_pretrain_main(int argc, char **argv); /* src/cli/pretrain_cmd.c */
 
@@ -31,7 +32,8 @@ static const struct {
     {"config", dfm_config_main, "print a resolved configuration (dfm config --help)"},
     {"data", dfm_data_main, "prepare and inspect Energon webdataset folders (dfm data --help)"},
     {"eval", dfm_eval_main, "train the sample-quality classifier and score generated samples (dfm eval --help)"},
-    {"export", dfm_export_main, "write a DiT checkpoint as a diffusers folder (dfm export --help)"},
+    {"export", dfm_export_main, "write a DiT or Wan checkpoint as a diffusers folder (dfm export --help)"},
+    {"forward", dfm_forward_main, "one forward pass on tensors from a file, for parity checks (dfm forward --help)"},
     {"generate", dfm_generate_main, "sample images from a DiT checkpoint (dfm generate --help)"},
     {"pretrain", dfm_pretrain_main, "train a DiT (Megatron-style recipe + YAML + overrides; dfm pretrain --help)"},
     {"version", version_main, "print version and BLAS information"},

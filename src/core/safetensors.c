@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <jansson.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -253,6 +254,16 @@ static float half_to_float(uint16_t h) {
     return f;
 }
 
+/* float8 as PyTorch's float8_e4m3fn (bias 7, no infinities, S.1111.111 is NaN) and float8_e5m2 (the top byte of
+ * an fp16). */
+static float f8_e4m3_to_float(uint8_t v) {
+    int sign = v >> 7, exp = (v >> 3) & 0xf, man = v & 7;
+    float mag = (exp == 15 && man == 7) ? NAN
+                : exp == 0               ? ldexpf((float)man, -9) /* subnormal: man/8 * 2^-6 */
+                                         : ldexpf(1.0f + man / 8.0f, exp - 7);
+    return sign ? -mag : mag;
+}
+
 void st_read_f32(const st_file *f, const st_tensor *t, float *out) {
     int64_t n = st_numel(t);
     if (t->dtype == ST_F32) {
@@ -271,6 +282,8 @@ void st_read_f32(const st_file *f, const st_tensor *t, float *out) {
         case ST_I32: { int32_t v; memcpy(&v, p, 4); out[i] = (float)v; break; }
         case ST_U8: case ST_BOOL: out[i] = (float)p[0]; break;
         case ST_I8: out[i] = (float)(int8_t)p[0]; break;
+        case ST_F8_E4M3: out[i] = f8_e4m3_to_float(p[0]); break;
+        case ST_F8_E5M2: out[i] = half_to_float((uint16_t)(p[0] << 8)); break;
         default:
             free(raw);
             dfm_die("'%s': tensor '%s': dtype %s cannot be read as fp32", f->path, t->name, st_dtype_name(t->dtype));

@@ -451,26 +451,36 @@ int wan_shape_check(const wan_model *m, const wan_shape *s, char *err, size_t er
 #undef BAD
 }
 
-void wan_create(wan_model *m, const wan_config *cfg, const wan_shape *max) {
+void wan_create_weights_only(wan_model *m, const wan_config *cfg) {
     memset(m, 0, sizeof *m);
     m->cfg = *cfg;
     char err[512];
     if (!wan_config_check(&m->cfg, err, sizeof err)) dfm_die("invalid Wan config: %s", err);
-    if (!wan_shape_check(m, max, err, sizeof err)) dfm_die("Wan: invalid max input shape: %s", err);
     const wan_config *c = &m->cfg;
     m->d = c->num_heads * c->head_dim;
     m->ffn = c->ffn_dim;
     m->patch_in = c->in_channels * c->patch_t * c->patch_h * c->patch_w;
     m->patch_out = c->out_channels * c->patch_t * c->patch_h * c->patch_w;
-    m->max = *max;
-    long long tokens = (long long)(max->frames / c->patch_t) * (max->height / c->patch_h) * (max->width / c->patch_w);
-    /* B*N and B*L index rows as int throughout (sizes as size_t) */
-    if (tokens * max->batch > (1 << 26) || (long long)max->text_len * max->batch > (1 << 24))
-        dfm_die("Wan: max input of %d samples x %lld tokens (text %d) is beyond what one process holds", max->batch,
-                tokens, max->text_len);
-    m->max_tokens = (int)tokens;
     wan_build_table(&m->table, c);
     m->params = xalloc_floats(m->table.total);
+}
+
+int wan_prepare(wan_model *m, const wan_shape *max, char *err, size_t errlen) {
+    if (m->acts) {
+        snprintf(err, errlen, "the model already has its activations");
+        return -1;
+    }
+    if (!wan_shape_check(m, max, err, errlen)) return -1; /* without acts: the shape against the config only */
+    const wan_config *c = &m->cfg;
+    long long tokens = (long long)(max->frames / c->patch_t) * (max->height / c->patch_h) * (max->width / c->patch_w);
+    /* B*N and B*L index rows as int throughout (sizes as size_t) */
+    if (tokens * max->batch > (1 << 26) || (long long)max->text_len * max->batch > (1 << 24)) {
+        snprintf(err, errlen, "max input of %d samples x %lld tokens (text %d) is beyond what one process holds",
+                 max->batch, tokens, max->text_len);
+        return -1;
+    }
+    m->max = *max;
+    m->max_tokens = (int)tokens;
     m->grads = xalloc_floats(m->table.total);
 
     wan_acts *a = xcalloc(1, sizeof *a);
@@ -486,6 +496,13 @@ void wan_create(wan_model *m, const wan_config *cfg, const wan_shape *max) {
     a->text_lens = xcalloc((size_t)max->batch, sizeof(int));
     resolve_segments(m, a);
     m->acts = a;
+    return 0;
+}
+
+void wan_create(wan_model *m, const wan_config *cfg, const wan_shape *max) {
+    wan_create_weights_only(m, cfg);
+    char err[512];
+    if (wan_prepare(m, max, err, sizeof err)) dfm_die("Wan: invalid max input shape: %s", err);
 }
 
 void wan_free(wan_model *m) {
@@ -618,6 +635,7 @@ void wan_forward(wan_model *m, float *out, const float *latents, const float *ti
     wan_acts *a = m->acts;
     const wan_config *c = &m->cfg;
     char err[400];
+    if (!a) dfm_die("Wan forward: the model was built without activations (weights only, for conversion)");
     if (!wan_shape_check(m, s, err, sizeof err)) dfm_die("Wan forward: %s", err);
     const int B = s->batch, Lt = s->text_len, d = m->d, H = c->num_heads, D = c->head_dim, F = m->ffn;
     a->masked = 0;

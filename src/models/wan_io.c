@@ -145,7 +145,12 @@ int wan_open_weights(wan_model *m, const char *path, const wan_shape *max, char 
         return -1;
     }
     st_close(f);
-    wan_create(m, &c, max);
+    wan_create_weights_only(m, &c);
+    if (max && wan_prepare(m, max, cerr, sizeof cerr)) {
+        snprintf(err, errlen, "'%s': %s", path, cerr);
+        wan_free(m);
+        return -1;
+    }
     if (wan_load_weights(m, m->params, path, err, errlen) != 0) {
         wan_free(m);
         return -1;
