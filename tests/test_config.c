@@ -95,14 +95,15 @@ static void expect_death(getter_fn fn, const char *fname, const cfg *c, const ch
 /* ------------------------------------------------------------------------------------------------ recipes */
 
 static void test_recipes(void) {
-    CHECK(cfg_recipe_count() == 5, "5 recipes");
+    CHECK(cfg_recipe_count() == 8, "8 recipes (5 DiT, 3 Wan)");
     for (int i = 0; i < cfg_recipe_count(); i++) {
         const char *name = cfg_recipe_name(i);
         cfg *c = recipe(name);
         /* every section of the issue is there with its types */
         int ok = cfg_int(c, "model.num_layers") > 0 &&
                  cfg_int(c, "model.hidden_size") % cfg_int(c, "model.num_attention_heads") == 0 &&
-                 cfg_int(c, "model.ffn_hidden_size") == 4 * cfg_int(c, "model.hidden_size") &&
+                 (strncmp(name, "wan_", 4) ? cfg_int(c, "model.ffn_hidden_size") == 4 * cfg_int(c, "model.hidden_size")
+                                           : !strcmp(cfg_str(c, "model.kind"), "wan")) &&
                  cfg_int(c, "model.patch_size") == 2 && cfg_float(c, "model.norm_eps") == 1e-6 &&
                  !cfg_bool(c, "model.sequence_parallel") && cfg_is_null(c, "model.recompute_granularity") &&
                  cfg_is_null(c, "model.recompute_num_layers") && cfg_int(c, "train.global_batch_size") > 0 &&
@@ -592,7 +593,7 @@ static void test_getters(void) {
     expect_death(get_int, "cfg_int", c, "model.num_layers.0", "does not exist", NULL);
     CHECK(cfg_float(c, "model.num_layers") == 6.0, "cfg_float reads an int");
     CHECK(!cfg_has(c, "nope") && cfg_kind_of(c, "nope") == -1 && cfg_source(c, "nope") == NULL, "absent key");
-    CHECK(cfg_len(c, "model") == 18 && !strcmp(cfg_key_at(c, "model", 0), "num_layers") &&
+    CHECK(cfg_len(c, "model") == 23 && !strcmp(cfg_key_at(c, "model", 0), "kind") &&
               !strcmp(cfg_key_at(c, "", 0), "model"),
           "map iteration");
     cfg_free(c);

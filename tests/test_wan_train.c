@@ -14,7 +14,8 @@ static const char *SMALL =
     "--recipe wan_tiny model.num_layers=2 model.hidden_size=32 model.num_attention_heads=2 model.ffn_hidden_size=64 "
     "model.image_size=16 model.num_frames=4 dataset.max_samples=64 dataset.val_samples=8 dataset.num_workers=0 "
     "train.global_batch_size=4 train.micro_batch_size=2 train.eval_interval=3 train.eval_iters=1 "
-    "logger.log_interval=1 checkpoint.save_interval=3 optimizer.lr=3e-3 scheduler.lr_warmup_iters=1";
+    "logger.log_interval=1 checkpoint.save_interval=3 optimizer.lr=3e-3 scheduler.lr_warmup_iters=1 "
+    "scheduler.lr_decay_iters=12";
 
 static char *dir;
 static const char *bin;

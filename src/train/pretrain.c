@@ -521,7 +521,7 @@ int dfm_pretrain(const cfg *c) {
     video_dataset vd = {0};
     int *train_idx = NULL, *val_idx = NULL, n_train = 0, n_val = 0;
     int video_type = !strcmp(dtype, "video_clips") || !strcmp(dtype, "video_folder");
-    if (j.wan != (video_type || !strcmp(dtype, "energon")))
+    if (j.wan ? !video_type && strcmp(dtype, "energon") : video_type)
         dfm_die("dataset.type %s does not fit model.kind %s (Wan trains on video_clips, video_folder or energon; DiT on "
                 "fashion_mnist, image_folder or energon)",
                 dtype, cfg_str(c, "model.kind"));
