@@ -177,6 +177,7 @@ static int move_key(yt_node *root, const char *from, const char *to, FILE *notes
     }
     yt_node *parent = chain[depth - 1];
     int k = idx[depth - 1], line = key_line(parent, k);
+    const char *file = parent->file; /* owned by the root; parent itself may be freed below */
     yt_node *val = parent->items[k];
     /* walk/create the new path */
     char nb[256];
@@ -224,7 +225,7 @@ static int move_key(yt_node *root, const char *from, const char *to, FILE *notes
         }
         p->n--;
     }
-    fprintf(notes ? notes : stderr, "dfm: note: %s:%d: '%s' is now spelled '%s'\n", parent->file, line, from, to);
+    fprintf(notes ? notes : stderr, "dfm: note: %s:%d: '%s' is now spelled '%s'\n", file, line, from, to);
     return 0;
 }
 
