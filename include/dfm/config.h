@@ -67,6 +67,10 @@ int cfg_apply_training_mode(cfg *c, const char *mode, char *err, size_t errlen);
 int cfg_merge_file(cfg *c, const char *path, char *err, size_t errlen);
 /* `name` is what sources and errors call the text (e.g. a file name). */
 int cfg_merge_string(cfg *c, const char *yaml, const char *name, char *err, size_t errlen);
+/* Merge an already parsed YAML tree (yamltree.h) like a file: for callers that rewrite the tree first (renamed
+ * keys, expanded variables). source: every value's source, or NULL for each node's FILE:LINE. */
+struct yt_node;
+int cfg_merge_tree(cfg *c, const struct yt_node *y, const char *source, char *err, size_t errlen);
 /* One Hydra override, e.g. "++train.train_iters=10". */
 int cfg_override(cfg *c, const char *arg, char *err, size_t errlen);
 

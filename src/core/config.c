@@ -767,6 +767,14 @@ int cfg_merge_file(cfg *c, const char *path, char *err, size_t errlen) {
     return rc;
 }
 
+int cfg_merge_tree(cfg *c, const struct yt_node *y, const char *source, char *err, size_t errlen) {
+    srcctx sc = {source};
+    if (y->kind != YT_MAP)
+        return errf(err, errlen, "%s: the top level must be a map of sections, not a %s",
+                    source ? source : y->file, yt_kind_name(y->kind));
+    return merge_map(c, "", c->root, y, &sc, err, errlen);
+}
+
 /* ---------------------------------------------------------------- overrides */
 
 /* Parse an override's value as a YAML flow value. "" is the empty string (Hydra's `key=`). */
