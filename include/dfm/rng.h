@@ -37,6 +37,7 @@ double rng_uniform(uint64_t seed, uint32_t stream, uint32_t step, uint32_t index
 double rng_normal(uint64_t seed, uint32_t stream, uint32_t step, uint32_t index, uint32_t k);
 /* n standard normals: out[i] = rng_normal(seed, stream, step, index, i), computed 4 at a time. */
 void rng_fill_normal(float *out, size_t n, uint64_t seed, uint32_t stream, uint32_t step, uint32_t index);
+/* n uniforms in (0, 1) as floats (23 random bits each; never 0 or 1). */
 void rng_fill_uniform(float *out, size_t n, uint64_t seed, uint32_t stream, uint32_t step, uint32_t index);
 
 #ifdef __cplusplus

@@ -75,6 +75,9 @@ void rng_fill_uniform(float *out, size_t n, uint64_t seed, uint32_t stream, uint
     for (size_t b = 0; b < (n + 3) / 4; b++) {
         uint32_t r[4];
         block(r, seed, stream, step, index, (uint32_t)b);
-        for (size_t j = 0; j < 4 && 4 * b + j < n; j++) out[4 * b + j] = (float)to_open01(r[j]);
+        /* 23 bits, so the largest value, 1 - 2^-24, is a float below 1: rounding the 32-bit double to float
+         * would give exactly 1 for the top 128 words */
+        for (size_t j = 0; j < 4 && 4 * b + j < n; j++)
+            out[4 * b + j] = ((float)(r[j] >> 9) + 0.5f) * (1.0f / 8388608.0f);
     }
 }
