@@ -138,6 +138,37 @@ int main(void) {
           "clips from the one-process and the DP=2 sharded checkpoints are identical");
     free(a), free(b);
 
+    /* 5. a diffusers folder (exported from the first run) as the initial weights of a new run: with lr 0 the
+     * weights after one step are the folder's exactly */
+    rc = test_sh("%s export --checkpoint %s/full/ck --out %s/exported > %s/export.log 2>&1", bin, dir, dir, dir);
+    rc |= train("", "init", test_path("train.train_iters=1 optimizer.lr=0 optimizer.min_lr=0 checkpoint.save_interval=1 "
+                                      "checkpoint.pretrained_checkpoint=%s/exported", dir));
+    double di = INFINITY;
+    if (rc == 0) {
+        char *cfgj = ckpt_meta(test_path("%s/full/ck/iter_0000012", dir), "dfm_wan_config");
+        wan_config c;
+        char err[512];
+        if (cfgj && wan_config_from_json(&c, cfgj, err, sizeof err) == 0) {
+            param_table t = {0};
+            wan_build_table(&t, &c);
+            float *wa = xalloc_floats(t.total), *wb = xalloc_floats(t.total);
+            if (ckpt_read_range(test_path("%s/init/ck/iter_0000001", dir), "model", &t, 0, t.total, wa, err, sizeof err) == 0 &&
+                ckpt_read_range(test_path("%s/full/ck/iter_0000012", dir), "ema", &t, 0, t.total, wb, err, sizeof err) == 0)
+                di = test_rel_err(wa, wb, t.total);
+            free(wa), free(wb);
+            param_table_free(&t);
+        }
+        free(cfgj);
+    }
+    CHECK(rc == 0 && di == 0, "checkpoint.pretrained_checkpoint=<diffusers folder> starts from its weights (rel %.3g, rc %d)",
+          di, rc);
+    char *out0 = NULL, cmd0[2048];
+    snprintf(cmd0, sizeof cmd0, "%s pretrain %s model.hidden_size=64 logger.output_dir=%s/z "
+             "checkpoint.pretrained_checkpoint=%s/exported", bin, SMALL, dir, dir);
+    rc = test_capture(cmd0, &out0);
+    CHECK(rc != 0 && strstr(out0, "holds a different model"), "a pretrained model of another shape is refused: %.300s", out0);
+    free(out0);
+
     /* 5. options that do not fit the model are refused */
     char *out = NULL, cmd[2048];
     snprintf(cmd, sizeof cmd, "%s generate --checkpoint %s/full/ck --out %s/x --classes 1", bin, dir, dir);

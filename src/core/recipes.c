@@ -73,6 +73,8 @@ static cfg *recipe_base(const char *name) {
     snprintf(buf, sizeof buf, "runs/%s/checkpoints", name);
     cfg_def(c, "checkpoint.save", CFG_STR | CFG_NULLABLE, buf, "folder of iter_%07d/ checkpoints (null = none)");
     cfg_def(c, "checkpoint.load", CFG_STR, NULL, "folder to resume from (its latest checkpoint)");
+    cfg_def(c, "checkpoint.pretrained_checkpoint", CFG_STR, NULL,
+            "initial weights when not resuming: a dfm checkpoint (iter_N/ or its root) or a diffusers folder");
     cfg_def(c, "checkpoint.save_interval", CFG_INT, "1000", "steps between checkpoints");
     cfg_def(c, "checkpoint.load_optim", CFG_BOOL, "true", "restore the optimizer state on resume");
     cfg_def(c, "checkpoint.most_recent_k", CFG_INT, "2", "checkpoints kept (the oldest are removed)");

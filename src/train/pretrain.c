@@ -6,6 +6,7 @@
 #include "dfm/common.h"
 #include "dfm/data.h"
 #include "dfm/data_parallel.h"
+#include "dfm/diffusers.h"
 #include "dfm/dist.h"
 #include "dfm/kernels.h"
 #include "dfm/optim.h"
@@ -344,6 +345,49 @@ static void load_checkpoint(job *j, const char *where) {
     free(dir);
 }
 
+/* Initial weights from elsewhere (checkpoint.pretrained_checkpoint), before the engine shards them: a dfm
+ * checkpoint of either paradigm's model form (consolidated or sharded), or a diffusers folder whose model must
+ * have this run's shape. The optimizer starts fresh at iteration 0. */
+static void load_pretrained(job *j, const char *path) {
+    char err[1024], e2[1024];
+    const param_table *t = j->table;
+    float *dst = j->wan ? j->wmodel.params : j->model.params;
+    char *dir = checkpoint_resolve(path, e2, sizeof e2);
+    if (dir) {
+        if (ckpt_read_range(dir, "model", t, 0, t->total, dst, err, sizeof err) != 0)
+            dfm_die("checkpoint.pretrained_checkpoint: %s", err);
+        if (dist_get()->rank == 0) printf("initial weights from %s\n", dir);
+        free(dir);
+        return;
+    }
+    wan_model wm;
+    dit_model dm;
+    const param_table *src;
+    const float *w;
+    if (j->wan) {
+        if (wan_import_diffusers(&wm, path, NULL, err, sizeof err) != 0)
+            dfm_die("checkpoint.pretrained_checkpoint: %s (and not a dfm checkpoint: %s)", err, e2);
+        src = &wm.table, w = wm.params;
+    } else {
+        if (dit_import_diffusers(&dm, path, 1, err, sizeof err) != 0)
+            dfm_die("checkpoint.pretrained_checkpoint: %s (and not a dfm checkpoint: %s)", err, e2);
+        src = &dm.table, w = dm.params;
+    }
+    for (int i = 0; i < t->n || i < src->n; i++) {
+        const param_entry *a = i < t->n ? &t->e[i] : NULL, *b = i < src->n ? &src->e[i] : NULL;
+        int same = a && b && !strcmp(a->name, b->name) && a->ndim == b->ndim && a->offset == b->offset;
+        for (int d = 0; same && d < a->ndim; d++) same = a->shape[d] == b->shape[d];
+        if (!same)
+            dfm_die("checkpoint.pretrained_checkpoint '%s' holds a different model: tensor %d is %s there, %s here "
+                    "(set the model.* keys to the pretrained model's shape)",
+                    path, i, b ? b->name : "missing", a ? a->name : "missing");
+    }
+    memcpy(dst, w, t->total * sizeof(float));
+    if (j->wan) wan_free(&wm);
+    else dit_free(&dm);
+    if (dist_get()->rank == 0) printf("initial weights from the diffusers folder %s\n", path);
+}
+
 /* metrics.jsonl after a resume: drop lines of steps the checkpoint does not contain, so the file reads as if
  * the run had never been interrupted. */
 static void trim_metrics(const char *path, long iteration) {
@@ -609,6 +653,11 @@ int dfm_pretrain(const cfg *c) {
         j.config_key = "dfm_dit_config";
     }
     j.table = dm.table;
+    if (!cfg_is_null(c, "checkpoint.pretrained_checkpoint")) {
+        if (cfg_is_null(c, "checkpoint.load")) load_pretrained(&j, cfg_str(c, "checkpoint.pretrained_checkpoint"));
+        else if (lead) /* Megatron's rule: a run that resumes continues from its own checkpoint */
+            printf("checkpoint.load is set: resuming from it; checkpoint.pretrained_checkpoint is not read\n");
+    }
     j.ema_decay = (float)cfg_float(c, "train.ema_decay");
     adamw_config oc;
     oc.lr = (float)cfg_float(c, "optimizer.lr");
