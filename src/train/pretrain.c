@@ -75,10 +75,8 @@ void config_to_wan(const cfg *c, wan_config *w) {
 
 void config_to_objective(const cfg *c, objective_config *o) {
     const char *kind = cfg_str(c, "diffusion.objective");
-    if (!strcmp(kind, "edm"))
-        objective_defaults_edm(o);
-    else
-        objective_defaults_flow(o, 0);
+    if (!strcmp(kind, "edm")) objective_defaults_edm(o);
+    else objective_defaults_flow(o, 0);
     if (!timestep_sampling_parse(cfg_str(c, "diffusion.timestep_sampling"), &o->sampling))
         dfm_die("diffusion.timestep_sampling: unknown value '%s'", cfg_str(c, "diffusion.timestep_sampling"));
     o->logit_mean = (float)cfg_float(c, "diffusion.logit_mean");
@@ -96,8 +94,7 @@ void config_to_objective(const cfg *c, objective_config *o) {
     o->sigma_data = (float)cfg_float(c, "diffusion.edm_sigma_data");
     o->edm_sigma_min = (float)cfg_float(c, "diffusion.edm_sigma_min");
     o->edm_sigma_max = (float)cfg_float(c, "diffusion.edm_sigma_max");
-    if (!(o->flow_shift > 0))
-        dfm_die("diffusion.flow_shift must be > 0 (from %s)", cfg_source(c, "diffusion.flow_shift"));
+    if (!(o->flow_shift > 0)) dfm_die("diffusion.flow_shift must be > 0 (from %s)", cfg_source(c, "diffusion.flow_shift"));
     if (!(o->sigma_min >= 0 && o->sigma_min < o->sigma_max && o->sigma_max <= 1))
         dfm_die("diffusion.sigma_min/sigma_max must satisfy 0 <= min < max <= 1 (got %g, %g)", (double)o->sigma_min,
                 (double)o->sigma_max);
@@ -186,18 +183,18 @@ char *checkpoint_resolve(const char *path, char *err, size_t errlen) {
 typedef struct {
     const cfg *c;
     dit_model model;
-    dp_engine *dp;  /* data parallelism (one process: DP = 1, nothing sharded); holds the optimizer and EMA */
-    int sharded;    /* checkpoints as one shard per rank */
+    dp_engine *dp; /* data parallelism (one process: DP = 1, nothing sharded); holds the optimizer and EMA */
+    int sharded;   /* checkpoints as one shard per rank */
     char token[32]; /* names this job's temporary checkpoint folders (the same on every rank) */
     dit_trainer tr;
-    int wan; /* model.kind = wan: the fields below instead of model / tr / loader */
+    int wan;              /* model.kind = wan: the fields below instead of model / tr / loader */
     wan_model wmodel;
     wan_trainer wtr;
     video_loader *vloader;
     const param_table *table; /* the model's parameter table, whichever it is */
     char *config_json;        /* the model config, stored with the weights under config_key */
     const char *config_key;
-    char *sample_meta; /* Wan: the sample shape and text encoder, for dfm generate ("dfm_wan_sample") */
+    char *sample_meta;        /* Wan: the sample shape and text encoder, for dfm generate ("dfm_wan_sample") */
     objective_config obj;
     float ema_decay;
     data_loader *loader;
@@ -208,10 +205,8 @@ typedef struct {
 } job;
 
 static void save_weights(job *j, const float *buf, const char *path, const char *const *meta) {
-    if (j->wan)
-        wan_save_weights(&j->wmodel, buf, path, meta);
-    else
-        dit_save_weights(&j->model, buf, path, meta);
+    if (j->wan) wan_save_weights(&j->wmodel, buf, path, meta);
+    else dit_save_weights(&j->model, buf, path, meta);
 }
 
 static void save_checkpoint(job *j, const char *root) {
@@ -228,9 +223,8 @@ static void save_checkpoint(job *j, const char *root) {
     char step[32];
     snprintf(step, sizeof step, "%ld", dp_optimizer_step(j->dp));
     if (j->sharded) { /* every rank writes its own range of parameters, EMA and moments */
-        const char *smeta[] = {j->config_key, j->config_json,    "dfm_objective",     j->objective_meta, "step",
-                               step,          "dfm_class_names", j->class_names_meta, "dfm_wan_sample",  j->sample_meta,
-                               NULL};
+        const char *smeta[] = {j->config_key, j->config_json, "dfm_objective", j->objective_meta, "step", step,
+                               "dfm_class_names", j->class_names_meta, "dfm_wan_sample", j->sample_meta, NULL};
         dp_save_shard(j->dp, tmp, smeta);
     } else if (lead) {
         /* optional entries only when present: the list ends at the first NULL key */
@@ -298,8 +292,7 @@ static void save_checkpoint(job *j, const char *root) {
     struct dirent *e;
     while (d && (e = readdir(d))) {
         long it;
-        if (is_iter_name(e->d_name, &it) && n < 4096)
-            iters[n++] = it;
+        if (is_iter_name(e->d_name, &it) && n < 4096) iters[n++] = it;
         else if (!strncmp(e->d_name, "iter_", 5) && strstr(e->d_name, ".tmp.")) {
             snprintf(path, sizeof path, "%s/%s", root, e->d_name);
             rm_tree(path);
@@ -372,10 +365,8 @@ static void trim_metrics(const char *path, long iteration) {
     }
     free(line);
     fclose(f);
-    if (!out)
-        out = xstrdup("");
-    else
-        out[len] = 0;
+    if (!out) out = xstrdup("");
+    else out[len] = 0;
     write_text_atomic(path, out);
     free(out);
 }
@@ -397,14 +388,13 @@ static double validate(job *j, const image_dataset *ds, const int *val_idx, int 
     data_loader *vl = NULL;
     if (!ds) {
         char err[1024];
-        vl = loader_new_energon(energon_path, "val", j->tr.seed, mb, 0, dc->in_channels, dc->image_size, dc->image_size,
-                                dc->num_classes, err, sizeof err);
+        vl = loader_new_energon(energon_path, "val", j->tr.seed, mb, 0, dc->in_channels, dc->image_size,
+                                dc->image_size, dc->num_classes, err, sizeof err);
         if (!vl) return NAN;
     }
     double total = 0;
     for (int k = 0; k < iters; k++) {
-        if (vl)
-            loader_next(vl, x, labels);
+        if (vl) loader_next(vl, x, labels);
         else
             for (int b = 0; b < mb; b++) {
                 int i = val_idx[(k * mb + b) % n_val];
@@ -442,8 +432,7 @@ static double validate_wan(job *j, const video_dataset *vd, const int *val_idx, 
     }
     double total = 0;
     for (int k = 0; k < iters; k++) {
-        if (vl)
-            video_loader_next(vl, lat, text, lens);
+        if (vl) video_loader_next(vl, lat, text, lens);
         else
             for (int b = 0; b < mb; b++) {
                 int i = val_idx[(k * mb + b) % n_val];
@@ -460,12 +449,9 @@ static double validate_wan(job *j, const video_dataset *vd, const int *val_idx, 
 /* ---- the loop --------------------------------------------------------------------------------- */
 
 static void fmt_eta(char *buf, size_t n, double s) {
-    if (!(s >= 0) || s > 1e7)
-        snprintf(buf, n, "?");
-    else if (s >= 3600)
-        snprintf(buf, n, "%dh%02dm", (int)(s / 3600), (int)(s / 60) % 60);
-    else
-        snprintf(buf, n, "%dm%02ds", (int)(s / 60), (int)s % 60);
+    if (!(s >= 0) || s > 1e7) snprintf(buf, n, "?");
+    else if (s >= 3600) snprintf(buf, n, "%dh%02dm", (int)(s / 3600), (int)(s / 60) % 60);
+    else snprintf(buf, n, "%dm%02ds", (int)(s / 60), (int)s % 60);
 }
 
 int dfm_pretrain(const cfg *c) {
@@ -500,10 +486,8 @@ int dfm_pretrain(const cfg *c) {
     j.wan = !strcmp(cfg_str(c, "model.kind"), "wan");
     dit_config dc;
     wan_config wc;
-    if (j.wan)
-        config_to_wan(c, &wc);
-    else
-        config_to_dit(c, &dc);
+    if (j.wan) config_to_wan(c, &wc);
+    else config_to_dit(c, &dc);
     config_to_objective(c, &j.obj);
     j.objective_meta = objective_json(&j.obj);
     long train_iters = int_key(c, "train.train_iters", 0, 1L << 30);
@@ -536,11 +520,11 @@ int dfm_pretrain(const cfg *c) {
     image_dataset ds = {0};
     video_dataset vd = {0};
     int *train_idx = NULL, *val_idx = NULL, n_train = 0, n_val = 0;
-    int video_type = !strcmp(dtype, "video_clips") || !strcmp(dtype, "video_folder") || !strcmp(dtype, "video_meta");
+    int video_type =
+        !strcmp(dtype, "video_clips") || !strcmp(dtype, "video_folder") || !strcmp(dtype, "video_meta");
     if (j.wan ? !video_type && strcmp(dtype, "energon") : video_type)
         dfm_die("dataset.type %s does not fit model.kind %s (Wan trains on video_clips, video_folder, video_meta or "
-                "energon; DiT on "
-                "fashion_mnist, image_folder or energon)",
+                "energon; DiT on fashion_mnist, image_folder or energon)",
                 dtype, cfg_str(c, "model.kind"));
     if (!cfg_is_null(c, "dataset.max_samples") && strcmp(dtype, "video_clips"))
         dfm_die("dataset.max_samples (from %s) applies to dataset.type video_clips only",
@@ -551,40 +535,36 @@ int dfm_pretrain(const cfg *c) {
         if (!j.vloader) dfm_die("dataset.path: %s", err);
         video_loader *probe = video_loader_new_energon(dpath, "val", seed, mbs, 0, chans, frames, size, size, text_len,
                                                        wc.text_dim, err, sizeof err);
-        if (probe)
-            energon_val = dpath;
-        else
-            dfm_warn("no validation split in '%s' (%s): validation loss is skipped", dpath, err);
+        if (probe) energon_val = dpath;
+        else dfm_warn("no validation split in '%s' (%s): validation loss is skipped", dpath, err);
         video_loader_free(probe);
     } else if (j.wan) {
         int rc = !strcmp(dtype, "video_clips")
-                     ? video_dataset_clips(
-                           &vd, dpath,
-                           cfg_is_null(c, "dataset.max_samples") ? 0 : int_key(c, "dataset.max_samples", 1, 1 << 24),
-                           frames, size, text_len, wc.text_dim, seed, err, sizeof err)
+                     ? video_dataset_clips(&vd, dpath,
+                                           cfg_is_null(c, "dataset.max_samples")
+                                               ? 0
+                                               : int_key(c, "dataset.max_samples", 1, 1 << 24),
+                                           frames, size, text_len, wc.text_dim, seed, err, sizeof err)
                  : !strcmp(dtype, "video_meta") ? video_dataset_meta(&vd, dpath, text_len, err, sizeof err)
                                                 : video_dataset_folder(&vd, dpath, text_len, err, sizeof err);
         if (rc != 0) dfm_die("dataset (%s, from %s): %s", dtype, cfg_source(c, "dataset.path"), err);
         if (vd.c != chans || vd.t != frames || vd.h != size || vd.w != size || vd.text_dim != wc.text_dim ||
             vd.text_len != text_len)
-            dfm_die(
-                "dataset '%s' holds latents [%d, %d, %d, %d] with text [%d, %d]; the model expects [%d, %d, %d, %d] "
-                "(model.in_channels, num_frames, image_size x2) with text [%d, %d] (model.text_len, text_dim)",
-                dpath, vd.c, vd.t, vd.h, vd.w, vd.text_len, vd.text_dim, chans, frames, size, size, text_len,
-                wc.text_dim);
+            dfm_die("dataset '%s' holds latents [%d, %d, %d, %d] with text [%d, %d]; the model expects [%d, %d, %d, %d] "
+                    "(model.in_channels, num_frames, image_size x2) with text [%d, %d] (model.text_len, text_dim)",
+                    dpath, vd.c, vd.t, vd.h, vd.w, vd.text_len, vd.text_dim, chans, frames, size, size, text_len,
+                    wc.text_dim);
         n_val = int_key(c, "dataset.val_samples", 0, vd.n - 1);
         split_indices(vd.n, n_val, seed, &train_idx, &n_train, &val_idx);
         j.vloader = video_loader_new(&vd, train_idx, n_train, seed, gbs, workers);
     } else if (!strcmp(dtype, "energon")) {
-        j.loader =
-            loader_new_energon(dpath, "train", seed, gbs, workers, chans, size, size, dc.num_classes, err, sizeof err);
+        j.loader = loader_new_energon(dpath, "train", seed, gbs, workers, chans, size, size, dc.num_classes, err,
+                                      sizeof err);
         if (!j.loader) dfm_die("dataset.path: %s", err);
-        data_loader *probe =
-            loader_new_energon(dpath, "val", seed, mbs, 0, chans, size, size, dc.num_classes, err, sizeof err);
-        if (probe)
-            energon_val = dpath;
-        else
-            dfm_warn("no validation split in '%s' (%s): validation loss is skipped", dpath, err);
+        data_loader *probe = loader_new_energon(dpath, "val", seed, mbs, 0, chans, size, size, dc.num_classes, err,
+                                                sizeof err);
+        if (probe) energon_val = dpath;
+        else dfm_warn("no validation split in '%s' (%s): validation loss is skipped", dpath, err);
         loader_free(probe);
     } else {
         if (image_dataset_load(&ds, dtype, dpath, 1, size, chans, workers, err, sizeof err) != 0)
@@ -602,10 +582,8 @@ int dfm_pretrain(const cfg *c) {
         j.loader = loader_new(&ds, train_idx, n_train, seed, gbs, workers, dc.num_classes);
     }
 
-    if (j.wan)
-        video_loader_set_slice(j.vloader, di->dp_rank * n_local, n_local);
-    else
-        loader_set_slice(j.loader, di->dp_rank * n_local, n_local);
+    if (j.wan) video_loader_set_slice(j.vloader, di->dp_rank * n_local, n_local);
+    else loader_set_slice(j.loader, di->dp_rank * n_local, n_local);
 
     /* model, EMA, optimiser (every rank initialises the same weights from the seed, then keeps its share) */
     dp_model dm;
@@ -613,23 +591,22 @@ int dfm_pretrain(const cfg *c) {
         wan_shape mx = {mbs, frames, size, size, text_len};
         wan_create(&j.wmodel, &wc, &mx);
         wan_init(&j.wmodel, seed);
-        dm = (dp_model){&j.wmodel.table,  j.wmodel.nseg,   j.wmodel.seg_begin,
-                        &j.wmodel.params, &j.wmodel.grads, &j.wmodel.hooks};
+        dm = (dp_model){&j.wmodel.table, j.wmodel.nseg, j.wmodel.seg_begin, &j.wmodel.params, &j.wmodel.grads,
+                        &j.wmodel.hooks};
         j.config_json = wan_config_to_json(&j.wmodel.cfg);
         j.config_key = "dfm_wan_config";
         /* what generation needs besides the model: the clip shape, and how captions became embeddings */
-        json_t *sm = json_pack("{s:i, s:i, s:i, s:i, s:i}", "channels", chans, "frames", frames, "height", size,
-                               "width", size, "text_len", text_len);
+        json_t *sm = json_pack("{s:i, s:i, s:i, s:i, s:i}", "channels", chans, "frames", frames, "height", size, "width",
+                               size, "text_len", text_len);
         if (!strcmp(dtype, "video_clips"))
-            json_object_set_new(sm, "text_encoder",
-                                json_pack("{s:s, s:I}", "kind", "stand_in", "seed", (json_int_t)seed));
+            json_object_set_new(sm, "text_encoder", json_pack("{s:s, s:I}", "kind", "stand_in", "seed", (json_int_t)seed));
         j.sample_meta = json_dumps(sm, JSON_COMPACT | JSON_PRESERVE_ORDER);
         json_decref(sm);
     } else {
         dit_create(&j.model, &dc, mbs);
         dit_init(&j.model, seed);
-        dm = (dp_model){&j.model.table,  j.model.nseg,   j.model.seg_begin,
-                        &j.model.params, &j.model.grads, &j.model.hooks};
+        dm = (dp_model){&j.model.table, j.model.nseg, j.model.seg_begin, &j.model.params, &j.model.grads,
+                        &j.model.hooks};
         j.config_json = dit_config_to_json(&j.model.cfg);
         j.config_key = "dfm_dit_config";
     }
@@ -648,15 +625,13 @@ int dfm_pretrain(const cfg *c) {
     long token = (long)getpid();
     dist_bcast_bytes(&token, sizeof token, 0, "broadcast of the job token");
     snprintf(j.token, sizeof j.token, "%ld", token);
-    if (j.wan)
-        wan_trainer_init(&j.wtr, &j.wmodel, &j.obj, seed, frames, size, size, text_len);
-    else
-        dit_trainer_init(&j.tr, &j.model, dp_optimizer(j.dp), &j.obj, seed);
+    if (j.wan) wan_trainer_init(&j.wtr, &j.wmodel, &j.obj, seed, frames, size, size, text_len);
+    else dit_trainer_init(&j.tr, &j.model, dp_optimizer(j.dp), &j.obj, seed);
     const char *style_s = cfg_str(c, "scheduler.lr_decay_style");
     lr_style style = !strcmp(style_s, "cosine") ? LR_COSINE : !strcmp(style_s, "linear") ? LR_LINEAR : LR_CONSTANT;
     long warmup = int_key(c, "scheduler.lr_warmup_iters", 0, 1L << 30);
-    long decay_iters =
-        cfg_is_null(c, "scheduler.lr_decay_iters") ? train_iters : int_key(c, "scheduler.lr_decay_iters", 0, 1L << 30);
+    long decay_iters = cfg_is_null(c, "scheduler.lr_decay_iters") ? train_iters
+                                                                  : int_key(c, "scheduler.lr_decay_iters", 0, 1L << 30);
     double min_lr = cfg_float(c, "optimizer.min_lr");
 
     if (!cfg_is_null(c, "checkpoint.load")) load_checkpoint(&j, cfg_str(c, "checkpoint.load"));
@@ -671,10 +646,8 @@ int dfm_pretrain(const cfg *c) {
     if (lead) {
         xmkdir_p(outdir);
         cfg_write_yaml(c, runcfg);
-        if (j.iteration > 0)
-            trim_metrics(metrics, j.iteration);
-        else
-            unlink(metrics);
+        if (j.iteration > 0) trim_metrics(metrics, j.iteration);
+        else unlink(metrics);
         mf = xfopen(metrics, "a");
     }
 
@@ -695,17 +668,15 @@ int dfm_pretrain(const cfg *c) {
     dp_memory(j.dp, &pbytes, &gbytes, &obytes);
     if (lead) {
         if (j.wan)
-            printf("dfm pretrain: recipe %s, Wan 2.1 %d x %d (%d heads, latents [%d, %d, %d, %d], %d tokens, text %d x "
-                   "%d), "
+            printf("dfm pretrain: recipe %s, Wan 2.1 %d x %d (%d heads, latents [%d, %d, %d, %d], %d tokens, text %d x %d), "
                    "%zu parameters, %s objective\n",
                    cfg_recipe_of(c), wc.num_layers, wc.num_heads * wc.head_dim, wc.num_heads, chans, frames, size, size,
                    j.wmodel.max_tokens, text_len, wc.text_dim, j.table->total,
                    j.obj.kind == OBJ_EDM ? "EDM" : "flow-matching");
         else
-            printf(
-                "dfm pretrain: recipe %s, DiT %d x %d (%d heads, patch %d, %d tokens), %zu parameters, %s objective\n",
-                cfg_recipe_of(c), dc.num_layers, dc.hidden_size, dc.num_heads, dc.patch_size, j.model.T,
-                j.model.table.total, j.obj.kind == OBJ_EDM ? "EDM" : "flow-matching");
+            printf("dfm pretrain: recipe %s, DiT %d x %d (%d heads, patch %d, %d tokens), %zu parameters, %s objective\n",
+                   cfg_recipe_of(c), dc.num_layers, dc.hidden_size, dc.num_heads, dc.patch_size, j.model.T,
+                   j.model.table.total, j.obj.kind == OBJ_EDM ? "EDM" : "flow-matching");
         if (ds.pixels || vd.latents)
             printf("  data %s (%s): %d training / %d validation samples; batch %d (micro %d); %ld steps; %d threads\n",
                    dtype, dpath, n_train, n_val, gbs, mbs, train_iters, nth);
@@ -739,8 +710,7 @@ int dfm_pretrain(const cfg *c) {
             wait_window += loader_next(j.loader, x, labels);
             r = dit_trainer_step_dp(&j.tr, j.dp, x, labels, n_local, gbs, first, (uint32_t)it, (float)lr);
         }
-        if (!isfinite(r.loss))
-            dfm_die("loss became %g at step %ld: lower optimizer.lr or check the data", r.loss, it + 1);
+        if (!isfinite(r.loss)) dfm_die("loss became %g at step %ld: lower optimizer.lr or check the data", r.loss, it + 1);
         dp_ema_update(j.dp, j.ema_decay);
         j.iteration++;
         j.consumed += gbs;
