@@ -7,6 +7,8 @@
 #ifndef DFM_VIDEO_H
 #define DFM_VIDEO_H
 
+#include "dfm/energon.h" /* energon_sample */
+
 #include <stddef.h>
 #include <stdint.h>
 
@@ -49,6 +51,36 @@ int video_clip_caption(int label, int direction, char *buf, size_t n);
  * Any float dtype. All samples must share C,T,H,W and D; L is padded to the largest (or text_len if > 0). */
 int video_dataset_folder(video_dataset *vd, const char *dir, int text_len, char *err, size_t errlen);
 void video_dataset_free(video_dataset *vd);
+/* DFM's Automodel caches (docs/ARCHITECTURE.md "Video data"): a flat folder of *.meta files, or a bucketed cache
+ * (metadata.json listing metadata_shard_*.json, whose entries' "cache_file" name WxH/<hash>.meta files). Each file
+ * is pickle.dump or torch.save of a dict with "video_latents" [1,C,T,H,W] or [C,T,H,W] and "text_embeddings"
+ * [1,L,D] or [L,D] (any float dtype; read by the restricted unpickler, nothing in a file runs). Valid text length:
+ * an integer "text_len" in the dict, else a "text_mask" array (last non-zero + 1), else the last non-zero row + 1.
+ * Caption: a string "caption" or "prompt". Samples in sorted path order; all must share C,T,H,W and D (several
+ * resolution buckets are an error naming two files: bucketed batches are not built yet). L is padded to the
+ * largest stored L (or text_len if > 0). */
+int video_dataset_meta(video_dataset *vd, const char *dir, int text_len, char *err, size_t errlen);
+
+/* One sample of any on-disk video form, decoded to float32. */
+typedef struct {
+    int64_t c, t, h, w; /* latents [c, t, h, w] (a leading 1 dropped) */
+    int64_t rows, dim;  /* text [rows, dim] as stored (padding rows included) */
+    int text_len;       /* valid rows, 1..rows */
+    float *latents, *text;
+    char *caption; /* NULL when the sample has none */
+} video_sample;
+void video_sample_free(video_sample *s);
+/* The .meta files of a folder or bucketed cache, sorted (malloc'ed paths; free each and the array). A folder with
+ * neither metadata.json nor *.meta files is searched one level down (a cache without its index). */
+int video_meta_list(const char *dir, char ***paths, int *n, char *err, size_t errlen);
+/* Decode one .meta file (pickle or torch.save). Errors name the file and key. */
+int video_meta_read(const char *path, video_sample *s, char *err, size_t errlen);
+/* Decode one of dfm's <key>.safetensors samples (video_dataset_folder's form). */
+int video_safetensors_read(const char *path, video_sample *s, char *err, size_t errlen);
+/* Decode an Energon sample: the first float tensor part (.npy/.pth/.pt/.pickle/.pkl) of shape [C,T,H,W] or
+ * [1,C,T,H,W] is the latents, the first of [L,D] or [1,L,D] the text; json "text_len" and "caption" (or a txt
+ * part) when present. */
+int video_energon_sample_read(const energon_sample *es, video_sample *s, char *err, size_t errlen);
 
 /* Stand-in text encoder (docs/ARCHITECTURE.md "Video data"): the caption is lower-cased (ASCII) and split into
  * words at white space and '/'; each word is a fixed row of standard normals drawn from Philox keyed by (seed, a

@@ -1,10 +1,11 @@
-/* `dfm data prepare`, `dfm data inspect` and `dfm data split`: write and check Energon-compatible webdataset folders.
+/* `dfm data prepare`, `inspect`, `split` and `convert`: write and check Energon-compatible webdataset folders.
  */
 #include "dfm/codec.h"
 #include "dfm/common.h"
 #include "dfm/energon.h"
 #include "dfm/fashion_mnist.h"
 #include "dfm/pickle.h"
+#include "dfm/safetensors.h"
 #include "dfm/tar.h"
 #include "dfm/video.h"
 #include "dfm/yamltree.h"
@@ -26,6 +27,7 @@ static void data_usage(FILE *f) {
         "       dfm data inspect PATH [--split NAME] [--quick]\n"
         "       dfm data inspect FILE.meta|.pth|.pt|.pickle|.pkl\n"
         "       dfm data split DIR --split-parts NAME:REGEX [--split-parts NAME:REGEX ...]\n"
+        "       dfm data convert --from DIR --to DIR [--to-format safetensors|energon] [--split NAME] [--maxcount N]\n"
         "\n"
         "prepare writes an Energon-compatible webdataset folder: DIR/shards/shard_NNNNNN.tar, beside each its\n"
         "<shard>.tar.idx, and DIR/.nv-meta/{dataset.yaml (CrudeWebdataset), split.yaml, .info.json}.\n"
@@ -59,7 +61,13 @@ static void data_usage(FILE *f) {
         "split rewrites DIR/.nv-meta/split.yaml (atomically) from --split-parts patterns over the shards listed\n"
         "in DIR/.nv-meta/.info.json, keeping its exclude list. That list (edit it by hand) may name whole shards\n"
         "or single samples as <shard>/<sample key>, e.g. shards/shard_000001.tar/s012; the reader skips them\n"
-        "(inspect's sample counts do not subtract single-sample excludes).\n");
+        "(inspect's sample counts do not subtract single-sample excludes).\n"
+        "convert rewrites video samples sample for sample: --from a .meta folder or bucketed cache (metadata.json),\n"
+        "a folder of <key>.safetensors samples, or an Energon dataset with .npy/.pth/.pickle parts (its --split,\n"
+        "default train, in storage order); --to a folder of <key>.safetensors (float32 video_latents [C, T, H, W],\n"
+        "text_embeddings [L, D] with every stored row, metadata text_len and caption; written atomically) or, with\n"
+        "--to-format energon, Energon shards with parts latents.npy, text_embeddings.npy and json {text_len,\n"
+        "caption}. float32 values are copied bit for bit; bfloat16/float16 are widened to float32.\n");
 }
 
 /* ------------------------------------------------------------------------------------------------ prepare */
@@ -914,6 +922,195 @@ static int cmd_split(int argc, char **argv) {
     return 0;
 }
 
+/* ------------------------------------------------------------------------------------------------ convert */
+
+/* Where convert's samples come from: a .meta folder or cache, a safetensors sample folder, an Energon dataset. */
+typedef struct {
+    int kind; /* 0 .meta, 1 safetensors folder, 2 energon */
+    char **paths;
+    int n, next;
+    energon_reader *r;
+    const char *dir;
+} conv_src;
+
+static int dir_has_suffix(const char *dir, const char *suffix) {
+    DIR *d = opendir(dir);
+    if (!d) return 0;
+    struct dirent *e;
+    int found = 0;
+    size_t sl = strlen(suffix);
+    while (!found && (e = readdir(d))) {
+        size_t l = strlen(e->d_name);
+        found = e->d_name[0] != '.' && l > sl && !strcmp(e->d_name + l - sl, suffix);
+    }
+    closedir(d);
+    return found;
+}
+
+/* The sample key: the file's path under the source folder without its extension, '/' and '.' made '_' (a dot
+ * would split an Energon key into parts). */
+static void key_from_path(const char *dir, const char *path, char *key, size_t cap) {
+    size_t dl = strlen(dir);
+    const char *rel = !strncmp(path, dir, dl) && path[dl] == '/' ? path + dl + 1 : path;
+    snprintf(key, cap, "%s", rel);
+    char *dot = strrchr(key, '.');
+    if (dot) *dot = 0;
+    for (char *p = key; *p; p++)
+        if (*p == '/' || *p == '.') *p = '_';
+}
+
+/* Next sample into *s with its key; 1 = a sample, 0 = done; dies on a broken sample (naming it). */
+static int conv_next(conv_src *c, video_sample *s, char *key, size_t keycap) {
+    char err[2048];
+    if (c->kind == 2) {
+        energon_sample *es;
+        if (energon_next(c->r, &es) != 0) dfm_die("data convert: %s", energon_error(c->r));
+        if (es->epoch > 0) { /* the stream loops: the first epoch is the dataset, sample for sample */
+            energon_sample_free(es);
+            return 0;
+        }
+        if (video_energon_sample_read(es, s, err, sizeof err) != 0) dfm_die("data convert: %s", err);
+        snprintf(key, keycap, "%s", es->key);
+        energon_sample_free(es);
+        return 1;
+    }
+    if (c->next == c->n) return 0;
+    const char *p = c->paths[c->next++];
+    if ((c->kind == 0 ? video_meta_read : video_safetensors_read)(p, s, err, sizeof err) != 0)
+        dfm_die("data convert: %s", err);
+    key_from_path(c->dir, p, key, keycap);
+    return 1;
+}
+
+static int cmd_convert(int argc, char **argv) {
+    const char *from = NULL, *to = NULL, *fmt = "safetensors", *split = "train";
+    int maxcount = 1000;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *next = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "--from") && next)
+            from = argv[++i];
+        else if (!strcmp(a, "--to") && next)
+            to = argv[++i];
+        else if (!strcmp(a, "--to-format") && next)
+            fmt = argv[++i];
+        else if (!strcmp(a, "--split") && next)
+            split = argv[++i];
+        else if (!strcmp(a, "--maxcount") && next)
+            maxcount = atoi(argv[++i]);
+        else if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            data_usage(stdout);
+            return 0;
+        } else {
+            fprintf(stderr, "dfm: error: data convert: unknown or incomplete option '%s'\n", a);
+            data_usage(stderr);
+            return 2;
+        }
+    }
+    if (!from || !to) {
+        fprintf(stderr, "dfm: error: data convert needs --from DIR and --to DIR\n");
+        return 2;
+    }
+    int to_energon = !strcmp(fmt, "energon");
+    if (!to_energon && strcmp(fmt, "safetensors"))
+        dfm_die("data convert: --to-format '%s' must be safetensors or energon", fmt);
+    if (maxcount < 1) dfm_die("data convert: --maxcount must be at least 1");
+    char err[2048], probe[4096];
+    conv_src c = {0};
+    c.dir = from;
+    snprintf(probe, sizeof probe, "%s/.nv-meta", from);
+    struct stat st;
+    if (stat(probe, &st) == 0 && S_ISDIR(st.st_mode)) {
+        c.kind = 2;
+        energon_options o;
+        energon_options_default(&o);
+        o.split = split;
+        o.shuffle_buffer = 0, o.slice_size = 0; /* storage order */
+        o.num_workers = 0;
+        o.max_abs = 1e30; /* values are copied, not judged; only NaN/Inf samples are skipped (with a warning) */
+        if (!(c.r = energon_open(from, &o, err, sizeof err))) dfm_die("data convert: %s", err);
+    } else if (dir_has_suffix(from, ".safetensors")) {
+        c.kind = 1;
+        c.paths = list_dir(from, &c.n);
+        int k = 0;
+        for (int i = 0; i < c.n; i++) {
+            size_t l = strlen(c.paths[i]);
+            if (l > 12 && !strcmp(c.paths[i] + l - 12, ".safetensors")) {
+                char p[4096];
+                snprintf(p, sizeof p, "%s/%s", from, c.paths[i]);
+                free(c.paths[i]);
+                c.paths[k++] = xstrdup(p);
+            } else
+                free(c.paths[i]);
+        }
+        c.n = k;
+    } else if (video_meta_list(from, &c.paths, &c.n, err, sizeof err) != 0)
+        dfm_die("data convert --from %s: not an Energon dataset (.nv-meta), a safetensors sample folder or a .meta "
+                "cache: %s",
+                from, err);
+
+    xmkdir_p(to);
+    shard_out *o = NULL;
+    if (to_energon) {
+        o = xcalloc(1, sizeof *o);
+        o->out = xstrdup(to);
+        o->maxcount = maxcount;
+        o->idx = xmalloc(((size_t)maxcount + 1) * sizeof *o->idx);
+        char sp[4096];
+        snprintf(sp, sizeof sp, "%s/shards", to);
+        xmkdir_p(sp);
+    }
+    video_sample s;
+    char key[4096];
+    int count = 0;
+    while (conv_next(&c, &s, key, sizeof key)) {
+        int64_t ls[4] = {s.c, s.t, s.h, s.w}, ts[2] = {s.rows, s.dim};
+        char tl[32];
+        snprintf(tl, sizeof tl, "%d", s.text_len);
+        if (to_energon) {
+            part_buf parts[3];
+            parts[0].name = xstrdup("latents.npy");
+            parts[0].data = npy_encode(s.latents, "<f4", ls, 4, &parts[0].size);
+            parts[1].name = xstrdup("text_embeddings.npy");
+            parts[1].data = npy_encode(s.text, "<f4", ts, 2, &parts[1].size);
+            json_t *j = json_pack("{s:i}", "text_len", s.text_len);
+            if (s.caption) json_object_set_new(j, "caption", json_string(s.caption));
+            char *js = json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER);
+            json_decref(j);
+            parts[2].name = xstrdup("json");
+            parts[2].data = (uint8_t *)js;
+            parts[2].size = strlen(js);
+            shard_add_sample(o, 0, key, parts, 3);
+            for (int k = 0; k < 3; k++) free(parts[k].name), free(parts[k].data);
+        } else {
+            char path[8192];
+            snprintf(path, sizeof path, "%s/%s.safetensors", to, key);
+            st_writer *w = st_writer_new();
+            st_writer_add(w, "video_latents", ST_F32, 4, ls, s.latents);
+            st_writer_add(w, "text_embeddings", ST_F32, 2, ts, s.text);
+            st_writer_meta(w, "text_len", tl);
+            if (s.caption) st_writer_meta(w, "caption", s.caption);
+            st_writer_finish(w, path); /* atomic: a temporary file renamed into place */
+        }
+        video_sample_free(&s);
+        count++;
+    }
+    if (count == 0) dfm_die("data convert --from %s: no samples", from);
+    if (to_energon) {
+        shard_finish(o);
+        int nsplit[3] = {count, 0, 0};
+        write_meta(o, nsplit, NULL);
+        for (int i = 0; i < o->nshards; i++) free(o->names[i]);
+        free(o->names), free(o->counts), free(o->idx), free(o->out), free(o);
+    }
+    static const char *const kinds[3] = {".meta cache", "safetensors folder", "Energon dataset"};
+    printf("converted %d samples from the %s %s to %s (%s)\n", count, kinds[c.kind], from, to,
+           to_energon ? "Energon shards with .npy parts" : "one .safetensors per sample");
+    for (int i = 0; i < c.n; i++) free(c.paths[i]);
+    free(c.paths);
+    if (c.r) energon_close(c.r);
+    return 0;
+}
+
 int dfm_data_main(int argc, char **argv) {
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
         data_usage(argc < 2 ? stderr : stdout);
@@ -922,7 +1119,8 @@ int dfm_data_main(int argc, char **argv) {
     if (!strcmp(argv[1], "prepare")) return cmd_prepare(argc - 1, argv + 1);
     if (!strcmp(argv[1], "inspect")) return cmd_inspect(argc - 1, argv + 1);
     if (!strcmp(argv[1], "split")) return cmd_split(argc - 1, argv + 1);
-    fprintf(stderr, "dfm: error: unknown data command '%s' (prepare, inspect, split)\n", argv[1]);
+    if (!strcmp(argv[1], "convert")) return cmd_convert(argc - 1, argv + 1);
+    fprintf(stderr, "dfm: error: unknown data command '%s' (prepare, inspect, split, convert)\n", argv[1]);
     data_usage(stderr);
     return 2;
 }

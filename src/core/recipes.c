@@ -80,8 +80,10 @@ static cfg *recipe_base(const char *name) {
     cfg_def(c, "checkpoint.most_recent_k", CFG_INT, "2", "checkpoints kept (the oldest are removed)");
 
     /* dataset */
-    cfg_def_enum(c, "dataset.type", 0, "fashion_mnist", "fashion_mnist|image_folder|energon|video_clips|video_folder",
-                 "data source (video_*: Wan; video_clips = Fashion-MNIST garments moving, captioned)");
+    cfg_def_enum(c, "dataset.type", 0, "fashion_mnist",
+                 "fashion_mnist|image_folder|energon|video_clips|video_folder|video_meta",
+                 "data source (video_*: Wan; video_clips = Fashion-MNIST garments moving, captioned; video_meta = "
+                 "DFM's .meta cache)");
     cfg_def(c, "dataset.path", CFG_STR, "/usr/share/datasets/fashion-mnist", "dataset folder");
     cfg_def(c, "dataset.num_workers", CFG_INT, "2", "loader threads");
     cfg_def(c, "dataset.val_samples", CFG_INT, "1000", "samples held out for validation");

@@ -564,10 +564,11 @@ int dfm_pretrain(const cfg *c) {
     image_dataset ds = {0};
     video_dataset vd = {0};
     int *train_idx = NULL, *val_idx = NULL, n_train = 0, n_val = 0;
-    int video_type = !strcmp(dtype, "video_clips") || !strcmp(dtype, "video_folder");
+    int video_type =
+        !strcmp(dtype, "video_clips") || !strcmp(dtype, "video_folder") || !strcmp(dtype, "video_meta");
     if (j.wan ? !video_type && strcmp(dtype, "energon") : video_type)
-        dfm_die("dataset.type %s does not fit model.kind %s (Wan trains on video_clips, video_folder or energon; DiT on "
-                "fashion_mnist, image_folder or energon)",
+        dfm_die("dataset.type %s does not fit model.kind %s (Wan trains on video_clips, video_folder, video_meta or "
+                "energon; DiT on fashion_mnist, image_folder or energon)",
                 dtype, cfg_str(c, "model.kind"));
     if (!cfg_is_null(c, "dataset.max_samples") && strcmp(dtype, "video_clips"))
         dfm_die("dataset.max_samples (from %s) applies to dataset.type video_clips only",
@@ -588,7 +589,8 @@ int dfm_pretrain(const cfg *c) {
                                                ? 0
                                                : int_key(c, "dataset.max_samples", 1, 1 << 24),
                                            frames, size, text_len, wc.text_dim, seed, err, sizeof err)
-                     : video_dataset_folder(&vd, dpath, text_len, err, sizeof err);
+                 : !strcmp(dtype, "video_meta") ? video_dataset_meta(&vd, dpath, text_len, err, sizeof err)
+                                                : video_dataset_folder(&vd, dpath, text_len, err, sizeof err);
         if (rc != 0) dfm_die("dataset (%s, from %s): %s", dtype, cfg_source(c, "dataset.path"), err);
         if (vd.c != chans || vd.t != frames || vd.h != size || vd.w != size || vd.text_dim != wc.text_dim ||
             vd.text_len != text_len)
