@@ -233,6 +233,17 @@ static void test_train(void) {
     if (rc != 0) test_sh("tail -5 %s/train.log", dir);
     CHECK(rc == 0, "dfm pretrain --recipe wan_tiny dataset.type=video_meta trains on 12 .meta files");
     CHECK(test_sh("test $(grep -c '\"loss\"' %s/run/metrics.jsonl) -ge 3", dir) == 0, "3 steps logged with a loss");
+    /* DFM's Megatron-path layout (.pth latents, .pickle text, json) straight from its Energon shards */
+    rc = test_sh("%s pretrain --recipe wan_tiny model.num_layers=1 model.hidden_size=32 model.num_attention_heads=2 "
+                 "model.ffn_hidden_size=64 model.image_size=4 model.num_frames=3 model.in_channels=2 "
+                 "model.out_channels=2 model.text_dim=8 model.text_len=16 dataset.type=energon dataset.path=%s/vpe "
+                 "dataset.max_samples=null dataset.num_workers=0 train.global_batch_size=2 train.micro_batch_size=1 "
+                 "train.train_iters=3 train.eval_iters=0 logger.log_interval=1 checkpoint.save=null "
+                 "scheduler.lr_warmup_iters=1 logger.output_dir=%s/run_pth > %s/train_pth.log 2>&1",
+                 bin, dir, dir, dir);
+    if (rc != 0) test_sh("tail -5 %s/train_pth.log", dir);
+    CHECK(rc == 0 && test_sh("test $(grep -c '\"loss\"' %s/run_pth/metrics.jsonl) -ge 3", dir) == 0,
+          "dfm pretrain --recipe wan_tiny trains 3 steps on Energon shards of .pth / .pickle parts");
 }
 
 int main(void) {
