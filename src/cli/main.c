@@ -13,6 +13,7 @@ int dfm_config_main(int argc, char **argv);   /* src/cli/config_cmd.c */
 int dfm_data_main(int argc, char **argv);     /* src/cli/data_cmd.c */
 int dfm_eval_main(int argc, char **argv);     /* src/cli/eval_cmd.c */
 int dfm_export_main(int argc, char **argv);   /* src/cli/export_cmd.c */
+int dfm_finetune_main(int argc, char **argv); /* src/cli/finetune_cmd.c */
 int dfm_forward_main(int argc, char **argv);  /* src/cli/forward_cmd.c */
 int dfm_generate_main(int argc, char **argv); /* src/cli/generate_cmd.c */
 int dfm_pretrain_main(int argc, char **argv); /* src/cli/pretrain_cmd.c */
@@ -34,6 +35,7 @@ static const struct {
     {"eval", dfm_eval_main, "train the sample-quality classifier and score generated samples (dfm eval --help)"},
     {"export", dfm_export_main, "write a DiT or Wan checkpoint as a diffusers folder (dfm export --help)"},
     {"forward", dfm_forward_main, "one forward pass on tensors from a file, for parity checks (dfm forward --help)"},
+    {"finetune", dfm_finetune_main, "fine-tune a pretrained model from an Automodel recipe (dfm finetune -c recipe.yaml)"},
     {"generate", dfm_generate_main, "sample images from a DiT checkpoint (dfm generate --help)"},
     {"pretrain", dfm_pretrain_main, "train a DiT (Megatron-style recipe + YAML + overrides; dfm pretrain --help)"},
     {"version", version_main, "print version and BLAS information"},
