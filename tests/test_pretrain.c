@@ -201,6 +201,27 @@ static void bad_inputs(void) {
     CHECK(rc != 0 && strstr(out, "recompute_num_layers") && strstr(out, "not built yet"),
           "unbuilt recomputation refused, not ignored: %.200s", out);
     free(out);
+    /* numerical faults: lr 1e30 makes step 2's gradient Inf/NaN; lr 3 makes step 2's loss jump */
+    const char *blowup = "optimizer.lr=1e30 optimizer.clip_grad=0 scheduler.lr_warmup_iters=0 checkpoint.save=null";
+    snprintf(cmd, sizeof cmd, "%s pretrain %s %s train.train_iters=4 logger.output_dir=%s/nan1", bin, TINY, blowup, dir);
+    rc = test_capture(cmd, &out);
+    CHECK(rc != 0 && strstr(out, "step 2: the gradient of 'pos_embed.proj.weight'") && strstr(out, "train.on_nan: stop"),
+          "a NaN/Inf gradient stops the run at its step, naming the first tensor holding it: %.300s", out);
+    free(out);
+    snprintf(cmd, sizeof cmd, "%s pretrain %s %s train.train_iters=4 train.on_nan=skip_step logger.output_dir=%s/nan2", bin,
+             TINY, blowup, dir);
+    rc = test_capture(cmd, &out);
+    char *m = test_read_file(test_path("%s/nan2/metrics.jsonl", dir), NULL);
+    CHECK(rc == 0 && strstr(out, "step 4:") && strstr(out, "update skipped") && m &&
+              strstr(m, "\"loss\": null") && strstr(m, "\"skipped_steps\": 3}"),
+          "train.on_nan=skip_step skips the updates, logs them and keeps metrics.jsonl valid JSON: %.200s", out);
+    free(m);
+    free(out);
+    snprintf(cmd, sizeof cmd, "%s pretrain %s optimizer.lr=3 optimizer.clip_grad=0 scheduler.lr_warmup_iters=0 "
+             "checkpoint.save=null train.train_iters=3 logger.output_dir=%s/spike", bin, TINY, dir);
+    rc = test_capture(cmd, &out);
+    CHECK(strstr(out, "step 2: loss") && strstr(out, "x the recent mean"), "a loss spike is reported: %.300s", out);
+    free(out);
     snprintf(cmd, sizeof cmd, "%s pretrain %s model.hidden_size=33 logger.output_dir=%s/d", bin, TINY, dir);
     rc = test_capture(cmd, &out);
     CHECK(rc != 0 && strstr(out, "not divisible"), "invalid model shape refused: %.200s", out);

@@ -54,7 +54,9 @@ void dp_engine_free(dp_engine *e);
 void dp_begin_step(dp_engine *e);
 void dp_micro_begin(dp_engine *e, int last);
 void dp_micro_end(dp_engine *e);
-double dp_finish_step(dp_engine *e, float lr);
+/* When the gradient holds NaN or Inf, or skip is set (the loss was not finite), nothing is updated; *bad is then
+ * the table index of the first parameter whose reduced gradient is not finite (-1: none), the same on every rank. */
+double dp_finish_step(dp_engine *e, float lr, int skip, int *bad);
 void dp_ema_update(dp_engine *e, float decay);
 
 /* Bytes this rank holds for parameters (with gather buffers), gradients (with buckets) and optimizer state

@@ -42,6 +42,8 @@ void dist_barrier_world(void);
 void dist_allreduce_sum_f64(double *v, int n, const char *what);
 /* Bitwise OR of an int over the world: "did any rank fail?" checks. */
 int dist_any_world(int flag, const char *what);
+/* The smallest of an int over DP (blocking). */
+int dist_allreduce_min_int(int v, const char *what);
 void dist_bcast_bytes(void *buf, size_t n, int root_dp_rank, const char *what);
 
 /* Non-blocking: sum buf[0..n) over DP in place. */

@@ -25,6 +25,8 @@ typedef struct {
 typedef struct {
     double loss;      /* mean over the global batch */
     double grad_norm; /* before clipping */
+    int skipped;      /* data-parallel steps: the loss or the gradient was not finite, nothing was updated */
+    int bad_param;    /* then the table index of the first parameter with a non-finite gradient (-1: none) */
 } step_result;
 
 void dit_trainer_init(dit_trainer *tr, dit_model *m, adamw_state *opt, const objective_config *obj, uint64_t seed);

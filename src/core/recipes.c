@@ -44,6 +44,10 @@ static cfg *recipe_base(const char *name) {
     cfg_def(c, "train.eval_iters", CFG_INT, "4", "validation micro-batches per evaluation");
     cfg_def(c, "train.ema_decay", CFG_FLOAT, "0.995", "EMA decay of the weights used for sampling");
     cfg_def_enum(c, "train.device", 0, "cpu", "cpu", "where to train");
+    cfg_def_enum(c, "train.on_nan", 0, "stop", "stop|skip_step",
+                 "a step whose loss or gradient is NaN/Inf: end the run, or skip its update");
+    cfg_def(c, "train.loss_spike_factor", CFG_FLOAT, "10.0",
+            "report a loss above this factor x the recent mean (0 = off)");
 
     /* data parallelism (mpirun -np N: DP = N / (TP x CP x PP)) */
     cfg_def(c, "ddp.use_distributed_optimizer", CFG_BOOL, "false",

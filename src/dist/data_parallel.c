@@ -298,8 +298,37 @@ void dp_micro_end(dp_engine *e) {
         for (int k = 0; k < 2; k++) bucket_complete(e, k);
 }
 
-double dp_finish_step(dp_engine *e, float lr) {
+/* The first table entry (in order) with a non-finite value in g (laid out from flat element `begin`), or -1;
+ * the lowest over the data-parallel ranks. */
+static int first_nonfinite(dp_engine *e, const float *g, size_t begin, size_t end) {
+    const param_table *t = e->m.table;
+    int found = -1;
+    for (int i = 0; i < t->n && found < 0; i++) {
+        size_t lo = t->e[i].offset > begin ? t->e[i].offset : begin;
+        size_t hi = t->e[i].offset + t->e[i].numel < end ? t->e[i].offset + t->e[i].numel : end;
+        for (size_t k = lo; k < hi && found < 0; k++)
+            if (!isfinite(g[k - begin])) found = i;
+    }
+    int first = dist_allreduce_min_int(found < 0 ? t->n : found, "all-reduce of the non-finite gradient check");
+    return first == t->n ? -1 : first;
+}
+
+/* Clip to the global norm (coef = max / (norm + 1e-6), applied if < 1, as torch's clip_grad_norm_) and step. */
+static void clip_and_step(dp_engine *e, float *g, size_t len, double norm, float lr) {
+    if (e->opt.cfg.clip_grad > 0) {
+        double coef = e->opt.cfg.clip_grad / (norm + 1e-6);
+        if (coef < 1.0) {
+            const float c = (float)coef;
+#pragma omp parallel for schedule(static)
+            for (size_t i = 0; i < len; i++) g[i] *= c;
+        }
+    }
+    adamw_step_range(&e->opt, e->p_shard, g, lr);
+}
+
+double dp_finish_step(dp_engine *e, float lr, int skip, int *bad) {
     size_t len = e->se - e->sb;
+    *bad = -1;
     if (!shards_grads(e)) {
         for (int s = 0; s < e->m.nseg && !e->direct; s++)
             if (!e->seg_req[s]) start_reduce(e, s); /* not started during the backward (no overlap, or DP = 1) */
@@ -309,21 +338,20 @@ double dp_finish_step(dp_engine *e, float lr) {
 #pragma omp parallel for schedule(static)
                 for (size_t i = 0; i < e->total; i++) e->full_g[i] = (float)e->acc[i];
             }
-            return adamw_update(&e->opt, e->full_p, e->full_g, lr);
+            double norm = global_norm(e->full_g, e->total);
+            if (!isfinite(norm)) *bad = first_nonfinite(e, e->full_g, 0, e->total);
+            if (!isfinite(norm) || skip) return norm;
+            clip_and_step(e, e->full_g, e->total, norm, lr);
+            return norm;
         }
     }
     float *g = narrow_shard(e);
     double ss = sum_squares(g, len);
     dist_allreduce_sum_f64(&ss, 1, "all-reduce of the gradient norm");
     double norm = sqrt(ss);
-    if (e->opt.cfg.clip_grad > 0) {
-        double coef = e->opt.cfg.clip_grad / (norm + 1e-6);
-        if (coef < 1.0) {
-            const float c = (float)coef;
-            for (size_t i = 0; i < len; i++) g[i] *= c;
-        }
-    }
-    adamw_step_range(&e->opt, e->p_shard, g, lr);
+    if (!isfinite(norm)) *bad = first_nonfinite(e, g, e->sb, e->se);
+    if (!isfinite(norm) || skip) return norm;
+    clip_and_step(e, g, len, norm, lr);
     if (e->full_p) { /* optim, optim_grads: every rank needs all parameters for the next forward */
         seg_counts(e, 0, e->total);
         dist_wait(dist_iallgatherv_f32(e->p_shard, e->full_p, e->counts, "all-gather of updated parameters"));

@@ -170,6 +170,14 @@ int dist_any_world(int flag, const char *what) {
     return v;
 }
 
+int dist_allreduce_min_int(int v, const char *what) {
+    if (!info.active || info.dp == 1) return v;
+    MPI_Request r;
+    check(MPI_Iallreduce(MPI_IN_PLACE, &v, 1, MPI_INT, MPI_MIN, dp_comm, &r), what);
+    wait_bounded(&r, what);
+    return v;
+}
+
 void dist_bcast_bytes(void *buf, size_t n, int root, const char *what) {
     if (!info.active || info.dp == 1) return;
     if (n > INT32_MAX) dfm_die("%s: broadcast of %zu bytes is too large", what, n);

@@ -3,6 +3,7 @@
 #include "dfm/common.h"
 #include "dfm/dist.h"
 
+#include <math.h>
 #include <stdlib.h>
 
 void dit_trainer_init(dit_trainer *tr, dit_model *m, adamw_state *opt, const objective_config *obj, uint64_t seed) {
@@ -44,7 +45,7 @@ double dit_trainer_grads(dit_trainer *tr, const float *x0, const int *labels, in
 }
 
 step_result dit_trainer_step(dit_trainer *tr, const float *x0, const int *labels, int B, uint32_t step, float lr) {
-    step_result r;
+    step_result r = {0};
     dit_zero_grad(tr->model);
     r.loss = dit_trainer_grads(tr, x0, labels, B, step);
     r.grad_norm = adamw_update(tr->opt, tr->model->params, tr->model->grads, lr);
@@ -73,6 +74,8 @@ step_result dit_trainer_step_dp(dit_trainer *tr, dp_engine *e, const float *x0, 
     }
     dist_allreduce_sum_f64(&loss, 1, "all-reduce of the loss");
     r.loss = loss;
-    r.grad_norm = dp_finish_step(e, lr);
+    r.skipped = !isfinite(loss);
+    r.grad_norm = dp_finish_step(e, lr, r.skipped, &r.bad_param);
+    r.skipped |= !isfinite(r.grad_norm);
     return r;
 }

@@ -744,6 +744,9 @@ int dfm_pretrain(const cfg *c) {
         fflush(stdout);
     }
 
+    int skip_nan = !strcmp(cfg_str(c, "train.on_nan"), "skip_step");
+    double spike_factor = cfg_float(c, "train.loss_spike_factor"), loss_mean = 0;
+    long skipped = 0;
     double t_window = dfm_time_s(), wait_window = 0, t_start = t_window;
     long steps_window = 0, start_it = j.iteration;
     dist_take_wait_time();
@@ -759,8 +762,28 @@ int dfm_pretrain(const cfg *c) {
             wait_window += loader_next(j.loader, x, labels);
             r = dit_trainer_step_dp(&j.tr, j.dp, x, labels, n_local, gbs, first, (uint32_t)it, (float)lr);
         }
-        if (!isfinite(r.loss)) dfm_die("loss became %g at step %ld: lower optimizer.lr or check the data", r.loss, it + 1);
-        dp_ema_update(j.dp, j.ema_decay);
+        if (r.skipped) {
+            char what[700];
+            if (r.bad_param >= 0)
+                snprintf(what, sizeof what, "the gradient of '%s' (the first parameter holding NaN/Inf)",
+                         j.table->e[r.bad_param].name);
+            else
+                snprintf(what, sizeof what, "the loss (%g)", r.loss);
+            if (skip_nan) {
+                skipped++;
+                if (lead) dfm_warn("step %ld: %s is not finite: update skipped (train.on_nan: skip_step)", it + 1, what);
+            } else
+                dfm_die("step %ld: %s is not finite (train.on_nan: stop; skip_step would skip the update): lower "
+                        "optimizer.lr or check the data",
+                        it + 1, what);
+        } else {
+            dp_ema_update(j.dp, j.ema_decay);
+            /* a loss far above its recent level is worth a look, not a stop */
+            if (spike_factor > 0 && loss_mean > 0 && r.loss > spike_factor * loss_mean && lead)
+                dfm_warn("step %ld: loss %.4g is %.1f x the recent mean %.4g (train.loss_spike_factor %g)", it + 1, r.loss,
+                         r.loss / loss_mean, loss_mean, spike_factor);
+            loss_mean = loss_mean > 0 ? 0.9 * loss_mean + 0.1 * r.loss : r.loss;
+        }
         j.iteration++;
         j.consumed += gbs;
         steps_window++;
@@ -768,11 +791,15 @@ int dfm_pretrain(const cfg *c) {
             double now = dfm_time_s(), dt = now - t_window;
             double sps = steps_window * gbs / dt, wait_frac = wait_window / dt, comm_frac = dist_take_wait_time() / dt;
             if (lead) {
+                char loss_s[32], norm_s[32]; /* JSON has no NaN: a skipped step's values are null */
+                snprintf(loss_s, sizeof loss_s, isfinite(r.loss) ? "%.7g" : "null", r.loss);
+                snprintf(norm_s, sizeof norm_s, isfinite(r.grad_norm) ? "%.6g" : "null", r.grad_norm);
                 fprintf(mf,
-                        "{\"step\": %ld, \"loss\": %.7g, \"lr\": %.6g, \"grad_norm\": %.6g, \"samples_per_s\": %.4g, "
+                        "{\"step\": %ld, \"loss\": %s, \"lr\": %.6g, \"grad_norm\": %s, \"samples_per_s\": %.4g, "
                         "\"data_wait_frac\": %.4g%s",
-                        j.iteration, r.loss, lr, r.grad_norm, sps, wait_frac, di->size > 1 ? "" : "}\n");
-                if (di->size > 1) fprintf(mf, ", \"comm_wait_frac\": %.4g}\n", comm_frac);
+                        j.iteration, loss_s, lr, norm_s, sps, wait_frac, di->size > 1 || skipped ? "" : "}\n");
+                if (di->size > 1) fprintf(mf, ", \"comm_wait_frac\": %.4g%s", comm_frac, skipped ? "" : "}\n");
+                if (skipped) fprintf(mf, ", \"skipped_steps\": %ld}\n", skipped);
                 fflush(mf);
                 char eta[32];
                 fmt_eta(eta, sizeof eta, (double)(train_iters - j.iteration) * dt / steps_window);

@@ -3,6 +3,7 @@
 #include "dfm/dist.h"
 #include "dfm/train.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -79,7 +80,9 @@ step_result wan_trainer_step_dp(wan_trainer *tr, dp_engine *e, const float *late
     }
     dist_allreduce_sum_f64(&loss, 1, "all-reduce of the loss");
     r.loss = loss;
-    r.grad_norm = dp_finish_step(e, lr);
+    r.skipped = !isfinite(loss);
+    r.grad_norm = dp_finish_step(e, lr, r.skipped, &r.bad_param);
+    r.skipped |= !isfinite(r.grad_norm);
     return r;
 }
 
