@@ -41,7 +41,7 @@ int main(int argc, char **argv) {
     int *labels = xcalloc((size_t)B, sizeof(int));
     for (int b = 0; b < B; b++) labels[b] = (b * 37) % cfg.num_classes;
     double *t = xcalloc((size_t)steps, sizeof(double));
-    step_result r = {0, 0};
+    step_result r = {0};
     for (int k = 0; k < warmup + steps; k++) {
         double t0 = dfm_time_s();
         r = dit_trainer_step(&tr, x0, labels, B, (uint32_t)k, 1e-4f);
