@@ -24,7 +24,7 @@ BENCH_BINS:= $(BENCH_SRCS:bench/%.c=$(BUILD)/bench/%)
 LIB       := $(BUILD)/libdfm.a
 BIN       := $(BUILD)/dfm
 
-.PHONY: all deps test-deps demo test test-fast bench clean format
+.PHONY: all deps test-deps demo test test-fast bench reliability clean format
 
 all: $(BIN) $(TEST_BINS) $(BENCH_BINS)
 
@@ -72,6 +72,11 @@ bench: test-deps
 	@$(MAKE) --no-print-directory all
 	@bash bench/run.sh
 	@bash bench/dp.sh
+
+# Crash consistency with 20 random kills (CI's test suite runs 5): prints kills=, resumed_bit_exact=, corrupt_loaded=
+reliability: test-deps
+	@$(MAKE) --no-print-directory $(BIN)
+	@bash tests/reliability.sh 20
 
 format:
 	clang-format -i $$(git ls-files '*.c' '*.h')

@@ -210,18 +210,7 @@ static void fail_one_rank(const char *name, const char *signal, const char *extr
 
 int main(void) {
     bin = test_dfm_bin();
-    setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 1);
-    setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 1);
-    setenv("OMPI_MCA_btl_vader_single_copy_mechanism", "none", 1); /* containers may forbid cross-memory attach */
-    if (getenv("DFM_TEST_SANITIZER")) {
-        /* OpenMPI's own allocations outlive MPI_Finalize: suppress them (full unwinding, so that the frames inside
-         * its plugins are named) and keep checking dfm's */
-        setenv("OMPI_MCA_mca_base_component_disable_dlclose", "1", 1);
-        char supp[1024], cwd[800];
-        snprintf(supp, sizeof supp, "suppressions=%s/tests/lsan-mpi.supp", getcwd(cwd, sizeof cwd) ? cwd : ".");
-        setenv("LSAN_OPTIONS", supp, 1);
-        setenv("ASAN_OPTIONS", "detect_leaks=1:fast_unwind_on_malloc=0", 1);
-    }
+    test_mpi_env();
     if (test_sh("command -v mpirun >/dev/null") != 0) {
         printf("FAIL mpirun is missing (apt-get install openmpi-bin libopenmpi-dev)\n");
         return 1;

@@ -62,16 +62,7 @@ int main(void) {
     snprintf(abs_bin, sizeof abs_bin, "%s/%s", getcwd(cwd, sizeof cwd) ? cwd : ".", test_dfm_bin());
     bin = abs_bin; /* some steps run in the temporary folder */
     dir = test_mkdtemp();
-    setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 1);
-    setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 1);
-    setenv("OMPI_MCA_btl_vader_single_copy_mechanism", "none", 1);
-    if (getenv("DFM_TEST_SANITIZER")) { /* as in test_dist.c */
-        setenv("OMPI_MCA_mca_base_component_disable_dlclose", "1", 1);
-        char supp[1024], cwd[800];
-        snprintf(supp, sizeof supp, "suppressions=%s/tests/lsan-mpi.supp", getcwd(cwd, sizeof cwd) ? cwd : ".");
-        setenv("LSAN_OPTIONS", supp, 1);
-        setenv("ASAN_OPTIONS", "detect_leaks=1:fast_unwind_on_malloc=0", 1);
-    }
+    test_mpi_env();
 
     /* a small Wan trained briefly in the Megatron paradigm, exported as a diffusers folder, and 24 pre-encoded
      * clips as dfm's safetensors samples */

@@ -91,6 +91,22 @@ static inline char *test_read_file(const char *path, size_t *len) {
     return b;
 }
 
+/* Environment for tests that launch mpirun: root allowed (CI runs as root), no cross-memory attach (containers
+ * may forbid it), and under the sanitizer build OpenMPI's own allocations suppressed (with full unwinding, so
+ * that frames inside its plugins are named) while dfm's are still checked. */
+static inline void test_mpi_env(void) {
+    setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 1);
+    setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 1);
+    setenv("OMPI_MCA_btl_vader_single_copy_mechanism", "none", 1);
+    if (getenv("DFM_TEST_SANITIZER")) {
+        setenv("OMPI_MCA_mca_base_component_disable_dlclose", "1", 1);
+        char supp[1024], cwd[800];
+        snprintf(supp, sizeof supp, "suppressions=%s/tests/lsan-mpi.supp", getcwd(cwd, sizeof cwd) ? cwd : ".");
+        setenv("LSAN_OPTIONS", supp, 1);
+        setenv("ASAN_OPTIONS", "detect_leaks=1:fast_unwind_on_malloc=0", 1);
+    }
+}
+
 /* The dfm binary of the build this test belongs to (tests/run.sh sets DFM_BUILD). */
 static inline const char *test_dfm_bin(void) {
     static char p[512];

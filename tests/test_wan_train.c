@@ -62,16 +62,7 @@ static double model_diff(const char *a, const char *b) {
 int main(void) {
     bin = test_dfm_bin();
     dir = test_mkdtemp();
-    setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 1);
-    setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 1);
-    setenv("OMPI_MCA_btl_vader_single_copy_mechanism", "none", 1);
-    if (getenv("DFM_TEST_SANITIZER")) { /* as in test_dist.c */
-        setenv("OMPI_MCA_mca_base_component_disable_dlclose", "1", 1);
-        char supp[1024], cwd[800];
-        snprintf(supp, sizeof supp, "suppressions=%s/tests/lsan-mpi.supp", getcwd(cwd, sizeof cwd) ? cwd : ".");
-        setenv("LSAN_OPTIONS", supp, 1);
-        setenv("ASAN_OPTIONS", "detect_leaks=1:fast_unwind_on_malloc=0", 1);
-    }
+    test_mpi_env();
 
     /* 1. train 12 steps */
     int rc = train("", "full", "train.train_iters=12");

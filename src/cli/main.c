@@ -4,6 +4,7 @@
 #include "dfm/kernels.h"
 
 #include <sched.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -79,6 +80,9 @@ int main(int argc, char **argv) {
         if (runtime_environment()) execv("/proc/self/exe", argv);
         /* if the restart fails, carry on with the defaults */
     }
+    /* a file-size limit (ulimit -f) should fail the write with EFBIG, which dfm reports naming the file, rather
+     * than kill the process with SIGXFSZ */
+    signal(SIGXFSZ, SIG_IGN);
     if (argc < 2) {
         usage(stderr);
         return 2;
