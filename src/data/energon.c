@@ -102,8 +102,10 @@ int energon_brace_expand(const char *pattern, char ***out) {
         snprintf(s, n, "%.*s%s%s", (int)plen, pattern, alts[i], close + 1);
         char **sub;
         int ns = energon_brace_expand(s, &sub); /* further groups to the right */
-        res = xrealloc(res, (size_t)(nres + ns) * sizeof *res);
-        memcpy(res + nres, sub, (size_t)ns * sizeof *sub);
+        if (ns > 0) { /* an empty expansion gives sub = NULL, which memcpy may not be passed */
+            res = xrealloc(res, (size_t)(nres + ns) * sizeof *res);
+            memcpy(res + nres, sub, (size_t)ns * sizeof *sub);
+        }
         nres += ns;
         free(sub);
         free(s);
