@@ -24,7 +24,7 @@ BENCH_BINS:= $(BENCH_SRCS:bench/%.c=$(BUILD)/bench/%)
 LIB       := $(BUILD)/libdfm.a
 BIN       := $(BUILD)/dfm
 
-.PHONY: all deps test-deps demo test test-fast bench reliability clean format
+.PHONY: all deps test-deps demo test test-fast bench reliability clean format fuzz fuzz-build fuzz-bins
 
 all: $(BIN) $(TEST_BINS) $(BENCH_BINS)
 
@@ -78,10 +78,33 @@ reliability: test-deps
 	@$(MAKE) --no-print-directory $(BIN)
 	@bash tests/reliability.sh 20
 
+# Fuzzing (docs/RELIABILITY.md): libFuzzer targets tests/fuzz/fuzz_*.c, built with clang, ASan and UBSan against
+# a library compiled with the same sanitizers plus libFuzzer's coverage hooks (build-fuzz/), then each run for
+# FUZZ_SECONDS over its seed corpus tests/fuzz/corpus/<name>/. FUZZ_TARGETS picks some ("safetensors tar").
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?=
+FUZZ_OPT  := -g -O1 -fno-omit-frame-pointer -fsanitize=address,undefined,fuzzer-no-link \
+             -fno-sanitize-recover=undefined -Wno-pass-failed
+FUZZ_SRCS := $(wildcard tests/fuzz/fuzz_*.c)
+FUZZ_BINS := $(FUZZ_SRCS:tests/fuzz/%.c=$(BUILD)/fuzz/%)
+
+fuzz: fuzz-build
+	@bash tests/fuzz/run.sh --seconds $(FUZZ_SECONDS) $(FUZZ_TARGETS)
+
+fuzz-build:
+	@$(MAKE) --no-print-directory CC=clang BUILD=build-fuzz OPT="$(FUZZ_OPT)" \
+	    EXTRA_LDFLAGS="-fsanitize=address,undefined" fuzz-bins
+
+fuzz-bins: $(FUZZ_BINS)
+
+$(BUILD)/fuzz/%: tests/fuzz/%.c tests/fuzz/fuzz_common.h $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -fsanitize=fuzzer -Itests/fuzz -o $@ $< $(LIB) $(LDFLAGS) $(LDLIBS)
+
 format:
 	clang-format -i $$(git ls-files '*.c' '*.h')
 
 clean:
-	rm -rf build build-asan build-clang
+	rm -rf build build-asan build-clang build-fuzz
 
 -include $(LIB_OBJS:.o=.d) $(CLI_OBJS:.o=.d)

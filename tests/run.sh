@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # dfm test runner. Builds the tests (release with gcc; unless --fast also ASan+UBSan with gcc and a
-# -Werror build with clang), runs every tests/test_* binary, counts PASS/FAIL lines and ends with
+# -Werror build with clang, and the libFuzzer targets: corpus replay plus a short run each), runs every tests/test_* binary, counts PASS/FAIL lines and ends with
 # "N passed, N failed". A binary that exits non-zero without printing a FAIL counts as one failure.
 set -u
 cd "$(dirname "$0")/.."
@@ -56,6 +56,18 @@ if [ "$FAST" -eq 0 ]; then
     echo "PASS clang build"; passed=$((passed + 1))
   else
     cat "$log/clang.log"; echo "FAIL clang build"; failed=$((failed + 1))
+  fi
+  # Fuzzing (docs/RELIABILITY.md): every corpus file replayed through its target as a regression test, then
+  # every target fuzzed briefly (FUZZ_CI_SECONDS each); one PASS/FAIL line per target and mode.
+  echo "== building (libFuzzer targets, clang, ASan + UBSan)"
+  if make --no-print-directory -j"$JOBS" fuzz-build >"$log/fuzz.log" 2>&1; then
+    bash tests/fuzz/run.sh --replay >"$log/fuzz-replay.out" 2>&1
+    bash tests/fuzz/run.sh --seconds "${FUZZ_CI_SECONDS:-8}" >"$log/fuzz-run.out" 2>&1
+    cat "$log/fuzz-replay.out" "$log/fuzz-run.out" | grep -E '^(PASS|FAIL|fuzz |   )' | sed 's/^/   /'
+    passed=$((passed + $(cat "$log/fuzz-replay.out" "$log/fuzz-run.out" | grep -c '^PASS ')))
+    failed=$((failed + $(cat "$log/fuzz-replay.out" "$log/fuzz-run.out" | grep -c '^FAIL ')))
+  else
+    tail -30 "$log/fuzz.log"; echo "FAIL fuzz build"; failed=$((failed + 1))
   fi
 fi
 

@@ -63,6 +63,12 @@ void classifier_save(const classifier *c, const char *path);
 /* Load a file written by classifier_save (sizes from the tensors' shapes). Returns 0, or -1 with err. */
 int classifier_load(classifier *c, const char *path, char *err, size_t errlen);
 
+/* `dfm eval samples`' manifest, samples.json as `dfm generate` writes it: a non-empty JSON array of {"file": PNG
+ * path (relative to the manifest's folder, or absolute), "label": 0-9}. Every PNG must be a 28x28 gray (or gray
+ * stored as RGB) image. On success *images [n, 784] in [-1, 1] and *labels [n] are malloc'ed; else -1 with a
+ * message naming the manifest, the entry and the file. */
+int clf_manifest_load(const char *path, float **images, int **labels, int *count, char *err, size_t errlen);
+
 #ifdef __cplusplus
 }
 #endif

@@ -120,8 +120,10 @@ void energon_dataset_info_free(energon_dataset_info *info);
 int energon_check_shard(const char *shard_path, int64_t expected_count, char *err, size_t errlen);
 
 /* Brace expansion as Energon applies it to split parts: "a_{0000..0003}.tar", "{x,y}". Returns the count; *out is
- * a malloc'ed array of malloc'ed strings. */
+ * a malloc'ed array of malloc'ed strings, or -1 (*out = NULL) past ENERGON_BRACE_MAX. */
 int energon_brace_expand(const char *pattern, char ***out);
+/* More names than this from one pattern (or a range this wide) is refused: energon_brace_expand returns -1. */
+#define ENERGON_BRACE_MAX 100000
 
 #ifdef __cplusplus
 }

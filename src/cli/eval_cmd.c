@@ -139,70 +139,6 @@ static int cmd_train_classifier(int argc, char **argv) {
     return 0;
 }
 
-/* Read the manifest and its PNGs: images [n, 784] in [-1, 1], labels [n]. Dies with a message naming the
- * manifest and the entry on any problem. */
-static void load_manifest(const char *path, float **images, int **labels, int *count) {
-    json_error_t je;
-    json_t *root = json_load_file(path, 0, &je);
-    if (!root) {
-        if (je.line < 0) dfm_die("cannot read manifest '%s': %s", path, je.text);
-        dfm_die("manifest '%s' is not valid JSON (line %d, column %d): %s", path, je.line, je.column, je.text);
-    }
-    if (!json_is_array(root) || json_array_size(root) == 0)
-        dfm_die("manifest '%s' must be a non-empty JSON array of {\"file\": ..., \"label\": ...} objects", path);
-    size_t n = json_array_size(root);
-    if (n > 1000000) dfm_die("manifest '%s' lists %zu samples; at most 1000000 are supported", path, n);
-    char *dir = xstrdup(path);
-    char *slash = strrchr(dir, '/');
-    if (slash)
-        slash[1] = 0;
-    else
-        dir[0] = 0;
-    float *x = xalloc_floats(n * CLF_IN);
-    int *lab = xmalloc(n * sizeof(int));
-    char file[4096], err[512];
-    for (size_t i = 0; i < n; i++) {
-        json_t *e = json_array_get(root, i);
-        json_t *jf = json_object_get(e, "file"), *jl = json_object_get(e, "label");
-        if (!json_is_object(e) || !json_is_string(jf))
-            dfm_die("manifest '%s': entry %zu has no \"file\" string", path, i);
-        if (!json_is_integer(jl))
-            dfm_die("manifest '%s': entry %zu (%s) has no integer \"label\"", path, i, json_string_value(jf));
-        json_int_t l = json_integer_value(jl);
-        if (l < 0 || l >= CLF_CLASSES)
-            dfm_die("manifest '%s': entry %zu (%s) has label %lld, outside the Fashion-MNIST classes 0-9", path, i,
-                    json_string_value(jf), (long long)l);
-        lab[i] = (int)l;
-        const char *name = json_string_value(jf);
-        if (name[0] == '/')
-            snprintf(file, sizeof file, "%s", name);
-        else
-            snprintf(file, sizeof file, "%s%s", dir, name);
-        size_t len;
-        uint8_t *buf = xread_file(file, &len), *px;
-        int w, h, ch;
-        if (png_decode_mem(buf, len, &px, &w, &h, &ch, err, sizeof err))
-            dfm_die("manifest '%s' entry %zu: '%s': %s", path, i, file, err);
-        free(buf);
-        if (w != 28 || h != 28)
-            dfm_die("'%s' is %dx%d; Fashion-MNIST samples must be 28x28 (manifest '%s' entry %zu)", file, w, h, path,
-                    i);
-        for (int p = 0; p < CLF_IN; p++) {
-            const uint8_t *q = px + (size_t)p * ch;
-            /* Gray (+alpha) uses channel 0; colour is accepted only when it is gray (R = G = B). */
-            if (ch >= 3 && (q[0] != q[1] || q[0] != q[2]))
-                dfm_die("'%s' is a colour image; Fashion-MNIST samples must be grayscale", file);
-            x[i * CLF_IN + (size_t)p] = (float)q[0] / 127.5f - 1.0f;
-        }
-        free(px);
-    }
-    free(dir);
-    json_decref(root);
-    *images = x;
-    *labels = lab;
-    *count = (int)n;
-}
-
 /* Indices of a random subset of a labelled set with the class histogram `want` [10] (drawn without
  * replacement within each class); if some class has too few images, a uniform subset of the same total.
  * Returns 0, or -1 if the set is smaller than the total. */
@@ -291,7 +227,7 @@ static int cmd_samples(int argc, char **argv) {
         dfm_die("%s\n  (a classifier is made once with: dfm eval train-classifier --out FILE.safetensors)", err);
     float *sx;
     int *slab, ns;
-    load_manifest(o.samples, &sx, &slab, &ns);
+    if (clf_manifest_load(o.samples, &sx, &slab, &ns, err, sizeof err) != 0) dfm_die("%s", err);
     if (ns < 2) dfm_die("manifest '%s' has %d sample; a Frechet distance needs at least 2", o.samples, ns);
 
     uint8_t *tex, *tey, *trx, *try_;

@@ -280,6 +280,10 @@ void st_read_f32(const st_file *f, const st_tensor *t, float *out) {
         case ST_F64: { double d; memcpy(&d, p, 8); out[i] = (float)d; break; }
         case ST_I64: { int64_t v; memcpy(&v, p, 8); out[i] = (float)v; break; }
         case ST_I32: { int32_t v; memcpy(&v, p, 4); out[i] = (float)v; break; }
+        case ST_U32: { uint32_t v; memcpy(&v, p, 4); out[i] = (float)v; break; }
+        case ST_I16: { int16_t v; memcpy(&v, p, 2); out[i] = (float)v; break; }
+        case ST_U16: { uint16_t v; memcpy(&v, p, 2); out[i] = (float)v; break; }
+        case ST_U64: { uint64_t v; memcpy(&v, p, 8); out[i] = (float)v; break; }
         case ST_U8: case ST_BOOL: out[i] = (float)p[0]; break;
         case ST_I8: out[i] = (float)(int8_t)p[0]; break;
         case ST_F8_E4M3: out[i] = f8_e4m3_to_float(p[0]); break;

@@ -259,7 +259,8 @@ int npy_parse(const uint8_t *buf, size_t len, npy_view *v, char *err, size_t err
             else {
                 char *e;
                 long long x = strtoll(p, &e, 10);
-                if (e == p || x < 0)
+                /* a shape whose element count overflows size_t would pass the size check below */
+                if (e == p || x < 0 || (x > 0 && v->count > SIZE_MAX / (size_t)x))
                     ok = 0;
                 else {
                     v->shape[v->ndim++] = x;
@@ -283,7 +284,7 @@ int npy_parse(const uint8_t *buf, size_t len, npy_view *v, char *err, size_t err
         snprintf(err, errlen, ".npy arrays in Fortran order are not supported");
         return -1;
     }
-    if (off + hlen + v->count * v->elem_size > len) goto trunc;
+    if (off + hlen > len || v->count > (len - off - hlen) / v->elem_size) goto trunc;
     v->data = buf + off + hlen;
     return 0;
 trunc:

@@ -75,6 +75,15 @@ int energon_brace_expand(const char *pattern, char ***out) {
     char *end1, *end2;
     long long a = dots ? strtoll(inner, &end1, 10) : 0, b = dots ? strtoll(dots + 2, &end2, 10) : 0;
     if (dots && end1 == dots && end1 != inner && !*end2 && end2 != dots + 2) {
+        /* a range like {0..4000000} in a split.yaml would take minutes and gigabytes: refuse it (checked in
+         * unsigned arithmetic, as b - a of two long longs can overflow) */
+        unsigned long long span = a <= b ? (unsigned long long)b - (unsigned long long)a
+                                         : (unsigned long long)a - (unsigned long long)b;
+        if (span >= ENERGON_BRACE_MAX) {
+            free(inner);
+            *out = NULL;
+            return -1;
+        }
         int width = (int)(dots - inner);
         if ((int)strlen(dots + 2) > width) width = (int)strlen(dots + 2);
         int pad = inner[0] == '0' || dots[2] == '0';
@@ -102,8 +111,18 @@ int energon_brace_expand(const char *pattern, char ***out) {
         snprintf(s, n, "%.*s%s%s", (int)plen, pattern, alts[i], close + 1);
         char **sub;
         int ns = energon_brace_expand(s, &sub); /* further groups to the right */
-        res = xrealloc(res, (size_t)(nres + ns) * sizeof *res);
-        memcpy(res + nres, sub, (size_t)ns * sizeof *sub);
+        if (ns < 0 || nres + (long long)ns > ENERGON_BRACE_MAX) {
+            if (ns > 0) free_strs(sub, ns);
+            free(s);
+            free_strs(res, nres);
+            free_strs(alts, nalt);
+            *out = NULL;
+            return -1;
+        }
+        if (ns > 0) { /* an empty expansion gives sub = NULL, which memcpy may not be passed */
+            res = xrealloc(res, (size_t)(nres + ns) * sizeof *res);
+            memcpy(res + nres, sub, (size_t)ns * sizeof *sub);
+        }
         nres += ns;
         free(sub);
         free(s);
@@ -241,6 +260,13 @@ int energon_dataset_info_load(const char *dir, const char *split_config, energon
             }
             char **e;
             int ne = energon_brace_expand(excl->items[i]->str, &e);
+            if (ne < 0) {
+                seterr(err, errlen, "%s:%d: '%s' expands to more than %d names", sp, excl->items[i]->line,
+                       excl->items[i]->str, ENERGON_BRACE_MAX);
+                free_strs(ex, nex);
+                goto fail_s;
+            }
+            if (ne == 0) continue;
             ex = xrealloc(ex, (size_t)(nex + ne) * sizeof *ex);
             memcpy(ex + nex, e, (size_t)ne * sizeof *e);
             nex += ne;
@@ -283,6 +309,12 @@ int energon_dataset_info_load(const char *dir, const char *split_config, energon
             }
             char **names;
             int nn = energon_brace_expand(l->items[k]->str, &names);
+            if (nn < 0) {
+                seterr(err, errlen, "%s:%d: '%s' expands to more than %d names", sp, l->items[k]->line,
+                       l->items[k]->str, ENERGON_BRACE_MAX);
+                free_strs(ex, nex);
+                goto fail_s;
+            }
             for (int j = 0; j < nn; j++) {
                 int skip = 0;
                 for (int e = 0; e < nex; e++) skip |= !strcmp(ex[e], names[j]);

@@ -1,10 +1,13 @@
 /* Fashion-MNIST MLP classifier for sample-quality measurement (see classifier.h). */
 #include "dfm/classifier.h"
+#include "dfm/codec.h"
 #include "dfm/common.h"
 #include "dfm/kernels.h"
 #include "dfm/rng.h"
 #include "dfm/safetensors.h"
 
+#include <errno.h>
+#include <jansson.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -305,5 +308,135 @@ int classifier_load(classifier *c, const char *path, char *err, size_t errlen) {
         classifier_free(c);
         return -1;
     }
+    return 0;
+}
+
+/* A whole binary file (malloc'ed), or NULL with err. Not xread_file: a manifest may name a file that is missing,
+ * and that is the user's error to report, not a reason to exit. */
+static uint8_t *read_binary(const char *path, size_t *len, char *err, size_t errlen) {
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        snprintf(err, errlen, "cannot open '%s': %s", path, strerror(errno));
+        return NULL;
+    }
+    size_t cap = 1 << 16, n = 0;
+    uint8_t *buf = xmalloc(cap);
+    size_t got;
+    while ((got = fread(buf + n, 1, cap - n, f)) > 0) {
+        n += got;
+        if (n == cap) buf = xrealloc(buf, cap *= 2);
+    }
+    int bad = ferror(f);
+    fclose(f);
+    if (bad) {
+        snprintf(err, errlen, "cannot read '%s'", path);
+        free(buf);
+        return NULL;
+    }
+    *len = n;
+    return buf;
+}
+
+int clf_manifest_load(const char *path, float **images, int **labels, int *count, char *err, size_t errlen) {
+    json_error_t je;
+    json_t *root = json_load_file(path, 0, &je);
+    if (!root) {
+        if (je.line < 0)
+            snprintf(err, errlen, "cannot read manifest '%s': %s", path, je.text);
+        else
+            snprintf(err, errlen, "manifest '%s' is not valid JSON (line %d, column %d): %s", path, je.line, je.column,
+                     je.text);
+        return -1;
+    }
+    if (!json_is_array(root) || json_array_size(root) == 0) {
+        snprintf(err, errlen, "manifest '%s' must be a non-empty JSON array of {\"file\": ..., \"label\": ...} objects",
+                 path);
+        json_decref(root);
+        return -1;
+    }
+    size_t n = json_array_size(root);
+    if (n > 1000000) {
+        snprintf(err, errlen, "manifest '%s' lists %zu samples; at most 1000000 are supported", path, n);
+        json_decref(root);
+        return -1;
+    }
+    char *dir = xstrdup(path);
+    char *slash = strrchr(dir, '/');
+    if (slash)
+        slash[1] = 0;
+    else
+        dir[0] = 0;
+    float *x = xalloc_floats(n * CLF_IN);
+    int *lab = xmalloc(n * sizeof(int));
+    char file[4096], e2[4700];
+    int rc = 0;
+    for (size_t i = 0; i < n && !rc; i++) {
+        json_t *e = json_array_get(root, i);
+        json_t *jf = json_object_get(e, "file"), *jl = json_object_get(e, "label");
+        if (!json_is_object(e) || !json_is_string(jf)) {
+            snprintf(err, errlen, "manifest '%s': entry %zu has no \"file\" string", path, i);
+            rc = -1;
+            break;
+        }
+        const char *name = json_string_value(jf);
+        if (!json_is_integer(jl)) {
+            snprintf(err, errlen, "manifest '%s': entry %zu (%s) has no integer \"label\"", path, i, name);
+            rc = -1;
+            break;
+        }
+        json_int_t l = json_integer_value(jl);
+        if (l < 0 || l >= CLF_CLASSES) {
+            snprintf(err, errlen, "manifest '%s': entry %zu (%s) has label %lld, outside the Fashion-MNIST classes 0-9",
+                     path, i, name, (long long)l);
+            rc = -1;
+            break;
+        }
+        lab[i] = (int)l;
+        if (name[0] == '/')
+            snprintf(file, sizeof file, "%s", name);
+        else
+            snprintf(file, sizeof file, "%s%s", dir, name);
+        size_t len = 0;
+        uint8_t *buf = read_binary(file, &len, e2, sizeof e2), *px = NULL;
+        int w, h, ch;
+        if (!buf) {
+            snprintf(err, errlen, "manifest '%s' entry %zu: %s", path, i, e2);
+            rc = -1;
+            break;
+        }
+        rc = png_decode_mem(buf, len, &px, &w, &h, &ch, e2, sizeof e2);
+        free(buf);
+        if (rc) {
+            snprintf(err, errlen, "manifest '%s' entry %zu: '%s': %s", path, i, file, e2);
+            break;
+        }
+        if (w != 28 || h != 28) {
+            snprintf(err, errlen, "'%s' is %dx%d; Fashion-MNIST samples must be 28x28 (manifest '%s' entry %zu)", file,
+                     w, h, path, i);
+            rc = -1;
+        }
+        for (int p = 0; p < CLF_IN && !rc; p++) {
+            const uint8_t *q = px + (size_t)p * ch;
+            /* Gray (+alpha) uses channel 0; colour is accepted only when it is gray (R = G = B). */
+            if (ch >= 3 && (q[0] != q[1] || q[0] != q[2])) {
+                snprintf(err, errlen, "'%s' is a colour image; Fashion-MNIST samples must be grayscale (manifest '%s' "
+                         "entry %zu)", file, path, i);
+                rc = -1;
+                break;
+            }
+            x[i * CLF_IN + (size_t)p] = (float)q[0] / 127.5f - 1.0f;
+        }
+        free(px);
+    }
+    free(dir);
+    json_decref(root);
+    if (rc) {
+        free(x);
+        free(lab);
+        return -1;
+    }
+    *images = x;
+    *labels = lab;
+    *count = (int)n;
     return 0;
 }

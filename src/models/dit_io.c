@@ -4,6 +4,7 @@
 #include "dfm/common.h"
 #include "dfm/safetensors.h"
 
+#include <float.h>
 #include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
@@ -46,8 +47,9 @@ int dit_config_from_json(dit_config *c, const char *text, char *err, size_t errl
         *ints[i].dst = (int)json_integer_value(v);
     }
     json_t *eps = json_object_get(j, "norm_eps");
-    if (!json_is_number(eps)) {
-        snprintf(err, errlen, "DiT config: key 'norm_eps' missing or not a number");
+    /* as Wan's eps: a value past FLT_MAX would become inf and not print back to JSON */
+    if (!json_is_number(eps) || !(json_number_value(eps) > 0 && json_number_value(eps) <= FLT_MAX)) {
+        snprintf(err, errlen, "DiT config: key 'norm_eps' missing or not a positive number that fits a float");
         json_decref(j);
         return -1;
     }

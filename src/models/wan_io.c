@@ -4,6 +4,7 @@
 #include "dfm/common.h"
 #include "dfm/safetensors.h"
 
+#include <float.h>
 #include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
@@ -78,8 +79,10 @@ int wan_config_from_json(wan_config *c, const char *text, char *err, size_t errl
             c->patch_h = (int)json_integer_value(json_array_get(v, 1));
             c->patch_w = (int)json_integer_value(json_array_get(v, 2));
         } else if (!strcmp(key, "eps")) {
-            if (!json_is_number(v)) {
-                snprintf(err, errlen, "Wan config: 'eps' must be a number");
+            /* a value that overflows float (1e60) would become inf: the model would normalise by it and the
+             * config could not be written back to JSON */
+            if (!json_is_number(v) || !(json_number_value(v) > 0 && json_number_value(v) <= FLT_MAX)) {
+                snprintf(err, errlen, "Wan config: 'eps' must be a positive number that fits a float");
                 goto out;
             }
             c->eps = (float)json_number_value(v);

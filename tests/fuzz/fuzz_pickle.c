@@ -2,7 +2,7 @@
  * is read from memory as whatever it looks like (a pickle, a torch.save zip archive or a legacy stream) and as a
  * plain pickle, and a loaded document is walked the way dfm uses it (printed, searched, converted to float32).
  *
- * Build and run from the repository root (not a make target):
+ * Built and run by `make fuzz` (or FUZZ_TARGETS=pickle make fuzz); by hand from the repository root:
  *   clang -g -O1 -std=c11 -D_GNU_SOURCE -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
  *         -Iinclude -Isrc tests/fuzz/fuzz_pickle.c src/data/pickle.c src/data/torchload.c src/core/common.c \
  *         -lzip -lm -o build/fuzz_pickle
