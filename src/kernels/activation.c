@@ -13,7 +13,10 @@
 /* exp(x), relative error < 2e-7; branch-free (selects only) so loops calling it vectorise.
  * Returns +inf above 88 and exp(-87) below -87: callers only need 1 + exp(.) and 1 / (1 + exp(.)). */
 static inline float exp_approx(float x0) {
-    float x = x0 < -87.0f ? -87.0f : x0;
+    /* a NaN input is replaced by 0 here, keeping the exponent bits below in range, and passed through at the end
+     * (compares and blends: fminf/fmaxf would stop the loop from vectorising) */
+    float x = x0 == x0 ? x0 : 0.0f;
+    x = x < -87.0f ? -87.0f : x;
     x = x > 88.0f ? 88.0f : x;
     /* x = n ln2 + r, |r| <= ln2 / 2; the 1.5 * 2^23 trick rounds to nearest without a libm call */
     const float shifter = 12582912.0f;
@@ -31,7 +34,7 @@ static inline float exp_approx(float x0) {
     int32_t bits = ((int32_t)n + 127) << 23;
     float scale;
     memcpy(&scale, &bits, sizeof scale);
-    return x0 > 88.0f ? INFINITY : p * scale;
+    return x0 != x0 ? x0 : x0 > 88.0f ? INFINITY : p * scale;
 }
 
 #define GELU_K 0.7978845608028654f /* sqrt(2/pi) */

@@ -44,7 +44,10 @@
 
 /* 2^x for x <= 0 (the only range used: scores minus their running max, or minus the lse).
  * Inputs below -126 (including -inf) clamp to 2^-126, negligible next to the row sum >= 1. */
-static inline float exp2_nonpos(float x) {
+static inline float exp2_nonpos(float x0) {
+    /* a NaN input is replaced by 0 here, keeping the exponent arithmetic below defined, and passed through at the
+     * end (compares and blends: fminf/fmaxf would stop the loop from vectorising) */
+    float x = x0 == x0 ? x0 : 0.0f;
     x = x < -126.0f ? -126.0f : x;
     x = x > 0.0f ? 0.0f : x;
     /* n = round(x) via the 1.5 * 2^23 trick (exact here, and vectorises); f in [-0.5, 0.5] */
@@ -63,7 +66,7 @@ static inline float exp2_nonpos(float x) {
         int32_t i;
         float f;
     } two_n = {.i = ((int32_t)n + 127) * (1 << 23)};
-    return p * two_n.f;
+    return x0 != x0 ? x0 : p * two_n.f;
 }
 
 static inline int min_int(int a, int b) {
