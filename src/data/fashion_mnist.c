@@ -48,10 +48,17 @@ static int read_idx(const char *path, int want_ndim, int max_items, uint8_t **da
     }
     if (max_items > 0 && (uint32_t)max_items < dims[0]) dims[0] = (uint32_t)max_items;
     size_t n = per * dims[0];
-    *data = xmalloc(n ? n : 1);
+    /* the header's size is a claim: the buffer grows with the bytes actually read (at most 64 MB ahead of them),
+     * so a file that declares gigabytes but holds little fails on its truncation, not on the allocation */
+    size_t cap = n < ((size_t)1 << 26) ? n : (size_t)1 << 26;
+    *data = xmalloc(cap ? cap : 1);
     size_t off = 0;
     while (off < n) {
-        unsigned chunk = (unsigned)((n - off) > (1u << 30) ? (1u << 30) : (n - off));
+        if (off == cap) {
+            cap = n - cap < cap ? n : 2 * cap;
+            *data = xrealloc(*data, cap);
+        }
+        unsigned chunk = (unsigned)((cap - off) > (1u << 30) ? (1u << 30) : (cap - off));
         int r = gzread(g, *data + off, chunk);
         if (r <= 0) {
             int zerr;

@@ -160,10 +160,30 @@ static int read_consolidated(const char *dir, const char *kind, const param_tabl
     return rc;
 }
 
+typedef struct {
+    size_t lo, hi; /* flat elements */
+    int shard;
+} span;
+
+static int span_cmp(const void *a, const void *b) {
+    const span *x = a, *y = b;
+    return x->lo < y->lo ? -1 : x->lo > y->lo;
+}
+
+/* The name of the parameter holding flat element k. */
+static const char *entry_name(const param_table *t, size_t k) {
+    for (int i = 0; i < t->n; i++)
+        if (k >= t->e[i].offset && k < t->e[i].offset + t->e[i].numel) return t->e[i].name;
+    return "?";
+}
+
 static int read_sharded(const char *dir, const char *kind, const param_table *t, size_t begin, size_t end, float *out,
                         char *err, size_t errlen) {
     int world = shard_world(dir);
-    size_t *covered = xcalloc((size_t)t->n, sizeof(size_t));
+    /* every copied interval, so that overlapping pieces (which could add up to the right count while leaving a
+     * gap) are caught, not only missing ones */
+    span *spans = NULL;
+    size_t nspans = 0, cspans = 0;
     float *tmp = NULL;
     size_t tmp_cap = 0;
     int rc = 0;
@@ -223,24 +243,35 @@ static int read_sharded(const char *dir, const char *kind, const param_table *t,
                 if (lo >= end || lo + n <= begin) continue;
                 if (tmp_cap < n) free(tmp), tmp = xalloc_floats(tmp_cap = n);
                 st_read_f32(f, s, tmp);
-                covered[i] += copy_overlap(out, begin, end, tmp, lo, n);
+                size_t got = copy_overlap(out, begin, end, tmp, lo, n);
+                if (got) {
+                    if (nspans == cspans) spans = xrealloc(spans, sizeof(span) * (cspans = cspans ? 2 * cspans : 64));
+                    size_t a = lo > begin ? lo : begin;
+                    spans[nspans++] = (span){a, a + got, r};
+                }
             }
         }
         if (m) json_decref(m);
         st_close(f);
     }
-    for (int i = 0; i < t->n && !rc; i++) {
-        const param_entry *e = &t->e[i];
-        size_t lo = e->offset > begin ? e->offset : begin, hi = e->offset + e->numel < end ? e->offset + e->numel : end;
-        size_t need = lo < hi ? hi - lo : 0;
-        if (covered[i] != need) {
-            snprintf(err, errlen, "'%s': the %d shards cover %zu of the %zu elements of '%s.%s' needed here", dir, world,
-                     covered[i], need, kind, e->name);
+    /* the copied intervals must tile [begin, end) exactly: sorted, each starting where the last ended */
+    if (!rc) qsort(spans, nspans, sizeof(span), span_cmp);
+    size_t at = begin;
+    for (size_t k = 0; k < nspans && !rc; k++) {
+        if (spans[k].lo != at) {
+            const char *what = spans[k].lo < at ? "overlaps another shard's piece" : "leaves a gap before it";
+            snprintf(err, errlen, "'%s': the %s piece of '%s' from shard %d at element %zu %s", dir, kind,
+                     entry_name(t, spans[k].lo), spans[k].shard, spans[k].lo, what);
             rc = -1;
         }
+        at = spans[k].hi;
     }
-    free(tmp);
-    free(covered);
+    if (!rc && at != end) {
+        snprintf(err, errlen, "'%s': the %d shards do not hold %s elements %zu..%zu (of '%s')", dir, world, kind, at, end,
+                 entry_name(t, at));
+        rc = -1;
+    }
+    free(spans);
     return rc;
 }
 
