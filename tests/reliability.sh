@@ -30,9 +30,13 @@ trial() { # $1 = name, $2 = launcher ("" or "mpirun ..."), $3 = extra keys
     [ -f "$run/ck/latest_checkpointed_iteration.txt" ] && load="checkpoint.load=$run/ck"
     $2 "$BIN" pretrain $TINY $3 logger.output_dir="$run" checkpoint.save="$run/ck" $load >>"$run.log" 2>&1 &
     local pid=$!
-    if [ "$n" -lt 1 ]; then # one kill per trial, at a random moment once training is under way
-      for i in $(seq 200); do [ -s "$run/metrics.jsonl" ] && break; sleep 0.05; done
-      sleep "0.$(( RANDOM % 10 ))$(( RANDOM % 10 ))"
+    if [ "$n" -lt 1 ]; then # one kill per trial: after a random number of logged steps, plus up to 90 ms
+      local k=$(( RANDOM % 14 + 1 ))
+      for i in $(seq 400); do
+        [ -f "$run/metrics.jsonl" ] && [ "$(wc -l < "$run/metrics.jsonl")" -ge "$k" ] && break
+        sleep 0.02
+      done
+      sleep "0.0$(( RANDOM % 10 ))"
       if [ -n "$2" ]; then # under mpirun: kill one rank, the job must end
         local rank
         rank=$(pgrep -f "^[^ ]*dfm pretrain .*$run" | tail -1)
