@@ -62,7 +62,7 @@ if [ "$FAST" -eq 0 ]; then
   echo "== building (libFuzzer targets, clang, ASan + UBSan)"
   if make --no-print-directory -j"$JOBS" fuzz-build >"$log/fuzz.log" 2>&1; then
     bash tests/fuzz/run.sh --replay >"$log/fuzz-replay.out" 2>&1
-    bash tests/fuzz/run.sh --seconds "${FUZZ_CI_SECONDS:-8}" >"$log/fuzz-run.out" 2>&1
+    FUZZ_SEED=${FUZZ_SEED:-1} bash tests/fuzz/run.sh --seconds "${FUZZ_CI_SECONDS:-8}" >"$log/fuzz-run.out" 2>&1
     cat "$log/fuzz-replay.out" "$log/fuzz-run.out" | grep -E '^(PASS|FAIL|fuzz |   )' | sed 's/^/   /'
     passed=$((passed + $(cat "$log/fuzz-replay.out" "$log/fuzz-run.out" | grep -c '^PASS ')))
     failed=$((failed + $(cat "$log/fuzz-replay.out" "$log/fuzz-run.out" | grep -c '^FAIL ')))

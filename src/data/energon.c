@@ -70,7 +70,7 @@ int energon_brace_expand(const char *pattern, char ***out) {
     inner[close - open - 1] = 0;
     /* alternatives: a numeric range a..b (zero padded to the wider bound) or a comma list */
     char **alts = NULL;
-    int nalt = 0;
+    int nalt = 0, calt = 0; /* arrays grow geometrically: growing by one per name is quadratic in copying */
     char *dots = strstr(inner, "..");
     char *end1, *end2;
     long long a = dots ? strtoll(inner, &end1, 10) : 0, b = dots ? strtoll(dots + 2, &end2, 10) : 0;
@@ -91,20 +91,20 @@ int energon_brace_expand(const char *pattern, char ***out) {
         for (long long v = a;; v += step) {
             char buf[64];
             snprintf(buf, sizeof buf, pad ? "%0*lld" : "%*lld", pad ? width : 0, v);
-            alts = xrealloc(alts, (size_t)(nalt + 1) * sizeof *alts);
+            if (nalt == calt) alts = xrealloc(alts, (size_t)(calt = calt ? 2 * calt : 16) * sizeof *alts);
             alts[nalt++] = xstrdup(buf);
             if (v == b) break;
         }
     } else {
         char *save = NULL;
         for (char *t = strtok_r(inner, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
-            alts = xrealloc(alts, (size_t)(nalt + 1) * sizeof *alts);
+            if (nalt == calt) alts = xrealloc(alts, (size_t)(calt = calt ? 2 * calt : 16) * sizeof *alts);
             alts[nalt++] = xstrdup(t);
         }
     }
     free(inner);
     char **res = NULL;
-    int nres = 0;
+    int nres = 0, cres = 0;
     for (int i = 0; i < nalt; i++) {
         size_t n = plen + strlen(alts[i]) + strlen(close + 1) + 1;
         char *s = xmalloc(n);
@@ -120,7 +120,10 @@ int energon_brace_expand(const char *pattern, char ***out) {
             return -1;
         }
         if (ns > 0) { /* an empty expansion gives sub = NULL, which memcpy may not be passed */
-            res = xrealloc(res, (size_t)(nres + ns) * sizeof *res);
+            if (nres + ns > cres) {
+                while (cres < nres + ns) cres = cres ? 2 * cres : 16;
+                res = xrealloc(res, (size_t)cres * sizeof *res);
+            }
             memcpy(res + nres, sub, (size_t)ns * sizeof *sub);
         }
         nres += ns;

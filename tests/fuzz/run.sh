@@ -53,7 +53,10 @@ for n in "${names[@]}"; do
   start=$SECONDS
   # -timeout: one input running 10 s is a hang; -rss_limit_mb: a header that makes a reader allocate more
   # than 2 GiB is a finding (malloc_limit_mb defaults to it).
-  "$exe" -max_total_time="$secs" -print_final_stats=1 -rss_limit_mb=2048 -timeout=10 -max_len=65536 \
+  # FUZZ_SEED (the test suite sets it) makes the mutation sequence repeatable, so CI does not turn red on a
+  # finding that a later run would not reproduce; make fuzz leaves it random to explore more.
+  "$exe" ${FUZZ_SEED:+-seed=$FUZZ_SEED} -max_total_time="$secs" -print_final_stats=1 -rss_limit_mb=2048 -timeout=10 \
+    -max_len=65536 \
     -artifact_prefix="build-fuzz/fuzz-crashes/$n-" "$work" "$corpus" >"$log" 2>&1
   rc=$?
   took=$((SECONDS - start))
