@@ -15,6 +15,7 @@
 #include "dfm/model.h"
 
 #include <stddef.h>
+#include <stdint.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -30,6 +31,11 @@ int ckpt_is_sharded(const char *dir, char *err, size_t errlen);
  * tensor's shape is checked against the table; a missing shard, piece or tensor is an error naming it. */
 int ckpt_read_range(const char *dir, const char *kind, const param_table *t, size_t begin, size_t end, float *out,
                     char *err, size_t errlen);
+/* train_state.json of a checkpoint: {"iteration", "consumed_samples", "seed" (integers), "data_loader" (the
+ * loader's state, any JSON)}. Fills the numbers and the loader state as compact JSON text (malloc'ed); 0, or -1
+ * with a message naming `name` and what was expected. */
+int ckpt_train_state_parse(const char *text, const char *name, long *iteration, int64_t *consumed, int64_t *seed,
+                           char **loader_state, char *err, size_t errlen);
 /* A metadata value of the checkpoint's weights (model.safetensors, or shard 0), malloc'ed, or NULL. */
 char *ckpt_meta(const char *dir, const char *key);
 

@@ -286,3 +286,28 @@ int ckpt_read_range(const char *dir, const char *kind, const param_table *t, siz
     return sharded ? read_sharded(dir, kind, t, begin, end, out, err, errlen)
                    : read_consolidated(dir, kind, t, begin, end, out, err, errlen);
 }
+
+int ckpt_train_state_parse(const char *text, const char *name, long *iteration, int64_t *consumed, int64_t *seed,
+                           char **loader_state, char *err, size_t errlen) {
+    json_error_t je;
+    json_t *st = json_loads(text, 0, &je);
+    json_int_t it = 0, cs = 0, sd = 0;
+    json_t *ls = NULL;
+    if (!st || json_unpack(st, "{s:I, s:I, s:I, s:o}", "iteration", &it, "consumed_samples", &cs, "seed", &sd,
+                           "data_loader", &ls) != 0 || it < 0 || cs < 0 || it > (json_int_t)1 << 40) {
+        snprintf(err, errlen,
+                 "'%s': expected {\"iteration\", \"consumed_samples\" (non-negative integers), \"seed\", "
+                 "\"data_loader\"}%s%s",
+                 name, st ? "" : ": ", st ? "" : je.text);
+        if (st) json_decref(st);
+        return -1;
+    }
+    *iteration = (long)it, *consumed = cs, *seed = sd;
+    *loader_state = json_dumps(ls, JSON_COMPACT | JSON_ENCODE_ANY);
+    json_decref(st);
+    if (!*loader_state) {
+        snprintf(err, errlen, "'%s': the data_loader state cannot be written back as JSON", name);
+        return -1;
+    }
+    return 0;
+}

@@ -322,24 +322,20 @@ static void load_checkpoint(job *j, const char *where) {
     snprintf(path, sizeof path, "%s/train_state.json", dir);
     char *text = read_file_err(path, err, sizeof err);
     if (!text) dfm_die("cannot resume: %s", err);
-    json_error_t je;
-    json_t *st = json_loads(text, 0, &je);
-    json_int_t it, consumed, seed;
-    json_t *ls = NULL;
-    if (!st || json_unpack(st, "{s:I, s:I, s:I, s:o}", "iteration", &it, "consumed_samples", &consumed, "seed", &seed,
-                           "data_loader", &ls) != 0)
-        dfm_die("'%s': expected {\"iteration\", \"consumed_samples\", \"seed\", \"data_loader\"}", path);
-    if ((int64_t)seed != cfg_int(j->c, "rng.seed"))
+    long it;
+    int64_t consumed, seed;
+    char *ls_text = NULL;
+    if (ckpt_train_state_parse(text, path, &it, &consumed, &seed, &ls_text, err, sizeof err) != 0)
+        dfm_die("cannot resume: %s", err);
+    if (seed != cfg_int(j->c, "rng.seed"))
         dfm_die("cannot resume from '%s': it was trained with rng.seed %lld, this run has %lld", dir, (long long)seed,
                 (long long)cfg_int(j->c, "rng.seed"));
-    char *ls_text = json_dumps(ls, JSON_COMPACT);
     if ((j->wan ? video_loader_state_restore(j->vloader, ls_text, err, sizeof err)
                 : loader_state_restore(j->loader, ls_text, err, sizeof err)) != 0)
         dfm_die("cannot resume from '%s': %s", dir, err);
     free(ls_text);
-    j->iteration = (long)it;
+    j->iteration = it;
     j->consumed = consumed;
-    json_decref(st);
     free(text);
     if (dist_get()->rank == 0) printf("resumed from %s at iteration %ld\n", dir, j->iteration);
     free(dir);
