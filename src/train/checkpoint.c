@@ -271,6 +271,7 @@ static int read_sharded(const char *dir, const char *kind, const param_table *t,
                  entry_name(t, at));
         rc = -1;
     }
+    free(tmp);
     free(spans);
     return rc;
 }
