@@ -7,6 +7,7 @@
 #include "dfm/wan.h"
 #include "test.h"
 #include "test_fs.h"
+#include "test_run.h"
 
 #include <jansson.h>
 #include <math.h>
@@ -16,45 +17,13 @@ static const char *bin;
 
 static const char *RECIPE = "recipes/automodel/wan_tiny_finetune.yaml";
 
-static int losses(const char *run, double *loss, int max) {
-    char *text = test_read_file(test_path("%s/metrics.jsonl", run), NULL);
-    int n = 0;
-    for (char *line = text ? strtok(text, "\n") : NULL; line; line = strtok(NULL, "\n")) {
-        json_t *o = json_loads(line, 0, NULL);
-        json_t *st = json_object_get(o, "step"), *l = json_object_get(o, "loss");
-        if (json_is_integer(st) && json_is_number(l) && json_integer_value(st) <= max)
-            loss[json_integer_value(st)] = json_number_value(l), n++;
-        json_decref(o);
-    }
-    free(text);
-    return n;
-}
-
 /* dfm finetune with the shipped tiny recipe pointed at this test's model and data. */
 static int finetune(const char *launcher, const char *run, const char *extra) {
-    return test_sh("%s %s finetune -c %s --model.pretrained_model_name_or_path=%s/hf --data.dataloader.meta_folder=%s/st "
-                   "--checkpoint.checkpoint_dir=%s/%s --optimizer.lr=2e-3 --lr_scheduler.lr_decay_steps=16 "
-                   "--step_scheduler.global_batch_size=4 --step_scheduler.local_batch_size=2 %s > %s/%s.log 2>&1",
-                   launcher, bin, RECIPE, dir, dir, dir, run, extra, dir, run);
-}
-
-static double weights_diff(const char *a, const char *b) {
-    char *cfg = ckpt_meta(a, "dfm_wan_config");
-    wan_config c;
-    char err[512];
-    double d = INFINITY;
-    if (cfg && wan_config_from_json(&c, cfg, err, sizeof err) == 0) {
-        param_table t = {0};
-        wan_build_table(&t, &c);
-        float *wa = xalloc_floats(t.total), *wb = xalloc_floats(t.total);
-        if (ckpt_read_range(a, "model", &t, 0, t.total, wa, err, sizeof err) == 0 &&
-            ckpt_read_range(b, "model", &t, 0, t.total, wb, err, sizeof err) == 0)
-            d = test_rel_err(wa, wb, t.total);
-        free(wa), free(wb);
-        param_table_free(&t);
-    }
-    free(cfg);
-    return d;
+    return test_sh(
+        "%s %s finetune -c %s --model.pretrained_model_name_or_path=%s/hf --data.dataloader.meta_folder=%s/st "
+        "--checkpoint.checkpoint_dir=%s/%s --optimizer.lr=2e-3 --lr_scheduler.lr_decay_steps=16 "
+        "--step_scheduler.global_batch_size=4 --step_scheduler.local_batch_size=2 %s > %s/%s.log 2>&1",
+        launcher, bin, RECIPE, dir, dir, dir, run, extra, dir, run);
 }
 
 int main(void) {
@@ -66,24 +35,26 @@ int main(void) {
 
     /* a small Wan trained briefly in the Megatron paradigm, exported as a diffusers folder, and 24 pre-encoded
      * clips as dfm's safetensors samples */
-    int rc = test_sh("cd %s && %s data prepare --video-clips --out en --n 24 --frames 4 --size 16 --text-dim 32 > p.log "
-                     "2>&1 && %s data convert --from en --to st > c.log 2>&1 && %s pretrain --recipe wan_tiny "
-                     "model.num_layers=2 model.hidden_size=32 model.num_attention_heads=2 model.ffn_hidden_size=64 "
-                     "model.image_size=16 model.num_frames=4 dataset.max_samples=64 dataset.val_samples=8 "
-                     "train.global_batch_size=4 train.micro_batch_size=2 train.train_iters=4 logger.output_dir=base "
-                     "checkpoint.save=base/ck > b.log 2>&1 && %s export --checkpoint base/ck --out hf > e.log 2>&1",
-                     dir, bin, bin, bin, bin);
+    int rc =
+        test_sh("cd %s && %s data prepare --video-clips --out en --n 24 --frames 4 --size 16 --text-dim 32 > p.log "
+                "2>&1 && %s data convert --from en --to st > c.log 2>&1 && %s pretrain --recipe wan_tiny "
+                "model.num_layers=2 model.hidden_size=32 model.num_attention_heads=2 model.ffn_hidden_size=64 "
+                "model.image_size=16 model.num_frames=4 dataset.max_samples=64 dataset.val_samples=8 "
+                "train.global_batch_size=4 train.micro_batch_size=2 train.train_iters=4 logger.output_dir=base "
+                "checkpoint.save=base/ck > b.log 2>&1 && %s export --checkpoint base/ck --out hf > e.log 2>&1",
+                dir, bin, bin, bin, bin);
     CHECK(rc == 0, "fixtures: clips converted to safetensors samples, a tiny Wan exported as a diffusers folder");
 
     /* 1. fine-tune 16 steps: the loss falls; the consolidated folder is written */
     rc = finetune("", "ft", "--step_scheduler.max_steps=16 --step_scheduler.ckpt_every_steps=8");
     double full[20] = {0};
-    int n = losses(test_path("%s/ft", dir), full, 19);
+    int n = test_run_losses(test_path("%s/ft", dir), full, 19);
     double first = (full[1] + full[2] + full[3] + full[4]) / 4, last = (full[13] + full[14] + full[15] + full[16]) / 4;
-    CHECK(rc == 0 && n == 16 && last < first, "dfm finetune -c %s: 16 steps, loss %.3f (steps 1-4) -> %.3f (13-16)", RECIPE,
-          first, last);
+    CHECK(rc == 0 && n == 16 && last < first, "dfm finetune -c %s: 16 steps, loss %.3f (steps 1-4) -> %.3f (13-16)",
+          RECIPE, first, last);
     char *log = test_read_file(test_path("%s/ft.log", dir), NULL);
-    CHECK(log && strstr(log, "initial weights from the diffusers folder"), "the pretrained diffusers weights are loaded");
+    CHECK(log && strstr(log, "initial weights from the diffusers folder"),
+          "the pretrained diffusers weights are loaded");
     free(log);
     struct stat sb;
     CHECK(stat(test_path("%s/ft/config.yaml", dir), &sb) == 0, "the resolved Automodel recipe is saved beside the run");
@@ -100,30 +71,36 @@ int main(void) {
     st_writer_add(w, "encoder_hidden_states", ST_F32, 3, es, e);
     st_writer_finish(w, test_path("%s/in.safetensors", dir));
     free(x), free(e);
-    rc = test_sh("cd %s && %s forward --model ft/iter_0000016/model/consolidated --inputs in.safetensors --out o1.safetensors "
-                 "> f1.log 2>&1 && %s forward --model ft/iter_0000016 --weights model --inputs in.safetensors "
-                 "--out o2.safetensors > f2.log 2>&1 && cmp -s o1.safetensors o2.safetensors",
-                 dir, bin, bin);
+    rc = test_sh(
+        "cd %s && %s forward --model ft/iter_0000016/model/consolidated --inputs in.safetensors --out o1.safetensors "
+        "> f1.log 2>&1 && %s forward --model ft/iter_0000016 --weights model --inputs in.safetensors "
+        "--out o2.safetensors > f2.log 2>&1 && cmp -s o1.safetensors o2.safetensors",
+        dir, bin, bin);
     CHECK(rc == 0, "the consolidated folder reloads and gives the checkpoint's forward output bit for bit");
 
     /* 3. stop at 8, then restore_from: null continues to 16 on the same batches */
     rc = finetune("", "part", "--step_scheduler.max_steps=8 --step_scheduler.ckpt_every_steps=8");
     rc |= finetune("", "part", "--step_scheduler.max_steps=16 --step_scheduler.ckpt_every_steps=8");
     double part[20] = {0};
-    losses(test_path("%s/part", dir), part, 19);
+    test_run_losses(test_path("%s/part", dir), part, 19);
     double worst = 0;
     for (int s = 1; s <= 16; s++) worst = fmax(worst, fabs(part[s] - full[s]));
-    double dw = rc ? INFINITY : weights_diff(test_path("%s/part/iter_0000016", dir), test_path("%s/ft/iter_0000016", dir));
-    CHECK(rc == 0 && worst == 0 && dw == 0, "restore_from: null resumes at step 8 bit-identically (losses %.3g, weights %.3g)",
-          worst, dw);
+    double dw = rc ? INFINITY
+                   : test_wan_weights_diff(test_path("%s/part/iter_0000016", dir), "model",
+                                           test_path("%s/ft/iter_0000016", dir), "model");
+    CHECK(rc == 0 && worst == 0 && dw == 0,
+          "restore_from: null resumes at step 8 bit-identically (losses %.3g, weights %.3g)", worst, dw);
 
     /* 4. two ranks (FSDP): the same run */
-    rc = finetune("mpirun --oversubscribe -np 2", "dp2", "--step_scheduler.max_steps=16 --step_scheduler.ckpt_every_steps=8");
+    rc = finetune("mpirun --oversubscribe -np 2", "dp2",
+                  "--step_scheduler.max_steps=16 --step_scheduler.ckpt_every_steps=8");
     double dp2[20] = {0};
-    losses(test_path("%s/dp2", dir), dp2, 19);
+    test_run_losses(test_path("%s/dp2", dir), dp2, 19);
     worst = 0;
     for (int s = 1; s <= 16; s++) worst = fmax(worst, fabs(dp2[s] - full[s]));
-    dw = rc ? INFINITY : weights_diff(test_path("%s/dp2/iter_0000016", dir), test_path("%s/ft/iter_0000016", dir));
+    dw = rc ? INFINITY
+            : test_wan_weights_diff(test_path("%s/dp2/iter_0000016", dir), "model",
+                                    test_path("%s/ft/iter_0000016", dir), "model");
     CHECK(rc == 0 && worst == 0 && dw == 0, "2 ranks (FSDP) equal one process (losses %.3g, weights %.3g)", worst, dw);
 
     /* 5. across paradigms: a Megatron iter_N checkpoint fine-tunes here; the Automodel consolidated folder starts a
@@ -148,7 +125,8 @@ int main(void) {
                                 {"--data.dataloader.shuffle=false", "shuffle"}};
     for (int k = 0; k < 4; k++) {
         char cmd[2048], *out = NULL;
-        snprintf(cmd, sizeof cmd, "%s finetune -c %s --model.pretrained_model_name_or_path=%s/hf "
+        snprintf(cmd, sizeof cmd,
+                 "%s finetune -c %s --model.pretrained_model_name_or_path=%s/hf "
                  "--data.dataloader.meta_folder=%s/st --checkpoint.checkpoint_dir=%s/no '%s'",
                  bin, RECIPE, dir, dir, dir, refused[k][0]);
         rc = test_capture(cmd, &out);

@@ -5,6 +5,7 @@
 #include "dfm/wan.h"
 #include "test.h"
 #include "test_fs.h"
+#include "test_run.h"
 
 #include <gif_lib.h>
 #include <jansson.h>
@@ -20,43 +21,9 @@ static const char *SMALL =
 static char *dir;
 static const char *bin;
 
-/* "loss" of each step of a run's metrics.jsonl into loss[1..max]; returns how many. */
-static int losses(const char *run, double *loss, int max) {
-    char *text = test_read_file(test_path("%s/metrics.jsonl", run), NULL);
-    int n = 0;
-    for (char *line = text ? strtok(text, "\n") : NULL; line; line = strtok(NULL, "\n")) {
-        json_t *o = json_loads(line, 0, NULL);
-        json_t *st = json_object_get(o, "step"), *l = json_object_get(o, "loss");
-        if (json_is_integer(st) && json_is_number(l) && json_integer_value(st) <= max)
-            loss[json_integer_value(st)] = json_number_value(l), n++;
-        json_decref(o);
-    }
-    free(text);
-    return n;
-}
-
 static int train(const char *launcher, const char *name, const char *extra) {
     return test_sh("%s %s pretrain %s logger.output_dir=%s/%s checkpoint.save=%s/%s/ck %s > %s/%s.log 2>&1", launcher,
                    bin, SMALL, dir, name, dir, name, extra, dir, name);
-}
-
-static double model_diff(const char *a, const char *b) {
-    char *cfg = ckpt_meta(a, "dfm_wan_config");
-    wan_config c;
-    char err[1024];
-    double d = INFINITY;
-    if (cfg && wan_config_from_json(&c, cfg, err, sizeof err) == 0) {
-        param_table t = {0};
-        wan_build_table(&t, &c);
-        float *wa = xalloc_floats(t.total), *wb = xalloc_floats(t.total);
-        if (ckpt_read_range(a, "model", &t, 0, t.total, wa, err, sizeof err) == 0 &&
-            ckpt_read_range(b, "model", &t, 0, t.total, wb, err, sizeof err) == 0)
-            d = test_rel_err(wa, wb, t.total);
-        free(wa), free(wb);
-        param_table_free(&t);
-    }
-    free(cfg);
-    return d;
 }
 
 int main(void) {
@@ -67,7 +34,7 @@ int main(void) {
     /* 1. train 12 steps */
     int rc = train("", "full", "train.train_iters=12");
     double full[16] = {0};
-    int n = rc ? 0 : losses(test_path("%s/full", dir), full, 15);
+    int n = rc ? 0 : test_run_losses(test_path("%s/full", dir), full, 15);
     int finite = n == 12;
     for (int s = 1; s <= 12 && finite; s++) finite = isfinite(full[s]);
     CHECK(rc == 0 && finite, "wan_tiny trains on the built-in clips: %d finite losses logged (rc %d)", n, rc);
@@ -83,29 +50,36 @@ int main(void) {
                   "train.train_iters=12 > %s/resume.log 2>&1",
                   bin, SMALL, dir, dir, dir, dir);
     double part[16] = {0};
-    losses(test_path("%s/part", dir), part, 15);
+    test_run_losses(test_path("%s/part", dir), part, 15);
     double worst = 0;
     for (int s = 1; s <= 12; s++) worst = fmax(worst, fabs(part[s] - full[s]));
-    double dw = rc ? INFINITY : model_diff(test_path("%s/part/ck/iter_0000012", dir), test_path("%s/full/ck/iter_0000012", dir));
-    CHECK(rc == 0 && worst == 0 && dw == 0, "stopped at 6 and resumed: losses differ by %.3g, weights by %.3g (bit-identical)",
-          worst, dw);
+    double dw = rc ? INFINITY
+                   : test_wan_weights_diff(test_path("%s/part/ck/iter_0000012", dir), "model",
+                                           test_path("%s/full/ck/iter_0000012", dir), "model");
+    CHECK(rc == 0 && worst == 0 && dw == 0,
+          "stopped at 6 and resumed: losses differ by %.3g, weights by %.3g (bit-identical)", worst, dw);
 
     /* 3. two data-parallel ranks, sharded parameters: the same run */
-    rc = train("mpirun --oversubscribe -np 2", "dp2", "train.train_iters=12 ddp.data_parallel_sharding_strategy=optim_grads_params");
+    rc = train("mpirun --oversubscribe -np 2", "dp2",
+               "train.train_iters=12 ddp.data_parallel_sharding_strategy=optim_grads_params");
     double dp2[16] = {0};
-    losses(test_path("%s/dp2", dir), dp2, 15);
+    test_run_losses(test_path("%s/dp2", dir), dp2, 15);
     worst = 0;
     for (int s = 1; s <= 12; s++) worst = fmax(worst, fabs(dp2[s] - full[s]));
-    dw = rc ? INFINITY : model_diff(test_path("%s/dp2/ck/iter_0000012", dir), test_path("%s/full/ck/iter_0000012", dir));
-    CHECK(rc == 0 && worst == 0 && dw == 0, "DP=2 optim_grads_params equals one process: losses differ by %.3g, weights by %.3g",
-          worst, dw);
+    dw = rc ? INFINITY
+            : test_wan_weights_diff(test_path("%s/dp2/ck/iter_0000012", dir), "model",
+                                    test_path("%s/full/ck/iter_0000012", dir), "model");
+    CHECK(rc == 0 && worst == 0 && dw == 0,
+          "DP=2 optim_grads_params equals one process: losses differ by %.3g, weights by %.3g", worst, dw);
 
     /* 4. clips from prompts, with guidance, from the sharded checkpoint too */
     const char *srcs[2] = {"full", "dp2"};
     for (int k = 0; k < 2; k++) {
         char *out = NULL, cmd[2048];
-        snprintf(cmd, sizeof cmd, "%s generate --checkpoint %s/%s/ck --out %s/gen_%s --prompt 'a sneaker moving left' "
-                 "--prompt 'a bag moving up' --per-prompt 2 --steps 4 --guidance 3", bin, dir, srcs[k], dir, srcs[k]);
+        snprintf(cmd, sizeof cmd,
+                 "%s generate --checkpoint %s/%s/ck --out %s/gen_%s --prompt 'a sneaker moving left' "
+                 "--prompt 'a bag moving up' --per-prompt 2 --steps 4 --guidance 3",
+                 bin, dir, srcs[k], dir, srcs[k]);
         rc = test_capture(cmd, &out);
         int gerr = 0;
         GifFileType *g = DGifOpenFileName(test_path("%s/gen_%s/clip_0003.gif", dir, srcs[k]), &gerr);
@@ -114,9 +88,11 @@ int main(void) {
         char *man = test_read_file(test_path("%s/gen_%s/samples.json", dir, srcs[k]), NULL);
         json_t *m = man ? json_loads(man, 0, NULL) : NULL;
         const char *p3 = json_string_value(json_object_get(json_array_get(m, 3), "prompt"));
-        CHECK(rc == 0 && frames == 4 && json_array_size(m) == 4 && p3 && !strcmp(p3, "a bag moving up"),
-              "generate from the %s checkpoint: 4 clips, a 4-frame GIF each, prompts in samples.json (rc %d, frames %d): "
-              "%.200s", srcs[k], rc, frames, out);
+        CHECK(
+            rc == 0 && frames == 4 && json_array_size(m) == 4 && p3 && !strcmp(p3, "a bag moving up"),
+            "generate from the %s checkpoint: 4 clips, a 4-frame GIF each, prompts in samples.json (rc %d, frames %d): "
+            "%.200s",
+            srcs[k], rc, frames, out);
         json_decref(m);
         free(man), free(out);
     }
@@ -132,32 +108,23 @@ int main(void) {
     /* 5. a diffusers folder (exported from the first run) as the initial weights of a new run: with lr 0 the
      * weights after one step are the folder's exactly */
     rc = test_sh("%s export --checkpoint %s/full/ck --out %s/exported > %s/export.log 2>&1", bin, dir, dir, dir);
-    rc |= train("", "init", test_path("train.train_iters=1 optimizer.lr=0 optimizer.min_lr=0 checkpoint.save_interval=1 "
-                                      "checkpoint.pretrained_checkpoint=%s/exported", dir));
-    double di = INFINITY;
-    if (rc == 0) {
-        char *cfgj = ckpt_meta(test_path("%s/full/ck/iter_0000012", dir), "dfm_wan_config");
-        wan_config c;
-        char err[512];
-        if (cfgj && wan_config_from_json(&c, cfgj, err, sizeof err) == 0) {
-            param_table t = {0};
-            wan_build_table(&t, &c);
-            float *wa = xalloc_floats(t.total), *wb = xalloc_floats(t.total);
-            if (ckpt_read_range(test_path("%s/init/ck/iter_0000001", dir), "model", &t, 0, t.total, wa, err, sizeof err) == 0 &&
-                ckpt_read_range(test_path("%s/full/ck/iter_0000012", dir), "ema", &t, 0, t.total, wb, err, sizeof err) == 0)
-                di = test_rel_err(wa, wb, t.total);
-            free(wa), free(wb);
-            param_table_free(&t);
-        }
-        free(cfgj);
-    }
-    CHECK(rc == 0 && di == 0, "checkpoint.pretrained_checkpoint=<diffusers folder> starts from its weights (rel %.3g, rc %d)",
-          di, rc);
+    rc |= train("", "init",
+                test_path("train.train_iters=1 optimizer.lr=0 optimizer.min_lr=0 checkpoint.save_interval=1 "
+                          "checkpoint.pretrained_checkpoint=%s/exported",
+                          dir));
+    double di = rc ? INFINITY
+                   : test_wan_weights_diff(test_path("%s/init/ck/iter_0000001", dir), "model",
+                                           test_path("%s/full/ck/iter_0000012", dir), "ema");
+    CHECK(rc == 0 && di == 0,
+          "checkpoint.pretrained_checkpoint=<diffusers folder> starts from its weights (rel %.3g, rc %d)", di, rc);
     char *out0 = NULL, cmd0[2048];
-    snprintf(cmd0, sizeof cmd0, "%s pretrain %s model.hidden_size=64 logger.output_dir=%s/z "
-             "checkpoint.pretrained_checkpoint=%s/exported", bin, SMALL, dir, dir);
+    snprintf(cmd0, sizeof cmd0,
+             "%s pretrain %s model.hidden_size=64 logger.output_dir=%s/z "
+             "checkpoint.pretrained_checkpoint=%s/exported",
+             bin, SMALL, dir, dir);
     rc = test_capture(cmd0, &out0);
-    CHECK(rc != 0 && strstr(out0, "holds a different model"), "a pretrained model of another shape is refused: %.300s", out0);
+    CHECK(rc != 0 && strstr(out0, "holds a different model"), "a pretrained model of another shape is refused: %.300s",
+          out0);
     free(out0);
 
     /* 5. options that do not fit the model are refused */

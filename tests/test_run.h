@@ -1,0 +1,50 @@
+/* Helpers for tests that run training jobs: the losses a run logged, and how far two Wan checkpoints' weights
+ * are apart (either form, consolidated or sharded). */
+#ifndef DFM_TEST_RUN_H
+#define DFM_TEST_RUN_H
+
+#include "dfm/checkpoint.h"
+#include "dfm/wan.h"
+#include "test.h"
+#include "test_fs.h"
+
+#include <jansson.h>
+#include <math.h>
+
+/* "loss" of each step of RUN/metrics.jsonl into loss[1..max]; returns how many were found. */
+static inline int test_run_losses(const char *run, double *loss, int max) {
+    char *text = test_read_file(test_path("%s/metrics.jsonl", run), NULL);
+    int n = 0;
+    for (char *line = text ? strtok(text, "\n") : NULL; line; line = strtok(NULL, "\n")) {
+        json_t *o = json_loads(line, 0, NULL);
+        json_t *st = json_object_get(o, "step"), *l = json_object_get(o, "loss");
+        if (json_is_integer(st) && json_is_number(l) && json_integer_value(st) <= max)
+            loss[json_integer_value(st)] = json_number_value(l), n++;
+        json_decref(o);
+    }
+    free(text);
+    return n;
+}
+
+/* Relative difference (test_rel_err) between kind_a of Wan checkpoint folder a and kind_b of b ("model" or
+ * "ema"); the model's shape from a's metadata. INFINITY when either cannot be read. */
+static inline double test_wan_weights_diff(const char *a, const char *kind_a, const char *b, const char *kind_b) {
+    char *cfg = ckpt_meta(a, "dfm_wan_config");
+    wan_config c;
+    char err[512];
+    double d = INFINITY;
+    if (cfg && wan_config_from_json(&c, cfg, err, sizeof err) == 0) {
+        param_table t = {0};
+        wan_build_table(&t, &c);
+        float *wa = xalloc_floats(t.total), *wb = xalloc_floats(t.total);
+        if (ckpt_read_range(a, kind_a, &t, 0, t.total, wa, err, sizeof err) == 0 &&
+            ckpt_read_range(b, kind_b, &t, 0, t.total, wb, err, sizeof err) == 0)
+            d = test_rel_err(wa, wb, t.total);
+        free(wa), free(wb);
+        param_table_free(&t);
+    }
+    free(cfg);
+    return d;
+}
+
+#endif
