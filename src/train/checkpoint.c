@@ -255,7 +255,7 @@ static int read_sharded(const char *dir, const char *kind, const param_table *t,
         st_close(f);
     }
     /* the copied intervals must tile [begin, end) exactly: sorted, each starting where the last ended */
-    if (!rc) qsort(spans, nspans, sizeof(span), span_cmp);
+    if (!rc && nspans) qsort(spans, nspans, sizeof(span), span_cmp); /* qsort may not be given NULL */
     size_t at = begin;
     for (size_t k = 0; k < nspans && !rc; k++) {
         if (spans[k].lo != at) {
