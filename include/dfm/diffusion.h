@@ -50,6 +50,7 @@ typedef struct {
     size_t per_sample; /* elements per sample (C*H*W) */
     float *noise, *x_t, *model_in, *target; /* [B, per_sample] */
     float *sigma, *timestep, *weight, *c_skip, *c_out; /* [B] */
+    float *c_skip_m1;                                  /* [B] c_skip - 1, computed without cancellation */
     int *labels;                                       /* [B], after condition dropout */
     /* raw draws, exposed for verification: the normal and the uniform behind each sigma, and the batch coin */
     float *draw_normal, *draw_uniform;

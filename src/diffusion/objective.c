@@ -50,15 +50,15 @@ void diffusion_batch_alloc(diffusion_batch *db, int max_B, size_t per_sample) {
     db->x_t = xalloc_floats(n);
     db->model_in = xalloc_floats(n);
     db->target = xalloc_floats(n);
-    float **vecs[] = {&db->sigma, &db->timestep, &db->weight, &db->c_skip, &db->c_out, &db->draw_normal,
-                      &db->draw_uniform};
+    float **vecs[] = {&db->sigma, &db->timestep, &db->weight, &db->c_skip, &db->c_skip_m1, &db->c_out,
+                      &db->draw_normal, &db->draw_uniform};
     for (size_t i = 0; i < sizeof vecs / sizeof vecs[0]; i++) *vecs[i] = xalloc_floats((size_t)max_B);
     db->labels = xcalloc((size_t)max_B, sizeof(int));
 }
 
 void diffusion_batch_free(diffusion_batch *db) {
     free(db->noise), free(db->x_t), free(db->model_in), free(db->target);
-    free(db->sigma), free(db->timestep), free(db->weight), free(db->c_skip), free(db->c_out);
+    free(db->sigma), free(db->timestep), free(db->weight), free(db->c_skip), free(db->c_skip_m1), free(db->c_out);
     free(db->draw_normal), free(db->draw_uniform), free(db->labels);
     memset(db, 0, sizeof *db);
 }
@@ -123,6 +123,7 @@ void diffusion_prepare(diffusion_batch *db, const objective_config *o, const flo
             }
             db->timestep[b] = (float)o->num_train_timesteps * (float)s;
             db->c_skip[b] = 0.0f;
+            db->c_skip_m1[b] = -1.0f;
             db->c_out[b] = 1.0f;
             db->weight[b] = o->use_loss_weighting ? (float)(1.0 + o->flow_shift * s) : 1.0f;
         } else {
@@ -135,6 +136,7 @@ void diffusion_prepare(diffusion_batch *db, const objective_config *o, const flo
             }
             db->timestep[b] = (float)(0.25 * log(s));
             db->c_skip[b] = (float)(sd * sd / s2);
+            db->c_skip_m1[b] = (float)(-s * s / s2);
             db->c_out[b] = (float)(s * sd / sqrt(s2));
             db->weight[b] = (float)(s2 / (s * sd * s * sd));
         }
@@ -147,12 +149,16 @@ double diffusion_loss(const diffusion_batch *db, const float *F, float *dF, size
     double total = 0;
     for (int b = 0; b < B; b++) {
         const float *f = F + (size_t)b * out_stride, *xt = db->x_t + (size_t)b * n, *tg = db->target + (size_t)b * n;
-        float cs = db->c_skip[b], co = db->c_out[b], w = db->weight[b];
+        const float *nz = db->noise + (size_t)b * n;
+        float cs = db->c_skip[b], co = db->c_out[b], w = db->weight[b], cm1 = db->c_skip_m1[b], sg = db->sigma[b];
         float g = grad_scale * 2.0f * w * co / (float)(n * (size_t)B);
         float *df = dF ? dF + (size_t)b * out_stride : NULL;
         double acc = 0;
         for (size_t i = 0; i < n; i++) {
-            float e = cs * xt[i] + co * f[i] - tg[i];
+            /* EDM: c_skip x_t - x0 = (c_skip - 1) x0 + c_skip sigma n, written so that nothing cancels when sigma
+             * is tiny (c_skip ~ 1, x_t ~ x0, and the weight ~ 1/sigma^2 magnifies any rounding) */
+            float e = cs == 0.0f ? co * f[i] - tg[i] : cm1 * tg[i] + cs * sg * nz[i] + co * f[i];
+            (void)xt;
             acc += (double)e * e;
             if (df) df[i] = g * e;
         }
