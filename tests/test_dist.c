@@ -4,6 +4,7 @@
 #include "dfm/dit.h"
 #include "test.h"
 #include "test_fs.h"
+#include "test_run.h"
 
 #include <jansson.h>
 #include <math.h>
@@ -19,29 +20,12 @@ static const char *strategies[] = {"no_shard", "optim", "optim_grads", "optim_gr
 static char *dir;
 static const char *bin;
 
-/* Losses by step from metrics.jsonl (steps first..last); returns how many were found. */
-static int read_losses(const char *run, double *loss, int max_step) {
-    char *text = test_read_file(test_path("%s/metrics.jsonl", run), NULL);
-    int n = 0;
-    for (char *line = text ? strtok(text, "\n") : NULL; line; line = strtok(NULL, "\n")) {
-        json_t *o = json_loads(line, 0, NULL);
-        json_t *st = o ? json_object_get(o, "step") : NULL, *l = o ? json_object_get(o, "loss") : NULL;
-        if (json_is_integer(st) && json_is_number(l) && json_integer_value(st) <= max_step) {
-            loss[json_integer_value(st)] = json_number_value(l);
-            n++;
-        }
-        if (o) json_decref(o);
-    }
-    free(text);
-    return n;
-}
-
 /* Worst relative difference of the losses of steps [from, to] between two runs (inf if any is missing). */
 static double loss_diff(const char *a, const char *b, int from, int to) {
     double la[64], lb[64];
     for (int i = 0; i < 64; i++) la[i] = lb[i] = NAN;
-    read_losses(a, la, 63);
-    read_losses(b, lb, 63);
+    test_run_losses(a, la, 63);
+    test_run_losses(b, lb, 63);
     double worst = 0;
     for (int s = from; s <= to; s++) {
         double d = fabs(la[s] - lb[s]) / fabs(lb[s]);
