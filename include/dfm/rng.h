@@ -26,6 +26,7 @@ enum {
     RNG_STREAM_SPLIT = 8,    /* the train/validation split */
     RNG_STREAM_TEXT = 9,     /* stand-in text encoder: a word's row (step, index = the word's 64-bit hash) */
     RNG_STREAM_CLIP = 10,    /* demo video clips: direction and start position (index = clip number) */
+    RNG_STREAM_LORA = 11,    /* LoRA A initialisation (index = adapted module number) */
 };
 
 /* One Philox4x32-10 block: 4 random 32-bit words from a 128-bit counter and a 64-bit key. */

@@ -6,6 +6,7 @@
 #include "dfm/data_parallel.h"
 #include "dfm/diffusion.h"
 #include "dfm/dit.h"
+#include "dfm/lora.h"
 #include "dfm/optim.h"
 #include "dfm/wan.h"
 
@@ -20,6 +21,7 @@ typedef struct {
     uint64_t seed;
     diffusion_batch db; /* sized for the model's max micro-batch */
     float *out, *dout;  /* model output and its gradient, [max_batch, C_out, H, W] */
+    lora_model *lora;   /* set: LoRA training (lora.h); the engine of the _dp steps then holds the adapters */
 } dit_trainer;
 
 typedef struct {
@@ -56,6 +58,7 @@ typedef struct {
     float *out, *dout;                    /* [max_batch, C_out, T, H, W] */
     float *text;                          /* the micro-batch's text after dropout */
     int *cond, *lens;                     /* condition flags (0 = keep) and the lengths after dropout */
+    lora_model *lora;                     /* set: LoRA training, as dit_trainer's */
 } wan_trainer;
 
 void wan_trainer_init(wan_trainer *tr, wan_model *m, const objective_config *obj, uint64_t seed, int frames, int height,

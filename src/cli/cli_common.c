@@ -2,7 +2,9 @@
 #include "cli/cli_common.h"
 #include "dfm/checkpoint.h"
 #include "dfm/common.h"
+#include "dfm/diffusers.h"
 #include "dfm/fashion_mnist.h"
+#include "dfm/lora.h"
 #include "dfm/pretrain.h"
 #include "dfm/safetensors.h"
 
@@ -154,8 +156,112 @@ static int open_sharded(const char *dir, const char *which, int max_batch, dit_m
     return 0;
 }
 
+void cli_apply_adapter(const char *adapter, const param_table *t, float *params) {
+    if (!adapter) return;
+    char err[2048];
+    int n = 0;
+    if (lora_apply_peft(adapter, t, params, &n, err, sizeof err) != 0) dfm_die("LoRA adapter: %s", err);
+    fprintf(stderr, "LoRA adapter %s merged into %d linear layers\n", adapter, n);
+}
+
+/* ---- LoRA checkpoints -------------------------------------------------------------------------------- */
+
+/* A LoRA training checkpoint (metadata "dfm_lora": r, alpha, use_rslora, modules, base) holds adapters only. Its
+ * base weights path, or NULL with a message. */
+static char *lora_base_path(const char *lm, const char *checkpoint, char *err, size_t errlen) {
+    json_t *j = json_loads(lm, 0, NULL);
+    const char *b = json_string_value(json_object_get(j, "base"));
+    char *out = b ? xstrdup(b) : NULL;
+    if (!out) snprintf(err, errlen, "'%s': its 'dfm_lora' metadata names no base model", checkpoint);
+    json_decref(j);
+    return out;
+}
+
+/* Merge the checkpoint's adapters (`which`: model or EMA, with the usual EMA fallback) into a model's weights. */
+static int apply_lora_checkpoint(const char *checkpoint, const char *which, int which_explicit, const char *lm,
+                                 const param_table *t, float *params, char *err, size_t errlen) {
+    json_t *j = json_loads(lm, 0, NULL), *mods = json_object_get(j, "modules");
+    int n = json_is_array(mods) ? (int)json_array_size(mods) : 0;
+    const char **names = xcalloc((size_t)n + 1, sizeof(char *));
+    for (int i = 0; i < n; i++) names[i] = json_string_value(json_array_get(mods, (size_t)i));
+    json_t *jr = json_object_get(j, "r"), *ja = json_object_get(j, "alpha");
+    lora_spec spec = {json_is_integer(jr) ? (int)json_integer_value(jr) : 0, (float)json_number_value(ja), 0,
+                      json_is_true(json_object_get(j, "use_rslora")), names, n, NULL, 0, 0};
+    lora_model L;
+    char e2[2048];
+    int rc = -1;
+    for (int i = 0; i < n; i++)
+        if (!names[i]) n = 0;
+    if (n == 0 || !json_is_number(ja)) {
+        snprintf(err, errlen, "'%s': its 'dfm_lora' metadata is malformed (expected r, alpha and a list of modules)",
+                 checkpoint);
+    } else if (lora_create(&L, t, params, &spec, 0, e2, sizeof e2) != 0) {
+        snprintf(err, errlen, "'%s': its adapters do not fit the base model: %s", checkpoint, e2);
+    } else {
+        if (L.n != n)
+            snprintf(err, errlen, "'%s': %d adapted modules recorded, %d found in the base model", checkpoint, n, L.n);
+        else {
+            char *dir = sharded_dir(checkpoint), path[4608];
+            const char *kind = which;
+            if (!dir && cli_resolve_weights(checkpoint, which, which_explicit, path, sizeof path, err, errlen) == 0) {
+                char *slash = strrchr(path, '/');
+                kind = slash && !strcmp(slash + 1, "model.safetensors") ? "model" : which;
+                if (slash) *slash = 0;
+                dir = xstrdup(slash ? path : ".");
+            }
+            if (dir && ckpt_read_range(dir, kind, &L.table, 0, L.table.total, L.params, err, errlen) == 0) {
+                lora_merge(&L, NULL, params);
+                rc = 0;
+            }
+            free(dir);
+        }
+        lora_free(&L);
+    }
+    free(names);
+    json_decref(j);
+    return rc;
+}
+
+static int open_dit_lora(const char *checkpoint, const char *which, int which_explicit, const char *lm, int max_batch,
+                         dit_model *m, cli_model_info *info, char *err, size_t errlen) {
+    char *base = lora_base_path(lm, checkpoint, err, errlen);
+    if (!base) return -1;
+    char e2[1024];
+    char *dir = checkpoint_resolve(base, e2, sizeof e2);
+    int rc;
+    if (dir) rc = cli_open_dit(base, "model", 1, max_batch, m, info, err, errlen);
+    else {
+        memset(info, 0, sizeof *info);
+        rc = dit_import_diffusers(m, base, max_batch, err, errlen);
+        if (rc == 0) {
+            int K = m->cfg.num_classes;
+            info->class_names = xcalloc((size_t)K, sizeof(char *));
+            for (int k = 0; k < K; k++) {
+                char buf[32];
+                snprintf(buf, sizeof buf, "class %d", k);
+                info->class_names[k] = xstrdup(K == 10 ? fmnist_class_names[k] : buf);
+            }
+        }
+    }
+    free(dir);
+    if (rc == 0 && apply_lora_checkpoint(checkpoint, which, which_explicit, lm, &m->table, m->params, err, errlen)) {
+        cli_model_info_free(info, m->cfg.num_classes);
+        dit_free(m);
+        rc = -1;
+    }
+    if (rc == 0) snprintf(info->path, sizeof info->path, "%.2000s (LoRA over %.2000s)", checkpoint, base);
+    free(base);
+    return rc;
+}
+
 int cli_open_dit(const char *checkpoint, const char *which, int which_explicit, int max_batch, dit_model *m,
                  cli_model_info *info, char *err, size_t errlen) {
+    char *lm = cli_checkpoint_meta(checkpoint, "model", "dfm_lora");
+    if (lm) {
+        int rc = open_dit_lora(checkpoint, which, which_explicit, lm, max_batch, m, info, err, errlen);
+        free(lm);
+        return rc;
+    }
     memset(info, 0, sizeof *info);
     char serr[1024];
     char *objective = NULL, *names_json = NULL;
@@ -258,8 +364,42 @@ int cli_checkpoint_is_wan(const char *checkpoint, const char *which, int which_e
     return wan;
 }
 
+static int open_wan_lora(const char *checkpoint, const char *which, int which_explicit, const char *lm,
+                         const wan_shape *max, wan_model *m, cli_wan_info *info, char *err, size_t errlen) {
+    char *base = lora_base_path(lm, checkpoint, err, errlen);
+    if (!base) return -1;
+    char e2[1024];
+    char *dir = checkpoint_resolve(base, e2, sizeof e2);
+    int rc;
+    if (dir) rc = cli_open_wan(base, "model", 1, max, m, info, err, errlen);
+    else {
+        memset(info, 0, sizeof *info);
+        rc = wan_import_diffusers(m, base, max, err, errlen);
+    }
+    free(dir);
+    if (rc == 0 && apply_lora_checkpoint(checkpoint, which, which_explicit, lm, &m->table, m->params, err, errlen)) {
+        wan_free(m);
+        rc = -1;
+    }
+    if (rc == 0) { /* the objective the adapters were trained with */
+        char *objective = cli_checkpoint_meta(checkpoint, "model", "dfm_objective"), serr[512];
+        int orc = stored_objective_parse(objective, &info->obj, serr, sizeof serr);
+        if (orc == 1) info->has_objective = 1;
+        free(objective);
+        snprintf(info->path, sizeof info->path, "%.2000s (LoRA over %.2000s)", checkpoint, base);
+    }
+    free(base);
+    return rc;
+}
+
 int cli_open_wan(const char *checkpoint, const char *which, int which_explicit, const wan_shape *max, wan_model *m,
                  cli_wan_info *info, char *err, size_t errlen) {
+    char *lm = cli_checkpoint_meta(checkpoint, "model", "dfm_lora");
+    if (lm) {
+        int rc = open_wan_lora(checkpoint, which, which_explicit, lm, max, m, info, err, errlen);
+        free(lm);
+        return rc;
+    }
     memset(info, 0, sizeof *info);
     char serr[1024];
     char *objective = NULL;

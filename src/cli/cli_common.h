@@ -40,6 +40,11 @@ int cli_open_dit(const char *checkpoint, const char *which, int which_explicit, 
                  cli_model_info *info, char *err, size_t errlen);
 void cli_model_info_free(cli_model_info *info, int num_classes);
 
+/* Fold a PEFT LoRA adapter folder (adapter_model.safetensors + adapter_config.json, lora.h) into a model's weights
+ * (NULL adapter: nothing); dies with a message naming the file and tensor on a mismatch. */
+#include "dfm/model.h"
+void cli_apply_adapter(const char *adapter, const param_table *t, float *params);
+
 /* Metadata `key` of the weights a checkpoint argument names (a weights file, an iter folder, a checkpoint root;
  * consolidated or sharded), malloc'ed, or NULL. */
 char *cli_checkpoint_meta(const char *checkpoint, const char *which, const char *key);

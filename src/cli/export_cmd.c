@@ -16,6 +16,9 @@ static void usage(FILE *f) {
                "                      (DiT or Wan, consolidated or sharded)\n"
                "  --out DIR           the diffusers folder to write (an earlier export there is replaced)\n"
                "  --weights ema|model which weights of a checkpoint folder (default ema)\n"
+               "  --merge-lora DIR    fold a LoRA adapter folder (PEFT's adapter_model.safetensors +\n"
+               "                      adapter_config.json) into the weights before writing\n"
+               "                      (a LoRA training checkpoint given as --checkpoint is merged by itself)\n"
                "  --dtype fp32|bf16|fp16   tensor dtype (default fp32)\n"
                "  --max-shard-size N  split the weights into files of at most N bytes (suffixes KB, MB, GB, KiB,\n"
                "                      MiB, GiB) with diffusers' index; 5GB matches the hub's Wan pipelines\n"
@@ -52,11 +55,12 @@ static uint64_t parse_size(const char *s) {
 /* A Wan checkpoint: the weights only (no gradients or activations), then the WanPipeline folder. */
 static int export_wan(const char *checkpoint, const char *weights, int weights_explicit, const char *out_dir,
                       diffusers_export_opts *o, const char *objective, const char *shift_s, double shift,
-                      const char *dtype) {
+                      const char *dtype, const char *adapter) {
     wan_model m;
     cli_wan_info info;
     char err[2048];
     if (cli_open_wan(checkpoint, weights, weights_explicit, NULL, &m, &info, err, sizeof err)) dfm_die("%s", err);
+    cli_apply_adapter(adapter, &m.table, m.params);
     /* Wan is a flow-matching model; a checkpoint without objective metadata is taken as one */
     o->objective = objective            ? (strcmp(objective, "edm") ? OBJ_FLOW_MATCHING : OBJ_EDM)
                    : info.has_objective ? info.obj.kind
@@ -76,7 +80,7 @@ static int export_wan(const char *checkpoint, const char *weights, int weights_e
 
 int dfm_export_main(int argc, char **argv) {
     const char *checkpoint = NULL, *out_dir = NULL, *weights = "ema", *dtype = "fp32", *objective = NULL;
-    const char *shift_s = NULL, *shard_s = NULL, *scheduler = NULL;
+    const char *shift_s = NULL, *shard_s = NULL, *scheduler = NULL, *adapter = NULL;
     int weights_explicit = 0;
     for (int i = 1; i < argc; i++) {
         const char *v;
@@ -89,6 +93,8 @@ int dfm_export_main(int argc, char **argv) {
             out_dir = v;
         else if (cli_opt(argc, argv, &i, "--weights", &v))
             weights = v, weights_explicit = 1;
+        else if (cli_opt(argc, argv, &i, "--merge-lora", &v))
+            adapter = v;
         else if (cli_opt(argc, argv, &i, "--dtype", &v))
             dtype = v;
         else if (cli_opt(argc, argv, &i, "--objective", &v))
@@ -136,12 +142,13 @@ int dfm_export_main(int argc, char **argv) {
     else if (scheduler)
         dfm_die("--scheduler must be 'euler' or 'unipc' (got '%s')", scheduler);
     if (cli_checkpoint_is_wan(checkpoint, weights, weights_explicit))
-        return export_wan(checkpoint, weights, weights_explicit, out_dir, &o, objective, shift_s, shift, dtype);
+        return export_wan(checkpoint, weights, weights_explicit, out_dir, &o, objective, shift_s, shift, dtype, adapter);
 
     dit_model m;
     cli_model_info info;
     char err[2048];
     if (cli_open_dit(checkpoint, weights, weights_explicit, 1, &m, &info, err, sizeof err)) dfm_die("%s", err);
+    cli_apply_adapter(adapter, &m.table, m.params);
     if (objective)
         o.objective = strcmp(objective, "edm") ? OBJ_FLOW_MATCHING : OBJ_EDM;
     else if (info.has_objective)

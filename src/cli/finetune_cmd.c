@@ -1,8 +1,9 @@
 /* dfm finetune: the Automodel paradigm's entry. One YAML recipe with NeMo Automodel's sections (defaults in C,
  * include/dfm/automodel.h) is resolved against the pretrained model and the pre-encoded data, then mapped onto
  * the shared training job (dfm_pretrain): the same model, loss, data parallelism and checkpoint writer as the
- * Megatron paradigm. What is not built yet (LoRA, HSDP, model parallelism, resolution buckets, Automodel's
- * epoch_E_step_S checkpoint layout) is refused or stated, never silently ignored. */
+ * Megatron paradigm. peft (LoRA, include/dfm/lora.h) maps onto the job's peft.* keys. What is not built yet (HSDP,
+ * model parallelism, resolution buckets, Automodel's epoch_E_step_S checkpoint layout) is refused or stated, never
+ * silently ignored. */
 #include "cli/cli_common.h"
 #include "dfm/automodel.h"
 #include "dfm/checkpoint.h"
@@ -108,7 +109,8 @@ int dfm_finetune_main(int argc, char **argv) {
                 plan.pp);
     if (plan.dp_replicate > 1)
         dfm_die("fsdp.dp_replicate_size = %d: hybrid sharding (HSDP) is not built yet; use 1", plan.dp_replicate);
-    if (automodel_peft_enabled(a)) dfm_die("peft: LoRA fine-tuning is not built yet; remove peft.target_modules");
+    if (automodel_peft_enabled(a) && strcmp(cfg_str(a, "model.mode"), "finetune"))
+        dfm_die("peft: LoRA adapts pretrained weights; it needs model.mode: finetune (not %s)", cfg_str(a, "model.mode"));
     if (cfg_bool(a, "fsdp.activation_checkpointing") || cfg_bool(a, "fsdp.cpu_offload"))
         dfm_die("fsdp.activation_checkpointing / cpu_offload: not built yet; set them to false");
     int consolidated = automodel_save_consolidated(a);
@@ -206,6 +208,17 @@ int dfm_finetune_main(int argc, char **argv) {
                     : fm[i][1][0] == 'b' ? json_boolean(cfg_bool(a, from))
                                          : num_or_null(a, from, fm[i][1][0] == 'i');
         put(m, to, v);
+    }
+    /* LoRA: the same keys in the shared job's tree (lora.h) */
+    put(m, "peft.dim", json_integer((json_int_t)cfg_int(a, "peft.dim")));
+    put(m, "peft.alpha", json_real(cfg_float(a, "peft.alpha")));
+    put(m, "peft.dropout", json_real(cfg_float(a, "peft.dropout")));
+    put(m, "peft.match_all_linear", json_boolean(cfg_bool(a, "peft.match_all_linear")));
+    static const char *lists[] = {"peft.target_modules", "peft.exclude_modules"};
+    for (int k = 0; k < 2; k++) {
+        json_t *l = json_array();
+        for (int i = 0; i < cfg_len(a, lists[k]); i++) json_array_append_new(l, json_string(cfg_list_str(a, lists[k], i)));
+        put(m, lists[k], l);
     }
     /* checkpoints: Megatron's iter_N layout in checkpoint_dir (Automodel's epoch_E_step_S layout is not built) */
     const char *ckdir = cfg_str(a, "checkpoint.checkpoint_dir");

@@ -24,6 +24,8 @@ static void usage(FILE *f) {
                "                      holding latest_checkpointed_iteration.txt (then its newest iteration)\n"
                "  --weights ema|model which weights of a checkpoint folder (default ema)\n"
                "  --out DIR           output folder: sample_NNNN.png, samples.json, grid.png\n"
+               "  --adapter DIR       a LoRA adapter folder (PEFT's adapter_model.safetensors + adapter_config.json)\n"
+               "                      merged into the weights first\n"
                "  --objective flow_matching|edm   what the model predicts, when the weights file does not say\n"
                "  --sampler euler|heun             default: euler for flow matching, heun for EDM\n"
                "  --steps N           sampling steps (default 50 flow / 35 EDM)\n"
@@ -101,7 +103,7 @@ static void progress(int done, int total, void *ctx) {
 int dfm_generate_main(int argc, char **argv) {
     const char *checkpoint = NULL, *out_dir = NULL, *weights = "ema", *objective = NULL, *sampler = NULL;
     const char *steps_s = NULL, *guid_s = NULL, *shift_s = NULL, *seed_s = "0", *classes_s = "all";
-    const char *per_s = "8", *batch_s = NULL, *per_prompt_s = "2", *text_emb = NULL;
+    const char *per_s = "8", *batch_s = NULL, *per_prompt_s = "2", *text_emb = NULL, *adapter = NULL;
     const char **prompts = xcalloc((size_t)argc, sizeof(char *));
     int nprompts = 0;
     int weights_explicit = 0;
@@ -116,6 +118,8 @@ int dfm_generate_main(int argc, char **argv) {
             out_dir = v;
         else if (cli_opt(argc, argv, &i, "--weights", &v))
             weights = v, weights_explicit = 1;
+        else if (cli_opt(argc, argv, &i, "--adapter", &v))
+            adapter = v;
         else if (cli_opt(argc, argv, &i, "--objective", &v))
             objective = v;
         else if (cli_opt(argc, argv, &i, "--sampler", &v))
@@ -191,7 +195,7 @@ int dfm_generate_main(int argc, char **argv) {
             dfm_die("--objective, --sampler, --classes and --per-class are DiT options; a Wan checkpoint samples with "
                     "the Euler flow ODE from --prompt captions (--per-prompt N)");
         kernels_init();
-        wan_gen_opts o = {checkpoint, weights, out_dir, weights_explicit, text_emb, prompts, nprompts, (int)per_prompt,
+        wan_gen_opts o = {checkpoint, weights, out_dir, weights_explicit, adapter, text_emb, prompts, nprompts, (int)per_prompt,
                           (int)batch, (int)steps, guidance, shift_s ? shift : 0, seed, progress};
         int rc = dfm_generate_wan(&o);
         free(prompts);
@@ -207,6 +211,7 @@ int dfm_generate_main(int argc, char **argv) {
     char err[2048];
     int max_batch = guidance != 1.0 ? (int)(2 * batch) : (int)batch;
     if (cli_open_dit(checkpoint, weights, weights_explicit, max_batch, &m, &info, err, sizeof err)) dfm_die("%s", err);
+    cli_apply_adapter(adapter, &m.table, m.params);
     int K = m.cfg.num_classes, C = m.cfg.in_channels, S = m.cfg.image_size;
     if (C != 1 && C != 3) dfm_die("'%s': the model has %d channels; images need 1 (gray) or 3 (RGB)", info.path, C);
     int *classes, ncls;

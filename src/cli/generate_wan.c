@@ -119,6 +119,7 @@ int dfm_generate_wan(const wan_gen_opts *o) {
     cli_wan_info info;
     if (cli_open_wan(o->checkpoint, o->weights, o->weights_explicit, &mx, &m, &info, err, sizeof err))
         dfm_die("%s", err);
+    cli_apply_adapter(o->adapter, &m.table, m.params);
     if (m.cfg.in_channels != C) dfm_die("'%s': the model has %d input channels, its clips %d", info.path, m.cfg.in_channels, C);
 
     float *text;

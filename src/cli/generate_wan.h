@@ -9,6 +9,7 @@
 typedef struct {
     const char *checkpoint, *weights, *out_dir;
     int weights_explicit;
+    const char *adapter;          /* a PEFT LoRA folder merged into the weights, or NULL */
     const char *text_embeddings;  /* a safetensors file of text_embeddings [n, L, D] (+ text_lens [n]), or NULL */
     const char *const *prompts;   /* --prompt values (encoded by the checkpoint's stand-in encoder) */
     int nprompts;

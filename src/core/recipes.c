@@ -83,6 +83,16 @@ static cfg *recipe_base(const char *name) {
     cfg_def(c, "checkpoint.load_optim", CFG_BOOL, "true", "restore the optimizer state on resume");
     cfg_def(c, "checkpoint.most_recent_k", CFG_INT, "2", "checkpoints kept (the oldest are removed)");
 
+    /* LoRA (include/dfm/lora.h): on when target_modules is non-empty or match_all_linear */
+    cfg_def(c, "peft.dim", CFG_INT, "8", "LoRA rank r");
+    cfg_def(c, "peft.alpha", CFG_FLOAT, "32", "LoRA alpha (the adapter's scale is alpha / r)");
+    cfg_def(c, "peft.dropout", CFG_FLOAT, "0.0", "dropout on the adapter input (only 0 is built)");
+    cfg_def(c, "peft.use_rslora", CFG_BOOL, "false", "rank-stabilised scale alpha / sqrt(r)");
+    cfg_def(c, "peft.target_modules", CFG_LIST, "[]",
+            "diffusers module names or globs to adapt, e.g. ['*.to_q', '*.to_v'] or ['to_q', 'to_v']");
+    cfg_def(c, "peft.exclude_modules", CFG_LIST, "[]", "module names or globs never adapted");
+    cfg_def(c, "peft.match_all_linear", CFG_BOOL, "false", "adapt every linear layer");
+
     /* dataset */
     cfg_def_enum(c, "dataset.type", 0, "fashion_mnist",
                  "fashion_mnist|image_folder|energon|video_clips|video_folder|video_meta",

@@ -11,6 +11,7 @@ void dit_trainer_init(dit_trainer *tr, dit_model *m, adamw_state *opt, const obj
     tr->opt = opt;
     tr->obj = *obj;
     tr->seed = seed;
+    tr->lora = NULL;
     const dit_config *c = &m->cfg;
     size_t in_n = (size_t)c->in_channels * c->image_size * c->image_size;
     size_t out_n = (size_t)c->out_channels * c->image_size * c->image_size;
@@ -60,16 +61,19 @@ step_result dit_trainer_step_dp(dit_trainer *tr, dp_engine *e, const float *x0, 
     size_t out_n = (size_t)c->out_channels * c->image_size * c->image_size;
     step_result r;
     dp_begin_step(e);
+    const float *adapters = tr->lora ? lora_step_begin(tr->lora, m->params) : NULL;
     double loss = 0;
     for (int off = 0; off < n_local; off += m->max_batch) {
         int mb = n_local - off < m->max_batch ? n_local - off : m->max_batch;
         dp_micro_begin(e, off + mb >= n_local);
+        if (tr->lora) dit_zero_grad(m);
         diffusion_prepare(&tr->db, &tr->obj, x0 + (size_t)off * in_n, labels + off, mb, in_n, c->num_classes, tr->seed,
                           step, first + (uint32_t)off);
         dit_forward(m, tr->out, tr->db.model_in, tr->db.timestep, tr->db.labels, mb);
         float share = (float)mb / (float)B_global;
         loss += share * diffusion_loss(&tr->db, tr->out, tr->dout, out_n, share);
         dit_backward(m, tr->dout, mb);
+        if (tr->lora) lora_micro_backward(tr->lora, adapters, m->grads);
         dp_micro_end(e);
     }
     dist_allreduce_sum_f64(&loss, 1, "all-reduce of the loss");

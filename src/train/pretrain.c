@@ -9,6 +9,7 @@
 #include "dfm/diffusers.h"
 #include "dfm/dist.h"
 #include "dfm/kernels.h"
+#include "dfm/lora.h"
 #include "dfm/optim.h"
 #include "dfm/plot.h"
 #include "dfm/safetensors.h"
@@ -203,10 +204,18 @@ typedef struct {
     int64_t consumed;
     char *objective_meta;
     char *class_names_meta; /* JSON list, or NULL */
+    int lora_on;            /* peft: the engine, the optimizer and checkpoints hold the adapters (j.lora) */
+    lora_model lora;
+    char *lora_meta;        /* "dfm_lora": rank, alpha, modules and the base weights' path */
 } job;
 
 static void save_weights(job *j, const float *buf, const char *path, const char *const *meta) {
-    if (j->wan) wan_save_weights(&j->wmodel, buf, path, meta);
+    if (j->lora_on) { /* the adapters, with the model's config and what the base is */
+        const char *m[16] = {j->config_key, j->config_json, "dfm_lora", j->lora_meta};
+        int n = 4;
+        for (int i = 0; meta && meta[i] && n < 14; i += 2) m[n++] = meta[i], m[n++] = meta[i + 1];
+        param_table_save(j->table, buf, "", path, m);
+    } else if (j->wan) wan_save_weights(&j->wmodel, buf, path, meta);
     else dit_save_weights(&j->model, buf, path, meta);
 }
 
@@ -225,7 +234,8 @@ static void save_checkpoint(job *j, const char *root) {
     snprintf(step, sizeof step, "%ld", dp_optimizer_step(j->dp));
     if (j->sharded) { /* every rank writes its own range of parameters, EMA and moments */
         const char *smeta[] = {j->config_key, j->config_json, "dfm_objective", j->objective_meta, "step", step,
-                               "dfm_class_names", j->class_names_meta, "dfm_wan_sample", j->sample_meta, NULL};
+                               "dfm_lora", j->lora_meta, "dfm_class_names", j->class_names_meta,
+                               "dfm_wan_sample", j->sample_meta, NULL};
         dp_save_shard(j->dp, tmp, smeta);
     } else if (lead) {
         /* optional entries only when present: the list ends at the first NULL key */
@@ -250,6 +260,16 @@ static void save_checkpoint(job *j, const char *root) {
         st_writer_meta(w, "step", step);
         snprintf(path, sizeof path, "%s/optimizer.safetensors", tmp);
         st_writer_finish(w, path);
+    }
+    if (j->lora_on) { /* the adapters as PEFT writes them, for diffusers / PEFT users */
+        float *ad = j->lora.params;
+        if (!ad) dp_gather_full(j->dp, 0, ad = xalloc_floats(j->table->total));
+        char perr[512];
+        snprintf(path, sizeof path, "%s/adapter", tmp);
+        if (lead && lora_save_peft(&j->lora, ad, path, cfg_str(j->c, "checkpoint.pretrained_checkpoint"), perr,
+                                   sizeof perr) != 0)
+            dfm_die("saving the LoRA adapter: %s", perr);
+        if (ad != j->lora.params) free(ad);
     }
     /* every rank's files are complete before the folder gets its final name */
     dist_barrier_world();
@@ -486,6 +506,55 @@ static double validate_wan(job *j, const video_dataset *vd, const int *val_idx, 
     return total / iters;
 }
 
+/* ---- LoRA ----------------------------------------------------------------------------------------- */
+
+/* peft.*: adapters over the loaded base weights; from here on the engine, the optimizer, the EMA and the
+ * checkpoints see the adapters (dm and j->table), the model keeps its full (merged) weights outside the engine. */
+static void setup_lora(job *j, dp_model *dm, uint64_t seed) {
+    const cfg *c = j->c;
+    int nt = cfg_len(c, "peft.target_modules"), ne = cfg_len(c, "peft.exclude_modules");
+    const char **targets = xcalloc((size_t)nt + 1, sizeof(char *)), **excludes = xcalloc((size_t)ne + 1, sizeof(char *));
+    for (int i = 0; i < nt; i++) targets[i] = cfg_list_str(c, "peft.target_modules", i);
+    for (int i = 0; i < ne; i++) excludes[i] = cfg_list_str(c, "peft.exclude_modules", i);
+    lora_spec spec = {int_key(c, "peft.dim", 1, 1 << 16), (float)cfg_float(c, "peft.alpha"),
+                      (float)cfg_float(c, "peft.dropout"), cfg_bool(c, "peft.use_rslora"), targets, nt, excludes, ne,
+                      cfg_bool(c, "peft.match_all_linear")};
+    char err[2048];
+    const param_table *base = j->table;
+    float *params = j->wan ? j->wmodel.params : j->model.params;
+    if (lora_create(&j->lora, base, params, &spec, seed, err, sizeof err) != 0) dfm_die("%s", err);
+    free(targets), free(excludes);
+    *dm = (dp_model){&j->lora.table, j->lora.nseg, j->lora.seg_begin, &j->lora.params, &j->lora.grads, &j->lora.hooks};
+    j->table = &j->lora.table;
+    /* what reading the checkpoint back needs: the adapted modules and where the base weights are */
+    const char *bp = cfg_str(c, "checkpoint.pretrained_checkpoint");
+    char *abs = realpath(bp, NULL);
+    json_t *mods = json_array();
+    for (int k = 0; k < j->lora.n; k++) json_array_append_new(mods, json_string(j->lora.t[k].module));
+    json_t *meta = json_pack("{s:i, s:f, s:b, s:o, s:s}", "r", j->lora.r, "alpha", (double)j->lora.alpha, "use_rslora",
+                             j->lora.use_rslora, "modules", mods, "base", abs ? abs : bp);
+    j->lora_meta = json_dumps(meta, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    json_decref(meta);
+    free(abs);
+    if (dist_get()->rank == 0) {
+        size_t frozen = base->total, copies = 0;
+        for (int k = 0; k < j->lora.n; k++) copies += (size_t)j->lora.t[k].out * j->lora.t[k].in;
+        printf("LoRA: r %d, alpha %g (scale %g) on %d linear layers: %zu trainable parameters; the %zu base "
+               "parameters frozen (weights, their gradients and %.1f MB of base copies of the adapted layers kept "
+               "outside the optimizer)\n",
+               j->lora.r, (double)j->lora.alpha, (double)j->lora.scale, j->lora.n, j->lora.table.total, frozen,
+               copies * 4 / 1e6);
+    }
+}
+
+/* Before validation or export: the model's weights merged with the current adapters (after the last update). */
+static void lora_refresh(job *j) {
+    float *ad = j->lora.params;
+    if (!ad) dp_gather_full(j->dp, 0, ad = xalloc_floats(j->table->total));
+    lora_merge(&j->lora, ad, j->wan ? j->wmodel.params : j->model.params);
+    if (ad != j->lora.params) free(ad);
+}
+
 /* ---- the loop --------------------------------------------------------------------------------- */
 
 static void fmt_eta(char *buf, size_t n, double s) {
@@ -651,11 +720,18 @@ int dfm_pretrain(const cfg *c) {
         j.config_key = "dfm_dit_config";
     }
     j.table = dm.table;
+    j.lora_on = cfg_len(c, "peft.target_modules") > 0 || cfg_bool(c, "peft.match_all_linear");
+    if (j.lora_on && cfg_is_null(c, "checkpoint.pretrained_checkpoint"))
+        dfm_die("peft: LoRA adapts pretrained weights; set checkpoint.pretrained_checkpoint (dfm finetune: "
+                "model.mode finetune)");
     if (!cfg_is_null(c, "checkpoint.pretrained_checkpoint")) {
-        if (cfg_is_null(c, "checkpoint.load")) load_pretrained(&j, cfg_str(c, "checkpoint.pretrained_checkpoint"));
+        /* LoRA checkpoints hold the adapters only: the frozen base is read on resume too */
+        if (cfg_is_null(c, "checkpoint.load") || j.lora_on)
+            load_pretrained(&j, cfg_str(c, "checkpoint.pretrained_checkpoint"));
         else if (lead) /* Megatron's rule: a run that resumes continues from its own checkpoint */
             printf("checkpoint.load is set: resuming from it; checkpoint.pretrained_checkpoint is not read\n");
     }
+    if (j.lora_on) setup_lora(&j, &dm, seed);
     j.ema_decay = (float)cfg_float(c, "train.ema_decay");
     adamw_config oc;
     oc.lr = (float)cfg_float(c, "optimizer.lr");
@@ -672,6 +748,7 @@ int dfm_pretrain(const cfg *c) {
     snprintf(j.token, sizeof j.token, "%ld", token);
     if (j.wan) wan_trainer_init(&j.wtr, &j.wmodel, &j.obj, seed, frames, size, size, text_len);
     else dit_trainer_init(&j.tr, &j.model, dp_optimizer(j.dp), &j.obj, seed);
+    if (j.lora_on) j.wtr.lora = j.tr.lora = &j.lora;
     const char *style_s = cfg_str(c, "scheduler.lr_decay_style");
     lr_style style = !strcmp(style_s, "cosine") ? LR_COSINE : !strcmp(style_s, "linear") ? LR_LINEAR : LR_CONSTANT;
     long warmup = int_key(c, "scheduler.lr_warmup_iters", 0, 1L << 30);
@@ -812,6 +889,7 @@ int dfm_pretrain(const cfg *c) {
             t_window = dfm_time_s(), wait_window = 0, steps_window = 0;
         }
         if (j.iteration % eval_interval == 0 || j.iteration == train_iters) {
+            if (j.lora_on && eval_iters > 0) lora_refresh(&j);
             double v = j.wan ? validate_wan(&j, vd.latents ? &vd : NULL, val_idx, n_val, energon_val, eval_iters, x,
                                             text, labels)
                              : validate(&j, ds.pixels ? &ds : NULL, val_idx, n_val, energon_val, eval_iters, x, labels);
@@ -837,8 +915,9 @@ int dfm_pretrain(const cfg *c) {
     }
 
     free(x), free(text), free(labels), free(train_idx), free(val_idx), free(j.objective_meta), free(j.class_names_meta);
-    free(j.config_json), free(j.sample_meta);
+    free(j.config_json), free(j.sample_meta), free(j.lora_meta);
     dp_engine_free(j.dp);
+    if (j.lora_on) lora_free(&j.lora);
     if (j.wan) {
         video_loader_free(j.vloader);
         video_dataset_free(&vd);

@@ -68,14 +68,17 @@ step_result wan_trainer_step_dp(wan_trainer *tr, dp_engine *e, const float *late
     int mbs = m->max.batch;
     step_result r;
     dp_begin_step(e);
+    const float *adapters = tr->lora ? lora_step_begin(tr->lora, m->params) : NULL;
     double loss = 0;
     for (int off = 0; off < n_local; off += mbs) {
         int mb = n_local - off < mbs ? n_local - off : mbs;
         dp_micro_begin(e, off + mb >= n_local);
+        if (tr->lora) wan_zero_grad(m);
         float share = (float)mb / (float)B_global;
         loss += share * forward_loss(tr, &tr->obj, tr->seed, latents + (size_t)off * in_n, text + (size_t)off * tl,
                                      text_lens + off, mb, step, first + (uint32_t)off, share, 1);
         wan_backward(m, tr->dout);
+        if (tr->lora) lora_micro_backward(tr->lora, adapters, m->grads);
         dp_micro_end(e);
     }
     dist_allreduce_sum_f64(&loss, 1, "all-reduce of the loss");
