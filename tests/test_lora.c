@@ -364,6 +364,46 @@ static void end_to_end(void) {
           worst);
 }
 
+/* The Megatron paradigm: dfm pretrain with peft.* over a DiT checkpoint; two ranks equal one process; generate and
+ * export read the LoRA checkpoint. */
+static void megatron_dit(void) {
+    const char *tiny = "model.num_layers=2 model.hidden_size=32 model.num_attention_heads=2 model.ffn_hidden_size=128 "
+                       "model.patch_size=7 train.global_batch_size=8 train.micro_batch_size=4 train.eval_interval=4 "
+                       "train.eval_iters=1 dataset.val_samples=16 dataset.num_workers=1 logger.log_interval=1 "
+                       "optimizer.lr=3e-3 scheduler.lr_warmup_iters=0";
+    int rc = test_sh("cd %s && %s pretrain %s train.train_iters=2 logger.output_dir=dbase checkpoint.save=dbase/ck "
+                     "> dbase.log 2>&1",
+                     dir, bin, tiny);
+    const char *lora = "peft.target_modules=\"['attn1.to_q', 'norm1.linear', '*.ff.net.*']\" peft.dim=2 peft.alpha=4 "
+                       "checkpoint.pretrained_checkpoint=dbase/ck train.train_iters=6";
+    rc |= test_sh("cd %s && %s pretrain %s %s logger.output_dir=dl checkpoint.save=dl/ck > dl.log 2>&1", dir, bin, tiny,
+                  lora);
+    rc |= test_sh("cd %s && mpirun --oversubscribe -np 2 %s pretrain %s %s ddp.data_parallel_sharding_strategy=optim_grads "
+                  "logger.output_dir=dl2 checkpoint.save=dl2/ck > dl2.log 2>&1",
+                  dir, bin, tiny, lora);
+    double a[8] = {0}, b[8] = {0};
+    int n = test_run_losses(test_path("%s/dl", dir), a, 7);
+    test_run_losses(test_path("%s/dl2", dir), b, 7);
+    double worst = 0;
+    for (int k = 1; k <= 6; k++) worst = fmax(worst, fabs(a[k] - b[k]));
+    char *log = test_read_file(test_path("%s/dl.log", dir), NULL);
+    CHECK(rc == 0 && n == 6 && worst == 0 && log && strstr(log, "on 8 linear layers"),
+          "Megatron paradigm: DiT LoRA (peft.* keys, 8 layers) trains; 2 ranks (optim_grads) = 1 process (worst %.3g)",
+          worst);
+    free(log);
+    rc = test_sh("cd %s && %s generate --checkpoint dl/ck --classes 0,1 --per-class 1 --steps 3 --out dg > dg.log 2>&1 "
+                 "&& %s export --checkpoint dl2/ck --out dx > dx.log 2>&1",
+                 dir, bin, bin);
+    CHECK(rc == 0, "dfm generate and dfm export read DiT LoRA checkpoints (consolidated and sharded)");
+    rc = test_sh("cd %s && %s pretrain %s peft.target_modules=\"['to_q']\" train.train_iters=1 logger.output_dir=dn "
+                 "> dn.log 2>&1",
+                 dir, bin, tiny);
+    log = test_read_file(test_path("%s/dn.log", dir), NULL);
+    CHECK(rc != 0 && log && strstr(log, "checkpoint.pretrained_checkpoint"),
+          "LoRA without pretrained weights is refused, naming checkpoint.pretrained_checkpoint");
+    free(log);
+}
+
 int main(void) {
     static char abs_bin[2048], cwd[800];
     snprintf(abs_bin, sizeof abs_bin, "%s/%s", getcwd(cwd, sizeof cwd) ? cwd : ".", test_dfm_bin());
@@ -376,6 +416,7 @@ int main(void) {
     selection();
     gradients();
     end_to_end();
+    megatron_dit();
     if (!getenv("DFM_KEEP_CASES")) test_rmtree(dir);
     free(dir);
     return test_finish();

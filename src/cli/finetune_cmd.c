@@ -178,8 +178,9 @@ int dfm_finetune_main(int argc, char **argv) {
     put(m, "train.eval_interval", json_integer(val_every > 0 ? val_every : 1 << 30));
     put(m, "train.eval_iters", json_integer(val_every > 0 ? (n_val + mbs - 1) / mbs : 0));
     put(m, "logger.log_interval", json_integer((json_int_t)cfg_int(a, "step_scheduler.log_every")));
-    /* Automodel shards parameters, gradients and optimizer state over the data-parallel ranks (FSDP) */
-    put(m, "ddp.data_parallel_sharding_strategy", json_string("optim_grads_params"));
+    /* Automodel shards parameters, gradients and optimizer state over the data-parallel ranks (FSDP); over one
+     * rank there is nothing to shard, and no_shard gives the same arithmetic without the shard buffers */
+    put(m, "ddp.data_parallel_sharding_strategy", json_string(plan.dp > 1 ? "optim_grads_params" : "no_shard"));
     put(m, "dataset.type", json_string(dtype));
     put(m, "dataset.path", json_string(meta));
     put(m, "dataset.max_samples", json_null());

@@ -65,6 +65,10 @@ void config_to_wan(const cfg *c, wan_config *w) {
     w->ffn_dim = int_key(c, "model.ffn_hidden_size", 1, 1 << 18);
     w->in_channels = int_key(c, "model.in_channels", 1, 1024);
     w->out_channels = int_key(c, "model.out_channels", 0, 1024);
+    if (w->out_channels != 0 && w->out_channels != w->in_channels)
+        dfm_die("model.out_channels %d (from %s) must equal model.in_channels %d (or be 0): Wan's training target has "
+                "the latents' channels",
+                w->out_channels, cfg_source(c, "model.out_channels"), w->in_channels);
     w->text_dim = int_key(c, "model.text_dim", 1, 1 << 16);
     w->freq_dim = int_key(c, "model.freq_dim", 2, 1 << 14);
     w->patch_t = int_key(c, "model.patch_size_t", 1, 64);
@@ -244,7 +248,7 @@ static void save_checkpoint(job *j, const char *root) {
         if (j->class_names_meta) meta[nm++] = "dfm_class_names", meta[nm++] = j->class_names_meta;
         if (j->sample_meta) meta[nm++] = "dfm_wan_sample", meta[nm++] = j->sample_meta;
         snprintf(path, sizeof path, "%s/model.safetensors", tmp);
-        save_weights(j, *(j->wan ? &j->wmodel.params : &j->model.params), path, meta);
+        save_weights(j, j->lora_on ? j->lora.params : j->wan ? j->wmodel.params : j->model.params, path, meta);
         snprintf(path, sizeof path, "%s/ema.safetensors", tmp);
         save_weights(j, dp_full_ema(j->dp), path, meta);
         const adamw_state *opt = dp_optimizer(j->dp);
@@ -788,6 +792,12 @@ int dfm_pretrain(const cfg *c) {
     int *labels = xcalloc((size_t)n_local, sizeof(int)); /* Wan: the text lengths */
     size_t pbytes, gbytes, obytes;
     dp_memory(j.dp, &pbytes, &gbytes, &obytes);
+    if (j.lora_on) { /* the frozen model outside the engine: its (merged) weights, gradients and the base copies */
+        size_t total = j.wan ? j.wmodel.table.total : j.model.table.total, copies = 0;
+        for (int k = 0; k < j.lora.n; k++) copies += (size_t)j.lora.t[k].out * j.lora.t[k].in;
+        pbytes += (total + copies) * sizeof(float);
+        gbytes += total * sizeof(float);
+    }
     if (lead) {
         if (j.wan)
             printf("dfm pretrain: recipe %s, Wan 2.1 %d x %d (%d heads, latents [%d, %d, %d, %d], %d tokens, text %d x %d), "
