@@ -45,7 +45,7 @@ static const char *step_name(const char *run, long step) {
     while (d && (e = readdir(d))) {
         size_t n = strlen(e->d_name), w = strlen(want);
         if (!strncmp(e->d_name, "epoch_", 6) && n > w && !strcmp(e->d_name + n - w, want))
-            snprintf(out, 64, "%s", e->d_name);
+            snprintf(out, 64, "%.60s", e->d_name);
     }
     if (d) closedir(d);
     return out;
@@ -134,8 +134,8 @@ int main(void) {
               count_entries(test_path("%s/ft", dir), "iter_", NULL) == 0 &&
               count_entries(test_path("%s/ft", dir), "", ".tmp.") == 0 &&
               !exists(test_path("%s/ft/latest_checkpointed_iteration.txt", dir)),
-          "epoch_E_step_{4,8,12,16}/ hold model/ and optim/ shards, dataloader/, rng/, step_scheduler.json, config.yaml "
-          "and model/consolidated/ (save_consolidated: every); nothing else, no temporary folder left%s",
+          "epoch_E_step_{4,8,12,16}/ hold model/ and optim/ shards, dataloader/, rng/, step_scheduler.json, "
+          "config.yaml and model/consolidated/ (save_consolidated: every); nothing else, no temporary folder left%s",
           what);
     char *y1 = test_read_file(test_path("%s/ft/config.yaml", dir), NULL);
     char *y2 = test_read_file(test_path("%s/ft/%s/config.yaml", dir, s16), NULL);
@@ -199,7 +199,8 @@ int main(void) {
           "restore_from: null resumes the killed run from LATEST bit-identically (losses %.3g, weights %.3g)", worst,
           dw);
     free(log);
-    CHECK(count_entries(test_path("%s/kill", dir), "epoch_", NULL) == 2 && exists(test_path("%s/kill/epoch_1_step_12", dir)) &&
+    CHECK(count_entries(test_path("%s/kill", dir), "epoch_", NULL) == 2 &&
+              exists(test_path("%s/kill/epoch_1_step_12", dir)) &&
               exists(test_path("%s/kill/epoch_2_step_16/model/consolidated/config.json", dir)) &&
               !exists(test_path("%s/kill/epoch_1_step_12/model/consolidated", dir)) &&
               count_entries(test_path("%s/kill", dir), "", ".tmp.") == 0,
@@ -207,7 +208,9 @@ int main(void) {
 
     /* 4. restore_from LATEST, a step folder's name and a path: each continues bit-identically */
     rc = finetune("", "r", "--step_scheduler.max_steps=8 --step_scheduler.ckpt_every_steps=4");
-    rc |= finetune("", "r", "--step_scheduler.max_steps=16 --step_scheduler.ckpt_every_steps=4 --checkpoint.restore_from=LATEST");
+    rc |= finetune("", "r",
+                   "--step_scheduler.max_steps=16 --step_scheduler.ckpt_every_steps=4 "
+                   "--checkpoint.restore_from=LATEST");
     memset(part, 0, sizeof part);
     test_run_losses(test_path("%s/r", dir), part, 19);
     worst = loss_gap(part, full, 1, 16);

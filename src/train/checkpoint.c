@@ -92,7 +92,9 @@ int ckpt_is_automodel_step(const char *dir) {
 
 void ckpt_kind_dir(const char *dir, const char *kind, char *out, size_t outlen) {
     if (!ckpt_is_automodel_step(dir)) snprintf(out, outlen, "%s", dir);
-    else snprintf(out, outlen, "%s/%s", dir, !strcmp(kind, "exp_avg") || !strcmp(kind, "exp_avg_sq") ? "optim" : "model");
+    else
+        snprintf(out, outlen, "%s/%s", dir,
+                 !strcmp(kind, "exp_avg") || !strcmp(kind, "exp_avg_sq") ? "optim" : "model");
 }
 
 int ckpt_is_sharded(const char *dir, char *err, size_t errlen) {

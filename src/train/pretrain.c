@@ -244,9 +244,9 @@ char *checkpoint_resolve(const char *path, char *err, size_t errlen) {
     if (ckpt_is_sharded(path, e2, sizeof e2) == 1) return xstrdup(path);
     if (ckpt_is_automodel_step(path)) return xstrdup(path);
     snprintf(err, errlen,
-             "'%s' is not a checkpoint: expected a checkpoint folder (latest_checkpointed_iteration.txt, or Automodel's "
-             "LATEST), an iter_NNNNNNN folder (model.safetensors or shard_00000_of_NNNNN.safetensors) or an "
-             "epoch_E_step_S folder (model/)",
+             "'%s' is not a checkpoint: expected a checkpoint folder (latest_checkpointed_iteration.txt, or "
+             "Automodel's LATEST), an iter_NNNNNNN folder (model.safetensors or shard_00000_of_NNNNN.safetensors) "
+             "or an epoch_E_step_S folder (model/)",
              path);
     return NULL;
 }
@@ -537,7 +537,8 @@ static void save_checkpoint_automodel(job *j, const char *root) {
     while (d && (e = readdir(d))) {
         long ep, sp;
         if (is_step_name(e->d_name, &ep, &sp) && n < 4096) steps[n] = sp, names[n++] = xstrdup(e->d_name);
-        else if ((!strncmp(e->d_name, "epoch_", 6) || !strncmp(e->d_name, "LATEST.", 7)) && strstr(e->d_name, ".tmp.")) {
+        else if ((!strncmp(e->d_name, "epoch_", 6) || !strncmp(e->d_name, "LATEST.", 7)) &&
+                 strstr(e->d_name, ".tmp.")) {
             snprintf(path, sizeof path, "%s/%s", root, e->d_name);
             rm_tree(path);
         }
