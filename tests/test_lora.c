@@ -286,13 +286,13 @@ static void end_to_end(void) {
 
     /* the adapter folder: PEFT's names; the merged export: every base tensor bit-identical except the adapted
      * ones, which are base + scale B A */
-    const char *ck = test_path("%s/lora/iter_0000016", dir);
-    st_file *f = st_open(test_path("%s/adapter/adapter_model.safetensors", ck), NULL, 0);
+    const char *ck = test_path("%s/lora/LATEST", dir);
+    st_file *f = st_open(test_path("%s/model/adapter_model.safetensors", ck), NULL, 0);
     const st_tensor *ta = f ? st_find(f, "base_model.model.blocks.1.ffn.net.2.lora_A.weight") : NULL;
     CHECK(f && ta && ta->shape[0] == 4 && ta->shape[1] == 64 && f->n_tensors == 40,
           "the checkpoint's adapter/ holds PEFT's names and shapes (40 tensors; ffn.net.2 A [4, 64])");
     if (f) st_close(f);
-    rc = test_sh("cd %s && %s export --checkpoint lora/iter_0000016 --weights model --out merged > x1.log 2>&1", dir,
+    rc = test_sh("cd %s && %s export --checkpoint lora/LATEST --weights model --out merged > x1.log 2>&1", dir,
                  bin);
     wan_model mb, mm;
     char err[1024];
@@ -317,7 +317,7 @@ static void end_to_end(void) {
 
     /* the base as a dfm checkpoint (hf is its EMA, exported) + --merge-lora of the adapter folder = the LoRA
      * checkpoint's merged export, bit for bit; generate reads the LoRA checkpoint, and a base with --adapter */
-    rc = test_sh("cd %s && %s export --checkpoint base/ck --merge-lora lora/iter_0000016/adapter --out e2 > e2.log 2>&1 "
+    rc = test_sh("cd %s && %s export --checkpoint base/ck --merge-lora lora/LATEST/model --out e2 > e2.log 2>&1 "
                  "&& cmp -s e2/transformer/diffusion_pytorch_model.safetensors "
                  "merged/transformer/diffusion_pytorch_model.safetensors",
                  dir, bin);
@@ -334,9 +334,9 @@ static void end_to_end(void) {
     st_writer_add(w, "text_embeddings", ST_F32, 3, es, emb);
     st_writer_finish(w, test_path("%s/emb.safetensors", dir));
     free(emb);
-    rc = test_sh("cd %s && %s generate --checkpoint lora/iter_0000016 --text-embeddings emb.safetensors --per-prompt 1 "
+    rc = test_sh("cd %s && %s generate --checkpoint lora/LATEST --text-embeddings emb.safetensors --per-prompt 1 "
                  "--steps 3 --out g1 > g1.log 2>&1 && %s generate --checkpoint base/ck --adapter "
-                 "lora/iter_0000016/adapter --prompt 'a bag moving left' --per-prompt 1 --steps 3 --out g2 > g2.log 2>&1 "
+                 "lora/LATEST/model --prompt 'a bag moving left' --per-prompt 1 --steps 3 --out g2 > g2.log 2>&1 "
                  "&& grep -q 'merged into 20 linear layers' g2.log",
                  dir, bin, bin);
     CHECK(rc == 0 && L > 0, "dfm generate reads the LoRA checkpoint, and applies an adapter folder to a base (--adapter)");
@@ -348,8 +348,8 @@ static void end_to_end(void) {
     test_run_losses(test_path("%s/part", dir), part, 19);
     double worst = 0;
     for (int s = 1; s <= 16; s++) worst = fmax(worst, fabs(part[s] - full[s]));
-    rc |= test_sh("cmp -s %s/part/iter_0000016/adapter/adapter_model.safetensors "
-                  "%s/lora/iter_0000016/adapter/adapter_model.safetensors",
+    rc |= test_sh("cmp -s %s/part/LATEST/model/adapter_model.safetensors "
+                  "%s/lora/LATEST/model/adapter_model.safetensors",
                   dir, dir);
     CHECK(rc == 0 && worst == 0, "LoRA resume at step 8: losses (worst %.3g) and adapters bit-identical", worst);
     rc = finetune("mpirun --oversubscribe -np 2", "dp2", "--step_scheduler.max_steps=16 --step_scheduler.ckpt_every_steps=8");
@@ -357,8 +357,8 @@ static void end_to_end(void) {
     test_run_losses(test_path("%s/dp2", dir), dp2, 19);
     worst = 0;
     for (int s = 1; s <= 16; s++) worst = fmax(worst, fabs(dp2[s] - full[s]));
-    rc |= test_sh("cmp -s %s/dp2/iter_0000016/adapter/adapter_model.safetensors "
-                  "%s/lora/iter_0000016/adapter/adapter_model.safetensors",
+    rc |= test_sh("cmp -s %s/dp2/LATEST/model/adapter_model.safetensors "
+                  "%s/lora/LATEST/model/adapter_model.safetensors",
                   dir, dir);
     CHECK(rc == 0 && worst == 0, "LoRA on 2 ranks (FSDP over the adapters) = one process: losses (worst %.3g), adapters",
           worst);

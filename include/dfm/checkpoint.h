@@ -8,7 +8,12 @@
  *    range of the flat buffers as 1-D pieces "<kind>.<name>", with metadata "dfm_shard" (JSON) giving the
  *    writer's range and, for each piece, its tensor's global shape and the piece's element offset in it.
  * Either form reads into any range of the flat layout, so a run saved with one data-parallel size and
- * sharding resumes under any other, including one process. */
+ * sharding resumes under any other, including one process.
+ *
+ * The Automodel layout (checkpoint.layout: automodel, `dfm finetune`) keeps the same files in an
+ * epoch_E_step_S/ folder's subfolders: model/ (model and ema: model.safetensors + ema.safetensors, or the
+ * shards with only those kinds) and optim/ (optimizer.safetensors, or shards with exp_avg and exp_avg_sq).
+ * Every function below takes either kind of folder. */
 #ifndef DFM_CHECKPOINT_H
 #define DFM_CHECKPOINT_H
 
@@ -25,6 +30,11 @@ extern "C" {
  * is element `begin`). meta: NULL-terminated key/value pairs copied into the file. Atomic (temporary + rename). */
 void ckpt_write_shard(const char *dir, int rank, int world, const param_table *t, size_t begin, size_t end, int nkinds,
                       const char *const *kinds, const float *const *bufs, const char *const *meta);
+/* 1 when dir is an Automodel step folder: no weights at its top, a model/ subfolder. */
+int ckpt_is_automodel_step(const char *dir);
+/* The folder holding kind's tensors ("model", "ema", "exp_avg", "exp_avg_sq"): dir itself, or for an Automodel
+ * step folder its model/ or optim/. */
+void ckpt_kind_dir(const char *dir, const char *kind, char *out, size_t outlen);
 /* 1 if dir holds shard files, 0 if it holds consolidated files, -1 (err) if neither. */
 int ckpt_is_sharded(const char *dir, char *err, size_t errlen);
 /* Fill out[0 .. end-begin) with kind's elements [begin, end) of the flat layout of t, from either form. Every

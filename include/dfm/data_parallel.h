@@ -70,6 +70,8 @@ long dp_optimizer_step(const dp_engine *e);
  * key/value pairs for the file). no_shard keeps everything whole: the caller writes consolidated files from
  * rank 0. Loading reads either form into this rank's layout (load_optim: the moments too). */
 void dp_save_shard(dp_engine *e, const char *dir, const char *const *meta);
+/* The same split as the Automodel layout keeps it: parameters and EMA into model_dir, moments into optim_dir. */
+void dp_save_shard_split(dp_engine *e, const char *model_dir, const char *optim_dir, const char *const *meta);
 int dp_load(dp_engine *e, const char *dir, int load_optim, char *err, size_t errlen);
 /* The full parameters or EMA gathered on every rank (for validation of a sharded model, export): out holds
  * table->total floats. */

@@ -4,8 +4,9 @@
  *  1. an existing folder:
  *     - a diffusers pipeline (model_index.json; the transformer is in <subfolder>/, "transformer" by default),
  *     - a transformer folder (config.json + diffusion_pytorch_model.safetensors, or its shards' .index.json),
- *     - a Megatron-paradigm checkpoint: an iter_NNNNNNN/ folder or the root holding
- *       latest_checkpointed_iteration.txt (resolved to its iter folder);
+ *     - a dfm checkpoint: an iter_NNNNNNN/ folder or the root holding latest_checkpointed_iteration.txt
+ *       (resolved to its iter folder), or an Automodel-layout epoch_E_step_S/ folder or the root holding
+ *       LATEST (resolved to the step folder it points to);
  *  2. a Hugging Face hub id "org/name" or "org/name@revision", looked up in the local hub cache: $HF_HUB_CACHE,
  *     else $HF_HOME/hub, else ~/.cache/huggingface/hub; layout models--org--name/refs/<revision> (a file holding
  *     the commit hash; revision "main" by default) and snapshots/<hash>/. A revision may also be a commit hash
@@ -23,7 +24,7 @@ extern "C" {
 typedef enum {
     PRETRAINED_PIPELINE = 0,     /* diffusers pipeline folder */
     PRETRAINED_TRANSFORMER = 1,  /* diffusers transformer folder */
-    PRETRAINED_MEGATRON = 2,     /* dfm pretrain (Megatron paradigm) checkpoint iter folder */
+    PRETRAINED_MEGATRON = 2,     /* dfm checkpoint: an iter folder, or an Automodel-layout step folder */
 } pretrained_kind;
 
 typedef struct {

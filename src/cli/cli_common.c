@@ -102,6 +102,20 @@ int cli_resolve_weights(const char *checkpoint, const char *which, int which_exp
             snprintf(err, errlen, "'%s' names iteration %ld, but '%s' is missing", p, it, dir);
             return -1;
         }
+    } else {
+        struct stat lst;
+        snprintf(p, sizeof p, "%s/LATEST", checkpoint);
+        if (lstat(p, &lst) == 0) { /* an Automodel checkpoint_dir: its LATEST step folder */
+            char *step = checkpoint_resolve(checkpoint, err, errlen);
+            if (!step) return -1;
+            snprintf(dir, sizeof dir, "%.4000s", step);
+            free(step);
+        }
+    }
+    if (ckpt_is_automodel_step(dir)) { /* epoch_E_step_S/: the weights are in model/ */
+        char top[4096];
+        snprintf(top, sizeof top, "%s", dir);
+        ckpt_kind_dir(top, which, dir, sizeof dir);
     }
     snprintf(p, sizeof p, "%s/%s.safetensors", dir, which);
     if (is_file(p)) {

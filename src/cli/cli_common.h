@@ -17,6 +17,8 @@ int cli_opt(int argc, char **argv, int *i, const char *name, const char **val);
 /* The weights file a --checkpoint argument names:
  *   a file                                   -> itself
  *   a folder with latest_checkpointed_iteration.txt -> its iter_NNNNNNN/ folder, then as below
+ *   a folder with Automodel's LATEST         -> the epoch_E_step_S/ folder it points to, then as below
+ *   an epoch_E_step_S/ folder                -> its model/ folder, then as below
  *   an iter_NNNNNNN/ folder                  -> <which>.safetensors in it ("ema" or "model"); when `which`
  *                                               was not asked for explicitly and ema.safetensors is absent,
  *                                               model.safetensors with a warning.

@@ -12,8 +12,8 @@
 
 static void usage(FILE *f) {
     fprintf(f, "usage: dfm export --checkpoint PATH --out DIR [options]\n"
-               "  --checkpoint PATH   a dfm weights file, a checkpoint folder iter_NNNNNNN/, or the checkpoint root\n"
-               "                      (DiT or Wan, consolidated or sharded)\n"
+               "  --checkpoint PATH   a dfm weights file, a checkpoint folder (iter_NNNNNNN/, epoch_E_step_S/) or the\n"
+               "                      checkpoint root (DiT or Wan, consolidated or sharded)\n"
                "  --out DIR           the diffusers folder to write (an earlier export there is replaced)\n"
                "  --weights ema|model which weights of a checkpoint folder (default ema)\n"
                "  --merge-lora DIR    fold a LoRA adapter folder (PEFT's adapter_model.safetensors +\n"

@@ -1,9 +1,11 @@
 /* dfm finetune: the Automodel paradigm's entry. One YAML recipe with NeMo Automodel's sections (defaults in C,
  * include/dfm/automodel.h) is resolved against the pretrained model and the pre-encoded data, then mapped onto
  * the shared training job (dfm_pretrain): the same model, loss, data parallelism and checkpoint writer as the
- * Megatron paradigm. peft (LoRA, include/dfm/lora.h) maps onto the job's peft.* keys. What is not built yet (HSDP,
- * model parallelism, resolution buckets, Automodel's epoch_E_step_S checkpoint layout) is refused or stated, never
- * silently ignored. */
+ * Megatron paradigm, with checkpoints in Automodel's layout (checkpoint.layout: automodel): checkpoint_dir/
+ * epoch_E_step_S/ with model/, optim/, dataloader/, rng/, config.yaml (this recipe) and model/consolidated/ as
+ * save_consolidated asks, a LATEST symlink, max_recent_checkpoints kept. peft (LoRA, include/dfm/lora.h) maps onto
+ * the job's peft.* keys. What is not built yet (HSDP, model parallelism, resolution buckets) is refused or stated,
+ * never silently ignored. */
 #include "cli/cli_common.h"
 #include "dfm/automodel.h"
 #include "dfm/checkpoint.h"
@@ -114,7 +116,6 @@ int dfm_finetune_main(int argc, char **argv) {
     if (cfg_bool(a, "fsdp.activation_checkpointing") || cfg_bool(a, "fsdp.cpu_offload"))
         dfm_die("fsdp.activation_checkpointing / cpu_offload: not built yet; set them to false");
     int consolidated = automodel_save_consolidated(a);
-    if (consolidated == 2) dfm_die("checkpoint.save_consolidated: every is not built yet; use final or false");
     if (!cfg_bool(a, "data.dataloader.shuffle"))
         dfm_die("data.dataloader.shuffle: false is not built yet (dfm's loaders reshuffle every epoch from the seed)");
 
@@ -178,9 +179,9 @@ int dfm_finetune_main(int argc, char **argv) {
     put(m, "train.eval_interval", json_integer(val_every > 0 ? val_every : 1 << 30));
     put(m, "train.eval_iters", json_integer(val_every > 0 ? (n_val + mbs - 1) / mbs : 0));
     put(m, "logger.log_interval", json_integer((json_int_t)cfg_int(a, "step_scheduler.log_every")));
-    /* Automodel shards parameters, gradients and optimizer state over the data-parallel ranks (FSDP); over one
-     * rank there is nothing to shard, and no_shard gives the same arithmetic without the shard buffers */
-    put(m, "ddp.data_parallel_sharding_strategy", json_string(plan.dp > 1 ? "optim_grads_params" : "no_shard"));
+    /* Automodel shards parameters, gradients and optimizer state over the data-parallel ranks (FSDP; over one rank
+     * too, so its checkpoints always hold model/ and optim/ shards) */
+    put(m, "ddp.data_parallel_sharding_strategy", json_string("optim_grads_params"));
     put(m, "dataset.type", json_string(dtype));
     put(m, "dataset.path", json_string(meta));
     put(m, "dataset.max_samples", json_null());
@@ -221,21 +222,29 @@ int dfm_finetune_main(int argc, char **argv) {
         for (int i = 0; i < cfg_len(a, lists[k]); i++) json_array_append_new(l, json_string(cfg_list_str(a, lists[k], i)));
         put(m, lists[k], l);
     }
-    /* checkpoints: Megatron's iter_N layout in checkpoint_dir (Automodel's epoch_E_step_S layout is not built) */
+    /* checkpoints: Automodel's layout in checkpoint_dir (epoch_E_step_S/ + LATEST), written by the shared job */
     const char *ckdir = cfg_str(a, "checkpoint.checkpoint_dir");
     if (!ckdir) dfm_die("checkpoint.checkpoint_dir: needed (checkpoints, metrics and the consolidated model go there)");
+    char recipe_yaml[4200];
+    snprintf(recipe_yaml, sizeof recipe_yaml, "%s/config.yaml", ckdir);
     put(m, "logger.output_dir", json_string(ckdir));
     put(m, "checkpoint.save", cfg_bool(a, "checkpoint.enabled") ? json_string(ckdir) : json_null());
+    put(m, "checkpoint.layout", json_string("automodel"));
+    put(m, "checkpoint.consolidated", json_string(consolidated == 2 ? "every" : consolidated == 1 ? "final" : "none"));
+    put(m, "checkpoint.config_yaml", json_string(recipe_yaml));
     put(m, "checkpoint.save_interval", json_integer((json_int_t)cfg_int(a, "step_scheduler.ckpt_every_steps")));
     put(m, "checkpoint.most_recent_k", cfg_is_null(a, "checkpoint.max_recent_checkpoints")
                                            ? json_integer(0)
                                            : json_integer((json_int_t)cfg_int(a, "checkpoint.max_recent_checkpoints")));
-    char tracker[4200], load[4200] = "";
-    snprintf(tracker, sizeof tracker, "%s/latest_checkpointed_iteration.txt", ckdir);
+    char load[4200] = "";
     const char *restore = cfg_str(a, "checkpoint.restore_from");
     if (!restore || !strcmp(restore, "LATEST")) { /* the newest checkpoint of this run, if any */
-        if (is_file(tracker)) snprintf(load, sizeof load, "%s", ckdir);
-        else if (restore) dfm_die("checkpoint.restore_from: LATEST, but '%s' holds no checkpoint", ckdir);
+        char latest[4200], tracker[4200];
+        struct stat sb;
+        snprintf(latest, sizeof latest, "%s/LATEST", ckdir);
+        snprintf(tracker, sizeof tracker, "%s/latest_checkpointed_iteration.txt", ckdir); /* an older dfm's layout */
+        if (lstat(latest, &sb) == 0 || is_file(tracker)) snprintf(load, sizeof load, "%s", ckdir);
+        else if (restore) dfm_die("checkpoint.restore_from: LATEST, but '%s' holds no LATEST", ckdir);
     } else if (strchr(restore, '/'))
         snprintf(load, sizeof load, "%s", restore);
     else
@@ -258,31 +267,11 @@ int dfm_finetune_main(int argc, char **argv) {
         xmkdir_p(ckdir);
         char path[4200];
         snprintf(path, sizeof path, "%s/config.yaml", ckdir);
-        cfg_write_yaml(a, path); /* the Automodel recipe as resolved, beside the job's run_config.yaml */
+        cfg_write_yaml(a, path); /* the Automodel recipe as resolved (copied into every step folder) */
     }
     rc = dfm_pretrain(c);
     cfg_free(c);
 
-    /* save_consolidated: final -> a diffusers folder of the final weights in the last checkpoint */
-    if (rc == 0 && consolidated == 1 && lead && cfg_bool(a, "checkpoint.enabled")) {
-        char *it = read_file_err(tracker, err, sizeof err);
-        if (!it) dfm_die("checkpoint.save_consolidated: %s", err);
-        char dir[4400], out[4500];
-        snprintf(dir, sizeof dir, "%s/iter_%07ld", ckdir, atol(it));
-        free(it);
-        wan_model wm;
-        cli_wan_info info;
-        if (cli_open_wan(dir, "model", 1, NULL, &wm, &info, err, sizeof err)) dfm_die("%s", err);
-        diffusers_export_opts eo;
-        diffusers_export_defaults(&eo);
-        eo.flow_shift = info.has_objective ? info.obj.flow_shift : (float)cfg_float(a, "flow_matching.flow_shift");
-        snprintf(out, sizeof out, "%s/model", dir);
-        xmkdir_p(out);
-        snprintf(out, sizeof out, "%s/model/consolidated", dir);
-        if (wan_export_diffusers(&wm, wm.params, out, &eo, err, sizeof err)) dfm_die("%s", err);
-        fprintf(stderr, "finetune: consolidated diffusers model in %s\n", out);
-        wan_free(&wm);
-    }
     cfg_free(a);
     return rc;
 }

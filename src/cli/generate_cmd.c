@@ -20,8 +20,8 @@
 
 static void usage(FILE *f) {
     fprintf(f, "usage: dfm generate --checkpoint PATH --out DIR [options]\n"
-               "  --checkpoint PATH   a dfm weights file, a checkpoint folder iter_NNNNNNN/, or the checkpoint root\n"
-               "                      holding latest_checkpointed_iteration.txt (then its newest iteration)\n"
+               "  --checkpoint PATH   a dfm weights file, a checkpoint folder (iter_NNNNNNN/, epoch_E_step_S/) or the\n"
+               "                      root holding latest_checkpointed_iteration.txt or LATEST (then its newest one)\n"
                "  --weights ema|model which weights of a checkpoint folder (default ema)\n"
                "  --out DIR           output folder: sample_NNNN.png, samples.json, grid.png\n"
                "  --adapter DIR       a LoRA adapter folder (PEFT's adapter_model.safetensors + adapter_config.json)\n"

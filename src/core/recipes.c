@@ -82,6 +82,13 @@ static cfg *recipe_base(const char *name) {
     cfg_def(c, "checkpoint.save_interval", CFG_INT, "1000", "steps between checkpoints");
     cfg_def(c, "checkpoint.load_optim", CFG_BOOL, "true", "restore the optimizer state on resume");
     cfg_def(c, "checkpoint.most_recent_k", CFG_INT, "2", "checkpoints kept (the oldest are removed)");
+    cfg_def_enum(c, "checkpoint.layout", 0, "megatron", "megatron|automodel",
+                 "megatron: iter_%07d/ + latest_checkpointed_iteration.txt; automodel (dfm finetune): "
+                 "epoch_E_step_S/ with model/, optim/, dataloader/, rng/, config.yaml + a LATEST symlink");
+    cfg_def_enum(c, "checkpoint.consolidated", 0, "none", "none|final|every",
+                 "automodel layout: a diffusers model/consolidated/ folder in no, the last or every step folder");
+    cfg_def(c, "checkpoint.config_yaml", CFG_STR, NULL,
+            "automodel layout: a file copied into every step folder as config.yaml (null: this config)");
 
     /* LoRA (include/dfm/lora.h): on when target_modules is non-empty or match_all_linear */
     cfg_def(c, "peft.dim", CFG_INT, "8", "LoRA rank r");

@@ -386,6 +386,13 @@ void dp_save_shard(dp_engine *e, const char *dir, const char *const *meta) {
     ckpt_write_shard(dir, e->rank, e->dp, e->m.table, e->sb, e->se, 4, kinds, bufs, meta);
 }
 
+void dp_save_shard_split(dp_engine *e, const char *model_dir, const char *optim_dir, const char *const *meta) {
+    const char *mk[2] = {"model", "ema"}, *ok[2] = {"exp_avg", "exp_avg_sq"};
+    const float *mb[2] = {e->p_shard, e->ema}, *ob[2] = {e->opt.m, e->opt.v};
+    ckpt_write_shard(model_dir, e->rank, e->dp, e->m.table, e->sb, e->se, 2, mk, mb, meta);
+    ckpt_write_shard(optim_dir, e->rank, e->dp, e->m.table, e->sb, e->se, 2, ok, ob, meta);
+}
+
 int dp_load(dp_engine *e, const char *dir, int load_optim, char *err, size_t errlen) {
     size_t eb = e->s == DP_NO_SHARD ? 0 : e->sb, ee = e->s == DP_NO_SHARD ? e->total : e->se;
     if (e->full_p) {
@@ -402,7 +409,9 @@ int dp_load(dp_engine *e, const char *dir, int load_optim, char *err, size_t err
     char path[4200];
     if (ckpt_is_sharded(dir, err, errlen) == 1) step = ckpt_meta(dir, "step");
     else {
-        snprintf(path, sizeof path, "%s/optimizer.safetensors", dir);
+        char odir[4096];
+        ckpt_kind_dir(dir, "exp_avg", odir, sizeof odir); /* dir itself, or an Automodel step folder's optim/ */
+        snprintf(path, sizeof path, "%s/optimizer.safetensors", odir);
         st_file *f = st_open(path, err, errlen);
         if (!f) return -1;
         if (st_meta(f, "step")) step = xstrdup(st_meta(f, "step"));

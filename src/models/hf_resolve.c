@@ -48,7 +48,7 @@ const char *pretrained_kind_name(pretrained_kind k) {
     case PRETRAINED_TRANSFORMER:
         return "diffusers transformer folder";
     case PRETRAINED_MEGATRON:
-        return "dfm pretrain (Megatron) checkpoint";
+        return "dfm checkpoint";
     }
     return "?";
 }
@@ -101,7 +101,8 @@ static int classify(const char *dir, const char *subfolder, pretrained_source *o
         sfmt(out->model_dir, sizeof out->model_dir, "%s", t);
         return 0;
     }
-    /* a Megatron-paradigm checkpoint: checkpoint_resolve knows both the root and the iter folder */
+    /* a dfm checkpoint of either layout: checkpoint_resolve knows the roots (latest_checkpointed_iteration.txt,
+     * LATEST) and the iter_N / epoch_E_step_S folders */
     char e2[512];
     char *iter = checkpoint_resolve(dir, e2, sizeof e2);
     if (iter) {
@@ -111,11 +112,16 @@ static int classify(const char *dir, const char *subfolder, pretrained_source *o
         free(iter);
         return 0;
     }
-    if (has_file(dir, "latest_checkpointed_iteration.txt")) return errf(err, errlen, "%s", e2);
+    char latest[8192];
+    struct stat lst;
+    sfmt(latest, sizeof latest, "%s/LATEST", dir);
+    if (has_file(dir, "latest_checkpointed_iteration.txt") || lstat(latest, &lst) == 0)
+        return errf(err, errlen, "%s", e2);
     return errf(err, errlen,
                 "'%s' is not a pretrained model: expected a diffusers pipeline (model_index.json and %s/), a "
-                "transformer folder (config.json + diffusion_pytorch_model.safetensors) or a dfm pretrain checkpoint "
-                "(iter_NNNNNNN/ or its root with latest_checkpointed_iteration.txt)",
+                "transformer folder (config.json + diffusion_pytorch_model.safetensors) or a dfm checkpoint "
+                "(iter_NNNNNNN/ or its root with latest_checkpointed_iteration.txt; epoch_E_step_S/ or its root with "
+                "LATEST)",
                 dir, subfolder);
 }
 

@@ -72,17 +72,44 @@ static int shard_world(const char *dir) {
     return world;
 }
 
-int ckpt_is_sharded(const char *dir, char *err, size_t errlen) {
+static int dir_exists(const char *p) {
+    struct stat sb;
+    return stat(p, &sb) == 0 && S_ISDIR(sb.st_mode);
+}
+
+/* Weights at the top of dir (Megatron's iter_N/ form): model.safetensors or shard files. */
+static int has_top_weights(const char *dir) {
     char p[4200];
     snprintf(p, sizeof p, "%s/model.safetensors", dir);
+    return file_exists(p) || shard_world(dir) > 0;
+}
+
+int ckpt_is_automodel_step(const char *dir) {
+    char p[4200];
+    snprintf(p, sizeof p, "%s/model", dir);
+    return !has_top_weights(dir) && dir_exists(p);
+}
+
+void ckpt_kind_dir(const char *dir, const char *kind, char *out, size_t outlen) {
+    if (!ckpt_is_automodel_step(dir)) snprintf(out, outlen, "%s", dir);
+    else
+        snprintf(out, outlen, "%s/%s", dir,
+                 !strcmp(kind, "exp_avg") || !strcmp(kind, "exp_avg_sq") ? "optim" : "model");
+}
+
+int ckpt_is_sharded(const char *dir, char *err, size_t errlen) {
+    char p[4200], d[4096];
+    ckpt_kind_dir(dir, "model", d, sizeof d);
+    snprintf(p, sizeof p, "%s/model.safetensors", d);
     if (file_exists(p)) return 0;
-    if (shard_world(dir) > 0) return 1;
-    snprintf(err, errlen, "'%s' holds neither model.safetensors nor shard_00000_of_NNNNN.safetensors", dir);
+    if (shard_world(d) > 0) return 1;
+    snprintf(err, errlen, "'%s' holds neither model.safetensors nor shard_00000_of_NNNNN.safetensors", d);
     return -1;
 }
 
-char *ckpt_meta(const char *dir, const char *key) {
-    char p[4200];
+char *ckpt_meta(const char *dir_in, const char *key) {
+    char p[4200], dir[4096];
+    ckpt_kind_dir(dir_in, "model", dir, sizeof dir);
     snprintf(p, sizeof p, "%s/model.safetensors", dir);
     if (!file_exists(p)) {
         int w = shard_world(dir);
@@ -276,13 +303,15 @@ static int read_sharded(const char *dir, const char *kind, const param_table *t,
     return rc;
 }
 
-int ckpt_read_range(const char *dir, const char *kind, const param_table *t, size_t begin, size_t end, float *out,
+int ckpt_read_range(const char *top, const char *kind, const param_table *t, size_t begin, size_t end, float *out,
                     char *err, size_t errlen) {
     if (begin > end || end > t->total) {
         snprintf(err, errlen, "internal: range [%zu, %zu) outside the model's %zu parameters", begin, end, t->total);
         return -1;
     }
-    int sharded = ckpt_is_sharded(dir, err, errlen);
+    char dir[4096];
+    ckpt_kind_dir(top, kind, dir, sizeof dir); /* an Automodel step folder keeps them in model/ and optim/ */
+    int sharded = ckpt_is_sharded(top, err, errlen); /* the model's form is the optimizer's */
     if (sharded < 0) return -1;
     return sharded ? read_sharded(dir, kind, t, begin, end, out, err, errlen)
                    : read_consolidated(dir, kind, t, begin, end, out, err, errlen);

@@ -149,6 +149,65 @@ static int is_iter_name(const char *name, long *it) {
     return 1;
 }
 
+/* Automodel's step folder name, epoch_<E>_step_<S> (decimal digits only). */
+static int is_step_name(const char *name, long *epoch, long *step) {
+    const char *p = name;
+    long v[2];
+    for (int k = 0; k < 2; k++) {
+        const char *tag = k ? "_step_" : "epoch_";
+        size_t n = strlen(tag);
+        if (strncmp(p, tag, n) || p[n] < '0' || p[n] > '9') return 0;
+        char *end;
+        v[k] = strtol(p + n, &end, 10);
+        p = end;
+    }
+    if (*p) return 0;
+    *epoch = v[0], *step = v[1];
+    return 1;
+}
+
+/* Automodel's LATEST in root: a symlink to a step folder's name (as NeMo Automodel writes it), or a file holding
+ * that name (a copy that flattened the link). 1 and *out (malloc'ed) the step folder; 0 when root has no LATEST;
+ * -1 with a message naming LATEST and what was expected. */
+static int latest_pointer(const char *root, char **out, char *err, size_t errlen) {
+    char p[4200], name[1024];
+    snprintf(p, sizeof p, "%s/LATEST", root);
+    struct stat sb;
+    if (lstat(p, &sb) != 0) return 0;
+    if (S_ISLNK(sb.st_mode)) {
+        ssize_t n = readlink(p, name, sizeof name - 1);
+        if (n < 0) {
+            snprintf(err, errlen, "cannot read the symlink '%s': %s", p, strerror(errno));
+            return -1;
+        }
+        name[n] = 0;
+    } else if (S_ISREG(sb.st_mode)) {
+        char *text = read_file_err(p, err, errlen);
+        if (!text) return -1;
+        snprintf(name, sizeof name, "%s", text);
+        free(text);
+        name[strcspn(name, "\r\n")] = 0;
+    } else {
+        snprintf(err, errlen, "'%s' is neither a symlink nor a file naming a step folder (epoch_E_step_S)", p);
+        return -1;
+    }
+    if (!name[0]) {
+        snprintf(err, errlen, "'%s' is empty: expected the name of a step folder (epoch_E_step_S)", p);
+        return -1;
+    }
+    char *dir = xmalloc(strlen(root) + strlen(name) + 2);
+    if (name[0] == '/') strcpy(dir, name);
+    else sprintf(dir, "%s/%s", root, name);
+    if (stat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode)) {
+        snprintf(err, errlen, "'%s' points to '%s', but '%s' does not exist (expected a step folder epoch_E_step_S/)",
+                 p, name, dir);
+        free(dir);
+        return -1;
+    }
+    *out = dir;
+    return 1;
+}
+
 char *checkpoint_resolve(const char *path, char *err, size_t errlen) {
     char tracker[4096];
     snprintf(tracker, sizeof tracker, "%s/latest_checkpointed_iteration.txt", path);
@@ -174,14 +233,25 @@ char *checkpoint_resolve(const char *path, char *err, size_t errlen) {
         }
         return dir;
     }
+    char *step = NULL;
+    int rc = latest_pointer(path, &step, err, errlen); /* an Automodel checkpoint_dir */
+    if (rc < 0) return NULL;
+    if (rc > 0) {
+        if (ckpt_is_automodel_step(step) || ckpt_is_sharded(step, err, errlen) >= 0) return step;
+        snprintf(err, errlen, "'%s/LATEST' points to '%s', which holds no checkpoint (no model/ folder)", path, step);
+        free(step);
+        return NULL;
+    }
     char model[4096];
     snprintf(model, sizeof model, "%s/model.safetensors", path);
     if (stat(model, &sb) == 0) return xstrdup(path);
     char e2[64];
     if (ckpt_is_sharded(path, e2, sizeof e2) == 1) return xstrdup(path);
+    if (ckpt_is_automodel_step(path)) return xstrdup(path);
     snprintf(err, errlen,
-             "'%s' is neither a checkpoint folder (no latest_checkpointed_iteration.txt) nor an iter_NNNNNNN folder "
-             "(no model.safetensors or shard_00000_of_NNNNN.safetensors)",
+             "'%s' is not a checkpoint: expected a checkpoint folder (latest_checkpointed_iteration.txt, or "
+             "Automodel's LATEST), an iter_NNNNNNN folder (model.safetensors or shard_00000_of_NNNNN.safetensors) "
+             "or an epoch_E_step_S folder (model/)",
              path);
     return NULL;
 }
@@ -211,7 +281,13 @@ typedef struct {
     int lora_on;            /* peft: the engine, the optimizer and checkpoints hold the adapters (j.lora) */
     lora_model lora;
     char *lora_meta;        /* "dfm_lora": rank, alpha, modules and the base weights' path */
+    int automodel;          /* checkpoint.layout: automodel */
+    int consolidated;       /* checkpoint.consolidated: 0 none, 1 final, 2 every */
+    long train_iters;
+    char saved[64];         /* the name of the last checkpoint folder written */
 } job;
+
+static void lora_refresh(job *j);
 
 static void save_weights(job *j, const float *buf, const char *path, const char *const *meta) {
     if (j->lora_on) { /* the adapters, with the model's config and what the base is */
@@ -223,33 +299,28 @@ static void save_weights(job *j, const float *buf, const char *path, const char 
     else dit_save_weights(&j->model, buf, path, meta);
 }
 
-static void save_checkpoint(job *j, const char *root) {
+/* The weights, EMA and Adam moments: one shard per rank (sharded strategies), or consolidated files from rank 0.
+ * mdir == odir: Megatron's iter folder holds them all; else the model and EMA go to mdir, the moments to odir. */
+static void write_state_tensors(job *j, const char *mdir, const char *odir) {
     int lead = dist_get()->rank == 0;
-    char final[4096], tmp[4096], path[4200];
-    snprintf(final, sizeof final, "%s/iter_%07ld", root, j->iteration);
-    snprintf(tmp, sizeof tmp, "%s/iter_%07ld.tmp.%s", root, j->iteration, j->token);
-    if (lead) {
-        xmkdir_p(root);
-        rm_tree(tmp);
-        xmkdir_p(tmp);
-    }
-    dist_barrier_world();
+    char path[4200];
     char step[32];
     snprintf(step, sizeof step, "%ld", dp_optimizer_step(j->dp));
     if (j->sharded) { /* every rank writes its own range of parameters, EMA and moments */
         const char *smeta[] = {j->config_key, j->config_json, "dfm_objective", j->objective_meta, "step", step,
                                "dfm_lora", j->lora_meta, "dfm_class_names", j->class_names_meta,
                                "dfm_wan_sample", j->sample_meta, NULL};
-        dp_save_shard(j->dp, tmp, smeta);
+        if (!strcmp(mdir, odir)) dp_save_shard(j->dp, mdir, smeta);
+        else dp_save_shard_split(j->dp, mdir, odir, smeta);
     } else if (lead) {
         /* optional entries only when present: the list ends at the first NULL key */
         const char *meta[8] = {"dfm_objective", j->objective_meta};
         int nm = 2;
         if (j->class_names_meta) meta[nm++] = "dfm_class_names", meta[nm++] = j->class_names_meta;
         if (j->sample_meta) meta[nm++] = "dfm_wan_sample", meta[nm++] = j->sample_meta;
-        snprintf(path, sizeof path, "%s/model.safetensors", tmp);
+        snprintf(path, sizeof path, "%s/model.safetensors", mdir);
         save_weights(j, j->lora_on ? j->lora.params : j->wan ? j->wmodel.params : j->model.params, path, meta);
-        snprintf(path, sizeof path, "%s/ema.safetensors", tmp);
+        snprintf(path, sizeof path, "%s/ema.safetensors", mdir);
         save_weights(j, dp_full_ema(j->dp), path, meta);
         const adamw_state *opt = dp_optimizer(j->dp);
         st_writer *w = st_writer_new();
@@ -262,19 +333,36 @@ static void save_checkpoint(job *j, const char *root) {
             st_writer_add(w, name, ST_F32, e->ndim, e->shape, opt->v + e->offset);
         }
         st_writer_meta(w, "step", step);
-        snprintf(path, sizeof path, "%s/optimizer.safetensors", tmp);
+        snprintf(path, sizeof path, "%s/optimizer.safetensors", odir);
         st_writer_finish(w, path);
     }
-    if (j->lora_on) { /* the adapters as PEFT writes them, for diffusers / PEFT users */
+    if (j->lora_on) { /* the adapters as PEFT writes them, for diffusers / PEFT users: Megatron's iter folder
+                       * gets adapter/, Automodel's step folder has them in model/ */
         float *ad = j->lora.params;
         if (!ad) dp_gather_full(j->dp, 0, ad = xalloc_floats(j->table->total));
         char perr[512];
-        snprintf(path, sizeof path, "%s/adapter", tmp);
+        if (!strcmp(mdir, odir)) snprintf(path, sizeof path, "%s/adapter", mdir);
+        else snprintf(path, sizeof path, "%s", mdir);
         if (lead && lora_save_peft(&j->lora, ad, path, cfg_str(j->c, "checkpoint.pretrained_checkpoint"), perr,
                                    sizeof perr) != 0)
             dfm_die("saving the LoRA adapter: %s", perr);
         if (ad != j->lora.params) free(ad);
     }
+}
+
+static void save_checkpoint(job *j, const char *root) {
+    int lead = dist_get()->rank == 0;
+    char final[4096], tmp[4096], path[4200];
+    snprintf(final, sizeof final, "%s/iter_%07ld", root, j->iteration);
+    snprintf(tmp, sizeof tmp, "%s/iter_%07ld.tmp.%s", root, j->iteration, j->token);
+    snprintf(j->saved, sizeof j->saved, "iter_%07ld", j->iteration);
+    if (lead) {
+        xmkdir_p(root);
+        rm_tree(tmp);
+        xmkdir_p(tmp);
+    }
+    dist_barrier_world();
+    write_state_tensors(j, tmp, tmp);
     /* every rank's files are complete before the folder gets its final name */
     dist_barrier_world();
     if (!lead) {
@@ -336,6 +424,169 @@ static void save_checkpoint(job *j, const char *root) {
     dist_barrier_world();
 }
 
+/* ---- the Automodel layout (checkpoint.layout: automodel) --------------------------------------------------- */
+
+/* The epoch of the last sample a loader handed out: its state's "epoch" (the loaders advance it lazily, on the
+ * first sample of the next epoch), 0 for a state without one. */
+static long state_epoch(const char *loader_state) {
+    json_t *o = json_loads(loader_state, 0, NULL);
+    json_t *e = o ? json_object_get(o, "epoch") : NULL;
+    long epoch = json_is_integer(e) && json_integer_value(e) >= 0 ? (long)json_integer_value(e) : 0;
+    if (o) json_decref(o);
+    return epoch;
+}
+
+/* model/consolidated/: the full weights as a diffusers transformer folder (config.json and
+ * diffusion_pytorch_model.safetensors), written by the lead into the step folder before it gets its name. */
+static void write_consolidated(job *j, const float *full, const char *mdir) {
+    char scratch[4500], from[4600], to[4600], err[1024];
+    diffusers_export_opts eo;
+    diffusers_export_defaults(&eo);
+    eo.objective = j->obj.kind;
+    eo.flow_shift = j->obj.flow_shift;
+    eo.sigma_data = j->obj.sigma_data;
+    snprintf(scratch, sizeof scratch, "%s/.consolidated.export", mdir);
+    int rc = j->wan ? wan_export_diffusers(&j->wmodel, full, scratch, &eo, err, sizeof err)
+                    : dit_export_diffusers(&j->model, full, scratch, &eo, err, sizeof err);
+    if (rc) dfm_die("checkpoint.consolidated: %s", err);
+    snprintf(from, sizeof from, "%s/transformer", scratch);
+    snprintf(to, sizeof to, "%s/consolidated", mdir);
+    if (rename(from, to) != 0) dfm_die("cannot rename '%s' to '%s': %s", from, to, strerror(errno));
+    rm_tree(scratch);
+}
+
+/* A file of the step folder: this data-parallel rank's own (<stem>_dp_rank_R.json), else rank 0's (a checkpoint
+ * saved by fewer ranks: every rank's loader walks the same global stream, so the states agree). */
+static char *read_rank_file(const char *dir, const char *sub, int dp_rank, char *path, size_t n, char *err,
+                            size_t errlen) {
+    snprintf(path, n, "%s/%s/%s_dp_rank_%d.json", dir, sub, sub, dp_rank);
+    struct stat sb;
+    if (dp_rank > 0 && stat(path, &sb) != 0) snprintf(path, n, "%s/%s/%s_dp_rank_0.json", dir, sub, sub);
+    return read_file_err(path, err, errlen);
+}
+
+/* epoch_E_step_S/ (E the epoch of step S, S the optimizer steps done) holding model/ (weights and EMA, sharded
+ * per rank or consolidated; model/consolidated/ as asked), optim/ (the Adam moments), dataloader/ and rng/ (one
+ * file per data-parallel rank), step_scheduler.json, config.yaml and run_config.yaml. Filled as
+ * <name>.tmp.<token>/, fsynced and renamed; only then does the LATEST symlink move to it. */
+static void save_checkpoint_automodel(job *j, const char *root) {
+    const dist_info *di = dist_get();
+    int lead = di->rank == 0;
+    char *ls_text = j->wan ? video_loader_state_save(j->vloader) : loader_state_save(j->loader);
+    long epoch = state_epoch(ls_text);
+    dist_bcast_bytes(&epoch, sizeof epoch, 0, "broadcast of the checkpoint's epoch");
+    char final[4200], tmp[4300], path[4500], mdir[4400], odir[4400], old[4400];
+    snprintf(j->saved, sizeof j->saved, "epoch_%ld_step_%ld", epoch, j->iteration);
+    snprintf(final, sizeof final, "%s/%s", root, j->saved);
+    snprintf(tmp, sizeof tmp, "%s/%s.tmp.%s", root, j->saved, j->token);
+    snprintf(mdir, sizeof mdir, "%s/model", tmp);
+    snprintf(odir, sizeof odir, "%s/optim", tmp);
+    if (lead) {
+        rm_tree(tmp);
+        const char *subs[] = {"model", "optim", "dataloader", "rng"};
+        for (int k = 0; k < 4; k++) {
+            snprintf(path, sizeof path, "%s/%s", tmp, subs[k]);
+            xmkdir_p(path);
+        }
+    }
+    dist_barrier_world();
+    write_state_tensors(j, mdir, odir);
+    /* this rank's loader position and random state, under Automodel's per-rank names; dfm's noise, timesteps and
+     * condition dropout are drawn from (seed, step, sample index), so the seed and the step are the whole state */
+    snprintf(path, sizeof path, "%s/dataloader/dataloader_dp_rank_%d.json", tmp, di->dp_rank);
+    write_text_atomic(path, ls_text);
+    free(ls_text);
+    json_t *rng = json_pack("{s:s, s:I, s:I}", "generator", "philox4x32-10 keyed by (seed, step, sample index)", "seed",
+                            (json_int_t)cfg_int(j->c, "rng.seed"), "step", (json_int_t)j->iteration);
+    char *text = json_dumps(rng, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+    snprintf(path, sizeof path, "%s/rng/rng_dp_rank_%d.json", tmp, di->dp_rank);
+    write_text_atomic(path, text);
+    free(text);
+    json_decref(rng);
+    if (j->lora_on && (j->consolidated == 2 || (j->consolidated == 1 && j->iteration >= j->train_iters))) {
+        lora_refresh(j); /* the base merged with the adapters: a full model for inference */
+        if (lead) write_consolidated(j, j->wan ? j->wmodel.params : j->model.params, mdir);
+    } else if (j->consolidated == 2 || (j->consolidated == 1 && j->iteration >= j->train_iters)) {
+        float *full = xalloc_floats(j->table->total);
+        dp_gather_full(j->dp, 0, full); /* every rank takes part */
+        if (lead) write_consolidated(j, full, mdir);
+        free(full);
+    }
+    /* every rank's files are complete before the folder gets its final name */
+    dist_barrier_world();
+    if (!lead) {
+        dist_barrier_world();
+        return;
+    }
+    json_t *st = json_pack("{s:I, s:I, s:I}", "step", (json_int_t)j->iteration, "epoch", (json_int_t)epoch,
+                           "consumed_samples", (json_int_t)j->consumed);
+    text = json_dumps(st, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+    snprintf(path, sizeof path, "%s/step_scheduler.json", tmp);
+    write_text_atomic(path, text);
+    free(text);
+    json_decref(st);
+    snprintf(path, sizeof path, "%s/config.yaml", tmp);
+    const char *recipe = cfg_str(j->c, "checkpoint.config_yaml");
+    if (recipe) { /* the Automodel recipe as resolved (dfm finetune) */
+        char err[1024];
+        char *y = read_file_err(recipe, err, sizeof err);
+        if (!y) dfm_die("checkpoint.config_yaml: %s", err);
+        write_text_atomic(path, y);
+        free(y);
+    } else
+        cfg_write_yaml(j->c, path);
+    snprintf(path, sizeof path, "%s/run_config.yaml", tmp);
+    cfg_write_yaml(j->c, path);
+    const char *subs[] = {"model", "optim", "dataloader", "rng"};
+    for (int k = 0; k < 4; k++) {
+        snprintf(path, sizeof path, "%s/%s", tmp, subs[k]);
+        fsync_path(path);
+    }
+    fsync_path(tmp);
+    /* a re-save of the same step (a run resumed at its last step) swaps the old folder out first */
+    struct stat sb;
+    snprintf(old, sizeof old, "%s.old", tmp);
+    int had_old = stat(final, &sb) == 0 && rename(final, old) == 0;
+    if (rename(tmp, final) != 0) dfm_die("cannot rename '%s' to '%s': %s", tmp, final, strerror(errno));
+    if (had_old) rm_tree(old);
+    fsync_path(root);
+    /* LATEST -> epoch_E_step_S, replaced atomically (a new link renamed over the old) */
+    char link[4400], latest[4300];
+    snprintf(link, sizeof link, "%s/LATEST.tmp.%s", root, j->token);
+    snprintf(latest, sizeof latest, "%s/LATEST", root);
+    unlink(link);
+    if (symlink(j->saved, link) != 0) dfm_die("cannot create the symlink '%s': %s", link, strerror(errno));
+    if (rename(link, latest) != 0) dfm_die("cannot rename '%s' to '%s': %s", link, latest, strerror(errno));
+    fsync_path(root);
+    /* keep the newest k step folders (never this one); clear temporary folders and links of killed runs */
+    int keep = (int)cfg_int(j->c, "checkpoint.most_recent_k");
+    DIR *d = opendir(root);
+    long steps[4096];
+    char *names[4096];
+    int n = 0;
+    struct dirent *e;
+    while (d && (e = readdir(d))) {
+        long ep, sp;
+        if (is_step_name(e->d_name, &ep, &sp) && n < 4096) steps[n] = sp, names[n++] = xstrdup(e->d_name);
+        else if ((!strncmp(e->d_name, "epoch_", 6) || !strncmp(e->d_name, "LATEST.", 7)) &&
+                 strstr(e->d_name, ".tmp.")) {
+            snprintf(path, sizeof path, "%s/%s", root, e->d_name);
+            rm_tree(path);
+        }
+    }
+    if (d) closedir(d);
+    for (int a = 0; a < n; a++) {
+        int newer = 0;
+        for (int b = 0; b < n; b++) newer += steps[b] > steps[a];
+        if (keep > 0 && newer >= keep && strcmp(names[a], j->saved)) {
+            snprintf(path, sizeof path, "%s/%s", root, names[a]);
+            rm_tree(path);
+        }
+        free(names[a]);
+    }
+    dist_barrier_world();
+}
+
 static void load_checkpoint(job *j, const char *where) {
     char err[1024];
     char *dir = checkpoint_resolve(where, err, sizeof err);
@@ -343,14 +594,37 @@ static void load_checkpoint(job *j, const char *where) {
     char path[4200];
     if (dp_load(j->dp, dir, cfg_bool(j->c, "checkpoint.load_optim"), err, sizeof err) != 0)
         dfm_die("cannot resume: %s", err);
-    snprintf(path, sizeof path, "%s/train_state.json", dir);
-    char *text = read_file_err(path, err, sizeof err);
-    if (!text) dfm_die("cannot resume: %s", err);
     long it;
     int64_t consumed, seed;
     char *ls_text = NULL;
-    if (ckpt_train_state_parse(text, path, &it, &consumed, &seed, &ls_text, err, sizeof err) != 0)
-        dfm_die("cannot resume: %s", err);
+    if (ckpt_is_automodel_step(dir)) { /* step_scheduler.json, rng/ and dataloader/ */
+        snprintf(path, sizeof path, "%s/step_scheduler.json", dir);
+        char *text = read_file_err(path, err, sizeof err);
+        if (!text) dfm_die("cannot resume: %s", err);
+        json_t *o = json_loads(text, 0, NULL);
+        json_int_t s = -1, cs = -1, sd = 0;
+        if (!o || json_unpack(o, "{s:I, s:I}", "step", &s, "consumed_samples", &cs) != 0 || s < 0 || cs < 0)
+            dfm_die("cannot resume: '%s': expected {\"step\", \"consumed_samples\"} (non-negative integers)", path);
+        json_decref(o);
+        free(text);
+        text = read_rank_file(dir, "rng", dist_get()->dp_rank, path, sizeof path, err, sizeof err);
+        if (!text) dfm_die("cannot resume: %s", err);
+        o = json_loads(text, 0, NULL);
+        if (!o || json_unpack(o, "{s:I}", "seed", &sd) != 0)
+            dfm_die("cannot resume: '%s': expected {\"seed\": integer, ...}", path);
+        json_decref(o);
+        free(text);
+        ls_text = read_rank_file(dir, "dataloader", dist_get()->dp_rank, path, sizeof path, err, sizeof err);
+        if (!ls_text) dfm_die("cannot resume: %s", err);
+        it = (long)s, consumed = cs, seed = sd;
+    } else {
+        snprintf(path, sizeof path, "%s/train_state.json", dir);
+        char *text = read_file_err(path, err, sizeof err);
+        if (!text) dfm_die("cannot resume: %s", err);
+        if (ckpt_train_state_parse(text, path, &it, &consumed, &seed, &ls_text, err, sizeof err) != 0)
+            dfm_die("cannot resume: %s", err);
+        free(text);
+    }
     if (seed != cfg_int(j->c, "rng.seed"))
         dfm_die("cannot resume from '%s': it was trained with rng.seed %lld, this run has %lld", dir, (long long)seed,
                 (long long)cfg_int(j->c, "rng.seed"));
@@ -360,7 +634,6 @@ static void load_checkpoint(job *j, const char *where) {
     free(ls_text);
     j->iteration = it;
     j->consumed = consumed;
-    free(text);
     if (dist_get()->rank == 0) printf("resumed from %s at iteration %ld\n", dir, j->iteration);
     free(dir);
 }
@@ -728,6 +1001,14 @@ int dfm_pretrain(const cfg *c) {
     if (j.lora_on && cfg_is_null(c, "checkpoint.pretrained_checkpoint"))
         dfm_die("peft: LoRA adapts pretrained weights; set checkpoint.pretrained_checkpoint (dfm finetune: "
                 "model.mode finetune)");
+    j.train_iters = train_iters;
+    j.automodel = !strcmp(cfg_str(c, "checkpoint.layout"), "automodel");
+    const char *cons = cfg_str(c, "checkpoint.consolidated");
+    j.consolidated = !strcmp(cons, "every") ? 2 : !strcmp(cons, "final") ? 1 : 0;
+    if (j.consolidated && !j.automodel)
+        dfm_die("checkpoint.consolidated = %s (from %s) needs checkpoint.layout: automodel (dfm export writes a "
+                "diffusers folder from a Megatron-layout checkpoint)",
+                cons, cfg_source(c, "checkpoint.consolidated"));
     if (!cfg_is_null(c, "checkpoint.pretrained_checkpoint")) {
         /* LoRA checkpoints hold the adapters only: the frozen base is read on resume too */
         if (cfg_is_null(c, "checkpoint.load") || j.lora_on)
@@ -910,9 +1191,10 @@ int dfm_pretrain(const cfg *c) {
             }
         }
         if (save && (j.iteration % save_interval == 0 || j.iteration == train_iters)) {
-            save_checkpoint(&j, save);
+            if (j.automodel) save_checkpoint_automodel(&j, save);
+            else save_checkpoint(&j, save);
             if (tty) printf("\n");
-            if (lead) printf("  saved checkpoint %s/iter_%07ld\n", save, j.iteration);
+            if (lead) printf("  saved checkpoint %s/%s\n", save, j.saved);
         }
         fflush(stdout);
     }
