@@ -311,6 +311,18 @@ static void end_to_end(void) {
         }
         wan_free(&mb), wan_free(&mm);
     }
+    wan_model mc;
+    int cons_same = ok && wan_import_diffusers(&mm, test_path("%s/merged/transformer", dir), NULL, err, sizeof err) == 0;
+    if (cons_same) {
+        cons_same = wan_import_diffusers(&mc, test_path("%s/model/consolidated", ck), NULL, err, sizeof err) == 0;
+        if (cons_same) {
+            cons_same = mc.table.total == mm.table.total &&
+                        !memcmp(mc.params, mm.params, mm.table.total * sizeof(float));
+            wan_free(&mc);
+        }
+        wan_free(&mm);
+    }
+    CHECK(cons_same, "save_consolidated: final writes the merged model (base + adapters) as a diffusers folder");
     CHECK(ok && other == 0 && changed == 20,
           "the merged export: %d base tensors bit-identical, %d adapted weights changed, %d otherwise (want 0)", same,
           changed, other);
