@@ -119,7 +119,8 @@ video_loader *video_loader_new_energon(const char *path, const char *split, uint
                                        size_t errlen);
 /* Bucketed batches (Automodel's SequentialBucketSampler, include/dfm/bucket_sampler.h) over vd's samples
  * `indices`, for datasets of one or several latent shapes: every batch holds one shape; bucket and sample order
- * reshuffled per epoch from seed + epoch (shuffle 0: buckets in shape order, samples in index order); each bucket
+ * reshuffled per epoch from seed + epoch (shuffle 0: buckets in shape order, samples in dataset index order, i.e.
+ * sorted paths, whatever the order of `indices`); each bucket
  * padded by cycling and dealt slot::world_slots; drop_last drops each slot's short last batch of a bucket.
  * A slot is one micro-batch of a global step (world_slots = global batch / local batch = data-parallel size x
  * gradient accumulation); this rank reads slots [slot_first, slot_first + slots). Dealing per micro-batch slot

@@ -84,6 +84,11 @@ video_loader *video_loader_new(const video_dataset *vd, const int *indices, int 
 
 /* ------------------------------------------------------------------------------------------------- bucketed */
 
+static int cmp_int(const void *a, const void *b) {
+    int x = *(const int *)a, y = *(const int *)b;
+    return (x > y) - (x < y);
+}
+
 video_loader *video_loader_new_buckets(const video_dataset *vd, const int *indices, int n, uint64_t seed,
                                        int local_batch, int slot_first, int slots, int world_slots, int shuffle,
                                        int drop_last, char *err, size_t errlen) {
@@ -102,10 +107,14 @@ video_loader *video_loader_new_buckets(const video_dataset *vd, const int *indic
         if (indices[i] < 0 || indices[i] >= vd->n)
             dfm_die("internal: video loader index %d (entry %d) outside the dataset's %d samples", indices[i], i,
                     vd->n);
-        int sh[4];
-        video_dataset_sample(vd, indices[i], sh);
-        for (int d = 0; d < 4; d++) shapes[4 * (size_t)i + d] = sh[d];
         copy[i] = indices[i];
+    }
+    /* dataset order (sorted paths): unshuffled, each bucket is walked in it, as Automodel's dataset order */
+    qsort(copy, (size_t)n, sizeof *copy, cmp_int);
+    for (int i = 0; i < n; i++) {
+        int sh[4];
+        video_dataset_sample(vd, copy[i], sh);
+        for (int d = 0; d < 4; d++) shapes[4 * (size_t)i + d] = sh[d];
     }
     video_loader *l = alloc_loader(local_batch, vd->c, vd->t, vd->h, vd->w, vd->text_len, vd->text_dim);
     l->vd = vd;
