@@ -80,6 +80,17 @@ static void test_buckets(void) {
     CHECK(rc == 0 && worst == 0 && dw == 0,
           "buckets: stopped at step 6 and restored, the run continues bit-identically (losses %.3g, weights %.3g)",
           worst, dw);
+    const char *pre = "%s pretrain --recipe wan_tiny model.num_layers=2 model.hidden_size=32 model.num_attention_heads=2 "
+                      "model.ffn_hidden_size=64 dataset.type=video_folder dataset.path=%s/mix dataset.max_samples=null "
+                      "dataset.val_samples=4 train.global_batch_size=4 train.micro_batch_size=2 train.train_iters=2 "
+                      "logger.output_dir=%s/mxp checkpoint.save=null %s > %s/mxp.log 2>&1";
+    rc = test_sh(pre, bin, dir, dir, "", dir);
+    CHECK(rc == 0, "dfm pretrain on the folder of three shapes (video_folder) trains through the bucket sampler");
+    rc = test_sh(pre, bin, dir, dir, "dataset.bucket_sampler=never", dir);
+    log = test_read_file(test_path("%s/mxp.log", dir), NULL);
+    CHECK(rc != 0 && log && strstr(log, "3 latent shapes"), "dataset.bucket_sampler=never refuses it: %.200s",
+          log ? log : "");
+    free(log);
     rc = finetune_on("mix", "", "mxs", "--step_scheduler.max_steps=3 --data.dataloader.shuffle=false");
     log = test_read_file(test_path("%s/mxs.log", dir), NULL);
     CHECK(rc == 0 && log && strstr(log, "shuffle false"), "data.dataloader.shuffle: false trains (buckets in order)");

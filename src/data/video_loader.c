@@ -476,6 +476,12 @@ int video_loader_state_restore(video_loader *l, const char *json, char *err, siz
     int rc = 0;
     for (int k = 0; k < l->nslots && rc == 0; k++)
         rc = bucket_sampler_state_restore(&l->slots[k], inner ? inner : "", err, errlen);
+    if (rc != 0) { /* the sampler's "data-parallel size" is the micro-batch slot count here */
+        size_t n = strlen(err);
+        snprintf(err + n, errlen > n ? errlen - n : 0,
+                 " (bucketed batches deal one slot per micro-batch of the global step: global batch / local batch "
+                 "slots)");
+    }
     free(inner);
     return rc;
 }
