@@ -3,7 +3,8 @@
  * clips, captions embedded by a stand-in text encoder), a folder of one .safetensors file per sample, and Energon
  * webdataset folders (.npy, .pth or .pickle parts, DFM's Megatron layout). The batch loader walks samples in exactly
  * the order of data.h's loader (per-epoch permutations from (seed, epoch), state {epoch, pos}, data-parallel
- * slices), see docs/ARCHITECTURE.md "Video data". */
+ * slices), or, for folders of several latent shapes (resolution buckets) and dfm finetune, in Automodel's bucketed
+ * order (one shape per batch; video_loader_new_buckets), see docs/ARCHITECTURE.md "Video data". */
 #ifndef DFM_VIDEO_H
 #define DFM_VIDEO_H
 
