@@ -80,10 +80,11 @@ static void test_buckets(void) {
     CHECK(rc == 0 && worst == 0 && dw == 0,
           "buckets: stopped at step 6 and restored, the run continues bit-identically (losses %.3g, weights %.3g)",
           worst, dw);
-    const char *pre = "%s pretrain --recipe wan_tiny model.num_layers=2 model.hidden_size=32 model.num_attention_heads=2 "
-                      "model.ffn_hidden_size=64 dataset.type=video_folder dataset.path=%s/mix dataset.max_samples=null "
-                      "dataset.val_samples=4 train.global_batch_size=4 train.micro_batch_size=2 train.train_iters=2 "
-                      "logger.output_dir=%s/mxp checkpoint.save=null %s > %s/mxp.log 2>&1";
+    const char *pre =
+        "%s pretrain --recipe wan_tiny model.num_layers=2 model.hidden_size=32 model.num_attention_heads=2 "
+        "model.ffn_hidden_size=64 dataset.type=video_folder dataset.path=%s/mix dataset.max_samples=null "
+        "dataset.val_samples=4 train.global_batch_size=4 train.micro_batch_size=2 train.train_iters=2 "
+        "logger.output_dir=%s/mxp checkpoint.save=null %s > %s/mxp.log 2>&1";
     rc = test_sh(pre, bin, dir, dir, "", dir);
     CHECK(rc == 0, "dfm pretrain on the folder of three shapes (video_folder) trains through the bucket sampler");
     rc = test_sh(pre, bin, dir, dir, "dataset.bucket_sampler=never", dir);

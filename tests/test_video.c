@@ -557,7 +557,8 @@ static int bucket_step(video_loader *l, const video_dataset *vd, int slots, int 
 static void test_loader_buckets(void) {
     video_dataset vd;
     bucket_dataset(&vd);
-    CHECK(video_dataset_nshapes(&vd) == 3, "a dataset of %d samples in %d latent shapes", BN, video_dataset_nshapes(&vd));
+    CHECK(video_dataset_nshapes(&vd) == 3, "a dataset of %d samples in %d latent shapes", BN,
+          video_dataset_nshapes(&vd));
     int *idx, n_idx, *val;
     split_indices(BN, 3, g_seed, &idx, &n_idx, &val);
     uint64_t seed = g_seed * 5 + 1;
@@ -574,8 +575,10 @@ static void test_loader_buckets(void) {
                 if (b > 0 && memcmp(sh, prev, sizeof sh)) changes++;
                 memcpy(prev, sh, sizeof sh);
                 for (int k = 0; k < count; k++) {
-                    if (e == 0) seen[ids[k]]++, order[shuffle][n_in[shuffle]++] = ids[k];
-                    else e1[n1++] = ids[k];
+                    if (e == 0)
+                        seen[ids[k]]++, order[shuffle][n_in[shuffle]++] = ids[k];
+                    else
+                        e1[n1++] = ids[k];
                 }
             }
         for (int i = 0; i < n_idx; i++) ok &= seen[idx[i]] == 1;
@@ -617,8 +620,10 @@ static void test_loader_buckets(void) {
                 video_loader_free(l);
                 l = video_loader_new_buckets(&vd, idx, n_idx, seed, BL, r * 2, 2, SL, 1, 1, err, sizeof err);
                 ok &= video_loader_state_restore(l, mine, err, sizeof err) == 0;
-                if (!st) st = mine;
-                else free(mine);
+                if (!st)
+                    st = mine;
+                else
+                    free(mine);
             }
             int ids[2 * BL], count, sh[4];
             ok &= bucket_step(l, &vd, 2, ids, &count, sh) && count == counts[s];

@@ -51,7 +51,7 @@ typedef struct {
     wan_model *model;
     objective_config obj;
     uint64_t seed;
-    int frames, height, width, text_len; /* sample shape (the largest, with resolution buckets) */
+    int frames, height, width, text_len;  /* sample shape (the largest, with resolution buckets) */
     diffusion_batch db;                   /* sized for the model's max micro-batch */
     float *out, *dout;                    /* [max_batch, C_out, T, H, W] */
     float *text;                          /* the micro-batch's text after dropout */

@@ -168,8 +168,8 @@ int dfm_finetune_main(int argc, char **argv) {
         int64_t *ts = xmalloc((size_t)n_train * 4 * sizeof *ts);
         for (int i = 0; i < n_train; i++) memcpy(ts + 4 * (size_t)i, shapes + 4 * (size_t)train_idx[i], 4 * sizeof *ts);
         bucket_sampler bs;
-        if (bucket_sampler_init(&bs, n_train, ts, 4, mbs, 0, gbs / mbs, (uint64_t)cfg_int(a, "seed"), shuffle, drop_last,
-                                err, sizeof err) != 0)
+        if (bucket_sampler_init(&bs, n_train, ts, 4, mbs, 0, gbs / mbs, (uint64_t)cfg_int(a, "seed"), shuffle,
+                                drop_last, err, sizeof err) != 0)
             dfm_die("data.dataloader.meta_folder '%s': %s", meta, err);
         steps = (long)cfg_int(a, "step_scheduler.num_epochs") * bucket_sampler_batches_per_epoch(&bs);
         bucket_sampler_free(&bs);
@@ -267,8 +267,7 @@ int dfm_finetune_main(int argc, char **argv) {
     free(text);
     json_decref(m);
     if (lead) {
-        fprintf(stderr,
-                "finetune: %s %s (%s), %s on %d pre-encoded samples [%d, %d, %d, %d]%s from %s, %ld steps\n",
+        fprintf(stderr, "finetune: %s %s (%s), %s on %d pre-encoded samples [%d, %d, %d, %d]%s from %s, %ld steps\n",
                 finetune ? "fine-tuning" : "pretraining", src.path, pretrained_kind_name(src.kind),
                 finetune ? "weights loaded" : "weights initialised from its config", n, C, T, H, W,
                 nshapes > 1 ? " (the largest of several latent shapes: resolution buckets)" : "", meta, steps);

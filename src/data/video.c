@@ -41,7 +41,8 @@ int video_dataset_nshapes(const video_dataset *vd) {
     int k = 0;
     for (int i = 0; i < vd->n; i++) {
         int seen = 0;
-        for (int j = 0; j < i && !seen; j++) seen = !memcmp(vd->shapes + 4 * (size_t)i, vd->shapes + 4 * (size_t)j, 4 * sizeof(int));
+        for (int j = 0; j < i && !seen; j++)
+            seen = !memcmp(vd->shapes + 4 * (size_t)i, vd->shapes + 4 * (size_t)j, 4 * sizeof(int));
         k += !seen;
     }
     return k;
@@ -52,7 +53,8 @@ size_t video_dataset_layout(video_dataset *vd, const int64_t *shapes4) {
     for (int i = 1; i < vd->n; i++) {
         const int64_t *a = shapes4 + 4 * (size_t)i, *b = shapes4;
         multi |= a[1] != b[1] || a[2] != b[2] || a[3] != b[3];
-        if (a[1] * a[2] * a[3] > shapes4[4 * (size_t)big + 1] * shapes4[4 * (size_t)big + 2] * shapes4[4 * (size_t)big + 3])
+        if (a[1] * a[2] * a[3] >
+            shapes4[4 * (size_t)big + 1] * shapes4[4 * (size_t)big + 2] * shapes4[4 * (size_t)big + 3])
             big = i;
     }
     const int64_t *l = shapes4 + 4 * (size_t)big;

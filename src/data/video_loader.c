@@ -150,7 +150,8 @@ double video_loader_next_step(video_loader *l, float *latents, float *text, int 
     size_t at = 0, txt_n = l->text_floats;
     for (int k = 0; k < l->nslots; k++) {
         int bucket, len = bucket_sampler_next(&l->slots[k], l->idx_buf, &bucket);
-        if (k == 0) len0 = len, bucket0 = bucket;
+        if (k == 0)
+            len0 = len, bucket0 = bucket;
         else if (len != len0 || bucket != bucket0) /* the sampler deals every slot the same lengths and buckets */
             dfm_die("internal: bucketed loader slots out of step (%d samples of bucket %d vs %d of %d)", len, bucket,
                     len0, bucket0);

@@ -464,8 +464,8 @@ static int shape_index_after(const video_dataset *vd, int a, int b) {
     return a > b;
 }
 
-static double validate_wan_shapes(job *j, const video_dataset *vd, const int *val_idx, int n_val, int iters,
-                                  float *lat, float *text, int *lens) {
+static double validate_wan_shapes(job *j, const video_dataset *vd, const int *val_idx, int n_val, int iters, float *lat,
+                                  float *text, int *lens) {
     objective_config o = j->obj;
     o.cond_dropout_prob = 0.0f;
     wan_trainer *tr = &j->wtr;
@@ -482,8 +482,8 @@ static double validate_wan_shapes(job *j, const video_dataset *vd, const int *va
     for (int i = 0; i < n_val;) {
         start[nb++] = i;
         int k = i + 1;
-        while (k < n_val && k - i < mb && !memcmp(vd->shapes + 4 * (size_t)order[k], vd->shapes + 4 * (size_t)order[i],
-                                                    4 * sizeof(int)))
+        while (k < n_val && k - i < mb &&
+               !memcmp(vd->shapes + 4 * (size_t)order[k], vd->shapes + 4 * (size_t)order[i], 4 * sizeof(int)))
             k++;
         i = k;
     }
@@ -500,8 +500,8 @@ static double validate_wan_shapes(job *j, const video_dataset *vd, const int *va
             memcpy(text + b * tl, vd->text + (size_t)i * tl, tl * sizeof(float));
             lens[b] = vd->text_lens[i];
         }
-        total += len * wan_trainer_loss_shaped(tr, &o, tr->seed ^ 0x76616cull, lat, text, lens, len, sh[1], sh[2], sh[3],
-                                               0xFFFFFFFFu - (uint32_t)k, 0);
+        total += len * wan_trainer_loss_shaped(tr, &o, tr->seed ^ 0x76616cull, lat, text, lens, len, sh[1], sh[2],
+                                               sh[3], 0xFFFFFFFFu - (uint32_t)k, 0);
         count += len;
     }
     free(order), free(start);
@@ -804,13 +804,13 @@ int dfm_pretrain(const cfg *c) {
     float *x = xalloc_floats((size_t)n_local * per);
     float *text = j.wan ? xalloc_floats((size_t)n_local * text_per) : NULL;
     int *labels = xcalloc((size_t)n_local, sizeof(int)); /* Wan: the text lengths */
-    wan_micro *micro = xcalloc((size_t)acc, sizeof *micro);   /* bucketed steps: this rank's micro-batches */
+    wan_micro *micro = xcalloc((size_t)acc, sizeof *micro); /* bucketed steps: this rank's micro-batches */
     size_t pbytes, gbytes, obytes;
     dp_memory(j.dp, &pbytes, &gbytes, &obytes);
     if (lead) {
         if (j.wan)
-            printf("dfm pretrain: recipe %s, Wan 2.1 %d x %d (%d heads, latents [%d, %d, %d, %d], %d tokens, text %d x %d), "
-                   "%zu parameters, %s objective\n",
+            printf("dfm pretrain: recipe %s, Wan 2.1 %d x %d (%d heads, latents [%d, %d, %d, %d], %d tokens, text %d x "
+                   "%d), %zu parameters, %s objective\n",
                    cfg_recipe_of(c), wc.num_layers, wc.num_heads * wc.head_dim, wc.num_heads, chans, frames, vh, vw,
                    j.wmodel.max_tokens, text_len, wc.text_dim, j.table->total,
                    j.obj.kind == OBJ_EDM ? "EDM" : "flow-matching");
@@ -825,11 +825,12 @@ int dfm_pretrain(const cfg *c) {
             printf("  data %s (%s): train split%s; batch %d (micro %d); %ld steps; %d threads\n", dtype, dpath,
                    energon_val ? " + val split" : "", gbs, mbs, train_iters, nth);
         if (bucketed)
-            printf("  bucketed batches: %d latent shape%s%s, %d steps an epoch (micro-batch %d x %d slots), shuffle %s, "
-                   "drop_last %s\n",
-                   video_dataset_nshapes(&vd), vd.shapes ? "s" : "", vd.shapes ? " (the model sized for the largest)" : "",
-                   video_loader_batches_per_epoch(j.vloader), mbs, gbs / mbs,
-                   cfg_bool(c, "dataset.shuffle") ? "true" : "false", cfg_bool(c, "dataset.drop_last") ? "true" : "false");
+            printf(
+                "  bucketed batches: %d latent shape%s%s, %d steps an epoch (micro-batch %d x %d slots), shuffle %s, "
+                "drop_last %s\n",
+                video_dataset_nshapes(&vd), vd.shapes ? "s" : "", vd.shapes ? " (the model sized for the largest)" : "",
+                video_loader_batches_per_epoch(j.vloader), mbs, gbs / mbs,
+                cfg_bool(c, "dataset.shuffle") ? "true" : "false", cfg_bool(c, "dataset.drop_last") ? "true" : "false");
         if (di->size > 1)
             printf("  %d processes: data parallel %d x tensor %d x context %d x pipeline %d; %d samples per rank; "
                    "sharding %s\n",
@@ -859,8 +860,13 @@ int dfm_pretrain(const cfg *c) {
             wait_window += video_loader_next_step(j.vloader, x, text, labels, &count, sh, NULL);
             size_t lat_n = (size_t)sh[0] * sh[1] * sh[2] * sh[3];
             for (int k = 0; k < acc; k++)
-                micro[k] = (wan_micro){x + (size_t)k * count * lat_n, text + (size_t)k * count * text_per,
-                                       labels + (size_t)k * count, count, sh[1], sh[2], sh[3],
+                micro[k] = (wan_micro){x + (size_t)k * count * lat_n,
+                                       text + (size_t)k * count * text_per,
+                                       labels + (size_t)k * count,
+                                       count,
+                                       sh[1],
+                                       sh[2],
+                                       sh[3],
                                        (uint32_t)((di->dp_rank * acc + k) * mbs)};
             step_samples = (long)count * (gbs / mbs);
             r = wan_trainer_step_micro(&j.wtr, j.dp, micro, acc, (int)step_samples, (uint32_t)it, (float)lr);
@@ -949,7 +955,8 @@ int dfm_pretrain(const cfg *c) {
                j.iteration - start_it, total, total > 0 ? (j.iteration - start_it) * gbs / total : 0.0, metrics, curve);
     }
 
-    free(x), free(text), free(labels), free(micro), free(train_idx), free(val_idx), free(j.objective_meta), free(j.class_names_meta);
+    free(x), free(text), free(labels), free(micro), free(train_idx), free(val_idx), free(j.objective_meta),
+        free(j.class_names_meta);
     free(j.config_json), free(j.sample_meta);
     dp_engine_free(j.dp);
     if (j.wan) {

@@ -92,8 +92,14 @@ step_result wan_trainer_step_dp(wan_trainer *tr, dp_engine *e, const float *late
     wan_micro *mb = xcalloc((size_t)n_micro, sizeof *mb);
     for (int k = 0, off = 0; k < n_micro; k++, off += mbs) {
         int count = n_local - off < mbs ? n_local - off : mbs;
-        mb[k] = (wan_micro){latents + (size_t)off * in_n, text + (size_t)off * tl, text_lens + off, count,
-                            tr->frames, tr->height, tr->width, first + (uint32_t)off};
+        mb[k] = (wan_micro){latents + (size_t)off * in_n,
+                            text + (size_t)off * tl,
+                            text_lens + off,
+                            count,
+                            tr->frames,
+                            tr->height,
+                            tr->width,
+                            first + (uint32_t)off};
     }
     step_result r = wan_trainer_step_micro(tr, e, mb, n_micro, B_global, step, lr);
     free(mb);
