@@ -3,7 +3,8 @@
  * config.yaml; LATEST; max_recent_checkpoints; model/consolidated/ with save_consolidated final or every); the
  * consolidated folder gives the checkpoint's forward output; a killed run and restore_from null / LATEST / a step
  * name / a path continue bit-identically; DP=2 (FSDP) equals one process; checkpoints cross between the paradigms
- * and dfm generate / export read them; a LATEST naming a missing folder and what is not built are refused. */
+ * and dfm generate / export read them; a folder of several latent shapes trains through the bucket sampler; a
+ * LATEST naming a missing folder and what is not built are refused. */
 #include "dfm/checkpoint.h"
 #include "dfm/safetensors.h"
 #include "dfm/wan.h"
@@ -22,13 +23,85 @@ static const char *bin;
 
 static const char *RECIPE = "recipes/automodel/wan_tiny_finetune.yaml";
 
-/* dfm finetune with the shipped tiny recipe pointed at this test's model and data. */
-static int finetune(const char *launcher, const char *run, const char *extra) {
+/* dfm finetune with the shipped tiny recipe pointed at this test's model and the data in folder `data`. */
+static int finetune_on(const char *data, const char *launcher, const char *run, const char *extra) {
     return test_sh(
-        "%s %s finetune -c %s --model.pretrained_model_name_or_path=%s/hf --data.dataloader.meta_folder=%s/st "
+        "%s %s finetune -c %s --model.pretrained_model_name_or_path=%s/hf --data.dataloader.meta_folder=%s/%s "
         "--checkpoint.checkpoint_dir=%s/%s --optimizer.lr=2e-3 --lr_scheduler.lr_decay_steps=16 "
         "--step_scheduler.global_batch_size=4 --step_scheduler.local_batch_size=2 %s > %s/%s.log 2>&1",
-        launcher, bin, RECIPE, dir, dir, dir, run, extra, dir, run);
+        launcher, bin, RECIPE, dir, dir, data, dir, run, extra, dir, run);
+}
+
+static int finetune(const char *launcher, const char *run, const char *extra) {
+    return finetune_on("st", launcher, run, extra);
+}
+
+/* Resolution buckets: a folder of three latent shapes ([1, 4, 16, 16] x 24, [1, 2, 8, 8] x 12, [1, 4, 8, 8] x 8)
+ * fine-tunes with one shape per batch; the loss falls; 2 ranks equal one; a stop and restore continues
+ * bit-identically; shuffle false runs. (The loader-level checks of the order are in test_video.c.) */
+static void test_buckets(void) {
+    int rc = test_sh("cd %s && %s data prepare --video-clips --out en28 --n 12 --frames 2 --size 8 --text-dim 32 "
+                     "--seed 5 > p28.log 2>&1 && %s data convert --from en28 --to st28 > c28.log 2>&1 && %s data "
+                     "prepare --video-clips --out en48 --n 8 --frames 4 --size 8 --text-dim 32 --seed 7 > p48.log "
+                     "2>&1 && %s data convert --from en48 --to st48 > c48.log 2>&1 && mkdir -p mix && for f in st/*; "
+                     "do cp $f mix/a_${f#st/}; done && for f in st28/*; do cp $f mix/b_${f#st28/}; done && for f in "
+                     "st48/*; do cp $f mix/c_${f#st48/}; done",
+                     dir, bin, bin, bin, bin);
+    CHECK(rc == 0, "fixtures: 44 samples of three latent shapes in one folder");
+    const char *common = "--step_scheduler.max_steps=12 --step_scheduler.ckpt_every_steps=6 "
+                         "--step_scheduler.val_every_steps=6 --step_scheduler.log_every=1";
+    rc = finetune_on("mix", "", "mx1", common);
+    double one[16] = {0};
+    int n = test_run_losses(test_path("%s/mx1", dir), one, 15), finite = 1;
+    for (int s = 1; s <= 12; s++) finite &= isfinite(one[s]);
+    double first = (one[1] + one[2] + one[3] + one[4]) / 4, last = (one[9] + one[10] + one[11] + one[12]) / 4;
+    char *log = test_read_file(test_path("%s/mx1.log", dir), NULL);
+    CHECK(rc == 0 && n == 12 && finite && last < first && log && strstr(log, "bucketed batches: 3 latent shapes") &&
+              strstr(log, "validation loss at step 12"),
+          "three latent shapes fine-tune, one shape a batch: loss %.3f (steps 1-4) -> %.3f (9-12), validation per "
+          "shape",
+          first, last);
+    free(log);
+    rc = finetune_on("mix", "mpirun --oversubscribe -np 2", "mx2", common);
+    double two[16] = {0};
+    test_run_losses(test_path("%s/mx2", dir), two, 15);
+    double worst = 0;
+    for (int s = 1; s <= 12; s++) worst = fmax(worst, fabs(two[s] - one[s]));
+    double dw = rc ? INFINITY
+                   : test_wan_weights_diff(test_path("%s/mx2/LATEST", dir), "model",
+                                           test_path("%s/mx1/LATEST", dir), "model");
+    CHECK(rc == 0 && worst == 0 && dw == 0, "buckets: 2 ranks equal one process (losses %.3g, weights %.3g)", worst,
+          dw);
+    rc = finetune_on("mix", "", "mxr",
+                     "--step_scheduler.max_steps=6 --step_scheduler.ckpt_every_steps=6 "
+                     "--step_scheduler.val_every_steps=6 --step_scheduler.log_every=1");
+    rc |= finetune_on("mix", "", "mxr", common);
+    double res[16] = {0};
+    test_run_losses(test_path("%s/mxr", dir), res, 15);
+    worst = 0;
+    for (int s = 1; s <= 12; s++) worst = fmax(worst, fabs(res[s] - one[s]));
+    dw = rc ? INFINITY
+            : test_wan_weights_diff(test_path("%s/mxr/LATEST", dir), "model",
+                                    test_path("%s/mx1/LATEST", dir), "model");
+    CHECK(rc == 0 && worst == 0 && dw == 0,
+          "buckets: stopped at step 6 and restored, the run continues bit-identically (losses %.3g, weights %.3g)",
+          worst, dw);
+    const char *pre =
+        "%s pretrain --recipe wan_tiny model.num_layers=2 model.hidden_size=32 model.num_attention_heads=2 "
+        "model.ffn_hidden_size=64 dataset.type=video_folder dataset.path=%s/mix dataset.max_samples=null "
+        "dataset.val_samples=4 train.global_batch_size=4 train.micro_batch_size=2 train.train_iters=2 "
+        "logger.output_dir=%s/mxp checkpoint.save=null %s > %s/mxp.log 2>&1";
+    rc = test_sh(pre, bin, dir, dir, "", dir);
+    CHECK(rc == 0, "dfm pretrain on the folder of three shapes (video_folder) trains through the bucket sampler");
+    rc = test_sh(pre, bin, dir, dir, "dataset.bucket_sampler=never", dir);
+    log = test_read_file(test_path("%s/mxp.log", dir), NULL);
+    CHECK(rc != 0 && log && strstr(log, "3 latent shapes"), "dataset.bucket_sampler=never refuses it: %.200s",
+          log ? log : "");
+    free(log);
+    rc = finetune_on("mix", "", "mxs", "--step_scheduler.max_steps=3 --data.dataloader.shuffle=false");
+    log = test_read_file(test_path("%s/mxs.log", dir), NULL);
+    CHECK(rc == 0 && log && strstr(log, "shuffle false"), "data.dataloader.shuffle: false trains (buckets in order)");
+    free(log);
 }
 
 
@@ -324,10 +397,12 @@ int main(void) {
     CHECK(rc != 0 && strstr(out, "epoch_0_step_99"), "dfm export names the missing step folder: %.300s", out);
     free(out);
 
-    /* 9. not built yet: refused, never ignored */
-    const char *refused[][2] = {{"--fsdp.dp_replicate_size=2", "dp_replicate_size"},
-                                {"--data.dataloader.shuffle=false", "shuffle"}};
-    for (int k = 0; k < 2; k++) {
+    /* 9. resolution buckets */
+    test_buckets();
+
+    /* 10. not built yet: refused, never ignored */
+    const char *refused[][2] = {{"--fsdp.dp_replicate_size=2", "dp_replicate_size"}};
+    for (int k = 0; k < 1; k++) {
         snprintf(cmd, sizeof cmd,
                  "%s finetune -c %s --model.pretrained_model_name_or_path=%s/hf "
                  "--data.dataloader.meta_folder=%s/st --checkpoint.checkpoint_dir=%s/no '%s'",

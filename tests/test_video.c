@@ -510,6 +510,149 @@ static void test_loader_order(void) {
     video_dataset_free(&vd);
 }
 
+/* ------------------------------------------------------------------------------------------------ buckets */
+
+enum { BN = 17, BL = 2 };
+static const int bshapes[3][4] = {{1, 1, 1, 2}, {1, 1, 2, 2}, {1, 2, 1, 2}}; /* sample i: bshapes[(i * 7) % 3] */
+
+/* A dataset of three latent shapes; every value of sample i's latents is i, its text row 0 holds (i, 0). */
+static void bucket_dataset(video_dataset *vd) {
+    memset(vd, 0, sizeof *vd);
+    vd->n = BN, vd->c = 1, vd->t = 2, vd->h = 1, vd->w = 2, vd->text_len = 3, vd->text_dim = 2;
+    vd->shapes = xmalloc(sizeof(int) * 4 * BN);
+    vd->offsets = xmalloc(sizeof(size_t) * BN);
+    vd->text = xalloc_floats(BN * 6);
+    vd->text_lens = xcalloc(BN, sizeof(int));
+    size_t off = 0;
+    for (int i = 0; i < BN; i++) {
+        memcpy(vd->shapes + 4 * i, bshapes[(i * 7) % 3], sizeof(int) * 4);
+        vd->offsets[i] = off;
+        off += 4;
+        vd->text[6 * i] = (float)i, vd->text_lens[i] = 1;
+    }
+    vd->latents = xalloc_floats(off);
+    for (int i = 0; i < BN; i++) {
+        int sh[4];
+        float *p = (float *)video_dataset_sample(vd, i, sh);
+        for (int k = 0; k < sh[0] * sh[1] * sh[2] * sh[3]; k++) p[k] = (float)i;
+    }
+}
+
+/* One step of a bucketed loader: ids of its samples (slot after slot) and 1 when every sample has the returned
+ * shape, its own latents and text. */
+static int bucket_step(video_loader *l, const video_dataset *vd, int slots, int *ids, int *count, int shape[4]) {
+    float lat[8 * BL * 4], txt[8 * BL * 6];
+    int lens[8 * BL], ok = 1;
+    video_loader_next_step(l, lat, txt, lens, count, shape, ids);
+    size_t per = (size_t)shape[0] * shape[1] * shape[2] * shape[3];
+    for (int k = 0; k < slots * *count; k++) {
+        int sh[4];
+        video_dataset_sample(vd, ids[k], sh);
+        ok &= !memcmp(sh, shape, sizeof sh) && lat[k * per] == ids[k] && lat[k * per + per - 1] == ids[k] &&
+              txt[6 * k] == ids[k];
+    }
+    return ok;
+}
+
+static void test_loader_buckets(void) {
+    video_dataset vd;
+    bucket_dataset(&vd);
+    CHECK(video_dataset_nshapes(&vd) == 3, "a dataset of %d samples in %d latent shapes", BN,
+          video_dataset_nshapes(&vd));
+    int *idx, n_idx, *val;
+    split_indices(BN, 3, g_seed, &idx, &n_idx, &val);
+    uint64_t seed = g_seed * 5 + 1;
+    char err[512];
+    /* one slot, no drop: every training sample once an epoch, one shape a batch; the next epoch reshuffles */
+    int order[2][BN], n_in[2] = {0, 0};
+    for (int shuffle = 1; shuffle >= 0; shuffle--) {
+        video_loader *l = video_loader_new_buckets(&vd, idx, n_idx, seed, BL, 0, 1, 1, shuffle, 0, err, sizeof err);
+        int nb = video_loader_batches_per_epoch(l), ok = 1, seen[BN] = {0}, e1[BN], n1 = 0, changes = 0, prev[4] = {0};
+        for (int e = 0; e < 2; e++)
+            for (int b = 0; b < nb; b++) {
+                int ids[BL], count, sh[4];
+                ok &= bucket_step(l, &vd, 1, ids, &count, sh);
+                if (b > 0 && memcmp(sh, prev, sizeof sh)) changes++;
+                memcpy(prev, sh, sizeof sh);
+                for (int k = 0; k < count; k++) {
+                    if (e == 0)
+                        seen[ids[k]]++, order[shuffle][n_in[shuffle]++] = ids[k];
+                    else
+                        e1[n1++] = ids[k];
+                }
+            }
+        for (int i = 0; i < n_idx; i++) ok &= seen[idx[i]] == 1;
+        CHECK(ok && n_in[shuffle] == n_idx && n1 == n_idx && changes == 2 * 2,
+              "buckets (shuffle %d): %d batches an epoch of one shape each, buckets visited one after another, every "
+              "training sample once",
+              shuffle, nb);
+        if (shuffle)
+            CHECK(memcmp(order[1], e1, sizeof(int) * n_idx) != 0, "buckets: the second epoch is reshuffled");
+        else {
+            int sorted = 1;
+            for (int k = 1; k < n_idx; k++) {
+                const int *a = vd.shapes + 4 * order[0][k - 1], *b = vd.shapes + 4 * order[0][k];
+                int c = memcmp(a, b, sizeof(int) * 4) ? 0 : 2;
+                for (int d = 0; d < 4 && !c; d++) c = a[d] < b[d] ? 2 : a[d] > b[d] ? 1 : 0;
+                sorted &= c == 2 && (memcmp(a, b, sizeof(int) * 4) || order[0][k - 1] < order[0][k]);
+            }
+            CHECK(sorted && !memcmp(order[0], e1, sizeof(int) * n_idx),
+                  "buckets, shuffle false: shapes in order, samples in index order, the same every epoch");
+        }
+        video_loader_free(l);
+    }
+    /* 4 slots (2 ranks x 2 micro-batches) walk the same samples as 1 rank's 4 slots; a state saved after 3 steps
+     * resumes exactly; another slot count or batch size is refused */
+    enum { SL = 4, NS = 9 };
+    int want[NS * SL * BL], got[NS * SL * BL], counts[NS], ok = 1;
+    video_loader *all = video_loader_new_buckets(&vd, idx, n_idx, seed, BL, 0, SL, SL, 1, 1, err, sizeof err);
+    for (int s = 0; s < NS; s++) {
+        int sh[4];
+        ok &= bucket_step(all, &vd, SL, want + s * SL * BL, &counts[s], sh) && counts[s] == BL;
+    }
+    video_loader_free(all);
+    char *st = NULL;
+    for (int r = 0; r < 2; r++) {
+        video_loader *l = video_loader_new_buckets(&vd, idx, n_idx, seed, BL, r * 2, 2, SL, 1, 1, err, sizeof err);
+        for (int s = 0; s < NS; s++) {
+            if (s == 3 && r == 1) { /* rank 1 resumes from a saved state */
+                char *mine = video_loader_state_save(l);
+                video_loader_free(l);
+                l = video_loader_new_buckets(&vd, idx, n_idx, seed, BL, r * 2, 2, SL, 1, 1, err, sizeof err);
+                ok &= video_loader_state_restore(l, mine, err, sizeof err) == 0;
+                if (!st)
+                    st = mine;
+                else
+                    free(mine);
+            }
+            int ids[2 * BL], count, sh[4];
+            ok &= bucket_step(l, &vd, 2, ids, &count, sh) && count == counts[s];
+            memcpy(got + s * SL * BL + r * 2 * count, ids, sizeof(int) * 2 * count);
+        }
+        video_loader_free(l);
+    }
+    CHECK(ok && !memcmp(got, want, sizeof got),
+          "buckets: 2 ranks x 2 slots deal the samples of 1 rank x 4 slots, step for step (drop_last; one resumed "
+          "after 3 steps from %s)",
+          st ? st : "?");
+    video_loader *other = video_loader_new_buckets(&vd, idx, n_idx, seed, BL, 0, 2, 2, 1, 1, err, sizeof err);
+    int rc = video_loader_state_restore(other, st, err, sizeof err);
+    CHECK(rc != 0 && strstr(err, "data-parallel size 4, now 2"), "buckets: a state of another slot count: %s", err);
+    video_loader_free(other);
+    other = video_loader_new_buckets(&vd, idx, n_idx, seed, 1, 0, 4, 4, 1, 1, err, sizeof err);
+    rc = video_loader_state_restore(other, st, err, sizeof err);
+    CHECK(rc != 0 && strstr(err, "local batch size 2, now 1"), "buckets: a state of another batch size: %s", err);
+    video_loader_free(other);
+    other = video_loader_new(&vd, idx, n_idx, seed, BL, 0);
+    rc = video_loader_state_restore(other, st, err, sizeof err);
+    CHECK(rc != 0 && strstr(err, "bucketed"), "buckets: a single-shape loader refuses a bucketed state: %s", err);
+    video_loader_free(other);
+    other = video_loader_new_buckets(&vd, idx, n_idx, seed, 8, 0, 4, 4, 1, 1, err, sizeof err);
+    CHECK(!other && strstr(err, "no batch"), "buckets: a batch no bucket fills with drop_last: %s", err);
+    free(st), free(idx), free(val);
+    video_dataset_free(&vd);
+}
+
 /* ------------------------------------------------------------------------------------------------ energon */
 
 /* Run fn in a child process whose dfm_die output lands in a file; 1 if the child failed with needle1 and needle2 in
@@ -769,6 +912,7 @@ int main(void) {
     test_clips();
     test_folder();
     test_loader_order();
+    test_loader_buckets();
     test_energon_clips();
     test_energon_pickles();
     test_rmtree(dir);

@@ -109,9 +109,22 @@ static void test_dataset(void) {
           err);
     CHECK(access(test_path("%s/pwned", dir), F_OK) != 0, "and nothing ran");
     rc = video_dataset_meta(&vd, test_path("%s/mismatch", dir), 0, err, sizeof err);
-    CHECK(rc != 0 && strstr(err, "m0.meta") && strstr(err, "m1.meta") && strstr(err, "[2, 3, 6, 6]") &&
-              strstr(err, "bucket"),
-          "two latent shapes are refused naming both files and shapes: %s", err);
+    if (rc == 0) {
+        int s0[4], s1[4];
+        video_dataset_sample(&vd, 0, s0);
+        video_dataset_sample(&vd, 1, s1);
+        CHECK(vd.n == 2 && vd.shapes && video_dataset_nshapes(&vd) == 2 && s0[2] == 4 && s1[2] == 6 && vd.h == 6 &&
+                  vd.offsets[1] == (size_t)2 * 3 * 4 * 6,
+              "two latent shapes load as resolution buckets: [2, 3, %d, 6] and [2, 3, %d, 6], the largest [%d, %d, "
+              "%d, %d]",
+              s0[2], s1[2], vd.c, vd.t, vd.h, vd.w);
+        video_dataset_free(&vd);
+    } else
+        CHECK(0, "two latent shapes load as resolution buckets: %s", err);
+    rc = video_dataset_meta(&vd, test_path("%s/channels", dir), 0, err, sizeof err);
+    CHECK(rc != 0 && strstr(err, "k0.meta") && strstr(err, "k1.meta") && strstr(err, "[3, 3, 4, 6]") &&
+              strstr(err, "channels"),
+          "latents of different channels are refused naming both files and shapes: %s", err);
     rc = video_dataset_meta(&vd, test_path("%s/flat", dir), 4, err, sizeof err);
     CHECK(rc != 0 && strstr(err, ".meta") && strstr(err, "more than the text length 4"),
           "a valid length above text_len is refused naming the file: %s", err);

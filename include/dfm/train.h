@@ -53,7 +53,7 @@ typedef struct {
     wan_model *model;
     objective_config obj;
     uint64_t seed;
-    int frames, height, width, text_len; /* sample shape */
+    int frames, height, width, text_len;  /* sample shape (the largest, with resolution buckets) */
     diffusion_batch db;                   /* sized for the model's max micro-batch */
     float *out, *dout;                    /* [max_batch, C_out, T, H, W] */
     float *text;                          /* the micro-batch's text after dropout */
@@ -69,10 +69,28 @@ void wan_trainer_free(wan_trainer *tr);
 step_result wan_trainer_step_dp(wan_trainer *tr, dp_engine *e, const float *latents, const float *text,
                                 const int *text_lens, int n_local, int B_global, uint32_t first, uint32_t step,
                                 float lr);
+/* One micro-batch of a Wan step: `count` samples of latents [count, C, frames, height, width] (a shape the
+ * model was prepared for: at most its max tokens and batch) with text [count, text_len, text_dim] and lengths;
+ * noise, timesteps and dropout are drawn for global sample indices first, first + 1, ... */
+typedef struct {
+    const float *latents, *text;
+    const int *text_lens;
+    int count, frames, height, width;
+    uint32_t first;
+} wan_micro;
+/* A data-parallel step over this rank's n_micro micro-batches (the engine's micro-batch count), each of its own
+ * latent shape (resolution buckets): each micro-batch's loss is weighted by count / B_global, B_global being
+ * the samples of the whole global step over every rank. Gradients are reduced by the engine, which updates. */
+step_result wan_trainer_step_micro(wan_trainer *tr, dp_engine *e, const wan_micro *mb, int n_micro, int B_global,
+                                   uint32_t step, float lr);
 /* Loss of one micro-batch (at most the model's max batch) under the objective `o` with draws keyed by
  * (seed, step, first), without gradients: validation. */
 double wan_trainer_loss(wan_trainer *tr, const objective_config *o, uint64_t seed, const float *latents,
                         const float *text, const int *text_lens, int B, uint32_t step, uint32_t first);
+/* The same for latents of frames x height x width (at most the trainer's shape). */
+double wan_trainer_loss_shaped(wan_trainer *tr, const objective_config *o, uint64_t seed, const float *latents,
+                               const float *text, const int *text_lens, int B, int frames, int height, int width,
+                               uint32_t step, uint32_t first);
 
 #ifdef __cplusplus
 }

@@ -3,7 +3,8 @@
  * clips, captions embedded by a stand-in text encoder), a folder of one .safetensors file per sample, and Energon
  * webdataset folders (.npy, .pth or .pickle parts, DFM's Megatron layout). The batch loader walks samples in exactly
  * the order of data.h's loader (per-epoch permutations from (seed, epoch), state {epoch, pos}, data-parallel
- * slices), see docs/ARCHITECTURE.md "Video data". */
+ * slices), or, for folders of several latent shapes (resolution buckets) and dfm finetune, in Automodel's bucketed
+ * order (one shape per batch; video_loader_new_buckets), see docs/ARCHITECTURE.md "Video data". */
 #ifndef DFM_VIDEO_H
 #define DFM_VIDEO_H
 
@@ -18,13 +19,22 @@ extern "C" {
 
 typedef struct {
     int n;                  /* samples */
-    int c, t, h, w;         /* latent shape of every sample */
+    int c, t, h, w;         /* latent shape of every sample; with several shapes, the largest (most values) */
     int text_len, text_dim; /* max text tokens (padding length) and embedding width */
-    float *latents;         /* [n, c, t, h, w] */
+    float *latents;         /* [n, c, t, h, w]; with several shapes, sample i at offsets[i] */
     float *text;            /* [n, text_len, text_dim], zero past each sample's length */
     int *text_lens;         /* [n], 1..text_len */
     char **captions;        /* [n] (may be NULL entries when unknown) */
+    /* Several latent shapes (resolution buckets; folders and .meta caches): NULL when every sample is
+     * [c, t, h, w], which is the form every other source makes and the single-shape path reads. */
+    int *shapes;     /* [n][4]: c, t, h, w of each sample (c is the same for all) */
+    size_t *offsets; /* [n]: where each sample's latents start in `latents` (floats) */
 } video_dataset;
+
+/* Sample i's latents and shape (either form). */
+const float *video_dataset_sample(const video_dataset *vd, int i, int shape[4]);
+/* Distinct latent shapes among the samples (1 without `shapes`). */
+int video_dataset_nshapes(const video_dataset *vd);
 
 /* Directions of the demo clips; image rows grow downwards, so "up" is towards row 0. */
 enum { VIDEO_DIR_LEFT, VIDEO_DIR_RIGHT, VIDEO_DIR_UP, VIDEO_DIR_DOWN };
@@ -48,7 +58,8 @@ int video_clip_caption(int label, int direction, char *buf, size_t n);
 /* A folder of pre-encoded samples in dfm's own form: one <key>.safetensors per sample with tensors
  * "video_latents" [C,T,H,W] (or [1,C,T,H,W]) and "text_embeddings" [L,D] (or [1,L,D]); optional metadata
  * "caption" and "text_len" (valid tokens; without it, the length is the index of the last non-zero row + 1).
- * Any float dtype. All samples must share C,T,H,W and D; L is padded to the largest (or text_len if > 0). */
+ * Any float dtype. All samples must share C and D; T, H, W may differ (resolution buckets: `shapes` and `offsets`
+ * are set and c, t, h, w name the largest shape). L is padded to the largest (or text_len if > 0). */
 int video_dataset_folder(video_dataset *vd, const char *dir, int text_len, char *err, size_t errlen);
 void video_dataset_free(video_dataset *vd);
 /* DFM's Automodel caches (docs/ARCHITECTURE.md "Video data"): a flat folder of *.meta files, or a bucketed cache
@@ -56,8 +67,8 @@ void video_dataset_free(video_dataset *vd);
  * is pickle.dump or torch.save of a dict with "video_latents" [1,C,T,H,W] or [C,T,H,W] and "text_embeddings"
  * [1,L,D] or [L,D] (any float dtype; read by the restricted unpickler, nothing in a file runs). Valid text length:
  * an integer "text_len" in the dict, else a "text_mask" array (last non-zero + 1), else the last non-zero row + 1.
- * Caption: a string "caption" or "prompt". Samples in sorted path order; all must share C,T,H,W and D (several
- * resolution buckets are an error naming two files: bucketed batches are not built yet). L is padded to the
+ * Caption: a string "caption" or "prompt". Samples in sorted path order; all must share C and D (an error naming
+ * two files otherwise); T, H, W may differ (resolution buckets, as video_dataset_folder). L is padded to the
  * largest stored L (or text_len if > 0). */
 int video_dataset_meta(video_dataset *vd, const char *dir, int text_len, char *err, size_t errlen);
 
@@ -107,13 +118,36 @@ video_loader *video_loader_new(const video_dataset *vd, const int *indices, int 
 video_loader *video_loader_new_energon(const char *path, const char *split, uint64_t seed, int batch, int num_workers,
                                        int c, int t, int h, int w, int text_len, int text_dim, char *err,
                                        size_t errlen);
+/* Bucketed batches (Automodel's SequentialBucketSampler, include/dfm/bucket_sampler.h) over vd's samples
+ * `indices`, for datasets of one or several latent shapes: every batch holds one shape; bucket and sample order
+ * reshuffled per epoch from seed + epoch (shuffle 0: buckets in shape order, samples in dataset index order, i.e.
+ * sorted paths, whatever the order of `indices`); each bucket
+ * padded by cycling and dealt slot::world_slots; drop_last drops each slot's short last batch of a bucket.
+ * A slot is one micro-batch of a global step (world_slots = global batch / local batch = data-parallel size x
+ * gradient accumulation); this rank reads slots [slot_first, slot_first + slots). Dealing per micro-batch slot
+ * rather than per rank keeps a step's micro-batches the same under any data-parallel size (bit-identical runs,
+ * and a checkpoint resumes under another layout with the same global and local batch). Every slot of a step
+ * gets the same bucket and length. NULL with err when an epoch has no batch. vd must outlive the loader. */
+video_loader *video_loader_new_buckets(const video_dataset *vd, const int *indices, int n, uint64_t seed,
+                                       int local_batch, int slot_first, int slots, int world_slots, int shuffle,
+                                       int drop_last, char *err, size_t errlen);
+int video_loader_is_bucketed(const video_loader *l);
+/* Batches each slot gets per epoch (bucketed loaders; 0 otherwise). */
+int video_loader_batches_per_epoch(const video_loader *l);
+/* The next step of a bucketed loader: one batch per slot, all of one latent shape (into shape: c, t, h, w) and
+ * *count samples each; latents [slots * count, c, t, h, w] slot after slot, text [slots * count, text_len,
+ * text_dim], text_lens; ids (NULL or room for slots * local_batch) the dataset indices. Returns seconds spent. */
+double video_loader_next_step(video_loader *l, float *latents, float *text, int *text_lens, int *count, int shape[4],
+                              int *ids);
 /* Keep only samples [first, first + count) of every batch (a data-parallel rank's share), like loader_set_slice:
  * the position still advances by the whole batch, so every rank walks the same order. */
 void video_loader_set_slice(video_loader *l, int first, int count);
 /* Next batch (count samples): latents [count,c,t,h,w], text [count,text_len,text_dim], text_lens [count].
  * Returns seconds spent waiting for data. */
 double video_loader_next(video_loader *l, float *latents, float *text, int *text_lens);
-/* State as JSON text (malloc'ed) and restore (before the next video_loader_next). */
+/* State as JSON text (malloc'ed) and restore (before the next video_loader_next). Bucketed loaders save
+ * {"kind": "video_buckets", "sampler": bucket_sampler's state}; restoring checks the slot count, local batch,
+ * samples, seed, shuffle and drop_last match, and that the saved state is of the same kind of loader. */
 char *video_loader_state_save(video_loader *l);
 int video_loader_state_restore(video_loader *l, const char *json, char *err, size_t errlen);
 /* Samples an Energon loader skipped for NaN/Inf or huge values (0 for in-memory loaders). */

@@ -3,13 +3,16 @@
  * the shared training job (dfm_pretrain): the same model, loss, data parallelism and checkpoint writer as the
  * Megatron paradigm, with checkpoints in Automodel's layout (checkpoint.layout: automodel): checkpoint_dir/
  * epoch_E_step_S/ with model/, optim/, dataloader/, rng/, config.yaml (this recipe) and model/consolidated/ as
- * save_consolidated asks, a LATEST symlink, max_recent_checkpoints kept. peft (LoRA, include/dfm/lora.h) maps onto
- * the job's peft.* keys. What is not built yet (HSDP, model parallelism, resolution buckets) is refused or stated,
- * never silently ignored. */
+ * save_consolidated asks, a LATEST symlink, max_recent_checkpoints kept. Batches come from Automodel's bucket
+ * sampler (include/dfm/bucket_sampler.h: one latent shape per batch, so folders of several resolution buckets
+ * train; data.dataloader.shuffle and drop_last as Automodel). peft (LoRA, include/dfm/lora.h) maps onto the job's
+ * peft.* keys. What is not built yet (HSDP, model parallelism) is refused or stated, never silently ignored. */
 #include "cli/cli_common.h"
 #include "dfm/automodel.h"
+#include "dfm/bucket_sampler.h"
 #include "dfm/checkpoint.h"
 #include "dfm/common.h"
+#include "dfm/data.h"
 #include "dfm/diffusers.h"
 #include "dfm/dist.h"
 #include "dfm/hf_resolve.h"
@@ -116,8 +119,6 @@ int dfm_finetune_main(int argc, char **argv) {
     if (cfg_bool(a, "fsdp.activation_checkpointing") || cfg_bool(a, "fsdp.cpu_offload"))
         dfm_die("fsdp.activation_checkpointing / cpu_offload: not built yet; set them to false");
     int consolidated = automodel_save_consolidated(a);
-    if (!cfg_bool(a, "data.dataloader.shuffle"))
-        dfm_die("data.dataloader.shuffle: false is not built yet (dfm's loaders reshuffle every epoch from the seed)");
 
     /* the model */
     const char *name = cfg_str(a, "model.pretrained_model_name_or_path");
@@ -139,8 +140,16 @@ int dfm_finetune_main(int argc, char **argv) {
                                             : video_dataset_meta(&vd, meta, 0, err, sizeof err);
     if (rc != 0) dfm_die("data.dataloader.meta_folder: %s", err);
     int n = vd.n, C = vd.c, T = vd.t, H = vd.h, W = vd.w, L = vd.text_len, D = vd.text_dim;
+    int nshapes = video_dataset_nshapes(&vd);
+    int64_t *shapes = xmalloc((size_t)n * 4 * sizeof *shapes);
+    for (int i = 0; i < n; i++) {
+        int sh[4];
+        video_dataset_sample(&vd, i, sh);
+        for (int d = 0; d < 4; d++) shapes[4 * (size_t)i + d] = sh[d];
+    }
     video_dataset_free(&vd);
-    if (H != W) dfm_die("'%s': latents of %d x %d; non-square latents are not built yet", meta, H, W);
+    /* one shape: it is the model's input (model.image_size is square); several: each batch's own, any H x W */
+    if (nshapes == 1 && H != W) dfm_die("'%s': latents of %d x %d; non-square latents are not built yet", meta, H, W);
     if (C != wc.in_channels || D != wc.text_dim)
         dfm_die("'%s' holds latents with %d channels and text of width %d; the model takes %d and %d", meta, C, D,
                 wc.in_channels, wc.text_dim);
@@ -151,9 +160,24 @@ int dfm_finetune_main(int argc, char **argv) {
     int mbs = (int)cfg_int(a, "step_scheduler.local_batch_size");
     int n_val = val_every > 0 ? (n / 10 > mbs ? n / 10 : mbs) : 0;
     if (n_val >= n) dfm_die("'%s' holds %d samples: too few to hold %d out for step_scheduler.val_every_steps", meta, n, n_val);
-    long steps = cfg_is_null(a, "step_scheduler.max_steps")
-                     ? (long)cfg_int(a, "step_scheduler.num_epochs") * ((n - n_val + gbs - 1) / gbs)
-                     : (long)cfg_int(a, "step_scheduler.max_steps");
+    long steps = cfg_is_null(a, "step_scheduler.max_steps") ? 0 : (long)cfg_int(a, "step_scheduler.max_steps");
+    int shuffle = cfg_bool(a, "data.dataloader.shuffle"), drop_last = cfg_bool(a, "data.dataloader.drop_last");
+    if (!steps) { /* an epoch: the steps the bucket sampler makes of the training samples (pretrain's split) */
+        if (mbs < 1 || gbs < mbs || gbs % mbs)
+            dfm_die("step_scheduler.global_batch_size %d is not a multiple of local_batch_size %d", gbs, mbs);
+        int *train_idx, *val_idx, n_train;
+        split_indices(n, n_val, (uint64_t)cfg_int(a, "seed"), &train_idx, &n_train, &val_idx);
+        int64_t *ts = xmalloc((size_t)n_train * 4 * sizeof *ts);
+        for (int i = 0; i < n_train; i++) memcpy(ts + 4 * (size_t)i, shapes + 4 * (size_t)train_idx[i], 4 * sizeof *ts);
+        bucket_sampler bs;
+        if (bucket_sampler_init(&bs, n_train, ts, 4, mbs, 0, gbs / mbs, (uint64_t)cfg_int(a, "seed"), shuffle,
+                                drop_last, err, sizeof err) != 0)
+            dfm_die("data.dataloader.meta_folder '%s': %s", meta, err);
+        steps = (long)cfg_int(a, "step_scheduler.num_epochs") * bucket_sampler_batches_per_epoch(&bs);
+        bucket_sampler_free(&bs);
+        free(ts), free(train_idx), free(val_idx);
+    }
+    free(shapes);
 
     /* the Megatron tree the shared job reads */
     json_t *m = json_object();
@@ -187,6 +211,10 @@ int dfm_finetune_main(int argc, char **argv) {
     put(m, "dataset.max_samples", json_null());
     put(m, "dataset.val_samples", json_integer(n_val));
     put(m, "dataset.num_workers", json_integer((json_int_t)cfg_int(a, "data.dataloader.num_workers")));
+    /* Automodel's SequentialBucketSampler for every folder, one shape or several */
+    put(m, "dataset.bucket_sampler", json_string("always"));
+    put(m, "dataset.shuffle", json_boolean(shuffle));
+    put(m, "dataset.drop_last", json_boolean(drop_last));
     put(m, "optimizer.lr", num_or_null(a, "optimizer.lr", 0));
     put(m, "optimizer.weight_decay", num_or_null(a, "optimizer.weight_decay", 0));
     put(m, "optimizer.adam_beta1", json_real(cfg_list_float(a, "optimizer.betas", 0)));
@@ -261,9 +289,10 @@ int dfm_finetune_main(int argc, char **argv) {
     free(text);
     json_decref(m);
     if (lead) {
-        fprintf(stderr, "finetune: %s %s (%s), %s on %d pre-encoded samples [%d, %d, %d, %d] from %s, %ld steps\n",
+        fprintf(stderr, "finetune: %s %s (%s), %s on %d pre-encoded samples [%d, %d, %d, %d]%s from %s, %ld steps\n",
                 finetune ? "fine-tuning" : "pretraining", src.path, pretrained_kind_name(src.kind),
-                finetune ? "weights loaded" : "weights initialised from its config", n, C, T, H, W, meta, steps);
+                finetune ? "weights loaded" : "weights initialised from its config", n, C, T, H, W,
+                nshapes > 1 ? " (the largest of several latent shapes: resolution buckets)" : "", meta, steps);
         xmkdir_p(ckdir);
         char path[4200];
         snprintf(path, sizeof path, "%s/config.yaml", ckdir);

@@ -111,6 +111,11 @@ static cfg *recipe_base(const char *name) {
     cfg_def(c, "dataset.max_samples", CFG_INT, NULL, "video_clips: clips made (null = one per Fashion-MNIST image)");
     cfg_def(c, "dataset.image_size", CFG_INT, NULL, "resize to this side (null = model.image_size)");
     cfg_def(c, "dataset.channels", CFG_INT, NULL, "convert to this many channels (null = model.in_channels)");
+    cfg_def_enum(c, "dataset.bucket_sampler", 0, "auto", "auto|always|never",
+                 "video_folder/video_meta: bucketed batches (one latent shape per batch, Automodel's sampler); auto = "
+                 "when the folder holds several shapes");
+    cfg_def(c, "dataset.shuffle", CFG_BOOL, "true", "bucketed batches: reshuffle buckets and samples every epoch");
+    cfg_def(c, "dataset.drop_last", CFG_BOOL, "true", "bucketed batches: drop each bucket's short last batch");
 
     /* logger */
     cfg_def(c, "logger.log_interval", CFG_INT, "50", "steps between log lines");

@@ -1,5 +1,6 @@
 /* In-memory video datasets: the demo clips (Fashion-MNIST garments moving across a canvas) and folders of
  * pre-encoded .safetensors samples. */
+#include "data/video_impl.h"
 #include "dfm/common.h"
 #include "dfm/fashion_mnist.h"
 #include "dfm/rng.h"
@@ -22,7 +23,53 @@ void video_dataset_free(video_dataset *vd) {
     if (vd->captions)
         for (int i = 0; i < vd->n; i++) free(vd->captions[i]);
     free(vd->captions);
+    free(vd->shapes), free(vd->offsets);
     memset(vd, 0, sizeof *vd);
+}
+
+const float *video_dataset_sample(const video_dataset *vd, int i, int shape[4]) {
+    if (!vd->shapes) {
+        shape[0] = vd->c, shape[1] = vd->t, shape[2] = vd->h, shape[3] = vd->w;
+        return vd->latents + (size_t)i * vd->c * vd->t * vd->h * vd->w;
+    }
+    memcpy(shape, vd->shapes + (size_t)i * 4, 4 * sizeof(int));
+    return vd->latents + vd->offsets[i];
+}
+
+int video_dataset_nshapes(const video_dataset *vd) {
+    if (!vd->shapes) return vd->n > 0;
+    int k = 0;
+    for (int i = 0; i < vd->n; i++) {
+        int seen = 0;
+        for (int j = 0; j < i && !seen; j++)
+            seen = !memcmp(vd->shapes + 4 * (size_t)i, vd->shapes + 4 * (size_t)j, 4 * sizeof(int));
+        k += !seen;
+    }
+    return k;
+}
+
+size_t video_dataset_layout(video_dataset *vd, const int64_t *shapes4) {
+    int multi = 0, big = 0;
+    for (int i = 1; i < vd->n; i++) {
+        const int64_t *a = shapes4 + 4 * (size_t)i, *b = shapes4;
+        multi |= a[1] != b[1] || a[2] != b[2] || a[3] != b[3];
+        if (a[1] * a[2] * a[3] >
+            shapes4[4 * (size_t)big + 1] * shapes4[4 * (size_t)big + 2] * shapes4[4 * (size_t)big + 3])
+            big = i;
+    }
+    const int64_t *l = shapes4 + 4 * (size_t)big;
+    vd->c = (int)l[0], vd->t = (int)l[1], vd->h = (int)l[2], vd->w = (int)l[3];
+    if (!multi) return (size_t)vd->n * vd->c * vd->t * vd->h * vd->w;
+    vd->shapes = xmalloc((size_t)vd->n * 4 * sizeof(int));
+    vd->offsets = xmalloc((size_t)vd->n * sizeof(size_t));
+    size_t off = 0;
+    for (int i = 0; i < vd->n; i++) {
+        for (int d = 0; d < 4; d++) vd->shapes[4 * (size_t)i + d] = (int)shapes4[4 * (size_t)i + d];
+        vd->offsets[i] = off;
+        off += (size_t)(shapes4[4 * (size_t)i] * shapes4[4 * (size_t)i + 1] * shapes4[4 * (size_t)i + 2] *
+                        shapes4[4 * (size_t)i + 3]);
+    }
+    return off;
 }
 
 /* ------------------------------------------------------------------------------------------------ demo clips */
@@ -251,6 +298,7 @@ int video_dataset_folder(video_dataset *vd, const char *dir, int text_len, char 
     const st_tensor **lat = xcalloc((size_t)n, sizeof *lat), **txt = xcalloc((size_t)n, sizeof *txt);
     int64_t *rows = xcalloc((size_t)n, sizeof *rows);
     int64_t shape0[5] = {0}; /* C, T, H, W, D of the first sample */
+    int64_t *shapes4 = xcalloc((size_t)n * 4, sizeof *shapes4);
     int64_t max_rows = 0;
     int rc = -1;
     float *tbuf = NULL;
@@ -264,10 +312,11 @@ int video_dataset_folder(video_dataset *vd, const char *dir, int text_len, char 
         if (!(txt[i] = find_sample_tensor(files[i], "text_embeddings", 2, "[L, D]", td, err, errlen))) goto done;
         int64_t s5[5] = {ld[0], ld[1], ld[2], ld[3], td[1]};
         if (i == 0) memcpy(shape0, s5, sizeof s5);
-        if (memcmp(s5, shape0, sizeof s5)) {
+        memcpy(shapes4 + 4 * (size_t)i, ld, sizeof ld);
+        if (s5[0] != shape0[0] || s5[4] != shape0[4]) { /* T, H, W may differ: resolution buckets */
             snprintf(err, errlen,
-                     "'%s': video_latents [C, T, H, W] = [%lld, %lld, %lld, %lld] and text width D = %lld differ "
-                     "from the first sample '%s' ([%lld, %lld, %lld, %lld], D = %lld); every sample must share them",
+                     "'%s': video_latents [C, T, H, W] = [%lld, %lld, %lld, %lld] with text width D = %lld, but the "
+                     "first sample '%s' holds [%lld, %lld, %lld, %lld] with D = %lld; every sample must share C and D",
                      path, (long long)s5[0], (long long)s5[1], (long long)s5[2], (long long)s5[3], (long long)s5[4],
                      names[0], (long long)shape0[0], (long long)shape0[1], (long long)shape0[2], (long long)shape0[3],
                      (long long)shape0[4]);
@@ -281,18 +330,18 @@ int video_dataset_folder(video_dataset *vd, const char *dir, int text_len, char 
         if (td[0] > max_rows) max_rows = td[0];
     }
     vd->n = n;
-    vd->c = (int)shape0[0], vd->t = (int)shape0[1], vd->h = (int)shape0[2], vd->w = (int)shape0[3];
     vd->text_dim = (int)shape0[4];
     vd->text_len = text_len > 0 ? text_len : (int)max_rows;
-    size_t lat_n = (size_t)vd->c * vd->t * vd->h * vd->w, txt_n = (size_t)vd->text_len * vd->text_dim;
-    vd->latents = xalloc_floats((size_t)n * lat_n);
+    size_t txt_n = (size_t)vd->text_len * vd->text_dim;
+    vd->latents = xalloc_floats(video_dataset_layout(vd, shapes4));
     vd->text = xalloc_floats((size_t)n * txt_n);
     vd->text_lens = xcalloc((size_t)n, sizeof(int));
     vd->captions = xcalloc((size_t)n, sizeof(char *));
     tbuf = xalloc_floats((size_t)max_rows * vd->text_dim);
     /* pass 2: the data */
     for (int i = 0; i < n; i++) {
-        st_read_f32(files[i], lat[i], vd->latents + (size_t)i * lat_n);
+        int sh[4];
+        st_read_f32(files[i], lat[i], (float *)video_dataset_sample(vd, i, sh));
         st_read_f32(files[i], txt[i], tbuf);
         const char *cap = st_meta(files[i], "caption"), *tl = st_meta(files[i], "text_len");
         int len;
@@ -325,6 +374,6 @@ done:
         st_close(files[i]);
         free(names[i]);
     }
-    free(files), free(names), free(lat), free(txt), free(rows), free(tbuf);
+    free(files), free(names), free(lat), free(txt), free(rows), free(tbuf), free(shapes4);
     return rc;
 }

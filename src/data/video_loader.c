@@ -1,6 +1,7 @@
 /* Video batch loader: in-memory video datasets walked in data_loader's order (loader_core.c), or Energon streams
  * whose samples hold latents and text embeddings as .npy, .pth or .pickle parts. */
 #include "data/loader_core.h"
+#include "dfm/bucket_sampler.h"
 #include "dfm/common.h"
 #include "dfm/energon.h"
 #include "dfm/pickle.h"
@@ -21,6 +22,11 @@ struct video_loader {
     size_t lat_floats, text_floats; /* per sample */
     const video_dataset *vd;        /* in-memory source */
     int64_t skipped;                /* .pth/.pickle samples skipped for bad values (Energon counts .npy ones) */
+    /* bucketed (video_loader_new_buckets): one sampler per micro-batch slot of this rank, in lockstep */
+    int nslots;
+    bucket_sampler *slots;
+    const int *indices; /* sampler position -> dataset index (the loader's copy) */
+    int *idx_buf;
     float *plat, *ptext;            /* the prefetched batch */
     int *plens;
     char errbuf[1024];
@@ -74,6 +80,95 @@ video_loader *video_loader_new(const video_dataset *vd, const int *indices, int 
         prefetcher_start(&l->b.pf, prefetch_fill, l, "video loader");
     }
     return l;
+}
+
+/* ------------------------------------------------------------------------------------------------- bucketed */
+
+static int cmp_int(const void *a, const void *b) {
+    int x = *(const int *)a, y = *(const int *)b;
+    return (x > y) - (x < y);
+}
+
+video_loader *video_loader_new_buckets(const video_dataset *vd, const int *indices, int n, uint64_t seed,
+                                       int local_batch, int slot_first, int slots, int world_slots, int shuffle,
+                                       int drop_last, char *err, size_t errlen) {
+    if (n < 1) {
+        snprintf(err, errlen, "video loader: no samples to load from");
+        return NULL;
+    }
+    if (slots < 1 || slot_first < 0 || slot_first + slots > world_slots) {
+        snprintf(err, errlen, "internal: video loader slots [%d, %d) outside %d", slot_first, slot_first + slots,
+                 world_slots);
+        return NULL;
+    }
+    int64_t *shapes = xmalloc((size_t)n * 4 * sizeof *shapes);
+    int *copy = xmalloc((size_t)n * sizeof *copy);
+    for (int i = 0; i < n; i++) {
+        if (indices[i] < 0 || indices[i] >= vd->n)
+            dfm_die("internal: video loader index %d (entry %d) outside the dataset's %d samples", indices[i], i,
+                    vd->n);
+        copy[i] = indices[i];
+    }
+    /* dataset order (sorted paths): unshuffled, each bucket is walked in it, as Automodel's dataset order */
+    qsort(copy, (size_t)n, sizeof *copy, cmp_int);
+    for (int i = 0; i < n; i++) {
+        int sh[4];
+        video_dataset_sample(vd, copy[i], sh);
+        for (int d = 0; d < 4; d++) shapes[4 * (size_t)i + d] = sh[d];
+    }
+    video_loader *l = alloc_loader(local_batch, vd->c, vd->t, vd->h, vd->w, vd->text_len, vd->text_dim);
+    l->vd = vd;
+    l->indices = copy;
+    l->nslots = slots;
+    l->slots = xcalloc((size_t)slots, sizeof *l->slots);
+    l->idx_buf = xmalloc((size_t)local_batch * sizeof *l->idx_buf);
+    for (int k = 0; k < slots; k++)
+        if (bucket_sampler_init(&l->slots[k], n, shapes, 4, local_batch, slot_first + k, world_slots, seed, shuffle,
+                                drop_last, err, errlen) != 0) {
+            free(shapes);
+            video_loader_free(l);
+            return NULL;
+        }
+    free(shapes);
+    return l;
+}
+
+int video_loader_is_bucketed(const video_loader *l) {
+    return l->nslots > 0;
+}
+
+int video_loader_batches_per_epoch(const video_loader *l) {
+    return l->nslots > 0 ? bucket_sampler_batches_per_epoch(&l->slots[0]) : 0;
+}
+
+double video_loader_next_step(video_loader *l, float *latents, float *text, int *text_lens, int *count, int shape[4],
+                              int *ids) {
+    double t0 = dfm_time_s();
+    if (l->nslots < 1) dfm_die("internal: video_loader_next_step on a loader without buckets");
+    const video_dataset *vd = l->vd;
+    int len0 = -1, bucket0 = -1;
+    size_t at = 0, txt_n = l->text_floats;
+    for (int k = 0; k < l->nslots; k++) {
+        int bucket, len = bucket_sampler_next(&l->slots[k], l->idx_buf, &bucket);
+        if (k == 0)
+            len0 = len, bucket0 = bucket;
+        else if (len != len0 || bucket != bucket0) /* the sampler deals every slot the same lengths and buckets */
+            dfm_die("internal: bucketed loader slots out of step (%d samples of bucket %d vs %d of %d)", len, bucket,
+                    len0, bucket0);
+        for (int b = 0; b < len; b++) {
+            int i = l->indices[l->idx_buf[b]], sh[4];
+            const float *src = video_dataset_sample(vd, i, sh);
+            size_t ln = (size_t)sh[0] * sh[1] * sh[2] * sh[3];
+            if (k == 0 && b == 0) memcpy(shape, sh, sizeof sh);
+            memcpy(latents + at * ln, src, ln * sizeof(float));
+            memcpy(text + at * txt_n, vd->text + (size_t)i * txt_n, txt_n * sizeof(float));
+            text_lens[at] = vd->text_lens[i];
+            if (ids) ids[at] = i;
+            at++;
+        }
+    }
+    *count = len0;
+    return dfm_time_s() - t0;
 }
 
 /* -------------------------------------------------------------------------------------------------- energon */
@@ -350,11 +445,46 @@ void video_loader_set_slice(video_loader *l, int first, int count) {
 
 /* kind "video", so that an image loader's state is not taken for a video loader's */
 char *video_loader_state_save(video_loader *l) {
+    if (l->nslots > 0) { /* every slot is at the same (epoch, batch); the first one's state says it */
+        char *inner = bucket_sampler_state_save(&l->slots[0]);
+        size_t n = strlen(inner) + 64;
+        char *out = xmalloc(n);
+        snprintf(out, n, "{\"kind\":\"video_buckets\",\"sampler\":%s}", inner);
+        free(inner);
+        return out;
+    }
     return loader_base_state_save(&l->b, "video");
 }
 
 int video_loader_state_restore(video_loader *l, const char *json, char *err, size_t errlen) {
-    return loader_base_state_restore(&l->b, "video", json, err, errlen);
+    json_t *o = json_loads(json, 0, NULL);
+    const char *kind = json_string_value(json_object_get(o, "kind"));
+    int saved_buckets = kind && !strcmp(kind, "video_buckets");
+    if (saved_buckets != (l->nslots > 0)) {
+        snprintf(err, errlen,
+                 "the data loader state was saved by a %s loader, and this run uses a %s one (bucketed batches are "
+                 "used for dfm finetune and for folders of several latent shapes; dataset.bucket_sampler)",
+                 saved_buckets ? "bucketed" : "single-shape", l->nslots > 0 ? "bucketed" : "single-shape");
+        json_decref(o);
+        return -1;
+    }
+    if (!saved_buckets) {
+        json_decref(o);
+        return loader_base_state_restore(&l->b, "video", json, err, errlen);
+    }
+    char *inner = json_dumps(json_object_get(o, "sampler"), JSON_COMPACT);
+    json_decref(o);
+    int rc = 0;
+    for (int k = 0; k < l->nslots && rc == 0; k++)
+        rc = bucket_sampler_state_restore(&l->slots[k], inner ? inner : "", err, errlen);
+    if (rc != 0) { /* the sampler's "data-parallel size" is the micro-batch slot count here */
+        size_t n = strlen(err);
+        snprintf(err + n, errlen > n ? errlen - n : 0,
+                 " (bucketed batches deal one slot per micro-batch of the global step: global batch / local batch "
+                 "slots)");
+    }
+    free(inner);
+    return rc;
 }
 
 int64_t video_loader_skipped(const video_loader *l) {
@@ -365,5 +495,7 @@ void video_loader_free(video_loader *l) {
     if (!l) return;
     loader_base_free(&l->b);
     free(l->plat), free(l->ptext), free(l->plens);
+    for (int k = 0; k < l->nslots; k++) bucket_sampler_free(&l->slots[k]);
+    free(l->slots), free((void *)l->indices), free(l->idx_buf);
     free(l);
 }

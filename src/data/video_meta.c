@@ -1,5 +1,6 @@
 /* DFM's Automodel video caches (.meta pickles and torch.save files, flat or bucketed with metadata JSON), one
  * sample at a time from any on-disk video form, and the in-memory dataset built from a .meta folder. */
+#include "data/video_impl.h"
 #include "dfm/common.h"
 #include "dfm/pickle.h"
 #include "dfm/safetensors.h"
@@ -333,11 +334,14 @@ int video_dataset_meta(video_dataset *vd, const char *dir, int text_len, char *e
     char **paths;
     int n;
     if (video_meta_list(dir, &paths, &n, err, errlen) != 0) return -1;
-    float **texts = xcalloc((size_t)n, sizeof *texts);
+    float **texts = xcalloc((size_t)n, sizeof *texts), *lat = NULL; /* latents appended in file order */
+    size_t used = 0, cap = 0;
     int64_t *rows = xcalloc((size_t)n, sizeof *rows), max_rows = 0;
+    int64_t *shapes4 = xcalloc((size_t)n * 4, sizeof *shapes4);
     int rc = -1;
-    size_t lat_n = 0;
     video_sample first = {0};
+    vd->text_lens = xcalloc((size_t)n, sizeof(int));
+    vd->captions = xcalloc((size_t)n, sizeof(char *));
     for (int i = 0; i < n; i++) {
         video_sample s;
         if (video_meta_read(paths[i], &s, err, errlen) != 0) goto done;
@@ -346,33 +350,38 @@ int video_dataset_meta(video_dataset *vd, const char *dir, int text_len, char *e
             video_sample_free(&s);
             goto done;
         }
-        if (i == 0) {
+        if (i == 0)
             first = (video_sample){s.c, s.t, s.h, s.w, s.rows, s.dim, 0, NULL, NULL, NULL};
-            lat_n = (size_t)(s.c * s.t * s.h * s.w);
-            vd->latents = xalloc_floats((size_t)n * lat_n);
-            vd->text_lens = xcalloc((size_t)n, sizeof(int));
-            vd->captions = xcalloc((size_t)n, sizeof(char *));
-        } else if (s.c != first.c || s.t != first.t || s.h != first.h || s.w != first.w || s.dim != first.dim) {
+        else if (s.c != first.c || s.dim != first.dim) { /* T, H, W may differ: resolution buckets */
             snprintf(err, errlen,
                      "'%s' holds video_latents [C, T, H, W] = [%lld, %lld, %lld, %lld] with text width %lld, but '%s' "
-                     "holds [%lld, %lld, %lld, %lld] with %lld: every sample must share one shape (several "
-                     "resolution buckets need bucketed batches, which dfm does not build yet)",
+                     "holds [%lld, %lld, %lld, %lld] with %lld: every sample must share the channels C and the text "
+                     "width (T, H and W may differ: resolution buckets)",
                      paths[i], (long long)s.c, (long long)s.t, (long long)s.h, (long long)s.w, (long long)s.dim,
                      paths[0], (long long)first.c, (long long)first.t, (long long)first.h, (long long)first.w,
                      (long long)first.dim);
             video_sample_free(&s);
             goto done;
         }
-        memcpy(vd->latents + (size_t)i * lat_n, s.latents, sizeof(float) * lat_n);
+        int64_t *sh = shapes4 + 4 * (size_t)i;
+        sh[0] = s.c, sh[1] = s.t, sh[2] = s.h, sh[3] = s.w;
         vd->text_lens[i] = s.text_len;
         vd->captions[i] = s.caption, s.caption = NULL;
         texts[i] = s.text, s.text = NULL;
+        size_t ln = (size_t)(s.c * s.t * s.h * s.w);
+        if (used + ln > cap) {
+            cap = used + ln > 2 * cap ? used + ln : 2 * cap;
+            lat = xrealloc(lat, cap * sizeof(float));
+        }
+        memcpy(lat + used, s.latents, ln * sizeof(float));
+        used += ln;
         rows[i] = s.rows;
         if (s.rows > max_rows) max_rows = s.rows;
         video_sample_free(&s);
     }
     vd->n = n;
-    vd->c = (int)first.c, vd->t = (int)first.t, vd->h = (int)first.h, vd->w = (int)first.w;
+    video_dataset_layout(vd, shapes4); /* the offsets are file order, as appended */
+    vd->latents = xrealloc(lat, (used ? used : 1) * sizeof(float)), lat = NULL;
     vd->text_dim = (int)first.dim;
     vd->text_len = text_len > 0 ? text_len : (int)max_rows;
     size_t txt_n = (size_t)vd->text_len * vd->text_dim;
@@ -392,7 +401,7 @@ done:
         video_dataset_free(vd);
     }
     for (int i = 0; i < n; i++) free(paths[i]), free(texts[i]);
-    free(paths), free(texts), free(rows);
+    free(paths), free(texts), free(lat), free(rows), free(shapes4);
     return rc;
 }
 

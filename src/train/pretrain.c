@@ -426,11 +426,12 @@ static void save_checkpoint(job *j, const char *root) {
 
 /* ---- the Automodel layout (checkpoint.layout: automodel) --------------------------------------------------- */
 
-/* The epoch of the last sample a loader handed out: its state's "epoch" (the loaders advance it lazily, on the
- * first sample of the next epoch), 0 for a state without one. */
+/* The epoch of the last sample a loader handed out: its state's "epoch" (or its bucket sampler's; the loaders
+ * advance it lazily, on the first sample of the next epoch), 0 for a state without one. */
 static long state_epoch(const char *loader_state) {
     json_t *o = json_loads(loader_state, 0, NULL);
     json_t *e = o ? json_object_get(o, "epoch") : NULL;
+    if (!e && o) e = json_object_get(json_object_get(o, "sampler"), "epoch"); /* the bucketed loader's */
     long epoch = json_is_integer(e) && json_integer_value(e) >= 0 ? (long)json_integer_value(e) : 0;
     if (o) json_decref(o);
     return epoch;
@@ -749,10 +750,67 @@ static double validate(job *j, const image_dataset *ds, const int *val_idx, int 
     return total / iters;
 }
 
+/* Held-out samples of several latent shapes: grouped by shape (shapes in order, samples in index order within
+ * each), each group cut into batches of at most the micro-batch; max(iters, batches) batches are evaluated, so
+ * every held-out sample counts at least once, batch k with the draws of validation step k as below. The mean is
+ * over samples (a short batch weighs less). */
+/* Whether sample a comes after sample b in (shape, index) order. */
+static int shape_index_after(const video_dataset *vd, int a, int b) {
+    const int *p = vd->shapes + 4 * (size_t)a, *q = vd->shapes + 4 * (size_t)b;
+    for (int d = 0; d < 4; d++)
+        if (p[d] != q[d]) return p[d] > q[d];
+    return a > b;
+}
+
+static double validate_wan_shapes(job *j, const video_dataset *vd, const int *val_idx, int n_val, int iters, float *lat,
+                                  float *text, int *lens) {
+    objective_config o = j->obj;
+    o.cond_dropout_prob = 0.0f;
+    wan_trainer *tr = &j->wtr;
+    int mb = j->wmodel.max.batch;
+    size_t tl = (size_t)tr->text_len * j->wmodel.cfg.text_dim;
+    int *order = xmalloc((size_t)n_val * sizeof *order), *start = xmalloc((size_t)(n_val + 1) * sizeof *start);
+    memcpy(order, val_idx, (size_t)n_val * sizeof *order);
+    for (int a = 1; a < n_val; a++) /* insertion sort by (shape, index): held-out sets are small */
+        for (int b = a; b > 0 && shape_index_after(vd, order[b - 1], order[b]); b--) {
+            int t = order[b - 1];
+            order[b - 1] = order[b], order[b] = t;
+        }
+    int nb = 0;
+    for (int i = 0; i < n_val;) {
+        start[nb++] = i;
+        int k = i + 1;
+        while (k < n_val && k - i < mb &&
+               !memcmp(vd->shapes + 4 * (size_t)order[k], vd->shapes + 4 * (size_t)order[i], 4 * sizeof(int)))
+            k++;
+        i = k;
+    }
+    start[nb] = n_val;
+    int total_batches = iters > nb ? iters : nb;
+    double total = 0, count = 0;
+    for (int k = 0; k < total_batches; k++) {
+        int b0 = start[k % nb], len = start[k % nb + 1] - b0, sh[4];
+        for (int b = 0; b < len; b++) {
+            int i = order[b0 + b];
+            const float *src = video_dataset_sample(vd, i, sh);
+            size_t per = (size_t)sh[0] * sh[1] * sh[2] * sh[3];
+            memcpy(lat + b * per, src, per * sizeof(float));
+            memcpy(text + b * tl, vd->text + (size_t)i * tl, tl * sizeof(float));
+            lens[b] = vd->text_lens[i];
+        }
+        total += len * wan_trainer_loss_shaped(tr, &o, tr->seed ^ 0x76616cull, lat, text, lens, len, sh[1], sh[2],
+                                               sh[3], 0xFFFFFFFFu - (uint32_t)k, 0);
+        count += len;
+    }
+    free(order), free(start);
+    return total / count;
+}
+
 /* The same for Wan: the held-out clips (in memory: val_idx of vd; Energon: the "val" split), conditioned. */
 static double validate_wan(job *j, const video_dataset *vd, const int *val_idx, int n_val, const char *energon_path,
                            int iters, float *lat, float *text, int *lens) {
     if (iters <= 0 || (vd && n_val == 0) || (!vd && !energon_path)) return NAN;
+    if (vd && vd->shapes) return validate_wan_shapes(j, vd, val_idx, n_val, iters, lat, text, lens);
     objective_config o = j->obj;
     o.cond_dropout_prob = 0.0f;
     wan_trainer *tr = &j->wtr;
@@ -900,6 +958,9 @@ int dfm_pretrain(const cfg *c) {
                 size, chans, model_size, model_chans);
     int frames = j.wan ? int_key(c, "model.num_frames", 1, 1 << 12) : 1;
     int text_len = j.wan ? int_key(c, "model.text_len", 1, 1 << 16) : 0;
+    int vh = size, vw = size; /* latent height and width (Wan: from the data's largest shape when it has several) */
+    int acc = n_local / mbs;  /* micro-batches per rank and step */
+    int bucketed = 0;         /* Wan in-memory data through the bucket sampler (video_loader_new_buckets) */
 
     /* data */
     const char *dtype = cfg_str(c, "dataset.type"), *dpath = cfg_str(c, "dataset.path"), *energon_val = NULL;
@@ -934,15 +995,33 @@ int dfm_pretrain(const cfg *c) {
                  : !strcmp(dtype, "video_meta") ? video_dataset_meta(&vd, dpath, text_len, err, sizeof err)
                                                 : video_dataset_folder(&vd, dpath, text_len, err, sizeof err);
         if (rc != 0) dfm_die("dataset (%s, from %s): %s", dtype, cfg_source(c, "dataset.path"), err);
-        if (vd.c != chans || vd.t != frames || vd.h != size || vd.w != size || vd.text_dim != wc.text_dim ||
-            vd.text_len != text_len)
+        const char *bs = cfg_str(c, "dataset.bucket_sampler");
+        bucketed = !strcmp(bs, "always") || (vd.shapes && strcmp(bs, "never"));
+        if (vd.shapes && !bucketed)
+            dfm_die("dataset '%s' holds %d latent shapes; dataset.bucket_sampler = never (from %s) cannot batch them "
+                    "(auto or always builds one shape per batch)",
+                    dpath, video_dataset_nshapes(&vd), cfg_source(c, "dataset.bucket_sampler"));
+        if (vd.shapes) { /* resolution buckets: the model takes the largest; model.num_frames / image_size unused */
+            if (vd.c != chans || vd.text_dim != wc.text_dim || vd.text_len != text_len)
+                dfm_die("dataset '%s' holds latents of %d channels with text [%d, %d]; the model expects %d channels "
+                        "(model.in_channels) with text [%d, %d] (model.text_len, text_dim)",
+                        dpath, vd.c, vd.text_len, vd.text_dim, chans, text_len, wc.text_dim);
+            frames = vd.t, vh = vd.h, vw = vd.w;
+        } else if (vd.c != chans || vd.t != frames || vd.h != size || vd.w != size || vd.text_dim != wc.text_dim ||
+                   vd.text_len != text_len)
             dfm_die("dataset '%s' holds latents [%d, %d, %d, %d] with text [%d, %d]; the model expects [%d, %d, %d, %d] "
                     "(model.in_channels, num_frames, image_size x2) with text [%d, %d] (model.text_len, text_dim)",
                     dpath, vd.c, vd.t, vd.h, vd.w, vd.text_len, vd.text_dim, chans, frames, size, size, text_len,
                     wc.text_dim);
         n_val = int_key(c, "dataset.val_samples", 0, vd.n - 1);
         split_indices(vd.n, n_val, seed, &train_idx, &n_train, &val_idx);
-        j.vloader = video_loader_new(&vd, train_idx, n_train, seed, gbs, workers);
+        if (bucketed) { /* one sampler slot per micro-batch of the global step: rank r reads slots r*acc.. */
+            j.vloader = video_loader_new_buckets(&vd, train_idx, n_train, seed, mbs, di->dp_rank * acc, acc, gbs / mbs,
+                                                 cfg_bool(c, "dataset.shuffle"), cfg_bool(c, "dataset.drop_last"), err,
+                                                 sizeof err);
+            if (!j.vloader) dfm_die("dataset '%s': %s", dpath, err);
+        } else
+            j.vloader = video_loader_new(&vd, train_idx, n_train, seed, gbs, workers);
     } else if (!strcmp(dtype, "energon")) {
         j.loader = loader_new_energon(dpath, "train", seed, gbs, workers, chans, size, size, dc.num_classes, err,
                                       sizeof err);
@@ -968,13 +1047,15 @@ int dfm_pretrain(const cfg *c) {
         j.loader = loader_new(&ds, train_idx, n_train, seed, gbs, workers, dc.num_classes);
     }
 
-    if (j.wan) video_loader_set_slice(j.vloader, di->dp_rank * n_local, n_local);
-    else loader_set_slice(j.loader, di->dp_rank * n_local, n_local);
+    if (j.wan) {
+        if (!bucketed) video_loader_set_slice(j.vloader, di->dp_rank * n_local, n_local);
+    } else
+        loader_set_slice(j.loader, di->dp_rank * n_local, n_local);
 
     /* model, EMA, optimiser (every rank initialises the same weights from the seed, then keeps its share) */
     dp_model dm;
     if (j.wan) {
-        wan_shape mx = {mbs, frames, size, size, text_len};
+        wan_shape mx = {mbs, frames, vh, vw, text_len};
         wan_create(&j.wmodel, &wc, &mx);
         wan_init(&j.wmodel, seed);
         dm = (dp_model){&j.wmodel.table, j.wmodel.nseg, j.wmodel.seg_begin, &j.wmodel.params, &j.wmodel.grads,
@@ -982,8 +1063,23 @@ int dfm_pretrain(const cfg *c) {
         j.config_json = wan_config_to_json(&j.wmodel.cfg);
         j.config_key = "dfm_wan_config";
         /* what generation needs besides the model: the clip shape, and how captions became embeddings */
-        json_t *sm = json_pack("{s:i, s:i, s:i, s:i, s:i}", "channels", chans, "frames", frames, "height", size, "width",
-                               size, "text_len", text_len);
+        json_t *sm = json_pack("{s:i, s:i, s:i, s:i, s:i}", "channels", chans, "frames", frames, "height", vh, "width",
+                               vw, "text_len", text_len);
+        if (vd.shapes) { /* several shapes: the shape above is the largest (the model's max); all of them listed */
+            json_t *all = json_array();
+            for (int i = 0; i < vd.n; i++) {
+                int sh[4], seen = 0;
+                video_dataset_sample(&vd, i, sh);
+                for (size_t k = 0; k < json_array_size(all) && !seen; k++) {
+                    json_t *e = json_array_get(all, k);
+                    seen = 1;
+                    for (int d = 0; d < 4; d++) seen &= json_integer_value(json_array_get(e, (size_t)d)) == sh[d];
+                }
+                if (!seen) json_array_append_new(all, json_pack("[i, i, i, i]", sh[0], sh[1], sh[2], sh[3]));
+            }
+            json_object_set_new(sm, "shape_of", json_string("largest"));
+            json_object_set_new(sm, "buckets", all);
+        }
         if (!strcmp(dtype, "video_clips"))
             json_object_set_new(sm, "text_encoder", json_pack("{s:s, s:I}", "kind", "stand_in", "seed", (json_int_t)seed));
         j.sample_meta = json_dumps(sm, JSON_COMPACT | JSON_PRESERVE_ORDER);
@@ -1031,7 +1127,7 @@ int dfm_pretrain(const cfg *c) {
     long token = (long)getpid();
     dist_bcast_bytes(&token, sizeof token, 0, "broadcast of the job token");
     snprintf(j.token, sizeof j.token, "%ld", token);
-    if (j.wan) wan_trainer_init(&j.wtr, &j.wmodel, &j.obj, seed, frames, size, size, text_len);
+    if (j.wan) wan_trainer_init(&j.wtr, &j.wmodel, &j.obj, seed, frames, vh, vw, text_len);
     else dit_trainer_init(&j.tr, &j.model, dp_optimizer(j.dp), &j.obj, seed);
     if (j.lora_on) j.wtr.lora = j.tr.lora = &j.lora;
     const char *style_s = cfg_str(c, "scheduler.lr_decay_style");
@@ -1066,11 +1162,12 @@ int dfm_pretrain(const cfg *c) {
     int tty = lead && isatty(fileno(stdout));
 
     /* this rank's batch: samples (images or latents) with labels, or with text embeddings and their lengths */
-    size_t per = (size_t)chans * frames * size * size;
+    size_t per = (size_t)chans * frames * vh * vw;
     size_t text_per = j.wan ? (size_t)text_len * wc.text_dim : 0;
     float *x = xalloc_floats((size_t)n_local * per);
     float *text = j.wan ? xalloc_floats((size_t)n_local * text_per) : NULL;
     int *labels = xcalloc((size_t)n_local, sizeof(int)); /* Wan: the text lengths */
+    wan_micro *micro = xcalloc((size_t)acc, sizeof *micro); /* bucketed steps: this rank's micro-batches */
     size_t pbytes, gbytes, obytes;
     dp_memory(j.dp, &pbytes, &gbytes, &obytes);
     if (j.lora_on) { /* the frozen model outside the engine: its (merged) weights, gradients and the base copies */
@@ -1081,9 +1178,9 @@ int dfm_pretrain(const cfg *c) {
     }
     if (lead) {
         if (j.wan)
-            printf("dfm pretrain: recipe %s, Wan 2.1 %d x %d (%d heads, latents [%d, %d, %d, %d], %d tokens, text %d x %d), "
-                   "%zu parameters, %s objective\n",
-                   cfg_recipe_of(c), wc.num_layers, wc.num_heads * wc.head_dim, wc.num_heads, chans, frames, size, size,
+            printf("dfm pretrain: recipe %s, Wan 2.1 %d x %d (%d heads, latents [%d, %d, %d, %d], %d tokens, text %d x "
+                   "%d), %zu parameters, %s objective\n",
+                   cfg_recipe_of(c), wc.num_layers, wc.num_heads * wc.head_dim, wc.num_heads, chans, frames, vh, vw,
                    j.wmodel.max_tokens, text_len, wc.text_dim, j.table->total,
                    j.obj.kind == OBJ_EDM ? "EDM" : "flow-matching");
         else
@@ -1096,6 +1193,13 @@ int dfm_pretrain(const cfg *c) {
         else
             printf("  data %s (%s): train split%s; batch %d (micro %d); %ld steps; %d threads\n", dtype, dpath,
                    energon_val ? " + val split" : "", gbs, mbs, train_iters, nth);
+        if (bucketed)
+            printf(
+                "  bucketed batches: %d latent shape%s%s, %d steps an epoch (micro-batch %d x %d slots), shuffle %s, "
+                "drop_last %s\n",
+                video_dataset_nshapes(&vd), vd.shapes ? "s" : "", vd.shapes ? " (the model sized for the largest)" : "",
+                video_loader_batches_per_epoch(j.vloader), mbs, gbs / mbs,
+                cfg_bool(c, "dataset.shuffle") ? "true" : "false", cfg_bool(c, "dataset.drop_last") ? "true" : "false");
         if (di->size > 1)
             printf("  %d processes: data parallel %d x tensor %d x context %d x pipeline %d; %d samples per rank; "
                    "sharding %s\n",
@@ -1119,7 +1223,23 @@ int dfm_pretrain(const cfg *c) {
         double lr = lr_schedule(it, oc.lr, min_lr, warmup, decay_iters, style);
         uint32_t first = (uint32_t)(di->dp_rank * n_local);
         step_result r;
-        if (j.wan) {
+        long step_samples = gbs;
+        if (j.wan && bucketed) { /* one shape per step: every slot's batch comes from the same bucket */
+            int count, sh[4];
+            wait_window += video_loader_next_step(j.vloader, x, text, labels, &count, sh, NULL);
+            size_t lat_n = (size_t)sh[0] * sh[1] * sh[2] * sh[3];
+            for (int k = 0; k < acc; k++)
+                micro[k] = (wan_micro){x + (size_t)k * count * lat_n,
+                                       text + (size_t)k * count * text_per,
+                                       labels + (size_t)k * count,
+                                       count,
+                                       sh[1],
+                                       sh[2],
+                                       sh[3],
+                                       (uint32_t)((di->dp_rank * acc + k) * mbs)};
+            step_samples = (long)count * (gbs / mbs);
+            r = wan_trainer_step_micro(&j.wtr, j.dp, micro, acc, (int)step_samples, (uint32_t)it, (float)lr);
+        } else if (j.wan) {
             wait_window += video_loader_next(j.vloader, x, text, labels);
             r = wan_trainer_step_dp(&j.wtr, j.dp, x, text, labels, n_local, gbs, first, (uint32_t)it, (float)lr);
         } else {
@@ -1149,7 +1269,7 @@ int dfm_pretrain(const cfg *c) {
             loss_mean = loss_mean > 0 ? 0.9 * loss_mean + 0.1 * r.loss : r.loss;
         }
         j.iteration++;
-        j.consumed += gbs;
+        j.consumed += step_samples;
         steps_window++;
         if (j.iteration % log_interval == 0 || j.iteration == train_iters) {
             double now = dfm_time_s(), dt = now - t_window;
@@ -1206,7 +1326,8 @@ int dfm_pretrain(const cfg *c) {
                j.iteration - start_it, total, total > 0 ? (j.iteration - start_it) * gbs / total : 0.0, metrics, curve);
     }
 
-    free(x), free(text), free(labels), free(train_idx), free(val_idx), free(j.objective_meta), free(j.class_names_meta);
+    free(x), free(text), free(labels), free(micro), free(train_idx), free(val_idx), free(j.objective_meta),
+        free(j.class_names_meta);
     free(j.config_json), free(j.sample_meta), free(j.lora_meta);
     dp_engine_free(j.dp);
     if (j.lora_on) lora_free(&j.lora);

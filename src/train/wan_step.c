@@ -33,11 +33,14 @@ void wan_trainer_free(wan_trainer *tr) {
 /* Noise, timesteps and dropout for B samples, then the model's forward; returns the micro-batch loss and leaves
  * dout = grad_scale * dloss/dout. */
 static double forward_loss(wan_trainer *tr, const objective_config *o, uint64_t seed, const float *latents,
-                           const float *text, const int *text_lens, int B, uint32_t step, uint32_t first,
-                           float grad_scale, int want_grad) {
+                           const float *text, const int *text_lens, int B, int frames, int height, int width,
+                           uint32_t step, uint32_t first, float grad_scale, int want_grad) {
     wan_model *m = tr->model;
     const wan_config *c = &m->cfg;
-    size_t vox = (size_t)tr->frames * tr->height * tr->width, in_n = (size_t)c->in_channels * vox;
+    if ((size_t)frames * height * width > (size_t)tr->frames * tr->height * tr->width)
+        dfm_die("internal: Wan micro-batch of %d x %d x %d latents exceeds the trainer's %d x %d x %d", frames, height,
+                width, tr->frames, tr->height, tr->width);
+    size_t vox = (size_t)frames * height * width, in_n = (size_t)c->in_channels * vox;
     size_t tl = (size_t)tr->text_len * c->text_dim;
     /* the dropout coin is the DiT's: a "label" 0 that diffusion_prepare may turn into the null class 1 */
     memset(tr->cond, 0, sizeof(int) * (size_t)B);
@@ -52,33 +55,26 @@ static double forward_loss(wan_trainer *tr, const objective_config *o, uint64_t 
             tr->lens[b] = text_lens[b];
         }
     }
-    wan_shape s = {B, tr->frames, tr->height, tr->width, tr->text_len};
+    wan_shape s = {B, frames, height, width, tr->text_len};
     wan_forward(m, tr->out, tr->db.model_in, tr->db.timestep, tr->text, tr->lens, &s);
     size_t out_n = (size_t)c->out_channels * vox;
     return diffusion_loss(&tr->db, tr->out, want_grad ? tr->dout : NULL, out_n, grad_scale);
 }
 
-step_result wan_trainer_step_dp(wan_trainer *tr, dp_engine *e, const float *latents, const float *text,
-                                const int *text_lens, int n_local, int B_global, uint32_t first, uint32_t step,
-                                float lr) {
-    wan_model *m = tr->model;
-    const wan_config *c = &m->cfg;
-    size_t in_n = (size_t)c->in_channels * tr->frames * tr->height * tr->width;
-    size_t tl = (size_t)tr->text_len * c->text_dim;
-    int mbs = m->max.batch;
+step_result wan_trainer_step_micro(wan_trainer *tr, dp_engine *e, const wan_micro *mb, int n_micro, int B_global,
+                                   uint32_t step, float lr) {
     step_result r;
     dp_begin_step(e);
-    const float *adapters = tr->lora ? lora_step_begin(tr->lora, m->params) : NULL;
+    const float *adapters = tr->lora ? lora_step_begin(tr->lora, tr->model->params) : NULL;
     double loss = 0;
-    for (int off = 0; off < n_local; off += mbs) {
-        int mb = n_local - off < mbs ? n_local - off : mbs;
-        dp_micro_begin(e, off + mb >= n_local);
-        if (tr->lora) wan_zero_grad(m);
-        float share = (float)mb / (float)B_global;
-        loss += share * forward_loss(tr, &tr->obj, tr->seed, latents + (size_t)off * in_n, text + (size_t)off * tl,
-                                     text_lens + off, mb, step, first + (uint32_t)off, share, 1);
-        wan_backward(m, tr->dout);
-        if (tr->lora) lora_micro_backward(tr->lora, adapters, m->grads);
+    for (int k = 0; k < n_micro; k++) {
+        dp_micro_begin(e, k + 1 >= n_micro);
+        if (tr->lora) wan_zero_grad(tr->model);
+        float share = (float)mb[k].count / (float)B_global;
+        loss += share * forward_loss(tr, &tr->obj, tr->seed, mb[k].latents, mb[k].text, mb[k].text_lens, mb[k].count,
+                                     mb[k].frames, mb[k].height, mb[k].width, step, mb[k].first, share, 1);
+        wan_backward(tr->model, tr->dout);
+        if (tr->lora) lora_micro_backward(tr->lora, adapters, tr->model->grads);
         dp_micro_end(e);
     }
     dist_allreduce_sum_f64(&loss, 1, "all-reduce of the loss");
@@ -89,7 +85,38 @@ step_result wan_trainer_step_dp(wan_trainer *tr, dp_engine *e, const float *late
     return r;
 }
 
+step_result wan_trainer_step_dp(wan_trainer *tr, dp_engine *e, const float *latents, const float *text,
+                                const int *text_lens, int n_local, int B_global, uint32_t first, uint32_t step,
+                                float lr) {
+    const wan_config *c = &tr->model->cfg;
+    size_t in_n = (size_t)c->in_channels * tr->frames * tr->height * tr->width;
+    size_t tl = (size_t)tr->text_len * c->text_dim;
+    int mbs = tr->model->max.batch, n_micro = (n_local + mbs - 1) / mbs;
+    wan_micro *mb = xcalloc((size_t)n_micro, sizeof *mb);
+    for (int k = 0, off = 0; k < n_micro; k++, off += mbs) {
+        int count = n_local - off < mbs ? n_local - off : mbs;
+        mb[k] = (wan_micro){latents + (size_t)off * in_n,
+                            text + (size_t)off * tl,
+                            text_lens + off,
+                            count,
+                            tr->frames,
+                            tr->height,
+                            tr->width,
+                            first + (uint32_t)off};
+    }
+    step_result r = wan_trainer_step_micro(tr, e, mb, n_micro, B_global, step, lr);
+    free(mb);
+    return r;
+}
+
 double wan_trainer_loss(wan_trainer *tr, const objective_config *o, uint64_t seed, const float *latents,
                         const float *text, const int *text_lens, int B, uint32_t step, uint32_t first) {
-    return forward_loss(tr, o, seed, latents, text, text_lens, B, step, first, 1.0f, 0);
+    return forward_loss(tr, o, seed, latents, text, text_lens, B, tr->frames, tr->height, tr->width, step, first, 1.0f,
+                        0);
+}
+
+double wan_trainer_loss_shaped(wan_trainer *tr, const objective_config *o, uint64_t seed, const float *latents,
+                               const float *text, const int *text_lens, int B, int frames, int height, int width,
+                               uint32_t step, uint32_t first) {
+    return forward_loss(tr, o, seed, latents, text, text_lens, B, frames, height, width, step, first, 1.0f, 0);
 }

@@ -19,7 +19,8 @@ Test fixtures:
   expect/<name>.lat.f32, <name>.txt.f32, <name>.info  the values widened to float32 (raw little-endian) and
                     "C T H W rows D text_len caption" for every flat/ and cache/ sample (name: path with / -> _)
   hostile/evil.meta a pickle whose dict holds os.system("touch OUTDIR/pwned") (never run here)
-  mismatch/         two .meta files with different latent shapes
+  mismatch/         two .meta files with different latent shapes (resolution buckets: [2, 3, 4, 6], [2, 3, 6, 6])
+  channels/         two .meta files whose latents differ in channels (refused)
   train/            12 samples of wan_tiny's small test shapes (latents [1, 2, 4, 16, 16], text [1, 12, 32] with
                     at most 8 valid rows)
 """
@@ -152,6 +153,12 @@ def fixtures(out):
     os.makedirs(os.path.join(out, "mismatch"), exist_ok=True)
     for i, shape in enumerate([(1, C, T, H, W), (1, C, T, H + 2, W)]):
         with open(os.path.join(out, "mismatch", "m%d.meta" % i), "wb") as f:
+            pickle.dump({"video_latents": torch.randn(*shape, generator=g), "text_embeddings":
+                         torch.randn(1, 3, D, generator=g)}, f, protocol=4)
+
+    os.makedirs(os.path.join(out, "channels"), exist_ok=True)
+    for i, shape in enumerate([(1, C, T, H, W), (1, C + 1, T, H, W)]):
+        with open(os.path.join(out, "channels", "k%d.meta" % i), "wb") as f:
             pickle.dump({"video_latents": torch.randn(*shape, generator=g), "text_embeddings":
                          torch.randn(1, 3, D, generator=g)}, f, protocol=4)
 
