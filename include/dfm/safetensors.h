@@ -59,6 +59,7 @@ void st_writer_add(st_writer *w, const char *name, st_dtype dtype, int ndim, con
                    const void *data);
 void st_writer_meta(st_writer *w, const char *key, const char *value);
 void st_writer_finish(st_writer *w, const char *path); /* writes and frees the writer */
+void st_writer_discard(st_writer *w);                   /* frees the writer without writing */
 
 #ifdef __cplusplus
 }

@@ -202,6 +202,12 @@ int dfm_finetune_main(int argc, char **argv) {
     put(m, "train.micro_batch_size", json_integer(mbs));
     put(m, "train.eval_interval", json_integer(val_every > 0 ? val_every : 1 << 30));
     put(m, "train.eval_iters", json_integer(val_every > 0 ? (n_val + mbs - 1) / mbs : 0));
+    put(m, "train.eval_samples", json_integer(val_every > 0 ? (json_int_t)cfg_int(a, "validation.num_samples") : 0));
+    put(m, "train.eval_sample_steps", json_integer((json_int_t)cfg_int(a, "validation.sampling_steps")));
+    if (val_every <= 0 && cfg_int(a, "validation.num_samples") > 0)
+        dfm_die("validation.num_samples = %lld: samples are generated at validation; set "
+                "step_scheduler.val_every_steps",
+                (long long)cfg_int(a, "validation.num_samples"));
     put(m, "logger.log_interval", json_integer((json_int_t)cfg_int(a, "step_scheduler.log_every")));
     /* Automodel shards parameters, gradients and optimizer state over the data-parallel ranks (FSDP; over one rank
      * too, so its checkpoints always hold model/ and optim/ shards) */

@@ -42,6 +42,10 @@ cfg *automodel_defaults(void) {
     cfg_def(c, "step_scheduler.max_steps", CFG_INT, NULL, "stop after N optimizer steps (null: num_epochs decides)");
     cfg_def(c, "step_scheduler.log_every", CFG_INT, "2", "log every N optimizer steps");
     cfg_def(c, "step_scheduler.val_every_steps", CFG_INT, NULL, "validate every N steps (null: never)");
+    cfg_def(c, "validation.num_samples", CFG_INT, "0",
+            "dfm: at each validation, generate this many clips from held-out captions into "
+            "checkpoint_dir/val_samples/step_N/ (0: none)");
+    cfg_def(c, "validation.sampling_steps", CFG_INT, "20", "dfm: sampling steps of those clips (Euler, no guidance)");
 
     cfg_def(c, "data.dataloader.meta_folder", CFG_STR, NULL, "folder of pre-encoded samples (*.meta)");
     cfg_def(c, "data.dataloader.cache_dir", CFG_STR, NULL,

@@ -42,6 +42,10 @@ static cfg *recipe_base(const char *name) {
     cfg_def(c, "train.micro_batch_size", CFG_INT, "32", "samples per forward/backward (gradient accumulation)");
     cfg_def(c, "train.eval_interval", CFG_INT, "500", "steps between validation losses");
     cfg_def(c, "train.eval_iters", CFG_INT, "4", "validation micro-batches per evaluation");
+    cfg_def(c, "train.eval_samples", CFG_INT, "0",
+            "at each validation, generate this many samples from held-out conditions into "
+            "<output_dir>/val_samples/step_NNNNNNN/ (0 = none)");
+    cfg_def(c, "train.eval_sample_steps", CFG_INT, "20", "sampling steps of those samples (Euler / Heun, no guidance)");
     cfg_def(c, "train.ema_decay", CFG_FLOAT, "0.995", "EMA decay of the weights used for sampling");
     cfg_def_enum(c, "train.device", 0, "cpu", "cpu", "where to train");
     cfg_def_enum(c, "train.on_nan", 0, "stop", "stop|skip_step",

@@ -376,6 +376,10 @@ void st_writer_finish(st_writer *w, const char *path) {
     atomic_commit(&af);
     free(hdr);
     json_decref(root);
+    st_writer_discard(w);
+}
+
+void st_writer_discard(st_writer *w) {
     if (w->meta) json_decref(w->meta);
     for (int i = 0; i < w->n; i++) free(w->e[i].name);
     free(w->e);

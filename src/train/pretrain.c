@@ -13,6 +13,8 @@
 #include "dfm/optim.h"
 #include "dfm/plot.h"
 #include "dfm/safetensors.h"
+#include "dfm/sample.h"
+#include "dfm/codec.h"
 #include "dfm/train.h"
 #include "dfm/video.h"
 #include "dfm/wan.h"
@@ -890,6 +892,102 @@ static void lora_refresh(job *j) {
     if (ad != j->lora.params) free(ad);
 }
 
+/* ---- samples at validation (train.eval_samples) ---------------------------------------------------------- */
+
+/* Rows of images (or of clips' frames side by side) as one PNG: k items of [C, T, H, W] in [-1, 1], C 1 or 3. */
+static void write_strip_png(const char *path, const float *const *items, const int (*shape)[4], int k) {
+    int C = shape[0][0], W = 0, H = 0;
+    for (int i = 0; i < k; i++) {
+        W = shape[i][1] * shape[i][3] > W ? shape[i][1] * shape[i][3] : W;
+        H += shape[i][2] + 2;
+    }
+    uint8_t *img = xcalloc((size_t)W * H * C, 1);
+    int y0 = 0;
+    for (int i = 0; i < k; i++) {
+        int T = shape[i][1], h = shape[i][2], w = shape[i][3];
+        for (int t = 0; t < T; t++)
+            for (int y = 0; y < h; y++)
+                for (int x = 0; x < w; x++)
+                    for (int c = 0; c < C; c++) {
+                        float v = items[i][(((size_t)c * T + t) * h + y) * w + x];
+                        v = v < -1 ? -1 : v > 1 ? 1 : v;
+                        img[(((size_t)(y0 + y)) * W + t * w + x) * C + c] = (uint8_t)lrintf((v + 1) * 127.5f);
+                    }
+        y0 += h + 2;
+    }
+    size_t len;
+    uint8_t *png = png_encode_mem(img, W, H, C, &len);
+    char tmp[4300];
+    snprintf(tmp, sizeof tmp, "%.4200s.tmp", path);
+    FILE *f = xfopen(tmp, "wb");
+    fwrite(png, 1, len, f);
+    xfclose(f, tmp);
+    if (rename(tmp, path) != 0) dfm_die("cannot rename '%s' to '%s': %s", tmp, path, strerror(errno));
+    free(png), free(img);
+}
+
+/* A look at the model during training: k samples generated (every rank takes part: the model may be sharded)
+ * from the first k held-out conditions (Wan: their text, at their own latent shape; DiT: their classes), the
+ * noise from the run's seed, no guidance; rank 0 writes samples.safetensors (and a PNG of the samples when they
+ * have 1 or 3 channels: pixels, not VAE latents) into <output_dir>/val_samples/step_NNNNNNN/. */
+static void validation_samples(job *j, const video_dataset *vd, const image_dataset *ds, const int *val_idx, int n_val,
+                               int k, int steps, const char *outdir) {
+    if (k > n_val) k = n_val;
+    if (k <= 0) return;
+    sampler_config sc;
+    sampler_defaults(&sc, j->obj.kind);
+    sc.steps = steps;
+    sc.shift = j->obj.flow_shift;
+    sc.sigma_data = j->obj.sigma_data;
+    char err[1024], dir[4400], path[4500];
+    snprintf(dir, sizeof dir, "%s/val_samples/step_%07ld", outdir, j->iteration);
+    int lead = dist_get()->rank == 0;
+    float **items = xcalloc((size_t)k, sizeof(float *));
+    int(*shape)[4] = xcalloc((size_t)k, sizeof *shape);
+    st_writer *w = st_writer_new();
+    char (*names)[32] = xcalloc((size_t)k, sizeof *names);
+    for (int i = 0; i < k; i++) {
+        uint64_t seed = sample_seed((uint64_t)cfg_int(j->c, "rng.seed") ^ 0x76616c73ull, (uint32_t)i);
+        int idx = val_idx[i];
+        if (j->wan) {
+            int sh[4];
+            video_dataset_sample(vd, idx, sh);
+            const float *text = vd->text + (size_t)idx * vd->text_len * vd->text_dim;
+            items[i] = xalloc_floats((size_t)sh[0] * sh[1] * sh[2] * sh[3]);
+            if (wan_sample(&j->wmodel, &sc, text, vd->text_lens + idx, &seed, 1, sh[1], sh[2], sh[3], vd->text_len,
+                           items[i], NULL, NULL, err, sizeof err) != 0)
+                dfm_die("train.eval_samples: %s", err);
+            memcpy(shape[i], sh, sizeof sh);
+        } else {
+            const dit_config *dc = &j->model.cfg;
+            int label = ds->labels[idx] >= 0 ? ds->labels[idx] : 0;
+            items[i] = xalloc_floats((size_t)dc->in_channels * dc->image_size * dc->image_size);
+            if (dit_sample(&j->model, &sc, &label, &seed, 1, items[i], NULL, NULL, err, sizeof err) != 0)
+                dfm_die("train.eval_samples: %s", err);
+            shape[i][0] = dc->in_channels, shape[i][1] = 1, shape[i][2] = shape[i][3] = dc->image_size;
+        }
+        int64_t s5[4] = {shape[i][0], shape[i][1], shape[i][2], shape[i][3]};
+        snprintf(names[i], sizeof names[i], "sample_%03d", i);
+        st_writer_add(w, names[i], ST_F32, j->wan ? 4 : 3, j->wan ? s5 : (int64_t[3]){s5[0], s5[2], s5[3]}, items[i]);
+    }
+    if (lead) {
+        xmkdir_p(dir);
+        char caption[64];
+        snprintf(caption, sizeof caption, "held-out samples %d..%d of the validation split", 0, k - 1);
+        st_writer_meta(w, "conditions", caption);
+        snprintf(path, sizeof path, "%s/samples.safetensors", dir);
+        st_writer_finish(w, path);
+        if (shape[0][0] == 1 || shape[0][0] == 3) {
+            snprintf(path, sizeof path, "%s/samples.png", dir);
+            write_strip_png(path, (const float *const *)items, (const int(*)[4])shape, k);
+        }
+        printf("  %d samples (%d steps) in %s\n", k, steps, dir);
+    } else
+        st_writer_discard(w);
+    for (int i = 0; i < k; i++) free(items[i]);
+    free(items), free(shape), free(names);
+}
+
 /* ---- the loop --------------------------------------------------------------------------------- */
 
 static void fmt_eta(char *buf, size_t n, double s) {
@@ -1159,6 +1257,14 @@ int dfm_pretrain(const cfg *c) {
     long log_interval = int_key(c, "logger.log_interval", 1, 1L << 30);
     long eval_interval = int_key(c, "train.eval_interval", 1, 1L << 30);
     int eval_iters = int_key(c, "train.eval_iters", 0, 1 << 20);
+    int eval_samples = int_key(c, "train.eval_samples", 0, 1024);
+    int eval_sample_steps = int_key(c, "train.eval_sample_steps", 1, 10000);
+    if (eval_samples > 0 && !(j.wan ? vd.latents != NULL : ds.pixels != NULL))
+        dfm_die("train.eval_samples = %d (from %s): samples at validation come from held-out samples in memory; "
+                "dataset.type %s streams (set it to 0)",
+                eval_samples, cfg_source(c, "train.eval_samples"), dtype);
+    if (eval_samples > 0 && n_val == 0)
+        dfm_die("train.eval_samples = %d: there are no held-out samples (dataset.val_samples is 0)", eval_samples);
     int tty = lead && isatty(fileno(stdout));
 
     /* this rank's batch: samples (images or latents) with labels, or with text embeddings and their lengths */
@@ -1300,7 +1406,7 @@ int dfm_pretrain(const cfg *c) {
             t_window = dfm_time_s(), wait_window = 0, steps_window = 0;
         }
         if (j.iteration % eval_interval == 0 || j.iteration == train_iters) {
-            if (j.lora_on && eval_iters > 0) lora_refresh(&j);
+            if (j.lora_on && (eval_iters > 0 || eval_samples > 0)) lora_refresh(&j);
             double v = j.wan ? validate_wan(&j, vd.latents ? &vd : NULL, val_idx, n_val, energon_val, eval_iters, x,
                                             text, labels)
                              : validate(&j, ds.pixels ? &ds : NULL, val_idx, n_val, energon_val, eval_iters, x, labels);
@@ -1309,6 +1415,9 @@ int dfm_pretrain(const cfg *c) {
                 fflush(mf);
                 printf("%s  validation loss at step %ld: %.5f\n", tty ? "\n" : "", j.iteration, v);
             }
+            if (eval_samples > 0)
+                validation_samples(&j, vd.latents ? &vd : NULL, ds.pixels ? &ds : NULL, val_idx, n_val, eval_samples,
+                                   eval_sample_steps, outdir);
         }
         if (save && (j.iteration % save_interval == 0 || j.iteration == train_iters)) {
             if (j.automodel) save_checkpoint_automodel(&j, save);
