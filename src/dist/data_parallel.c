@@ -177,10 +177,10 @@ dp_engine *dp_engine_new(dp_model mdl, dp_sharding s, const adamw_config *oc, in
     e->s = s;
     e->overlap_grad = overlap_grad, e->overlap_param = overlap_param;
     e->n_micro = n_micro;
-    /* one process, one micro-batch, nothing sharded: the micro-batch gradient is the gradient, no sum to take */
-    e->direct = s == DP_NO_SHARD && e->dp == 1 && n_micro == 1;
     e->dp = di->dp;
     e->rank = di->dp_rank;
+    /* one process, one micro-batch, nothing sharded: the micro-batch gradient is the gradient, no sum to take */
+    e->direct = s == DP_NO_SHARD && e->dp == 1 && n_micro == 1;
     e->total = mdl.table->total;
     e->S = (e->total + (size_t)e->dp - 1) / (size_t)e->dp;
     e->sb = (size_t)e->rank * e->S < e->total ? (size_t)e->rank * e->S : e->total;
