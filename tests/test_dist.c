@@ -145,6 +145,30 @@ static void resume_across_layouts(void) {
     free(out);
 }
 
+/* Worst relative difference of the logged gradient norms of steps 1-10 between two runs (inf if any is missing). */
+static double grad_norm_diff(const char *a, const char *b) {
+    double v[2][11];
+    const char *runs[2] = {a, b};
+    for (int k = 0; k < 2; k++) {
+        for (int s = 0; s < 11; s++) v[k][s] = NAN;
+        char *text = test_read_file(test_path("%s/metrics.jsonl", runs[k]), NULL);
+        for (char *line = text ? strtok(text, "\n") : NULL; line; line = strtok(NULL, "\n")) {
+            json_t *o = json_loads(line, 0, NULL);
+            json_t *st = json_object_get(o, "step"), *g = json_object_get(o, "grad_norm");
+            if (json_is_integer(st) && json_is_number(g) && json_integer_value(st) >= 1 && json_integer_value(st) <= 10)
+                v[k][json_integer_value(st)] = json_number_value(g);
+            json_decref(o);
+        }
+        free(text);
+    }
+    double worst = 0;
+    for (int s = 1; s <= 10; s++) {
+        double d = fabs(v[0][s] - v[1][s]) / fabs(v[1][s]);
+        if (!(d <= worst)) worst = isnan(d) ? INFINITY : d;
+    }
+    return worst;
+}
+
 /* HSDP: 4 ranks as 2 replica groups of 2 (ddp.num_distributed_optimizer_instances=2), each sharded strategy. */
 static const char *HSDP = "ddp.num_distributed_optimizer_instances=2";
 
@@ -162,10 +186,11 @@ static void hybrid_same_as_one_process(void) {
         const char *end = test_path("%s/ck/iter_0000010", run), *one_end = test_path("%s/ck/iter_0000010", one);
         double dw = rc ? INFINITY : weights_diff(end, one_end, "model");
         double de = rc ? INFINITY : weights_diff(end, one_end, "ema");
-        CHECK(dl <= 1e-6 && dw <= 1e-6 && de <= 1e-6,
+        double dg = rc ? INFINITY : grad_norm_diff(run, one); /* each shard counted once, not once per replica */
+        CHECK(dl <= 1e-6 && dw <= 1e-6 && de <= 1e-6 && dg <= 1e-6,
               "HSDP 2 replicas x 2 shards (DP=4) %s vs one process, 10 steps: losses rel %.2e, weights rel %.2e, EMA "
-              "rel %.2e (tol 1e-6)",
-              strategies[s], dl, dw, de);
+              "rel %.2e, gradient norms rel %.2e (tol 1e-6)",
+              strategies[s], dl, dw, de, dg);
     }
     /* two micro-batches per rank: every micro-batch reduce-scattered in its replica, the sum across replicas once */
     int rc = train(0, "one_gb16", "train.global_batch_size=16");

@@ -52,6 +52,7 @@ struct dp_engine {
     int gbuf_seg[2];
     dist_req *gbuf_req[2];
     int *counts;
+    double *norm_parts; /* each shard rank's sum of squares */
 };
 
 int dp_sharding_parse(const char *s, dp_sharding *out) {
@@ -209,6 +210,7 @@ dp_engine *dp_engine_new(dp_model mdl, dp_sharding s, const adamw_config *oc, in
     e->sb = (size_t)e->rank * e->S < e->total ? (size_t)e->rank * e->S : e->total;
     e->se = e->sb + e->S < e->total ? e->sb + e->S : e->total;
     e->counts = xcalloc((size_t)e->dp, sizeof(int));
+    e->norm_parts = xcalloc((size_t)e->dp, sizeof(double));
     e->seg_req = xcalloc((size_t)mdl.nseg, sizeof(dist_req *));
     e->rep_req = xcalloc((size_t)mdl.nseg, sizeof(dist_req *));
     for (int k = 0; k < mdl.nseg; k++)
@@ -267,6 +269,7 @@ void dp_engine_free(dp_engine *e) {
     for (int k = 0; k < e->m.nseg; k++) dist_wait(e->seg_req[k]), dist_wait(e->rep_req[k]);
     if (e->s == DP_OPTIM_GRADS_PARAMS) free(e->p_shard);
     free(e->acc), free(e->acc_shard), free(e->recv), free(e->ema), free(e->counts), free(e->seg_req), free(e->rep_req);
+    free(e->norm_parts);
     adamw_free(&e->opt);
     memset(e->m.hooks, 0, sizeof *e->m.hooks);
     free(e);
@@ -375,9 +378,14 @@ double dp_finish_step(dp_engine *e, float lr, int skip, int *bad) {
     }
     for (int s = 0; s < e->m.nseg; s++) dist_wait(e->rep_req[s]), e->rep_req[s] = NULL;
     float *g = narrow_shard(e);
-    /* each shard counted once: over the shard group (the replicas hold the same shards) */
-    double ss = sum_squares(g, len);
-    dist_allreduce_sum_f64_in(DIST_DP_SHARD, &ss, 1, "all-reduce of the gradient norm");
+    /* each shard counted once: over the shard group (the replicas hold the same shards). Every rank's partial sum
+     * travels in its own slot (adding zeros is exact) and is added up here in rank order, so every rank of every
+     * replica gets the same bits whatever order MPI reduces in: replicas must not drift apart by a clip factor. */
+    memset(e->norm_parts, 0, (size_t)e->dp * sizeof(double));
+    e->norm_parts[e->rank] = sum_squares(g, len);
+    dist_allreduce_sum_f64_in(DIST_DP_SHARD, e->norm_parts, e->dp, "all-reduce of the gradient norm");
+    double ss = 0;
+    for (int r = 0; r < e->dp; r++) ss += e->norm_parts[r];
     double norm = sqrt(ss);
     if (!isfinite(norm)) *bad = first_nonfinite(e, g, e->sb, e->se);
     if (!isfinite(norm) || skip) return norm;
