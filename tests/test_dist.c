@@ -316,16 +316,21 @@ static void finetune_hsdp(void) {
     int n = test_run_losses(test_path("%s/ft1", dir), a, 7);
     test_run_losses(test_path("%s/ft_hsdp", dir), b, 7);
     for (int s = 1; s <= 4; s++) worst = fmax(worst, fabs(a[s] - b[s]) / fabs(a[s]));
+    /* Automodel's layout: the newest step folder through LATEST */
     double dw = rc ? INFINITY
-                   : test_wan_weights_diff(test_path("%s/ft_hsdp/iter_0000004", dir), "model",
-                                           test_path("%s/ft1/iter_0000004", dir), "model");
+                   : test_wan_weights_diff(test_path("%s/ft_hsdp/LATEST", dir), "model", test_path("%s/ft1/LATEST", dir),
+                                           "model");
+    struct stat sb;
+    int shards = stat(test_path("%s/ft_hsdp/LATEST/model/shard_00001_of_00002.safetensors", dir), &sb) == 0 &&
+                 stat(test_path("%s/ft_hsdp/LATEST/optim/shard_00001_of_00002.safetensors", dir), &sb) == 0 &&
+                 stat(test_path("%s/ft_hsdp/LATEST/model/shard_00000_of_00004.safetensors", dir), &sb) != 0;
     if (rc) test_sh("tail -5 %s/ft_hsdp.log | sed 's/^/#   /'", dir);
     char *log = test_read_file(test_path("%s/ft_hsdp.log", dir), NULL);
     int hybrid = log && strstr(log, "within 2 replica groups of 2 ranks");
     free(log);
-    CHECK(rc == 0 && hybrid && n == 4 && worst <= 1e-6 && dw <= 1e-6,
+    CHECK(rc == 0 && hybrid && shards && n == 4 && worst <= 1e-6 && dw <= 1e-6,
           "dfm finetune --fsdp.dp_replicate_size 2 under mpirun -np 4 (HSDP 2 x 2) vs one process, 4 steps: losses "
-          "rel %.2e, weights rel %.2e (tol 1e-6)", worst, dw);
+          "rel %.2e, weights rel %.2e (tol 1e-6); model/ and optim/ hold replica 0's 2 shards", worst, dw);
     char cmd[2048], *out = NULL;
     snprintf(cmd, sizeof cmd, "mpirun --oversubscribe -np 2 %s finetune -c recipes/automodel/wan_tiny_finetune.yaml "
              "--model.pretrained_model_name_or_path=%s/hf --data.dataloader.meta_folder=%s/st "

@@ -430,6 +430,7 @@ void dp_save_shard(dp_engine *e, const char *dir, const char *const *meta) {
 void dp_save_shard_split(dp_engine *e, const char *model_dir, const char *optim_dir, const char *const *meta) {
     const char *mk[2] = {"model", "ema"}, *ok[2] = {"exp_avg", "exp_avg_sq"};
     const float *mb[2] = {e->p_shard, e->ema}, *ob[2] = {e->opt.m, e->opt.v};
+    if (e->rep_rank != 0) return; /* hybrid sharding: replica 0 writes, as in dp_save_shard */
     ckpt_write_shard(model_dir, e->rank, e->dp, e->m.table, e->sb, e->se, 2, mk, mb, meta);
     ckpt_write_shard(optim_dir, e->rank, e->dp, e->m.table, e->sb, e->se, 2, ok, ob, meta);
 }
