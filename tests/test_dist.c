@@ -1,5 +1,6 @@
 /* Many processes (mpirun --oversubscribe on 2 cores): DDP and every sharding strategy against one process,
- * checkpoints across layouts, and failures that end the whole job. */
+ * hybrid sharding (HSDP: replica groups that each shard), checkpoints across layouts, dfm finetune's
+ * fsdp.dp_replicate_size, and failures that end the whole job. */
 #include "dfm/checkpoint.h"
 #include "dfm/dit.h"
 #include "test.h"
@@ -144,6 +145,118 @@ static void resume_across_layouts(void) {
     free(out);
 }
 
+/* Worst relative difference of the logged gradient norms of steps 1-10 between two runs (inf if any is missing). */
+static double grad_norm_diff(const char *a, const char *b) {
+    double v[2][11];
+    const char *runs[2] = {a, b};
+    for (int k = 0; k < 2; k++) {
+        for (int s = 0; s < 11; s++) v[k][s] = NAN;
+        char *text = test_read_file(test_path("%s/metrics.jsonl", runs[k]), NULL);
+        for (char *line = text ? strtok(text, "\n") : NULL; line; line = strtok(NULL, "\n")) {
+            json_t *o = json_loads(line, 0, NULL);
+            json_t *st = json_object_get(o, "step"), *g = json_object_get(o, "grad_norm");
+            if (json_is_integer(st) && json_is_number(g) && json_integer_value(st) >= 1 && json_integer_value(st) <= 10)
+                v[k][json_integer_value(st)] = json_number_value(g);
+            json_decref(o);
+        }
+        free(text);
+    }
+    double worst = 0;
+    for (int s = 1; s <= 10; s++) {
+        double d = fabs(v[0][s] - v[1][s]) / fabs(v[1][s]);
+        if (!(d <= worst)) worst = isnan(d) ? INFINITY : d;
+    }
+    return worst;
+}
+
+/* HSDP: 4 ranks as 2 replica groups of 2 (ddp.num_distributed_optimizer_instances=2), each sharded strategy. */
+static const char *HSDP = "ddp.num_distributed_optimizer_instances=2";
+
+static void hybrid_same_as_one_process(void) {
+    const char *one_run = test_path("%s/one", dir);
+    char one[1024];
+    snprintf(one, sizeof one, "%s", one_run);
+    for (int s = 1; s < 4; s++) {
+        char name[64], extra[256], run[1024];
+        snprintf(name, sizeof name, "hsdp_%s", strategies[s]);
+        snprintf(extra, sizeof extra, "ddp.data_parallel_sharding_strategy=%s %s", strategies[s], HSDP);
+        int rc = train(4, name, extra);
+        snprintf(run, sizeof run, "%s/%s", dir, name);
+        double dl = rc ? INFINITY : loss_diff(run, one, 1, 10);
+        const char *end = test_path("%s/ck/iter_0000010", run), *one_end = test_path("%s/ck/iter_0000010", one);
+        double dw = rc ? INFINITY : weights_diff(end, one_end, "model");
+        double de = rc ? INFINITY : weights_diff(end, one_end, "ema");
+        double dg = rc ? INFINITY : grad_norm_diff(run, one); /* each shard counted once, not once per replica */
+        CHECK(dl <= 1e-6 && dw <= 1e-6 && de <= 1e-6 && dg <= 1e-6,
+              "HSDP 2 replicas x 2 shards (DP=4) %s vs one process, 10 steps: losses rel %.2e, weights rel %.2e, EMA "
+              "rel %.2e, gradient norms rel %.2e (tol 1e-6)",
+              strategies[s], dl, dw, de, dg);
+    }
+    /* two micro-batches per rank: every micro-batch reduce-scattered in its replica, the sum across replicas once */
+    int rc = train(0, "one_gb16", "train.global_batch_size=16");
+    rc |= train(4, "hsdp_gb16", "train.global_batch_size=16 ddp.data_parallel_sharding_strategy=optim_grads "
+                                "ddp.overlap_grad_reduce=false ddp.num_distributed_optimizer_instances=2");
+    double dl = rc ? INFINITY : loss_diff(test_path("%s/hsdp_gb16", dir), test_path("%s/one_gb16", dir), 1, 10);
+    double dw = rc ? INFINITY
+                   : weights_diff(test_path("%s/hsdp_gb16/ck/iter_0000010", dir),
+                                  test_path("%s/one_gb16/ck/iter_0000010", dir), "model");
+    CHECK(dl <= 1e-6 && dw <= 1e-6,
+          "HSDP 2 x 2 optim_grads, 2 micro-batches per rank, no overlap, vs one process: losses rel %.2e, weights rel "
+          "%.2e (tol 1e-6)", dl, dw);
+    /* one replica writes: shard files numbered within the shard group */
+    const char *saved = test_path("%s/hsdp_optim_grads_params/ck/iter_0000005", dir);
+    struct stat sb;
+    int two = stat(test_path("%s/shard_00001_of_00002.safetensors", saved), &sb) == 0;
+    int none_of4 = stat(test_path("%s/shard_00000_of_00004.safetensors", saved), &sb) != 0 &&
+                   stat(test_path("%s/shard_00002_of_00002.safetensors", saved), &sb) != 0;
+    CHECK(two && none_of4, "HSDP 2 x 2 saves one replica's 2 shards (shard_0000R_of_00002), not 4");
+    /* per-rank parameters and optimizer state are those of sharding over the 2 ranks of a replica (FSDP over
+     * DP=2; its gradients differ only by the second micro-batch's receive buffer) */
+    const char *logs[2] = {"hsdp_optim_grads_params", "np2_optim_grads_params"};
+    double mem[2][3] = {{-1, -1, -1}, {-2, -2, -2}};
+    char *h = NULL;
+    for (int k = 0; k < 2; k++) {
+        char *text = test_read_file(test_path("%s/%s.log", dir, logs[k]), NULL);
+        const char *m = text ? strstr(text, "memory per rank") : NULL;
+        if (m)
+            sscanf(m, "memory per rank: parameters %lf MB, gradients %lf MB, optimizer state + EMA %lf MB", &mem[k][0],
+                   &mem[k][1], &mem[k][2]);
+        if (k == 0) h = text;
+        else free(text);
+    }
+    CHECK(h && strstr(h, "within 2 replica groups of 2 ranks") && mem[0][0] == mem[1][0] && mem[0][2] == mem[1][2],
+          "the start-up lines name the replica groups; memory per rank as FSDP over 2 ranks: parameters %.1f / "
+          "%.1f MB, optimizer state + EMA %.1f / %.1f MB", mem[0][0], mem[1][0], mem[0][2], mem[1][2]);
+    free(h);
+}
+
+/* Saved under HSDP, resumed as one process and as FSDP over 2 ranks; saved under FSDP over 4, resumed under HSDP. */
+static void hybrid_resume(void) {
+    const char *cases[][4] = {
+        {"hsdp_optim_grads_params", "0", "no_shard", ""},
+        {"hsdp_optim_grads_params", "2", "optim_grads_params", ""},
+        {"np4_optim_grads_params", "4", "optim", "ddp.num_distributed_optimizer_instances=2"},
+    };
+    for (int k = 0; k < 3; k++) {
+        char name[64], extra[1024], run[1024];
+        snprintf(name, sizeof name, "hresume_%d", k);
+        snprintf(extra, sizeof extra, "ddp.data_parallel_sharding_strategy=%s %s checkpoint.load=%s/%s/ck/iter_0000005",
+                 cases[k][2], cases[k][3], dir, cases[k][0]);
+        int rc = train(atoi(cases[k][1]), name, extra);
+        snprintf(run, sizeof run, "%s/%s", dir, name);
+        double dl = rc ? INFINITY : loss_diff(run, test_path("%s/one", dir), 6, 10);
+        const char *end = test_path("%s/ck/iter_0000010", run), *one_end = test_path("%s/one/ck/iter_0000010", dir);
+        double dw = rc ? INFINITY : weights_diff(end, one_end, "model");
+        double de = rc ? INFINITY : weights_diff(end, one_end, "ema");
+        CHECK(dl <= 1e-6 && dw == 0 && de == 0,
+              "saved with %s, resumed with %s %s: steps 6-10 losses rel %.2e, final weights rel %.2e, EMA rel %.2e "
+              "vs the uninterrupted run (bit-identical)",
+              k < 2 ? "HSDP 2 x 2 optim_grads_params" : "DP=4 optim_grads_params",
+              !atoi(cases[k][1]) ? "one process," : atoi(cases[k][1]) == 2 ? "DP=2" : "HSDP 2 x 2", cases[k][2],
+              dl, dw, de);
+    }
+}
+
 static void layout_errors(void) {
     char cmd[2048], *out = NULL;
     snprintf(cmd, sizeof cmd, "mpirun --oversubscribe -np 2 %s pretrain %s train.global_batch_size=6 logger.output_dir=%s/e",
@@ -163,6 +276,68 @@ static void layout_errors(void) {
              "logger.output_dir=%s/e", bin, TINY, dir);
     rc = test_capture(cmd, &out);
     CHECK(rc != 0 && strstr(out, "not built yet"), "tensor parallelism (not built yet) is refused, not ignored");
+    free(out);
+    snprintf(cmd, sizeof cmd, "mpirun --oversubscribe -np 4 %s pretrain %s ddp.data_parallel_sharding_strategy=optim "
+             "ddp.num_distributed_optimizer_instances=3 logger.output_dir=%s/e", bin, TINY, dir);
+    rc = test_capture(cmd, &out);
+    CHECK(rc != 0 && strstr(out, "ddp.num_distributed_optimizer_instances = 3") &&
+              strstr(out, "does not divide the data-parallel size 4"),
+          "HSDP replica groups that do not divide DP are refused, naming both: %.300s", out);
+    free(out);
+    snprintf(cmd, sizeof cmd, "mpirun --oversubscribe -np 2 %s pretrain %s ddp.num_distributed_optimizer_instances=2 "
+             "logger.output_dir=%s/e", bin, TINY, dir);
+    rc = test_capture(cmd, &out);
+    CHECK(rc != 0 && strstr(out, "needs a sharded strategy"), "HSDP under no_shard is refused: %.300s", out);
+    free(out);
+}
+
+/* dfm finetune with fsdp.dp_replicate_size 2 over 4 ranks (HSDP) equals one process: a tiny Wan exported as a
+ * diffusers folder, fine-tuned on pre-encoded clips (as tests/test_finetune.c sets it up). */
+static void finetune_hsdp(void) {
+    int rc = test_sh("%s data prepare --video-clips --out %s/en --n 16 --frames 2 --size 8 --text-dim 32 > %s/p.log "
+                     "2>&1 && %s data convert --from %s/en --to %s/st > %s/c.log 2>&1 && %s pretrain --recipe wan_tiny "
+                     "model.num_layers=1 model.hidden_size=32 model.num_attention_heads=2 model.ffn_hidden_size=64 "
+                     "model.image_size=8 model.num_frames=2 dataset.max_samples=32 dataset.val_samples=4 "
+                     "train.global_batch_size=4 train.micro_batch_size=2 train.train_iters=1 logger.output_dir=%s/wb "
+                     "checkpoint.save=%s/wb/ck > %s/b.log 2>&1 && %s export --checkpoint %s/wb/ck --out %s/hf > "
+                     "%s/x.log 2>&1",
+                     bin, dir, dir, bin, dir, dir, dir, bin, dir, dir, dir, bin, dir, dir, dir);
+    CHECK(rc == 0, "finetune fixtures: pre-encoded clips and a tiny Wan diffusers folder");
+    const char *runs[][2] = {{"", "ft1"}, {"mpirun --oversubscribe -np 4", "ft_hsdp"}};
+    for (int k = 0; k < 2; k++)
+        rc |= test_sh("%s %s finetune -c recipes/automodel/wan_tiny_finetune.yaml "
+                      "--model.pretrained_model_name_or_path=%s/hf --data.dataloader.meta_folder=%s/st "
+                      "--checkpoint.checkpoint_dir=%s/%s --optimizer.lr=2e-3 --step_scheduler.global_batch_size=8 "
+                      "--step_scheduler.local_batch_size=1 --step_scheduler.max_steps=4 "
+                      "--step_scheduler.ckpt_every_steps=4 --checkpoint.save_consolidated=false "
+                      "--fsdp.dp_replicate_size %d > %s/%s.log 2>&1",
+                      runs[k][0], bin, dir, dir, dir, runs[k][1], k ? 2 : 1, dir, runs[k][1]);
+    double a[8] = {0}, b[8] = {0}, worst = 0;
+    int n = test_run_losses(test_path("%s/ft1", dir), a, 7);
+    test_run_losses(test_path("%s/ft_hsdp", dir), b, 7);
+    for (int s = 1; s <= 4; s++) worst = fmax(worst, fabs(a[s] - b[s]) / fabs(a[s]));
+    /* Automodel's layout: the newest step folder through LATEST */
+    double dw = rc ? INFINITY
+                   : test_wan_weights_diff(test_path("%s/ft_hsdp/LATEST", dir), "model", test_path("%s/ft1/LATEST", dir),
+                                           "model");
+    struct stat sb;
+    int shards = stat(test_path("%s/ft_hsdp/LATEST/model/shard_00001_of_00002.safetensors", dir), &sb) == 0 &&
+                 stat(test_path("%s/ft_hsdp/LATEST/optim/shard_00001_of_00002.safetensors", dir), &sb) == 0 &&
+                 stat(test_path("%s/ft_hsdp/LATEST/model/shard_00000_of_00004.safetensors", dir), &sb) != 0;
+    if (rc) test_sh("tail -5 %s/ft_hsdp.log | sed 's/^/#   /'", dir);
+    char *log = test_read_file(test_path("%s/ft_hsdp.log", dir), NULL);
+    int hybrid = log && strstr(log, "within 2 replica groups of 2 ranks");
+    free(log);
+    CHECK(rc == 0 && hybrid && shards && n == 4 && worst <= 1e-6 && dw <= 1e-6,
+          "dfm finetune --fsdp.dp_replicate_size 2 under mpirun -np 4 (HSDP 2 x 2) vs one process, 4 steps: losses "
+          "rel %.2e, weights rel %.2e (tol 1e-6); model/ and optim/ hold replica 0's 2 shards", worst, dw);
+    char cmd[2048], *out = NULL;
+    snprintf(cmd, sizeof cmd, "mpirun --oversubscribe -np 2 %s finetune -c recipes/automodel/wan_tiny_finetune.yaml "
+             "--model.pretrained_model_name_or_path=%s/hf --data.dataloader.meta_folder=%s/st "
+             "--checkpoint.checkpoint_dir=%s/ft_bad --fsdp.dp_replicate_size=4", bin, dir, dir, dir);
+    rc = test_capture(cmd, &out);
+    CHECK(rc != 0 && strstr(out, "fsdp.dp_replicate_size 4") && strstr(out, "data-parallel size 2"),
+          "fsdp.dp_replicate_size that does not divide DP is refused, naming both: %.300s", out);
     free(out);
 }
 
@@ -202,7 +377,10 @@ int main(void) {
     dir = test_mkdtemp();
     same_as_one_process();
     resume_across_layouts();
+    hybrid_same_as_one_process();
+    hybrid_resume();
     layout_errors();
+    finetune_hsdp();
     fail_one_rank("killed", "9", "", NULL);
     fail_one_rank("stalled", "STOP", "dist.timeout_s=3", "no answer from the other ranks");
     test_rmtree(dir);

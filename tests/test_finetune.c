@@ -400,9 +400,17 @@ int main(void) {
     /* 9. resolution buckets */
     test_buckets();
 
-    /* 10. not built yet: refused, never ignored */
-    const char *refused[][2] = {{"--fsdp.dp_replicate_size=2", "dp_replicate_size"}};
-    for (int k = 0; k < 1; k++) {
+    /* 10. samples at validation: written per validation step */
+    rc = finetune("", "vs", "--step_scheduler.max_steps=4 --step_scheduler.val_every_steps=2 "
+                            "--validation.num_samples=2 --validation.sampling_steps=3 --checkpoint.enabled=false");
+    CHECK(rc == 0 && exists(test_path("%s/vs/val_samples/step_0000002/samples.safetensors", dir)) &&
+              exists(test_path("%s/vs/val_samples/step_0000004/samples.png", dir)),
+          "validation.num_samples: clips generated from held-out captions at each validation (safetensors + PNG)");
+
+    /* 11. refused, never ignored: not built, or not meaningful here */
+    const char *refused[][2] = {{"--fsdp.dp_replicate_size=2", "dp_replicate_size"},
+                                {"--validation.num_samples=2", "val_every_steps"}};
+    for (int k = 0; k < 2; k++) {
         snprintf(cmd, sizeof cmd,
                  "%s finetune -c %s --model.pretrained_model_name_or_path=%s/hf "
                  "--data.dataloader.meta_folder=%s/st --checkpoint.checkpoint_dir=%s/no '%s'",

@@ -10,7 +10,12 @@
  *   optim_grads_params  + parameters sharded: a segment's parameters are all-gathered just before use, the next
  *                       segment's gather in flight meanwhile
  *
- * A rank's shard is a contiguous range of the flat parameter layout: [r*S, (r+1)*S) with S = ceil(total/DP). */
+ * A rank's shard is a contiguous range of the flat parameter layout: [r*S, (r+1)*S) with S = ceil(total/DP).
+ *
+ * Hybrid sharding (dist_setup_dp_replicas before dp_engine_new; ddp.num_distributed_optimizer_instances): the
+ * DP group is dp_replicate replica groups of dp_shard ranks; everything above happens within a replica (DP read
+ * as dp_shard, r as the shard rank), and the reduced fp64 gradient shards are all-reduced across the replicas
+ * before the one rounding to fp32, so every replica holds and updates the same shards. */
 #ifndef DFM_DATA_PARALLEL_H
 #define DFM_DATA_PARALLEL_H
 
@@ -67,8 +72,9 @@ void dp_shard_range(const dp_engine *e, size_t *begin, size_t *end);
 long dp_optimizer_step(const dp_engine *e);
 
 /* Checkpoints. Sharded strategies: every rank writes its shard of parameters, EMA and moments into dir (meta:
- * key/value pairs for the file). no_shard keeps everything whole: the caller writes consolidated files from
- * rank 0. Loading reads either form into this rank's layout (load_optim: the moments too). */
+ * key/value pairs for the file); under hybrid sharding only replica 0's ranks write, one file per shard rank.
+ * no_shard keeps everything whole: the caller writes consolidated files from rank 0. Loading reads either form
+ * into this rank's layout (load_optim: the moments too). */
 void dp_save_shard(dp_engine *e, const char *dir, const char *const *meta);
 /* The same split as the Automodel layout keeps it: parameters and EMA into model_dir, moments into optim_dir. */
 void dp_save_shard_split(dp_engine *e, const char *model_dir, const char *optim_dir, const char *const *meta);

@@ -20,7 +20,15 @@ typedef struct {
     int tp, cp, dp, pp;          /* group sizes: tp * cp * dp * pp = size */
     int tp_rank, cp_rank, dp_rank, pp_rank;
     double timeout_s;            /* bound on any wait for peers */
+    /* Hybrid sharding: the DP group as a 2-D mesh (replicate, shard), dp_rank = dp_shard_rank + dp_shard *
+     * dp_replicate_rank (shard fastest, as PyTorch's device mesh). Without it dp_replicate = 1, dp_shard = dp. */
+    int dp_replicate, dp_shard;
+    int dp_replicate_rank, dp_shard_rank;
 } dist_info;
+
+/* The groups a data-parallel collective runs over: the whole DP group, this rank's shard group (the dp_shard
+ * ranks of its replica) or its replica group (the dp_replicate ranks holding the same shard). */
+typedef enum { DIST_DP, DIST_DP_SHARD, DIST_DP_REPLICA } dist_group;
 
 /* Initialise from the environment (call first thing in main). Idempotent. */
 void dist_init(int *argc, char ***argv);
@@ -30,6 +38,10 @@ const dist_info *dist_get(void);
  * fastest, then CP, then DP, then PP (Megatron's order); DP is what remains. 0, or -1 with err naming the
  * numbers that disagree. */
 int dist_setup_groups(int tp, int cp, int pp, char *err, size_t errlen);
+/* Split the DP group (after dist_setup_groups) into `replicate` replica groups of DP / replicate consecutive DP
+ * ranks each (the shard groups), and the groups across them. 0, or -1 with err naming both numbers when
+ * replicate does not divide DP. replicate = 1 undoes it. */
+int dist_setup_dp_replicas(int replicate, char *err, size_t errlen);
 void dist_set_timeout(double seconds);
 void dist_finalize(void);
 
@@ -38,22 +50,24 @@ void dist_finalize(void);
 typedef struct dist_req dist_req; /* a collective in flight */
 
 void dist_barrier_world(void);
-/* In-place sum over DP of n doubles (blocking, bounded by the timeout). */
+/* In-place sum over DP of n doubles (blocking, bounded by the timeout); _in: over group g. */
 void dist_allreduce_sum_f64(double *v, int n, const char *what);
+void dist_allreduce_sum_f64_in(dist_group g, double *v, int n, const char *what);
 /* Bitwise OR of an int over the world: "did any rank fail?" checks. */
 int dist_any_world(int flag, const char *what);
 /* The smallest of an int over DP (blocking). */
 int dist_allreduce_min_int(int v, const char *what);
 void dist_bcast_bytes(void *buf, size_t n, int root_dp_rank, const char *what);
 
-/* Non-blocking: sum buf[0..n) over DP in place. */
-dist_req *dist_iallreduce_sum_f64(double *buf, size_t n, const char *what);
-/* Non-blocking reduce-scatter over DP: send[0..sum counts) is summed; DP rank r receives its counts[r] values
- * (the part starting at sum of counts[0..r)) into recv. */
-dist_req *dist_ireduce_scatter_f64(const double *send, double *recv, const int *counts, const char *what);
-/* Non-blocking all-gather over DP: rank r contributes counts[r] floats from send; recv receives all of them
- * in rank order (displacements are the running sums of counts). */
-dist_req *dist_iallgatherv_f32(const float *send, float *recv, const int *counts, const char *what);
+/* Non-blocking collectives over group g (ranks numbered within g; counts has one entry per rank of g).
+ * Sum buf[0..n) over g in place. */
+dist_req *dist_iallreduce_sum_f64(dist_group g, double *buf, size_t n, const char *what);
+/* Reduce-scatter: send[0..sum counts) is summed; rank r of g receives its counts[r] values (the part starting
+ * at sum of counts[0..r)) into recv. */
+dist_req *dist_ireduce_scatter_f64(dist_group g, const double *send, double *recv, const int *counts, const char *what);
+/* All-gather: rank r of g contributes counts[r] floats from send; recv receives all of them in rank order
+ * (displacements are the running sums of counts). */
+dist_req *dist_iallgatherv_f32(dist_group g, const float *send, float *recv, const int *counts, const char *what);
 /* Complete (and free) a request; dies naming the operation if the peers do not answer within the timeout. */
 void dist_wait(dist_req *r);
 /* Give MPI a chance to progress outstanding requests; 1 if r is complete (r may be NULL). */

@@ -6,7 +6,8 @@
  * save_consolidated asks, a LATEST symlink, max_recent_checkpoints kept. Batches come from Automodel's bucket
  * sampler (include/dfm/bucket_sampler.h: one latent shape per batch, so folders of several resolution buckets
  * train; data.dataloader.shuffle and drop_last as Automodel). peft (LoRA, include/dfm/lora.h) maps onto the job's
- * peft.* keys. What is not built yet (HSDP, model parallelism) is refused or stated, never silently ignored. */
+ * peft.* keys; fsdp.dp_replicate_size onto hybrid sharding. What is not built yet (model parallelism) is refused
+ * or stated, never silently ignored. */
 #include "cli/cli_common.h"
 #include "dfm/automodel.h"
 #include "dfm/bucket_sampler.h"
@@ -112,8 +113,6 @@ int dfm_finetune_main(int argc, char **argv) {
     if (plan.tp > 1 || plan.cp > 1 || plan.pp > 1)
         dfm_die("fsdp.tp_size/cp_size/pp_size = %d/%d/%d: model parallelism is not built yet; use 1", plan.tp, plan.cp,
                 plan.pp);
-    if (plan.dp_replicate > 1)
-        dfm_die("fsdp.dp_replicate_size = %d: hybrid sharding (HSDP) is not built yet; use 1", plan.dp_replicate);
     if (automodel_peft_enabled(a) && strcmp(cfg_str(a, "model.mode"), "finetune"))
         dfm_die("peft: LoRA adapts pretrained weights; it needs model.mode: finetune (not %s)", cfg_str(a, "model.mode"));
     if (cfg_bool(a, "fsdp.activation_checkpointing") || cfg_bool(a, "fsdp.cpu_offload"))
@@ -210,8 +209,10 @@ int dfm_finetune_main(int argc, char **argv) {
                 (long long)cfg_int(a, "validation.num_samples"));
     put(m, "logger.log_interval", json_integer((json_int_t)cfg_int(a, "step_scheduler.log_every")));
     /* Automodel shards parameters, gradients and optimizer state over the data-parallel ranks (FSDP; over one rank
-     * too, so its checkpoints always hold model/ and optim/ shards) */
+     * too, so its checkpoints always hold model/ and optim/ shards); with fsdp.dp_replicate_size > 1 over each of
+     * that many replica groups (HSDP), Megatron's distributed-optimizer instances */
     put(m, "ddp.data_parallel_sharding_strategy", json_string("optim_grads_params"));
+    put(m, "ddp.num_distributed_optimizer_instances", json_integer(plan.dp_replicate));
     put(m, "dataset.type", json_string(dtype));
     put(m, "dataset.path", json_string(meta));
     put(m, "dataset.max_samples", json_null());

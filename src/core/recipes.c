@@ -58,6 +58,9 @@ static cfg *recipe_base(const char *name) {
             "shard the optimizer state over data-parallel ranks (= data_parallel_sharding_strategy optim)");
     cfg_def_enum(c, "ddp.data_parallel_sharding_strategy", 0, "no_shard", "no_shard|optim|optim_grads|optim_grads_params",
                  "what is sharded over data-parallel ranks besides the optimizer");
+    cfg_def(c, "ddp.num_distributed_optimizer_instances", CFG_INT, "1",
+            "hybrid sharding (HSDP): this many replica groups, each sharding over DP / N ranks, gradients "
+            "all-reduced across them");
     cfg_def(c, "ddp.overlap_grad_reduce", CFG_BOOL, "true", "reduce gradient buckets during the backward");
     cfg_def(c, "ddp.overlap_param_gather", CFG_BOOL, "true", "gather the next segment's parameters during compute");
     cfg_def(c, "dist.timeout_s", CFG_FLOAT, "600", "seconds a rank waits for the others before ending the job");

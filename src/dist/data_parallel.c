@@ -24,7 +24,8 @@ struct dp_engine {
     dp_model m;
     dp_sharding s;
     int overlap_grad, overlap_param;
-    int dp, rank;
+    int dp, rank;            /* the shard group (the whole DP group unless hybrid): its size, this rank's place */
+    int reps, rep_rank;      /* hybrid sharding: replica groups holding the same shards, and this rank's one */
     size_t total, S, sb, se; /* shard size and this rank's range */
     float *full_p, *full_g;  /* the model's full buffers, where the strategy keeps them */
     float *p_shard;          /* this rank's parameters (own buffer under optim_grads_params, else in full_p) */
@@ -41,6 +42,7 @@ struct dp_engine {
     adamw_state opt;
     int reduce_now;
     dist_req **seg_req; /* no_shard / optim: each segment's reduction in flight */
+    dist_req **rep_req; /* hybrid: each segment's reduced shard part, all-reduced across the replicas */
     size_t max_seg;
     float *bucket[2];   /* optim_grads(+params): gradient buckets, alternating between segments */
     double *dbucket[2]; /* the same in fp64, in flight */
@@ -50,6 +52,7 @@ struct dp_engine {
     int gbuf_seg[2];
     dist_req *gbuf_req[2];
     int *counts;
+    double *norm_parts; /* each shard rank's sum of squares */
 };
 
 int dp_sharding_parse(const char *s, dp_sharding *out) {
@@ -84,22 +87,38 @@ static size_t seg_len(const dp_engine *e, int s) { return e->m.seg_begin[s + 1] 
 
 static void start_reduce(dp_engine *e, int s) {
     size_t b = e->m.seg_begin[s], end = e->m.seg_begin[s + 1];
-    if (e->s == DP_NO_SHARD) e->seg_req[s] = dist_iallreduce_sum_f64(e->acc + b, end - b, "all-reduce of gradients");
+    if (e->s == DP_NO_SHARD)
+        e->seg_req[s] = dist_iallreduce_sum_f64(DIST_DP, e->acc + b, end - b, "all-reduce of gradients");
     else {
         size_t o = seg_counts(e, b, end);
-        e->seg_req[s] = dist_ireduce_scatter_f64(e->acc + b, e->acc_shard + o, e->counts, "reduce-scatter of gradients");
+        e->seg_req[s] = dist_ireduce_scatter_f64(DIST_DP_SHARD, e->acc + b, e->acc_shard + o, e->counts,
+                                                 "reduce-scatter of gradients");
     }
+}
+
+/* Hybrid sharding: segment s's part of this rank's shard is final for its shard group (every micro-batch
+ * reduce-scattered into it); sum it over the replicas in place, in fp64, so every replica holds the same shard.
+ * The ranks of a replica group hold the same shard, so they agree on the part's size (possibly 0). */
+static void start_replica_reduce(dp_engine *e, int s) {
+    if (e->reps == 1) return;
+    size_t o = seg_counts(e, e->m.seg_begin[s], e->m.seg_begin[s + 1]);
+    size_t n = (size_t)e->counts[e->rank];
+    if (n)
+        e->rep_req[s] = dist_iallreduce_sum_f64(DIST_DP_REPLICA, e->acc_shard + o, n,
+                                                "all-reduce of gradient shards across replicas");
 }
 
 static void bucket_complete(dp_engine *e, int slot) {
     if (!e->bucket_req[slot]) return;
     dist_wait(e->bucket_req[slot]);
     e->bucket_req[slot] = NULL;
-    if (e->bucket_direct[slot]) return;
     int s = e->bucket_seg[slot];
-    size_t o = seg_counts(e, e->m.seg_begin[s], e->m.seg_begin[s + 1]);
-    size_t n = (size_t)e->counts[e->rank];
-    for (size_t i = 0; i < n; i++) e->acc_shard[o + i] += e->recv[o + i];
+    if (!e->bucket_direct[slot]) {
+        size_t o = seg_counts(e, e->m.seg_begin[s], e->m.seg_begin[s + 1]);
+        size_t n = (size_t)e->counts[e->rank];
+        for (size_t i = 0; i < n; i++) e->acc_shard[o + i] += e->recv[o + i];
+    }
+    if (e->micro == e->n_micro) start_replica_reduce(e, s);
 }
 
 static float *hook_grads(void *ctx, int s) {
@@ -122,8 +141,8 @@ static void hook_grads_done(void *ctx, int s) {
         for (size_t i = 0; i < n; i++) d[i] = g[i];
         size_t o = seg_counts(e, b, end);
         e->bucket_direct[slot] = e->micro == 1;
-        e->bucket_req[slot] = dist_ireduce_scatter_f64(d, (e->micro == 1 ? e->acc_shard : e->recv) + o, e->counts,
-                                                       "reduce-scatter of gradients");
+        e->bucket_req[slot] = dist_ireduce_scatter_f64(DIST_DP_SHARD, d, (e->micro == 1 ? e->acc_shard : e->recv) + o,
+                                                       e->counts, "reduce-scatter of gradients");
         if (!e->overlap_grad) bucket_complete(e, slot);
         dist_test(e->bucket_req[1 - slot]);
         return;
@@ -146,7 +165,8 @@ static void gather_into(dp_engine *e, int slot, int s) {
     if (e->gbuf_req[slot]) dist_wait(e->gbuf_req[slot]);
     size_t o = seg_counts(e, e->m.seg_begin[s], e->m.seg_begin[s + 1]);
     e->gbuf_seg[slot] = s;
-    e->gbuf_req[slot] = dist_iallgatherv_f32(e->p_shard + o, e->gbuf[slot], e->counts, "all-gather of parameters");
+    e->gbuf_req[slot] =
+        dist_iallgatherv_f32(DIST_DP_SHARD, e->p_shard + o, e->gbuf[slot], e->counts, "all-gather of parameters");
 }
 
 static const float *hook_params(void *ctx, int s, int backward) {
@@ -177,16 +197,22 @@ dp_engine *dp_engine_new(dp_model mdl, dp_sharding s, const adamw_config *oc, in
     e->s = s;
     e->overlap_grad = overlap_grad, e->overlap_param = overlap_param;
     e->n_micro = n_micro;
+    e->dp = di->dp_shard;
+    e->rank = di->dp_shard_rank;
+    e->reps = di->dp_replicate;
+    e->rep_rank = di->dp_replicate_rank;
+    if (e->reps > 1 && s == DP_NO_SHARD)
+        dfm_die("internal: hybrid sharding (%d replica groups) with nothing sharded", e->reps);
     /* one process, one micro-batch, nothing sharded: the micro-batch gradient is the gradient, no sum to take */
     e->direct = s == DP_NO_SHARD && e->dp == 1 && n_micro == 1;
-    e->dp = di->dp;
-    e->rank = di->dp_rank;
     e->total = mdl.table->total;
     e->S = (e->total + (size_t)e->dp - 1) / (size_t)e->dp;
     e->sb = (size_t)e->rank * e->S < e->total ? (size_t)e->rank * e->S : e->total;
     e->se = e->sb + e->S < e->total ? e->sb + e->S : e->total;
     e->counts = xcalloc((size_t)e->dp, sizeof(int));
+    e->norm_parts = xcalloc((size_t)e->dp, sizeof(double));
     e->seg_req = xcalloc((size_t)mdl.nseg, sizeof(dist_req *));
+    e->rep_req = xcalloc((size_t)mdl.nseg, sizeof(dist_req *));
     for (int k = 0; k < mdl.nseg; k++)
         if (seg_len(e, k) > e->max_seg) e->max_seg = seg_len(e, k);
     if (e->max_seg > (size_t)INT32_MAX) dfm_die("a model segment of %zu parameters is too large for MPI counts", e->max_seg);
@@ -240,9 +266,10 @@ void dp_engine_free(dp_engine *e) {
         free(e->dbucket[k]);
         free(e->gbuf[k]);
     }
-    for (int k = 0; k < e->m.nseg; k++) dist_wait(e->seg_req[k]);
+    for (int k = 0; k < e->m.nseg; k++) dist_wait(e->seg_req[k]), dist_wait(e->rep_req[k]);
     if (e->s == DP_OPTIM_GRADS_PARAMS) free(e->p_shard);
-    free(e->acc), free(e->acc_shard), free(e->recv), free(e->ema), free(e->counts), free(e->seg_req);
+    free(e->acc), free(e->acc_shard), free(e->recv), free(e->ema), free(e->counts), free(e->seg_req), free(e->rep_req);
+    free(e->norm_parts);
     adamw_free(&e->opt);
     memset(e->m.hooks, 0, sizeof *e->m.hooks);
     free(e);
@@ -332,7 +359,11 @@ double dp_finish_step(dp_engine *e, float lr, int skip, int *bad) {
     if (!shards_grads(e)) {
         for (int s = 0; s < e->m.nseg && !e->direct; s++)
             if (!e->seg_req[s]) start_reduce(e, s); /* not started during the backward (no overlap, or DP = 1) */
-        for (int s = 0; s < e->m.nseg; s++) dist_wait(e->seg_req[s]), e->seg_req[s] = NULL;
+        /* in the order the backward started them; under hybrid sharding each part goes on across the replicas */
+        for (int s = e->m.nseg - 1; s >= 0; s--) {
+            dist_wait(e->seg_req[s]), e->seg_req[s] = NULL;
+            if (e->s != DP_NO_SHARD) start_replica_reduce(e, s);
+        }
         if (e->s == DP_NO_SHARD) {
             if (!e->direct) {
 #pragma omp parallel for schedule(static)
@@ -345,16 +376,24 @@ double dp_finish_step(dp_engine *e, float lr, int skip, int *bad) {
             return norm;
         }
     }
+    for (int s = 0; s < e->m.nseg; s++) dist_wait(e->rep_req[s]), e->rep_req[s] = NULL;
     float *g = narrow_shard(e);
-    double ss = sum_squares(g, len);
-    dist_allreduce_sum_f64(&ss, 1, "all-reduce of the gradient norm");
+    /* each shard counted once: over the shard group (the replicas hold the same shards). Every rank's partial sum
+     * travels in its own slot (adding zeros is exact) and is added up here in rank order, so every rank of every
+     * replica gets the same bits whatever order MPI reduces in: replicas must not drift apart by a clip factor. */
+    memset(e->norm_parts, 0, (size_t)e->dp * sizeof(double));
+    e->norm_parts[e->rank] = sum_squares(g, len);
+    dist_allreduce_sum_f64_in(DIST_DP_SHARD, e->norm_parts, e->dp, "all-reduce of the gradient norm");
+    double ss = 0;
+    for (int r = 0; r < e->dp; r++) ss += e->norm_parts[r];
     double norm = sqrt(ss);
     if (!isfinite(norm)) *bad = first_nonfinite(e, g, e->sb, e->se);
     if (!isfinite(norm) || skip) return norm;
     clip_and_step(e, g, len, norm, lr);
     if (e->full_p) { /* optim, optim_grads: every rank needs all parameters for the next forward */
         seg_counts(e, 0, e->total);
-        dist_wait(dist_iallgatherv_f32(e->p_shard, e->full_p, e->counts, "all-gather of updated parameters"));
+        dist_wait(dist_iallgatherv_f32(DIST_DP_SHARD, e->p_shard, e->full_p, e->counts,
+                                       "all-gather of updated parameters"));
     }
     for (int k = 0; k < 2; k++) { /* gathered copies are stale now */
         dist_wait(e->gbuf_req[k]);
@@ -375,7 +414,8 @@ void dp_gather_full(dp_engine *e, int ema, float *out) {
         return;
     }
     seg_counts(e, 0, e->total);
-    dist_wait(dist_iallgatherv_f32(ema ? e->ema : e->p_shard, out, e->counts, "all-gather of the model"));
+    dist_wait(
+        dist_iallgatherv_f32(DIST_DP_SHARD, ema ? e->ema : e->p_shard, out, e->counts, "all-gather of the model"));
 }
 
 /* ---- checkpoints ------------------------------------------------------------------------------ */
@@ -383,12 +423,14 @@ void dp_gather_full(dp_engine *e, int ema, float *out) {
 void dp_save_shard(dp_engine *e, const char *dir, const char *const *meta) {
     const char *kinds[4] = {"model", "ema", "exp_avg", "exp_avg_sq"};
     const float *bufs[4] = {e->p_shard, e->ema, e->opt.m, e->opt.v};
+    if (e->rep_rank != 0) return; /* hybrid sharding: the replicas hold the same shards; replica 0 writes them */
     ckpt_write_shard(dir, e->rank, e->dp, e->m.table, e->sb, e->se, 4, kinds, bufs, meta);
 }
 
 void dp_save_shard_split(dp_engine *e, const char *model_dir, const char *optim_dir, const char *const *meta) {
     const char *mk[2] = {"model", "ema"}, *ok[2] = {"exp_avg", "exp_avg_sq"};
     const float *mb[2] = {e->p_shard, e->ema}, *ob[2] = {e->opt.m, e->opt.v};
+    if (e->rep_rank != 0) return; /* hybrid sharding: replica 0 writes, as in dp_save_shard */
     ckpt_write_shard(model_dir, e->rank, e->dp, e->m.table, e->sb, e->se, 2, mk, mb, meta);
     ckpt_write_shard(optim_dir, e->rank, e->dp, e->m.table, e->sb, e->se, 2, ok, ob, meta);
 }

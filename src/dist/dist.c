@@ -9,8 +9,11 @@
 #include <string.h>
 #include <time.h>
 
-static dist_info info = {0, 0, 1, 0, 1, 1, 1, 1, 1, 0, 0, 0, 0, 600.0};
+static dist_info info = {.size = 1, .local_size = 1, .tp = 1, .cp = 1, .dp = 1, .pp = 1, .timeout_s = 600.0,
+                         .dp_replicate = 1, .dp_shard = 1};
 static MPI_Comm dp_comm = MPI_COMM_NULL, tp_comm = MPI_COMM_NULL, cp_comm = MPI_COMM_NULL, pp_comm = MPI_COMM_NULL;
+/* hybrid sharding: the shard group (this rank's replica) and the replica group; MPI_COMM_NULL without it */
+static MPI_Comm shard_comm = MPI_COMM_NULL, rep_comm = MPI_COMM_NULL;
 static double wait_time;
 
 struct dist_req {
@@ -50,8 +53,8 @@ void dist_init(int *argc, char ***argv) {
     MPI_Comm_rank(local, &info.local_rank);
     MPI_Comm_size(local, &info.local_size);
     MPI_Comm_free(&local);
-    info.dp = info.size;
-    info.dp_rank = info.rank;
+    info.dp = info.dp_shard = info.size;
+    info.dp_rank = info.dp_shard_rank = info.rank;
     MPI_Comm_dup(MPI_COMM_WORLD, &dp_comm);
     char prefix[48];
     snprintf(prefix, sizeof prefix, "rank %d: ", info.rank);
@@ -59,6 +62,13 @@ void dist_init(int *argc, char ***argv) {
 }
 
 const dist_info *dist_get(void) { return &info; }
+
+static void free_replica_groups(void) {
+    if (shard_comm != MPI_COMM_NULL) MPI_Comm_free(&shard_comm);
+    if (rep_comm != MPI_COMM_NULL) MPI_Comm_free(&rep_comm);
+    info.dp_replicate = 1, info.dp_replicate_rank = 0;
+    info.dp_shard = info.dp, info.dp_shard_rank = info.dp_rank;
+}
 
 void dist_set_timeout(double seconds) { info.timeout_s = seconds > 0 ? seconds : 600.0; }
 
@@ -82,6 +92,7 @@ int dist_setup_groups(int tp, int cp, int pp, char *err, size_t errlen) {
     info.cp_rank = (r / tp) % cp;
     info.dp_rank = (r / (tp * cp)) % info.dp;
     info.pp_rank = r / (tp * cp * info.dp);
+    free_replica_groups();
     if (!info.active) return 0;
     MPI_Comm *comms[] = {&dp_comm, &tp_comm, &cp_comm, &pp_comm};
     for (int i = 0; i < 4; i++)
@@ -100,8 +111,30 @@ int dist_setup_groups(int tp, int cp, int pp, char *err, size_t errlen) {
     return 0;
 }
 
+int dist_setup_dp_replicas(int replicate, char *err, size_t errlen) {
+    if (replicate < 1 || info.dp % replicate) {
+        snprintf(err, errlen, "the data-parallel size %d is not divisible by %d replica groups", info.dp, replicate);
+        return -1;
+    }
+    free_replica_groups();
+    info.dp_replicate = replicate, info.dp_shard = info.dp / replicate;
+    info.dp_shard_rank = info.dp_rank % info.dp_shard;
+    info.dp_replicate_rank = info.dp_rank / info.dp_shard;
+    if (!info.active || replicate == 1) return 0;
+    /* both split the DP group: the ranks of one replica (ordered by shard rank), and the ranks holding the same
+     * shard (ordered by replica) */
+    check(MPI_Comm_split(dp_comm, info.dp_replicate_rank, info.dp_shard_rank, &shard_comm),
+          "creating the data-parallel shard group");
+    check(MPI_Comm_split(dp_comm, info.dp_shard_rank, info.dp_replicate_rank, &rep_comm),
+          "creating the data-parallel replica group");
+    MPI_Comm_set_errhandler(shard_comm, MPI_ERRORS_RETURN);
+    MPI_Comm_set_errhandler(rep_comm, MPI_ERRORS_RETURN);
+    return 0;
+}
+
 void dist_finalize(void) {
     if (!info.active) return;
+    free_replica_groups();
     MPI_Comm *comms[] = {&dp_comm, &tp_comm, &cp_comm, &pp_comm};
     for (int i = 0; i < 4; i++)
         if (*comms[i] != MPI_COMM_NULL) MPI_Comm_free(comms[i]);
@@ -147,6 +180,20 @@ double dist_take_wait_time(void) {
 
 /* ---- collectives -------------------------------------------------------------------------------- */
 
+/* A data-parallel group's communicator, size and this rank's place in it (size 1: nothing to communicate). */
+static MPI_Comm group_comm(dist_group g, int *size, int *rank) {
+    if (g == DIST_DP_REPLICA) {
+        *size = info.dp_replicate, *rank = info.dp_replicate_rank;
+        return rep_comm;
+    }
+    if (g == DIST_DP_SHARD && info.dp_replicate > 1) {
+        *size = info.dp_shard, *rank = info.dp_shard_rank;
+        return shard_comm;
+    }
+    *size = info.dp, *rank = info.dp_rank;
+    return dp_comm;
+}
+
 void dist_barrier_world(void) {
     if (!info.active) return;
     MPI_Request r;
@@ -154,12 +201,16 @@ void dist_barrier_world(void) {
     wait_bounded(&r, "barrier");
 }
 
-void dist_allreduce_sum_f64(double *v, int n, const char *what) {
-    if (!info.active || info.dp == 1) return;
+void dist_allreduce_sum_f64_in(dist_group g, double *v, int n, const char *what) {
+    int size, rank;
+    MPI_Comm comm = group_comm(g, &size, &rank);
+    if (!info.active || size == 1) return;
     MPI_Request r;
-    check(MPI_Iallreduce(MPI_IN_PLACE, v, n, MPI_DOUBLE, MPI_SUM, dp_comm, &r), what);
+    check(MPI_Iallreduce(MPI_IN_PLACE, v, n, MPI_DOUBLE, MPI_SUM, comm, &r), what);
     wait_bounded(&r, what);
 }
+
+void dist_allreduce_sum_f64(double *v, int n, const char *what) { dist_allreduce_sum_f64_in(DIST_DP, v, n, what); }
 
 int dist_any_world(int flag, const char *what) {
     if (!info.active) return flag;
@@ -193,37 +244,43 @@ static dist_req *new_req(const char *what) {
     return q;
 }
 
-dist_req *dist_iallreduce_sum_f64(double *buf, size_t n, const char *what) {
+dist_req *dist_iallreduce_sum_f64(dist_group g, double *buf, size_t n, const char *what) {
     dist_req *q = new_req(what);
-    if (!info.active || info.dp == 1) return q;
+    int size, rank;
+    MPI_Comm comm = group_comm(g, &size, &rank);
+    if (!info.active || size == 1) return q;
     if (n > INT32_MAX) dfm_die("%s: %zu values in one all-reduce is too many", what, n);
-    check(MPI_Iallreduce(MPI_IN_PLACE, buf, (int)n, MPI_DOUBLE, MPI_SUM, dp_comm, &q->req), what);
+    check(MPI_Iallreduce(MPI_IN_PLACE, buf, (int)n, MPI_DOUBLE, MPI_SUM, comm, &q->req), what);
     return q;
 }
 
-dist_req *dist_ireduce_scatter_f64(const double *send, double *recv, const int *counts, const char *what) {
+dist_req *dist_ireduce_scatter_f64(dist_group g, const double *send, double *recv, const int *counts,
+                                   const char *what) {
     dist_req *q = new_req(what);
-    if (!info.active || info.dp == 1) {
+    int size, rank;
+    MPI_Comm comm = group_comm(g, &size, &rank);
+    if (!info.active || size == 1) {
         if (counts[0] && recv != send) memcpy(recv, send, sizeof(double) * (size_t)counts[0]);
         return q;
     }
-    check(MPI_Ireduce_scatter(send, recv, counts, MPI_DOUBLE, MPI_SUM, dp_comm, &q->req), what);
+    check(MPI_Ireduce_scatter(send, recv, counts, MPI_DOUBLE, MPI_SUM, comm, &q->req), what);
     return q;
 }
 
-dist_req *dist_iallgatherv_f32(const float *send, float *recv, const int *counts, const char *what) {
+dist_req *dist_iallgatherv_f32(dist_group g, const float *send, float *recv, const int *counts, const char *what) {
     dist_req *q = new_req(what);
-    if (!info.active || info.dp == 1) {
+    int size, rank;
+    MPI_Comm comm = group_comm(g, &size, &rank);
+    if (!info.active || size == 1) {
         if (counts[0] && recv != send) memmove(recv, send, sizeof(float) * (size_t)counts[0]);
         return q;
     }
-    q->displs = xmalloc(sizeof(int) * (size_t)info.dp);
+    q->displs = xmalloc(sizeof(int) * (size_t)size);
     int off = 0;
-    for (int r = 0; r < info.dp; r++) q->displs[r] = off, off += counts[r];
+    for (int r = 0; r < size; r++) q->displs[r] = off, off += counts[r];
     /* a rank's part already in place (send inside recv at its displacement) goes as MPI_IN_PLACE */
-    const void *src = send == recv + q->displs[info.dp_rank] ? MPI_IN_PLACE : send;
-    check(MPI_Iallgatherv(src, counts[info.dp_rank], MPI_FLOAT, recv, counts, q->displs, MPI_FLOAT, dp_comm, &q->req),
-          what);
+    const void *src = send == recv + q->displs[rank] ? MPI_IN_PLACE : send;
+    check(MPI_Iallgatherv(src, counts[rank], MPI_FLOAT, recv, counts, q->displs, MPI_FLOAT, comm, &q->req), what);
     return q;
 }
 

@@ -1044,6 +1044,17 @@ int dfm_pretrain(const cfg *c) {
         dfm_die("ddp.data_parallel_sharding_strategy: unknown value '%s'",
                 cfg_str(c, "ddp.data_parallel_sharding_strategy"));
     if (cfg_bool(c, "ddp.use_distributed_optimizer") && strategy == DP_NO_SHARD) strategy = DP_OPTIM;
+    /* hybrid sharding: replica groups, each sharding over DP / N ranks (Automodel's fsdp.dp_replicate_size) */
+    int replicas = int_key(c, "ddp.num_distributed_optimizer_instances", 1, 1 << 20);
+    if (replicas > 1 && strategy == DP_NO_SHARD)
+        dfm_die("ddp.num_distributed_optimizer_instances = %d (from %s) needs a sharded strategy "
+                "(ddp.data_parallel_sharding_strategy optim, optim_grads or optim_grads_params): under no_shard every "
+                "rank holds everything already",
+                replicas, cfg_source(c, "ddp.num_distributed_optimizer_instances"));
+    if (di->dp % replicas)
+        dfm_die("ddp.num_distributed_optimizer_instances = %d (from %s) does not divide the data-parallel size %d",
+                replicas, cfg_source(c, "ddp.num_distributed_optimizer_instances"), di->dp);
+    if (dist_setup_dp_replicas(replicas, err, sizeof err) != 0) dfm_die("%s", err);
     uint64_t seed = (uint64_t)cfg_int(c, "rng.seed");
     int workers = int_key(c, "dataset.num_workers", 0, 256);
     int model_size = int_key(c, "model.image_size", 1, 1 << 14);
@@ -1308,8 +1319,12 @@ int dfm_pretrain(const cfg *c) {
                 cfg_bool(c, "dataset.shuffle") ? "true" : "false", cfg_bool(c, "dataset.drop_last") ? "true" : "false");
         if (di->size > 1)
             printf("  %d processes: data parallel %d x tensor %d x context %d x pipeline %d; %d samples per rank; "
-                   "sharding %s\n",
+                   "sharding %s",
                    di->size, di->dp, di->tp, di->cp, di->pp, n_local, dp_sharding_name(strategy));
+        if (di->size > 1 && di->dp_replicate > 1)
+            printf(" within %d replica groups of %d ranks (hybrid), gradient shards all-reduced across them",
+                   di->dp_replicate, di->dp_shard);
+        if (di->size > 1) printf("\n");
         printf("  memory per rank: parameters %.1f MB, gradients %.1f MB, optimizer state + EMA %.1f MB, "
                "activations %.1f MB\n",
                pbytes / 1e6, gbytes / 1e6, obytes / 1e6,
