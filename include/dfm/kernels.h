@@ -22,6 +22,15 @@ extern "C" {
 int kernels_init(void);
 /* A one-line description of the BLAS in use (library, core, threading), for logs. */
 const char *kernels_blas_info(void);
+/* fp32 peak GFLOP/s of one core of this machine (a table of known CPUs, else FMA width x listed clock), with how
+ * it was found in desc; 0 when unknown. MFU = achieved model FLOP/s / (threads x this). */
+double kernels_peak_gflops_per_thread(char *desc, size_t n);
+
+/* FLOPs counted by matmul_forward (2 M N K) and attention_forward (4 B H Nq Nk D) since start-up: checks the
+ * models' closed-form FLOP counts (dit_forward_flops, wan_forward_flops) against what a forward runs. Not
+ * thread-safe: the models call these kernels from one thread. */
+double kernels_forward_flops(void);
+void kernels_count_flops(double flops);
 
 /* ---- Linear layer ----------------------------------------------------------------------------- */
 /* out[M,N] = inp[M,K] @ weight[N,K]^T (+ bias[N] if bias != NULL) */

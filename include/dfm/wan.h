@@ -102,8 +102,9 @@ void wan_backward(wan_model *m, const float *dout);
 const float *wan_rope_cos(const wan_model *m);
 const float *wan_rope_sin(const wan_model *m);
 
-/* Model FLOPs of one forward on shape s (matrix products and attention, REFERENCE.md §6's formula without
- * the x3); a training step is about 3x. */
+/* Model FLOPs of one forward on shape s: every matrix product (2 M N K) and attention (4 B H Nq Nk D, masked keys
+ * counted) the forward runs, elementwise work not counted (docs/ARCHITECTURE.md "Model FLOPs"; tests/test_flops.c
+ * checks it against the kernels' own count). A training step is counted as 3x. */
 double wan_forward_flops(const wan_model *m, const wan_shape *s);
 
 /* Config as JSON in diffusers' transformer/config.json keys (patch_size, num_attention_heads,

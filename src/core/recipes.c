@@ -126,6 +126,8 @@ static cfg *recipe_base(const char *name) {
 
     /* logger */
     cfg_def(c, "logger.log_interval", CFG_INT, "50", "steps between log lines");
+    cfg_def(c, "logger.peak_tflops", CFG_FLOAT, NULL,
+            "peak TFLOP/s of one process, for MFU in the log (null: from the CPU, see the start-up line; 0: no MFU)");
     snprintf(buf, sizeof buf, "runs/%s", name);
     cfg_def(c, "logger.output_dir", CFG_STR, buf, "run folder: metrics.jsonl, loss curve, run_config.yaml");
 

@@ -186,6 +186,7 @@ static void forward_query_range(float *O, float *lse_row, const float *Q, const 
 
 void attention_forward(float *out, float *lse, const float *q, const float *k, const float *v, const int *kv_len, int B,
                        int Nq, int Nk, int H, int D, int q_stride, int kv_stride, int out_stride, float scale) {
+    kernels_count_flops(4.0 * B * H * Nq * Nk * D); /* Q K^T and P V, masked keys included */
     long nheads = (long)B * H;
     long nqb = (Nq + ATT_BQ - 1) / ATT_BQ;
     /* query blocks per task: as many as share a key-block transpose, while leaving about four

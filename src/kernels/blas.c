@@ -50,7 +50,13 @@ const char *kernels_blas_info(void) {
     return blas_info;
 }
 
+static double forward_flops_done; /* matrix-product and attention FLOPs of the forward kernels so far */
+
+double kernels_forward_flops(void) { return forward_flops_done; }
+void kernels_count_flops(double flops) { forward_flops_done += flops; }
+
 void matmul_forward(float *out, const float *inp, const float *weight, const float *bias, int M, int N, int K) {
+    forward_flops_done += 2.0 * M * N * K;
     if (bias) {
 #pragma omp parallel for schedule(static)
         for (int i = 0; i < M; i++) memcpy(out + (size_t)i * N, bias, sizeof(float) * (size_t)N);

@@ -903,6 +903,7 @@ double wan_forward_flops(const wan_model *m, const wan_shape *s) {
     const double self = 2 * Q * h * 3 * h + 4 * Q2 * h + 2 * Q * h * h;
     const double cross = 2 * Q * h * h + 4 * K * h * h + 4 * QK * h + 2 * Q * h * h;
     const double mlp = 4 * Q * h * F;
+    const double time = 2 * B * (c->freq_dim * h + h * h + 6 * h * h); /* time embedder MLP and time_proj */
     return c->num_layers * (self + cross + mlp) + 2 * Q * c->in_channels * pv * h + 2 * K * (c->text_dim * h + h * h) +
-           2 * Q * h * c->out_channels * pv;
+           time + 2 * Q * h * c->out_channels * pv;
 }

@@ -1333,6 +1333,24 @@ int dfm_pretrain(const cfg *c) {
         fflush(stdout);
     }
 
+    /* throughput in the model's terms: 3 x the forward FLOPs of this rank's samples (wan_forward_flops /
+     * dit_forward_flops: matrix products and attention), per second; MFU against the process's peak */
+    char peak_desc[600] = "";
+    double peak_tflops = 0;
+    if (cfg_is_null(c, "logger.peak_tflops")) {
+        peak_tflops = kernels_peak_gflops_per_thread(peak_desc, sizeof peak_desc) * nth / 1e3;
+    } else {
+        peak_tflops = cfg_float(c, "logger.peak_tflops");
+        if (!(peak_tflops >= 0)) dfm_die("logger.peak_tflops must be >= 0 (got %g)", peak_tflops);
+        snprintf(peak_desc, sizeof peak_desc, "logger.peak_tflops (from %s)", cfg_source(c, "logger.peak_tflops"));
+    }
+    if (lead) {
+        if (peak_tflops > 0)
+            printf("  MFU against %.3f TFLOP/s per process (%d threads; %s)\n", peak_tflops, nth, peak_desc);
+        else
+            printf("  model TFLOP/s logged without MFU (no peak: %s)\n", peak_desc);
+    }
+    double flops_window = 0;
     int skip_nan = !strcmp(cfg_str(c, "train.on_nan"), "skip_step");
     double spike_factor = cfg_float(c, "train.loss_spike_factor"), loss_mean = 0;
     long skipped = 0;
@@ -1359,13 +1377,18 @@ int dfm_pretrain(const cfg *c) {
                                        sh[3],
                                        (uint32_t)((di->dp_rank * acc + k) * mbs)};
             step_samples = (long)count * (gbs / mbs);
+            wan_shape fs = {count * acc, sh[1], sh[2], sh[3], text_len};
+            flops_window += 3 * wan_forward_flops(&j.wmodel, &fs);
             r = wan_trainer_step_micro(&j.wtr, j.dp, micro, acc, (int)step_samples, (uint32_t)it, (float)lr);
         } else if (j.wan) {
             wait_window += video_loader_next(j.vloader, x, text, labels);
             r = wan_trainer_step_dp(&j.wtr, j.dp, x, text, labels, n_local, gbs, first, (uint32_t)it, (float)lr);
+            wan_shape fs = {n_local, frames, size, size, text_len};
+            flops_window += 3 * wan_forward_flops(&j.wmodel, &fs);
         } else {
             wait_window += loader_next(j.loader, x, labels);
             r = dit_trainer_step_dp(&j.tr, j.dp, x, labels, n_local, gbs, first, (uint32_t)it, (float)lr);
+            flops_window += 3 * dit_forward_flops(&j.model, n_local);
         }
         if (r.skipped) {
             char what[700];
@@ -1395,30 +1418,38 @@ int dfm_pretrain(const cfg *c) {
         if (j.iteration % log_interval == 0 || j.iteration == train_iters) {
             double now = dfm_time_s(), dt = now - t_window;
             double sps = steps_window * gbs / dt, wait_frac = wait_window / dt, comm_frac = dist_take_wait_time() / dt;
+            double tflops = flops_window / dt / 1e12, mfu = peak_tflops > 0 ? tflops / peak_tflops : NAN;
+            char mfu_s[48] = "", mfu_j[48] = "";
+            if (isfinite(mfu)) {
+                snprintf(mfu_s, sizeof mfu_s, " (MFU %.1f%%)", 100 * mfu);
+                snprintf(mfu_j, sizeof mfu_j, ", \"mfu\": %.4g", mfu);
+            }
             if (lead) {
                 char loss_s[32], norm_s[32]; /* JSON has no NaN: a skipped step's values are null */
                 snprintf(loss_s, sizeof loss_s, isfinite(r.loss) ? "%.7g" : "null", r.loss);
                 snprintf(norm_s, sizeof norm_s, isfinite(r.grad_norm) ? "%.6g" : "null", r.grad_norm);
                 fprintf(mf,
                         "{\"step\": %ld, \"loss\": %s, \"lr\": %.6g, \"grad_norm\": %s, \"samples_per_s\": %.4g, "
-                        "\"data_wait_frac\": %.4g%s",
-                        j.iteration, loss_s, lr, norm_s, sps, wait_frac, di->size > 1 || skipped ? "" : "}\n");
+                        "\"model_tflops\": %.4g%s, \"data_wait_frac\": %.4g%s",
+                        j.iteration, loss_s, lr, norm_s, sps, tflops, mfu_j, wait_frac,
+                        di->size > 1 || skipped ? "" : "}\n");
                 if (di->size > 1) fprintf(mf, ", \"comm_wait_frac\": %.4g%s", comm_frac, skipped ? "" : "}\n");
                 if (skipped) fprintf(mf, ", \"skipped_steps\": %ld}\n", skipped);
                 fflush(mf);
                 char eta[32];
                 fmt_eta(eta, sizeof eta, (double)(train_iters - j.iteration) * dt / steps_window);
                 if (tty)
-                    printf("\r\033[K  step %ld/%ld | loss %.4f | lr %.2e | grad norm %.3f | %.1f samples/s | data wait "
-                           "%.1f%% | ETA %s",
-                           j.iteration, train_iters, r.loss, lr, r.grad_norm, sps, 100 * wait_frac, eta);
+                    printf("\r\033[K  step %ld/%ld | loss %.4f | lr %.2e | grad norm %.3f | %.1f samples/s | %.3f TFLOP/s%s "
+                           "| data wait %.1f%% | ETA %s",
+                           j.iteration, train_iters, r.loss, lr, r.grad_norm, sps, tflops, mfu_s, 100 * wait_frac, eta);
                 else
-                    printf("  step %ld/%ld loss %.4f lr %.3e grad_norm %.4f samples/s %.1f data_wait %.1f%% eta %s\n",
-                           j.iteration, train_iters, r.loss, lr, r.grad_norm, sps, 100 * wait_frac, eta);
+                    printf("  step %ld/%ld loss %.4f lr %.3e grad_norm %.4f samples/s %.1f tflops %.4f%s data_wait %.1f%% "
+                           "eta %s\n",
+                           j.iteration, train_iters, r.loss, lr, r.grad_norm, sps, tflops, mfu_s, 100 * wait_frac, eta);
                 fflush(stdout);
                 if (plot_loss_curve(metrics, curve, err, sizeof err) != 0) dfm_warn("loss curve: %s", err);
             }
-            t_window = dfm_time_s(), wait_window = 0, steps_window = 0;
+            t_window = dfm_time_s(), wait_window = 0, steps_window = 0, flops_window = 0;
         }
         if (j.iteration % eval_interval == 0 || j.iteration == train_iters) {
             if (j.lora_on && (eval_iters > 0 || eval_samples > 0)) lora_refresh(&j);
