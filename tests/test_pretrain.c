@@ -190,6 +190,15 @@ static void bad_inputs(void) {
     rc = test_capture(cmd, &out);
     CHECK(rc != 0 && strstr(out, "does not divide into data-parallel size 1 x train.micro_batch_size 4"), "batch sizes checked: %.200s", out);
     free(out);
+    snprintf(cmd, sizeof cmd, "%s pretrain %s dist.timeout_s=0 logger.output_dir=%s/d", bin, TINY, dir);
+    rc = test_capture(cmd, &out);
+    CHECK(rc != 0 && strstr(out, "dist.timeout_s = 0"), "a zero collective timeout is refused: %.200s", out);
+    free(out);
+    snprintf(cmd, sizeof cmd, "%s pretrain %s dataset.max_samples=10 logger.output_dir=%s/d", bin, TINY, dir);
+    rc = test_capture(cmd, &out);
+    CHECK(rc != 0 && strstr(out, "dataset.max_samples") && strstr(out, "video_clips"),
+          "dataset.max_samples outside video_clips is refused: %.200s", out);
+    free(out);
     snprintf(cmd, sizeof cmd, "%s pretrain %s model.tensor_model_parallel_size=2 logger.output_dir=%s/d", bin, TINY,
              dir);
     rc = test_capture(cmd, &out);

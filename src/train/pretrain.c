@@ -1001,7 +1001,11 @@ int dfm_pretrain(const cfg *c) {
     const dist_info *di = dist_get();
     int lead = di->rank == 0;
     char err[1024];
-    dist_set_timeout(cfg_float(c, "dist.timeout_s"));
+    double timeout = cfg_float(c, "dist.timeout_s");
+    if (!(timeout > 0 && timeout <= 1e7))
+        dfm_die("dist.timeout_s = %g (from %s): must be a number of seconds in (0, 1e7]", timeout,
+                cfg_source(c, "dist.timeout_s"));
+    dist_set_timeout(timeout);
     if (dist_setup_groups(int_key(c, "model.tensor_model_parallel_size", 1, 1 << 16),
                           int_key(c, "model.context_parallel_size", 1, 1 << 16),
                           int_key(c, "model.pipeline_model_parallel_size", 1, 1 << 16), err, sizeof err) != 0)
