@@ -116,8 +116,9 @@ int dfm_finetune_main(int argc, char **argv) {
         dfm_die("fsdp.dp_replicate_size = %d: hybrid sharding (HSDP) is not built yet; use 1", plan.dp_replicate);
     if (automodel_peft_enabled(a) && strcmp(cfg_str(a, "model.mode"), "finetune"))
         dfm_die("peft: LoRA adapts pretrained weights; it needs model.mode: finetune (not %s)", cfg_str(a, "model.mode"));
-    if (cfg_bool(a, "fsdp.activation_checkpointing") || cfg_bool(a, "fsdp.cpu_offload"))
-        dfm_die("fsdp.activation_checkpointing / cpu_offload: not built yet; set them to false");
+    if (cfg_bool(a, "fsdp.cpu_offload"))
+        dfm_die("fsdp.cpu_offload = true: dfm trains on the CPU, in host memory already; there is no device memory "
+                "to offload from. Set it to false");
     int consolidated = automodel_save_consolidated(a);
 
     /* the model */
@@ -203,6 +204,11 @@ int dfm_finetune_main(int argc, char **argv) {
     put(m, "train.eval_interval", json_integer(val_every > 0 ? val_every : 1 << 30));
     put(m, "train.eval_iters", json_integer(val_every > 0 ? (n_val + mbs - 1) / mbs : 0));
     put(m, "logger.log_interval", json_integer((json_int_t)cfg_int(a, "step_scheduler.log_every")));
+    /* activation checkpointing: every block its own checkpoint (Megatron's full / uniform / 1) */
+    int ckpt_acts = cfg_bool(a, "fsdp.activation_checkpointing");
+    put(m, "model.recompute_granularity", ckpt_acts ? json_string("full") : json_null());
+    put(m, "model.recompute_method", ckpt_acts ? json_string("uniform") : json_null());
+    put(m, "model.recompute_num_layers", ckpt_acts ? json_integer(1) : json_null());
     /* Automodel shards parameters, gradients and optimizer state over the data-parallel ranks (FSDP; over one rank
      * too, so its checkpoints always hold model/ and optim/ shards) */
     put(m, "ddp.data_parallel_sharding_strategy", json_string("optim_grads_params"));
