@@ -4,6 +4,7 @@
  * activation arena; bad block counts refused; dfm pretrain and dfm finetune log exactly the losses of runs
  * without it; bad or unbuilt config values refused with their numbers. */
 #include "dfm/common.h"
+#include "dfm/dit.h"
 #include "dfm/wan.h"
 #include "test.h"
 #include "test_fs.h"
@@ -119,6 +120,56 @@ static void model_level(void) {
     wan_free(&m);
 }
 
+/* DiT: the same over two micro-batches (the second smaller), every block, the first one or two of three. The arena
+ * is reallocated by dit_set_recompute on a created model. */
+static void dit_level(void) {
+    dit_config c;
+    dit_config_named(&c, "tiny");
+    c.num_layers = 3;
+    size_t bytes[4] = {0}, np = 0, nx = 0;
+    float *grads[4] = {0}, *outs[4] = {0};
+    const int cases[4] = {0, 3, 1, 2};
+    for (int k = 0; k < 4; k++) {
+        dit_model m;
+        char err[256];
+        dit_create(&m, &c, 3);
+        if (dit_set_recompute(&m, cases[k], err, sizeof err) != 0) dfm_die("dit_set_recompute: %s", err);
+        test_rng_state_ = rng_start;
+        test_fill_randn(m.params, m.table.total, 0.3f);
+        dit_zero_grad(&m);
+        np = m.table.total;
+        nx = (size_t)3 * c.in_channels * c.image_size * c.image_size;
+        float *x = xalloc_floats(nx), *dout = xalloc_floats(nx), t[3] = {10.0f, 500.0f, 990.0f};
+        int labels[3] = {1, c.num_classes, 0};
+        outs[k] = xalloc_floats(2 * nx);
+        for (int pass = 0; pass < 2; pass++) {
+            const int B = pass ? 2 : 3;
+            test_fill_randn(x, nx, 1.0f);
+            test_fill_randn(dout, nx, 1.0f);
+            dit_forward(&m, outs[k] + pass * nx, x, t, labels, B);
+            dit_backward(&m, dout, B);
+        }
+        grads[k] = xalloc_floats(np);
+        memcpy(grads[k], m.grads, np * sizeof(float));
+        bytes[k] = dit_activation_bytes(&m);
+        if (k == 1)
+            CHECK(dit_set_recompute(&m, 4, err, sizeof err) != 0 && strstr(err, "4 blocks") && strstr(err, "0..3"),
+                  "DiT: 4 of 3 blocks refused: %s", err);
+        free(x), free(dout);
+        dit_free(&m);
+    }
+    for (int k = 1; k < 4; k++) {
+        CHECK(memcmp(outs[k], outs[0], (nx + nx / 3 * 2) * sizeof(float)) == 0 &&
+                  memcmp(grads[k], grads[0], np * sizeof(float)) == 0,
+              "DiT, %d of 3 blocks recomputed: outputs equal, gradients bit-identical (rel %.3g)", cases[k],
+              test_rel_err(grads[k], grads[0], np));
+    }
+    CHECK(bytes[1] < bytes[3] && bytes[3] < bytes[0] && bytes[2] == bytes[0],
+          "DiT activations: %zu bytes with 3 recomputed < %zu with 2 < %zu without (= %zu with 1)", bytes[1], bytes[3],
+          bytes[0], bytes[2]);
+    for (int k = 0; k < 4; k++) free(grads[k]), free(outs[k]);
+}
+
 static const char *SMALL =
     "--recipe wan_tiny model.num_layers=2 model.hidden_size=32 model.num_attention_heads=2 model.ffn_hidden_size=64 "
     "model.image_size=8 model.num_frames=2 dataset.max_samples=16 dataset.val_samples=4 dataset.num_workers=0 "
@@ -141,7 +192,8 @@ static int pretrain(const char *run, const char *extra) {
 
 static void same_losses(const char *run, const char *base, const char *what) {
     double a[8] = {0}, b[8] = {0};
-    int na = test_run_losses(test_path("%s/%s", dir, run), a, 7), nb = test_run_losses(test_path("%s/%s", dir, base), b, 7);
+    int na = test_run_losses(test_path("%s/%s", dir, run), a, 7);
+    int nb = test_run_losses(test_path("%s/%s", dir, base), b, 7);
     double worst = 0;
     for (int s = 1; s <= 3; s++) worst = fmax(worst, fabs(a[s] - b[s]));
     CHECK(na == 3 && nb == 3 && worst == 0, "%s: the 3 logged losses equal the run's without (worst %.3g; %d, %d)",
@@ -152,7 +204,8 @@ static void pretrain_runs(void) {
     int rc = pretrain("none", "");
     rc |= pretrain("uniform",
                    "model.recompute_granularity=full model.recompute_method=uniform model.recompute_num_layers=1");
-    rc |= pretrain("block", "model.recompute_granularity=full model.recompute_method=block model.recompute_num_layers=1");
+    rc |= pretrain("block",
+                   "model.recompute_granularity=full model.recompute_method=block model.recompute_num_layers=1");
     rc |= test_sh("mpirun --oversubscribe -np 2 %s pretrain %s logger.output_dir=%s/dp2 "
                   "ddp.data_parallel_sharding_strategy=optim_grads_params model.recompute_granularity=full "
                   "model.recompute_method=block model.recompute_num_layers=2 > %s/dp2.log 2>&1",
@@ -164,6 +217,18 @@ static void pretrain_runs(void) {
     double a0 = activation_mb("none"), a1 = activation_mb("uniform");
     CHECK(a0 > 0 && a1 > 0 && a1 < a0, "the start-up line reports fewer activation MB: %.2f with, %.2f without", a1,
           a0);
+    const char *dit = "--recipe dit_fashion_mnist model.num_layers=2 model.hidden_size=32 model.num_attention_heads=2 "
+                      "model.ffn_hidden_size=64 model.patch_size=4 train.train_iters=3 train.global_batch_size=8 "
+                      "train.micro_batch_size=4 train.eval_interval=3 train.eval_iters=1 dataset.val_samples=16 "
+                      "dataset.num_workers=0 logger.log_interval=1 checkpoint.save=null";
+    rc = test_sh("%s pretrain %s logger.output_dir=%s/dit0 > %s/dit0.log 2>&1", bin, dit, dir, dir);
+    rc |= test_sh("%s pretrain %s logger.output_dir=%s/dit1 model.recompute_granularity=full "
+                  "model.recompute_method=uniform model.recompute_num_layers=1 > %s/dit1.log 2>&1",
+                  bin, dit, dir, dir);
+    CHECK(rc == 0, "dfm pretrain --recipe dit_fashion_mnist runs with and without full/uniform/1");
+    same_losses("dit1", "dit0", "DiT full/uniform/1");
+    a0 = activation_mb("dit0"), a1 = activation_mb("dit1");
+    CHECK(a0 > 0 && a1 > 0 && a1 < a0, "DiT: %.2f activation MB with recompute, %.2f without", a1, a0);
 
     /* refused, naming the values */
     const char *bad[][2] = {
@@ -233,6 +298,7 @@ int main(void) {
     test_seed();
     rng_start = test_rng_state_;
     model_level();
+    dit_level();
     pretrain_runs();
     finetune_runs();
     test_rmtree(dir);

@@ -13,7 +13,8 @@
  * Saved per block: x, qkv (before the norms), ao1, lse1, proj1, x_mid, q2 and text k2/v2 (before the norms),
  * ao2, lse2, x2, h, f, and every norm's statistics. LN outputs, modulated inputs, normalised and rotated
  * q/k and gelu(h) are recomputed in the backward: elementwise work next to the GEMMs, 7 d floats per token
- * fewer per block. */
+ * fewer per block. With wan_set_recompute, the first N blocks keep only x and share one slot for the rest, and the
+ * backward runs block_forward again before each of their backwards (docs/ARCHITECTURE.md, "Activation recompute"). */
 #include "dfm/wan.h"
 #include "dfm/common.h"
 #include "dfm/kernels.h"

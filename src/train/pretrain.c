@@ -901,7 +901,7 @@ static void fmt_eta(char *buf, size_t n, double s) {
 /* Megatron's activation recomputation keys -> how many blocks, from the first, are recomputed (0: none). Built:
  * granularity full with method uniform and num_layers 1 (every block its own checkpoint) or method block with
  * num_layers N (the first N blocks); refused with the values otherwise. */
-static int recompute_blocks(const cfg *c, int num_layers, int wan) {
+static int recompute_blocks(const cfg *c, int num_layers) {
     const char *G = "model.recompute_granularity", *M = "model.recompute_method", *N = "model.recompute_num_layers";
     if (cfg_is_null(c, G)) {
         if (!cfg_is_null(c, M) || !cfg_is_null(c, N))
@@ -914,10 +914,6 @@ static int recompute_blocks(const cfg *c, int num_layers, int wan) {
         dfm_die("%s = %s (from %s): selective recomputation (Megatron's core attention only) is not built; full is "
                 "(with %s uniform and %s 1, or %s block and %s N)",
                 G, g, cfg_source(c, G), M, N, M, N);
-    if (!wan)
-        dfm_die("%s = full (from %s): activation recomputation is built for Wan (model.kind wan), not yet for DiT; "
-                "use null",
-                G, cfg_source(c, G));
     if (cfg_is_null(c, M)) dfm_die("%s = full needs %s: uniform (with %s 1) or block (with %s N)", G, M, N, N);
     if (cfg_is_null(c, N)) dfm_die("%s = full needs %s (uniform: 1; block: 1..%d, the blocks recomputed)", G, N,
                                    num_layers);
@@ -965,7 +961,7 @@ int dfm_pretrain(const cfg *c) {
     wan_config wc;
     if (j.wan) config_to_wan(c, &wc);
     else config_to_dit(c, &dc);
-    int recompute = recompute_blocks(c, j.wan ? wc.num_layers : dc.num_layers, j.wan);
+    int recompute = recompute_blocks(c, j.wan ? wc.num_layers : dc.num_layers);
     config_to_objective(c, &j.obj);
     j.objective_meta = objective_json(&j.obj);
     long train_iters = int_key(c, "train.train_iters", 0, 1L << 30);
@@ -1123,6 +1119,7 @@ int dfm_pretrain(const cfg *c) {
         json_decref(sm);
     } else {
         dit_create(&j.model, &dc, mbs);
+        if (dit_set_recompute(&j.model, recompute, err, sizeof err) != 0) dfm_die("DiT: %s", err);
         dit_init(&j.model, seed);
         dm = (dp_model){&j.model.table, j.model.nseg, j.model.seg_begin, &j.model.params, &j.model.grads,
                         &j.model.hooks};
