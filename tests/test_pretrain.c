@@ -207,8 +207,8 @@ static void bad_inputs(void) {
     free(out);
     snprintf(cmd, sizeof cmd, "%s pretrain %s model.recompute_num_layers=2 logger.output_dir=%s/d", bin, TINY, dir);
     rc = test_capture(cmd, &out);
-    CHECK(rc != 0 && strstr(out, "recompute_num_layers") && strstr(out, "not built yet"),
-          "unbuilt recomputation refused, not ignored: %.200s", out);
+    CHECK(rc != 0 && strstr(out, "recompute_num_layers") && strstr(out, "recompute_granularity is null"),
+          "recompute_num_layers without a granularity refused, not ignored: %.200s", out);
     free(out);
     /* numerical faults: lr 1e30 makes step 2's gradient Inf/NaN; lr 3 makes step 2's loss jump */
     const char *blowup = "optimizer.lr=1e30 optimizer.clip_grad=0 scheduler.lr_warmup_iters=0 checkpoint.save=null";

@@ -55,6 +55,12 @@ void dit_create(dit_model *m, const dit_config *cfg, int max_batch);
 void dit_free(dit_model *m);
 /* Paper initialisation (xavier-uniform linears, N(0, 0.02) embeddings, zero adaLN and output) from a seed. */
 void dit_init(dit_model *m, uint64_t seed);
+/* Activation recomputation (checkpointing), as wan_set_recompute: the first `blocks` blocks (0 = none, the default;
+ * num_layers = every block) keep only their input from the forward and share one activation slot; the backward runs
+ * a block's forward again just before its backward. Bit-identical gradients, (blocks - 1) blocks' activations fewer.
+ * Reallocates the arena (call it between steps, not between a forward and its backward). 0, or -1 with the reason
+ * in err (blocks outside 0..num_layers). */
+int dit_set_recompute(dit_model *m, int blocks, char *err, size_t errlen);
 /* Bytes held by activations + scratch. */
 size_t dit_activation_bytes(const dit_model *m);
 

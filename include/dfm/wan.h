@@ -60,6 +60,7 @@ typedef struct {
     wan_shape max;         /* what the activation arena holds */
     int max_tokens;        /* video tokens per sample at max */
     wan_acts *acts;        /* activations saved by the forward, and backward scratch */
+    int recompute_layers;  /* blocks 0..recompute_layers-1 are recomputed in the backward (wan_set_recompute) */
     /* parameter segments in table order: 0 = patch and condition embedders, 1..L = blocks, L+1 = output head;
      * the forward visits them in this order, the backward in reverse */
     int nseg;
@@ -78,6 +79,15 @@ void wan_create_weights_only(wan_model *m, const wan_config *cfg);
 /* Give a weights-only model its gradients and activation arena for inputs up to max. Returns 0, or -1 with the
  * reason in err (a shape the config cannot take, too large an input); the model is unchanged then. */
 int wan_prepare(wan_model *m, const wan_shape *max, char *err, size_t errlen);
+/* Activation recomputation (checkpointing): the first `blocks` blocks (0 = none, the default; num_layers = every
+ * block) keep only their input x[l] from the forward; the rest of their activations live in one slot of the arena
+ * that they share, and the backward runs a block's forward again from x[l] (same kernels, same parameters, through
+ * the segment hooks) just before that block's backward. Gradients are bit-identical to a run without it; the arena
+ * shrinks by (blocks - 1) blocks' activations (wan_activation_bytes) at the cost of up to one more forward of those
+ * blocks per step. Megatron's full/uniform/1 is blocks = num_layers, full/block/N is blocks = N. Call between
+ * wan_create_weights_only and wan_prepare (the arena is sized then); 0, or -1 with the reason in err (blocks
+ * outside 0..num_layers, or a model that already has its activations). */
+int wan_set_recompute(wan_model *m, int blocks, char *err, size_t errlen);
 /* Wan's initialisation from a seed: xavier-uniform linears (patch embedding as [d, C*pt*ph*pw]), N(0, 0.02)
  * time and text embedder weights, zero biases, unit RMSNorm/LayerNorm weights, scale_shift_tables
  * N(0, 1)/sqrt(d), zero proj_out weight (the initial model predicts proj_out's zero bias). */

@@ -115,8 +115,9 @@ int dfm_finetune_main(int argc, char **argv) {
                 plan.pp);
     if (automodel_peft_enabled(a) && strcmp(cfg_str(a, "model.mode"), "finetune"))
         dfm_die("peft: LoRA adapts pretrained weights; it needs model.mode: finetune (not %s)", cfg_str(a, "model.mode"));
-    if (cfg_bool(a, "fsdp.activation_checkpointing") || cfg_bool(a, "fsdp.cpu_offload"))
-        dfm_die("fsdp.activation_checkpointing / cpu_offload: not built yet; set them to false");
+    if (cfg_bool(a, "fsdp.cpu_offload"))
+        dfm_die("fsdp.cpu_offload = true: dfm trains on the CPU, in host memory already; there is no device memory "
+                "to offload from. Set it to false");
     int consolidated = automodel_save_consolidated(a);
 
     /* the model */
@@ -208,6 +209,11 @@ int dfm_finetune_main(int argc, char **argv) {
                 "step_scheduler.val_every_steps",
                 (long long)cfg_int(a, "validation.num_samples"));
     put(m, "logger.log_interval", json_integer((json_int_t)cfg_int(a, "step_scheduler.log_every")));
+    /* activation checkpointing: every block its own checkpoint (Megatron's full / uniform / 1) */
+    int ckpt_acts = cfg_bool(a, "fsdp.activation_checkpointing");
+    put(m, "model.recompute_granularity", ckpt_acts ? json_string("full") : json_null());
+    put(m, "model.recompute_method", ckpt_acts ? json_string("uniform") : json_null());
+    put(m, "model.recompute_num_layers", ckpt_acts ? json_integer(1) : json_null());
     /* Automodel shards parameters, gradients and optimizer state over the data-parallel ranks (FSDP; over one rank
      * too, so its checkpoints always hold model/ and optim/ shards); with fsdp.dp_replicate_size > 1 over each of
      * that many replica groups (HSDP), Megatron's distributed-optimizer instances */

@@ -6,7 +6,9 @@
  *   ln2 = LN(x_mid)        xm2 = ln2 * (1 + scale_mlp) + shift_mlp      h = xm2 W1^T + b
  *   f = gelu(h) W2^T + b   x_out = x_mid + gate_mlp * f
  * Saved per block: x, qkv, ao, lse, proj, x_mid, h, f and the LayerNorm statistics. ln1/xm1, ln2/xm2 and
- * gelu(h) are recomputed in the backward (cheap elementwise work instead of 5 more [B, T, d..4d] tensors). */
+ * gelu(h) are recomputed in the backward (cheap elementwise work instead of 5 more [B, T, d..4d] tensors).
+ * With dit_set_recompute, the first N blocks keep only x and share one slot for the rest; the backward runs
+ * block_forward again before each of their backwards (docs/ARCHITECTURE.md, "Activation recompute"). */
 #include "dfm/dit.h"
 #include "dfm/common.h"
 #include "dfm/kernels.h"
@@ -95,6 +97,8 @@ struct dit_acts {
     int B;
     float *buf;
     size_t nfloats;
+    int recompute;  /* blocks 0..recompute-1 share one activation slot and are recomputed in the backward */
+    int slot_layer; /* the recomputed block whose activations the slot holds (-1: none) */
     /* global */
     float *patches, *tproj, *t1, *t1s, *c, *sc, *modf, *lnf, *xmf, *lnf_mean, *lnf_rstd, *out_tok, *t_saved;
     int *labels;
@@ -258,6 +262,12 @@ static float *carve(carver *cv, size_t n) {
     return p;
 }
 
+#define PER_BLOCK_LISTS(a)                                                                                             \
+    {                                                                                                                  \
+        &(a)->x, &(a)->qkv, &(a)->ao, &(a)->lse, &(a)->proj, &(a)->xmid, &(a)->h, &(a)->f, &(a)->mean1, &(a)->rstd1,  \
+            &(a)->mean2, &(a)->rstd2, &(a)->mod                                                                        \
+    }
+
 static void carve_acts(dit_model *m, dit_acts *a, carver *cv) {
     size_t B = (size_t)a->B, T = (size_t)m->T, d = (size_t)m->d, F = (size_t)m->ffn, L = (size_t)m->cfg.num_layers;
     size_t BT = B * T, H = (size_t)m->cfg.num_heads;
@@ -276,6 +286,11 @@ static void carve_acts(dit_model *m, dit_acts *a, carver *cv) {
     a->out_tok = carve(cv, BT * (size_t)m->out_dim);
     for (size_t l = 0; l <= L; l++) a->x[l] = carve(cv, BT * d);
     for (size_t l = 0; l < L; l++) {
+        if (l > 0 && l < (size_t)a->recompute) { /* recomputed blocks share block 0's slot (x stays per block) */
+            float ***lists[] = PER_BLOCK_LISTS(a);
+            for (size_t i = 1; i < sizeof lists / sizeof lists[0]; i++) (*lists[i])[l] = (*lists[i])[0];
+            continue;
+        }
         a->qkv[l] = carve(cv, BT * 3 * d);
         a->ao[l] = carve(cv, BT * d);
         a->lse[l] = carve(cv, B * H * T);
@@ -305,6 +320,30 @@ static void carve_acts(dit_model *m, dit_acts *a, carver *cv) {
     a->attn_ws = carve(cv, attention_workspace_floats(a->B, (int)H, (int)T));
 }
 
+/* (Re)allocate the arena for a->recompute: the old one (if any) is freed first. */
+static void size_arena(dit_model *m, dit_acts *a) {
+    free(a->buf);
+    carver cv = {NULL, 0};
+    carve_acts(m, a, &cv);
+    a->nfloats = cv.used;
+    a->buf = xalloc_floats(a->nfloats);
+    cv = (carver){a->buf, 0};
+    carve_acts(m, a, &cv);
+    a->slot_layer = -1;
+}
+
+int dit_set_recompute(dit_model *m, int blocks, char *err, size_t errlen) {
+    if (blocks < 0 || blocks > m->cfg.num_layers) {
+        snprintf(err, errlen, "%d blocks to recompute, outside 0..%d (the model's blocks)", blocks, m->cfg.num_layers);
+        return -1;
+    }
+    if (blocks != m->acts->recompute) {
+        m->acts->recompute = blocks;
+        size_arena(m, m->acts);
+    }
+    return 0;
+}
+
 void dit_create(dit_model *m, const dit_config *cfg, int max_batch) {
     memset(m, 0, sizeof *m);
     m->cfg = *cfg;
@@ -328,16 +367,10 @@ void dit_create(dit_model *m, const dit_config *cfg, int max_batch) {
 
     dit_acts *a = xcalloc(1, sizeof *a);
     size_t L1 = (size_t)c->num_layers + 1;
-    float ***lists[] = {&a->x,     &a->qkv,   &a->ao,    &a->lse,   &a->proj,  &a->xmid, &a->h,
-                        &a->f,     &a->mean1, &a->rstd1, &a->mean2, &a->rstd2, &a->mod};
+    float ***lists[] = PER_BLOCK_LISTS(a);
     for (size_t i = 0; i < sizeof lists / sizeof lists[0]; i++) *lists[i] = xcalloc(L1, sizeof(float *));
     a->B = max_batch;
-    carver cv = {NULL, 0};
-    carve_acts(m, a, &cv);
-    a->nfloats = cv.used;
-    a->buf = xalloc_floats(a->nfloats);
-    cv = (carver){a->buf, 0};
-    carve_acts(m, a, &cv);
+    size_arena(m, a);
     a->labels = xcalloc((size_t)max_batch, sizeof(int));
     resolve_segments(m, a);
     m->acts = a;
@@ -346,9 +379,8 @@ void dit_create(dit_model *m, const dit_config *cfg, int max_batch) {
 void dit_free(dit_model *m) {
     dit_acts *a = m->acts;
     if (a) {
-        float **lists[] = {a->x, a->qkv, a->ao, a->lse, a->proj, a->xmid, a->h,
-                           a->f, a->mean1, a->rstd1, a->mean2, a->rstd2, a->mod};
-        for (size_t i = 0; i < sizeof lists / sizeof lists[0]; i++) free(lists[i]);
+        float ***lists[] = PER_BLOCK_LISTS(a);
+        for (size_t i = 0; i < sizeof lists / sizeof lists[0]; i++) free(*lists[i]);
         free(a->labels);
         free(a->buf);
         free(a);
@@ -401,6 +433,34 @@ static void add_pos_embed(float *x, const float *pos, int B, int T, int d) {
     }
 }
 
+/* One block's forward from x[l] into block l's activations, its output into xout (NULL: not needed, as when the
+ * backward recomputes a block whose output the next block already holds). The forward and the backward's
+ * recompute both run this, so their arithmetic is the same. Scratch: dT_a, dT_b, dF_a (none carries anything
+ * between the backward's blocks). */
+static void block_forward(dit_model *m, int l, const block_views *w, int B, float *xout) {
+    dit_acts *a = m->acts;
+    const dit_config *c = &m->cfg;
+    const int d = m->d, T = m->T, BT = B * T, H = c->num_heads, D = m->head_dim, F = m->ffn;
+    float *ln = a->dT_a, *xm = a->dT_b, *gelu_out = a->dF_a;
+    float *mod = a->mod[l];
+    matmul_forward(mod, a->sc, w->mod_w, w->mod_b, B, 6 * d, d);
+    /* attention half */
+    layernorm_forward(ln, a->mean1[l], a->rstd1[l], a->x[l], NULL, NULL, BT, d, LN_EPS);
+    modulate_forward(xm, ln, mod + 0 * d, mod + 1 * d, B, T, d, 6 * d);
+    matmul_forward(a->qkv[l], xm, w->qkv_w, w->qkv_b, BT, 3 * d, d);
+    attention_forward(a->ao[l], a->lse[l], a->qkv[l], a->qkv[l] + d, a->qkv[l] + 2 * d, NULL, B, T, T, H, D, 3 * d,
+                      3 * d, d, 1.0f / sqrtf((float)D));
+    matmul_forward(a->proj[l], a->ao[l], w->out_w, w->out_b, BT, d, d);
+    gate_residual_forward(a->xmid[l], a->x[l], a->proj[l], mod + 2 * d, B, T, d, 6 * d);
+    /* MLP half */
+    layernorm_forward(ln, a->mean2[l], a->rstd2[l], a->xmid[l], NULL, NULL, BT, d, c->norm_eps);
+    modulate_forward(xm, ln, mod + 3 * d, mod + 4 * d, B, T, d, 6 * d);
+    matmul_forward(a->h[l], xm, w->fc1_w, w->fc1_b, BT, F, d);
+    gelu_forward(gelu_out, a->h[l], (size_t)BT * F);
+    matmul_forward(a->f[l], gelu_out, w->fc2_w, w->fc2_b, BT, d, F);
+    if (xout) gate_residual_forward(xout, a->xmid[l], a->f[l], mod + 5 * d, B, T, d, 6 * d);
+}
+
 void dit_forward(dit_model *m, float *out, const float *x, const float *t, const int *labels, int B) {
     dit_acts *a = m->acts;
     const dit_config *c = &m->cfg;
@@ -412,7 +472,7 @@ void dit_forward(dit_model *m, float *out, const float *x, const float *t, const
     views pv;
     const views *p = &pv;
     head_at(a, seg_params(m, 0, 0), &pv);
-    int d = m->d, T = m->T, BT = B * T, H = c->num_heads, D = m->head_dim, F = m->ffn;
+    int d = m->d, T = m->T, BT = B * T;
     memcpy(a->labels, labels, sizeof(int) * (size_t)B);
     memcpy(a->t_saved, t, sizeof(float) * (size_t)B);
 
@@ -430,28 +490,12 @@ void dit_forward(dit_model *m, float *out, const float *x, const float *t, const
     for (size_t i = 0; i < (size_t)B * d; i++) a->c[i] += a->sc[i];
     silu_forward(a->sc, a->c, (size_t)B * d);
 
-    float *ln = a->dT_a, *xm = a->dT_b, *gelu_out = a->dF_a; /* scratch, free during the forward */
+    a->slot_layer = -1;
     for (int l = 0; l < c->num_layers; l++) {
         block_views wv;
         block_at(a, seg_params(m, 1 + l, 0), &wv);
-        const block_views *w = &wv;
-        float *mod = a->mod[l];
-        matmul_forward(mod, a->sc, w->mod_w, w->mod_b, B, 6 * d, d);
-        /* attention half */
-        layernorm_forward(ln, a->mean1[l], a->rstd1[l], a->x[l], NULL, NULL, BT, d, LN_EPS);
-        modulate_forward(xm, ln, mod + 0 * d, mod + 1 * d, B, T, d, 6 * d);
-        matmul_forward(a->qkv[l], xm, w->qkv_w, w->qkv_b, BT, 3 * d, d);
-        attention_forward(a->ao[l], a->lse[l], a->qkv[l], a->qkv[l] + d, a->qkv[l] + 2 * d, NULL, B, T, T, H, D,
-                          3 * d, 3 * d, d, 1.0f / sqrtf((float)D));
-        matmul_forward(a->proj[l], a->ao[l], w->out_w, w->out_b, BT, d, d);
-        gate_residual_forward(a->xmid[l], a->x[l], a->proj[l], mod + 2 * d, B, T, d, 6 * d);
-        /* MLP half */
-        layernorm_forward(ln, a->mean2[l], a->rstd2[l], a->xmid[l], NULL, NULL, BT, d, c->norm_eps);
-        modulate_forward(xm, ln, mod + 3 * d, mod + 4 * d, B, T, d, 6 * d);
-        matmul_forward(a->h[l], xm, w->fc1_w, w->fc1_b, BT, F, d);
-        gelu_forward(gelu_out, a->h[l], (size_t)BT * F);
-        matmul_forward(a->f[l], gelu_out, w->fc2_w, w->fc2_b, BT, d, F);
-        gate_residual_forward(a->x[l + 1], a->xmid[l], a->f[l], mod + 5 * d, B, T, d, 6 * d);
+        block_forward(m, l, &wv, B, a->x[l + 1]);
+        if (l < a->recompute) a->slot_layer = l;
     }
 
     /* final layer: adaLN shift/scale (chunk order shift, scale), linear, unpatchify */
@@ -500,6 +544,10 @@ void dit_backward(dit_model *m, const float *dout, int B) {
         block_at(a, seg_params(m, 1 + l, 1), &wv);
         block_at(a, seg_grads(m, 1 + l), &gwv);
         const block_views *w = &wv, *gw = &gwv;
+        if (l < a->recompute && a->slot_layer != l) { /* the block's activations again, from x[l] */
+            block_forward(m, l, w, B, NULL);
+            a->slot_layer = l;
+        }
         const float *mod = a->mod[l];
         float *dmod = a->dmod;
         zero(dmod, (size_t)B * 6 * d);

@@ -13,7 +13,8 @@
  * Saved per block: x, qkv (before the norms), ao1, lse1, proj1, x_mid, q2 and text k2/v2 (before the norms),
  * ao2, lse2, x2, h, f, and every norm's statistics. LN outputs, modulated inputs, normalised and rotated
  * q/k and gelu(h) are recomputed in the backward: elementwise work next to the GEMMs, 7 d floats per token
- * fewer per block. */
+ * fewer per block. With wan_set_recompute, the first N blocks keep only x and share one slot for the rest, and the
+ * backward runs block_forward again before each of their backwards (docs/ARCHITECTURE.md, "Activation recompute"). */
 #include "dfm/wan.h"
 #include "dfm/common.h"
 #include "dfm/kernels.h"
@@ -210,6 +211,7 @@ struct wan_acts {
     int N, gt, gh, gw;             /* tokens per sample and the patch grid */
     int rope_gt, rope_gh, rope_gw; /* grid the RoPE tables hold (0 = none yet) */
     int *text_lens, masked;
+    int slot_layer; /* the recomputed block whose activations the shared slot holds (-1: none) */
     /* global */
     float *patches, *tsin, *t1, *t1s, *temb, *temb_s, *tproj, *text_in, *c1, *ctx, *rope_cos, *rope_sin;
     float *hmod, *meanf, *rstdf;
@@ -352,6 +354,13 @@ static float *carve(carver *cv, size_t n) {
     return p;
 }
 
+#define PER_BLOCK_LISTS(a)                                                                                             \
+    {                                                                                                                  \
+        &(a)->x, &(a)->mod, &(a)->mean1, &(a)->rstd1, &(a)->qkv, &(a)->rq1, &(a)->rk1, &(a)->ao1, &(a)->lse1,          \
+            &(a)->proj1, &(a)->xmid, &(a)->mean2, &(a)->rstd2, &(a)->q2, &(a)->rq2, &(a)->kv2, &(a)->rk2, &(a)->ao2,   \
+            &(a)->lse2, &(a)->x2, &(a)->mean3, &(a)->rstd3, &(a)->h, &(a)->f                                           \
+    }
+
 static void carve_acts(const wan_model *m, wan_acts *a, carver *cv) {
     const wan_config *c = &m->cfg;
     const size_t B = (size_t)m->max.batch, N = (size_t)m->max_tokens, Lt = (size_t)m->max.text_len;
@@ -373,6 +382,11 @@ static void carve_acts(const wan_model *m, wan_acts *a, carver *cv) {
     a->rstdf = carve(cv, BN);
     for (int l = 0; l <= c->num_layers; l++) a->x[l] = carve(cv, BN * d);
     for (int l = 0; l < c->num_layers; l++) {
+        if (l > 0 && l < m->recompute_layers) { /* recomputed blocks share block 0's slot (x stays per block) */
+            float ***lists[] = PER_BLOCK_LISTS(a);
+            for (size_t i = 1; i < sizeof lists / sizeof lists[0]; i++) (*lists[i])[l] = (*lists[i])[0];
+            continue;
+        }
         a->mod[l] = carve(cv, B * 6 * d);
         a->mean1[l] = carve(cv, BN);
         a->rstd1[l] = carve(cv, BN);
@@ -421,12 +435,6 @@ static void carve_acts(const wan_model *m, wan_acts *a, carver *cv) {
     a->attn_ws = carve(cv, attention_workspace_floats((int)B, (int)H, (int)N));
 }
 
-#define PER_BLOCK_LISTS(a)                                                                                             \
-    {                                                                                                                  \
-        &(a)->x, &(a)->mod, &(a)->mean1, &(a)->rstd1, &(a)->qkv, &(a)->rq1, &(a)->rk1, &(a)->ao1, &(a)->lse1,          \
-            &(a)->proj1, &(a)->xmid, &(a)->mean2, &(a)->rstd2, &(a)->q2, &(a)->rq2, &(a)->kv2, &(a)->rk2, &(a)->ao2,   \
-            &(a)->lse2, &(a)->x2, &(a)->mean3, &(a)->rstd3, &(a)->h, &(a)->f                                           \
-    }
 
 int wan_shape_check(const wan_model *m, const wan_shape *s, char *err, size_t errlen) {
 #define BAD(...) return snprintf(err, errlen, __VA_ARGS__), 0
@@ -494,8 +502,22 @@ int wan_prepare(wan_model *m, const wan_shape *max, char *err, size_t errlen) {
     cv = (carver){a->buf, 0};
     carve_acts(m, a, &cv);
     a->text_lens = xcalloc((size_t)max->batch, sizeof(int));
+    a->slot_layer = -1;
     resolve_segments(m, a);
     m->acts = a;
+    return 0;
+}
+
+int wan_set_recompute(wan_model *m, int blocks, char *err, size_t errlen) {
+    if (m->acts) {
+        snprintf(err, errlen, "activation recomputation is set before the activations are sized (wan_prepare)");
+        return -1;
+    }
+    if (blocks < 0 || blocks > m->cfg.num_layers) {
+        snprintf(err, errlen, "%d blocks to recompute, outside 0..%d (the model's blocks)", blocks, m->cfg.num_layers);
+        return -1;
+    }
+    m->recompute_layers = blocks;
     return 0;
 }
 
@@ -630,6 +652,46 @@ static void add_table(float *mod, const float *table, const float *per_sample, i
 
 /* ---- forward ---------------------------------------------------------------------------------- */
 
+/* One block's forward from x[l] (the last forward's shape) into block l's activations; the block's output goes to
+ * xout (NULL: not needed, as when the backward recomputes a block whose output the next block already holds).
+ * The forward and the recompute in the backward both run this, so their arithmetic is the same. Scratch: sA, sB,
+ * s3a, sFa, kvs (none of which carries anything between the backward's blocks). */
+static void block_forward(wan_model *m, int l, const block_views *w, float *xout) {
+    wan_acts *a = m->acts;
+    const wan_config *c = &m->cfg;
+    const int B = a->cur.batch, Lt = a->cur.text_len, N = a->N, BN = B * N, BL = B * Lt;
+    const int d = m->d, H = c->num_heads, D = c->head_dim, F = m->ffn;
+    const int *lens = a->masked ? a->text_lens : NULL;
+    const float scale = 1.0f / sqrtf((float)D);
+    float *mod = a->mod[l];
+    add_table(mod, w->sst, a->tproj, B, 6 * d);
+    /* self-attention */
+    layernorm_forward(a->sA, a->mean1[l], a->rstd1[l], a->x[l], NULL, NULL, BN, d, c->eps);
+    modulate_forward(a->sB, a->sA, mod + 0 * d, mod + 1 * d, B, N, d, 6 * d);
+    matmul_forward(a->qkv[l], a->sB, w->qkv_w, w->qkv_b, BN, 3 * d, d);
+    self_attention_inputs(m, a->s3a, a->rq1[l], a->rk1[l], a->qkv[l], w, B, N);
+    attention_forward(a->ao1[l], a->lse1[l], a->s3a, a->s3a + d, a->s3a + 2 * d, NULL, B, N, N, H, D, 3 * d, 3 * d, d,
+                      scale);
+    matmul_forward(a->proj1[l], a->ao1[l], w->o1_w, w->o1_b, BN, d, d);
+    gate_residual_forward(a->xmid[l], a->x[l], a->proj1[l], mod + 2 * d, B, N, d, 6 * d);
+    /* cross-attention over the projected text (no RoPE, no gate) */
+    layernorm_forward(a->sA, a->mean2[l], a->rstd2[l], a->xmid[l], w->n2_w, w->n2_b, BN, d, c->eps);
+    matmul_forward(a->q2[l], a->sA, w->q2_w, w->q2_b, BN, d, d);
+    rmsnorm_forward_strided(a->sB, a->rq2[l], a->q2[l], w->nq2, BN, d, d, d, c->eps);
+    matmul_forward(a->kv2[l], a->ctx, w->kv2_w, w->kv2_b, BL, 2 * d, d);
+    cross_attention_kv(m, a->kvs, a->rk2[l], a->kv2[l], w, BL);
+    attention_forward(a->ao2[l], a->lse2[l], a->sB, a->kvs, a->kvs + d, lens, B, N, Lt, H, D, d, 2 * d, d, scale);
+    matmul_forward(a->sA, a->ao2[l], w->o2_w, w->o2_b, BN, d, d);
+    add_residual(a->x2[l], a->xmid[l], a->sA, (size_t)BN * d);
+    /* feed-forward */
+    layernorm_forward(a->sA, a->mean3[l], a->rstd3[l], a->x2[l], NULL, NULL, BN, d, c->eps);
+    modulate_forward(a->sB, a->sA, mod + 3 * d, mod + 4 * d, B, N, d, 6 * d);
+    matmul_forward(a->h[l], a->sB, w->fc1_w, w->fc1_b, BN, F, d);
+    gelu_forward(a->sFa, a->h[l], (size_t)BN * F);
+    matmul_forward(a->f[l], a->sFa, w->fc2_w, w->fc2_b, BN, d, F);
+    if (xout) gate_residual_forward(xout, a->x2[l], a->f[l], mod + 5 * d, B, N, d, 6 * d);
+}
+
 void wan_forward(wan_model *m, float *out, const float *latents, const float *timesteps, const float *text,
                  const int *text_lens, const wan_shape *s) {
     wan_acts *a = m->acts;
@@ -637,7 +699,7 @@ void wan_forward(wan_model *m, float *out, const float *latents, const float *ti
     char err[400];
     if (!a) dfm_die("Wan forward: the model was built without activations (weights only, for conversion)");
     if (!wan_shape_check(m, s, err, sizeof err)) dfm_die("Wan forward: %s", err);
-    const int B = s->batch, Lt = s->text_len, d = m->d, H = c->num_heads, D = c->head_dim, F = m->ffn;
+    const int B = s->batch, Lt = s->text_len, d = m->d, D = c->head_dim;
     a->masked = 0;
     for (int b = 0; b < B; b++) {
         const int n = text_lens ? text_lens[b] : Lt;
@@ -653,8 +715,6 @@ void wan_forward(wan_model *m, float *out, const float *latents, const float *ti
         rope_table_3d(a->rope_cos, a->rope_sin, a->gt, a->gh, a->gw, D, ROPE_THETA);
         a->rope_gt = a->gt, a->rope_gh = a->gh, a->rope_gw = a->gw;
     }
-    const int *lens = a->masked ? a->text_lens : NULL;
-    const float scale = 1.0f / sqrtf((float)D);
     views pv;
     const views *p = &pv;
     views_at(a, seg_params(m, 0, 0), 1, &pv);
@@ -679,37 +739,12 @@ void wan_forward(wan_model *m, float *out, const float *latents, const float *ti
     gelu_forward(a->tsc, a->c1, (size_t)BL * d);
     matmul_forward(a->ctx, a->tsc, p->x2_w, p->x2_b, BL, d, d);
 
+    a->slot_layer = -1;
     for (int l = 0; l < c->num_layers; l++) {
         block_views wv;
         block_at(a, seg_params(m, 1 + l, 0), &wv);
-        const block_views *w = &wv;
-        float *mod = a->mod[l];
-        add_table(mod, w->sst, a->tproj, B, 6 * d);
-        /* self-attention */
-        layernorm_forward(a->sA, a->mean1[l], a->rstd1[l], a->x[l], NULL, NULL, BN, d, c->eps);
-        modulate_forward(a->sB, a->sA, mod + 0 * d, mod + 1 * d, B, N, d, 6 * d);
-        matmul_forward(a->qkv[l], a->sB, w->qkv_w, w->qkv_b, BN, 3 * d, d);
-        self_attention_inputs(m, a->s3a, a->rq1[l], a->rk1[l], a->qkv[l], w, B, N);
-        attention_forward(a->ao1[l], a->lse1[l], a->s3a, a->s3a + d, a->s3a + 2 * d, NULL, B, N, N, H, D, 3 * d, 3 * d,
-                          d, scale);
-        matmul_forward(a->proj1[l], a->ao1[l], w->o1_w, w->o1_b, BN, d, d);
-        gate_residual_forward(a->xmid[l], a->x[l], a->proj1[l], mod + 2 * d, B, N, d, 6 * d);
-        /* cross-attention over the projected text (no RoPE, no gate) */
-        layernorm_forward(a->sA, a->mean2[l], a->rstd2[l], a->xmid[l], w->n2_w, w->n2_b, BN, d, c->eps);
-        matmul_forward(a->q2[l], a->sA, w->q2_w, w->q2_b, BN, d, d);
-        rmsnorm_forward_strided(a->sB, a->rq2[l], a->q2[l], w->nq2, BN, d, d, d, c->eps);
-        matmul_forward(a->kv2[l], a->ctx, w->kv2_w, w->kv2_b, BL, 2 * d, d);
-        cross_attention_kv(m, a->kvs, a->rk2[l], a->kv2[l], w, BL);
-        attention_forward(a->ao2[l], a->lse2[l], a->sB, a->kvs, a->kvs + d, lens, B, N, Lt, H, D, d, 2 * d, d, scale);
-        matmul_forward(a->sA, a->ao2[l], w->o2_w, w->o2_b, BN, d, d);
-        add_residual(a->x2[l], a->xmid[l], a->sA, (size_t)BN * d);
-        /* feed-forward */
-        layernorm_forward(a->sA, a->mean3[l], a->rstd3[l], a->x2[l], NULL, NULL, BN, d, c->eps);
-        modulate_forward(a->sB, a->sA, mod + 3 * d, mod + 4 * d, B, N, d, 6 * d);
-        matmul_forward(a->h[l], a->sB, w->fc1_w, w->fc1_b, BN, F, d);
-        gelu_forward(a->sFa, a->h[l], (size_t)BN * F);
-        matmul_forward(a->f[l], a->sFa, w->fc2_w, w->fc2_b, BN, d, F);
-        gate_residual_forward(a->x[l + 1], a->x2[l], a->f[l], mod + 5 * d, B, N, d, 6 * d);
+        block_forward(m, l, &wv, a->x[l + 1]);
+        if (l < m->recompute_layers) a->slot_layer = l;
     }
 
     /* head: (shift, scale) = scale_shift_table + temb (chunk order shift, scale), LN, modulate, proj_out */
@@ -782,6 +817,10 @@ void wan_backward(wan_model *m, const float *dout) {
         block_at(a, seg_params(m, 1 + l, 1), &wv);
         block_at(a, seg_grads(m, 1 + l), &gwv);
         const block_views *w = &wv, *gw = &gwv;
+        if (l < m->recompute_layers && a->slot_layer != l) { /* the block's activations again, from x[l] */
+            block_forward(m, l, w, NULL);
+            a->slot_layer = l;
+        }
         const float *mod = a->mod[l];
         float *dmod = a->dmod;
         zero(dmod, (size_t)B * 6 * d);

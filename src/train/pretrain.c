@@ -996,6 +996,40 @@ static void fmt_eta(char *buf, size_t n, double s) {
     else snprintf(buf, n, "%dm%02ds", (int)(s / 60), (int)s % 60);
 }
 
+/* Megatron's activation recomputation keys -> how many blocks, from the first, are recomputed (0: none). Built:
+ * granularity full with method uniform and num_layers 1 (every block its own checkpoint) or method block with
+ * num_layers N (the first N blocks); refused with the values otherwise. */
+static int recompute_blocks(const cfg *c, int num_layers) {
+    const char *G = "model.recompute_granularity", *M = "model.recompute_method", *N = "model.recompute_num_layers";
+    if (cfg_is_null(c, G)) {
+        if (!cfg_is_null(c, M) || !cfg_is_null(c, N))
+            dfm_die("%s / %s are set (from %s) but %s is null: set %s=full to recompute, or null them", M, N,
+                    cfg_source(c, cfg_is_null(c, M) ? N : M), G, G);
+        return 0;
+    }
+    const char *g = cfg_str(c, G);
+    if (strcmp(g, "full"))
+        dfm_die("%s = %s (from %s): selective recomputation (Megatron's core attention only) is not built; full is "
+                "(with %s uniform and %s 1, or %s block and %s N)",
+                G, g, cfg_source(c, G), M, N, M, N);
+    if (cfg_is_null(c, M)) dfm_die("%s = full needs %s: uniform (with %s 1) or block (with %s N)", G, M, N, N);
+    if (cfg_is_null(c, N)) dfm_die("%s = full needs %s (uniform: 1; block: 1..%d, the blocks recomputed)", G, N,
+                                   num_layers);
+    const char *meth = cfg_str(c, M);
+    int64_t n = cfg_int(c, N);
+    if (n < 1 || n > num_layers)
+        dfm_die("%s = %lld (from %s) is outside 1..%d (model.num_layers = %d)", N, (long long)n, cfg_source(c, N),
+                num_layers, num_layers);
+    if (!strcmp(meth, "uniform")) {
+        if (n != 1)
+            dfm_die("%s = uniform with %s = %lld (from %s): checkpoints of several blocks are not built; use 1 (every "
+                    "block its own checkpoint), or %s block",
+                    M, N, (long long)n, cfg_source(c, N), M);
+        return num_layers;
+    }
+    return (int)n; /* block: the first n */
+}
+
 int dfm_pretrain(const cfg *c) {
     int nth = kernels_init();
     const dist_info *di = dist_get();
@@ -1020,11 +1054,6 @@ int dfm_pretrain(const cfg *c) {
     if (cfg_bool(c, "model.sequence_parallel"))
         dfm_die("model.sequence_parallel = true (from %s): sequence parallelism is not built yet",
                 cfg_source(c, "model.sequence_parallel"));
-    const char *recompute[] = {"model.recompute_granularity", "model.recompute_method", "model.recompute_num_layers"};
-    for (int i = 0; i < 3; i++)
-        if (!cfg_is_null(c, recompute[i]))
-            dfm_die("%s (from %s): activation recomputation is not built yet; use null", recompute[i],
-                    cfg_source(c, recompute[i]));
 
     job j;
     memset(&j, 0, sizeof j);
@@ -1034,6 +1063,7 @@ int dfm_pretrain(const cfg *c) {
     wan_config wc;
     if (j.wan) config_to_wan(c, &wc);
     else config_to_dit(c, &dc);
+    int recompute = recompute_blocks(c, j.wan ? wc.num_layers : dc.num_layers);
     config_to_objective(c, &j.obj);
     j.objective_meta = objective_json(&j.obj);
     long train_iters = int_key(c, "train.train_iters", 0, 1L << 30);
@@ -1169,7 +1199,10 @@ int dfm_pretrain(const cfg *c) {
     dp_model dm;
     if (j.wan) {
         wan_shape mx = {mbs, frames, vh, vw, text_len};
-        wan_create(&j.wmodel, &wc, &mx);
+        wan_create_weights_only(&j.wmodel, &wc);
+        if (wan_set_recompute(&j.wmodel, recompute, err, sizeof err) != 0 ||
+            wan_prepare(&j.wmodel, &mx, err, sizeof err) != 0)
+            dfm_die("Wan: %s", err);
         wan_init(&j.wmodel, seed);
         dm = (dp_model){&j.wmodel.table, j.wmodel.nseg, j.wmodel.seg_begin, &j.wmodel.params, &j.wmodel.grads,
                         &j.wmodel.hooks};
@@ -1199,6 +1232,7 @@ int dfm_pretrain(const cfg *c) {
         json_decref(sm);
     } else {
         dit_create(&j.model, &dc, mbs);
+        if (dit_set_recompute(&j.model, recompute, err, sizeof err) != 0) dfm_die("DiT: %s", err);
         dit_init(&j.model, seed);
         dm = (dp_model){&j.model.table, j.model.nseg, j.model.seg_begin, &j.model.params, &j.model.grads,
                         &j.model.hooks};
@@ -1329,10 +1363,14 @@ int dfm_pretrain(const cfg *c) {
             printf(" within %d replica groups of %d ranks (hybrid), gradient shards all-reduced across them",
                    di->dp_replicate, di->dp_shard);
         if (di->size > 1) printf("\n");
+        char rc_note[96] = "";
+        if (recompute)
+            snprintf(rc_note, sizeof rc_note, " (%d of %d blocks recomputed in the backward)", recompute,
+                     j.wan ? wc.num_layers : dc.num_layers);
         printf("  memory per rank: parameters %.1f MB, gradients %.1f MB, optimizer state + EMA %.1f MB, "
-               "activations %.1f MB\n",
+               "activations %.1f MB%s\n",
                pbytes / 1e6, gbytes / 1e6, obytes / 1e6,
-               (j.wan ? wan_activation_bytes(&j.wmodel) : dit_activation_bytes(&j.model)) / 1e6);
+               (j.wan ? wan_activation_bytes(&j.wmodel) : dit_activation_bytes(&j.model)) / 1e6, rc_note);
         printf("  %s\n", kernels_blas_info());
         fflush(stdout);
     }
