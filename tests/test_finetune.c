@@ -156,14 +156,7 @@ int main(void) {
 
     /* a small Wan trained briefly in the Megatron paradigm, exported as a diffusers folder, and 24 pre-encoded
      * clips as dfm's safetensors samples */
-    int rc =
-        test_sh("cd %s && %s data prepare --video-clips --out en --n 24 --frames 4 --size 16 --text-dim 32 > p.log "
-                "2>&1 && %s data convert --from en --to st > c.log 2>&1 && %s pretrain --recipe wan_tiny "
-                "model.num_layers=2 model.hidden_size=32 model.num_attention_heads=2 model.ffn_hidden_size=64 "
-                "model.image_size=16 model.num_frames=4 dataset.max_samples=64 dataset.val_samples=8 "
-                "train.global_batch_size=4 train.micro_batch_size=2 train.train_iters=4 logger.output_dir=base "
-                "checkpoint.save=base/ck > b.log 2>&1 && %s export --checkpoint base/ck --out hf > e.log 2>&1",
-                dir, bin, bin, bin, bin);
+    int rc = test_tiny_wan_fixture(dir, bin);
     CHECK(rc == 0, "fixtures: clips converted to safetensors samples, a tiny Wan exported as a diffusers folder");
 
     /* 1. fine-tune 16 steps with a checkpoint every 4 and a consolidated model in every one: the loss falls; the

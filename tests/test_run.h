@@ -47,4 +47,17 @@ static inline double test_wan_weights_diff(const char *a, const char *kind_a, co
     return d;
 }
 
+/* In folder dir: 24 demo clips as an Energon dataset (en/) converted to dfm's safetensors samples (st/), a tiny
+ * Wan (2 layers, 32 wide) trained 4 steps in the Megatron paradigm (base/ck) and exported as a diffusers folder
+ * (hf/, its EMA weights). Logs in dir. Returns the shell's status. */
+static inline int test_tiny_wan_fixture(const char *dir, const char *bin) {
+    return test_sh("cd %s && %s data prepare --video-clips --out en --n 24 --frames 4 --size 16 --text-dim 32 > p.log "
+                   "2>&1 && %s data convert --from en --to st > c.log 2>&1 && %s pretrain --recipe wan_tiny "
+                   "model.num_layers=2 model.hidden_size=32 model.num_attention_heads=2 model.ffn_hidden_size=64 "
+                   "model.image_size=16 model.num_frames=4 dataset.max_samples=64 dataset.val_samples=8 "
+                   "train.global_batch_size=4 train.micro_batch_size=2 train.train_iters=4 logger.output_dir=base "
+                   "checkpoint.save=base/ck > b.log 2>&1 && %s export --checkpoint base/ck --out hf > e.log 2>&1",
+                   dir, bin, bin, bin, bin);
+}
+
 #endif
