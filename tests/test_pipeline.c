@@ -112,6 +112,9 @@ int main(void) {
         CHECK(log && strstr(log, "pipeline: 2 stages of 1 blocks") && strstr(log, "bubble (P-1)/(m+P-1) = 0.200"),
               "the start-up line shows the pipeline layout and its bubble (P-1)/(m+P-1) = 1/5 for 4 micro-batches");
         free(log);
+        char *metrics = test_read_file(test_path("%s/dit_pp2/metrics.jsonl", dir), NULL);
+        CHECK(metrics && strstr(metrics, "\"pp_bubble\": 0.2"), "metrics.jsonl reports the bubble (pp_bubble)");
+        free(metrics);
     } else CHECK(0, "DiT one process and PP2 runs");
     if (ok && train(2, DIT, "dit_pp2_fsdp", "model.pipeline_model_parallel_size=2 "
                                            "ddp.data_parallel_sharding_strategy=optim_grads_params") == 0)

@@ -1456,7 +1456,11 @@ int dfm_pretrain(const cfg *c) {
                         "{\"step\": %ld, \"loss\": %s, \"lr\": %.6g, \"grad_norm\": %s, \"samples_per_s\": %.4g, "
                         "\"data_wait_frac\": %.4g%s",
                         j.iteration, loss_s, lr, norm_s, sps, wait_frac, di->size > 1 || skipped ? "" : "}\n");
-                if (di->size > 1) fprintf(mf, ", \"comm_wait_frac\": %.4g%s", comm_frac, skipped ? "" : "}\n");
+                if (di->size > 1) {
+                    fprintf(mf, ", \"comm_wait_frac\": %.4g", comm_frac);
+                    if (di->pp > 1) fprintf(mf, ", \"pp_bubble\": %.4g", pp_bubble(di->pp, n_micro));
+                    fprintf(mf, "%s", skipped ? "" : "}\n");
+                }
                 if (skipped) fprintf(mf, ", \"skipped_steps\": %ld}\n", skipped);
                 fflush(mf);
                 char eta[32];
