@@ -41,6 +41,12 @@ typedef struct {
     const size_t *seg_begin; /* nseg + 1 */
     float **params, **grads;
     segment_hooks *hooks;
+    /* Pipeline parallelism: `table` is this stage's part of the model (offsets from 0) and ckpt_table the whole
+     * model's, the stage starting at its flat element ckpt_base; checkpoints are read and written in the whole
+     * model's layout (a PP checkpoint resumes as one process and back). NULL: table itself. With PP > 1 the
+     * gradient norm is summed over the pipeline group (clipping by the global norm, one decision to skip). */
+    const param_table *ckpt_table;
+    size_t ckpt_base;
 } dp_model;
 
 typedef struct dp_engine dp_engine;
@@ -73,7 +79,9 @@ long dp_optimizer_step(const dp_engine *e);
 
 /* Checkpoints. Sharded strategies: every rank writes its shard of parameters, EMA and moments into dir (meta:
  * key/value pairs for the file); under hybrid sharding only replica 0's ranks write, one file per shard rank.
- * no_shard keeps everything whole: the caller writes consolidated files from rank 0. Loading reads either form
+ * Under pipeline parallelism every stage writes its part (no_shard: data-parallel rank 0 of each stage, whole),
+ * numbered pp_rank * writers + rank of pp * writers files, so no two ranks' files collide.
+ * no_shard keeps everything whole: the caller writes consolidated files from rank 0 (without PP). Loading reads either form
  * into this rank's layout (load_optim: the moments too). */
 void dp_save_shard(dp_engine *e, const char *dir, const char *const *meta);
 /* The same split as the Automodel layout keeps it: parameters and EMA into model_dir, moments into optim_dir. */

@@ -28,7 +28,7 @@ typedef struct {
 
 /* The groups a data-parallel collective runs over: the whole DP group, this rank's shard group (the dp_shard
  * ranks of its replica) or its replica group (the dp_replicate ranks holding the same shard). */
-typedef enum { DIST_DP, DIST_DP_SHARD, DIST_DP_REPLICA } dist_group;
+typedef enum { DIST_DP, DIST_DP_SHARD, DIST_DP_REPLICA, DIST_PP } dist_group; /* DIST_PP: this rank's pipeline */
 
 /* Initialise from the environment (call first thing in main). Idempotent. */
 void dist_init(int *argc, char ***argv);
@@ -58,6 +58,8 @@ int dist_any_world(int flag, const char *what);
 /* The smallest of an int over DP (blocking). */
 int dist_allreduce_min_int(int v, const char *what);
 void dist_bcast_bytes(void *buf, size_t n, int root_dp_rank, const char *what);
+/* The same over the whole world from world rank 0. */
+void dist_bcast_world_bytes(void *buf, size_t n, const char *what);
 
 /* Non-blocking collectives over group g (ranks numbered within g; counts has one entry per rank of g).
  * Sum buf[0..n) over g in place. */
@@ -68,6 +70,10 @@ dist_req *dist_ireduce_scatter_f64(dist_group g, const double *send, double *rec
 /* All-gather: rank r of g contributes counts[r] floats from send; recv receives all of them in rank order
  * (displacements are the running sums of counts). */
 dist_req *dist_iallgatherv_f32(dist_group g, const float *send, float *recv, const int *counts, const char *what);
+/* Point to point within the pipeline group (peer: a pipeline rank; tag < 32768): n floats sent from buf, or
+ * received into buf. Both complete with dist_wait, bounded by the timeout like every other wait. */
+dist_req *dist_isend_pp_f32(const float *buf, size_t n, int peer, int tag, const char *what);
+dist_req *dist_irecv_pp_f32(float *buf, size_t n, int peer, int tag, const char *what);
 /* Complete (and free) a request; dies naming the operation if the peers do not answer within the timeout. */
 void dist_wait(dist_req *r);
 /* Give MPI a chance to progress outstanding requests; 1 if r is complete (r may be NULL). */

@@ -48,6 +48,12 @@ typedef struct {
     int nseg;
     size_t *seg_begin;   /* nseg + 1 offsets into the table */
     segment_hooks hooks; /* zero: parameters and gradients are m->params / m->grads */
+    /* pipeline stage (dit_set_stage): the forward and backward run blocks [block_begin, block_end), the embedders
+     * only when block_begin = 0, the output head only when block_end = num_layers; one activation arena per
+     * micro-batch in flight, m->acts the current one (dit_use_arena) */
+    int block_begin, block_end;
+    int n_arenas;
+    dit_acts **arenas;
 } dit_model;
 
 /* Build the model (parameter table, buffers) for micro-batches of up to max_batch samples. Dies on a bad config. */
@@ -77,6 +83,15 @@ int dit_config_from_json(dit_config *c, const char *text, char *err, size_t errl
 void dit_save_weights(const dit_model *m, const float *buf, const char *path, const char *const *extra_meta);
 /* Create m from the file's config (for micro-batches up to max_batch) and load its weights. 0 or -1 + err. */
 int dit_open_weights(dit_model *m, const char *path, int max_batch, char *err, size_t errlen);
+
+/* Make m a pipeline stage running blocks [block_begin, block_end) with n_arenas activation arenas (each sized
+ * for the stage's blocks only). Every other arena is freed; arena 0 becomes current. */
+void dit_set_stage(dit_model *m, int block_begin, int block_end, int n_arenas);
+void dit_use_arena(dit_model *m, int k);
+/* The stage-boundary tensors of the current arena for a micro-batch of B samples (model.h): the hidden states
+ * [B, T, d] entering block_begin (FWD_IN) or leaving block_end - 1 (FWD_OUT) and the conditioning silu(c)
+ * [B, d]; STAGE_GRAD: their gradients. */
+void dit_stage_tensors(dit_model *m, int B, stage_dir dir, stage_tensors *io);
 
 /* Model FLOPs of one forward of B samples (matrix products and attention); a training step is about 3x. */
 double dit_forward_flops(const dit_model *m, int B);

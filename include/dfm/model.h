@@ -55,6 +55,20 @@ typedef struct {
     void (*grads_done)(void *ctx, int seg);
 } segment_hooks;
 
+/* Pipeline parallelism: the tensors that cross a stage boundary, in the model's current activation arena.
+ * STAGE_FWD_IN: where a stage that does not start with the embedders receives its input (the hidden states
+ * entering its first block and the per-sample conditioning every block reads) before its forward;
+ * STAGE_FWD_OUT: what a stage that does not end with the output head sends after its forward (the same kinds);
+ * STAGE_GRAD: the gradients of those tensors, received before and sent after the backward of a stage (a
+ * stage's backward accumulates into them, so a received gradient continues the sum in one process's order). */
+typedef enum { STAGE_FWD_IN, STAGE_FWD_OUT, STAGE_GRAD } stage_dir;
+#define STAGE_MAX_TENSORS 4
+typedef struct {
+    int n;
+    float *t[STAGE_MAX_TENSORS];
+    size_t len[STAGE_MAX_TENSORS]; /* floats */
+} stage_tensors;
+
 #ifdef __cplusplus
 }
 #endif

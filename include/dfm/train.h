@@ -83,6 +83,11 @@ typedef struct {
  * the samples of the whole global step over every rank. Gradients are reduced by the engine, which updates. */
 step_result wan_trainer_step_micro(wan_trainer *tr, dp_engine *e, const wan_micro *mb, int n_micro, int B_global,
                                    uint32_t step, float lr);
+/* The inputs of one micro-batch: noise, timesteps and condition dropout into tr->db, the text after dropout and
+ * its lengths into tr->text / tr->lens (what wan_forward and diffusion_loss then read). */
+void wan_trainer_prepare(wan_trainer *tr, const objective_config *o, uint64_t seed, const float *latents,
+                         const float *text, const int *text_lens, int B, int frames, int height, int width,
+                         uint32_t step, uint32_t first);
 /* Loss of one micro-batch (at most the model's max batch) under the objective `o` with draws keyed by
  * (seed, step, first), without gradients: validation. */
 double wan_trainer_loss(wan_trainer *tr, const objective_config *o, uint64_t seed, const float *latents,

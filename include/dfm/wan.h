@@ -66,6 +66,12 @@ typedef struct {
     int nseg;
     size_t *seg_begin;   /* nseg + 1 offsets into the table */
     segment_hooks hooks; /* zero: parameters and gradients are m->params / m->grads */
+    /* pipeline stage (wan_set_stage): blocks [block_begin, block_end), the patch and condition embedders only when
+     * block_begin = 0, the output head only when block_end = num_layers; one activation arena per micro-batch in
+     * flight, m->acts the current one (wan_use_arena) */
+    int block_begin, block_end;
+    int n_arenas;
+    wan_acts **arenas;
 } wan_model;
 
 /* Build the model for inputs up to `max` (batch, tokens per sample and text length). Dies with a message on
@@ -107,6 +113,15 @@ void wan_forward(wan_model *m, float *out, const float *latents, const float *ti
                  const int *text_lens, const wan_shape *s);
 /* Backward of the last forward: accumulates (+=) parameter gradients from dout [B, C_out, T, H, W]. */
 void wan_backward(wan_model *m, const float *dout);
+
+/* Make a trainable m a pipeline stage running blocks [block_begin, block_end) with n_arenas activation arenas
+ * (each sized for the stage's blocks only); arena 0 becomes current. */
+void wan_set_stage(wan_model *m, int block_begin, int block_end, int n_arenas);
+void wan_use_arena(wan_model *m, int k);
+/* The stage-boundary tensors of the current arena for input shape s (model.h): the hidden states [B*N, d]
+ * entering block_begin (FWD_IN) or leaving block_end - 1 (FWD_OUT), temb [B, d] (the head's modulation),
+ * time_proj's output [B, 6d] (every block's) and the projected text [B*L, d]; STAGE_GRAD: their gradients. */
+void wan_stage_tensors(wan_model *m, const wan_shape *s, stage_dir dir, stage_tensors *io);
 
 /* The 3-D RoPE tables of the last forward, cos and sin [tokens, head_dim / 2] (for verification). */
 const float *wan_rope_cos(const wan_model *m);

@@ -6,7 +6,8 @@
  * save_consolidated asks, a LATEST symlink, max_recent_checkpoints kept. Batches come from Automodel's bucket
  * sampler (include/dfm/bucket_sampler.h: one latent shape per batch, so folders of several resolution buckets
  * train; data.dataloader.shuffle and drop_last as Automodel). peft (LoRA, include/dfm/lora.h) maps onto the job's
- * peft.* keys; fsdp.dp_replicate_size onto hybrid sharding. What is not built yet (model parallelism) is refused
+ * peft.* keys; fsdp.dp_replicate_size onto hybrid sharding, fsdp.pp_size onto pipeline parallelism. What is not
+ * built yet (tensor and context parallelism) is refused
  * or stated, never silently ignored. */
 #include "cli/cli_common.h"
 #include "dfm/automodel.h"
@@ -110,9 +111,10 @@ int dfm_finetune_main(int argc, char **argv) {
     }
     automodel_plan plan;
     if (automodel_check(a, dist_get()->size, &plan, err, sizeof err) != 0) dfm_die("%s", err);
-    if (plan.tp > 1 || plan.cp > 1 || plan.pp > 1)
-        dfm_die("fsdp.tp_size/cp_size/pp_size = %d/%d/%d: model parallelism is not built yet; use 1", plan.tp, plan.cp,
-                plan.pp);
+    if (plan.tp > 1 || plan.cp > 1)
+        dfm_die("fsdp.tp_size/cp_size = %d/%d: tensor and context parallelism are not built yet; use 1 (fsdp.pp_size, "
+                "pipeline parallelism, is)",
+                plan.tp, plan.cp);
     if (automodel_peft_enabled(a) && strcmp(cfg_str(a, "model.mode"), "finetune"))
         dfm_die("peft: LoRA adapts pretrained weights; it needs model.mode: finetune (not %s)", cfg_str(a, "model.mode"));
     if (cfg_bool(a, "fsdp.cpu_offload"))
@@ -219,6 +221,7 @@ int dfm_finetune_main(int argc, char **argv) {
      * that many replica groups (HSDP), Megatron's distributed-optimizer instances */
     put(m, "ddp.data_parallel_sharding_strategy", json_string("optim_grads_params"));
     put(m, "ddp.num_distributed_optimizer_instances", json_integer(plan.dp_replicate));
+    put(m, "model.pipeline_model_parallel_size", json_integer(plan.pp)); /* fsdp.pp_size: the same 1F1B pipeline */
     put(m, "dataset.type", json_string(dtype));
     put(m, "dataset.path", json_string(meta));
     put(m, "dataset.max_samples", json_null());

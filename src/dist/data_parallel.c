@@ -217,6 +217,7 @@ dp_engine *dp_engine_new(dp_model mdl, dp_sharding s, const adamw_config *oc, in
         if (seg_len(e, k) > e->max_seg) e->max_seg = seg_len(e, k);
     if (e->max_seg > (size_t)INT32_MAX) dfm_die("a model segment of %zu parameters is too large for MPI counts", e->max_seg);
     size_t len = e->se - e->sb;
+    if (!e->m.ckpt_table) e->m.ckpt_table = mdl.table, e->m.ckpt_base = 0;
     e->full_p = *mdl.params;
     e->full_g = *mdl.grads;
     mdl.hooks->grads_done = hook_grads_done;
@@ -353,6 +354,22 @@ static void clip_and_step(dp_engine *e, float *g, size_t len, double norm, float
     adamw_step_range(&e->opt, e->p_shard, g, lr);
 }
 
+/* The global norm from this rank's (this stage's) sum of squares: under pipeline parallelism each stage's sum in
+ * its own slot of an all-reduce over the pipeline group, added in stage order, so every stage gets the same bits
+ * (the same clip factor, the same decision to skip). */
+static double pp_norm(dp_engine *e, double ss) {
+    const dist_info *di = dist_get();
+    if (di->pp == 1) return sqrt(ss);
+    double parts[64] = {0};
+    if (di->pp > 64) dfm_die("pipeline of %d stages: at most 64 are supported", di->pp);
+    parts[di->pp_rank] = ss;
+    dist_allreduce_sum_f64_in(DIST_PP, parts, di->pp, "all-reduce of the gradient norm over the pipeline");
+    double t = 0;
+    for (int r = 0; r < di->pp; r++) t += parts[r];
+    (void)e;
+    return sqrt(t);
+}
+
 double dp_finish_step(dp_engine *e, float lr, int skip, int *bad) {
     size_t len = e->se - e->sb;
     *bad = -1;
@@ -369,7 +386,7 @@ double dp_finish_step(dp_engine *e, float lr, int skip, int *bad) {
 #pragma omp parallel for schedule(static)
                 for (size_t i = 0; i < e->total; i++) e->full_g[i] = (float)e->acc[i];
             }
-            double norm = global_norm(e->full_g, e->total);
+            double norm = pp_norm(e, sum_squares(e->full_g, e->total));
             if (!isfinite(norm)) *bad = first_nonfinite(e, e->full_g, 0, e->total);
             if (!isfinite(norm) || skip) return norm;
             clip_and_step(e, e->full_g, e->total, norm, lr);
@@ -386,7 +403,7 @@ double dp_finish_step(dp_engine *e, float lr, int skip, int *bad) {
     dist_allreduce_sum_f64_in(DIST_DP_SHARD, e->norm_parts, e->dp, "all-reduce of the gradient norm");
     double ss = 0;
     for (int r = 0; r < e->dp; r++) ss += e->norm_parts[r];
-    double norm = sqrt(ss);
+    double norm = pp_norm(e, ss);
     if (!isfinite(norm)) *bad = first_nonfinite(e, g, e->sb, e->se);
     if (!isfinite(norm) || skip) return norm;
     clip_and_step(e, g, len, norm, lr);
@@ -420,32 +437,56 @@ void dp_gather_full(dp_engine *e, int ema, float *out) {
 
 /* ---- checkpoints ------------------------------------------------------------------------------ */
 
+/* Which file this rank writes and of how many, and its range of the whole model's layout; 0 when it writes none
+ * (hybrid sharding: the replicas hold the same shards, replica 0 writes them; no_shard under pipeline
+ * parallelism: data-parallel rank 0 of each stage writes the stage whole). */
+static int shard_file(const dp_engine *e, int *file, int *files, size_t *begin, size_t *end) {
+    const dist_info *di = dist_get();
+    if (e->rep_rank != 0) return 0;
+    if (e->s == DP_NO_SHARD) {
+        if (e->rank != 0) return 0;
+        *file = di->pp_rank, *files = di->pp;
+        *begin = e->m.ckpt_base, *end = e->m.ckpt_base + e->total;
+        return 1;
+    }
+    *file = di->pp_rank * e->dp + e->rank, *files = di->pp * e->dp;
+    *begin = e->m.ckpt_base + e->sb, *end = e->m.ckpt_base + e->se;
+    return 1;
+}
+
 void dp_save_shard(dp_engine *e, const char *dir, const char *const *meta) {
     const char *kinds[4] = {"model", "ema", "exp_avg", "exp_avg_sq"};
     const float *bufs[4] = {e->p_shard, e->ema, e->opt.m, e->opt.v};
-    if (e->rep_rank != 0) return; /* hybrid sharding: the replicas hold the same shards; replica 0 writes them */
-    ckpt_write_shard(dir, e->rank, e->dp, e->m.table, e->sb, e->se, 4, kinds, bufs, meta);
+    int file, files;
+    size_t b, end;
+    if (!shard_file(e, &file, &files, &b, &end)) return;
+    ckpt_write_shard(dir, file, files, e->m.ckpt_table, b, end, 4, kinds, bufs, meta);
 }
 
 void dp_save_shard_split(dp_engine *e, const char *model_dir, const char *optim_dir, const char *const *meta) {
     const char *mk[2] = {"model", "ema"}, *ok[2] = {"exp_avg", "exp_avg_sq"};
     const float *mb[2] = {e->p_shard, e->ema}, *ob[2] = {e->opt.m, e->opt.v};
-    if (e->rep_rank != 0) return; /* hybrid sharding: replica 0 writes, as in dp_save_shard */
-    ckpt_write_shard(model_dir, e->rank, e->dp, e->m.table, e->sb, e->se, 2, mk, mb, meta);
-    ckpt_write_shard(optim_dir, e->rank, e->dp, e->m.table, e->sb, e->se, 2, ok, ob, meta);
+    int file, files;
+    size_t b, end;
+    if (!shard_file(e, &file, &files, &b, &end)) return;
+    ckpt_write_shard(model_dir, file, files, e->m.ckpt_table, b, end, 2, mk, mb, meta);
+    ckpt_write_shard(optim_dir, file, files, e->m.ckpt_table, b, end, 2, ok, ob, meta);
 }
 
 int dp_load(dp_engine *e, const char *dir, int load_optim, char *err, size_t errlen) {
+    /* in the whole model's layout: this stage's part starts at ckpt_base (0 without pipeline parallelism) */
+    const param_table *t = e->m.ckpt_table;
+    size_t o = e->m.ckpt_base;
     size_t eb = e->s == DP_NO_SHARD ? 0 : e->sb, ee = e->s == DP_NO_SHARD ? e->total : e->se;
     if (e->full_p) {
-        if (ckpt_read_range(dir, "model", e->m.table, 0, e->total, e->full_p, err, errlen)) return -1;
-    } else if (ckpt_read_range(dir, "model", e->m.table, e->sb, e->se, e->p_shard, err, errlen))
+        if (ckpt_read_range(dir, "model", t, o, o + e->total, e->full_p, err, errlen)) return -1;
+    } else if (ckpt_read_range(dir, "model", t, o + e->sb, o + e->se, e->p_shard, err, errlen))
         return -1;
-    if (ckpt_read_range(dir, "ema", e->m.table, eb, ee, e->ema, err, errlen)) return -1;
+    if (ckpt_read_range(dir, "ema", t, o + eb, o + ee, e->ema, err, errlen)) return -1;
     for (int k = 0; k < 2; k++) e->gbuf_seg[k] = -1;
     if (!load_optim) return 0;
-    if (ckpt_read_range(dir, "exp_avg", e->m.table, e->opt.begin, e->opt.end, e->opt.m, err, errlen) ||
-        ckpt_read_range(dir, "exp_avg_sq", e->m.table, e->opt.begin, e->opt.end, e->opt.v, err, errlen))
+    if (ckpt_read_range(dir, "exp_avg", t, o + e->opt.begin, o + e->opt.end, e->opt.m, err, errlen) ||
+        ckpt_read_range(dir, "exp_avg_sq", t, o + e->opt.begin, o + e->opt.end, e->opt.v, err, errlen))
         return -1;
     char *step = NULL;
     char path[4200];

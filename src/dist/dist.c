@@ -186,6 +186,10 @@ static MPI_Comm group_comm(dist_group g, int *size, int *rank) {
         *size = info.dp_replicate, *rank = info.dp_replicate_rank;
         return rep_comm;
     }
+    if (g == DIST_PP) {
+        *size = info.pp, *rank = info.pp_rank;
+        return pp_comm;
+    }
     if (g == DIST_DP_SHARD && info.dp_replicate > 1) {
         *size = info.dp_shard, *rank = info.dp_shard_rank;
         return shard_comm;
@@ -237,6 +241,14 @@ void dist_bcast_bytes(void *buf, size_t n, int root, const char *what) {
     wait_bounded(&r, what);
 }
 
+void dist_bcast_world_bytes(void *buf, size_t n, const char *what) {
+    if (!info.active || info.size == 1) return;
+    if (n > INT32_MAX) dfm_die("%s: broadcast of %zu bytes is too large", what, n);
+    MPI_Request r;
+    check(MPI_Ibcast(buf, (int)n, MPI_BYTE, 0, MPI_COMM_WORLD, &r), what);
+    wait_bounded(&r, what);
+}
+
 static dist_req *new_req(const char *what) {
     dist_req *q = xcalloc(1, sizeof *q);
     q->req = MPI_REQUEST_NULL;
@@ -282,6 +294,24 @@ dist_req *dist_iallgatherv_f32(dist_group g, const float *send, float *recv, con
     const void *src = send == recv + q->displs[rank] ? MPI_IN_PLACE : send;
     check(MPI_Iallgatherv(src, counts[rank], MPI_FLOAT, recv, counts, q->displs, MPI_FLOAT, comm, &q->req), what);
     return q;
+}
+
+static dist_req *p2p(float *buf, size_t n, int peer, int tag, int send, const char *what) {
+    dist_req *q = new_req(what);
+    if (!info.active || info.pp == 1) dfm_die("internal: %s without a pipeline group", what);
+    if (n > INT32_MAX) dfm_die("%s: %zu values in one message is too many", what, n);
+    if (peer < 0 || peer >= info.pp || tag < 0 || tag > 32767) dfm_die("internal: %s to stage %d, tag %d", what, peer, tag);
+    if (send) check(MPI_Isend(buf, (int)n, MPI_FLOAT, peer, tag, pp_comm, &q->req), what);
+    else check(MPI_Irecv(buf, (int)n, MPI_FLOAT, peer, tag, pp_comm, &q->req), what);
+    return q;
+}
+
+dist_req *dist_isend_pp_f32(const float *buf, size_t n, int peer, int tag, const char *what) {
+    return p2p((float *)buf, n, peer, tag, 1, what);
+}
+
+dist_req *dist_irecv_pp_f32(float *buf, size_t n, int peer, int tag, const char *what) {
+    return p2p(buf, n, peer, tag, 0, what);
 }
 
 void dist_wait(dist_req *q) {

@@ -284,11 +284,14 @@ static void carve_acts(dit_model *m, dit_acts *a, carver *cv) {
     a->lnf_mean = carve(cv, BT);
     a->lnf_rstd = carve(cv, BT);
     a->out_tok = carve(cv, BT * (size_t)m->out_dim);
-    for (size_t l = 0; l <= L; l++) a->x[l] = carve(cv, BT * d);
-    for (size_t l = 0; l < L; l++) {
-        if (l > 0 && l < (size_t)a->recompute) { /* recomputed blocks share block 0's slot (x stays per block) */
+    size_t l0 = (size_t)m->block_begin, l1 = (size_t)m->block_end; /* a pipeline stage keeps its blocks only */
+    (void)L;
+    for (size_t l = l0; l <= l1; l++) a->x[l] = carve(cv, BT * d);
+    for (size_t l = l0; l < l1; l++) {
+        if (l > l0 && l < (size_t)a->recompute) { /* recomputed blocks share the stage's first block's slot (x stays
+                                                    * per block) */
             float ***lists[] = PER_BLOCK_LISTS(a);
-            for (size_t i = 1; i < sizeof lists / sizeof lists[0]; i++) (*lists[i])[l] = (*lists[i])[0];
+            for (size_t i = 1; i < sizeof lists / sizeof lists[0]; i++) (*lists[i])[l] = (*lists[i])[l0];
             continue;
         }
         a->qkv[l] = carve(cv, BT * 3 * d);
@@ -332,9 +335,27 @@ static void size_arena(dit_model *m, dit_acts *a) {
     a->slot_layer = -1;
 }
 
+/* An activation arena for m's max batch and blocks [block_begin, block_end], the first `recompute` blocks
+ * recomputed (view offsets not yet resolved). */
+static dit_acts *acts_new(dit_model *m, int recompute) {
+    dit_acts *a = xcalloc(1, sizeof *a);
+    size_t L1 = (size_t)m->cfg.num_layers + 1;
+    float ***lists[] = PER_BLOCK_LISTS(a);
+    for (size_t i = 0; i < sizeof lists / sizeof lists[0]; i++) *lists[i] = xcalloc(L1, sizeof(float *));
+    a->B = m->max_batch;
+    a->recompute = recompute;
+    size_arena(m, a);
+    a->labels = xcalloc((size_t)m->max_batch, sizeof(int));
+    return a;
+}
+
 int dit_set_recompute(dit_model *m, int blocks, char *err, size_t errlen) {
     if (blocks < 0 || blocks > m->cfg.num_layers) {
         snprintf(err, errlen, "%d blocks to recompute, outside 0..%d (the model's blocks)", blocks, m->cfg.num_layers);
+        return -1;
+    }
+    if (m->arenas) {
+        snprintf(err, errlen, "activation recomputation is set before the pipeline stage (dit_set_stage)");
         return -1;
     }
     if (blocks != m->acts->recompute) {
@@ -365,26 +386,63 @@ void dit_create(dit_model *m, const dit_config *cfg, int max_batch) {
     m->pos_embed = xalloc_floats((size_t)m->T * m->d);
     pos_embed_2d_sincos(m->pos_embed, m->d, m->grid, m->grid, (float)m->grid, 1.0f);
 
-    dit_acts *a = xcalloc(1, sizeof *a);
-    size_t L1 = (size_t)c->num_layers + 1;
-    float ***lists[] = PER_BLOCK_LISTS(a);
-    for (size_t i = 0; i < sizeof lists / sizeof lists[0]; i++) *lists[i] = xcalloc(L1, sizeof(float *));
-    a->B = max_batch;
-    size_arena(m, a);
-    a->labels = xcalloc((size_t)max_batch, sizeof(int));
+    m->block_begin = 0, m->block_end = c->num_layers;
+    dit_acts *a = acts_new(m, 0);
     resolve_segments(m, a);
     m->acts = a;
 }
 
-void dit_free(dit_model *m) {
-    dit_acts *a = m->acts;
-    if (a) {
-        float ***lists[] = PER_BLOCK_LISTS(a);
-        for (size_t i = 0; i < sizeof lists / sizeof lists[0]; i++) free(*lists[i]);
-        free(a->labels);
-        free(a->buf);
-        free(a);
+static void acts_free(dit_acts *a) {
+    if (!a) return;
+    float ***lists[] = PER_BLOCK_LISTS(a);
+    for (size_t i = 0; i < sizeof lists / sizeof lists[0]; i++) free(*lists[i]);
+    free(a->labels);
+    free(a->buf);
+    free(a);
+}
+
+void dit_set_stage(dit_model *m, int block_begin, int block_end, int n_arenas) {
+    if (block_begin < 0 || block_end > m->cfg.num_layers || block_begin >= block_end || n_arenas < 1)
+        dfm_die("internal: DiT stage blocks [%d, %d) of %d with %d arenas", block_begin, block_end,
+                m->cfg.num_layers, n_arenas);
+    dit_acts *proto = m->acts;
+    m->block_begin = block_begin, m->block_end = block_end;
+    dit_acts **ar = xcalloc((size_t)n_arenas, sizeof *ar);
+    for (int k = 0; k < n_arenas; k++) {
+        ar[k] = acts_new(m, proto->recompute);
+        memcpy(ar[k]->off_head, proto->off_head, sizeof proto->off_head);
+        memcpy(ar[k]->off_blk, proto->off_blk, sizeof proto->off_blk);
+        memcpy(ar[k]->off_fin, proto->off_fin, sizeof proto->off_fin);
     }
+    if (m->arenas) {
+        for (int k = 0; k < m->n_arenas; k++) acts_free(m->arenas[k]);
+        free(m->arenas);
+    } else
+        acts_free(proto);
+    m->arenas = ar, m->n_arenas = n_arenas;
+    m->acts = ar[0];
+}
+
+void dit_use_arena(dit_model *m, int k) {
+    if (!m->arenas || k < 0 || k >= m->n_arenas) dfm_die("internal: DiT arena %d of %d", k, m->n_arenas);
+    m->acts = m->arenas[k];
+}
+
+void dit_stage_tensors(dit_model *m, int B, stage_dir dir, stage_tensors *io) {
+    dit_acts *a = m->acts;
+    size_t n = (size_t)B * m->T * m->d;
+    io->n = 2;
+    io->t[0] = dir == STAGE_GRAD ? a->dx : a->x[dir == STAGE_FWD_IN ? m->block_begin : m->block_end];
+    io->t[1] = dir == STAGE_GRAD ? a->dsc : a->sc;
+    io->len[0] = n, io->len[1] = (size_t)B * m->d;
+}
+
+void dit_free(dit_model *m) {
+    if (m->arenas) {
+        for (int k = 0; k < m->n_arenas; k++) acts_free(m->arenas[k]);
+        free(m->arenas);
+    } else
+        acts_free(m->acts);
     free(m->params);
     free(m->grads);
     free(m->pos_embed);
@@ -393,7 +451,12 @@ void dit_free(dit_model *m) {
     memset(m, 0, sizeof *m);
 }
 
-size_t dit_activation_bytes(const dit_model *m) { return m->acts->nfloats * sizeof(float); }
+size_t dit_activation_bytes(const dit_model *m) {
+    if (!m->arenas) return m->acts->nfloats * sizeof(float);
+    size_t n = 0;
+    for (int k = 0; k < m->n_arenas; k++) n += m->arenas[k]->nfloats * sizeof(float);
+    return n;
+}
 
 void dit_zero_grad(dit_model *m) { memset(m->grads, 0, m->table.total * sizeof(float)); }
 
@@ -464,40 +527,46 @@ static void block_forward(dit_model *m, int l, const block_views *w, int B, floa
 void dit_forward(dit_model *m, float *out, const float *x, const float *t, const int *labels, int B) {
     dit_acts *a = m->acts;
     const dit_config *c = &m->cfg;
+    /* a pipeline stage: the embedders only on the first, the head only on the last (dit_set_stage); a later
+     * stage's input is already in its arena (dit_stage_tensors) and x, t, labels are not read */
+    const int first = m->block_begin == 0, last = m->block_end == c->num_layers;
     if (B < 1 || B > m->max_batch) dfm_die("DiT forward: batch %d outside 1..%d", B, m->max_batch);
-    for (int b = 0; b < B; b++)
+    for (int b = 0; first && b < B; b++)
         if (labels[b] < 0 || labels[b] > c->num_classes)
             dfm_die("DiT forward: class label %d of sample %d outside 0..%d (%d = null class)", labels[b], b,
                     c->num_classes, c->num_classes);
     views pv;
     const views *p = &pv;
-    head_at(a, seg_params(m, 0, 0), &pv);
     int d = m->d, T = m->T, BT = B * T;
-    memcpy(a->labels, labels, sizeof(int) * (size_t)B);
-    memcpy(a->t_saved, t, sizeof(float) * (size_t)B);
+    if (first) {
+        head_at(a, seg_params(m, 0, 0), &pv);
+        memcpy(a->labels, labels, sizeof(int) * (size_t)B);
+        memcpy(a->t_saved, t, sizeof(float) * (size_t)B);
 
-    /* patch embedding + fixed positions */
-    patchify_forward(a->patches, x, B, c->in_channels, c->image_size, c->image_size, c->patch_size);
-    matmul_forward(a->x[0], a->patches, p->pe_w, p->pe_b, BT, d, m->patch_dim);
-    add_pos_embed(a->x[0], m->pos_embed, B, T, d);
+        /* patch embedding + fixed positions */
+        patchify_forward(a->patches, x, B, c->in_channels, c->image_size, c->image_size, c->patch_size);
+        matmul_forward(a->x[0], a->patches, p->pe_w, p->pe_b, BT, d, m->patch_dim);
+        add_pos_embed(a->x[0], m->pos_embed, B, T, d);
 
-    /* conditioning c = MLP(sinusoid(t)) + class embedding; every adaLN linear reads silu(c) */
-    timestep_embedding(a->tproj, t, B, c->freq_dim, 10000.0f, 1.0f, 1);
-    matmul_forward(a->t1, a->tproj, p->t1_w, p->t1_b, B, d, c->freq_dim);
-    silu_forward(a->t1s, a->t1, (size_t)B * d);
-    matmul_forward(a->c, a->t1s, p->t2_w, p->t2_b, B, d, d);
-    embedding_forward(a->sc, p->cls, labels, B, d); /* sc as temporary for the class embedding */
-    for (size_t i = 0; i < (size_t)B * d; i++) a->c[i] += a->sc[i];
-    silu_forward(a->sc, a->c, (size_t)B * d);
+        /* conditioning c = MLP(sinusoid(t)) + class embedding; every adaLN linear reads silu(c) */
+        timestep_embedding(a->tproj, t, B, c->freq_dim, 10000.0f, 1.0f, 1);
+        matmul_forward(a->t1, a->tproj, p->t1_w, p->t1_b, B, d, c->freq_dim);
+        silu_forward(a->t1s, a->t1, (size_t)B * d);
+        matmul_forward(a->c, a->t1s, p->t2_w, p->t2_b, B, d, d);
+        embedding_forward(a->sc, p->cls, labels, B, d); /* sc as temporary for the class embedding */
+        for (size_t i = 0; i < (size_t)B * d; i++) a->c[i] += a->sc[i];
+        silu_forward(a->sc, a->c, (size_t)B * d);
+    }
 
     a->slot_layer = -1;
-    for (int l = 0; l < c->num_layers; l++) {
+    for (int l = m->block_begin; l < m->block_end; l++) {
         block_views wv;
         block_at(a, seg_params(m, 1 + l, 0), &wv);
         block_forward(m, l, &wv, B, a->x[l + 1]);
         if (l < a->recompute) a->slot_layer = l;
     }
 
+    if (!last) return;
     /* final layer: adaLN shift/scale (chunk order shift, scale), linear, unpatchify */
     final_at(a, seg_params(m, c->num_layers + 1, 0), &pv);
     float *xL = a->x[c->num_layers];
@@ -519,27 +588,31 @@ void dit_backward(dit_model *m, const float *dout, int B) {
     const views *p = &pv, *g = &gv;
     int d = m->d, T = m->T, BT = B * T, H = c->num_heads, D = m->head_dim, F = m->ffn;
     size_t nT = (size_t)BT * d;
-    final_at(a, seg_params(m, c->num_layers + 1, 1), &pv);
-    final_at(a, seg_grads(m, c->num_layers + 1), &gv);
+    /* a pipeline stage that does not end with the head finds dx and dsc received (dit_stage_tensors) */
+    const int first = m->block_begin == 0, last = m->block_end == c->num_layers;
+    if (last) {
+        final_at(a, seg_params(m, c->num_layers + 1, 1), &pv);
+        final_at(a, seg_grads(m, c->num_layers + 1), &gv);
 
-    /* final layer */
-    zero(a->dtok, (size_t)BT * m->out_dim);
-    unpatchify_backward(a->dtok, dout, B, c->out_channels, c->image_size, c->image_size, c->patch_size);
-    float *dxm = a->dT_a, *dln = a->dT_b;
-    zero(dxm, nT);
-    matmul_backward(dxm, g->po2_w, g->po2_b, a->dtok, a->xmf, p->po2_w, BT, m->out_dim, d);
-    zero(dln, nT);
-    zero(a->dmodf, (size_t)B * 2 * d);
-    modulate_backward(dln, a->dmodf, a->dmodf + d, dxm, a->lnf, a->modf + d, B, T, d, 2 * d);
-    zero(a->dx, nT);
-    layernorm_backward(a->dx, NULL, NULL, dln, a->x[c->num_layers], NULL, a->lnf_mean, a->lnf_rstd, BT, d);
-    zero(a->dsc, (size_t)B * d);
-    matmul_backward(a->dsc, g->po1_w, g->po1_b, a->dmodf, a->sc, p->po1_w, B, 2 * d, d);
-    seg_done(m, c->num_layers + 1);
+        /* final layer */
+        zero(a->dtok, (size_t)BT * m->out_dim);
+        unpatchify_backward(a->dtok, dout, B, c->out_channels, c->image_size, c->image_size, c->patch_size);
+        float *dxm = a->dT_a, *dln = a->dT_b;
+        zero(dxm, nT);
+        matmul_backward(dxm, g->po2_w, g->po2_b, a->dtok, a->xmf, p->po2_w, BT, m->out_dim, d);
+        zero(dln, nT);
+        zero(a->dmodf, (size_t)B * 2 * d);
+        modulate_backward(dln, a->dmodf, a->dmodf + d, dxm, a->lnf, a->modf + d, B, T, d, 2 * d);
+        zero(a->dx, nT);
+        layernorm_backward(a->dx, NULL, NULL, dln, a->x[c->num_layers], NULL, a->lnf_mean, a->lnf_rstd, BT, d);
+        zero(a->dsc, (size_t)B * d);
+        matmul_backward(a->dsc, g->po1_w, g->po1_b, a->dmodf, a->sc, p->po1_w, B, 2 * d, d);
+        seg_done(m, c->num_layers + 1);
+    }
 
     float *ln = a->dT_a, *xm = a->dT_b; /* recomputed forward values */
     float *dtmp = a->lnf, *dtmp2 = a->xmf; /* [B,T,d] buffers no longer needed after the final layer */
-    for (int l = c->num_layers - 1; l >= 0; l--) {
+    for (int l = m->block_end - 1; l >= m->block_begin; l--) {
         block_views wv, gwv;
         block_at(a, seg_params(m, 1 + l, 1), &wv);
         block_at(a, seg_grads(m, 1 + l), &gwv);
@@ -600,6 +673,7 @@ void dit_backward(dit_model *m, const float *dout, int B) {
         seg_done(m, 1 + l);
     }
 
+    if (!first) return;
     /* conditioning */
     head_at(a, seg_params(m, 0, 1), &pv);
     head_at(a, seg_grads(m, 0), &gv);

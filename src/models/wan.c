@@ -380,11 +380,12 @@ static void carve_acts(const wan_model *m, wan_acts *a, carver *cv) {
     a->hmod = carve(cv, B * 2 * d);
     a->meanf = carve(cv, BN);
     a->rstdf = carve(cv, BN);
-    for (int l = 0; l <= c->num_layers; l++) a->x[l] = carve(cv, BN * d);
-    for (int l = 0; l < c->num_layers; l++) {
-        if (l > 0 && l < m->recompute_layers) { /* recomputed blocks share block 0's slot (x stays per block) */
+    for (int l = m->block_begin; l <= m->block_end; l++) a->x[l] = carve(cv, BN * d); /* a stage's blocks only */
+    for (int l = m->block_begin; l < m->block_end; l++) {
+        if (l > m->block_begin && l < m->recompute_layers) { /* recomputed blocks share the stage's first block's
+                                                               * slot (x stays per block) */
             float ***lists[] = PER_BLOCK_LISTS(a);
-            for (size_t i = 1; i < sizeof lists / sizeof lists[0]; i++) (*lists[i])[l] = (*lists[i])[0];
+            for (size_t i = 1; i < sizeof lists / sizeof lists[0]; i++) (*lists[i])[l] = (*lists[i])[m->block_begin];
             continue;
         }
         a->mod[l] = carve(cv, B * 6 * d);
@@ -473,6 +474,23 @@ void wan_create_weights_only(wan_model *m, const wan_config *cfg) {
     m->params = xalloc_floats(m->table.total);
 }
 
+/* An activation arena for m's max shape and blocks [block_begin, block_end] (view offsets not yet resolved). */
+static wan_acts *acts_new(const wan_model *m) {
+    wan_acts *a = xcalloc(1, sizeof *a);
+    float ***lists[] = PER_BLOCK_LISTS(a);
+    for (size_t i = 0; i < sizeof lists / sizeof lists[0]; i++)
+        *lists[i] = xcalloc((size_t)m->cfg.num_layers + 1, sizeof(float *));
+    carver cv = {NULL, 0};
+    carve_acts(m, a, &cv);
+    a->nfloats = cv.used;
+    a->buf = xalloc_floats(a->nfloats);
+    cv = (carver){a->buf, 0};
+    carve_acts(m, a, &cv);
+    a->text_lens = xcalloc((size_t)m->max.batch, sizeof(int));
+    a->slot_layer = -1;
+    return a;
+}
+
 int wan_prepare(wan_model *m, const wan_shape *max, char *err, size_t errlen) {
     if (m->acts) {
         snprintf(err, errlen, "the model already has its activations");
@@ -490,19 +508,8 @@ int wan_prepare(wan_model *m, const wan_shape *max, char *err, size_t errlen) {
     m->max = *max;
     m->max_tokens = (int)tokens;
     m->grads = xalloc_floats(m->table.total);
-
-    wan_acts *a = xcalloc(1, sizeof *a);
-    float ***lists[] = PER_BLOCK_LISTS(a);
-    for (size_t i = 0; i < sizeof lists / sizeof lists[0]; i++)
-        *lists[i] = xcalloc((size_t)c->num_layers + 1, sizeof(float *));
-    carver cv = {NULL, 0};
-    carve_acts(m, a, &cv);
-    a->nfloats = cv.used;
-    a->buf = xalloc_floats(a->nfloats);
-    cv = (carver){a->buf, 0};
-    carve_acts(m, a, &cv);
-    a->text_lens = xcalloc((size_t)max->batch, sizeof(int));
-    a->slot_layer = -1;
+    m->block_begin = 0, m->block_end = c->num_layers;
+    wan_acts *a = acts_new(m);
     resolve_segments(m, a);
     m->acts = a;
     return 0;
@@ -521,6 +528,55 @@ int wan_set_recompute(wan_model *m, int blocks, char *err, size_t errlen) {
     return 0;
 }
 
+static void acts_free(wan_acts *a) {
+    if (!a) return;
+    float ***lists[] = PER_BLOCK_LISTS(a);
+    for (size_t i = 0; i < sizeof lists / sizeof lists[0]; i++) free(*lists[i]);
+    free(a->text_lens);
+    free(a->buf);
+    free(a);
+}
+
+void wan_set_stage(wan_model *m, int block_begin, int block_end, int n_arenas) {
+    if (!m->acts || block_begin < 0 || block_end > m->cfg.num_layers || block_begin >= block_end || n_arenas < 1)
+        dfm_die("internal: Wan stage blocks [%d, %d) of %d with %d arenas", block_begin, block_end,
+                m->cfg.num_layers, n_arenas);
+    wan_acts *proto = m->acts;
+    m->block_begin = block_begin, m->block_end = block_end;
+    wan_acts **ar = xcalloc((size_t)n_arenas, sizeof *ar);
+    for (int k = 0; k < n_arenas; k++) {
+        ar[k] = acts_new(m);
+        memcpy(ar[k]->off_views, proto->off_views, sizeof proto->off_views);
+        memcpy(ar[k]->off_block, proto->off_block, sizeof proto->off_block);
+    }
+    if (m->arenas) {
+        for (int k = 0; k < m->n_arenas; k++) acts_free(m->arenas[k]);
+        free(m->arenas);
+    } else
+        acts_free(proto);
+    m->arenas = ar, m->n_arenas = n_arenas;
+    m->acts = ar[0];
+}
+
+void wan_use_arena(wan_model *m, int k) {
+    if (!m->arenas || k < 0 || k >= m->n_arenas) dfm_die("internal: Wan arena %d of %d", k, m->n_arenas);
+    m->acts = m->arenas[k];
+}
+
+void wan_stage_tensors(wan_model *m, const wan_shape *s, stage_dir dir, stage_tensors *io) {
+    wan_acts *a = m->acts;
+    const wan_config *c = &m->cfg;
+    const size_t B = (size_t)s->batch, d = (size_t)m->d;
+    const size_t N = (size_t)(s->frames / c->patch_t) * (s->height / c->patch_h) * (s->width / c->patch_w);
+    const int g = dir == STAGE_GRAD;
+    io->n = 4;
+    io->t[0] = g ? a->dx : a->x[dir == STAGE_FWD_IN ? m->block_begin : m->block_end];
+    io->t[1] = g ? a->dtemb : a->temb;
+    io->t[2] = g ? a->dtproj : a->tproj;
+    io->t[3] = g ? a->dctx : a->ctx;
+    io->len[0] = B * N * d, io->len[1] = B * d, io->len[2] = B * 6 * d, io->len[3] = B * (size_t)s->text_len * d;
+}
+
 void wan_create(wan_model *m, const wan_config *cfg, const wan_shape *max) {
     wan_create_weights_only(m, cfg);
     char err[512];
@@ -528,14 +584,11 @@ void wan_create(wan_model *m, const wan_config *cfg, const wan_shape *max) {
 }
 
 void wan_free(wan_model *m) {
-    wan_acts *a = m->acts;
-    if (a) {
-        float ***lists[] = PER_BLOCK_LISTS(a);
-        for (size_t i = 0; i < sizeof lists / sizeof lists[0]; i++) free(*lists[i]);
-        free(a->text_lens);
-        free(a->buf);
-        free(a);
-    }
+    if (m->arenas) {
+        for (int k = 0; k < m->n_arenas; k++) acts_free(m->arenas[k]);
+        free(m->arenas);
+    } else
+        acts_free(m->acts);
     free(m->seg_begin);
     free(m->params);
     free(m->grads);
@@ -544,7 +597,10 @@ void wan_free(wan_model *m) {
 }
 
 size_t wan_activation_bytes(const wan_model *m) {
-    return m->acts->nfloats * sizeof(float);
+    if (!m->arenas) return m->acts->nfloats * sizeof(float);
+    size_t n = 0;
+    for (int k = 0; k < m->n_arenas; k++) n += m->arenas[k]->nfloats * sizeof(float);
+    return n;
 }
 
 void wan_zero_grad(wan_model *m) {
@@ -717,36 +773,42 @@ void wan_forward(wan_model *m, float *out, const float *latents, const float *ti
     }
     views pv;
     const views *p = &pv;
-    views_at(a, seg_params(m, 0, 0), 1, &pv);
+    /* a pipeline stage: the embedders only on the first, the head only on the last (wan_set_stage); a later
+     * stage's hidden states, temb, time_proj output and text context are already in its arena */
+    const int first = m->block_begin == 0, last = m->block_end == c->num_layers;
+    if (first) {
+        views_at(a, seg_params(m, 0, 0), 1, &pv);
 
-    /* patch embedding (Conv3d with kernel = stride = patch, as a GEMM) */
-    patchify3d_forward(a->patches, latents, B, c->in_channels, s->frames, s->height, s->width, c->patch_t, c->patch_h,
-                       c->patch_w);
-    matmul_forward(a->x[0], a->patches, p->pe_w, p->pe_b, BN, d, m->patch_in);
+        /* patch embedding (Conv3d with kernel = stride = patch, as a GEMM) */
+        patchify3d_forward(a->patches, latents, B, c->in_channels, s->frames, s->height, s->width, c->patch_t,
+                           c->patch_h, c->patch_w);
+        matmul_forward(a->x[0], a->patches, p->pe_w, p->pe_b, BN, d, m->patch_in);
 
-    /* time: sinusoid [cos, sin] with frequencies exp(-ln(10000) i / half) (diffusers' Timesteps with
-     * flip_sin_to_cos, downscale_freq_shift 0), MLP with SiLU -> temb; time_proj(silu(temb)) -> 6 chunks */
-    timestep_embedding(a->tsin, timesteps, B, c->freq_dim, 10000.0f, 0.0f, 1);
-    matmul_forward(a->t1, a->tsin, p->t1_w, p->t1_b, B, d, c->freq_dim);
-    silu_forward(a->t1s, a->t1, (size_t)B * d);
-    matmul_forward(a->temb, a->t1s, p->t2_w, p->t2_b, B, d, d);
-    silu_forward(a->temb_s, a->temb, (size_t)B * d);
-    matmul_forward(a->tproj, a->temb_s, p->tp_w, p->tp_b, B, 6 * d, d);
+        /* time: sinusoid [cos, sin] with frequencies exp(-ln(10000) i / half) (diffusers' Timesteps with
+         * flip_sin_to_cos, downscale_freq_shift 0), MLP with SiLU -> temb; time_proj(silu(temb)) -> 6 chunks */
+        timestep_embedding(a->tsin, timesteps, B, c->freq_dim, 10000.0f, 0.0f, 1);
+        matmul_forward(a->t1, a->tsin, p->t1_w, p->t1_b, B, d, c->freq_dim);
+        silu_forward(a->t1s, a->t1, (size_t)B * d);
+        matmul_forward(a->temb, a->t1s, p->t2_w, p->t2_b, B, d, d);
+        silu_forward(a->temb_s, a->temb, (size_t)B * d);
+        matmul_forward(a->tproj, a->temb_s, p->tp_w, p->tp_b, B, 6 * d, d);
 
-    /* text: linear, GELU (tanh), linear */
-    memcpy(a->text_in, text, sizeof(float) * (size_t)BL * c->text_dim);
-    matmul_forward(a->c1, a->text_in, p->x1_w, p->x1_b, BL, d, c->text_dim);
-    gelu_forward(a->tsc, a->c1, (size_t)BL * d);
-    matmul_forward(a->ctx, a->tsc, p->x2_w, p->x2_b, BL, d, d);
+        /* text: linear, GELU (tanh), linear */
+        memcpy(a->text_in, text, sizeof(float) * (size_t)BL * c->text_dim);
+        matmul_forward(a->c1, a->text_in, p->x1_w, p->x1_b, BL, d, c->text_dim);
+        gelu_forward(a->tsc, a->c1, (size_t)BL * d);
+        matmul_forward(a->ctx, a->tsc, p->x2_w, p->x2_b, BL, d, d);
+    }
 
     a->slot_layer = -1;
-    for (int l = 0; l < c->num_layers; l++) {
+    for (int l = m->block_begin; l < m->block_end; l++) {
         block_views wv;
         block_at(a, seg_params(m, 1 + l, 0), &wv);
         block_forward(m, l, &wv, a->x[l + 1]);
         if (l < m->recompute_layers) a->slot_layer = l;
     }
 
+    if (!last) return;
     /* head: (shift, scale) = scale_shift_table + temb (chunk order shift, scale), LN, modulate, proj_out */
     views_at(a, seg_params(m, c->num_layers + 1, 0), 0, &pv);
     for (int b = 0; b < B; b++)
@@ -778,41 +840,45 @@ void wan_backward(wan_model *m, const float *dout) {
     if (s->batch < 1) dfm_die("Wan backward: no forward to differentiate");
     views pv, gv;
     const views *p = &pv, *g = &gv;
-    views_at(a, seg_params(m, c->num_layers + 1, 1), 0, &pv);
-    views_at(a, seg_grads(m, c->num_layers + 1), 0, &gv);
     const int B = s->batch, Lt = s->text_len, N = a->N, BN = B * N, BL = B * Lt;
     const int d = m->d, H = c->num_heads, D = c->head_dim, F = m->ffn;
     const size_t nT = (size_t)BN * d;
     const int *lens = a->masked ? a->text_lens : NULL;
     const float scale = 1.0f / sqrtf((float)D);
 
-    /* head */
-    zero(a->tok, (size_t)BN * m->patch_out);
-    unpatchify3d_backward(a->tok, dout, B, c->out_channels, s->frames, s->height, s->width, c->patch_t, c->patch_h,
-                          c->patch_w);
-    float *xL = a->x[c->num_layers];
-    layernorm_forward(a->sA, NULL, NULL, xL, NULL, NULL, BN, d, c->eps);
-    modulate_forward(a->sB, a->sA, a->hmod, a->hmod + d, B, N, d, 2 * d);
-    zero(a->sC, nT);
-    matmul_backward(a->sC, g->po_w, g->po_b, a->tok, a->sB, p->po_w, BN, m->patch_out, d);
-    zero(a->dhmod, (size_t)B * 2 * d);
-    zero(a->sB, nT);
-    modulate_backward(a->sB, a->dhmod, a->dhmod + d, a->sC, a->sA, a->hmod + d, B, N, d, 2 * d);
-    zero(a->dx, nT);
-    layernorm_backward(a->dx, NULL, NULL, a->sB, xL, NULL, a->meanf, a->rstdf, BN, d);
-    zero(a->dtemb, (size_t)B * d);
-    for (int b = 0; b < B; b++)
-        for (int k = 0; k < 2; k++)
-            for (int j = 0; j < d; j++) {
-                const float v = a->dhmod[((size_t)b * 2 + k) * d + j];
-                g->sst[(size_t)k * d + j] += v;
-                a->dtemb[(size_t)b * d + j] += v;
-            }
-    seg_done(m, c->num_layers + 1);
+    /* a pipeline stage that does not end with the head finds dx, dtemb, dtproj and dctx received */
+    const int first = m->block_begin == 0, last = m->block_end == c->num_layers;
+    if (last) {
+        views_at(a, seg_params(m, c->num_layers + 1, 1), 0, &pv);
+        views_at(a, seg_grads(m, c->num_layers + 1), 0, &gv);
+        /* head */
+        zero(a->tok, (size_t)BN * m->patch_out);
+        unpatchify3d_backward(a->tok, dout, B, c->out_channels, s->frames, s->height, s->width, c->patch_t, c->patch_h,
+                              c->patch_w);
+        float *xL = a->x[c->num_layers];
+        layernorm_forward(a->sA, NULL, NULL, xL, NULL, NULL, BN, d, c->eps);
+        modulate_forward(a->sB, a->sA, a->hmod, a->hmod + d, B, N, d, 2 * d);
+        zero(a->sC, nT);
+        matmul_backward(a->sC, g->po_w, g->po_b, a->tok, a->sB, p->po_w, BN, m->patch_out, d);
+        zero(a->dhmod, (size_t)B * 2 * d);
+        zero(a->sB, nT);
+        modulate_backward(a->sB, a->dhmod, a->dhmod + d, a->sC, a->sA, a->hmod + d, B, N, d, 2 * d);
+        zero(a->dx, nT);
+        layernorm_backward(a->dx, NULL, NULL, a->sB, xL, NULL, a->meanf, a->rstdf, BN, d);
+        zero(a->dtemb, (size_t)B * d);
+        for (int b = 0; b < B; b++)
+            for (int k = 0; k < 2; k++)
+                for (int j = 0; j < d; j++) {
+                    const float v = a->dhmod[((size_t)b * 2 + k) * d + j];
+                    g->sst[(size_t)k * d + j] += v;
+                    a->dtemb[(size_t)b * d + j] += v;
+                }
+        seg_done(m, c->num_layers + 1);
 
-    zero(a->dtproj, (size_t)B * 6 * d);
-    zero(a->dctx, (size_t)BL * d);
-    for (int l = c->num_layers - 1; l >= 0; l--) {
+        zero(a->dtproj, (size_t)B * 6 * d);
+        zero(a->dctx, (size_t)BL * d);
+    }
+    for (int l = m->block_end - 1; l >= m->block_begin; l--) {
         block_views wv, gwv;
         block_at(a, seg_params(m, 1 + l, 1), &wv);
         block_at(a, seg_grads(m, 1 + l), &gwv);
@@ -906,6 +972,7 @@ void wan_backward(wan_model *m, const float *dout) {
         seg_done(m, 1 + l);
     }
 
+    if (!first) return;
     /* time embedding: temb feeds time_proj (through SiLU) and the head (directly) */
     views_at(a, seg_params(m, 0, 1), 1, &pv);
     views_at(a, seg_grads(m, 0), 1, &gv);

@@ -11,6 +11,7 @@
 #include "dfm/kernels.h"
 #include "dfm/lora.h"
 #include "dfm/optim.h"
+#include "dfm/pipeline.h"
 #include "dfm/plot.h"
 #include "dfm/safetensors.h"
 #include "dfm/sample.h"
@@ -287,6 +288,7 @@ typedef struct {
     int consolidated;       /* checkpoint.consolidated: 0 none, 1 final, 2 every */
     long train_iters;
     char saved[64];         /* the name of the last checkpoint folder written */
+    pp_stage *pp;           /* pipeline parallelism (model.pipeline_model_parallel_size > 1): this rank's stage */
 } job;
 
 static void lora_refresh(job *j);
@@ -497,13 +499,13 @@ static void save_checkpoint_automodel(job *j, const char *root) {
     /* this rank's loader position and random state, under Automodel's per-rank names; dfm's noise, timesteps and
      * condition dropout are drawn from (seed, step, sample index), so the seed and the step are the whole state */
     snprintf(path, sizeof path, "%s/dataloader/dataloader_dp_rank_%d.json", tmp, di->dp_rank);
-    write_text_atomic(path, ls_text);
+    if (di->pp_rank == 0) write_text_atomic(path, ls_text); /* the stages of a pipeline hold the same state */
     free(ls_text);
     json_t *rng = json_pack("{s:s, s:I, s:I}", "generator", "philox4x32-10 keyed by (seed, step, sample index)", "seed",
                             (json_int_t)cfg_int(j->c, "rng.seed"), "step", (json_int_t)j->iteration);
     char *text = json_dumps(rng, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
     snprintf(path, sizeof path, "%s/rng/rng_dp_rank_%d.json", tmp, di->dp_rank);
-    write_text_atomic(path, text);
+    if (di->pp_rank == 0) write_text_atomic(path, text);
     free(text);
     json_decref(rng);
     if (j->lora_on && (j->consolidated == 2 || (j->consolidated == 1 && j->iteration >= j->train_iters))) {
@@ -744,6 +746,10 @@ static double validate(job *j, const image_dataset *ds, const int *val_idx, int 
             }
         diffusion_prepare(db, &o, x, labels, mb, per, dc->num_classes, j->tr.seed ^ 0x76616cull,
                           0xFFFFFFFFu - (uint32_t)k, 0);
+        if (j->pp) { /* through the pipeline: every stage gets the last stage's loss */
+            total += pp_dit_loss(j->pp, &j->tr, &o, j->tr.seed ^ 0x76616cull, x, labels, mb, 0xFFFFFFFFu - (uint32_t)k);
+            continue;
+        }
         dit_forward(&j->model, j->tr.out, db->model_in, db->timestep, db->labels, mb);
         size_t out_n = (size_t)dc->out_channels * dc->image_size * dc->image_size;
         total += diffusion_loss(db, j->tr.out, NULL, out_n, 1.0f);
@@ -837,7 +843,8 @@ static double validate_wan(job *j, const video_dataset *vd, const int *val_idx, 
                 memcpy(text + b * tl, vd->text + (size_t)i * tl, tl * sizeof(float));
                 lens[b] = vd->text_lens[i];
             }
-        total += wan_trainer_loss(tr, &o, tr->seed ^ 0x76616cull, lat, text, lens, mb, 0xFFFFFFFFu - (uint32_t)k, 0);
+        total += j->pp ? pp_wan_loss(j->pp, tr, &o, tr->seed ^ 0x76616cull, lat, text, lens, mb, 0xFFFFFFFFu - (uint32_t)k)
+                       : wan_trainer_loss(tr, &o, tr->seed ^ 0x76616cull, lat, text, lens, mb, 0xFFFFFFFFu - (uint32_t)k, 0);
     }
     video_loader_free(vl);
     return total / iters;
@@ -861,7 +868,8 @@ static void setup_lora(job *j, dp_model *dm, uint64_t seed) {
     float *params = j->wan ? j->wmodel.params : j->model.params;
     if (lora_create(&j->lora, base, params, &spec, seed, err, sizeof err) != 0) dfm_die("%s", err);
     free(targets), free(excludes);
-    *dm = (dp_model){&j->lora.table, j->lora.nseg, j->lora.seg_begin, &j->lora.params, &j->lora.grads, &j->lora.hooks};
+    *dm = (dp_model){&j->lora.table, j->lora.nseg, j->lora.seg_begin, &j->lora.params, &j->lora.grads, &j->lora.hooks,
+                       NULL, 0};
     j->table = &j->lora.table;
     /* what reading the checkpoint back needs: the adapted modules and where the base weights are */
     const char *bp = cfg_str(c, "checkpoint.pretrained_checkpoint");
@@ -1045,12 +1053,18 @@ int dfm_pretrain(const cfg *c) {
                           int_key(c, "model.pipeline_model_parallel_size", 1, 1 << 16), err, sizeof err) != 0)
         dfm_die("%s", err);
     /* what is not built yet is refused rather than ignored */
-    const char *par[] = {"model.tensor_model_parallel_size", "model.context_parallel_size",
-                         "model.pipeline_model_parallel_size"};
-    for (int i = 0; i < 3; i++)
+    const char *par[] = {"model.tensor_model_parallel_size", "model.context_parallel_size"};
+    for (int i = 0; i < 2; i++)
         if (cfg_int(c, par[i]) != 1)
-            dfm_die("%s = %lld (from %s): model parallelism is not built yet; use 1", par[i],
-                    (long long)cfg_int(c, par[i]), cfg_source(c, par[i]));
+            dfm_die("%s = %lld (from %s): tensor and context parallelism are not built yet; use 1 (pipeline "
+                    "parallelism is: model.pipeline_model_parallel_size)",
+                    par[i], (long long)cfg_int(c, par[i]), cfg_source(c, par[i]));
+    if (!cfg_is_null(c, "model.virtual_pipeline_model_parallel_size") &&
+        cfg_int(c, "model.virtual_pipeline_model_parallel_size") != 1)
+        dfm_die("model.virtual_pipeline_model_parallel_size = %lld (from %s): the interleaved schedule (virtual "
+                "pipeline stages) is not built yet; use null (plain 1F1B over model.pipeline_model_parallel_size)",
+                (long long)cfg_int(c, "model.virtual_pipeline_model_parallel_size"),
+                cfg_source(c, "model.virtual_pipeline_model_parallel_size"));
     if (cfg_bool(c, "model.sequence_parallel"))
         dfm_die("model.sequence_parallel = true (from %s): sequence parallelism is not built yet",
                 cfg_source(c, "model.sequence_parallel"));
@@ -1205,7 +1219,7 @@ int dfm_pretrain(const cfg *c) {
             dfm_die("Wan: %s", err);
         wan_init(&j.wmodel, seed);
         dm = (dp_model){&j.wmodel.table, j.wmodel.nseg, j.wmodel.seg_begin, &j.wmodel.params, &j.wmodel.grads,
-                        &j.wmodel.hooks};
+                        &j.wmodel.hooks, NULL, 0};
         j.config_json = wan_config_to_json(&j.wmodel.cfg);
         j.config_key = "dfm_wan_config";
         /* what generation needs besides the model: the clip shape, and how captions became embeddings */
@@ -1235,7 +1249,7 @@ int dfm_pretrain(const cfg *c) {
         if (dit_set_recompute(&j.model, recompute, err, sizeof err) != 0) dfm_die("DiT: %s", err);
         dit_init(&j.model, seed);
         dm = (dp_model){&j.model.table, j.model.nseg, j.model.seg_begin, &j.model.params, &j.model.grads,
-                        &j.model.hooks};
+                        &j.model.hooks, NULL, 0};
         j.config_json = dit_config_to_json(&j.model.cfg);
         j.config_key = "dfm_dit_config";
     }
@@ -1260,6 +1274,29 @@ int dfm_pretrain(const cfg *c) {
             printf("checkpoint.load is set: resuming from it; checkpoint.pretrained_checkpoint is not read\n");
     }
     if (j.lora_on) setup_lora(&j, &dm, seed);
+    int n_micro = n_local / mbs, pp_b0 = 0, pp_b1 = 0, pp_arenas = 1;
+    if (di->pp > 1) { /* this rank's stage: its blocks, its part of the parameters, an arena per micro-batch in flight */
+        const char *why = j.lora_on ? "peft (LoRA)"
+                          : j.consolidated ? "checkpoint.consolidated"
+                          : cfg_int(c, "train.eval_samples") > 0 ? "train.eval_samples"
+                          : bucketed && cfg_int(c, "train.eval_iters") > 0 ? "validation over resolution buckets (train.eval_iters)"
+                                                                           : NULL;
+        if (why)
+            dfm_die("%s is not built with pipeline parallelism (model.pipeline_model_parallel_size = %d) yet", why,
+                    di->pp);
+        int L = j.wan ? wc.num_layers : dc.num_layers;
+        if (pp_layout(L, di->pp, di->pp_rank, &pp_b0, &pp_b1, err, sizeof err) != 0) dfm_die("%s", err);
+        pp_arenas = di->pp - di->pp_rank < n_micro ? di->pp - di->pp_rank : n_micro;
+        if (j.wan) {
+            wan_set_stage(&j.wmodel, pp_b0, pp_b1, pp_arenas);
+            j.pp = pp_stage_new(&j.wmodel.table, j.wmodel.nseg, j.wmodel.seg_begin, &j.wmodel.params, &j.wmodel.grads,
+                                &j.wmodel.hooks, pp_b0, pp_b1, pp_arenas, &dm);
+        } else {
+            dit_set_stage(&j.model, pp_b0, pp_b1, pp_arenas);
+            j.pp = pp_stage_new(&j.model.table, j.model.nseg, j.model.seg_begin, &j.model.params, &j.model.grads,
+                                &j.model.hooks, pp_b0, pp_b1, pp_arenas, &dm);
+        }
+    }
     j.ema_decay = (float)cfg_float(c, "train.ema_decay");
     adamw_config oc;
     oc.lr = (float)cfg_float(c, "optimizer.lr");
@@ -1270,9 +1307,9 @@ int dfm_pretrain(const cfg *c) {
     oc.clip_grad = (float)cfg_float(c, "optimizer.clip_grad");
     j.dp = dp_engine_new(dm, strategy, &oc, n_local / mbs, cfg_bool(c, "ddp.overlap_grad_reduce"),
                          cfg_bool(c, "ddp.overlap_param_gather"));
-    j.sharded = strategy != DP_NO_SHARD;
+    j.sharded = strategy != DP_NO_SHARD || di->pp > 1; /* under PP every stage writes its own part */
     long token = (long)getpid();
-    dist_bcast_bytes(&token, sizeof token, 0, "broadcast of the job token");
+    dist_bcast_world_bytes(&token, sizeof token, "broadcast of the job token"); /* every stage's too */
     snprintf(j.token, sizeof j.token, "%ld", token);
     if (j.wan) wan_trainer_init(&j.wtr, &j.wmodel, &j.obj, seed, frames, vh, vw, text_len);
     else dit_trainer_init(&j.tr, &j.model, dp_optimizer(j.dp), &j.obj, seed);
@@ -1371,6 +1408,12 @@ int dfm_pretrain(const cfg *c) {
                "activations %.1f MB%s\n",
                pbytes / 1e6, gbytes / 1e6, obytes / 1e6,
                (j.wan ? wan_activation_bytes(&j.wmodel) : dit_activation_bytes(&j.model)) / 1e6, rc_note);
+        if (di->pp > 1)
+            printf("  pipeline: %d stages of %d blocks (stage 0 + embedders, stage %d + head and loss), 1F1B over %d "
+                   "micro-batches, bubble (P-1)/(m+P-1) = %.3f; rank 0 keeps %d activation arena%s (one per "
+                   "micro-batch in flight)\n",
+                   di->pp, pp_b1 - pp_b0, di->pp - 1, n_micro, pp_bubble(di->pp, n_micro), pp_arenas,
+                   pp_arenas == 1 ? "" : "s");
         printf("  %s\n", kernels_blas_info());
         fflush(stdout);
     }
@@ -1420,23 +1463,33 @@ int dfm_pretrain(const cfg *c) {
                                        (uint32_t)((di->dp_rank * acc + k) * mbs)};
             step_samples = (long)count * (gbs / mbs);
             wan_shape fs = {count * acc, sh[1], sh[2], sh[3], text_len};
-            flops_window += 3 * wan_forward_flops(&j.wmodel, &fs);
-            r = wan_trainer_step_micro(&j.wtr, j.dp, micro, acc, (int)step_samples, (uint32_t)it, (float)lr);
+            flops_window += 3 * wan_forward_flops(&j.wmodel, &fs) / di->pp;
+            r = j.pp ? pp_wan_step(j.pp, &j.wtr, j.dp, micro, acc, (int)step_samples, (uint32_t)it, (float)lr)
+                     : wan_trainer_step_micro(&j.wtr, j.dp, micro, acc, (int)step_samples, (uint32_t)it, (float)lr);
         } else if (j.wan) {
             wait_window += video_loader_next(j.vloader, x, text, labels);
-            r = wan_trainer_step_dp(&j.wtr, j.dp, x, text, labels, n_local, gbs, first, (uint32_t)it, (float)lr);
-            wan_shape fs = {n_local, frames, size, size, text_len};
-            flops_window += 3 * wan_forward_flops(&j.wmodel, &fs);
+            if (j.pp) { /* this rank's micro-batches through the pipeline */
+                size_t lat_n = (size_t)chans * frames * vh * vw;
+                for (int k = 0; k < acc; k++)
+                    micro[k] = (wan_micro){x + (size_t)k * mbs * lat_n,  text + (size_t)k * mbs * text_per,
+                                           labels + (size_t)k * mbs, mbs, frames, vh, vw,
+                                           first + (uint32_t)(k * mbs)};
+                r = pp_wan_step(j.pp, &j.wtr, j.dp, micro, acc, gbs, (uint32_t)it, (float)lr);
+            } else
+                r = wan_trainer_step_dp(&j.wtr, j.dp, x, text, labels, n_local, gbs, first, (uint32_t)it, (float)lr);
+            wan_shape fs = {n_local, frames, vh, vw, text_len};
+            flops_window += 3 * wan_forward_flops(&j.wmodel, &fs) / di->pp;
         } else {
             wait_window += loader_next(j.loader, x, labels);
-            r = dit_trainer_step_dp(&j.tr, j.dp, x, labels, n_local, gbs, first, (uint32_t)it, (float)lr);
-            flops_window += 3 * dit_forward_flops(&j.model, n_local);
+            r = j.pp ? pp_dit_step(j.pp, &j.tr, j.dp, x, labels, n_local, gbs, first, (uint32_t)it, (float)lr)
+                     : dit_trainer_step_dp(&j.tr, j.dp, x, labels, n_local, gbs, first, (uint32_t)it, (float)lr);
+            flops_window += 3 * dit_forward_flops(&j.model, n_local) / di->pp;
         }
         if (r.skipped) {
             char what[700];
             if (r.bad_param >= 0)
                 snprintf(what, sizeof what, "the gradient of '%s' (the first parameter holding NaN/Inf)",
-                         j.table->e[r.bad_param].name);
+                         (j.pp ? pp_stage_table(j.pp) : j.table)->e[r.bad_param].name);
             else
                 snprintf(what, sizeof what, "the loss (%g)", r.loss);
             if (skip_nan) {
@@ -1475,7 +1528,11 @@ int dfm_pretrain(const cfg *c) {
                         "\"model_tflops\": %.4g%s, \"data_wait_frac\": %.4g%s",
                         j.iteration, loss_s, lr, norm_s, sps, tflops, mfu_j, wait_frac,
                         di->size > 1 || skipped ? "" : "}\n");
-                if (di->size > 1) fprintf(mf, ", \"comm_wait_frac\": %.4g%s", comm_frac, skipped ? "" : "}\n");
+                if (di->size > 1) {
+                    fprintf(mf, ", \"comm_wait_frac\": %.4g", comm_frac);
+                    if (di->pp > 1) fprintf(mf, ", \"pp_bubble\": %.4g", pp_bubble(di->pp, n_micro));
+                    fprintf(mf, "%s", skipped ? "" : "}\n");
+                }
                 if (skipped) fprintf(mf, ", \"skipped_steps\": %ld}\n", skipped);
                 fflush(mf);
                 char eta[32];
@@ -1527,6 +1584,7 @@ int dfm_pretrain(const cfg *c) {
         free(j.class_names_meta);
     free(j.config_json), free(j.sample_meta), free(j.lora_meta);
     dp_engine_free(j.dp);
+    pp_stage_free(j.pp);
     if (j.lora_on) lora_free(&j.lora);
     if (j.wan) {
         video_loader_free(j.vloader);

@@ -30,13 +30,10 @@ void wan_trainer_free(wan_trainer *tr) {
     free(tr->out), free(tr->dout), free(tr->text), free(tr->cond), free(tr->lens);
 }
 
-/* Noise, timesteps and dropout for B samples, then the model's forward; returns the micro-batch loss and leaves
- * dout = grad_scale * dloss/dout. */
-static double forward_loss(wan_trainer *tr, const objective_config *o, uint64_t seed, const float *latents,
-                           const float *text, const int *text_lens, int B, int frames, int height, int width,
-                           uint32_t step, uint32_t first, float grad_scale, int want_grad) {
-    wan_model *m = tr->model;
-    const wan_config *c = &m->cfg;
+void wan_trainer_prepare(wan_trainer *tr, const objective_config *o, uint64_t seed, const float *latents,
+                         const float *text, const int *text_lens, int B, int frames, int height, int width,
+                         uint32_t step, uint32_t first) {
+    const wan_config *c = &tr->model->cfg;
     if ((size_t)frames * height * width > (size_t)tr->frames * tr->height * tr->width)
         dfm_die("internal: Wan micro-batch of %d x %d x %d latents exceeds the trainer's %d x %d x %d", frames, height,
                 width, tr->frames, tr->height, tr->width);
@@ -55,6 +52,17 @@ static double forward_loss(wan_trainer *tr, const objective_config *o, uint64_t 
             tr->lens[b] = text_lens[b];
         }
     }
+}
+
+/* Noise, timesteps and dropout for B samples, then the model's forward; returns the micro-batch loss and leaves
+ * dout = grad_scale * dloss/dout. */
+static double forward_loss(wan_trainer *tr, const objective_config *o, uint64_t seed, const float *latents,
+                           const float *text, const int *text_lens, int B, int frames, int height, int width,
+                           uint32_t step, uint32_t first, float grad_scale, int want_grad) {
+    wan_model *m = tr->model;
+    const wan_config *c = &m->cfg;
+    wan_trainer_prepare(tr, o, seed, latents, text, text_lens, B, frames, height, width, step, first);
+    size_t vox = (size_t)frames * height * width;
     wan_shape s = {B, frames, height, width, tr->text_len};
     wan_forward(m, tr->out, tr->db.model_in, tr->db.timestep, tr->text, tr->lens, &s);
     size_t out_n = (size_t)c->out_channels * vox;
