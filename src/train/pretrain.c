@@ -477,7 +477,7 @@ static void save_checkpoint_automodel(job *j, const char *root) {
     int lead = di->rank == 0;
     char *ls_text = j->wan ? video_loader_state_save(j->vloader) : loader_state_save(j->loader);
     long epoch = state_epoch(ls_text);
-    dist_bcast_bytes(&epoch, sizeof epoch, 0, "broadcast of the checkpoint's epoch");
+    dist_bcast_world_bytes(&epoch, sizeof epoch, "broadcast of the checkpoint's epoch");
     char final[4200], tmp[4300], path[4500], mdir[4400], odir[4400], old[4400];
     snprintf(j->saved, sizeof j->saved, "epoch_%ld_step_%ld", epoch, j->iteration);
     snprintf(final, sizeof final, "%s/%s", root, j->saved);
@@ -497,13 +497,13 @@ static void save_checkpoint_automodel(job *j, const char *root) {
     /* this rank's loader position and random state, under Automodel's per-rank names; dfm's noise, timesteps and
      * condition dropout are drawn from (seed, step, sample index), so the seed and the step are the whole state */
     snprintf(path, sizeof path, "%s/dataloader/dataloader_dp_rank_%d.json", tmp, di->dp_rank);
-    write_text_atomic(path, ls_text);
+    if (di->tp_rank == 0) write_text_atomic(path, ls_text); /* the TP ranks of a DP rank share its loader */
     free(ls_text);
     json_t *rng = json_pack("{s:s, s:I, s:I}", "generator", "philox4x32-10 keyed by (seed, step, sample index)", "seed",
                             (json_int_t)cfg_int(j->c, "rng.seed"), "step", (json_int_t)j->iteration);
     char *text = json_dumps(rng, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
     snprintf(path, sizeof path, "%s/rng/rng_dp_rank_%d.json", tmp, di->dp_rank);
-    write_text_atomic(path, text);
+    if (di->tp_rank == 0) write_text_atomic(path, text);
     free(text);
     json_decref(rng);
     if (j->lora_on && (j->consolidated == 2 || (j->consolidated == 1 && j->iteration >= j->train_iters))) {
@@ -671,14 +671,14 @@ static void load_pretrained(job *j, const char *path) {
     }
     for (int i = 0; i < t->n || i < src->n; i++) {
         const param_entry *a = i < t->n ? &t->e[i] : NULL, *b = i < src->n ? &src->e[i] : NULL;
-        int same = a && b && !strcmp(a->name, b->name) && a->ndim == b->ndim && a->offset == b->offset;
-        for (int d = 0; same && d < a->ndim; d++) same = a->shape[d] == b->shape[d];
+        int same = a && b && !strcmp(a->name, b->name) && a->ndim == b->ndim;
+        for (int d = 0; same && d < a->ndim; d++) same = a->global_shape[d] == b->shape[d];
         if (!same)
             dfm_die("checkpoint.pretrained_checkpoint '%s' holds a different model: tensor %d is %s there, %s here "
                     "(set the model.* keys to the pretrained model's shape)",
                     path, i, b ? b->name : "missing", a ? a->name : "missing");
+        param_entry_take_slice(a, w + b->offset, dst + a->offset); /* a TP rank keeps its slice */
     }
-    memcpy(dst, w, t->total * sizeof(float));
     if (j->wan) wan_free(&wm);
     else dit_free(&dm);
     if (dist_get()->rank == 0) printf("initial weights from the diffusers folder %s\n", path);
@@ -1045,14 +1045,14 @@ int dfm_pretrain(const cfg *c) {
                           int_key(c, "model.pipeline_model_parallel_size", 1, 1 << 16), err, sizeof err) != 0)
         dfm_die("%s", err);
     /* what is not built yet is refused rather than ignored */
-    const char *par[] = {"model.tensor_model_parallel_size", "model.context_parallel_size",
-                         "model.pipeline_model_parallel_size"};
-    for (int i = 0; i < 3; i++)
+    const char *par[] = {"model.context_parallel_size", "model.pipeline_model_parallel_size"};
+    for (int i = 0; i < 2; i++)
         if (cfg_int(c, par[i]) != 1)
-            dfm_die("%s = %lld (from %s): model parallelism is not built yet; use 1", par[i],
+            dfm_die("%s = %lld (from %s): context and pipeline parallelism are not built yet; use 1", par[i],
                     (long long)cfg_int(c, par[i]), cfg_source(c, par[i]));
     if (cfg_bool(c, "model.sequence_parallel"))
-        dfm_die("model.sequence_parallel = true (from %s): sequence parallelism is not built yet",
+        dfm_die("model.sequence_parallel = true (from %s): sequence parallelism is not built yet (tensor "
+                "parallelism is: model.tensor_model_parallel_size without sequence_parallel)",
                 cfg_source(c, "model.sequence_parallel"));
 
     job j;
@@ -1064,6 +1064,10 @@ int dfm_pretrain(const cfg *c) {
     if (j.wan) config_to_wan(c, &wc);
     else config_to_dit(c, &dc);
     int recompute = recompute_blocks(c, j.wan ? wc.num_layers : dc.num_layers);
+    if (di->tp > 1) { /* heads and FFN columns split over the TP group: sizes it does not divide are refused */
+        if (!(j.wan ? wan_tp_check(&wc, di->tp, err, sizeof err) : dit_tp_check(&dc, di->tp, err, sizeof err)))
+            dfm_die("%s (from %s)", err, cfg_source(c, "model.tensor_model_parallel_size"));
+    }
     config_to_objective(c, &j.obj);
     j.objective_meta = objective_json(&j.obj);
     long train_iters = int_key(c, "train.train_iters", 0, 1L << 30);
@@ -1199,7 +1203,7 @@ int dfm_pretrain(const cfg *c) {
     dp_model dm;
     if (j.wan) {
         wan_shape mx = {mbs, frames, vh, vw, text_len};
-        wan_create_weights_only(&j.wmodel, &wc);
+        wan_create_weights_only_tp(&j.wmodel, &wc, di->tp, di->tp_rank);
         if (wan_set_recompute(&j.wmodel, recompute, err, sizeof err) != 0 ||
             wan_prepare(&j.wmodel, &mx, err, sizeof err) != 0)
             dfm_die("Wan: %s", err);
@@ -1231,7 +1235,7 @@ int dfm_pretrain(const cfg *c) {
         j.sample_meta = json_dumps(sm, JSON_COMPACT | JSON_PRESERVE_ORDER);
         json_decref(sm);
     } else {
-        dit_create(&j.model, &dc, mbs);
+        dit_create_tp(&j.model, &dc, mbs, di->tp, di->tp_rank);
         if (dit_set_recompute(&j.model, recompute, err, sizeof err) != 0) dfm_die("DiT: %s", err);
         dit_init(&j.model, seed);
         dm = (dp_model){&j.model.table, j.model.nseg, j.model.seg_begin, &j.model.params, &j.model.grads,
@@ -1241,6 +1245,10 @@ int dfm_pretrain(const cfg *c) {
     }
     j.table = dm.table;
     j.lora_on = cfg_len(c, "peft.target_modules") > 0 || cfg_bool(c, "peft.match_all_linear");
+    if (j.lora_on && di->tp > 1)
+        dfm_die("peft (LoRA) with model.tensor_model_parallel_size = %d: LoRA under tensor parallelism is not built "
+                "yet; use data parallelism",
+                di->tp);
     if (j.lora_on && cfg_is_null(c, "checkpoint.pretrained_checkpoint"))
         dfm_die("peft: LoRA adapts pretrained weights; set checkpoint.pretrained_checkpoint (dfm finetune: "
                 "model.mode finetune)");
@@ -1248,6 +1256,10 @@ int dfm_pretrain(const cfg *c) {
     j.automodel = !strcmp(cfg_str(c, "checkpoint.layout"), "automodel");
     const char *cons = cfg_str(c, "checkpoint.consolidated");
     j.consolidated = !strcmp(cons, "every") ? 2 : !strcmp(cons, "final") ? 1 : 0;
+    if (j.consolidated && di->tp > 1)
+        dfm_die("checkpoint.consolidated = %s (from %s) under tensor parallelism (%d ranks) is not built yet: set it "
+                "to none and run dfm export on the checkpoint (it reads tensor-parallel checkpoints)",
+                cons, cfg_source(c, "checkpoint.consolidated"), di->tp);
     if (j.consolidated && !j.automodel)
         dfm_die("checkpoint.consolidated = %s (from %s) needs checkpoint.layout: automodel (dfm export writes a "
                 "diffusers folder from a Megatron-layout checkpoint)",
@@ -1270,9 +1282,10 @@ int dfm_pretrain(const cfg *c) {
     oc.clip_grad = (float)cfg_float(c, "optimizer.clip_grad");
     j.dp = dp_engine_new(dm, strategy, &oc, n_local / mbs, cfg_bool(c, "ddp.overlap_grad_reduce"),
                          cfg_bool(c, "ddp.overlap_param_gather"));
-    j.sharded = strategy != DP_NO_SHARD;
+    /* under tensor parallelism every TP rank writes its own slices (shard files), whatever the strategy */
+    j.sharded = strategy != DP_NO_SHARD || di->tp > 1;
     long token = (long)getpid();
-    dist_bcast_bytes(&token, sizeof token, 0, "broadcast of the job token");
+    dist_bcast_world_bytes(&token, sizeof token, "broadcast of the job token"); /* every TP rank writes there too */
     snprintf(j.token, sizeof j.token, "%ld", token);
     if (j.wan) wan_trainer_init(&j.wtr, &j.wmodel, &j.obj, seed, frames, vh, vw, text_len);
     else dit_trainer_init(&j.tr, &j.model, dp_optimizer(j.dp), &j.obj, seed);
@@ -1336,12 +1349,12 @@ int dfm_pretrain(const cfg *c) {
             printf("dfm pretrain: recipe %s, Wan 2.1 %d x %d (%d heads, latents [%d, %d, %d, %d], %d tokens, text %d x "
                    "%d), %zu parameters, %s objective\n",
                    cfg_recipe_of(c), wc.num_layers, wc.num_heads * wc.head_dim, wc.num_heads, chans, frames, vh, vw,
-                   j.wmodel.max_tokens, text_len, wc.text_dim, j.table->total,
+                   j.wmodel.max_tokens, text_len, wc.text_dim, param_table_global_total(j.table),
                    j.obj.kind == OBJ_EDM ? "EDM" : "flow-matching");
         else
             printf("dfm pretrain: recipe %s, DiT %d x %d (%d heads, patch %d, %d tokens), %zu parameters, %s objective\n",
                    cfg_recipe_of(c), dc.num_layers, dc.hidden_size, dc.num_heads, dc.patch_size, j.model.T,
-                   j.model.table.total, j.obj.kind == OBJ_EDM ? "EDM" : "flow-matching");
+                   param_table_global_total(&j.model.table), j.obj.kind == OBJ_EDM ? "EDM" : "flow-matching");
         if (ds.pixels || vd.latents)
             printf("  data %s (%s): %d training / %d validation samples; batch %d (micro %d); %ld steps; %d threads\n",
                    dtype, dpath, n_train, n_val, gbs, mbs, train_iters, nth);
