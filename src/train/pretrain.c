@@ -352,8 +352,44 @@ static void write_state_tensors(job *j, const char *mdir, const char *odir) {
     }
 }
 
+/* Tensor parallelism: the parameters that are not split (norms, modulation, embedders, head) and their EMA must be
+ * the same bits on every TP rank. Checked at every checkpoint by a checksum compared over the TP group; a
+ * difference is a bug, and ends the run rather than saving diverged replicas. */
+static void tp_check_replicated(job *j) {
+    const dist_info *di = dist_get();
+    if (di->tp == 1) return;
+    const param_table *t = j->table;
+    float *full = xalloc_floats(t->total);
+    uint64_t h = 1469598103934665603ull; /* FNV-1a over the bytes */
+    size_t n = 0;
+    for (int ema = 0; ema < 2; ema++) {
+        dp_gather_full(j->dp, ema, full); /* every rank takes part */
+        for (int i = 0; i < t->n; i++) {
+            if (t->e[i].split_axis >= 0) continue;
+            const unsigned char *b = (const unsigned char *)(full + t->e[i].offset);
+            for (size_t k = 0; k < t->e[i].numel * sizeof(float); k++) h = (h ^ b[k]) * 1099511628211ull;
+            n += ema ? 0 : t->e[i].numel;
+        }
+    }
+    free(full);
+    double mine, *all = xcalloc((size_t)di->tp, sizeof(double));
+    memcpy(&mine, &h, sizeof mine);
+    dist_tp_allgather_f64(&mine, all, 1, "tensor-parallel all-gather of the replicated parameters' checksum");
+    for (int r = 1; r < di->tp; r++)
+        if (memcmp(&all[r], &all[0], sizeof(double)))
+            dfm_die("tensor parallelism: the %zu replicated parameters (or their EMA) differ between TP rank 0 and TP "
+                    "rank %d at iteration %ld",
+                    n, r, j->iteration);
+    free(all);
+    if (di->rank == 0)
+        printf("  tensor-parallel ranks agree bit for bit on the %zu replicated parameters and their EMA (checksum "
+               "%016llx)\n",
+               n, (unsigned long long)h);
+}
+
 static void save_checkpoint(job *j, const char *root) {
     int lead = dist_get()->rank == 0;
+    tp_check_replicated(j);
     char final[4096], tmp[4096], path[4200];
     snprintf(final, sizeof final, "%s/iter_%07ld", root, j->iteration);
     snprintf(tmp, sizeof tmp, "%s/iter_%07ld.tmp.%s", root, j->iteration, j->token);
@@ -475,6 +511,7 @@ static char *read_rank_file(const char *dir, const char *sub, int dp_rank, char 
 static void save_checkpoint_automodel(job *j, const char *root) {
     const dist_info *di = dist_get();
     int lead = di->rank == 0;
+    tp_check_replicated(j);
     char *ls_text = j->wan ? video_loader_state_save(j->vloader) : loader_state_save(j->loader);
     long epoch = state_epoch(ls_text);
     dist_bcast_world_bytes(&epoch, sizeof epoch, "broadcast of the checkpoint's epoch");
