@@ -1426,7 +1426,8 @@ int dfm_pretrain(const cfg *c) {
     }
 
     /* throughput in the model's terms: 3 x the forward FLOPs of this rank's samples (wan_forward_flops /
-     * dit_forward_flops: matrix products and attention), per second; MFU against the process's peak */
+     * dit_forward_flops: matrix products and attention), per second; MFU against the process's peak. The TP ranks
+     * of a DP rank share its samples' FLOPs: each is credited 1/TP of them (Megatron's model FLOPs per GPU). */
     char peak_desc[600] = "";
     double peak_tflops = 0;
     if (cfg_is_null(c, "logger.peak_tflops")) {
@@ -1510,7 +1511,7 @@ int dfm_pretrain(const cfg *c) {
         if (j.iteration % log_interval == 0 || j.iteration == train_iters) {
             double now = dfm_time_s(), dt = now - t_window;
             double sps = steps_window * gbs / dt, wait_frac = wait_window / dt, comm_frac = dist_take_wait_time() / dt;
-            double tflops = flops_window / dt / 1e12, mfu = peak_tflops > 0 ? tflops / peak_tflops : NAN;
+            double tflops = flops_window / di->tp / dt / 1e12, mfu = peak_tflops > 0 ? tflops / peak_tflops : NAN;
             char mfu_s[48] = "", mfu_j[48] = "";
             if (isfinite(mfu)) {
                 snprintf(mfu_s, sizeof mfu_s, " (MFU %.1f%%)", 100 * mfu);
