@@ -1,5 +1,5 @@
 /* Tensor parallelism (model.tensor_model_parallel_size) under mpirun --oversubscribe on 2 cores: a tiny DiT and a
- * tiny Wan trained with TP2 (and DP2 x TP2) against one process at the same global batch, the replicated
+ * tiny Wan trained with TP2 (with sharding, with activation recompute, and DP2 x TP2) against one process at the same global batch, the replicated
  * parameters identical across the TP ranks, a TP2 checkpoint resumed as one process, dfm export of a TP2
  * checkpoint, and the layouts that are refused. */
 #include "dfm/checkpoint.h"
@@ -91,8 +91,11 @@ static void dit_cases(void) {
                               {"2", "tp2_ogp",
                                "model.tensor_model_parallel_size=2 ddp.data_parallel_sharding_strategy=optim_grads_params"},
                               {"4", "dp2_tp2", "model.tensor_model_parallel_size=2"},
-                              {"4", "dp2_tp2_optim", "model.tensor_model_parallel_size=2 ddp.data_parallel_sharding_strategy=optim"}};
-    for (int k = 0; k < 4; k++) {
+                              {"4", "dp2_tp2_optim", "model.tensor_model_parallel_size=2 ddp.data_parallel_sharding_strategy=optim"},
+                              {"2", "tp2_recompute",
+                               "model.tensor_model_parallel_size=2 model.recompute_granularity=full "
+                               "model.recompute_method=uniform model.recompute_num_layers=1"}};
+    for (int k = 0; k < 5; k++) {
         int rc = train(atoi(cases[k][0]), DIT, cases[k][1], cases[k][2]);
         const char *run = test_path("%s/%s", dir, cases[k][1]);
         char runbuf[1024];
@@ -182,8 +185,11 @@ static void wan_cases(void) {
     CHECK(train(0, WAN, "wan_one", "") == 0, "Wan, one process trains");
     const char *cases[][3] = {{"2", "wan_tp2", "model.tensor_model_parallel_size=2"},
                               {"4", "wan_dp2_tp2",
-                               "model.tensor_model_parallel_size=2 ddp.data_parallel_sharding_strategy=optim_grads"}};
-    for (int k = 0; k < 2; k++) {
+                               "model.tensor_model_parallel_size=2 ddp.data_parallel_sharding_strategy=optim_grads"},
+                              {"2", "wan_tp2_recompute",
+                               "model.tensor_model_parallel_size=2 model.recompute_granularity=full "
+                               "model.recompute_method=uniform model.recompute_num_layers=1"}};
+    for (int k = 0; k < 3; k++) {
         int rc = train(atoi(cases[k][0]), WAN, cases[k][1], cases[k][2]);
         char runbuf[1024];
         snprintf(runbuf, sizeof runbuf, "%s/%s", dir, cases[k][1]);
