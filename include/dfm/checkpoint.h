@@ -30,6 +30,12 @@ extern "C" {
  * is element `begin`). meta: NULL-terminated key/value pairs copied into the file. Atomic (temporary + rename). */
 void ckpt_write_shard(const char *dir, int rank, int world, const param_table *t, size_t begin, size_t end, int nkinds,
                       const char *const *kinds, const float *const *bufs, const char *const *meta);
+/* The same for a tensor-parallel rank: its table holds slices (param_entry.split_*), written as pieces of the
+ * whole tensors (metadata: the global shape and the slice, "split": [axis, start, length]); whole (replicated)
+ * tensors are written only when with_whole is set (TP rank 0), so every element is stored once. */
+void ckpt_write_shard_tp(const char *dir, int rank, int world, const param_table *t, size_t begin, size_t end,
+                         int nkinds, const char *const *kinds, const float *const *bufs, const char *const *meta,
+                         int with_whole);
 /* 1 when dir is an Automodel step folder: no weights at its top, a model/ subfolder. */
 int ckpt_is_automodel_step(const char *dir);
 /* The folder holding kind's tensors ("model", "ema", "exp_avg", "exp_avg_sq"): dir itself, or for an Automodel

@@ -58,7 +58,7 @@ int dist_any_world(int flag, const char *what);
 /* The smallest of an int over DP (blocking). */
 int dist_allreduce_min_int(int v, const char *what);
 void dist_bcast_bytes(void *buf, size_t n, int root_dp_rank, const char *what);
-/* The same over the whole world from world rank 0. */
+/* The same over the whole world from world rank 0 (what every rank of every group must agree on). */
 void dist_bcast_world_bytes(void *buf, size_t n, const char *what);
 
 /* Non-blocking collectives over group g (ranks numbered within g; counts has one entry per rank of g).
@@ -78,6 +78,14 @@ dist_req *dist_irecv_pp_f32(float *buf, size_t n, int peer, int tag, const char 
 void dist_wait(dist_req *r);
 /* Give MPI a chance to progress outstanding requests; 1 if r is complete (r may be NULL). */
 int dist_test(dist_req *r);
+/* ---- collectives over the tensor-parallel group (no-ops when TP = 1) ------------------------------ */
+
+/* In-place sum of n floats over the TP group, deterministic and the same bits on every TP rank: the partial
+ * sums are gathered and added in rank order (an MPI reduction may add in a different order on each rank). */
+void dist_tp_allreduce_sum_f32(float *buf, size_t n, const char *what);
+/* Every TP rank's n doubles, in rank order, into recv (TP x n). */
+void dist_tp_allgather_f64(const double *send, double *recv, int n, const char *what);
+
 /* Seconds spent inside dist_wait / blocking collectives since the last call (communication not hidden). */
 double dist_take_wait_time(void);
 

@@ -38,6 +38,9 @@ typedef struct dit_acts dit_acts;
 typedef struct {
     dit_config cfg;
     int d, T, grid, head_dim, ffn, patch_dim, out_dim; /* derived sizes */
+    /* tensor parallelism (dit_create_tp): this rank's heads, attention width (heads x head_dim) and FFN columns;
+     * tp = 1: the whole model (heads_local = num_heads, ...) */
+    int tp, tp_rank, heads_local, attn_local, ffn_local;
     param_table table;
     float *params, *grads; /* one buffer each, table.total floats */
     int max_batch;
@@ -58,6 +61,12 @@ typedef struct {
 
 /* Build the model (parameter table, buffers) for micro-batches of up to max_batch samples. Dies on a bad config. */
 void dit_create(dit_model *m, const dit_config *cfg, int max_batch);
+/* The same as tensor-parallel rank tp_rank of tp (Megatron's split: q/k/v and ff.net.0 column-parallel, split
+ * by heads and FFN columns; to_out.0 and ff.net.2 row-parallel; everything else whole on every rank). The table
+ * lists this rank's slices (param_entry.split_*); forward and backward all-reduce over the TP group. */
+void dit_create_tp(dit_model *m, const dit_config *cfg, int max_batch, int tp, int tp_rank);
+/* 1 if tp divides the head count and the FFN width, else 0 with err naming both numbers. */
+int dit_tp_check(const dit_config *cfg, int tp, char *err, size_t errlen);
 void dit_free(dit_model *m);
 /* Paper initialisation (xavier-uniform linears, N(0, 0.02) embeddings, zero adaLN and output) from a seed. */
 void dit_init(dit_model *m, uint64_t seed);

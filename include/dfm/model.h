@@ -20,6 +20,13 @@ typedef struct {
     size_t offset; /* in floats, into the parameter buffer */
     size_t numel;
     int no_decay; /* excluded from weight decay (biases, embeddings where so configured) */
+    /* Tensor parallelism: a table may hold this rank's slice of a tensor split along one dimension. shape is the
+     * slice's (local) shape; global_shape the whole tensor's; the slice is indices [split_start, split_start +
+     * shape[split_axis]) of dimension split_axis. split_axis = -1: the tensor is whole (global_shape = shape). */
+    int split_axis;
+    int64_t split_start;
+    int64_t global_shape[DFM_MAX_DIMS];
+    size_t global_numel;
 } param_entry;
 
 typedef struct {
@@ -30,6 +37,14 @@ typedef struct {
 
 void param_table_add(param_table *t, const char *name, int ndim, const int64_t *shape, int no_decay);
 const param_entry *param_table_find(const param_table *t, const char *name);
+/* Add part `part` of `parts` equal slices of a tensor of global shape gshape along dimension axis (tensor
+ * parallelism; parts = 1 is param_table_add). The caller checks that parts divides gshape[axis]. */
+void param_table_add_split(param_table *t, const char *name, int ndim, const int64_t *gshape, int no_decay, int axis,
+                           int parts, int part);
+/* The number of floats of the whole model the table describes slices of (= total without split entries). */
+size_t param_table_global_total(const param_table *t);
+/* Copy entry e's slice out of its whole tensor `whole` (laid out by global_shape, C order) into `slice`. */
+void param_entry_take_slice(const param_entry *e, const float *whole, float *slice);
 void param_table_free(param_table *t);
 
 /* Save a buffer laid out by table t (parameters, EMA weights, a moment) as F32 safetensors, one tensor

@@ -43,6 +43,11 @@ int wan_config_check(wan_config *c, char *err, size_t errlen);
 /* The parameter table (names, shapes, offsets) of a config, without allocating any buffer: parameter
  * counts of the big configs can be had without their memory. Dies on an invalid config. */
 void wan_build_table(param_table *t, const wan_config *c);
+/* The table of tensor-parallel rank tp_rank of tp: attention q/k/v (self and cross) and ffn.net.0 split by heads /
+ * columns (column-parallel, norm_q/norm_k weights with them), to_out.0 and ffn.net.2 row-parallel, the rest whole. */
+void wan_build_table_tp(param_table *t, const wan_config *c, int tp, int tp_rank);
+/* 1 if tp divides the head count and the FFN width, else 0 with err naming both numbers. */
+int wan_tp_check(const wan_config *c, int tp, char *err, size_t errlen);
 
 /* The largest input one forward handles (the activation arena is sized from it), or the input of one call. */
 typedef struct {
@@ -55,6 +60,9 @@ typedef struct wan_acts wan_acts;
 typedef struct {
     wan_config cfg;
     int d, ffn, patch_in, patch_out; /* derived sizes: d = heads * head_dim; C*pt*ph*pw; pt*ph*pw*C_out */
+    /* tensor parallelism (wan_create_tp): this rank's heads, attention width (heads x head_dim) and FFN columns;
+     * tp = 1: the whole model */
+    int tp, tp_rank, heads_local, attn_local, ffn_local;
     param_table table;
     float *params, *grads; /* one buffer each, table.total floats */
     wan_shape max;         /* what the activation arena holds */
@@ -77,11 +85,17 @@ typedef struct {
 /* Build the model for inputs up to `max` (batch, tokens per sample and text length). Dies with a message on
  * an invalid config or shape. */
 void wan_create(wan_model *m, const wan_config *cfg, const wan_shape *max);
+/* The same as tensor-parallel rank tp_rank of tp (Megatron's split, see wan_build_table_tp): forward and backward
+ * all-reduce over the TP group after the row-parallel linears, for the column-parallel input gradients and for
+ * the q/k RMSNorms' mean squares over all heads. */
+void wan_create_tp(wan_model *m, const wan_config *cfg, const wan_shape *max, int tp, int tp_rank);
 void wan_free(wan_model *m);
 /* Only the config, the parameter table and the parameter buffer (no gradients, no activations): enough to
  * convert weights (load, save, export) in half the memory of a trainable model; wan_forward refuses it until
  * wan_prepare. Free with wan_free. Dies on an invalid config. (wan_create = this + wan_prepare.) */
 void wan_create_weights_only(wan_model *m, const wan_config *cfg);
+/* The same as tensor-parallel rank tp_rank of tp (see wan_create_tp); wan_prepare then sizes its activations. */
+void wan_create_weights_only_tp(wan_model *m, const wan_config *cfg, int tp, int tp_rank);
 /* Give a weights-only model its gradients and activation arena for inputs up to max. Returns 0, or -1 with the
  * reason in err (a shape the config cannot take, too large an input); the model is unchanged then. */
 int wan_prepare(wan_model *m, const wan_shape *max, char *err, size_t errlen);

@@ -111,10 +111,12 @@ int dfm_finetune_main(int argc, char **argv) {
     }
     automodel_plan plan;
     if (automodel_check(a, dist_get()->size, &plan, err, sizeof err) != 0) dfm_die("%s", err);
-    if (plan.tp > 1 || plan.cp > 1)
-        dfm_die("fsdp.tp_size/cp_size = %d/%d: tensor and context parallelism are not built yet; use 1 (fsdp.pp_size, "
-                "pipeline parallelism, is)",
-                plan.tp, plan.cp);
+    if (plan.cp > 1)
+        dfm_die("fsdp.cp_size = %d: context parallelism is not built yet; use 1 (tp_size and pp_size are built)",
+                plan.cp);
+    if (plan.tp > 1 && plan.pp > 1)
+        dfm_die("fsdp.tp_size %d with pp_size %d: tensor and pipeline parallelism together are not built yet; use one",
+                plan.tp, plan.pp);
     if (automodel_peft_enabled(a) && strcmp(cfg_str(a, "model.mode"), "finetune"))
         dfm_die("peft: LoRA adapts pretrained weights; it needs model.mode: finetune (not %s)", cfg_str(a, "model.mode"));
     if (cfg_bool(a, "fsdp.cpu_offload"))
@@ -222,6 +224,8 @@ int dfm_finetune_main(int argc, char **argv) {
     put(m, "ddp.data_parallel_sharding_strategy", json_string("optim_grads_params"));
     put(m, "ddp.num_distributed_optimizer_instances", json_integer(plan.dp_replicate));
     put(m, "model.pipeline_model_parallel_size", json_integer(plan.pp)); /* fsdp.pp_size: the same 1F1B pipeline */
+    /* fsdp.tp_size: Megatron's tensor parallelism (heads and FFN columns split over tp_size ranks) */
+    put(m, "model.tensor_model_parallel_size", json_integer(plan.tp));
     put(m, "dataset.type", json_string(dtype));
     put(m, "dataset.path", json_string(meta));
     put(m, "dataset.max_samples", json_null());

@@ -26,7 +26,49 @@ void param_table_add(param_table *t, const char *name, int ndim, const int64_t *
     }
     e->offset = t->total;
     e->no_decay = no_decay;
+    e->split_axis = -1;
+    e->split_start = 0;
+    for (int i = 0; i < DFM_MAX_DIMS; i++) e->global_shape[i] = i < ndim ? shape[i] : 0;
+    e->global_numel = e->numel;
     t->total += e->numel;
+}
+
+void param_table_add_split(param_table *t, const char *name, int ndim, const int64_t *gshape, int no_decay, int axis,
+                           int parts, int part) {
+    if (parts <= 1) {
+        param_table_add(t, name, ndim, gshape, no_decay);
+        return;
+    }
+    if (axis < 0 || axis >= ndim || gshape[axis] % parts || part < 0 || part >= parts)
+        dfm_die("internal: parameter '%s' cannot be split in %d along dimension %d", name, parts, axis);
+    int64_t local[DFM_MAX_DIMS];
+    for (int i = 0; i < ndim; i++) local[i] = gshape[i];
+    local[axis] = gshape[axis] / parts;
+    param_table_add(t, name, ndim, local, no_decay);
+    param_entry *e = &t->e[t->n - 1];
+    e->split_axis = axis;
+    e->split_start = local[axis] * part;
+    e->global_numel = 1;
+    for (int i = 0; i < ndim; i++) e->global_shape[i] = gshape[i], e->global_numel *= (size_t)gshape[i];
+}
+
+size_t param_table_global_total(const param_table *t) {
+    size_t n = 0;
+    for (int i = 0; i < t->n; i++) n += t->e[i].global_numel;
+    return n;
+}
+
+void param_entry_take_slice(const param_entry *e, const float *whole, float *slice) {
+    if (e->split_axis < 0) {
+        memcpy(slice, whole, e->numel * sizeof(float));
+        return;
+    }
+    size_t outer = 1, inner = 1;
+    for (int i = 0; i < e->split_axis; i++) outer *= (size_t)e->shape[i];
+    for (int i = e->split_axis + 1; i < e->ndim; i++) inner *= (size_t)e->shape[i];
+    size_t run = (size_t)e->shape[e->split_axis] * inner, grow = (size_t)e->global_shape[e->split_axis] * inner;
+    for (size_t o = 0; o < outer; o++)
+        memcpy(slice + o * run, whole + o * grow + (size_t)e->split_start * inner, run * sizeof(float));
 }
 
 const param_entry *param_table_find(const param_table *t, const char *name) {

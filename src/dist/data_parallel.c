@@ -52,7 +52,8 @@ struct dp_engine {
     int gbuf_seg[2];
     dist_req *gbuf_req[2];
     int *counts;
-    double *norm_parts; /* each shard rank's sum of squares */
+    double *norm_parts; /* each shard rank's sum of squares (under TP: of split, then of whole tensors) */
+    int tp;             /* tensor-parallel size: the table holds this TP rank's slices of the split tensors */
 };
 
 int dp_sharding_parse(const char *s, dp_sharding *out) {
@@ -210,7 +211,8 @@ dp_engine *dp_engine_new(dp_model mdl, dp_sharding s, const adamw_config *oc, in
     e->sb = (size_t)e->rank * e->S < e->total ? (size_t)e->rank * e->S : e->total;
     e->se = e->sb + e->S < e->total ? e->sb + e->S : e->total;
     e->counts = xcalloc((size_t)e->dp, sizeof(int));
-    e->norm_parts = xcalloc((size_t)e->dp, sizeof(double));
+    e->tp = di->tp;
+    e->norm_parts = xcalloc(2 * (size_t)e->dp, sizeof(double));
     e->seg_req = xcalloc((size_t)mdl.nseg, sizeof(dist_req *));
     e->rep_req = xcalloc((size_t)mdl.nseg, sizeof(dist_req *));
     for (int k = 0; k < mdl.nseg; k++)
@@ -341,6 +343,33 @@ static int first_nonfinite(dp_engine *e, const float *g, size_t begin, size_t en
     return first == t->n ? -1 : first;
 }
 
+/* Tensor parallelism: sums of squares of g (flat elements [begin, end) of the table) over the entries split
+ * across the TP group (each TP rank holds other elements) and over the whole ones (the same on every TP rank). */
+static void split_sums(const dp_engine *e, const float *g, size_t begin, size_t end, double *split, double *whole) {
+    const param_table *t = e->m.table;
+    *split = *whole = 0;
+    for (int i = 0; i < t->n; i++) {
+        size_t lo = t->e[i].offset > begin ? t->e[i].offset : begin;
+        size_t hi = t->e[i].offset + t->e[i].numel < end ? t->e[i].offset + t->e[i].numel : end;
+        if (lo >= hi) continue;
+        double ss = sum_squares(g + (lo - begin), hi - lo);
+        if (t->e[i].split_axis >= 0) *split += ss;
+        else *whole += ss;
+    }
+}
+
+/* The squared norm of the whole model's gradient from this TP rank's sums: every slice once, the whole tensors
+ * once (TP rank 0's sum, so every TP rank gets the same bits and the replicated parameters stay identical). */
+static double tp_squared_norm(const dp_engine *e, double split, double whole) {
+    double mine[2] = {split, whole}, *all = xcalloc(2 * (size_t)e->tp, sizeof(double));
+    dist_tp_allgather_f64(mine, all, 2, "tensor-parallel all-gather of the gradient norm");
+    double ss = 0;
+    for (int r = 0; r < e->tp; r++) ss += all[2 * r];
+    ss += all[1];
+    free(all);
+    return ss;
+}
+
 /* Clip to the global norm (coef = max / (norm + 1e-6), applied if < 1, as torch's clip_grad_norm_) and step. */
 static void clip_and_step(dp_engine *e, float *g, size_t len, double norm, float lr) {
     if (e->opt.cfg.clip_grad > 0) {
@@ -386,7 +415,13 @@ double dp_finish_step(dp_engine *e, float lr, int skip, int *bad) {
 #pragma omp parallel for schedule(static)
                 for (size_t i = 0; i < e->total; i++) e->full_g[i] = (float)e->acc[i];
             }
-            double norm = pp_norm(e, sum_squares(e->full_g, e->total));
+            double norm;
+            if (e->tp > 1) {
+                double sp, wh;
+                split_sums(e, e->full_g, 0, e->total, &sp, &wh);
+                norm = pp_norm(e, tp_squared_norm(e, sp, wh));
+            } else
+                norm = pp_norm(e, sum_squares(e->full_g, e->total));
             if (!isfinite(norm)) *bad = first_nonfinite(e, e->full_g, 0, e->total);
             if (!isfinite(norm) || skip) return norm;
             clip_and_step(e, e->full_g, e->total, norm, lr);
@@ -398,12 +433,20 @@ double dp_finish_step(dp_engine *e, float lr, int skip, int *bad) {
     /* each shard counted once: over the shard group (the replicas hold the same shards). Every rank's partial sum
      * travels in its own slot (adding zeros is exact) and is added up here in rank order, so every rank of every
      * replica gets the same bits whatever order MPI reduces in: replicas must not drift apart by a clip factor. */
-    memset(e->norm_parts, 0, (size_t)e->dp * sizeof(double));
-    e->norm_parts[e->rank] = sum_squares(g, len);
-    dist_allreduce_sum_f64_in(DIST_DP_SHARD, e->norm_parts, e->dp, "all-reduce of the gradient norm");
+    memset(e->norm_parts, 0, 2 * (size_t)e->dp * sizeof(double));
     double ss = 0;
-    for (int r = 0; r < e->dp; r++) ss += e->norm_parts[r];
-    double norm = pp_norm(e, ss);
+    if (e->tp > 1) { /* split and whole tensors apart: the whole ones are counted once over the TP group */
+        split_sums(e, g, e->sb, e->se, &e->norm_parts[2 * e->rank], &e->norm_parts[2 * e->rank + 1]);
+        dist_allreduce_sum_f64_in(DIST_DP_SHARD, e->norm_parts, 2 * e->dp, "all-reduce of the gradient norm");
+        double sp = 0, wh = 0;
+        for (int r = 0; r < e->dp; r++) sp += e->norm_parts[2 * r], wh += e->norm_parts[2 * r + 1];
+        ss = tp_squared_norm(e, sp, wh);
+    } else {
+        e->norm_parts[e->rank] = sum_squares(g, len);
+        dist_allreduce_sum_f64_in(DIST_DP_SHARD, e->norm_parts, e->dp, "all-reduce of the gradient norm");
+        for (int r = 0; r < e->dp; r++) ss += e->norm_parts[r];
+    }
+    double norm = pp_norm(e, ss); /* over the pipeline's stages */
     if (!isfinite(norm)) *bad = first_nonfinite(e, g, e->sb, e->se);
     if (!isfinite(norm) || skip) return norm;
     clip_and_step(e, g, len, norm, lr);
@@ -437,19 +480,22 @@ void dp_gather_full(dp_engine *e, int ema, float *out) {
 
 /* ---- checkpoints ------------------------------------------------------------------------------ */
 
-/* Which file this rank writes and of how many, and its range of the whole model's layout; 0 when it writes none
- * (hybrid sharding: the replicas hold the same shards, replica 0 writes them; no_shard under pipeline
- * parallelism: data-parallel rank 0 of each stage writes the stage whole). */
+/* Which shard file this rank writes of how many, and its range of the whole model's layout; 0 when it writes none.
+ * Files are numbered (pipeline stage, tensor-parallel rank, shard rank), shard rank fastest. Hybrid sharding: the
+ * replicas hold the same shards, replica 0 writes them. no_shard: data-parallel rank 0 of each (stage, TP rank)
+ * writes its table whole. Under tensor parallelism every TP rank writes its own slices; the replicated tensors come
+ * from TP rank 0's files only (ckpt_write_shard_tp). */
 static int shard_file(const dp_engine *e, int *file, int *files, size_t *begin, size_t *end) {
     const dist_info *di = dist_get();
     if (e->rep_rank != 0) return 0;
+    int group = di->pp_rank * e->tp + di->tp_rank, groups = di->pp * e->tp;
     if (e->s == DP_NO_SHARD) {
-        if (e->rank != 0) return 0;
-        *file = di->pp_rank, *files = di->pp;
+        if (di->dp_rank != 0) return 0;
+        *file = group, *files = groups;
         *begin = e->m.ckpt_base, *end = e->m.ckpt_base + e->total;
         return 1;
     }
-    *file = di->pp_rank * e->dp + e->rank, *files = di->pp * e->dp;
+    *file = group * e->dp + e->rank, *files = groups * e->dp;
     *begin = e->m.ckpt_base + e->sb, *end = e->m.ckpt_base + e->se;
     return 1;
 }
@@ -460,7 +506,7 @@ void dp_save_shard(dp_engine *e, const char *dir, const char *const *meta) {
     int file, files;
     size_t b, end;
     if (!shard_file(e, &file, &files, &b, &end)) return;
-    ckpt_write_shard(dir, file, files, e->m.ckpt_table, b, end, 4, kinds, bufs, meta);
+    ckpt_write_shard_tp(dir, file, files, e->m.ckpt_table, b, end, 4, kinds, bufs, meta, dist_get()->tp_rank == 0);
 }
 
 void dp_save_shard_split(dp_engine *e, const char *model_dir, const char *optim_dir, const char *const *meta) {
@@ -469,8 +515,9 @@ void dp_save_shard_split(dp_engine *e, const char *model_dir, const char *optim_
     int file, files;
     size_t b, end;
     if (!shard_file(e, &file, &files, &b, &end)) return;
-    ckpt_write_shard(model_dir, file, files, e->m.ckpt_table, b, end, 2, mk, mb, meta);
-    ckpt_write_shard(optim_dir, file, files, e->m.ckpt_table, b, end, 2, ok, ob, meta);
+    int whole = dist_get()->tp_rank == 0; /* replicated tensors: once, from TP rank 0 */
+    ckpt_write_shard_tp(model_dir, file, files, e->m.ckpt_table, b, end, 2, mk, mb, meta, whole);
+    ckpt_write_shard_tp(optim_dir, file, files, e->m.ckpt_table, b, end, 2, ok, ob, meta, whole);
 }
 
 int dp_load(dp_engine *e, const char *dir, int load_optim, char *err, size_t errlen) {

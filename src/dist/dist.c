@@ -15,6 +15,8 @@ static MPI_Comm dp_comm = MPI_COMM_NULL, tp_comm = MPI_COMM_NULL, cp_comm = MPI_
 /* hybrid sharding: the shard group (this rank's replica) and the replica group; MPI_COMM_NULL without it */
 static MPI_Comm shard_comm = MPI_COMM_NULL, rep_comm = MPI_COMM_NULL;
 static double wait_time;
+static float *tp_scratch; /* dist_tp_allreduce_sum_f32's gather buffer */
+static size_t tp_scratch_n;
 
 struct dist_req {
     MPI_Request req;
@@ -138,6 +140,8 @@ void dist_finalize(void) {
     MPI_Comm *comms[] = {&dp_comm, &tp_comm, &cp_comm, &pp_comm};
     for (int i = 0; i < 4; i++)
         if (*comms[i] != MPI_COMM_NULL) MPI_Comm_free(comms[i]);
+    free(tp_scratch);
+    tp_scratch = NULL, tp_scratch_n = 0;
     dfm_set_die_hook(NULL, NULL);
     MPI_Finalize();
     info.active = 0;
@@ -331,4 +335,36 @@ int dist_test(dist_req *q) {
     int done = 0;
     check(MPI_Test(&q->req, &done, MPI_STATUS_IGNORE), q->what);
     return done;
+}
+
+/* ---- tensor-parallel group ---------------------------------------------------------------------- */
+
+void dist_tp_allreduce_sum_f32(float *buf, size_t n, const char *what) {
+    if (!info.active || info.tp == 1 || n == 0) return;
+    if (n > INT32_MAX / 2) dfm_die("%s: %zu values in one tensor-parallel all-reduce is too many", what, n);
+    const size_t T = (size_t)info.tp;
+    if (tp_scratch_n < T * n) {
+        free(tp_scratch);
+        tp_scratch = xalloc_floats(tp_scratch_n = T * n);
+    }
+    MPI_Request r;
+    check(MPI_Iallgather(buf, (int)n, MPI_FLOAT, tp_scratch, (int)n, MPI_FLOAT, tp_comm, &r), what);
+    wait_bounded(&r, what);
+    const float *s = tp_scratch;
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) {
+        float acc = s[i];
+        for (size_t t = 1; t < T; t++) acc += s[t * n + i];
+        buf[i] = acc;
+    }
+}
+
+void dist_tp_allgather_f64(const double *send, double *recv, int n, const char *what) {
+    if (!info.active || info.tp == 1) {
+        memcpy(recv, send, sizeof(double) * (size_t)n);
+        return;
+    }
+    MPI_Request r;
+    check(MPI_Iallgather(send, n, MPI_DOUBLE, recv, n, MPI_DOUBLE, tp_comm, &r), what);
+    wait_bounded(&r, what);
 }

@@ -11,6 +11,7 @@
  * block_forward again before each of their backwards (docs/ARCHITECTURE.md, "Activation recompute"). */
 #include "dfm/dit.h"
 #include "dfm/common.h"
+#include "dfm/dist.h"
 #include "dfm/kernels.h"
 #include "dfm/rng.h"
 
@@ -118,6 +119,18 @@ static void add_linear(param_table *t, const char *prefix, int out, int in) {
     param_table_add(t, name, 1, bs, 1);
 }
 
+/* A linear split across the TP group: column-parallel (out_axis: weight rows and bias split) or row-parallel
+ * (weight columns split, bias whole). */
+static void add_tp_linear(dit_model *m, const char *prefix, int out, int in, int column) {
+    char name[320];
+    int64_t ws[2] = {out, in}, bs[1] = {out};
+    snprintf(name, sizeof name, "%s.weight", prefix);
+    param_table_add_split(&m->table, name, 2, ws, 0, column ? 0 : 1, m->tp, m->tp_rank);
+    snprintf(name, sizeof name, "%s.bias", prefix);
+    if (column) param_table_add_split(&m->table, name, 1, bs, 1, 0, m->tp, m->tp_rank);
+    else param_table_add(&m->table, name, 1, bs, 1);
+}
+
 static void build_table(dit_model *m) {
     const dit_config *c = &m->cfg;
     param_table *t = &m->table;
@@ -140,18 +153,18 @@ static void build_table(dit_model *m) {
         const char *qkv[3] = {"to_q", "to_k", "to_v"};
         for (int i = 0; i < 3; i++) {
             snprintf(name, sizeof name, "%s.attn1.%s.weight", pre, qkv[i]);
-            param_table_add(t, name, 2, ws, 0);
+            param_table_add_split(t, name, 2, ws, 0, 0, m->tp, m->tp_rank);
         }
         for (int i = 0; i < 3; i++) {
             snprintf(name, sizeof name, "%s.attn1.%s.bias", pre, qkv[i]);
-            param_table_add(t, name, 1, bs, 1);
+            param_table_add_split(t, name, 1, bs, 1, 0, m->tp, m->tp_rank);
         }
         snprintf(name, sizeof name, "%s.attn1.to_out.0", pre);
-        add_linear(t, name, d, d);
+        add_tp_linear(m, name, d, d, 0);
         snprintf(name, sizeof name, "%s.ff.net.0.proj", pre);
-        add_linear(t, name, m->ffn, d);
+        add_tp_linear(m, name, m->ffn, d, 1);
         snprintf(name, sizeof name, "%s.ff.net.2", pre);
-        add_linear(t, name, d, m->ffn);
+        add_tp_linear(m, name, d, m->ffn, 0);
     }
     add_linear(t, "proj_out_1", 2 * d, d);
     add_linear(t, "proj_out_2", m->out_dim, d);
@@ -204,9 +217,9 @@ static void resolve_segments(dit_model *m, dit_acts *a) {
         }
         /* the fused GEMM relies on to_k/to_v following to_q directly */
         if (entry_offset(m, "transformer_blocks.%d.attn1.to_v.weight", l) - m->seg_begin[1 + l] !=
-                a->off_blk[B_QKV_W] + 2 * (size_t)m->d * m->d ||
+                a->off_blk[B_QKV_W] + 2 * (size_t)m->attn_local * m->d ||
             entry_offset(m, "transformer_blocks.%d.attn1.to_v.bias", l) - m->seg_begin[1 + l] !=
-                a->off_blk[B_QKV_B] + 2 * (size_t)m->d)
+                a->off_blk[B_QKV_B] + 2 * (size_t)m->attn_local)
             dfm_die("internal: q/k/v parameters of block %d are not adjacent", l);
     }
 }
@@ -269,8 +282,9 @@ static float *carve(carver *cv, size_t n) {
     }
 
 static void carve_acts(dit_model *m, dit_acts *a, carver *cv) {
-    size_t B = (size_t)a->B, T = (size_t)m->T, d = (size_t)m->d, F = (size_t)m->ffn, L = (size_t)m->cfg.num_layers;
-    size_t BT = B * T, H = (size_t)m->cfg.num_heads;
+    /* F, H and the q/k/v/attention widths are this rank's share under tensor parallelism */
+    size_t B = (size_t)a->B, T = (size_t)m->T, d = (size_t)m->d, F = (size_t)m->ffn_local, L = (size_t)m->cfg.num_layers;
+    size_t BT = B * T, H = (size_t)m->heads_local, da = (size_t)m->attn_local;
     a->patches = carve(cv, BT * (size_t)m->patch_dim);
     a->t_saved = carve(cv, B);
     a->tproj = carve(cv, B * (size_t)m->cfg.freq_dim);
@@ -294,8 +308,8 @@ static void carve_acts(dit_model *m, dit_acts *a, carver *cv) {
             for (size_t i = 1; i < sizeof lists / sizeof lists[0]; i++) (*lists[i])[l] = (*lists[i])[l0];
             continue;
         }
-        a->qkv[l] = carve(cv, BT * 3 * d);
-        a->ao[l] = carve(cv, BT * d);
+        a->qkv[l] = carve(cv, BT * 3 * da);
+        a->ao[l] = carve(cv, BT * da);
         a->lse[l] = carve(cv, B * H * T);
         a->proj[l] = carve(cv, BT * d);
         a->xmid[l] = carve(cv, BT * d);
@@ -310,7 +324,7 @@ static void carve_acts(dit_model *m, dit_acts *a, carver *cv) {
     a->dx = carve(cv, BT * d);
     a->dT_a = carve(cv, BT * d);
     a->dT_b = carve(cv, BT * d);
-    a->d3 = carve(cv, BT * 3 * d);
+    a->d3 = carve(cv, BT * 3 * da);
     a->dF_a = carve(cv, BT * F);
     a->dF_b = carve(cv, BT * F);
     a->dmod = carve(cv, B * 6 * d);
@@ -365,11 +379,34 @@ int dit_set_recompute(dit_model *m, int blocks, char *err, size_t errlen) {
     return 0;
 }
 
-void dit_create(dit_model *m, const dit_config *cfg, int max_batch) {
+int dit_tp_check(const dit_config *cfg, int tp, char *err, size_t errlen) {
+    dit_config c = *cfg;
+    if (!dit_config_check(&c, err, errlen)) return 0;
+    if (tp < 1) return snprintf(err, errlen, "model.tensor_model_parallel_size must be >= 1 (got %d)", tp), 0;
+    if (c.num_heads % tp)
+        return snprintf(err, errlen,
+                        "model.num_attention_heads %d is not divisible by model.tensor_model_parallel_size %d (tensor "
+                        "parallelism splits the attention by heads)",
+                        c.num_heads, tp),
+               0;
+    if (c.ffn_hidden_size % tp)
+        return snprintf(err, errlen,
+                        "model.ffn_hidden_size %d is not divisible by model.tensor_model_parallel_size %d (tensor "
+                        "parallelism splits the MLP by columns)",
+                        c.ffn_hidden_size, tp),
+               0;
+    return 1;
+}
+
+void dit_create(dit_model *m, const dit_config *cfg, int max_batch) { dit_create_tp(m, cfg, max_batch, 1, 0); }
+
+void dit_create_tp(dit_model *m, const dit_config *cfg, int max_batch, int tp, int tp_rank) {
     memset(m, 0, sizeof *m);
     m->cfg = *cfg;
     char err[512];
     if (!dit_config_check(&m->cfg, err, sizeof err)) dfm_die("invalid DiT config: %s", err);
+    if (!dit_tp_check(&m->cfg, tp, err, sizeof err)) dfm_die("%s", err);
+    if (tp_rank < 0 || tp_rank >= tp) dfm_die("internal: tensor-parallel rank %d of %d", tp_rank, tp);
     if (max_batch < 1) dfm_die("DiT: micro-batch size must be >= 1 (got %d)", max_batch);
     const dit_config *c = &m->cfg;
     m->d = c->hidden_size;
@@ -380,6 +417,10 @@ void dit_create(dit_model *m, const dit_config *cfg, int max_batch) {
     m->patch_dim = c->in_channels * c->patch_size * c->patch_size;
     m->out_dim = c->out_channels * c->patch_size * c->patch_size;
     m->max_batch = max_batch;
+    m->tp = tp, m->tp_rank = tp_rank;
+    m->heads_local = c->num_heads / tp;
+    m->attn_local = m->heads_local * m->head_dim;
+    m->ffn_local = m->ffn / tp;
     build_table(m);
     m->params = xalloc_floats(m->table.total);
     m->grads = xalloc_floats(m->table.total);
@@ -467,26 +508,54 @@ static void fill_uniform(float *w, size_t n, float bound, uint64_t seed, uint32_
         w[i] = (float)((2.0 * rng_uniform(seed, RNG_STREAM_INIT, 0, idx, (uint32_t)i) - 1.0) * bound);
 }
 
+/* Every tensor is drawn whole (a tensor-parallel rank draws the whole tensor, then keeps its slice), so a TP run
+ * starts from the weights of one process. */
 void dit_init(dit_model *m, uint64_t seed) {
     memset(m->params, 0, m->table.total * sizeof(float));
+    float *whole = NULL;
     for (int i = 0; i < m->table.n; i++) {
         const param_entry *e = &m->table.e[i];
-        float *w = m->params + e->offset;
         const char *n = e->name;
         if (e->ndim == 1) continue; /* biases: zero */
         if (strstr(n, "norm1.linear") || strstr(n, "proj_out")) continue; /* adaLN-Zero: zero modulation/output */
+        size_t numel = e->global_numel;
+        float *w = e->split_axis < 0 ? m->params + e->offset : (whole = xrealloc(whole, numel * sizeof(float)));
         if (strstr(n, "embedding_table") || strstr(n, "timestep_embedder")) {
-            rng_fill_normal(w, e->numel, seed, RNG_STREAM_INIT, 1u << 20, (uint32_t)i);
-            for (size_t j = 0; j < e->numel; j++) w[j] *= 0.02f;
-            continue;
+            rng_fill_normal(w, numel, seed, RNG_STREAM_INIT, 1u << 20, (uint32_t)i);
+            for (size_t j = 0; j < numel; j++) w[j] *= 0.02f;
+        } else {
+            /* xavier-uniform over [out, in...] (the patch conv as [d, C*p*p]) */
+            double fan_out = (double)e->global_shape[0], fan_in = (double)numel / fan_out;
+            fill_uniform(w, numel, (float)sqrt(6.0 / (fan_in + fan_out)), seed, (uint32_t)i);
         }
-        /* xavier-uniform over [out, in...] (the patch conv as [d, C*p*p]) */
-        double fan_out = (double)e->shape[0], fan_in = (double)e->numel / fan_out;
-        fill_uniform(w, e->numel, (float)sqrt(6.0 / (fan_in + fan_out)), seed, (uint32_t)i);
+        if (e->split_axis >= 0) param_entry_take_slice(e, w, m->params + e->offset);
     }
+    free(whole);
 }
 
 /* ---- forward ---------------------------------------------------------------------------------- */
+
+/* A row-parallel linear (to_out.0, ff.net.2 under tensor parallelism): every TP rank multiplies its slice of
+ * the inputs by its columns of the weight, the partial products are summed over the TP group (one all-reduce,
+ * the same bits on every rank), then the whole bias is added once. TP = 1: the plain linear. */
+static void row_parallel_forward(const dit_model *m, float *out, const float *inp, const float *w, const float *b,
+                                 int M, int N, int K) {
+    if (m->tp == 1) {
+        matmul_forward(out, inp, w, b, M, N, K);
+        return;
+    }
+    matmul_forward(out, inp, w, NULL, M, N, K);
+    dist_tp_allreduce_sum_f32(out, (size_t)M * N, "tensor-parallel all-reduce of a row-parallel output");
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < M; i++)
+        for (int j = 0; j < N; j++) out[(size_t)i * N + j] += b[j];
+}
+
+/* The input gradient of a column-parallel linear (q/k/v, ff.net.0): each TP rank holds its slice's share; the
+ * sum over the TP group is the gradient of the replicated input (Megatron's f operator, backward). */
+static void tp_sum(const dit_model *m, float *buf, size_t n) {
+    if (m->tp > 1) dist_tp_allreduce_sum_f32(buf, n, "tensor-parallel all-reduce of an input gradient");
+}
 
 static void add_pos_embed(float *x, const float *pos, int B, int T, int d) {
 #pragma omp parallel for schedule(static)
@@ -503,24 +572,26 @@ static void add_pos_embed(float *x, const float *pos, int B, int T, int d) {
 static void block_forward(dit_model *m, int l, const block_views *w, int B, float *xout) {
     dit_acts *a = m->acts;
     const dit_config *c = &m->cfg;
-    const int d = m->d, T = m->T, BT = B * T, H = c->num_heads, D = m->head_dim, F = m->ffn;
+    /* H, F and da (the attention width) are this rank's share under tensor parallelism */
+    const int d = m->d, T = m->T, BT = B * T, H = m->heads_local, D = m->head_dim, F = m->ffn_local;
+    const int da = m->attn_local;
     float *ln = a->dT_a, *xm = a->dT_b, *gelu_out = a->dF_a;
     float *mod = a->mod[l];
     matmul_forward(mod, a->sc, w->mod_w, w->mod_b, B, 6 * d, d);
     /* attention half */
     layernorm_forward(ln, a->mean1[l], a->rstd1[l], a->x[l], NULL, NULL, BT, d, LN_EPS);
     modulate_forward(xm, ln, mod + 0 * d, mod + 1 * d, B, T, d, 6 * d);
-    matmul_forward(a->qkv[l], xm, w->qkv_w, w->qkv_b, BT, 3 * d, d);
-    attention_forward(a->ao[l], a->lse[l], a->qkv[l], a->qkv[l] + d, a->qkv[l] + 2 * d, NULL, B, T, T, H, D, 3 * d,
-                      3 * d, d, 1.0f / sqrtf((float)D));
-    matmul_forward(a->proj[l], a->ao[l], w->out_w, w->out_b, BT, d, d);
+    matmul_forward(a->qkv[l], xm, w->qkv_w, w->qkv_b, BT, 3 * da, d);
+    attention_forward(a->ao[l], a->lse[l], a->qkv[l], a->qkv[l] + da, a->qkv[l] + 2 * da, NULL, B, T, T, H, D, 3 * da,
+                      3 * da, da, 1.0f / sqrtf((float)D));
+    row_parallel_forward(m, a->proj[l], a->ao[l], w->out_w, w->out_b, BT, d, da);
     gate_residual_forward(a->xmid[l], a->x[l], a->proj[l], mod + 2 * d, B, T, d, 6 * d);
     /* MLP half */
     layernorm_forward(ln, a->mean2[l], a->rstd2[l], a->xmid[l], NULL, NULL, BT, d, c->norm_eps);
     modulate_forward(xm, ln, mod + 3 * d, mod + 4 * d, B, T, d, 6 * d);
     matmul_forward(a->h[l], xm, w->fc1_w, w->fc1_b, BT, F, d);
     gelu_forward(gelu_out, a->h[l], (size_t)BT * F);
-    matmul_forward(a->f[l], gelu_out, w->fc2_w, w->fc2_b, BT, d, F);
+    row_parallel_forward(m, a->f[l], gelu_out, w->fc2_w, w->fc2_b, BT, d, F);
     if (xout) gate_residual_forward(xout, a->xmid[l], a->f[l], mod + 5 * d, B, T, d, 6 * d);
 }
 
@@ -586,7 +657,7 @@ void dit_backward(dit_model *m, const float *dout, int B) {
     const dit_config *c = &m->cfg;
     views pv, gv;
     const views *p = &pv, *g = &gv;
-    int d = m->d, T = m->T, BT = B * T, H = c->num_heads, D = m->head_dim, F = m->ffn;
+    int d = m->d, T = m->T, BT = B * T, H = m->heads_local, D = m->head_dim, F = m->ffn_local, da = m->attn_local;
     size_t nT = (size_t)BT * d;
     /* a pipeline stage that does not end with the head finds dx and dsc received (dit_stage_tensors) */
     const int first = m->block_begin == 0, last = m->block_end == c->num_layers;
@@ -641,6 +712,7 @@ void dit_backward(dit_model *m, const float *dout, int B) {
         float *dxm2 = dtmp;
         zero(dxm2, nT);
         matmul_backward(dxm2, gw->fc1_w, gw->fc1_b, dh, xm, w->fc1_w, BT, F, d);
+        tp_sum(m, dxm2, nT);
         float *dln2 = dtmp2;
         zero(dln2, nT);
         modulate_backward(dln2, dmod + 3 * d, dmod + 4 * d, dxm2, ln, mod + 4 * d, B, T, d, 6 * d);
@@ -651,18 +723,19 @@ void dit_backward(dit_model *m, const float *dout, int B) {
         zero(dproj, nT);
         gate_residual_backward(NULL, dproj, dmod + 2 * d, a->dx, a->proj[l], mod + 2 * d, B, T, d, 6 * d);
         float *dao = dtmp2;
-        zero(dao, nT);
-        matmul_backward(dao, gw->out_w, gw->out_b, dproj, a->ao[l], w->out_w, BT, d, d);
+        zero(dao, (size_t)BT * da);
+        matmul_backward(dao, gw->out_w, gw->out_b, dproj, a->ao[l], w->out_w, BT, d, da);
         float *dqkv = a->d3;
-        zero(dqkv, (size_t)BT * 3 * d);
-        attention_backward(dqkv, dqkv + d, dqkv + 2 * d, a->attn_ws, dao, a->ao[l], a->lse[l], a->qkv[l],
-                           a->qkv[l] + d, a->qkv[l] + 2 * d, NULL, B, T, T, H, D, 3 * d, 3 * d, d,
+        zero(dqkv, (size_t)BT * 3 * da);
+        attention_backward(dqkv, dqkv + da, dqkv + 2 * da, a->attn_ws, dao, a->ao[l], a->lse[l], a->qkv[l],
+                           a->qkv[l] + da, a->qkv[l] + 2 * da, NULL, B, T, T, H, D, 3 * da, 3 * da, da,
                            1.0f / sqrtf((float)D));
         layernorm_forward(ln, a->mean1[l], a->rstd1[l], a->x[l], NULL, NULL, BT, d, LN_EPS);
         modulate_forward(xm, ln, mod + 0 * d, mod + 1 * d, B, T, d, 6 * d);
         float *dxm1 = dtmp;
         zero(dxm1, nT);
-        matmul_backward(dxm1, gw->qkv_w, gw->qkv_b, dqkv, xm, w->qkv_w, BT, 3 * d, d);
+        matmul_backward(dxm1, gw->qkv_w, gw->qkv_b, dqkv, xm, w->qkv_w, BT, 3 * da, d);
+        tp_sum(m, dxm1, nT);
         float *dln1 = dtmp2;
         zero(dln1, nT);
         modulate_backward(dln1, dmod + 0 * d, dmod + 1 * d, dxm1, ln, mod + 1 * d, B, T, d, 6 * d);

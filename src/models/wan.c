@@ -17,6 +17,7 @@
  * backward runs block_forward again before each of their backwards (docs/ARCHITECTURE.md, "Activation recompute"). */
 #include "dfm/wan.h"
 #include "dfm/common.h"
+#include "dfm/dist.h"
 #include "dfm/kernels.h"
 #include "dfm/rng.h"
 
@@ -92,17 +93,54 @@ static void add_linear(param_table *t, const char *prefix, int out, int in) {
 
 /* Several linears of the same shape with their weights adjacent, then their biases adjacent: one GEMM then
  * reads them as one [n*out, in] weight (self-attention q/k/v, cross-attention k/v). */
-static void add_fused_linears(param_table *t, const char *prefix, const char *const *names, int n, int out, int in) {
+static void add_fused_linears(param_table *t, const char *prefix, const char *const *names, int n, int out, int in,
+                              int tp, int tp_rank) {
     char name[320];
     int64_t ws[2] = {out, in}, bs[1] = {out};
-    for (int i = 0; i < n; i++) {
+    for (int i = 0; i < n; i++) { /* column-parallel under TP: each rank its heads' rows */
         snprintf(name, sizeof name, "%s.%s.weight", prefix, names[i]);
-        param_table_add(t, name, 2, ws, 0);
+        param_table_add_split(t, name, 2, ws, 0, 0, tp, tp_rank);
     }
     for (int i = 0; i < n; i++) {
         snprintf(name, sizeof name, "%s.%s.bias", prefix, names[i]);
-        param_table_add(t, name, 1, bs, 1);
+        param_table_add_split(t, name, 1, bs, 1, 0, tp, tp_rank);
     }
+}
+
+/* A linear split over the TP group: column-parallel (weight rows and bias split) or row-parallel (weight columns
+ * split, bias whole). */
+static void add_tp_linear(param_table *t, const char *prefix, int out, int in, int column, int tp, int tp_rank) {
+    char name[320];
+    int64_t ws[2] = {out, in}, bs[1] = {out};
+    snprintf(name, sizeof name, "%s.weight", prefix);
+    param_table_add_split(t, name, 2, ws, 0, column ? 0 : 1, tp, tp_rank);
+    snprintf(name, sizeof name, "%s.bias", prefix);
+    if (column) param_table_add_split(t, name, 1, bs, 1, 0, tp, tp_rank);
+    else param_table_add(t, name, 1, bs, 1);
+}
+
+static void add_tp_vector(param_table *t, const char *name, int n, int tp, int tp_rank) {
+    int64_t s[1] = {n};
+    param_table_add_split(t, name, 1, s, 1, 0, tp, tp_rank);
+}
+
+int wan_tp_check(const wan_config *cfg, int tp, char *err, size_t errlen) {
+    wan_config c = *cfg;
+    if (!wan_config_check(&c, err, errlen)) return 0;
+    if (tp < 1) return snprintf(err, errlen, "model.tensor_model_parallel_size must be >= 1 (got %d)", tp), 0;
+    if (c.num_heads % tp)
+        return snprintf(err, errlen,
+                        "model.num_attention_heads %d is not divisible by model.tensor_model_parallel_size %d (tensor "
+                        "parallelism splits the attention by heads)",
+                        c.num_heads, tp),
+               0;
+    if (c.ffn_dim % tp)
+        return snprintf(err, errlen,
+                        "model.ffn_hidden_size %d is not divisible by model.tensor_model_parallel_size %d (tensor "
+                        "parallelism splits the FFN by columns)",
+                        c.ffn_dim, tp),
+               0;
+    return 1;
 }
 
 static void add_vector(param_table *t, const char *name, int n) {
@@ -111,10 +149,13 @@ static void add_vector(param_table *t, const char *name, int n) {
 }
 
 /* no_decay: biases, norm weights and the modulation tables (offsets added to the time embedding). */
-void wan_build_table(param_table *t, const wan_config *cfg) {
+void wan_build_table(param_table *t, const wan_config *cfg) { wan_build_table_tp(t, cfg, 1, 0); }
+
+void wan_build_table_tp(param_table *t, const wan_config *cfg, int tp, int tp_rank) {
     wan_config c = *cfg;
     char err[400];
     if (!wan_config_check(&c, err, sizeof err)) dfm_die("invalid Wan config: %s", err);
+    if (!wan_tp_check(&c, tp, err, sizeof err)) dfm_die("%s", err);
     memset(t, 0, sizeof *t);
     const int d = c.num_heads * c.head_dim;
     char name[256], pre[128];
@@ -129,31 +170,31 @@ void wan_build_table(param_table *t, const wan_config *cfg) {
     static const char *const qkv[3] = {"to_q", "to_k", "to_v"}, *const kv[2] = {"to_k", "to_v"};
     for (int l = 0; l < c.num_layers; l++) {
         snprintf(pre, sizeof pre, "blocks.%d.attn1", l);
-        add_fused_linears(t, pre, qkv, 3, d, d);
+        add_fused_linears(t, pre, qkv, 3, d, d, tp, tp_rank);
         snprintf(name, sizeof name, "%s.to_out.0", pre);
-        add_linear(t, name, d, d);
+        add_tp_linear(t, name, d, d, 0, tp, tp_rank);
         snprintf(name, sizeof name, "%s.norm_q.weight", pre);
-        add_vector(t, name, d);
+        add_tp_vector(t, name, d, tp, tp_rank);
         snprintf(name, sizeof name, "%s.norm_k.weight", pre);
-        add_vector(t, name, d);
+        add_tp_vector(t, name, d, tp, tp_rank);
         snprintf(pre, sizeof pre, "blocks.%d.attn2", l);
         snprintf(name, sizeof name, "%s.to_q", pre);
-        add_linear(t, name, d, d);
-        add_fused_linears(t, pre, kv, 2, d, d);
+        add_tp_linear(t, name, d, d, 1, tp, tp_rank);
+        add_fused_linears(t, pre, kv, 2, d, d, tp, tp_rank);
         snprintf(name, sizeof name, "%s.to_out.0", pre);
-        add_linear(t, name, d, d);
+        add_tp_linear(t, name, d, d, 0, tp, tp_rank);
         snprintf(name, sizeof name, "%s.norm_q.weight", pre);
-        add_vector(t, name, d);
+        add_tp_vector(t, name, d, tp, tp_rank);
         snprintf(name, sizeof name, "%s.norm_k.weight", pre);
-        add_vector(t, name, d);
+        add_tp_vector(t, name, d, tp, tp_rank);
         snprintf(name, sizeof name, "blocks.%d.norm2.weight", l);
         add_vector(t, name, d);
         snprintf(name, sizeof name, "blocks.%d.norm2.bias", l);
         add_vector(t, name, d);
         snprintf(name, sizeof name, "blocks.%d.ffn.net.0.proj", l);
-        add_linear(t, name, c.ffn_dim, d);
+        add_tp_linear(t, name, c.ffn_dim, d, 1, tp, tp_rank);
         snprintf(name, sizeof name, "blocks.%d.ffn.net.2", l);
-        add_linear(t, name, d, c.ffn_dim);
+        add_tp_linear(t, name, d, c.ffn_dim, 0, tp, tp_rank);
         snprintf(name, sizeof name, "blocks.%d.scale_shift_table", l);
         int64_t sst[3] = {1, 6, d};
         param_table_add(t, name, 3, sst, 1);
@@ -221,6 +262,7 @@ struct wan_acts {
     /* scratch: [B*N, d] x4, [B*N, 3d] x2, [B*N, F] x2, output tokens, text [B*L, 2d] x3 and [B*L, d] x2 */
     float *sA, *sB, *sC, *dx, *s3a, *s3b, *sFa, *sFb, *tok, *kvs, *dkvs, *dkv, *dctx, *tsc;
     float *dmod, *dtproj, *dhmod, *dtemb, *dtemb_s, *dt1s, *dt1, *attn_ws;
+    float *rowsum; /* tensor parallelism: a float per row for the RMSNorms' all-reduced sums */
     size_t off_views[N_VIEWS];       /* within segment 0 (the first 12) or the last segment */
     size_t off_block[N_BLOCK_VIEWS]; /* within a block's segment (every block is laid out alike) */
 };
@@ -249,7 +291,7 @@ static void resolve_views(const wan_model *m, float *base, views *v, block_views
     v->sst = view(m, base, "scale_shift_table", 0);
     v->po_w = view(m, base, "proj_out.weight", 0);
     v->po_b = view(m, base, "proj_out.bias", 0);
-    const size_t d = (size_t)m->d;
+    const size_t d = (size_t)m->d, da = (size_t)m->attn_local;
     for (int l = 0; l < m->cfg.num_layers; l++) {
         block_views *b = &blk[l];
         b->qkv_w = view(m, base, "blocks.%d.attn1.to_q.weight", l);
@@ -274,10 +316,10 @@ static void resolve_views(const wan_model *m, float *base, views *v, block_views
         b->fc2_b = view(m, base, "blocks.%d.ffn.net.2.bias", l);
         b->sst = view(m, base, "blocks.%d.scale_shift_table", l);
         /* the fused GEMMs rely on the adjacency build_table promises */
-        if (view(m, base, "blocks.%d.attn1.to_v.weight", l) != b->qkv_w + 2 * d * d ||
-            view(m, base, "blocks.%d.attn1.to_v.bias", l) != b->qkv_b + 2 * d ||
-            view(m, base, "blocks.%d.attn2.to_v.weight", l) != b->kv2_w + d * d ||
-            view(m, base, "blocks.%d.attn2.to_v.bias", l) != b->kv2_b + d)
+        if (view(m, base, "blocks.%d.attn1.to_v.weight", l) != b->qkv_w + 2 * da * d ||
+            view(m, base, "blocks.%d.attn1.to_v.bias", l) != b->qkv_b + 2 * da ||
+            view(m, base, "blocks.%d.attn2.to_v.weight", l) != b->kv2_w + da * d ||
+            view(m, base, "blocks.%d.attn2.to_v.bias", l) != b->kv2_b + da)
             dfm_die("internal: fused projections of Wan block %d are not adjacent", l);
     }
 }
@@ -364,7 +406,9 @@ static float *carve(carver *cv, size_t n) {
 static void carve_acts(const wan_model *m, wan_acts *a, carver *cv) {
     const wan_config *c = &m->cfg;
     const size_t B = (size_t)m->max.batch, N = (size_t)m->max_tokens, Lt = (size_t)m->max.text_len;
-    const size_t d = (size_t)m->d, F = (size_t)m->ffn, H = (size_t)c->num_heads, BN = B * N, BL = B * Lt;
+    /* F, H and the attention widths (da) are this rank's share under tensor parallelism */
+    const size_t d = (size_t)m->d, F = (size_t)m->ffn_local, H = (size_t)m->heads_local, BN = B * N, BL = B * Lt;
+    const size_t da = (size_t)m->attn_local;
     a->patches = carve(cv, BN * (size_t)m->patch_in);
     a->tsin = carve(cv, B * (size_t)c->freq_dim);
     a->t1 = carve(cv, B * d);
@@ -391,20 +435,20 @@ static void carve_acts(const wan_model *m, wan_acts *a, carver *cv) {
         a->mod[l] = carve(cv, B * 6 * d);
         a->mean1[l] = carve(cv, BN);
         a->rstd1[l] = carve(cv, BN);
-        a->qkv[l] = carve(cv, BN * 3 * d);
+        a->qkv[l] = carve(cv, BN * 3 * da);
         a->rq1[l] = carve(cv, BN);
         a->rk1[l] = carve(cv, BN);
-        a->ao1[l] = carve(cv, BN * d);
+        a->ao1[l] = carve(cv, BN * da);
         a->lse1[l] = carve(cv, B * H * N);
         a->proj1[l] = carve(cv, BN * d);
         a->xmid[l] = carve(cv, BN * d);
         a->mean2[l] = carve(cv, BN);
         a->rstd2[l] = carve(cv, BN);
-        a->q2[l] = carve(cv, BN * d);
+        a->q2[l] = carve(cv, BN * da);
         a->rq2[l] = carve(cv, BN);
-        a->kv2[l] = carve(cv, BL * 2 * d);
+        a->kv2[l] = carve(cv, BL * 2 * da);
         a->rk2[l] = carve(cv, BL);
-        a->ao2[l] = carve(cv, BN * d);
+        a->ao2[l] = carve(cv, BN * da);
         a->lse2[l] = carve(cv, B * H * N);
         a->x2[l] = carve(cv, BN * d);
         a->mean3[l] = carve(cv, BN);
@@ -416,14 +460,14 @@ static void carve_acts(const wan_model *m, wan_acts *a, carver *cv) {
     a->sB = carve(cv, BN * d);
     a->sC = carve(cv, BN * d);
     a->dx = carve(cv, BN * d);
-    a->s3a = carve(cv, BN * 3 * d);
-    a->s3b = carve(cv, BN * 3 * d);
+    a->s3a = carve(cv, BN * 3 * da);
+    a->s3b = carve(cv, BN * 3 * da);
     a->sFa = carve(cv, BN * F);
     a->sFb = carve(cv, BN * F);
     a->tok = carve(cv, BN * (size_t)m->patch_out);
-    a->kvs = carve(cv, BL * 2 * d);
-    a->dkvs = carve(cv, BL * 2 * d);
-    a->dkv = carve(cv, BL * 2 * d);
+    a->kvs = carve(cv, BL * (2 * da > d ? 2 * da : d)); /* also the text embedder's [BL, d] gradient scratch */
+    a->dkvs = carve(cv, BL * 2 * da);
+    a->dkv = carve(cv, BL * 2 * da);
     a->dctx = carve(cv, BL * d);
     a->tsc = carve(cv, BL * d);
     a->dmod = carve(cv, B * 6 * d);
@@ -434,6 +478,7 @@ static void carve_acts(const wan_model *m, wan_acts *a, carver *cv) {
     a->dt1s = carve(cv, B * d);
     a->dt1 = carve(cv, B * d);
     a->attn_ws = carve(cv, attention_workspace_floats((int)B, (int)H, (int)N));
+    a->rowsum = carve(cv, m->tp > 1 ? (BN > BL ? BN : BL) : 0);
 }
 
 
@@ -460,17 +505,23 @@ int wan_shape_check(const wan_model *m, const wan_shape *s, char *err, size_t er
 #undef BAD
 }
 
-void wan_create_weights_only(wan_model *m, const wan_config *cfg) {
+static void create_weights(wan_model *m, const wan_config *cfg, int tp, int tp_rank) {
     memset(m, 0, sizeof *m);
     m->cfg = *cfg;
     char err[512];
     if (!wan_config_check(&m->cfg, err, sizeof err)) dfm_die("invalid Wan config: %s", err);
+    if (!wan_tp_check(&m->cfg, tp, err, sizeof err)) dfm_die("%s", err);
+    if (tp_rank < 0 || tp_rank >= tp) dfm_die("internal: tensor-parallel rank %d of %d", tp_rank, tp);
     const wan_config *c = &m->cfg;
     m->d = c->num_heads * c->head_dim;
     m->ffn = c->ffn_dim;
+    m->tp = tp, m->tp_rank = tp_rank;
+    m->heads_local = c->num_heads / tp;
+    m->attn_local = m->heads_local * c->head_dim;
+    m->ffn_local = c->ffn_dim / tp;
     m->patch_in = c->in_channels * c->patch_t * c->patch_h * c->patch_w;
     m->patch_out = c->out_channels * c->patch_t * c->patch_h * c->patch_w;
-    wan_build_table(&m->table, c);
+    wan_build_table_tp(&m->table, c, tp, tp_rank);
     m->params = xalloc_floats(m->table.total);
 }
 
@@ -489,6 +540,12 @@ static wan_acts *acts_new(const wan_model *m) {
     a->text_lens = xcalloc((size_t)m->max.batch, sizeof(int));
     a->slot_layer = -1;
     return a;
+}
+
+void wan_create_weights_only(wan_model *m, const wan_config *cfg) { create_weights(m, cfg, 1, 0); }
+
+void wan_create_weights_only_tp(wan_model *m, const wan_config *cfg, int tp, int tp_rank) {
+    create_weights(m, cfg, tp, tp_rank);
 }
 
 int wan_prepare(wan_model *m, const wan_shape *max, char *err, size_t errlen) {
@@ -577,8 +634,10 @@ void wan_stage_tensors(wan_model *m, const wan_shape *s, stage_dir dir, stage_te
     io->len[0] = B * N * d, io->len[1] = B * d, io->len[2] = B * 6 * d, io->len[3] = B * (size_t)s->text_len * d;
 }
 
-void wan_create(wan_model *m, const wan_config *cfg, const wan_shape *max) {
-    wan_create_weights_only(m, cfg);
+void wan_create(wan_model *m, const wan_config *cfg, const wan_shape *max) { wan_create_tp(m, cfg, max, 1, 0); }
+
+void wan_create_tp(wan_model *m, const wan_config *cfg, const wan_shape *max, int tp, int tp_rank) {
+    create_weights(m, cfg, tp, tp_rank);
     char err[512];
     if (wan_prepare(m, max, err, sizeof err)) dfm_die("Wan: invalid max input shape: %s", err);
 }
@@ -625,15 +684,25 @@ static int ends_with(const char *s, const char *suffix) {
  * defaults): see wan.h. Every tensor draws from its own Philox stream keyed by its table index. */
 void wan_init(wan_model *m, uint64_t seed) {
     memset(m->params, 0, m->table.total * sizeof(float));
+    float *whole = NULL; /* a tensor-parallel rank draws every split tensor whole, then keeps its slice */
     for (int i = 0; i < m->table.n; i++) {
         const param_entry *e = &m->table.e[i];
-        float *w = m->params + e->offset;
         const char *n = e->name;
         if (ends_with(n, ".bias")) continue;
         if (strstr(n, "norm_q.weight") || strstr(n, "norm_k.weight") || strstr(n, "norm2.weight")) {
-            for (size_t j = 0; j < e->numel; j++) w[j] = 1.0f;
+            for (size_t j = 0; j < e->numel; j++) m->params[e->offset + j] = 1.0f;
             continue;
         }
+        if (e->split_axis >= 0) { /* only xavier-uniform linears are split */
+            whole = xrealloc(whole, e->global_numel * sizeof(float));
+            const double fan_out = (double)e->global_shape[0], fan_in = (double)e->global_numel / fan_out;
+            const double bound = sqrt(6.0 / (fan_in + fan_out));
+            for (size_t j = 0; j < e->global_numel; j++)
+                whole[j] = (float)((2.0 * rng_uniform(seed, RNG_STREAM_INIT, 0, (uint32_t)i, (uint32_t)j) - 1.0) * bound);
+            param_entry_take_slice(e, whole, m->params + e->offset);
+            continue;
+        }
+        float *w = m->params + e->offset;
         if (strstr(n, "scale_shift_table")) {
             rng_fill_normal(w, e->numel, seed, RNG_STREAM_INIT, 1u << 20, (uint32_t)i);
             const float s = 1.0f / sqrtf((float)m->d);
@@ -652,6 +721,7 @@ void wan_init(wan_model *m, uint64_t seed) {
         for (size_t j = 0; j < e->numel; j++)
             w[j] = (float)((2.0 * rng_uniform(seed, RNG_STREAM_INIT, 0, (uint32_t)i, (uint32_t)j) - 1.0) * bound);
     }
+    free(whole);
 }
 
 /* ---- helpers ---------------------------------------------------------------------------------- */
@@ -674,25 +744,109 @@ static void copy_rows(float *restrict dst, const float *restrict src, size_t row
     }
 }
 
-/* q and k of a fused [rows, 3d] qkv, normalised over all heads and rotated, plus v copied: what
- * self-attention reads (strides 3d). rq, rk receive the RMS statistics (or NULL when recomputing). */
-static void self_attention_inputs(const wan_model *m, float *att, float *rq, float *rk, const float *qkv,
-                                  const block_views *w, int B, int N) {
-    const wan_acts *a = m->acts;
-    const int d = m->d, BN = B * N, H = m->cfg.num_heads, D = m->cfg.head_dim;
-    rmsnorm_forward_strided(att, rq, qkv, w->nq1, BN, d, 3 * d, 3 * d, m->cfg.eps);
-    rmsnorm_forward_strided(att + d, rk, qkv + d, w->nk1, BN, d, 3 * d, 3 * d, m->cfg.eps);
-    rope_forward(att, att, a->rope_cos, a->rope_sin, B, N, H, D, 3 * d, 3 * d);
-    rope_forward(att + d, att + d, a->rope_cos, a->rope_sin, B, N, H, D, 3 * d, 3 * d);
-    copy_rows(att + 2 * d, qkv + 2 * d, (size_t)BN, d, 3 * d, 3 * d, 0);
+/* ---- tensor parallelism: the collectives of Megatron's split (no-ops for TP = 1) ----------------------- */
+
+/* A row-parallel linear (to_out.0, ffn.net.2): each TP rank's partial product over its slice of the inputs,
+ * summed over the TP group (one all-reduce, the same bits on every rank), then the whole bias once. */
+static void row_parallel_forward(const wan_model *m, float *out, const float *inp, const float *w, const float *b,
+                                 int M, int N, int K) {
+    if (m->tp == 1) {
+        matmul_forward(out, inp, w, b, M, N, K);
+        return;
+    }
+    matmul_forward(out, inp, w, NULL, M, N, K);
+    dist_tp_allreduce_sum_f32(out, (size_t)M * N, "tensor-parallel all-reduce of a row-parallel output");
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < M; i++)
+        for (int j = 0; j < N; j++) out[(size_t)i * N + j] += b[j];
 }
 
-/* k of the fused [rows, 2d] text k/v normalised over all heads, v copied: what cross-attention reads. */
+/* The input gradient of a column-parallel linear: the sum over the TP group of every rank's share. */
+static void tp_sum(const wan_model *m, float *buf, size_t n) {
+    if (m->tp > 1) dist_tp_allreduce_sum_f32(buf, n, "tensor-parallel all-reduce of an input gradient");
+}
+
+/* RMSNorm "across heads" of rows of this rank's heads (attn_local wide) a stride apart. Under TP the mean square
+ * is over all heads of the TP group: the rows' partial sums of squares are all-reduced. saved: rstd holds the
+ * forward's statistics (a recomputation in the backward: no all-reduce); else they are computed into rstd. */
+static void rms_tp_forward(const wan_model *m, float *out, float *rstd, const float *inp, const float *w, int N,
+                           int inp_stride, int out_stride, int saved) {
+    const int C = m->attn_local;
+    if (m->tp == 1) {
+        rmsnorm_forward_strided(out, saved ? NULL : rstd, inp, w, N, C, inp_stride, out_stride, m->cfg.eps);
+        return;
+    }
+    if (!saved) {
+#pragma omp parallel for schedule(static)
+        for (int i = 0; i < N; i++) {
+            const float *x = inp + (size_t)i * inp_stride;
+            double ss = 0;
+            for (int j = 0; j < C; j++) ss += (double)x[j] * x[j];
+            rstd[i] = (float)ss;
+        }
+        dist_tp_allreduce_sum_f32(rstd, (size_t)N, "tensor-parallel all-reduce of an RMSNorm's mean square");
+        const double Cg = (double)m->d;
+#pragma omp parallel for schedule(static)
+        for (int i = 0; i < N; i++) rstd[i] = (float)(1.0 / sqrt((double)rstd[i] / Cg + (double)m->cfg.eps));
+    }
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < N; i++) {
+        const float *x = inp + (size_t)i * inp_stride;
+        float *o = out + (size_t)i * out_stride;
+        const float r = rstd[i];
+        for (int j = 0; j < C; j++) o[j] = x[j] * r * w[j];
+    }
+}
+
+/* Its backward: dinp += r (g w - x r^2 mean(g w x)) with the mean over all heads of the TP group (all-reduced
+ * row sums); the weight's gradient (this rank's slice) needs no communication. */
+static void rms_tp_backward(const wan_model *m, float *dinp, float *dweight, const float *dout, const float *inp,
+                            const float *w, const float *rstd, int N, int dinp_stride, int dout_stride, int inp_stride) {
+    const int C = m->attn_local;
+    if (m->tp == 1) {
+        rmsnorm_backward_strided(dinp, dweight, dout, inp, w, rstd, N, C, dinp_stride, dout_stride, inp_stride);
+        return;
+    }
+    float *s = m->acts->rowsum;
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < N; i++) {
+        const float *x = inp + (size_t)i * inp_stride, *g = dout + (size_t)i * dout_stride;
+        float acc = 0;
+        for (int j = 0; j < C; j++) acc += g[j] * w[j] * x[j];
+        s[i] = acc;
+    }
+    dist_tp_allreduce_sum_f32(s, (size_t)N, "tensor-parallel all-reduce of an RMSNorm's gradient");
+    const float Cg = (float)m->d;
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < N; i++) {
+        const float *x = inp + (size_t)i * inp_stride, *g = dout + (size_t)i * dout_stride;
+        float *dx = dinp + (size_t)i * dinp_stride;
+        const float r = rstd[i], k = r * r * s[i] / Cg;
+        for (int j = 0; j < C; j++) dx[j] += r * (g[j] * w[j] - x[j] * k);
+    }
+    rmsnorm_backward_strided(NULL, dweight, dout, inp, w, rstd, N, C, dinp_stride, dout_stride, inp_stride);
+}
+
+/* q and k of a fused [rows, 3da] qkv (da = this rank's heads x head_dim), normalised over all heads and rotated,
+ * plus v copied: what self-attention reads (strides 3da). rq, rk receive the RMS statistics, or hold them
+ * (saved: a recomputation in the backward). */
+static void self_attention_inputs(const wan_model *m, float *att, float *rq, float *rk, const float *qkv,
+                                  const block_views *w, int B, int N, int saved) {
+    const wan_acts *a = m->acts;
+    const int da = m->attn_local, BN = B * N, H = m->heads_local, D = m->cfg.head_dim;
+    rms_tp_forward(m, att, rq, qkv, w->nq1, BN, 3 * da, 3 * da, saved);
+    rms_tp_forward(m, att + da, rk, qkv + da, w->nk1, BN, 3 * da, 3 * da, saved);
+    rope_forward(att, att, a->rope_cos, a->rope_sin, B, N, H, D, 3 * da, 3 * da);
+    rope_forward(att + da, att + da, a->rope_cos, a->rope_sin, B, N, H, D, 3 * da, 3 * da);
+    copy_rows(att + 2 * da, qkv + 2 * da, (size_t)BN, da, 3 * da, 3 * da, 0);
+}
+
+/* k of the fused [rows, 2da] text k/v normalised over all heads, v copied: what cross-attention reads. */
 static void cross_attention_kv(const wan_model *m, float *kvs, float *rk, const float *kv, const block_views *w,
-                               int BL) {
-    const int d = m->d;
-    rmsnorm_forward_strided(kvs, rk, kv, w->nk2, BL, d, 2 * d, 2 * d, m->cfg.eps);
-    copy_rows(kvs + d, kv + d, (size_t)BL, d, 2 * d, 2 * d, 0);
+                               int BL, int saved) {
+    const int da = m->attn_local;
+    rms_tp_forward(m, kvs, rk, kv, w->nk2, BL, 2 * da, 2 * da, saved);
+    copy_rows(kvs + da, kv + da, (size_t)BL, da, 2 * da, 2 * da, 0);
 }
 
 static void add_residual(float *restrict out, const float *restrict x, const float *restrict y, size_t n) {
@@ -716,7 +870,8 @@ static void block_forward(wan_model *m, int l, const block_views *w, float *xout
     wan_acts *a = m->acts;
     const wan_config *c = &m->cfg;
     const int B = a->cur.batch, Lt = a->cur.text_len, N = a->N, BN = B * N, BL = B * Lt;
-    const int d = m->d, H = c->num_heads, D = c->head_dim, F = m->ffn;
+    /* H, F and da (the attention width) are this rank's share under tensor parallelism */
+    const int d = m->d, H = m->heads_local, D = c->head_dim, F = m->ffn_local, da = m->attn_local;
     const int *lens = a->masked ? a->text_lens : NULL;
     const float scale = 1.0f / sqrtf((float)D);
     float *mod = a->mod[l];
@@ -724,27 +879,27 @@ static void block_forward(wan_model *m, int l, const block_views *w, float *xout
     /* self-attention */
     layernorm_forward(a->sA, a->mean1[l], a->rstd1[l], a->x[l], NULL, NULL, BN, d, c->eps);
     modulate_forward(a->sB, a->sA, mod + 0 * d, mod + 1 * d, B, N, d, 6 * d);
-    matmul_forward(a->qkv[l], a->sB, w->qkv_w, w->qkv_b, BN, 3 * d, d);
-    self_attention_inputs(m, a->s3a, a->rq1[l], a->rk1[l], a->qkv[l], w, B, N);
-    attention_forward(a->ao1[l], a->lse1[l], a->s3a, a->s3a + d, a->s3a + 2 * d, NULL, B, N, N, H, D, 3 * d, 3 * d, d,
-                      scale);
-    matmul_forward(a->proj1[l], a->ao1[l], w->o1_w, w->o1_b, BN, d, d);
+    matmul_forward(a->qkv[l], a->sB, w->qkv_w, w->qkv_b, BN, 3 * da, d);
+    self_attention_inputs(m, a->s3a, a->rq1[l], a->rk1[l], a->qkv[l], w, B, N, 0);
+    attention_forward(a->ao1[l], a->lse1[l], a->s3a, a->s3a + da, a->s3a + 2 * da, NULL, B, N, N, H, D, 3 * da, 3 * da,
+                      da, scale);
+    row_parallel_forward(m, a->proj1[l], a->ao1[l], w->o1_w, w->o1_b, BN, d, da);
     gate_residual_forward(a->xmid[l], a->x[l], a->proj1[l], mod + 2 * d, B, N, d, 6 * d);
     /* cross-attention over the projected text (no RoPE, no gate) */
     layernorm_forward(a->sA, a->mean2[l], a->rstd2[l], a->xmid[l], w->n2_w, w->n2_b, BN, d, c->eps);
-    matmul_forward(a->q2[l], a->sA, w->q2_w, w->q2_b, BN, d, d);
-    rmsnorm_forward_strided(a->sB, a->rq2[l], a->q2[l], w->nq2, BN, d, d, d, c->eps);
-    matmul_forward(a->kv2[l], a->ctx, w->kv2_w, w->kv2_b, BL, 2 * d, d);
-    cross_attention_kv(m, a->kvs, a->rk2[l], a->kv2[l], w, BL);
-    attention_forward(a->ao2[l], a->lse2[l], a->sB, a->kvs, a->kvs + d, lens, B, N, Lt, H, D, d, 2 * d, d, scale);
-    matmul_forward(a->sA, a->ao2[l], w->o2_w, w->o2_b, BN, d, d);
+    matmul_forward(a->q2[l], a->sA, w->q2_w, w->q2_b, BN, da, d);
+    rms_tp_forward(m, a->sB, a->rq2[l], a->q2[l], w->nq2, BN, da, da, 0);
+    matmul_forward(a->kv2[l], a->ctx, w->kv2_w, w->kv2_b, BL, 2 * da, d);
+    cross_attention_kv(m, a->kvs, a->rk2[l], a->kv2[l], w, BL, 0);
+    attention_forward(a->ao2[l], a->lse2[l], a->sB, a->kvs, a->kvs + da, lens, B, N, Lt, H, D, da, 2 * da, da, scale);
+    row_parallel_forward(m, a->sA, a->ao2[l], w->o2_w, w->o2_b, BN, d, da);
     add_residual(a->x2[l], a->xmid[l], a->sA, (size_t)BN * d);
     /* feed-forward */
     layernorm_forward(a->sA, a->mean3[l], a->rstd3[l], a->x2[l], NULL, NULL, BN, d, c->eps);
     modulate_forward(a->sB, a->sA, mod + 3 * d, mod + 4 * d, B, N, d, 6 * d);
     matmul_forward(a->h[l], a->sB, w->fc1_w, w->fc1_b, BN, F, d);
     gelu_forward(a->sFa, a->h[l], (size_t)BN * F);
-    matmul_forward(a->f[l], a->sFa, w->fc2_w, w->fc2_b, BN, d, F);
+    row_parallel_forward(m, a->f[l], a->sFa, w->fc2_w, w->fc2_b, BN, d, F);
     if (xout) gate_residual_forward(xout, a->x2[l], a->f[l], mod + 5 * d, B, N, d, 6 * d);
 }
 
@@ -841,8 +996,8 @@ void wan_backward(wan_model *m, const float *dout) {
     views pv, gv;
     const views *p = &pv, *g = &gv;
     const int B = s->batch, Lt = s->text_len, N = a->N, BN = B * N, BL = B * Lt;
-    const int d = m->d, H = c->num_heads, D = c->head_dim, F = m->ffn;
-    const size_t nT = (size_t)BN * d;
+    const int d = m->d, H = m->heads_local, D = c->head_dim, F = m->ffn_local, da = m->attn_local;
+    const size_t nT = (size_t)BN * d, nA = (size_t)BN * da;
     const int *lens = a->masked ? a->text_lens : NULL;
     const float scale = 1.0f / sqrtf((float)D);
 
@@ -906,6 +1061,7 @@ void wan_backward(wan_model *m, const float *dout) {
         modulate_forward(xm3, ln3, mod + 3 * d, mod + 4 * d, B, N, d, 6 * d);
         zero(a->sC, nT);
         matmul_backward(a->sC, gw->fc1_w, gw->fc1_b, dh, xm3, w->fc1_w, BN, F, d);
+        tp_sum(m, a->sC, nT);
         float *dln3 = a->sB;
         zero(dln3, nT);
         modulate_backward(dln3, dmod + 3 * d, dmod + 4 * d, a->sC, ln3, mod + 4 * d, B, N, d, 6 * d);
@@ -913,26 +1069,28 @@ void wan_backward(wan_model *m, const float *dout) {
 
         /* ---- cross-attention: x2 = x_mid + attention(...) Wo2^T + b ---- */
         float *dao2 = a->sA;
-        zero(dao2, nT);
-        matmul_backward(dao2, gw->o2_w, gw->o2_b, a->dx, a->ao2[l], w->o2_w, BN, d, d);
+        zero(dao2, nA);
+        matmul_backward(dao2, gw->o2_w, gw->o2_b, a->dx, a->ao2[l], w->o2_w, BN, d, da);
         float *q2n = a->sB, *dq2n = a->sC;
-        rmsnorm_forward_strided(q2n, NULL, a->q2[l], w->nq2, BN, d, d, d, c->eps);
-        cross_attention_kv(m, a->kvs, NULL, a->kv2[l], w, BL);
-        zero(dq2n, nT);
-        zero(a->dkvs, (size_t)BL * 2 * d);
-        attention_backward(dq2n, a->dkvs, a->dkvs + d, a->attn_ws, dao2, a->ao2[l], a->lse2[l], q2n, a->kvs, a->kvs + d,
-                           lens, B, N, Lt, H, D, d, 2 * d, d, scale);
+        rms_tp_forward(m, q2n, a->rq2[l], a->q2[l], w->nq2, BN, da, da, 1);
+        cross_attention_kv(m, a->kvs, a->rk2[l], a->kv2[l], w, BL, 1);
+        zero(dq2n, nA);
+        zero(a->dkvs, (size_t)BL * 2 * da);
+        attention_backward(dq2n, a->dkvs, a->dkvs + da, a->attn_ws, dao2, a->ao2[l], a->lse2[l], q2n, a->kvs,
+                           a->kvs + da, lens, B, N, Lt, H, D, da, 2 * da, da, scale);
         float *dq2 = a->sA;
-        zero(dq2, nT);
-        rmsnorm_backward_strided(dq2, gw->nq2, dq2n, a->q2[l], w->nq2, a->rq2[l], BN, d, d, d, d);
-        zero(a->dkv, (size_t)BL * 2 * d);
-        rmsnorm_backward_strided(a->dkv, gw->nk2, a->dkvs, a->kv2[l], w->nk2, a->rk2[l], BL, d, 2 * d, 2 * d, 2 * d);
-        copy_rows(a->dkv + d, a->dkvs + d, (size_t)BL, d, 2 * d, 2 * d, 0);
-        matmul_backward(a->dctx, gw->kv2_w, gw->kv2_b, a->dkv, a->ctx, w->kv2_w, BL, 2 * d, d);
+        zero(dq2, nA);
+        rms_tp_backward(m, dq2, gw->nq2, dq2n, a->q2[l], w->nq2, a->rq2[l], BN, da, da, da);
+        zero(a->dkv, (size_t)BL * 2 * da);
+        rms_tp_backward(m, a->dkv, gw->nk2, a->dkvs, a->kv2[l], w->nk2, a->rk2[l], BL, 2 * da, 2 * da, 2 * da);
+        copy_rows(a->dkv + da, a->dkvs + da, (size_t)BL, da, 2 * da, 2 * da, 0);
+        /* dctx: this rank's share, summed over the TP group once after the last block */
+        matmul_backward(a->dctx, gw->kv2_w, gw->kv2_b, a->dkv, a->ctx, w->kv2_w, BL, 2 * da, d);
         float *n2 = a->sB, *dn2 = a->sC;
         layernorm_forward(n2, NULL, NULL, a->xmid[l], w->n2_w, w->n2_b, BN, d, c->eps);
         zero(dn2, nT);
-        matmul_backward(dn2, gw->q2_w, gw->q2_b, dq2, n2, w->q2_w, BN, d, d);
+        matmul_backward(dn2, gw->q2_w, gw->q2_b, dq2, n2, w->q2_w, BN, da, d);
+        tp_sum(m, dn2, nT);
         layernorm_backward(a->dx, gw->n2_w, gw->n2_b, dn2, a->xmid[l], w->n2_w, a->mean2[l], a->rstd2[l], BN, d);
 
         /* ---- self-attention: x_mid = x + gate * proj1 ---- */
@@ -940,28 +1098,29 @@ void wan_backward(wan_model *m, const float *dout) {
         zero(dproj, nT);
         gate_residual_backward(NULL, dproj, dmod + 2 * d, a->dx, a->proj1[l], mod + 2 * d, B, N, d, 6 * d);
         float *dao1 = a->sB;
-        zero(dao1, nT);
-        matmul_backward(dao1, gw->o1_w, gw->o1_b, dproj, a->ao1[l], w->o1_w, BN, d, d);
+        zero(dao1, nA);
+        matmul_backward(dao1, gw->o1_w, gw->o1_b, dproj, a->ao1[l], w->o1_w, BN, d, da);
         float *att = a->s3a, *datt = a->s3b;
-        self_attention_inputs(m, att, NULL, NULL, a->qkv[l], w, B, N);
-        zero(datt, (size_t)BN * 3 * d);
-        attention_backward(datt, datt + d, datt + 2 * d, a->attn_ws, dao1, a->ao1[l], a->lse1[l], att, att + d,
-                           att + 2 * d, NULL, B, N, N, H, D, 3 * d, 3 * d, d, scale);
+        self_attention_inputs(m, att, a->rq1[l], a->rk1[l], a->qkv[l], w, B, N, 1);
+        zero(datt, (size_t)BN * 3 * da);
+        attention_backward(datt, datt + da, datt + 2 * da, a->attn_ws, dao1, a->ao1[l], a->lse1[l], att, att + da,
+                           att + 2 * da, NULL, B, N, N, H, D, 3 * da, 3 * da, da, scale);
         float *dqkv = a->s3a; /* the attention inputs are dead now */
-        zero(dqkv, (size_t)BN * 3 * d);
+        zero(dqkv, (size_t)BN * 3 * da);
         for (int qk = 0; qk < 2; qk++) { /* undo RoPE, then the RMSNorm, for q then k */
             float *dn = a->sA;
-            zero(dn, nT);
-            rope_backward(dn, datt + qk * d, a->rope_cos, a->rope_sin, B, N, H, D, d, 3 * d);
-            rmsnorm_backward_strided(dqkv + qk * d, qk ? gw->nk1 : gw->nq1, dn, a->qkv[l] + qk * d,
-                                     qk ? w->nk1 : w->nq1, qk ? a->rk1[l] : a->rq1[l], BN, d, 3 * d, d, 3 * d);
+            zero(dn, nA);
+            rope_backward(dn, datt + qk * da, a->rope_cos, a->rope_sin, B, N, H, D, da, 3 * da);
+            rms_tp_backward(m, dqkv + qk * da, qk ? gw->nk1 : gw->nq1, dn, a->qkv[l] + qk * da, qk ? w->nk1 : w->nq1,
+                            qk ? a->rk1[l] : a->rq1[l], BN, 3 * da, da, 3 * da);
         }
-        copy_rows(dqkv + 2 * d, datt + 2 * d, (size_t)BN, d, 3 * d, 3 * d, 0);
+        copy_rows(dqkv + 2 * da, datt + 2 * da, (size_t)BN, da, 3 * da, 3 * da, 0);
         float *ln1 = a->sA, *xm1 = a->sB;
         layernorm_forward(ln1, NULL, NULL, a->x[l], NULL, NULL, BN, d, c->eps);
         modulate_forward(xm1, ln1, mod + 0 * d, mod + 1 * d, B, N, d, 6 * d);
         zero(a->sC, nT);
-        matmul_backward(a->sC, gw->qkv_w, gw->qkv_b, dqkv, xm1, w->qkv_w, BN, 3 * d, d);
+        matmul_backward(a->sC, gw->qkv_w, gw->qkv_b, dqkv, xm1, w->qkv_w, BN, 3 * da, d);
+        tp_sum(m, a->sC, nT);
         float *dln1 = a->sB;
         zero(dln1, nT);
         modulate_backward(dln1, dmod + 0 * d, dmod + 1 * d, a->sC, ln1, mod + 1 * d, B, N, d, 6 * d);
@@ -972,7 +1131,9 @@ void wan_backward(wan_model *m, const float *dout) {
         seg_done(m, 1 + l);
     }
 
+    tp_sum(m, a->dctx, (size_t)BL * d); /* every block's text k/v input gradient, summed over the TP group */
     if (!first) return;
+
     /* time embedding: temb feeds time_proj (through SiLU) and the head (directly) */
     views_at(a, seg_params(m, 0, 1), 1, &pv);
     views_at(a, seg_grads(m, 0), 1, &gv);

@@ -20,6 +20,12 @@ static void shard_path(char *out, size_t n, const char *dir, int rank, int world
 
 void ckpt_write_shard(const char *dir, int rank, int world, const param_table *t, size_t begin, size_t end, int nkinds,
                       const char *const *kinds, const float *const *bufs, const char *const *meta) {
+    ckpt_write_shard_tp(dir, rank, world, t, begin, end, nkinds, kinds, bufs, meta, 1);
+}
+
+void ckpt_write_shard_tp(const char *dir, int rank, int world, const param_table *t, size_t begin, size_t end,
+                         int nkinds, const char *const *kinds, const float *const *bufs, const char *const *meta,
+                         int with_whole) {
     st_writer *w = st_writer_new();
     json_t *pieces = json_object();
     char **names = xcalloc((size_t)t->n * (size_t)nkinds + 1, sizeof(char *));
@@ -28,10 +34,15 @@ void ckpt_write_shard(const char *dir, int rank, int world, const param_table *t
         const param_entry *e = &t->e[i];
         size_t lo = e->offset > begin ? e->offset : begin;
         size_t hi = e->offset + e->numel < end ? e->offset + e->numel : end;
-        if (lo >= hi) continue;
+        if (lo >= hi || (!with_whole && e->split_axis < 0)) continue;
+        /* the tensor's global shape; under tensor parallelism the piece lies in this rank's slice of it */
         json_t *shape = json_array();
-        for (int d = 0; d < e->ndim; d++) json_array_append_new(shape, json_integer((json_int_t)e->shape[d]));
-        json_object_set_new(pieces, e->name, json_pack("{s:o, s:I}", "shape", shape, "offset", (json_int_t)(lo - e->offset)));
+        for (int d = 0; d < e->ndim; d++) json_array_append_new(shape, json_integer((json_int_t)e->global_shape[d]));
+        json_t *pc = json_pack("{s:o, s:I}", "shape", shape, "offset", (json_int_t)(lo - e->offset));
+        if (e->split_axis >= 0)
+            json_object_set_new(pc, "split", json_pack("[i, I, I]", e->split_axis, (json_int_t)e->split_start,
+                                                       (json_int_t)e->shape[e->split_axis]));
+        json_object_set_new(pieces, e->name, pc);
         int64_t n1 = (int64_t)(hi - lo);
         for (int k = 0; k < nkinds; k++) {
             size_t len = strlen(kinds[k]) + strlen(e->name) + 2;
@@ -41,7 +52,7 @@ void ckpt_write_shard(const char *dir, int rank, int world, const param_table *t
         }
     }
     json_t *info = json_pack("{s:i, s:i, s:I, s:I, s:I, s:o}", "rank", rank, "world", world, "begin", (json_int_t)begin,
-                             "end", (json_int_t)end, "total", (json_int_t)t->total, "pieces", pieces);
+                             "end", (json_int_t)end, "total", (json_int_t)param_table_global_total(t), "pieces", pieces);
     char *text = json_dumps(info, JSON_COMPACT | JSON_PRESERVE_ORDER);
     st_writer_meta(w, "dfm_shard", text);
     for (int i = 0; meta && meta[i]; i += 2)
@@ -132,12 +143,55 @@ static void shape_text(char *out, size_t n, int ndim, const int64_t *shape) {
     if (k < n) snprintf(out + k, n - k, "]");
 }
 
-/* Copy the part of src (covering flat [src_lo, src_lo + n)) that falls in [begin, end) into out. */
-static size_t copy_overlap(float *out, size_t begin, size_t end, const float *src, size_t src_lo, size_t n) {
-    size_t lo = src_lo > begin ? src_lo : begin, hi = src_lo + n < end ? src_lo + n : end;
-    if (lo >= hi) return 0;
-    memcpy(out + (lo - begin), src + (lo - src_lo), (hi - lo) * sizeof(float));
-    return hi - lo;
+typedef struct {
+    size_t lo, hi; /* flat elements */
+    int shard;
+} span;
+
+/* A slice of a tensor along one axis in the tensor's global C order: `outer` rows of `run` contiguous elements,
+ * row o starting at global element o * grow + gstart (a whole tensor: one row of all its elements). */
+typedef struct {
+    size_t outer, run, grow, gstart;
+} slice_layout;
+
+static slice_layout layout_of(int ndim, const int64_t *gshape, int axis, int64_t start, int64_t len) {
+    if (axis < 0) axis = 0, start = 0, len = gshape[0];
+    size_t outer = 1, inner = 1;
+    for (int i = 0; i < axis; i++) outer *= (size_t)gshape[i];
+    for (int i = axis + 1; i < ndim; i++) inner *= (size_t)gshape[i];
+    return (slice_layout){outer, (size_t)len * inner, (size_t)gshape[axis] * inner, (size_t)start * inner};
+}
+
+/* Copy the n elements src[0..n) - elements [p0, p0 + n) of the writer's slice w of entry e's tensor - wherever
+ * they fall in this table's slice of it and in the flat range [begin, end), into out (out[0] = flat element
+ * begin). Every contiguous copy is recorded in *spans (when spans is not NULL) for the tiling check. Returns the
+ * number of elements copied. Handles any pair of slicings: whole/whole, TP slice into a whole tensor, a whole
+ * tensor into a TP slice, and equal or different TP sizes. */
+static size_t map_piece(const param_entry *e, slice_layout w, const float *src, size_t p0, size_t n, size_t begin,
+                        size_t end, float *out, span **spans, size_t *nspans, size_t *cspans, int shard) {
+    slice_layout r = layout_of(e->ndim, e->global_shape, e->split_axis, e->split_start,
+                               e->split_axis < 0 ? 0 : e->shape[e->split_axis]);
+    size_t copied = 0;
+    for (size_t ow = p0 / w.run; n && ow <= (p0 + n - 1) / w.run; ow++) {
+        size_t l0 = ow * w.run > p0 ? ow * w.run : p0, l1 = (ow + 1) * w.run < p0 + n ? (ow + 1) * w.run : p0 + n;
+        size_t g0 = ow * w.grow + w.gstart + (l0 - ow * w.run), g1 = g0 + (l1 - l0);
+        const float *s = src + (l0 - p0);
+        for (size_t orr = g0 / r.grow; orr <= (g1 - 1) / r.grow && orr < r.outer; orr++) {
+            size_t rb = orr * r.grow + r.gstart, re = rb + r.run;
+            size_t h0 = g0 > rb ? g0 : rb, h1 = g1 < re ? g1 : re;
+            if (h0 >= h1) continue;
+            size_t f0 = e->offset + orr * r.run + (h0 - rb), f1 = f0 + (h1 - h0); /* flat elements of this table */
+            size_t c0 = f0 > begin ? f0 : begin, c1 = f1 < end ? f1 : end;
+            if (c0 >= c1) continue;
+            memcpy(out + (c0 - begin), s + (h0 - g0) + (c0 - f0), (c1 - c0) * sizeof(float));
+            copied += c1 - c0;
+            if (spans) {
+                if (*nspans == *cspans) *spans = xrealloc(*spans, sizeof(span) * (*cspans = *cspans ? 2 * *cspans : 64));
+                (*spans)[(*nspans)++] = (span){c0, c1, shard};
+            }
+        }
+    }
+    return copied;
 }
 
 static int read_consolidated(const char *dir, const char *kind, const param_table *t, size_t begin, size_t end,
@@ -162,9 +216,9 @@ static int read_consolidated(const char *dir, const char *kind, const param_tabl
         if (e->offset >= end || e->offset + e->numel <= begin) continue;
         snprintf(name, sizeof name, "%s%s", prefix, e->name);
         const st_tensor *s = st_find(f, name);
-        shape_text(want, sizeof want, e->ndim, e->shape);
+        shape_text(want, sizeof want, e->ndim, e->global_shape); /* the whole tensor (a TP rank keeps a slice) */
         int same = s && s->ndim == e->ndim;
-        for (int d = 0; same && d < e->ndim; d++) same = s->shape[d] == e->shape[d];
+        for (int d = 0; same && d < e->ndim; d++) same = s->shape[d] == e->global_shape[d];
         if (!s) snprintf(err, errlen, "'%s': tensor '%s' %s is missing", path, name, want), rc = -1;
         else if (!same) {
             shape_text(got, sizeof got, s->ndim, s->shape);
@@ -174,23 +228,19 @@ static int read_consolidated(const char *dir, const char *kind, const param_tabl
             snprintf(err, errlen, "'%s': tensor '%s' has dtype %s; expected a floating-point dtype", path, name,
                      st_dtype_name(s->dtype));
             rc = -1;
-        } else if (e->offset >= begin && e->offset + e->numel <= end) {
+        } else if (e->split_axis < 0 && e->offset >= begin && e->offset + e->numel <= end) {
             st_read_f32(f, s, out + (e->offset - begin));
         } else {
-            if (tmp_cap < e->numel) free(tmp), tmp = xalloc_floats(tmp_cap = e->numel);
+            if (tmp_cap < e->global_numel) free(tmp), tmp = xalloc_floats(tmp_cap = e->global_numel);
             st_read_f32(f, s, tmp);
-            copy_overlap(out, begin, end, tmp, e->offset, e->numel);
+            map_piece(e, layout_of(e->ndim, e->global_shape, -1, 0, 0), tmp, 0, e->global_numel, begin, end, out, NULL,
+                      NULL, NULL, 0);
         }
     }
     free(tmp);
     st_close(f);
     return rc;
 }
-
-typedef struct {
-    size_t lo, hi; /* flat elements */
-    int shard;
-} span;
 
 static int span_cmp(const void *a, const void *b) {
     const span *x = a, *y = b;
@@ -235,9 +285,9 @@ static int read_sharded(const char *dir, const char *kind, const param_table *t,
         if (!json_is_object(pieces) || !json_is_integer(total)) {
             snprintf(err, errlen, "'%s': metadata 'dfm_shard' is missing or lacks \"pieces\"/\"total\"", path);
             rc = -1;
-        } else if ((size_t)json_integer_value(total) != t->total) {
+        } else if ((size_t)json_integer_value(total) != param_table_global_total(t)) {
             snprintf(err, errlen, "'%s' holds a model of %lld parameters; this one has %zu", path,
-                     (long long)json_integer_value(total), t->total);
+                     (long long)json_integer_value(total), param_table_global_total(t));
             rc = -1;
         }
         for (int i = 0; i < t->n && !rc; i++) {
@@ -245,12 +295,24 @@ static int read_sharded(const char *dir, const char *kind, const param_table *t,
             json_t *pc = json_object_get(pieces, e->name);
             if (!pc) continue;
             json_t *shape = json_object_get(pc, "shape"), *off = json_object_get(pc, "offset");
+            json_t *split = json_object_get(pc, "split"); /* [axis, start, length]: the writer's TP slice */
             int same = json_is_array(shape) && (int)json_array_size(shape) == e->ndim && json_is_integer(off);
             for (int d = 0; same && d < e->ndim; d++)
-                same = json_integer_value(json_array_get(shape, (size_t)d)) == e->shape[d];
+                same = json_integer_value(json_array_get(shape, (size_t)d)) == e->global_shape[d];
+            int wa = -1;
+            int64_t wstart = 0, wlen = 0;
+            size_t wnumel = e->global_numel; /* elements of the writer's slice */
+            if (same && split) {
+                json_int_t a = -1, st = -1, ln = -1;
+                if (json_unpack(split, "[I, I, I]", &a, &st, &ln) != 0 || a < 0 || a >= e->ndim || st < 0 || ln < 1 ||
+                    st + ln > e->global_shape[a])
+                    same = 0;
+                else
+                    wa = (int)a, wstart = st, wlen = ln, wnumel = e->global_numel / (size_t)e->global_shape[a] * (size_t)ln;
+            }
             snprintf(name, sizeof name, "%s.%s", kind, e->name);
             const st_tensor *s = st_find(f, name);
-            shape_text(want, sizeof want, e->ndim, e->shape);
+            shape_text(want, sizeof want, e->ndim, e->global_shape);
             if (!same) {
                 snprintf(err, errlen, "'%s': piece of '%s' is not of a tensor of shape %s", path, e->name, want);
                 rc = -1;
@@ -260,22 +322,20 @@ static int read_sharded(const char *dir, const char *kind, const param_table *t,
             } else {
                 json_int_t o = json_integer_value(off);
                 size_t n = (size_t)s->shape[0];
-                if (o < 0 || (size_t)o + n > e->numel) {
+                if (o < 0 || (size_t)o + n > wnumel) {
                     snprintf(err, errlen, "'%s': piece '%s' [%lld, +%zu) lies outside its tensor of %zu elements", path,
-                             name, (long long)o, n, e->numel);
+                             name, (long long)o, n, wnumel);
                     rc = -1;
                     break;
                 }
+                /* whole tensors in both: the piece is a flat range of this table; else map it through the slices */
                 size_t lo = e->offset + (size_t)o;
-                if (lo >= end || lo + n <= begin) continue;
+                if (wa < 0 && e->split_axis < 0 && (lo >= end || lo + n <= begin)) continue;
+                if (e->offset >= end || e->offset + e->numel <= begin) continue;
                 if (tmp_cap < n) free(tmp), tmp = xalloc_floats(tmp_cap = n);
                 st_read_f32(f, s, tmp);
-                size_t got = copy_overlap(out, begin, end, tmp, lo, n);
-                if (got) {
-                    if (nspans == cspans) spans = xrealloc(spans, sizeof(span) * (cspans = cspans ? 2 * cspans : 64));
-                    size_t a = lo > begin ? lo : begin;
-                    spans[nspans++] = (span){a, a + got, r};
-                }
+                map_piece(e, layout_of(e->ndim, e->global_shape, wa, wstart, wlen), tmp, (size_t)o, n, begin, end, out,
+                          &spans, &nspans, &cspans, r);
             }
         }
         if (m) json_decref(m);

@@ -354,8 +354,44 @@ static void write_state_tensors(job *j, const char *mdir, const char *odir) {
     }
 }
 
+/* Tensor parallelism: the parameters that are not split (norms, modulation, embedders, head) and their EMA must be
+ * the same bits on every TP rank. Checked at every checkpoint by a checksum compared over the TP group; a
+ * difference is a bug, and ends the run rather than saving diverged replicas. */
+static void tp_check_replicated(job *j) {
+    const dist_info *di = dist_get();
+    if (di->tp == 1) return;
+    const param_table *t = j->table;
+    float *full = xalloc_floats(t->total);
+    uint64_t h = 1469598103934665603ull; /* FNV-1a over the bytes */
+    size_t n = 0;
+    for (int ema = 0; ema < 2; ema++) {
+        dp_gather_full(j->dp, ema, full); /* every rank takes part */
+        for (int i = 0; i < t->n; i++) {
+            if (t->e[i].split_axis >= 0) continue;
+            const unsigned char *b = (const unsigned char *)(full + t->e[i].offset);
+            for (size_t k = 0; k < t->e[i].numel * sizeof(float); k++) h = (h ^ b[k]) * 1099511628211ull;
+            n += ema ? 0 : t->e[i].numel;
+        }
+    }
+    free(full);
+    double mine, *all = xcalloc((size_t)di->tp, sizeof(double));
+    memcpy(&mine, &h, sizeof mine);
+    dist_tp_allgather_f64(&mine, all, 1, "tensor-parallel all-gather of the replicated parameters' checksum");
+    for (int r = 1; r < di->tp; r++)
+        if (memcmp(&all[r], &all[0], sizeof(double)))
+            dfm_die("tensor parallelism: the %zu replicated parameters (or their EMA) differ between TP rank 0 and TP "
+                    "rank %d at iteration %ld",
+                    n, r, j->iteration);
+    free(all);
+    if (di->rank == 0)
+        printf("  tensor-parallel ranks agree bit for bit on the %zu replicated parameters and their EMA (checksum "
+               "%016llx)\n",
+               n, (unsigned long long)h);
+}
+
 static void save_checkpoint(job *j, const char *root) {
     int lead = dist_get()->rank == 0;
+    tp_check_replicated(j);
     char final[4096], tmp[4096], path[4200];
     snprintf(final, sizeof final, "%s/iter_%07ld", root, j->iteration);
     snprintf(tmp, sizeof tmp, "%s/iter_%07ld.tmp.%s", root, j->iteration, j->token);
@@ -477,9 +513,10 @@ static char *read_rank_file(const char *dir, const char *sub, int dp_rank, char 
 static void save_checkpoint_automodel(job *j, const char *root) {
     const dist_info *di = dist_get();
     int lead = di->rank == 0;
+    tp_check_replicated(j);
     char *ls_text = j->wan ? video_loader_state_save(j->vloader) : loader_state_save(j->loader);
     long epoch = state_epoch(ls_text);
-    dist_bcast_bytes(&epoch, sizeof epoch, 0, "broadcast of the checkpoint's epoch");
+    dist_bcast_world_bytes(&epoch, sizeof epoch, "broadcast of the checkpoint's epoch");
     char final[4200], tmp[4300], path[4500], mdir[4400], odir[4400], old[4400];
     snprintf(j->saved, sizeof j->saved, "epoch_%ld_step_%ld", epoch, j->iteration);
     snprintf(final, sizeof final, "%s/%s", root, j->saved);
@@ -499,13 +536,14 @@ static void save_checkpoint_automodel(job *j, const char *root) {
     /* this rank's loader position and random state, under Automodel's per-rank names; dfm's noise, timesteps and
      * condition dropout are drawn from (seed, step, sample index), so the seed and the step are the whole state */
     snprintf(path, sizeof path, "%s/dataloader/dataloader_dp_rank_%d.json", tmp, di->dp_rank);
-    if (di->pp_rank == 0) write_text_atomic(path, ls_text); /* the stages of a pipeline hold the same state */
+    if (di->pp_rank == 0 && di->tp_rank == 0) /* the stages and TP ranks of a DP rank share its loader */
+        write_text_atomic(path, ls_text);
     free(ls_text);
     json_t *rng = json_pack("{s:s, s:I, s:I}", "generator", "philox4x32-10 keyed by (seed, step, sample index)", "seed",
                             (json_int_t)cfg_int(j->c, "rng.seed"), "step", (json_int_t)j->iteration);
     char *text = json_dumps(rng, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
     snprintf(path, sizeof path, "%s/rng/rng_dp_rank_%d.json", tmp, di->dp_rank);
-    if (di->pp_rank == 0) write_text_atomic(path, text);
+    if (di->pp_rank == 0 && di->tp_rank == 0) write_text_atomic(path, text);
     free(text);
     json_decref(rng);
     if (j->lora_on && (j->consolidated == 2 || (j->consolidated == 1 && j->iteration >= j->train_iters))) {
@@ -673,14 +711,14 @@ static void load_pretrained(job *j, const char *path) {
     }
     for (int i = 0; i < t->n || i < src->n; i++) {
         const param_entry *a = i < t->n ? &t->e[i] : NULL, *b = i < src->n ? &src->e[i] : NULL;
-        int same = a && b && !strcmp(a->name, b->name) && a->ndim == b->ndim && a->offset == b->offset;
-        for (int d = 0; same && d < a->ndim; d++) same = a->shape[d] == b->shape[d];
+        int same = a && b && !strcmp(a->name, b->name) && a->ndim == b->ndim;
+        for (int d = 0; same && d < a->ndim; d++) same = a->global_shape[d] == b->shape[d];
         if (!same)
             dfm_die("checkpoint.pretrained_checkpoint '%s' holds a different model: tensor %d is %s there, %s here "
                     "(set the model.* keys to the pretrained model's shape)",
                     path, i, b ? b->name : "missing", a ? a->name : "missing");
+        param_entry_take_slice(a, w + b->offset, dst + a->offset); /* a TP rank keeps its slice */
     }
-    memcpy(dst, w, t->total * sizeof(float));
     if (j->wan) wan_free(&wm);
     else dit_free(&dm);
     if (dist_get()->rank == 0) printf("initial weights from the diffusers folder %s\n", path);
@@ -1053,12 +1091,15 @@ int dfm_pretrain(const cfg *c) {
                           int_key(c, "model.pipeline_model_parallel_size", 1, 1 << 16), err, sizeof err) != 0)
         dfm_die("%s", err);
     /* what is not built yet is refused rather than ignored */
-    const char *par[] = {"model.tensor_model_parallel_size", "model.context_parallel_size"};
-    for (int i = 0; i < 2; i++)
-        if (cfg_int(c, par[i]) != 1)
-            dfm_die("%s = %lld (from %s): tensor and context parallelism are not built yet; use 1 (pipeline "
-                    "parallelism is: model.pipeline_model_parallel_size)",
-                    par[i], (long long)cfg_int(c, par[i]), cfg_source(c, par[i]));
+    if (cfg_int(c, "model.context_parallel_size") != 1)
+        dfm_die("model.context_parallel_size = %lld (from %s): context parallelism is not built yet; use 1 (tensor "
+                "and pipeline parallelism are)",
+                (long long)cfg_int(c, "model.context_parallel_size"), cfg_source(c, "model.context_parallel_size"));
+    if (cfg_int(c, "model.tensor_model_parallel_size") > 1 && cfg_int(c, "model.pipeline_model_parallel_size") > 1)
+        dfm_die("model.tensor_model_parallel_size %lld with model.pipeline_model_parallel_size %lld: tensor and "
+                "pipeline parallelism together are not built yet; use one of them",
+                (long long)cfg_int(c, "model.tensor_model_parallel_size"),
+                (long long)cfg_int(c, "model.pipeline_model_parallel_size"));
     if (!cfg_is_null(c, "model.virtual_pipeline_model_parallel_size") &&
         cfg_int(c, "model.virtual_pipeline_model_parallel_size") != 1)
         dfm_die("model.virtual_pipeline_model_parallel_size = %lld (from %s): the interleaved schedule (virtual "
@@ -1066,7 +1107,8 @@ int dfm_pretrain(const cfg *c) {
                 (long long)cfg_int(c, "model.virtual_pipeline_model_parallel_size"),
                 cfg_source(c, "model.virtual_pipeline_model_parallel_size"));
     if (cfg_bool(c, "model.sequence_parallel"))
-        dfm_die("model.sequence_parallel = true (from %s): sequence parallelism is not built yet",
+        dfm_die("model.sequence_parallel = true (from %s): sequence parallelism is not built yet (tensor "
+                "parallelism is: model.tensor_model_parallel_size without sequence_parallel)",
                 cfg_source(c, "model.sequence_parallel"));
 
     job j;
@@ -1078,6 +1120,10 @@ int dfm_pretrain(const cfg *c) {
     if (j.wan) config_to_wan(c, &wc);
     else config_to_dit(c, &dc);
     int recompute = recompute_blocks(c, j.wan ? wc.num_layers : dc.num_layers);
+    if (di->tp > 1) { /* heads and FFN columns split over the TP group: sizes it does not divide are refused */
+        if (!(j.wan ? wan_tp_check(&wc, di->tp, err, sizeof err) : dit_tp_check(&dc, di->tp, err, sizeof err)))
+            dfm_die("%s (from %s)", err, cfg_source(c, "model.tensor_model_parallel_size"));
+    }
     config_to_objective(c, &j.obj);
     j.objective_meta = objective_json(&j.obj);
     long train_iters = int_key(c, "train.train_iters", 0, 1L << 30);
@@ -1213,7 +1259,7 @@ int dfm_pretrain(const cfg *c) {
     dp_model dm;
     if (j.wan) {
         wan_shape mx = {mbs, frames, vh, vw, text_len};
-        wan_create_weights_only(&j.wmodel, &wc);
+        wan_create_weights_only_tp(&j.wmodel, &wc, di->tp, di->tp_rank);
         if (wan_set_recompute(&j.wmodel, recompute, err, sizeof err) != 0 ||
             wan_prepare(&j.wmodel, &mx, err, sizeof err) != 0)
             dfm_die("Wan: %s", err);
@@ -1245,7 +1291,7 @@ int dfm_pretrain(const cfg *c) {
         j.sample_meta = json_dumps(sm, JSON_COMPACT | JSON_PRESERVE_ORDER);
         json_decref(sm);
     } else {
-        dit_create(&j.model, &dc, mbs);
+        dit_create_tp(&j.model, &dc, mbs, di->tp, di->tp_rank);
         if (dit_set_recompute(&j.model, recompute, err, sizeof err) != 0) dfm_die("DiT: %s", err);
         dit_init(&j.model, seed);
         dm = (dp_model){&j.model.table, j.model.nseg, j.model.seg_begin, &j.model.params, &j.model.grads,
@@ -1255,6 +1301,10 @@ int dfm_pretrain(const cfg *c) {
     }
     j.table = dm.table;
     j.lora_on = cfg_len(c, "peft.target_modules") > 0 || cfg_bool(c, "peft.match_all_linear");
+    if (j.lora_on && di->tp > 1)
+        dfm_die("peft (LoRA) with model.tensor_model_parallel_size = %d: LoRA under tensor parallelism is not built "
+                "yet; use data parallelism",
+                di->tp);
     if (j.lora_on && cfg_is_null(c, "checkpoint.pretrained_checkpoint"))
         dfm_die("peft: LoRA adapts pretrained weights; set checkpoint.pretrained_checkpoint (dfm finetune: "
                 "model.mode finetune)");
@@ -1262,6 +1312,10 @@ int dfm_pretrain(const cfg *c) {
     j.automodel = !strcmp(cfg_str(c, "checkpoint.layout"), "automodel");
     const char *cons = cfg_str(c, "checkpoint.consolidated");
     j.consolidated = !strcmp(cons, "every") ? 2 : !strcmp(cons, "final") ? 1 : 0;
+    if (j.consolidated && di->tp > 1)
+        dfm_die("checkpoint.consolidated = %s (from %s) under tensor parallelism (%d ranks) is not built yet: set it "
+                "to none and run dfm export on the checkpoint (it reads tensor-parallel checkpoints)",
+                cons, cfg_source(c, "checkpoint.consolidated"), di->tp);
     if (j.consolidated && !j.automodel)
         dfm_die("checkpoint.consolidated = %s (from %s) needs checkpoint.layout: automodel (dfm export writes a "
                 "diffusers folder from a Megatron-layout checkpoint)",
@@ -1307,9 +1361,10 @@ int dfm_pretrain(const cfg *c) {
     oc.clip_grad = (float)cfg_float(c, "optimizer.clip_grad");
     j.dp = dp_engine_new(dm, strategy, &oc, n_local / mbs, cfg_bool(c, "ddp.overlap_grad_reduce"),
                          cfg_bool(c, "ddp.overlap_param_gather"));
-    j.sharded = strategy != DP_NO_SHARD || di->pp > 1; /* under PP every stage writes its own part */
+    /* under pipeline parallelism every stage, under tensor parallelism every TP rank writes its own part */
+    j.sharded = strategy != DP_NO_SHARD || di->pp > 1 || di->tp > 1;
     long token = (long)getpid();
-    dist_bcast_world_bytes(&token, sizeof token, "broadcast of the job token"); /* every stage's too */
+    dist_bcast_world_bytes(&token, sizeof token, "broadcast of the job token"); /* every rank writes there */
     snprintf(j.token, sizeof j.token, "%ld", token);
     if (j.wan) wan_trainer_init(&j.wtr, &j.wmodel, &j.obj, seed, frames, vh, vw, text_len);
     else dit_trainer_init(&j.tr, &j.model, dp_optimizer(j.dp), &j.obj, seed);
@@ -1373,12 +1428,12 @@ int dfm_pretrain(const cfg *c) {
             printf("dfm pretrain: recipe %s, Wan 2.1 %d x %d (%d heads, latents [%d, %d, %d, %d], %d tokens, text %d x "
                    "%d), %zu parameters, %s objective\n",
                    cfg_recipe_of(c), wc.num_layers, wc.num_heads * wc.head_dim, wc.num_heads, chans, frames, vh, vw,
-                   j.wmodel.max_tokens, text_len, wc.text_dim, j.table->total,
+                   j.wmodel.max_tokens, text_len, wc.text_dim, param_table_global_total(j.table),
                    j.obj.kind == OBJ_EDM ? "EDM" : "flow-matching");
         else
             printf("dfm pretrain: recipe %s, DiT %d x %d (%d heads, patch %d, %d tokens), %zu parameters, %s objective\n",
                    cfg_recipe_of(c), dc.num_layers, dc.hidden_size, dc.num_heads, dc.patch_size, j.model.T,
-                   j.model.table.total, j.obj.kind == OBJ_EDM ? "EDM" : "flow-matching");
+                   param_table_global_total(&j.model.table), j.obj.kind == OBJ_EDM ? "EDM" : "flow-matching");
         if (ds.pixels || vd.latents)
             printf("  data %s (%s): %d training / %d validation samples; batch %d (micro %d); %ld steps; %d threads\n",
                    dtype, dpath, n_train, n_val, gbs, mbs, train_iters, nth);
@@ -1419,7 +1474,8 @@ int dfm_pretrain(const cfg *c) {
     }
 
     /* throughput in the model's terms: 3 x the forward FLOPs of this rank's samples (wan_forward_flops /
-     * dit_forward_flops: matrix products and attention), per second; MFU against the process's peak */
+     * dit_forward_flops: matrix products and attention), per second; MFU against the process's peak. The TP ranks
+     * of a DP rank share its samples' FLOPs: each is credited 1/TP of them (Megatron's model FLOPs per GPU). */
     char peak_desc[600] = "";
     double peak_tflops = 0;
     if (cfg_is_null(c, "logger.peak_tflops")) {
@@ -1513,7 +1569,7 @@ int dfm_pretrain(const cfg *c) {
         if (j.iteration % log_interval == 0 || j.iteration == train_iters) {
             double now = dfm_time_s(), dt = now - t_window;
             double sps = steps_window * gbs / dt, wait_frac = wait_window / dt, comm_frac = dist_take_wait_time() / dt;
-            double tflops = flops_window / dt / 1e12, mfu = peak_tflops > 0 ? tflops / peak_tflops : NAN;
+            double tflops = flops_window / di->tp / dt / 1e12, mfu = peak_tflops > 0 ? tflops / peak_tflops : NAN;
             char mfu_s[48] = "", mfu_j[48] = "";
             if (isfinite(mfu)) {
                 snprintf(mfu_s, sizeof mfu_s, " (MFU %.1f%%)", 100 * mfu);

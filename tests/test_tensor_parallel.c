@@ -1,0 +1,250 @@
+/* Tensor parallelism (model.tensor_model_parallel_size) under mpirun --oversubscribe on 2 cores: a tiny DiT and a
+ * tiny Wan trained with TP2 (with sharding, with activation recompute, and DP2 x TP2) against one process at the same global batch, the replicated
+ * parameters identical across the TP ranks, a TP2 checkpoint resumed as one process, dfm export of a TP2
+ * checkpoint, and the layouts that are refused. */
+#include "dfm/checkpoint.h"
+#include "dfm/dit.h"
+#include "dfm/safetensors.h"
+#include "test.h"
+#include "test_fs.h"
+#include "test_run.h"
+
+#include <math.h>
+
+static const char *DIT =
+    "model.num_layers=2 model.hidden_size=32 model.num_attention_heads=2 model.ffn_hidden_size=128 "
+    "model.patch_size=7 train.global_batch_size=8 train.micro_batch_size=2 train.eval_interval=100 "
+    "train.eval_iters=1 dataset.val_samples=16 dataset.num_workers=0 logger.log_interval=1 optimizer.lr=3e-3 "
+    "scheduler.lr_warmup_iters=2 checkpoint.most_recent_k=4 train.train_iters=10 checkpoint.save_interval=5";
+static const char *WAN =
+    "--recipe wan_tiny model.num_layers=2 model.image_size=8 model.num_frames=2 dataset.max_samples=32 "
+    "dataset.val_samples=4 train.global_batch_size=4 train.micro_batch_size=2 train.train_iters=10 "
+    "train.eval_interval=100 train.eval_iters=1 logger.log_interval=1 dataset.num_workers=0 "
+    "checkpoint.save_interval=5 optimizer.lr=3e-3 scheduler.lr_warmup_iters=2";
+static const double TOL = 1e-5;
+static char *dir;
+static const char *bin;
+
+/* Worst relative difference of the losses of steps [from, to] between two runs (inf if any is missing). */
+static double loss_diff(const char *a, const char *b, int from, int to) {
+    double la[64], lb[64];
+    for (int i = 0; i < 64; i++) la[i] = lb[i] = NAN;
+    test_run_losses(a, la, 63);
+    test_run_losses(b, lb, 63);
+    double worst = 0;
+    for (int s = from; s <= to; s++) {
+        double d = fabs(la[s] - lb[s]) / fabs(lb[s]);
+        if (!(d <= worst)) worst = isnan(d) ? INFINITY : d;
+    }
+    return worst;
+}
+
+/* Worst relative difference (test_rel_err) of a kind of DiT checkpoint tensor between two iteration folders, each
+ * read whole (one process's layout) from whatever form it was saved in. */
+static double dit_weights_diff(const char *a, const char *b, const char *kind) {
+    dit_config c;
+    dit_config_named(&c, "tiny");
+    c.num_layers = 2, c.hidden_size = 32, c.num_heads = 2, c.ffn_hidden_size = 128, c.patch_size = 7;
+    c.in_channels = 1, c.out_channels = 1, c.image_size = 28, c.num_classes = 10;
+    dit_model m;
+    dit_create(&m, &c, 1);
+    size_t n = m.table.total;
+    float *wa = xalloc_floats(n), *wb = xalloc_floats(n);
+    char err[1024];
+    double d = INFINITY;
+    if (ckpt_read_range(a, kind, &m.table, 0, n, wa, err, sizeof err) == 0 &&
+        ckpt_read_range(b, kind, &m.table, 0, n, wb, err, sizeof err) == 0)
+        d = test_rel_err(wa, wb, n);
+    else printf("# %s\n", err);
+    free(wa), free(wb);
+    dit_free(&m);
+    return d;
+}
+
+static int train(int np, const char *model, const char *name, const char *extra) {
+    char cmd[4096], launch[64] = "";
+    if (np > 0) snprintf(launch, sizeof launch, "mpirun --oversubscribe -np %d ", np);
+    snprintf(cmd, sizeof cmd, "%s%s pretrain %s logger.output_dir=%s/%s checkpoint.save=%s/%s/ck %s > %s/%s.log 2>&1",
+             launch, bin, model, dir, name, dir, name, extra, dir, name);
+    int rc = test_sh("%s", cmd);
+    if (rc != 0) {
+        printf("# '%s' failed (%d); its log:\n", cmd, rc);
+        test_sh("tail -20 %s/%s.log | sed 's/^/#   /'", dir, name);
+    }
+    return rc;
+}
+
+static const char *ck(const char *run, int it) { return test_path("%s/%s/ck/iter_%07d", dir, run, it); }
+
+/* The log says the TP ranks agreed on the replicated parameters at each of the run's checkpoints. */
+static int replicas_agree(const char *run, int saves) {
+    char *log = test_read_file(test_path("%s/%s.log", dir, run), NULL);
+    int n = 0;
+    for (const char *p = log; p && (p = strstr(p, "tensor-parallel ranks agree bit for bit")); p++) n++;
+    free(log);
+    return n == saves;
+}
+
+static void dit_cases(void) {
+    CHECK(train(0, DIT, "one", "") == 0, "DiT, one process trains");
+    const char *cases[][3] = {{"2", "tp2", "model.tensor_model_parallel_size=2"},
+                              {"2", "tp2_ogp",
+                               "model.tensor_model_parallel_size=2 ddp.data_parallel_sharding_strategy=optim_grads_params"},
+                              {"4", "dp2_tp2", "model.tensor_model_parallel_size=2"},
+                              {"4", "dp2_tp2_optim", "model.tensor_model_parallel_size=2 ddp.data_parallel_sharding_strategy=optim"},
+                              {"2", "tp2_recompute",
+                               "model.tensor_model_parallel_size=2 model.recompute_granularity=full "
+                               "model.recompute_method=uniform model.recompute_num_layers=1"}};
+    for (int k = 0; k < 5; k++) {
+        int rc = train(atoi(cases[k][0]), DIT, cases[k][1], cases[k][2]);
+        const char *run = test_path("%s/%s", dir, cases[k][1]);
+        char runbuf[1024];
+        snprintf(runbuf, sizeof runbuf, "%s", run);
+        double dl = rc ? INFINITY : loss_diff(runbuf, test_path("%s/one", dir), 1, 10);
+        double dw = rc ? INFINITY : dit_weights_diff(ck(cases[k][1], 10), ck("one", 10), "model");
+        double de = rc ? INFINITY : dit_weights_diff(ck(cases[k][1], 10), ck("one", 10), "ema");
+        CHECK(dl <= TOL && dw <= TOL && de <= TOL,
+              "DiT %s (%s ranks) vs one process, 10 steps: worst loss rel %.2e, final weights rel %.2e, EMA rel %.2e "
+              "(tol %.0e)",
+              cases[k][1], cases[k][0], dl, dw, de, TOL);
+        CHECK(!rc && replicas_agree(cases[k][1], 2),
+              "DiT %s: the replicated parameters and their EMA are bit-identical across the TP ranks at steps 5 and 10",
+              cases[k][1]);
+    }
+    struct stat sb;
+    CHECK(stat(test_path("%s/shard_00001_of_00002.safetensors", ck("tp2", 5)), &sb) == 0 &&
+              stat(test_path("%s/shard_00003_of_00004.safetensors", ck("dp2_tp2_optim", 5)), &sb) == 0,
+          "TP2 writes one shard per TP rank; DP2 x TP2 optim one per rank");
+
+    /* saved under TP2 at step 5, resumed as one process and as TP2 with another strategy */
+    const char *resumes[][3] = {{"0", "resume_one", ""},
+                                {"2", "resume_tp2_ogp",
+                                 "model.tensor_model_parallel_size=2 ddp.data_parallel_sharding_strategy=optim_grads_params"}};
+    for (int k = 0; k < 2; k++) {
+        char extra[2048];
+        snprintf(extra, sizeof extra, "%s checkpoint.load=%s", resumes[k][2], ck("tp2", 5));
+        int rc = train(atoi(resumes[k][0]), DIT, resumes[k][1], extra);
+        char runbuf[1024];
+        snprintf(runbuf, sizeof runbuf, "%s/%s", dir, resumes[k][1]);
+        double dl = rc ? INFINITY : loss_diff(runbuf, test_path("%s/one", dir), 6, 10);
+        double dw = rc ? INFINITY : dit_weights_diff(ck(resumes[k][1], 10), ck("one", 10), "model");
+        CHECK(dl <= TOL && dw <= TOL,
+              "DiT saved under TP2, resumed %s: steps 6-10 losses rel %.2e, final weights rel %.2e vs the "
+              "uninterrupted one-process run (tol %.0e)",
+              k ? "as TP2 optim_grads_params" : "as one process", dl, dw, TOL);
+    }
+    /* a one-process checkpoint resumed under TP2 */
+    char extra[2048];
+    snprintf(extra, sizeof extra, "model.tensor_model_parallel_size=2 checkpoint.load=%s", ck("one", 5));
+    int rc = train(2, DIT, "resume_from_one", extra);
+    double dl = rc ? INFINITY : loss_diff(test_path("%s/resume_from_one", dir), test_path("%s/one", dir), 6, 10);
+    CHECK(dl <= TOL, "DiT saved by one process, resumed under TP2: steps 6-10 losses rel %.2e (tol %.0e)", dl, TOL);
+
+    /* dfm export of a TP2 checkpoint: one diffusers folder, equal to the one-process export */
+    rc = test_sh("%s export --checkpoint %s/tp2/ck --out %s/exp_tp2 > %s/exp.log 2>&1 && %s export --checkpoint %s/one/ck "
+                 "--out %s/exp_one >> %s/exp.log 2>&1",
+                 bin, dir, dir, dir, bin, dir, dir, dir);
+    double worst = INFINITY, maxdiff = 0, maxref = 0;
+    int ntensors = 0;
+    if (rc == 0) {
+        char err[512];
+        st_file *a = st_open(test_path("%s/exp_tp2/transformer/diffusion_pytorch_model.safetensors", dir), err, sizeof err);
+        st_file *b = a ? st_open(test_path("%s/exp_one/transformer/diffusion_pytorch_model.safetensors", dir), err,
+                                 sizeof err)
+                       : NULL;
+        if (a && b && a->n_tensors == b->n_tensors) {
+            worst = 0;
+            for (int i = 0; i < b->n_tensors; i++) {
+                const st_tensor *tb = &b->tensors[i], *ta = st_find(a, tb->name);
+                size_t n = (size_t)st_numel(tb);
+                if (!ta || (size_t)st_numel(ta) != n) {
+                    worst = INFINITY;
+                    break;
+                }
+                float *x = xalloc_floats(n ? n : 1), *y = xalloc_floats(n ? n : 1);
+                st_read_f32(a, ta, x);
+                st_read_f32(b, tb, y);
+                for (size_t e = 0; e < n; e++) { /* over the whole model: max |a - b| / max |b| */
+                    double d = fabs((double)x[e] - y[e]);
+                    if (!(d <= maxdiff)) maxdiff = d;
+                    if (fabs(y[e]) > maxref) maxref = fabs(y[e]);
+                }
+                ntensors++;
+                free(x), free(y);
+            }
+        }
+        if (worst == 0) worst = maxdiff / (maxref > 0 ? maxref : 1);
+        if (a) st_close(a);
+        if (b) st_close(b);
+    }
+    CHECK(worst <= TOL, "dfm export of a TP2 checkpoint equals the one-process export: %d tensors, worst rel %.2e",
+          ntensors, worst);
+}
+
+static void wan_cases(void) {
+    CHECK(train(0, WAN, "wan_one", "") == 0, "Wan, one process trains");
+    const char *cases[][3] = {{"2", "wan_tp2", "model.tensor_model_parallel_size=2"},
+                              {"4", "wan_dp2_tp2",
+                               "model.tensor_model_parallel_size=2 ddp.data_parallel_sharding_strategy=optim_grads"},
+                              {"2", "wan_tp2_recompute",
+                               "model.tensor_model_parallel_size=2 model.recompute_granularity=full "
+                               "model.recompute_method=uniform model.recompute_num_layers=1"}};
+    for (int k = 0; k < 3; k++) {
+        int rc = train(atoi(cases[k][0]), WAN, cases[k][1], cases[k][2]);
+        char runbuf[1024];
+        snprintf(runbuf, sizeof runbuf, "%s/%s", dir, cases[k][1]);
+        double dl = rc ? INFINITY : loss_diff(runbuf, test_path("%s/wan_one", dir), 1, 10);
+        char a[1024];
+        snprintf(a, sizeof a, "%s", ck(cases[k][1], 10));
+        double dw = rc ? INFINITY : test_wan_weights_diff(a, "model", ck("wan_one", 10), "model");
+        double de = rc ? INFINITY : test_wan_weights_diff(a, "ema", ck("wan_one", 10), "ema");
+        CHECK(dl <= TOL && dw <= TOL && de <= TOL,
+              "Wan %s (%s ranks) vs one process, 10 steps: worst loss rel %.2e, final weights rel %.2e, EMA rel %.2e "
+              "(tol %.0e)",
+              cases[k][1], cases[k][0], dl, dw, de, TOL);
+        CHECK(!rc && replicas_agree(cases[k][1], 2),
+              "Wan %s: the replicated parameters and their EMA are bit-identical across the TP ranks", cases[k][1]);
+    }
+    char extra[2048];
+    snprintf(extra, sizeof extra, "checkpoint.load=%s", ck("wan_tp2", 5));
+    int rc = train(0, WAN, "wan_resume_one", extra);
+    double dl = rc ? INFINITY : loss_diff(test_path("%s/wan_resume_one", dir), test_path("%s/wan_one", dir), 6, 10);
+    CHECK(dl <= TOL, "Wan saved under TP2, resumed as one process: steps 6-10 losses rel %.2e (tol %.0e)", dl, TOL);
+}
+
+static void refused(int np, const char *model, const char *extra, const char *want, const char *what) {
+    char cmd[4096], *out = NULL;
+    snprintf(cmd, sizeof cmd, "mpirun --oversubscribe -np %d %s pretrain %s %s logger.output_dir=%s/e", np, bin, model,
+             extra, dir);
+    int rc = test_capture(cmd, &out);
+    const char *at = out ? strstr(out, want) : NULL;
+    const char *shown = at ? at : out ? out : "";
+    CHECK(rc != 0 && at, "%s is refused: %.*s", what, (int)strcspn(shown, "\n"), shown);
+    free(out);
+}
+
+int main(void) {
+    bin = test_dfm_bin();
+    test_mpi_env();
+    if (test_sh("command -v mpirun >/dev/null") != 0) {
+        printf("FAIL mpirun is missing (apt-get install openmpi-bin libopenmpi-dev)\n");
+        return 1;
+    }
+    dir = test_mkdtemp();
+    dit_cases();
+    wan_cases();
+    refused(2, DIT, "model.tensor_model_parallel_size=2 model.num_attention_heads=1",
+            "model.num_attention_heads 1 is not divisible by model.tensor_model_parallel_size 2", "DiT heads not divisible");
+    refused(2, DIT, "model.tensor_model_parallel_size=2 model.ffn_hidden_size=129",
+            "model.ffn_hidden_size 129 is not divisible by model.tensor_model_parallel_size 2", "DiT FFN not divisible");
+    refused(2, WAN, "model.tensor_model_parallel_size=2 model.ffn_hidden_size=65",
+            "model.ffn_hidden_size 65 is not divisible by model.tensor_model_parallel_size 2", "Wan FFN not divisible");
+    refused(3, DIT, "model.tensor_model_parallel_size=2",
+            "world size 3 (mpirun -np) is not divisible by tensor x context x pipeline parallel = 2 x 1 x 1",
+            "TP 2 on 3 ranks");
+    refused(2, DIT, "model.tensor_model_parallel_size=2 model.sequence_parallel=true",
+            "sequence parallelism is not built yet", "model.sequence_parallel");
+    test_rmtree(dir);
+    free(dir);
+    return test_finish();
+}
