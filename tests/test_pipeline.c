@@ -124,6 +124,10 @@ int main(void) {
                                           "ddp.data_parallel_sharding_strategy=optim_grads") == 0)
         compare(0, "dit_pp2_dp2", "dit1", "DiT PP2 x DP2 (optim_grads)");
     else CHECK(0, "DiT PP2 x DP2 runs");
+    if (ok && train(2, DIT, "dit_pp2_rc", "model.pipeline_model_parallel_size=2 model.recompute_granularity=full "
+                                         "model.recompute_method=uniform model.recompute_num_layers=1") == 0)
+        compare(0, "dit_pp2_rc", "dit1", "DiT PP2 with every block recomputed");
+    else CHECK(0, "DiT PP2 with activation recomputation runs");
 
     /* resume across layouts: PP2's step-5 checkpoint as one process, one process's as PP2 */
     if (ok) {
@@ -170,6 +174,12 @@ int main(void) {
                       &out);
     CHECK(rc != 0 && strstr(out, "virtual_pipeline_model_parallel_size = 2") && strstr(out, "not built yet"),
           "virtual pipeline stages (the interleaved schedule) are refused by name");
+    free(out);
+    rc = test_capture(test_path("%s pretrain %s model.pipeline_model_parallel_size=2 model.tensor_model_parallel_size=2 "
+                                "logger.output_dir=%s/bad", bin, DIT, dir),
+                      &out);
+    CHECK(rc != 0 && strstr(out, "tensor and pipeline parallelism together are not built yet"),
+          "tensor with pipeline parallelism is refused as not built yet: %.160s", out);
     free(out);
     test_rmtree(dir);
     free(dir);

@@ -1086,6 +1086,11 @@ int dfm_pretrain(const cfg *c) {
         dfm_die("dist.timeout_s = %g (from %s): must be a number of seconds in (0, 1e7]", timeout,
                 cfg_source(c, "dist.timeout_s"));
     dist_set_timeout(timeout);
+    if (cfg_int(c, "model.tensor_model_parallel_size") > 1 && cfg_int(c, "model.pipeline_model_parallel_size") > 1)
+        dfm_die("model.tensor_model_parallel_size %lld with model.pipeline_model_parallel_size %lld: tensor and "
+                "pipeline parallelism together are not built yet; use one of them",
+                (long long)cfg_int(c, "model.tensor_model_parallel_size"),
+                (long long)cfg_int(c, "model.pipeline_model_parallel_size"));
     if (dist_setup_groups(int_key(c, "model.tensor_model_parallel_size", 1, 1 << 16),
                           int_key(c, "model.context_parallel_size", 1, 1 << 16),
                           int_key(c, "model.pipeline_model_parallel_size", 1, 1 << 16), err, sizeof err) != 0)
@@ -1095,11 +1100,6 @@ int dfm_pretrain(const cfg *c) {
         dfm_die("model.context_parallel_size = %lld (from %s): context parallelism is not built yet; use 1 (tensor "
                 "and pipeline parallelism are)",
                 (long long)cfg_int(c, "model.context_parallel_size"), cfg_source(c, "model.context_parallel_size"));
-    if (cfg_int(c, "model.tensor_model_parallel_size") > 1 && cfg_int(c, "model.pipeline_model_parallel_size") > 1)
-        dfm_die("model.tensor_model_parallel_size %lld with model.pipeline_model_parallel_size %lld: tensor and "
-                "pipeline parallelism together are not built yet; use one of them",
-                (long long)cfg_int(c, "model.tensor_model_parallel_size"),
-                (long long)cfg_int(c, "model.pipeline_model_parallel_size"));
     if (!cfg_is_null(c, "model.virtual_pipeline_model_parallel_size") &&
         cfg_int(c, "model.virtual_pipeline_model_parallel_size") != 1)
         dfm_die("model.virtual_pipeline_model_parallel_size = %lld (from %s): the interleaved schedule (virtual "
