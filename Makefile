@@ -72,6 +72,8 @@ bench: test-deps
 	@$(MAKE) --no-print-directory all
 	@bash bench/run.sh
 	@bash bench/dp.sh
+	@bash bench/paradigms.sh
+	@bash bench/layouts.sh
 
 # Crash consistency with 20 random kills (CI's test suite runs 5): prints kills=, resumed_bit_exact=, corrupt_loaded=
 reliability: test-deps
