@@ -1,7 +1,8 @@
 /* Pipeline parallelism (mpirun --oversubscribe on 2 cores): PP2 for the tiny DiT and the tiny Wan, and PP2 x DP2,
  * against one process at the same global batch (4 micro-batches per step, so the 1F1B schedule has a warm-up, a
  * steady phase and a cool-down): losses and final weights within 1e-6 relative; checkpoints saved under PP2 resume
- * as one process and back; invalid layouts are errors naming the numbers. */
+ * as one process and back; invalid layouts are errors naming the numbers. (TP x PP and the interleaved schedule:
+ * test_pipeline_tp.c.) */
 #include "dfm/checkpoint.h"
 #include "dfm/dit.h"
 #include "test.h"
@@ -168,18 +169,6 @@ int main(void) {
                       &out);
     CHECK(rc != 0 && strstr(out, "world size 3 (mpirun -np) is not divisible by tensor x context x pipeline"),
           "PP2 on 3 ranks is refused naming the world size");
-    free(out);
-    rc = test_capture(test_path("mpirun --oversubscribe -np 2 %s pretrain %s model.pipeline_model_parallel_size=2 "
-                                "model.virtual_pipeline_model_parallel_size=2 logger.output_dir=%s/bad", bin, DIT, dir),
-                      &out);
-    CHECK(rc != 0 && strstr(out, "virtual_pipeline_model_parallel_size = 2") && strstr(out, "not built yet"),
-          "virtual pipeline stages (the interleaved schedule) are refused by name");
-    free(out);
-    rc = test_capture(test_path("%s pretrain %s model.pipeline_model_parallel_size=2 model.tensor_model_parallel_size=2 "
-                                "logger.output_dir=%s/bad", bin, DIT, dir),
-                      &out);
-    CHECK(rc != 0 && strstr(out, "tensor and pipeline parallelism together are not built yet"),
-          "tensor with pipeline parallelism is refused as not built yet: %.160s", out);
     free(out);
     test_rmtree(dir);
     free(dir);

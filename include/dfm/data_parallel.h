@@ -41,10 +41,11 @@ typedef struct {
     const size_t *seg_begin; /* nseg + 1 */
     float **params, **grads;
     segment_hooks *hooks;
-    /* Pipeline parallelism: `table` is this stage's part of the model (offsets from 0) and ckpt_table the whole
-     * model's, the stage starting at its flat element ckpt_base; checkpoints are read and written in the whole
-     * model's layout (a PP checkpoint resumes as one process and back). NULL: table itself. With PP > 1 the
-     * gradient norm is summed over the pipeline group (clipping by the global norm, one decision to skip). */
+    /* Checkpoints are read and written through ckpt_table's range [ckpt_base, ckpt_base + table->total) (NULL:
+     * table itself, from 0). Pieces in the files are named and placed within their whole tensors, so a pipeline
+     * stage's own table (pipeline.h: its chunks' entries, model_total the whole model's) reads and writes pieces
+     * of the whole model: a PP checkpoint resumes as one process and back. With PP > 1 the gradient norm is
+     * summed over the pipeline group (clipping by the global norm, one decision to skip). */
     const param_table *ckpt_table;
     size_t ckpt_base;
 } dp_model;

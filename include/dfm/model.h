@@ -33,6 +33,9 @@ typedef struct {
     int n, cap;
     param_entry *e;
     size_t total; /* floats */
+    /* A pipeline stage's part of a model: the whole model's global element count (param_table_global_total reports
+     * it, so checkpoint pieces written or read through the part check against the whole model); 0: this table's. */
+    size_t model_total;
 } param_table;
 
 void param_table_add(param_table *t, const char *name, int ndim, const int64_t *shape, int no_decay);
@@ -41,7 +44,11 @@ const param_entry *param_table_find(const param_table *t, const char *name);
  * parallelism; parts = 1 is param_table_add). The caller checks that parts divides gshape[axis]. */
 void param_table_add_split(param_table *t, const char *name, int ndim, const int64_t *gshape, int no_decay, int axis,
                            int parts, int part);
-/* The number of floats of the whole model the table describes slices of (= total without split entries). */
+/* Append a copy of entry src (name, shape, no_decay and its tensor-parallel split: global shape, axis, start) at
+ * the end of t's layout. */
+void param_table_add_entry(param_table *t, const param_entry *src);
+/* The number of floats of the whole model the table describes slices of (= total without split entries; a stage
+ * table's model_total when set). */
 size_t param_table_global_total(const param_table *t);
 /* Copy entry e's slice out of its whole tensor `whole` (laid out by global_shape, C order) into `slice`. */
 void param_entry_take_slice(const param_entry *e, const float *whole, float *slice);

@@ -7,7 +7,9 @@
  * AdamW, the EMA and checkpoints run per stage; the gradient norm is summed over the pipeline group).
  *
  * A step is 1F1B over the micro-batches of this rank: stage s runs min(P - s - 1, m) forwards, then one forward
- * and one backward at a time, then the remaining backwards. The hidden states and the per-sample conditioning go
+ * and one backward at a time, then the remaining backwards. With V model chunks per stage
+ * (model.virtual_pipeline_model_parallel_size) it is Megatron's interleaved 1F1B: chunk k of the P V lives on stage
+ * k mod P, and the schedule walks (micro-batch, chunk) pairs in groups of P micro-batches. The hidden states and the per-sample conditioning go
  * forward point to point (the model's STAGE_FWD_OUT tensors into the next stage's STAGE_FWD_IN), their gradients
  * back (STAGE_GRAD). Each stage holds min(P - s, m) activation arenas, one per micro-batch in flight. Every stage
  * draws the micro-batch's noise, timesteps and dropout itself (they are keyed by global sample index), so the
@@ -25,22 +27,45 @@ extern "C" {
 
 typedef struct pp_stage pp_stage;
 
-/* Blocks [*b0, *b1) of stage `stage` of P for a model of L blocks (an even split); 0, or -1 with err naming
- * model.num_layers and the pipeline size when P does not divide L. */
-int pp_layout(int L, int P, int stage, int *b0, int *b1, char *err, size_t errlen);
-/* The fraction of a 1F1B step that stages idle: (P - 1) / (m + P - 1) for m micro-batches. */
-double pp_bubble(int P, int m);
+#define PP_MAX_CHUNKS 16 /* model chunks per stage (virtual pipeline stages) */
 
-/* Make this rank the stage of its pipeline (dist_get()->pp_rank) for a model whose table, segments (0 =
- * embedders, 1..L = blocks, L + 1 = head) and buffers are given; the model must already be a stage
- * (dit_set_stage / wan_set_stage) with blocks [b0, b1). Fills *dm for dp_engine_new. */
-pp_stage *pp_stage_new(const param_table *table, int nseg, const size_t *seg_begin, float **params, float **grads,
-                       segment_hooks *hooks, int b0, int b1, int n_arenas, dp_model *dm);
+/* Blocks [*b0, *b1) of model chunk `chunk` (0..V-1) of stage `stage` of P, V chunks per stage (V = 1: the plain
+ * pipeline), for a model of L blocks: the blocks are cut into P V equal chunks and stage s holds chunks s, s + P,
+ * s + 2P, ... (Megatron's interleaved assignment). 0, or -1 with err naming model.num_layers, the pipeline size
+ * and (V > 1) the virtual pipeline size when P V does not divide L. */
+int pp_layout(int L, int P, int V, int stage, int chunk, int *b0, int *b1, char *err, size_t errlen);
+/* The micro-batches per step the schedule can take: 0, or -1 with err naming them and P when V > 1 and P does
+ * not divide m (the interleaved schedule goes through the micro-batches in groups of P). */
+int pp_check_micro(int P, int V, int m, char *err, size_t errlen);
+/* The fraction of a step that a stage idles: (P - 1) / (V m + P - 1) for m micro-batches and V chunks per stage
+ * (V = 1: 1F1B's (P - 1) / (m + P - 1)). Megatron states it as bubble time over ideal time, (P - 1) / (V m). */
+double pp_bubble(int P, int m, int V);
+/* Activation arenas stage s needs for its chunk v: the most micro-batches of that chunk in flight at once under
+ * the schedule (1F1B for V = 1, min(P - s, m); the interleaved schedule otherwise). */
+int pp_chunk_arenas(int P, int s, int V, int m, int v);
+
+/* One model chunk of this rank's stage: a model (dit_model * or wan_model *) already made a stage of blocks
+ * [b0, b1) with n_arenas arenas (dit_set_stage / wan_set_stage), and its buffers and hooks, which the stage
+ * takes over. */
+typedef struct {
+    void *model;
+    float **params, **grads;
+    segment_hooks *hooks;
+    int b0, b1, n_arenas;
+} pp_chunk_model;
+
+/* Make this rank the stage of its pipeline (dist_get()->pp_rank) holding the V chunks given (in order), for a
+ * model whose whole table (under tensor parallelism this TP rank's slices, split fields included) and segments
+ * (0 = embedders, 1..L = blocks, L + 1 = head) are given. Fills *dm for dp_engine_new: the stage's table is the
+ * chunks' parts of the whole table one after the other (entries keep their split fields; checkpoints name the
+ * pieces, so they are read and written in any layout). m: micro-batches per step on this rank. */
+pp_stage *pp_stage_new(const param_table *table, int nseg, const size_t *seg_begin, int V, const pp_chunk_model *chunks,
+                       int m, dp_model *dm);
 void pp_stage_free(pp_stage *ps);
 /* The stage's part of the table (parameter names for messages). */
 const param_table *pp_stage_table(const pp_stage *ps);
 
-/* A 1F1B training step (the loss and the norm are the same on every rank of every stage). Arguments as
+/* A training step, 1F1B or interleaved (the loss and the norm are the same on every rank of every stage). Arguments as
  * dit_trainer_step_dp / wan_trainer_step_micro. */
 step_result pp_dit_step(pp_stage *ps, dit_trainer *tr, dp_engine *e, const float *x0, const int *labels, int n_local,
                         int B_global, uint32_t first, uint32_t step, float lr);

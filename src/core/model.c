@@ -52,7 +52,17 @@ void param_table_add_split(param_table *t, const char *name, int ndim, const int
     for (int i = 0; i < ndim; i++) e->global_shape[i] = gshape[i], e->global_numel *= (size_t)gshape[i];
 }
 
+void param_table_add_entry(param_table *t, const param_entry *src) {
+    param_table_add(t, src->name, src->ndim, src->shape, src->no_decay);
+    param_entry *e = &t->e[t->n - 1];
+    e->split_axis = src->split_axis;
+    e->split_start = src->split_start;
+    for (int i = 0; i < DFM_MAX_DIMS; i++) e->global_shape[i] = src->global_shape[i];
+    e->global_numel = src->global_numel;
+}
+
 size_t param_table_global_total(const param_table *t) {
+    if (t->model_total) return t->model_total;
     size_t n = 0;
     for (int i = 0; i < t->n; i++) n += t->e[i].global_numel;
     return n;

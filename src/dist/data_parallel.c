@@ -428,6 +428,11 @@ double dp_finish_step(dp_engine *e, float lr, int skip, int *bad) {
             return norm;
         }
     }
+    /* hybrid sharding with gradients sharded: a segment whose last micro-batch was not the step's last backward
+     * (the interleaved pipeline's chunks) has its part all-reduced across the replicas only now */
+    if (e->reps > 1 && shards_grads(e))
+        for (int s = 0; s < e->m.nseg; s++)
+            if (!e->rep_req[s]) start_replica_reduce(e, s);
     for (int s = 0; s < e->m.nseg; s++) dist_wait(e->rep_req[s]), e->rep_req[s] = NULL;
     float *g = narrow_shard(e);
     /* each shard counted once: over the shard group (the replicas hold the same shards). Every rank's partial sum

@@ -1131,8 +1131,10 @@ void wan_backward(wan_model *m, const float *dout) {
         seg_done(m, 1 + l);
     }
 
-    tp_sum(m, a->dctx, (size_t)BL * d); /* every block's text k/v input gradient, summed over the TP group */
+    /* a later pipeline stage sends its TP rank's share of dctx on (to the same TP rank of the previous stage): the
+     * share is summed over the TP group once, on the first stage, after every block has added to it */
     if (!first) return;
+    tp_sum(m, a->dctx, (size_t)BL * d); /* every block's text k/v input gradient, summed over the TP group */
 
     /* time embedding: temb feeds time_proj (through SiLU) and the head (directly) */
     views_at(a, seg_params(m, 0, 1), 1, &pv);

@@ -9,84 +9,195 @@
 
 #define MAX_SENDS (2 * STAGE_MAX_TENSORS) /* per arena: its forward output and its gradients */
 
+typedef struct pp_stage pp_stage_t;
+
+/* A model chunk of the stage: the model's segments [lo, hi), which are the stage's segments [seg0, seg0 + hi - lo). */
+typedef struct {
+    pp_stage_t *ps;
+    void *model;
+    int v, gc;      /* this chunk of the stage, its place among the P V chunks of the pipeline */
+    int lo, hi;
+    int seg0;
+    int n_arenas, arena0; /* its arenas, numbered from arena0 among the stage's */
+} pp_chunk;
+
+/* A send in flight from a copy (the interleaved schedule never waits on a send before the step's end) */
+typedef struct {
+    dist_req *r;
+    float *buf;
+} pp_send;
+
 struct pp_stage {
-    int P, s;       /* stages, this one */
-    int lo, hi;     /* the model's segments this stage owns */
-    size_t base;    /* flat element of segment lo in the whole model's layout */
+    int P, s, V, m; /* stages, this one, chunks per stage, micro-batches per step */
     const size_t *gseg;
-    param_table table; /* the stage's part, offsets from 0 */
-    size_t *seg_begin; /* hi - lo + 1, from 0 */
+    pp_chunk ch[PP_MAX_CHUNKS];
+    param_table table; /* the stage's part: its chunks' entries one after the other, offsets from 0 */
+    int nseg;
+    size_t *seg_begin; /* nseg + 1, from 0 */
     float *params, *grads;
     segment_hooks eng; /* the data-parallel engine's hooks over the stage's segments */
-    int n_arenas;
+    int n_arenas;      /* over all chunks */
     dist_req *(*sends)[MAX_SENDS];
+    pp_send *copies; /* V > 1 */
+    int n_copies, cap_copies;
+    float **dout; /* the head chunk's output gradient, one per arena (kept from the forward to the backward) */
+    size_t dout_n;
 };
 
-int pp_layout(int L, int P, int stage, int *b0, int *b1, char *err, size_t errlen) {
-    if (P < 1 || L % P) {
-        snprintf(err, errlen,
-                 "model.num_layers %d is not divisible by model.pipeline_model_parallel_size %d: the blocks are split "
-                 "evenly over the pipeline stages",
-                 L, P);
+int pp_layout(int L, int P, int V, int stage, int chunk, int *b0, int *b1, char *err, size_t errlen) {
+    if (P < 1 || V < 1 || L % (P * V)) {
+        if (V > 1)
+            snprintf(err, errlen,
+                     "model.num_layers %d is not divisible by model.pipeline_model_parallel_size %d x "
+                     "model.virtual_pipeline_model_parallel_size %d = %d: the blocks are split evenly into that many "
+                     "model chunks",
+                     L, P, V, P * V);
+        else
+            snprintf(err, errlen,
+                     "model.num_layers %d is not divisible by model.pipeline_model_parallel_size %d: the blocks are "
+                     "split evenly over the pipeline stages",
+                     L, P);
         return -1;
     }
-    *b0 = stage * (L / P), *b1 = (stage + 1) * (L / P);
+    int c = L / (P * V), k = chunk * P + stage;
+    *b0 = k * c, *b1 = (k + 1) * c;
     return 0;
 }
 
-double pp_bubble(int P, int m) { return (double)(P - 1) / (double)(m + P - 1); }
+int pp_check_micro(int P, int V, int m, char *err, size_t errlen) {
+    if (V > 1 && m % P) {
+        snprintf(err, errlen,
+                 "the interleaved pipeline schedule (model.virtual_pipeline_model_parallel_size %d) takes the "
+                 "micro-batches in groups of model.pipeline_model_parallel_size %d: %d micro-batches per step and rank "
+                 "(train.global_batch_size / (data-parallel size x train.micro_batch_size)) is not a multiple of %d",
+                 V, P, m, P);
+        return -1;
+    }
+    return 0;
+}
 
-/* ---- the model's hooks: global segment numbers to the stage's ---------------------------------------------- */
+double pp_bubble(int P, int m, int V) { return (double)(P - 1) / ((double)V * m + P - 1); }
+
+/* ---- the schedule ------------------------------------------------------------------------------------------- */
+
+typedef struct {
+    int bwd, v, k; /* a forward or a backward of chunk v (of this stage) for micro-batch k */
+} pp_op;
+
+/* Virtual micro-batch i of the interleaved schedule (Megatron's numbering): groups of P micro-batches go through
+ * chunk 0, then chunk 1, ... (the backward through the chunks in reverse). */
+static pp_op virtual_op(int P, int V, int i, int bwd) {
+    int in_group = i % (P * V), v = in_group / P;
+    return (pp_op){bwd, bwd ? V - 1 - v : v, (i / (P * V)) * P + i % P};
+}
+
+/* This stage's 2 m V operations in order; returns their number. V = 1: 1F1B, min(P - s - 1, m) warm-up forwards,
+ * then a forward and a backward at a time, then the remaining backwards. V > 1: Megatron's interleaved 1F1B over
+ * the m V virtual micro-batches: (P - s - 1) 2 + (V - 1) P warm-up forwards (all of them when m = P), then one
+ * forward and one backward at a time, then the remaining backwards. */
+static int schedule(int P, int s, int V, int m, pp_op *ops) {
+    int n = 0, total = m * V, w;
+    if (V == 1) w = P - s - 1 < m ? P - s - 1 : m;
+    else {
+        w = m == P ? total : (P - s - 1) * 2 + (V - 1) * P;
+        if (w > total) w = total;
+    }
+    for (int i = 0; i < w; i++) ops[n++] = virtual_op(P, V, i, 0);
+    for (int i = 0; i + w < total; i++) {
+        ops[n++] = virtual_op(P, V, w + i, 0);
+        ops[n++] = virtual_op(P, V, i, 1);
+    }
+    for (int i = total - w < 0 ? 0 : total - w; i < total; i++) ops[n++] = virtual_op(P, V, i, 1);
+    return n;
+}
+
+int pp_chunk_arenas(int P, int s, int V, int m, int v) {
+    pp_op *ops = xcalloc((size_t)(2 * m * V), sizeof *ops);
+    int n = schedule(P, s, V, m, ops), live = 0, most = 1;
+    for (int i = 0; i < n; i++) {
+        if (ops[i].v != v) continue;
+        live += ops[i].bwd ? -1 : 1;
+        if (live > most) most = live;
+    }
+    free(ops);
+    return most;
+}
+
+/* ---- the model's hooks: a chunk's global segment numbers to the stage's ---------------------------------------- */
+
+static int stage_seg(const pp_chunk *ch, int s) {
+    if (s < ch->lo || s >= ch->hi)
+        dfm_die("internal: segment %d outside pipeline stage chunk [%d, %d)", s, ch->lo, ch->hi);
+    return ch->seg0 + s - ch->lo;
+}
 
 static const float *stage_params(void *ctx, int s, int backward) {
-    pp_stage *ps = ctx;
-    if (s < ps->lo || s >= ps->hi) dfm_die("internal: segment %d outside pipeline stage [%d, %d)", s, ps->lo, ps->hi);
-    if (ps->eng.params) return ps->eng.params(ps->eng.ctx, s - ps->lo, backward);
-    return ps->params + (ps->gseg[s] - ps->base);
+    pp_chunk *ch = ctx;
+    pp_stage *ps = ch->ps;
+    int k = stage_seg(ch, s);
+    if (ps->eng.params) return ps->eng.params(ps->eng.ctx, k, backward);
+    return ps->params + ps->seg_begin[k];
 }
 
 static float *stage_grads(void *ctx, int s) {
-    pp_stage *ps = ctx;
-    if (s < ps->lo || s >= ps->hi) dfm_die("internal: segment %d outside pipeline stage [%d, %d)", s, ps->lo, ps->hi);
-    if (ps->eng.grads) return ps->eng.grads(ps->eng.ctx, s - ps->lo);
-    return ps->grads + (ps->gseg[s] - ps->base);
+    pp_chunk *ch = ctx;
+    pp_stage *ps = ch->ps;
+    int k = stage_seg(ch, s);
+    if (ps->eng.grads) return ps->eng.grads(ps->eng.ctx, k);
+    return ps->grads + ps->seg_begin[k];
 }
 
 static void stage_done(void *ctx, int s) {
-    pp_stage *ps = ctx;
-    if (ps->eng.grads_done) ps->eng.grads_done(ps->eng.ctx, s - ps->lo);
+    pp_chunk *ch = ctx;
+    pp_stage *ps = ch->ps;
+    if (ps->eng.grads_done) ps->eng.grads_done(ps->eng.ctx, stage_seg(ch, s));
 }
 
-pp_stage *pp_stage_new(const param_table *table, int nseg, const size_t *seg_begin, float **params, float **grads,
-                       segment_hooks *hooks, int b0, int b1, int n_arenas, dp_model *dm) {
+pp_stage *pp_stage_new(const param_table *table, int nseg, const size_t *seg_begin, int V, const pp_chunk_model *cm,
+                       int m, dp_model *dm) {
     const dist_info *di = dist_get();
     int L = nseg - 2;
+    if (V < 1 || V > PP_MAX_CHUNKS) dfm_die("%d model chunks per pipeline stage: at most %d are supported", V, PP_MAX_CHUNKS);
     pp_stage *ps = xcalloc(1, sizeof *ps);
-    ps->P = di->pp, ps->s = di->pp_rank;
-    ps->lo = b0 == 0 ? 0 : 1 + b0;
-    ps->hi = b1 == L ? L + 2 : 1 + b1;
+    ps->P = di->pp, ps->s = di->pp_rank, ps->V = V, ps->m = m;
     ps->gseg = seg_begin;
-    ps->base = seg_begin[ps->lo];
-    size_t end = seg_begin[ps->hi];
-    /* the table entries of [base, end), in order: param_table_add lays them out again from 0 */
-    for (int i = 0; i < table->n; i++) {
-        const param_entry *e = &table->e[i];
-        if (e->offset >= ps->base && e->offset < end) param_table_add(&ps->table, e->name, e->ndim, e->shape, e->no_decay);
+    size_t *sb = xcalloc((size_t)nseg + 1, sizeof(size_t));
+    for (int v = 0; v < V; v++) {
+        pp_chunk *ch = &ps->ch[v];
+        ch->ps = ps, ch->model = cm[v].model, ch->v = v, ch->gc = v * ps->P + ps->s;
+        ch->lo = cm[v].b0 == 0 ? 0 : 1 + cm[v].b0;
+        ch->hi = cm[v].b1 == L ? L + 2 : 1 + cm[v].b1;
+        ch->seg0 = ps->nseg;
+        ch->n_arenas = cm[v].n_arenas, ch->arena0 = ps->n_arenas;
+        ps->n_arenas += ch->n_arenas;
+        size_t base = seg_begin[ch->lo], end = seg_begin[ch->hi];
+        /* the table entries of [base, end), in order, split fields kept: laid out again after the earlier chunks */
+        size_t at = ps->table.total;
+        for (int i = 0; i < table->n; i++) {
+            const param_entry *e = &table->e[i];
+            if (e->offset >= base && e->offset < end) param_table_add_entry(&ps->table, e);
+        }
+        if (ps->table.total - at != end - base)
+            dfm_die("internal: pipeline chunk table of %zu, range of %zu", ps->table.total - at, end - base);
+        for (int s = ch->lo; s < ch->hi; s++) sb[ps->nseg++] = at + seg_begin[s] - base;
     }
-    if (ps->table.total != end - ps->base) dfm_die("internal: pipeline stage table of %zu, range of %zu", ps->table.total,
-                                                   end - ps->base);
-    ps->seg_begin = xcalloc((size_t)(ps->hi - ps->lo) + 1, sizeof(size_t));
-    for (int s = ps->lo; s <= ps->hi; s++) ps->seg_begin[s - ps->lo] = seg_begin[s] - ps->base;
+    sb[ps->nseg] = ps->table.total;
+    ps->seg_begin = sb;
+    ps->table.model_total = param_table_global_total(table);
     ps->params = xalloc_floats(ps->table.total);
-    memcpy(ps->params, *params + ps->base, ps->table.total * sizeof(float));
     ps->grads = xalloc_floats(ps->table.total);
     memset(ps->grads, 0, ps->table.total * sizeof(float));
-    free(*params), free(*grads);
-    *params = *grads = NULL; /* the stage holds its part only */
-    *hooks = (segment_hooks){ps, stage_params, stage_grads, stage_done};
-    ps->n_arenas = n_arenas;
-    ps->sends = xcalloc((size_t)n_arenas, sizeof *ps->sends);
-    *dm = (dp_model){&ps->table, ps->hi - ps->lo, ps->seg_begin, &ps->params, &ps->grads, &ps->eng, table, ps->base};
+    for (int v = 0; v < V; v++) {
+        pp_chunk *ch = &ps->ch[v];
+        size_t base = seg_begin[ch->lo];
+        memcpy(ps->params + sb[ch->seg0], *cm[v].params + base, (seg_begin[ch->hi] - base) * sizeof(float));
+        free(*cm[v].params), free(*cm[v].grads);
+        *cm[v].params = *cm[v].grads = NULL; /* the stage holds its part only */
+        *cm[v].hooks = (segment_hooks){ch, stage_params, stage_grads, stage_done};
+    }
+    ps->sends = xcalloc((size_t)ps->n_arenas, sizeof *ps->sends);
+    /* checkpoints through the stage's own table: pieces are named, so files hold pieces of the whole model */
+    *dm = (dp_model){&ps->table, ps->nseg, ps->seg_begin, &ps->params, &ps->grads, &ps->eng, NULL, 0};
     return ps;
 }
 
@@ -97,12 +208,17 @@ static void wait_sends(pp_stage *ps, int a) {
 
 static void wait_all_sends(pp_stage *ps) {
     for (int a = 0; a < ps->n_arenas; a++) wait_sends(ps, a);
+    for (int i = 0; i < ps->n_copies; i++) dist_wait(ps->copies[i].r), free(ps->copies[i].buf);
+    ps->n_copies = 0;
 }
 
 void pp_stage_free(pp_stage *ps) {
     if (!ps) return;
     wait_all_sends(ps);
     free(ps->sends);
+    free(ps->copies);
+    for (int a = 0; ps->dout && a < ps->ch[ps->V - 1].n_arenas; a++) free(ps->dout[a]);
+    free(ps->dout);
     free(ps->params), free(ps->grads), free(ps->seg_begin);
     param_table_free(&ps->table);
     free(ps);
@@ -110,82 +226,116 @@ void pp_stage_free(pp_stage *ps) {
 
 const param_table *pp_stage_table(const pp_stage *ps) { return &ps->table; }
 
-/* ---- the schedule ------------------------------------------------------------------------------------------- */
+/* The head chunk's output gradient buffer for micro-batch k (n floats at most). */
+static float *dout_of(pp_stage *ps, int k, size_t n) {
+    const pp_chunk *ch = &ps->ch[ps->V - 1];
+    if (ps->dout_n < n) {
+        if (!ps->dout) ps->dout = xcalloc((size_t)ch->n_arenas, sizeof(float *));
+        for (int a = 0; a < ch->n_arenas; a++) free(ps->dout[a]), ps->dout[a] = xalloc_floats(n);
+        ps->dout_n = n;
+    }
+    return ps->dout[k % ch->n_arenas];
+}
 
 typedef struct {
     void *ctx;
-    void (*use_arena)(void *ctx, int a);
-    void (*tensors)(void *ctx, int k, stage_dir dir, stage_tensors *io);
-    void (*forward)(void *ctx, int k);  /* the last stage: with the loss, and dout for the backward */
-    void (*backward)(void *ctx, int k);
+    void (*use_arena)(void *ctx, void *model, int a);
+    void (*tensors)(void *ctx, void *model, int k, stage_dir dir, stage_tensors *io);
+    void (*forward)(void *ctx, void *model, int k);  /* the head chunk: with the loss, and dout for the backward */
+    void (*backward)(void *ctx, void *model, int k);
 } pp_ops;
 
-/* Tags: micro-batch (mod 1024), direction, tensor; messages between two ranks with one tag arrive in order. */
-static int tag_of(int k, int grad, int i) { return ((k % 1024) * 2 + grad) * STAGE_MAX_TENSORS + i; }
+/* Tags: micro-batch (mod 64), direction, the boundary (the upstream chunk of the P V, < 64), tensor; messages
+ * between two ranks with one tag arrive in order. */
+static int tag_of(int k, int grad, int boundary, int i) {
+    return (((k % 64) * 2 + grad) * 64 + boundary) * STAGE_MAX_TENSORS + i;
+}
 
-static void recv_all(stage_tensors *io, int peer, int k, int grad) {
+static void recv_all(stage_tensors *io, int peer, int k, int grad, int boundary) {
     dist_req *r[STAGE_MAX_TENSORS];
     for (int i = 0; i < io->n; i++)
-        r[i] = dist_irecv_pp_f32(io->t[i], io->len[i], peer, tag_of(k, grad, i),
+        r[i] = dist_irecv_pp_f32(io->t[i], io->len[i], peer, tag_of(k, grad, boundary, i),
                                  grad ? "receiving gradients from the next pipeline stage"
                                       : "receiving activations from the previous pipeline stage");
     for (int i = 0; i < io->n; i++) dist_wait(r[i]);
 }
 
-static void send_all(pp_stage *ps, int a, stage_tensors *io, int peer, int k, int grad) {
+static void send_all(pp_stage *ps, int a, stage_tensors *io, int peer, int k, int grad, int boundary) {
+    const char *what = grad ? "sending gradients to the previous pipeline stage"
+                            : "sending activations to the next pipeline stage";
     for (int i = 0; i < io->n; i++) {
+        int tag = tag_of(k, grad, boundary, i);
+        if (ps->V > 1) { /* from a copy: the arena may be reused before the peer has taken it */
+            for (int c = 0; c < ps->n_copies;) /* finished ones go */
+                if (dist_test(ps->copies[c].r)) {
+                    dist_wait(ps->copies[c].r), free(ps->copies[c].buf);
+                    ps->copies[c] = ps->copies[--ps->n_copies];
+                } else c++;
+            if (ps->n_copies == ps->cap_copies)
+                ps->copies = xrealloc(ps->copies, sizeof *ps->copies * (size_t)(ps->cap_copies = 2 * ps->cap_copies + 8));
+            float *buf = xalloc_floats(io->len[i] ? io->len[i] : 1);
+            memcpy(buf, io->t[i], io->len[i] * sizeof(float));
+            ps->copies[ps->n_copies++] = (pp_send){dist_isend_pp_f32(buf, io->len[i], peer, tag, what), buf};
+            continue;
+        }
         int slot = grad * STAGE_MAX_TENSORS + i;
         if (ps->sends[a][slot]) dist_wait(ps->sends[a][slot]);
-        ps->sends[a][slot] = dist_isend_pp_f32(io->t[i], io->len[i], peer, tag_of(k, grad, i),
-                                               grad ? "sending gradients to the previous pipeline stage"
-                                                    : "sending activations to the next pipeline stage");
+        ps->sends[a][slot] = dist_isend_pp_f32(io->t[i], io->len[i], peer, tag, what);
     }
 }
 
-static void run_forward(pp_stage *ps, const pp_ops *o, int k) {
-    int a = k % ps->n_arenas;
-    wait_sends(ps, a); /* the arena's buffers are free once what was sent from them has left */
-    o->use_arena(o->ctx, a);
+static void run_forward(pp_stage *ps, const pp_ops *o, int v, int k) {
+    const pp_chunk *ch = &ps->ch[v];
+    int a = ch->arena0 + k % ch->n_arenas, last = ps->P * ps->V - 1;
+    if (ps->V == 1) wait_sends(ps, a); /* the arena's buffers are free once what was sent from them has left */
+    o->use_arena(o->ctx, ch->model, k % ch->n_arenas);
     stage_tensors io;
-    if (ps->s > 0) {
-        o->tensors(o->ctx, k, STAGE_FWD_IN, &io);
-        recv_all(&io, ps->s - 1, k, 0);
+    if (ch->gc > 0) {
+        o->tensors(o->ctx, ch->model, k, STAGE_FWD_IN, &io);
+        recv_all(&io, (ch->gc - 1) % ps->P, k, 0, ch->gc - 1);
     }
-    o->forward(o->ctx, k);
-    if (ps->s < ps->P - 1) {
-        o->tensors(o->ctx, k, STAGE_FWD_OUT, &io);
-        send_all(ps, a, &io, ps->s + 1, k, 0);
+    o->forward(o->ctx, ch->model, k);
+    if (ch->gc < last) {
+        o->tensors(o->ctx, ch->model, k, STAGE_FWD_OUT, &io);
+        send_all(ps, a, &io, (ch->gc + 1) % ps->P, k, 0, ch->gc);
     }
 }
 
-static void run_backward(pp_stage *ps, dp_engine *e, const pp_ops *o, int k, int m) {
-    int a = k % ps->n_arenas;
-    o->use_arena(o->ctx, a);
+static void run_backward(pp_stage *ps, dp_engine *e, const pp_ops *o, int v, int k, int final) {
+    const pp_chunk *ch = &ps->ch[v];
+    int a = ch->arena0 + k % ch->n_arenas, last = ps->P * ps->V - 1;
+    o->use_arena(o->ctx, ch->model, k % ch->n_arenas);
     stage_tensors io;
-    if (ps->s < ps->P - 1) {
-        o->tensors(o->ctx, k, STAGE_GRAD, &io);
-        recv_all(&io, ps->s + 1, k, 1);
+    if (ch->gc < last) {
+        o->tensors(o->ctx, ch->model, k, STAGE_GRAD, &io);
+        recv_all(&io, (ch->gc + 1) % ps->P, k, 1, ch->gc);
     }
-    dp_micro_begin(e, k == m - 1);
-    o->backward(o->ctx, k);
+    dp_micro_begin(e, final);
+    o->backward(o->ctx, ch->model, k);
     dp_micro_end(e);
-    if (ps->s > 0) {
-        o->tensors(o->ctx, k, STAGE_GRAD, &io);
-        send_all(ps, a, &io, ps->s - 1, k, 1);
+    if (ch->gc > 0) {
+        o->tensors(o->ctx, ch->model, k, STAGE_GRAD, &io);
+        send_all(ps, a, &io, (ch->gc - 1) % ps->P, k, 1, ch->gc - 1);
     }
 }
 
-/* 1F1B over m micro-batches: warm-up forwards, one forward and one backward at a time, cool-down backwards. */
-static void run_1f1b(pp_stage *ps, dp_engine *e, const pp_ops *o, int m) {
-    int w = ps->P - ps->s - 1 < m ? ps->P - ps->s - 1 : m;
-    if (ps->n_arenas < w + 1 && ps->n_arenas < m)
-        dfm_die("internal: pipeline stage %d with %d arenas for %d micro-batches in flight", ps->s, ps->n_arenas, w + 1);
-    for (int k = 0; k < w; k++) run_forward(ps, o, k);
-    for (int i = 0; i + w < m; i++) {
-        run_forward(ps, o, w + i);
-        run_backward(ps, e, o, i, m);
-    }
-    for (int i = m - w; i < m; i++) run_backward(ps, e, o, i, m);
+/* A step over m micro-batches: the schedule's operations in order (the engine counts one backward per chunk and
+ * micro-batch, the last one of the step ending its reductions). */
+static void run_schedule(pp_stage *ps, dp_engine *e, const pp_ops *o, int m) {
+    if (m != ps->m) dfm_die("internal: a pipeline step of %d micro-batches on a stage planned for %d", m, ps->m);
+    pp_op *ops = xcalloc((size_t)(2 * m * ps->V), sizeof *ops);
+    int n = schedule(ps->P, ps->s, ps->V, m, ops), backwards = 0;
+    for (int i = 0; i < n; i++)
+        if (ops[i].bwd) run_backward(ps, e, o, ops[i].v, ops[i].k, ++backwards == m * ps->V);
+        else run_forward(ps, o, ops[i].v, ops[i].k);
+    free(ops);
+    wait_all_sends(ps);
+}
+
+/* The forward of one micro-batch through every chunk in the pipeline's order (validation). */
+static void run_forward_only(pp_stage *ps, const pp_ops *o) {
+    for (int g = 0; g < ps->P * ps->V; g++)
+        if (g % ps->P == ps->s) run_forward(ps, o, g / ps->P, 0);
     wait_all_sends(ps);
 }
 
@@ -225,19 +375,24 @@ static int dit_count(const dit_ctx *c, int k) {
     return c->n - off < mbs ? c->n - off : mbs;
 }
 
-static void dit_use(void *ctx, int a) { dit_use_arena(((dit_ctx *)ctx)->tr->model, a); }
-
-static void dit_io(void *ctx, int k, stage_dir dir, stage_tensors *io) {
-    dit_ctx *c = ctx;
-    dit_stage_tensors(c->tr->model, dit_count(c, k), dir, io);
+static void dit_use(void *ctx, void *model, int a) {
+    (void)ctx;
+    dit_use_arena(model, a);
 }
 
-static void dit_fwd(void *ctx, int k) {
+static void dit_io(void *ctx, void *model, int k, stage_dir dir, stage_tensors *io) {
+    dit_stage_tensors(model, dit_count(ctx, k), dir, io);
+}
+
+static size_t dit_out_n(const dit_model *m) {
+    return (size_t)m->cfg.out_channels * m->cfg.image_size * m->cfg.image_size;
+}
+
+static void dit_fwd(void *ctx, void *model, int k) {
     dit_ctx *c = ctx;
-    dit_model *m = c->tr->model;
+    dit_model *m = model;
     const dit_config *dc = &m->cfg;
-    size_t in_n = (size_t)dc->in_channels * dc->image_size * dc->image_size;
-    size_t out_n = (size_t)dc->out_channels * dc->image_size * dc->image_size;
+    size_t in_n = (size_t)dc->in_channels * dc->image_size * dc->image_size, out_n = dit_out_n(m);
     int off = k * m->max_batch, mb = dit_count(c, k);
     int first = m->block_begin == 0, last = m->block_end == dc->num_layers;
     diffusion_batch *db = &c->tr->db;
@@ -247,12 +402,15 @@ static void dit_fwd(void *ctx, int k) {
     dit_forward(m, c->tr->out, db->model_in, db->timestep, db->labels, mb);
     if (!last) return;
     float share = c->want_grad ? (float)mb / (float)c->B_global : 1.0f;
-    c->loss += share * diffusion_loss(db, c->tr->out, c->want_grad ? c->tr->dout : NULL, out_n, share);
+    float *dout = c->want_grad ? dout_of(c->ps, k, (size_t)m->max_batch * out_n) : NULL;
+    c->loss += share * diffusion_loss(db, c->tr->out, dout, out_n, share);
 }
 
-static void dit_bwd(void *ctx, int k) {
+static void dit_bwd(void *ctx, void *model, int k) {
     dit_ctx *c = ctx;
-    dit_backward(c->tr->model, c->tr->dout, dit_count(c, k));
+    dit_model *m = model;
+    float *dout = m->block_end == m->cfg.num_layers ? dout_of(c->ps, k, (size_t)m->max_batch * dit_out_n(m)) : NULL;
+    dit_backward(m, dout, dit_count(c, k));
 }
 
 step_result pp_dit_step(pp_stage *ps, dit_trainer *tr, dp_engine *e, const float *x0, const int *labels, int n_local,
@@ -261,7 +419,7 @@ step_result pp_dit_step(pp_stage *ps, dit_trainer *tr, dp_engine *e, const float
     pp_ops o = {&c, dit_use, dit_io, dit_fwd, dit_bwd};
     int mbs = tr->model->max_batch;
     dp_begin_step(e);
-    run_1f1b(ps, e, &o, (n_local + mbs - 1) / mbs);
+    run_schedule(ps, e, &o, (n_local + mbs - 1) / mbs);
     return finish(e, c.loss, lr);
 }
 
@@ -269,8 +427,7 @@ double pp_dit_loss(pp_stage *ps, dit_trainer *tr, const objective_config *obj, u
                    const int *labels, int B, uint32_t step) {
     dit_ctx c = {ps, tr, obj, seed, x0, labels, B, B, 0, 0, step, 0};
     pp_ops o = {&c, dit_use, dit_io, dit_fwd, dit_bwd};
-    run_forward(ps, &o, 0);
-    wait_all_sends(ps);
+    run_forward_only(ps, &o);
     dist_allreduce_sum_f64_in(DIST_PP, &c.loss, 1, "all-reduce of the validation loss over the pipeline");
     return c.loss;
 }
@@ -293,18 +450,25 @@ static wan_shape wan_shape_of(const wan_ctx *c, int k) {
     return (wan_shape){u->count, u->frames, u->height, u->width, c->tr->text_len};
 }
 
-static void wan_use(void *ctx, int a) { wan_use_arena(((wan_ctx *)ctx)->tr->model, a); }
-
-static void wan_io(void *ctx, int k, stage_dir dir, stage_tensors *io) {
-    wan_ctx *c = ctx;
-    wan_shape s = wan_shape_of(c, k);
-    wan_stage_tensors(c->tr->model, &s, dir, io);
+static void wan_use(void *ctx, void *model, int a) {
+    (void)ctx;
+    wan_use_arena(model, a);
 }
 
-static void wan_fwd(void *ctx, int k) {
+static void wan_io(void *ctx, void *model, int k, stage_dir dir, stage_tensors *io) {
+    wan_shape s = wan_shape_of(ctx, k);
+    wan_stage_tensors(model, &s, dir, io);
+}
+
+/* the head's output gradient for the model's largest micro-batch */
+static size_t wan_dout_n(const wan_trainer *tr, const wan_model *m) {
+    return (size_t)m->max.batch * m->cfg.out_channels * tr->frames * tr->height * tr->width;
+}
+
+static void wan_fwd(void *ctx, void *model, int k) {
     wan_ctx *c = ctx;
     wan_trainer *tr = c->tr;
-    wan_model *m = tr->model;
+    wan_model *m = model;
     const wan_micro *u = &c->mb[k];
     /* every stage draws the dropout (the text lengths mask every block's cross-attention) */
     wan_trainer_prepare(tr, c->obj, c->seed, u->latents, u->text, u->text_lens, u->count, u->frames, u->height,
@@ -314,12 +478,14 @@ static void wan_fwd(void *ctx, int k) {
     if (m->block_end != m->cfg.num_layers) return;
     size_t out_n = (size_t)m->cfg.out_channels * u->frames * u->height * u->width;
     float share = c->want_grad ? (float)u->count / (float)c->B_global : 1.0f;
-    c->loss += share * diffusion_loss(&tr->db, tr->out, c->want_grad ? tr->dout : NULL, out_n, share);
+    float *dout = c->want_grad ? dout_of(c->ps, k, wan_dout_n(tr, m)) : NULL;
+    c->loss += share * diffusion_loss(&tr->db, tr->out, dout, out_n, share);
 }
 
-static void wan_bwd(void *ctx, int k) {
+static void wan_bwd(void *ctx, void *model, int k) {
     wan_ctx *c = ctx;
-    wan_backward(c->tr->model, c->tr->dout);
+    wan_model *m = model;
+    wan_backward(m, m->block_end == m->cfg.num_layers ? dout_of(c->ps, k, wan_dout_n(c->tr, m)) : NULL);
 }
 
 step_result pp_wan_step(pp_stage *ps, wan_trainer *tr, dp_engine *e, const wan_micro *mb, int n_micro, int B_global,
@@ -327,7 +493,7 @@ step_result pp_wan_step(pp_stage *ps, wan_trainer *tr, dp_engine *e, const wan_m
     wan_ctx c = {ps, tr, &tr->obj, tr->seed, mb, B_global, 1, step, 0};
     pp_ops o = {&c, wan_use, wan_io, wan_fwd, wan_bwd};
     dp_begin_step(e);
-    run_1f1b(ps, e, &o, n_micro);
+    run_schedule(ps, e, &o, n_micro);
     return finish(e, c.loss, lr);
 }
 
@@ -336,8 +502,7 @@ double pp_wan_loss(pp_stage *ps, wan_trainer *tr, const objective_config *obj, u
     wan_micro u = {latents, text, text_lens, B, tr->frames, tr->height, tr->width, 0};
     wan_ctx c = {ps, tr, obj, seed, &u, B, 0, step, 0};
     pp_ops o = {&c, wan_use, wan_io, wan_fwd, wan_bwd};
-    run_forward(ps, &o, 0);
-    wait_all_sends(ps);
+    run_forward_only(ps, &o);
     dist_allreduce_sum_f64_in(DIST_PP, &c.loss, 1, "all-reduce of the validation loss over the pipeline");
     return c.loss;
 }

@@ -289,6 +289,9 @@ typedef struct {
     long train_iters;
     char saved[64];         /* the name of the last checkpoint folder written */
     pp_stage *pp;           /* pipeline parallelism (model.pipeline_model_parallel_size > 1): this rank's stage */
+    int vpp;                /* model chunks per stage (model.virtual_pipeline_model_parallel_size; 1: plain) */
+    dit_model *xdit;        /* the interleaved schedule: this stage's chunks 1..vpp-1 (chunk 0 is model / wmodel) */
+    wan_model *xwan;
 } job;
 
 static void lora_refresh(job *j);
@@ -360,7 +363,7 @@ static void write_state_tensors(job *j, const char *mdir, const char *odir) {
 static void tp_check_replicated(job *j) {
     const dist_info *di = dist_get();
     if (di->tp == 1) return;
-    const param_table *t = j->table;
+    const param_table *t = j->pp ? pp_stage_table(j->pp) : j->table; /* what the engine holds */
     float *full = xalloc_floats(t->total);
     uint64_t h = 1469598103934665603ull; /* FNV-1a over the bytes */
     size_t n = 0;
@@ -1086,11 +1089,6 @@ int dfm_pretrain(const cfg *c) {
         dfm_die("dist.timeout_s = %g (from %s): must be a number of seconds in (0, 1e7]", timeout,
                 cfg_source(c, "dist.timeout_s"));
     dist_set_timeout(timeout);
-    if (cfg_int(c, "model.tensor_model_parallel_size") > 1 && cfg_int(c, "model.pipeline_model_parallel_size") > 1)
-        dfm_die("model.tensor_model_parallel_size %lld with model.pipeline_model_parallel_size %lld: tensor and "
-                "pipeline parallelism together are not built yet; use one of them",
-                (long long)cfg_int(c, "model.tensor_model_parallel_size"),
-                (long long)cfg_int(c, "model.pipeline_model_parallel_size"));
     if (dist_setup_groups(int_key(c, "model.tensor_model_parallel_size", 1, 1 << 16),
                           int_key(c, "model.context_parallel_size", 1, 1 << 16),
                           int_key(c, "model.pipeline_model_parallel_size", 1, 1 << 16), err, sizeof err) != 0)
@@ -1100,12 +1098,13 @@ int dfm_pretrain(const cfg *c) {
         dfm_die("model.context_parallel_size = %lld (from %s): context parallelism is not built yet; use 1 (tensor "
                 "and pipeline parallelism are)",
                 (long long)cfg_int(c, "model.context_parallel_size"), cfg_source(c, "model.context_parallel_size"));
-    if (!cfg_is_null(c, "model.virtual_pipeline_model_parallel_size") &&
-        cfg_int(c, "model.virtual_pipeline_model_parallel_size") != 1)
-        dfm_die("model.virtual_pipeline_model_parallel_size = %lld (from %s): the interleaved schedule (virtual "
-                "pipeline stages) is not built yet; use null (plain 1F1B over model.pipeline_model_parallel_size)",
-                (long long)cfg_int(c, "model.virtual_pipeline_model_parallel_size"),
-                cfg_source(c, "model.virtual_pipeline_model_parallel_size"));
+    int vpp = cfg_is_null(c, "model.virtual_pipeline_model_parallel_size")
+                  ? 1
+                  : int_key(c, "model.virtual_pipeline_model_parallel_size", 1, PP_MAX_CHUNKS);
+    if (vpp > 1 && di->pp == 1)
+        dfm_die("model.virtual_pipeline_model_parallel_size = %d (from %s) needs pipeline parallelism "
+                "(model.pipeline_model_parallel_size > 1): virtual stages are model chunks of the pipeline's stages",
+                vpp, cfg_source(c, "model.virtual_pipeline_model_parallel_size"));
     if (cfg_bool(c, "model.sequence_parallel"))
         dfm_die("model.sequence_parallel = true (from %s): sequence parallelism is not built yet (tensor "
                 "parallelism is: model.tensor_model_parallel_size without sequence_parallel)",
@@ -1339,17 +1338,44 @@ int dfm_pretrain(const cfg *c) {
             dfm_die("%s is not built with pipeline parallelism (model.pipeline_model_parallel_size = %d) yet", why,
                     di->pp);
         int L = j.wan ? wc.num_layers : dc.num_layers;
-        if (pp_layout(L, di->pp, di->pp_rank, &pp_b0, &pp_b1, err, sizeof err) != 0) dfm_die("%s", err);
-        pp_arenas = di->pp - di->pp_rank < n_micro ? di->pp - di->pp_rank : n_micro;
-        if (j.wan) {
-            wan_set_stage(&j.wmodel, pp_b0, pp_b1, pp_arenas);
-            j.pp = pp_stage_new(&j.wmodel.table, j.wmodel.nseg, j.wmodel.seg_begin, &j.wmodel.params, &j.wmodel.grads,
-                                &j.wmodel.hooks, pp_b0, pp_b1, pp_arenas, &dm);
-        } else {
-            dit_set_stage(&j.model, pp_b0, pp_b1, pp_arenas);
-            j.pp = pp_stage_new(&j.model.table, j.model.nseg, j.model.seg_begin, &j.model.params, &j.model.grads,
-                                &j.model.hooks, pp_b0, pp_b1, pp_arenas, &dm);
+        if (pp_check_micro(di->pp, vpp, n_micro, err, sizeof err) != 0) dfm_die("%s", err);
+        j.vpp = vpp;
+        if (vpp > 1) { /* the chunks after the first: models of their own, with chunk 0's initial weights */
+            if (j.wan) j.xwan = xcalloc((size_t)vpp - 1, sizeof *j.xwan);
+            else j.xdit = xcalloc((size_t)vpp - 1, sizeof *j.xdit);
         }
+        pp_chunk_model cm[PP_MAX_CHUNKS];
+        pp_arenas = 0;
+        for (int v = 0; v < vpp; v++) {
+            int b0, b1;
+            if (pp_layout(L, di->pp, vpp, di->pp_rank, v, &b0, &b1, err, sizeof err) != 0) dfm_die("%s", err);
+            int na = pp_chunk_arenas(di->pp, di->pp_rank, vpp, n_micro, v);
+            if (v == 0) pp_b0 = b0, pp_b1 = b1;
+            pp_arenas += na;
+            if (j.wan) {
+                wan_model *m = v ? &j.xwan[v - 1] : &j.wmodel;
+                if (v) {
+                    wan_shape mx = {mbs, frames, vh, vw, text_len};
+                    wan_create_weights_only_tp(m, &wc, di->tp, di->tp_rank);
+                    if (wan_set_recompute(m, recompute, err, sizeof err) != 0 || wan_prepare(m, &mx, err, sizeof err) != 0)
+                        dfm_die("Wan: %s", err);
+                    memcpy(m->params, j.wmodel.params, m->table.total * sizeof(float));
+                }
+                wan_set_stage(m, b0, b1, na);
+                cm[v] = (pp_chunk_model){m, &m->params, &m->grads, &m->hooks, b0, b1, na};
+            } else {
+                dit_model *m = v ? &j.xdit[v - 1] : &j.model;
+                if (v) {
+                    dit_create_tp(m, &dc, mbs, di->tp, di->tp_rank);
+                    if (dit_set_recompute(m, recompute, err, sizeof err) != 0) dfm_die("DiT: %s", err);
+                    memcpy(m->params, j.model.params, m->table.total * sizeof(float));
+                }
+                dit_set_stage(m, b0, b1, na);
+                cm[v] = (pp_chunk_model){m, &m->params, &m->grads, &m->hooks, b0, b1, na};
+            }
+        }
+        j.pp = j.wan ? pp_stage_new(&j.wmodel.table, j.wmodel.nseg, j.wmodel.seg_begin, vpp, cm, n_micro, &dm)
+                     : pp_stage_new(&j.model.table, j.model.nseg, j.model.seg_begin, vpp, cm, n_micro, &dm);
     }
     j.ema_decay = (float)cfg_float(c, "train.ema_decay");
     adamw_config oc;
@@ -1359,7 +1385,8 @@ int dfm_pretrain(const cfg *c) {
     oc.eps = (float)cfg_float(c, "optimizer.adam_eps");
     oc.weight_decay = (float)cfg_float(c, "optimizer.weight_decay");
     oc.clip_grad = (float)cfg_float(c, "optimizer.clip_grad");
-    j.dp = dp_engine_new(dm, strategy, &oc, n_local / mbs, cfg_bool(c, "ddp.overlap_grad_reduce"),
+    /* the engine counts backwards: one per micro-batch and model chunk (the interleaved pipeline's V per micro-batch) */
+    j.dp = dp_engine_new(dm, strategy, &oc, n_local / mbs * (j.vpp > 1 ? j.vpp : 1), cfg_bool(c, "ddp.overlap_grad_reduce"),
                          cfg_bool(c, "ddp.overlap_param_gather"));
     /* under pipeline parallelism every stage, under tensor parallelism every TP rank writes its own part */
     j.sharded = strategy != DP_NO_SHARD || di->pp > 1 || di->tp > 1;
@@ -1423,6 +1450,9 @@ int dfm_pretrain(const cfg *c) {
         pbytes += (total + copies) * sizeof(float);
         gbytes += total * sizeof(float);
     }
+    size_t act_bytes = j.wan ? wan_activation_bytes(&j.wmodel) : dit_activation_bytes(&j.model);
+    for (int v = 1; v < j.vpp; v++)
+        act_bytes += j.wan ? wan_activation_bytes(&j.xwan[v - 1]) : dit_activation_bytes(&j.xdit[v - 1]);
     if (lead) {
         if (j.wan)
             printf("dfm pretrain: recipe %s, Wan 2.1 %d x %d (%d heads, latents [%d, %d, %d, %d], %d tokens, text %d x "
@@ -1462,13 +1492,20 @@ int dfm_pretrain(const cfg *c) {
         printf("  memory per rank: parameters %.1f MB, gradients %.1f MB, optimizer state + EMA %.1f MB, "
                "activations %.1f MB%s\n",
                pbytes / 1e6, gbytes / 1e6, obytes / 1e6,
-               (j.wan ? wan_activation_bytes(&j.wmodel) : dit_activation_bytes(&j.model)) / 1e6, rc_note);
-        if (di->pp > 1)
+               act_bytes / 1e6, rc_note);
+        if (di->pp > 1 && vpp == 1)
             printf("  pipeline: %d stages of %d blocks (stage 0 + embedders, stage %d + head and loss), 1F1B over %d "
                    "micro-batches, bubble (P-1)/(m+P-1) = %.3f; rank 0 keeps %d activation arena%s (one per "
                    "micro-batch in flight)\n",
-                   di->pp, pp_b1 - pp_b0, di->pp - 1, n_micro, pp_bubble(di->pp, n_micro), pp_arenas,
+                   di->pp, pp_b1 - pp_b0, di->pp - 1, n_micro, pp_bubble(di->pp, n_micro, 1), pp_arenas,
                    pp_arenas == 1 ? "" : "s");
+        else if (di->pp > 1)
+            printf("  pipeline: %d stages x %d model chunks of %d blocks (chunk k on stage k mod %d; embedders on "
+                   "stage 0, head and loss on stage %d), interleaved 1F1B over %d micro-batches, bubble "
+                   "(P-1)/(V*m+P-1) = %.3f (Megatron's bubble/ideal (P-1)/(V*m) = %.3f); rank 0 keeps %d activation "
+                   "arenas over its chunks\n",
+                   di->pp, vpp, pp_b1 - pp_b0, di->pp, di->pp - 1, n_micro, pp_bubble(di->pp, n_micro, vpp),
+                   (double)(di->pp - 1) / ((double)vpp * n_micro), pp_arenas);
         printf("  %s\n", kernels_blas_info());
         fflush(stdout);
     }
@@ -1586,7 +1623,7 @@ int dfm_pretrain(const cfg *c) {
                         di->size > 1 || skipped ? "" : "}\n");
                 if (di->size > 1) {
                     fprintf(mf, ", \"comm_wait_frac\": %.4g", comm_frac);
-                    if (di->pp > 1) fprintf(mf, ", \"pp_bubble\": %.4g", pp_bubble(di->pp, n_micro));
+                    if (di->pp > 1) fprintf(mf, ", \"pp_bubble\": %.4g", pp_bubble(di->pp, n_micro, vpp));
                     fprintf(mf, "%s", skipped ? "" : "}\n");
                 }
                 if (skipped) fprintf(mf, ", \"skipped_steps\": %ld}\n", skipped);
@@ -1647,11 +1684,15 @@ int dfm_pretrain(const cfg *c) {
         video_dataset_free(&vd);
         wan_trainer_free(&j.wtr);
         wan_free(&j.wmodel);
+        for (int v = 1; v < j.vpp; v++) wan_free(&j.xwan[v - 1]);
+        free(j.xwan);
     } else {
         loader_free(j.loader);
         image_dataset_free(&ds);
         dit_trainer_free(&j.tr);
         dit_free(&j.model);
+        for (int v = 1; v < j.vpp; v++) dit_free(&j.xdit[v - 1]);
+        free(j.xdit);
     }
     return 0;
 }

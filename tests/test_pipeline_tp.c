@@ -1,0 +1,260 @@
+/* Pipeline parallelism with tensor parallelism, and the interleaved pipeline schedule (mpirun --oversubscribe on
+ * 2 cores), against one process at the same global batch, tiny DiT and Wan of 4 blocks:
+ *  - TP2 x PP2 (4 ranks): losses, final weights and EMA within 1e-5 relative (TP changes the order of sums), the
+ *    replicated parameters bit-identical across the TP ranks of each stage at every checkpoint; its step-5
+ *    checkpoint resumed as one process, as PP2 and as TP2, a one-process checkpoint resumed as TP2 x PP2 (steps
+ *    6-10 and the final weights within 1e-5); dfm export of a TP2 x PP2 checkpoint equals the one-process export;
+ *  - PP2 with 2 model chunks per stage (model.virtual_pipeline_model_parallel_size = 2; 4 micro-batches, and with
+ *    DP2 2 = P micro-batches per rank): losses and weights within 1e-6 (the pipeline does not change the
+ *    arithmetic), the bubble (P-1)/(V m+P-1) on the start-up line and in metrics.jsonl, its checkpoint resumed as
+ *    one process;
+ *  - the layouts the interleaved schedule refuses, with the numbers. */
+#include "dfm/checkpoint.h"
+#include "dfm/dit.h"
+#include "dfm/safetensors.h"
+#include "test.h"
+#include "test_fs.h"
+#include "test_run.h"
+
+#include <math.h>
+#include <unistd.h>
+
+static const char *DIT =
+    "model.num_layers=4 model.hidden_size=32 model.num_attention_heads=2 model.ffn_hidden_size=128 "
+    "model.patch_size=7 train.global_batch_size=8 train.micro_batch_size=2 train.eval_interval=5 "
+    "train.eval_iters=1 dataset.val_samples=16 dataset.num_workers=0 logger.log_interval=1 optimizer.lr=3e-3 "
+    "scheduler.lr_warmup_iters=2 checkpoint.most_recent_k=4 train.train_iters=10 checkpoint.save_interval=5";
+
+static const char *WAN =
+    "--recipe wan_tiny model.num_layers=4 model.hidden_size=32 model.num_attention_heads=2 model.ffn_hidden_size=64 "
+    "model.image_size=8 model.num_frames=2 dataset.max_samples=32 dataset.val_samples=4 dataset.num_workers=0 "
+    "train.global_batch_size=8 train.micro_batch_size=2 train.eval_interval=5 train.eval_iters=1 "
+    "logger.log_interval=1 checkpoint.save_interval=5 optimizer.lr=3e-3 scheduler.lr_warmup_iters=1 "
+    "train.train_iters=10 diffusion.cfg_dropout_prob=0.2";
+
+static char *dir;
+static const char *bin;
+
+static int train(int np, const char *base, const char *name, const char *extra) {
+    char launch[64] = "";
+    if (np > 0) snprintf(launch, sizeof launch, "mpirun --oversubscribe -np %d", np);
+    int rc = test_sh("%s %s pretrain %s logger.output_dir=%s/%s checkpoint.save=%s/%s/ck %s > %s/%s.log 2>&1", launch,
+                     bin, base, dir, name, dir, name, extra, dir, name);
+    if (rc != 0) {
+        printf("# run %s failed (%d); its log:\n", name, rc);
+        test_sh("grep -v '^  step' %s/%s.log | tail -20 | sed 's/^/#   /'", dir, name);
+    }
+    return rc;
+}
+
+/* Worst relative difference of the logged losses of steps [from, to] (inf if any is missing). */
+static double loss_diff(const char *a, const char *b, int from, int to) {
+    double la[64], lb[64];
+    for (int i = 0; i < 64; i++) la[i] = lb[i] = NAN;
+    test_run_losses(test_path("%s/%s", dir, a), la, 63);
+    test_run_losses(test_path("%s/%s", dir, b), lb, 63);
+    double worst = 0;
+    for (int s = from; s <= to; s++) {
+        double d = fabs(la[s] - lb[s]) / fabs(lb[s]);
+        if (!(d <= worst)) worst = isnan(d) ? INFINITY : d;
+    }
+    return worst;
+}
+
+/* Worst relative difference of kind between two DiT checkpoint folders (either form), read whole through one
+ * process's table (the model from a's metadata). */
+static double dit_weights_diff(const char *a, const char *b, const char *kind) {
+    char *cfg = ckpt_meta(a, "dfm_dit_config");
+    dit_config c;
+    char err[1024];
+    double d = INFINITY;
+    if (cfg && dit_config_from_json(&c, cfg, err, sizeof err) == 0) {
+        dit_model m;
+        dit_create(&m, &c, 1);
+        size_t n = m.table.total;
+        float *wa = xalloc_floats(n), *wb = xalloc_floats(n);
+        if (ckpt_read_range(a, kind, &m.table, 0, n, wa, err, sizeof err) == 0 &&
+            ckpt_read_range(b, kind, &m.table, 0, n, wb, err, sizeof err) == 0)
+            d = test_rel_err(wa, wb, n);
+        else printf("# %s\n", err);
+        free(wa), free(wb);
+        dit_free(&m);
+    } else printf("# '%s': no readable dfm_dit_config\n", a);
+    free(cfg);
+    return d;
+}
+
+/* The worst of the model and EMA differences of the step-10 checkpoints of two runs. */
+static double weights_diff(int wan, const char *a, const char *b) {
+    char pa[4096], pb[4096];
+    snprintf(pa, sizeof pa, "%s/%s/ck/iter_0000010", dir, a);
+    snprintf(pb, sizeof pb, "%s/%s/ck/iter_0000010", dir, b);
+    double d = 0;
+    const char *kinds[2] = {"model", "ema"};
+    for (int k = 0; k < 2; k++) {
+        double e = wan ? test_wan_weights_diff(pa, kinds[k], pb, kinds[k]) : dit_weights_diff(pa, pb, kinds[k]);
+        if (!(e <= d)) d = isnan(e) ? INFINITY : e;
+    }
+    return d;
+}
+
+static void compare(int wan, const char *run, const char *ref, int from, double tol, const char *what) {
+    double dl = loss_diff(run, ref, from, 10), dw = weights_diff(wan, run, ref);
+    printf("# %s: worst loss difference %.3g, worst weight/EMA difference %.3g (relative)\n", what, dl, dw);
+    CHECK(dl <= tol && dw <= tol, "%s vs the one-process run: losses of steps %d-10 %.3g, final weights and EMA %.3g "
+          "(<= %.0e relative)", what, from, dl, dw, tol);
+}
+
+/* The log says the TP ranks agreed on the replicated parameters at each of the run's `saves` checkpoints. */
+static int replicas_agree(const char *run, int saves) {
+    char *log = test_read_file(test_path("%s/%s.log", dir, run), NULL);
+    int n = 0;
+    for (const char *p = log; p && (p = strstr(p, "tensor-parallel ranks agree bit for bit")); p++) n++;
+    free(log);
+    return n == saves;
+}
+
+static const char *TPPP = "model.tensor_model_parallel_size=2 model.pipeline_model_parallel_size=2";
+static const char *VPP = "model.pipeline_model_parallel_size=2 model.virtual_pipeline_model_parallel_size=2";
+
+/* max |a - b| / max |b| over every tensor of two exported diffusers transformers */
+static double export_diff(const char *a, const char *b, int *ntensors) {
+    char err[512];
+    double worst = INFINITY, maxdiff = 0, maxref = 0;
+    *ntensors = 0;
+    st_file *fa = st_open(test_path("%s/transformer/diffusion_pytorch_model.safetensors", a), err, sizeof err);
+    st_file *fb = fa ? st_open(test_path("%s/transformer/diffusion_pytorch_model.safetensors", b), err, sizeof err) : NULL;
+    if (fa && fb && fa->n_tensors == fb->n_tensors) {
+        worst = 0;
+        for (int i = 0; i < fb->n_tensors && worst == 0; i++) {
+            const st_tensor *tb = &fb->tensors[i], *ta = st_find(fa, tb->name);
+            size_t n = (size_t)st_numel(tb);
+            if (!ta || (size_t)st_numel(ta) != n) {
+                worst = INFINITY;
+                break;
+            }
+            float *x = xalloc_floats(n ? n : 1), *y = xalloc_floats(n ? n : 1);
+            st_read_f32(fa, ta, x);
+            st_read_f32(fb, tb, y);
+            for (size_t e = 0; e < n; e++) {
+                double d = fabs((double)x[e] - y[e]);
+                if (!(d <= maxdiff)) maxdiff = d;
+                if (fabs(y[e]) > maxref) maxref = fabs(y[e]);
+            }
+            (*ntensors)++;
+            free(x), free(y);
+        }
+        if (worst == 0) worst = maxdiff / (maxref > 0 ? maxref : 1);
+    }
+    if (fa) st_close(fa);
+    if (fb) st_close(fb);
+    return worst;
+}
+
+static void dit_tp_pp(void) {
+    if (train(4, DIT, "dit_tppp", TPPP) != 0) {
+        CHECK(0, "DiT TP2 x PP2 runs");
+        return;
+    }
+    compare(0, "dit_tppp", "dit1", 1, 1e-5, "DiT TP2 x PP2");
+    CHECK(replicas_agree("dit_tppp", 2), "DiT TP2 x PP2: the replicated parameters and their EMA are bit-identical "
+          "across the TP ranks of each stage at steps 5 and 10");
+    CHECK(access(test_path("%s/dit_tppp/ck/iter_0000005/shard_00003_of_00004.safetensors", dir), F_OK) == 0,
+          "TP2 x PP2 writes one shard file per (stage, TP rank)");
+    /* saved under TP2 x PP2 at step 5: resumed as one process, as PP2, as TP2 */
+    const char *to[][3] = {{"0", "dit_tppp_to_one", ""},
+                           {"2", "dit_tppp_to_pp2", "model.pipeline_model_parallel_size=2"},
+                           {"2", "dit_tppp_to_tp2", "model.tensor_model_parallel_size=2"}};
+    for (int k = 0; k < 3; k++) {
+        int rc = train(atoi(to[k][0]), DIT, to[k][1],
+                       test_path("%s checkpoint.load=%s/dit_tppp/ck/iter_0000005", to[k][2], dir));
+        if (rc == 0) compare(0, to[k][1], "dit1", 6, 1e-5, test_path("DiT saved under TP2 x PP2, resumed as %s",
+                                                                     k == 0 ? "one process" : k == 1 ? "PP2" : "TP2"));
+        else CHECK(0, "%s runs", to[k][1]);
+    }
+    int rc = train(4, DIT, "dit_one_to_tppp", test_path("%s checkpoint.load=%s/dit1/ck/iter_0000005", TPPP, dir));
+    if (rc == 0) compare(0, "dit_one_to_tppp", "dit1", 6, 1e-5, "DiT saved by one process, resumed as TP2 x PP2");
+    else CHECK(0, "a one-process checkpoint resumed as TP2 x PP2 runs");
+    /* dfm export reads the (stage, TP rank) shards into one diffusers folder */
+    rc = test_sh("%s export --checkpoint %s/dit_tppp/ck --out %s/exp_tppp > %s/exp.log 2>&1 && %s export --checkpoint "
+                 "%s/dit1/ck --out %s/exp_one >> %s/exp.log 2>&1",
+                 bin, dir, dir, dir, bin, dir, dir, dir);
+    int nt = 0;
+    double d = rc ? INFINITY : export_diff(test_path("%s/exp_tppp", dir), test_path("%s/exp_one", dir), &nt);
+    printf("# export of TP2 x PP2 vs one process: %d tensors, worst %.3g\n", nt, d);
+    CHECK(d <= 1e-5, "dfm export of a TP2 x PP2 checkpoint equals the one-process export: %d tensors, worst rel %.2e",
+          nt, d);
+}
+
+static void dit_interleaved(void) {
+    if (train(2, DIT, "dit_vpp", VPP) == 0) {
+        compare(0, "dit_vpp", "dit1", 1, 1e-6, "DiT PP2 x 2 model chunks (interleaved 1F1B)");
+        char *log = test_read_file(test_path("%s/dit_vpp.log", dir), NULL);
+        CHECK(log && strstr(log, "2 stages x 2 model chunks of 1 blocks") &&
+                  strstr(log, "bubble (P-1)/(V*m+P-1) = 0.111") && strstr(log, "(P-1)/(V*m) = 0.125"),
+              "the start-up line shows the interleaved layout and its bubble (P-1)/(V m+P-1) = 1/9 for P 2, V 2, m 4");
+        free(log);
+        char *metrics = test_read_file(test_path("%s/dit_vpp/metrics.jsonl", dir), NULL);
+        CHECK(metrics && strstr(metrics, "\"pp_bubble\": 0.1111"), "metrics.jsonl reports the interleaved bubble");
+        free(metrics);
+        int rc = train(0, DIT, "dit_vpp_to_one", test_path("checkpoint.load=%s/dit_vpp/ck/iter_0000005", dir));
+        if (rc == 0) compare(0, "dit_vpp_to_one", "dit1", 6, 1e-6, "DiT saved under PP2 x 2 chunks, resumed as one process");
+        else CHECK(0, "an interleaved checkpoint resumed as one process runs");
+    } else CHECK(0, "DiT PP2 with 2 model chunks runs");
+    if (train(2, DIT, "dit_vpp_ogp", test_path("%s ddp.data_parallel_sharding_strategy=optim_grads_params", VPP)) == 0)
+        compare(0, "dit_vpp_ogp", "dit1", 1, 1e-6, "DiT PP2 x 2 chunks, optim_grads_params");
+    else CHECK(0, "DiT PP2 x 2 chunks with optim_grads_params runs");
+    /* DP2: 2 micro-batches per rank = P (Megatron's all-forwards-first case), gradients sharded */
+    if (train(4, DIT, "dit_vpp_dp2", test_path("%s ddp.data_parallel_sharding_strategy=optim_grads", VPP)) == 0)
+        compare(0, "dit_vpp_dp2", "dit1", 1, 1e-6, "DiT PP2 x 2 chunks x DP2 (optim_grads, m = P)");
+    else CHECK(0, "DiT PP2 x 2 chunks x DP2 runs");
+}
+
+static void wan_cases(void) {
+    if (train(0, WAN, "wan1", "") != 0) {
+        CHECK(0, "Wan one process runs");
+        return;
+    }
+    if (train(4, WAN, "wan_tppp", TPPP) == 0) {
+        compare(1, "wan_tppp", "wan1", 1, 1e-5, "Wan TP2 x PP2");
+        CHECK(replicas_agree("wan_tppp", 2), "Wan TP2 x PP2: the replicated parameters are bit-identical across TP ranks");
+    } else CHECK(0, "Wan TP2 x PP2 runs");
+    if (train(2, WAN, "wan_vpp", VPP) == 0) compare(1, "wan_vpp", "wan1", 1, 1e-6, "Wan PP2 x 2 chunks (interleaved)");
+    else CHECK(0, "Wan PP2 x 2 chunks runs");
+}
+
+static void refused(int np, const char *extra, const char *want, const char *what) {
+    char *out = NULL;
+    int rc = test_capture(test_path("mpirun --oversubscribe -np %d %s pretrain %s %s logger.output_dir=%s/bad", np, bin,
+                                    DIT, extra, dir),
+                          &out);
+    const char *at = out ? strstr(out, want) : NULL;
+    CHECK(rc != 0 && at, "%s is refused naming the numbers: %.200s", what, at ? at : out ? out : "");
+    free(out);
+}
+
+int main(void) {
+    bin = test_dfm_bin();
+    dir = test_mkdtemp();
+    test_mpi_env();
+    if (test_sh("command -v mpirun >/dev/null") != 0) {
+        printf("FAIL mpirun is missing (apt-get install openmpi-bin libopenmpi-dev)\n");
+        return test_finish();
+    }
+    if (train(0, DIT, "dit1", "") == 0) {
+        dit_tp_pp();
+        dit_interleaved();
+    } else CHECK(0, "DiT one process runs");
+    wan_cases();
+    refused(2, "model.num_layers=6 model.pipeline_model_parallel_size=2 model.virtual_pipeline_model_parallel_size=2",
+            "model.num_layers 6 is not divisible by model.pipeline_model_parallel_size 2 x "
+            "model.virtual_pipeline_model_parallel_size 2 = 4",
+            "6 layers in 2 stages x 2 chunks");
+    refused(2, "train.global_batch_size=6 " "model.pipeline_model_parallel_size=2 model.virtual_pipeline_model_parallel_size=2",
+            "3 micro-batches per step and rank", "3 micro-batches under the interleaved schedule of 2 stages");
+    refused(1, "model.virtual_pipeline_model_parallel_size=2",
+            "model.virtual_pipeline_model_parallel_size = 2 (from", "virtual stages without pipeline parallelism");
+    test_rmtree(dir);
+    free(dir);
+    return test_finish();
+}
