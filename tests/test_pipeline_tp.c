@@ -123,7 +123,8 @@ static double export_diff(const char *a, const char *b, int *ntensors) {
     double worst = INFINITY, maxdiff = 0, maxref = 0;
     *ntensors = 0;
     st_file *fa = st_open(test_path("%s/transformer/diffusion_pytorch_model.safetensors", a), err, sizeof err);
-    st_file *fb = fa ? st_open(test_path("%s/transformer/diffusion_pytorch_model.safetensors", b), err, sizeof err) : NULL;
+    st_file *fb =
+        fa ? st_open(test_path("%s/transformer/diffusion_pytorch_model.safetensors", b), err, sizeof err) : NULL;
     if (fa && fb && fa->n_tensors == fb->n_tensors) {
         worst = 0;
         for (int i = 0; i < fb->n_tensors && worst == 0; i++) {
@@ -198,7 +199,8 @@ static void dit_interleaved(void) {
         CHECK(metrics && strstr(metrics, "\"pp_bubble\": 0.1111"), "metrics.jsonl reports the interleaved bubble");
         free(metrics);
         int rc = train(0, DIT, "dit_vpp_to_one", test_path("checkpoint.load=%s/dit_vpp/ck/iter_0000005", dir));
-        if (rc == 0) compare(0, "dit_vpp_to_one", "dit1", 6, 1e-6, "DiT saved under PP2 x 2 chunks, resumed as one process");
+        if (rc == 0)
+            compare(0, "dit_vpp_to_one", "dit1", 6, 1e-6, "DiT saved under PP2 x 2 chunks, resumed as one process");
         else CHECK(0, "an interleaved checkpoint resumed as one process runs");
     } else CHECK(0, "DiT PP2 with 2 model chunks runs");
     if (train(2, DIT, "dit_vpp_ogp", test_path("%s ddp.data_parallel_sharding_strategy=optim_grads_params", VPP)) == 0)
@@ -217,7 +219,8 @@ static void wan_cases(void) {
     }
     if (train(4, WAN, "wan_tppp", TPPP) == 0) {
         compare(1, "wan_tppp", "wan1", 1, 1e-5, "Wan TP2 x PP2");
-        CHECK(replicas_agree("wan_tppp", 2), "Wan TP2 x PP2: the replicated parameters are bit-identical across TP ranks");
+        CHECK(replicas_agree("wan_tppp", 2),
+              "Wan TP2 x PP2: the replicated parameters are bit-identical across the TP ranks of each stage");
     } else CHECK(0, "Wan TP2 x PP2 runs");
     if (train(2, WAN, "wan_vpp", VPP) == 0) compare(1, "wan_vpp", "wan1", 1, 1e-6, "Wan PP2 x 2 chunks (interleaved)");
     else CHECK(0, "Wan PP2 x 2 chunks runs");
@@ -250,7 +253,9 @@ int main(void) {
             "model.num_layers 6 is not divisible by model.pipeline_model_parallel_size 2 x "
             "model.virtual_pipeline_model_parallel_size 2 = 4",
             "6 layers in 2 stages x 2 chunks");
-    refused(2, "train.global_batch_size=6 " "model.pipeline_model_parallel_size=2 model.virtual_pipeline_model_parallel_size=2",
+    refused(2,
+            "train.global_batch_size=6 model.pipeline_model_parallel_size=2 "
+            "model.virtual_pipeline_model_parallel_size=2",
             "3 micro-batches per step and rank", "3 micro-batches under the interleaved schedule of 2 stages");
     refused(1, "model.virtual_pipeline_model_parallel_size=2",
             "model.virtual_pipeline_model_parallel_size = 2 (from", "virtual stages without pipeline parallelism");

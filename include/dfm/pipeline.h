@@ -9,9 +9,10 @@
  * A step is 1F1B over the micro-batches of this rank: stage s runs min(P - s - 1, m) forwards, then one forward
  * and one backward at a time, then the remaining backwards. With V model chunks per stage
  * (model.virtual_pipeline_model_parallel_size) it is Megatron's interleaved 1F1B: chunk k of the P V lives on stage
- * k mod P, and the schedule walks (micro-batch, chunk) pairs in groups of P micro-batches. The hidden states and the per-sample conditioning go
- * forward point to point (the model's STAGE_FWD_OUT tensors into the next stage's STAGE_FWD_IN), their gradients
- * back (STAGE_GRAD). Each stage holds min(P - s, m) activation arenas, one per micro-batch in flight. Every stage
+ * k mod P, and the schedule walks (micro-batch, chunk) pairs in groups of P micro-batches. The hidden states and
+ * the per-sample conditioning go forward point to point (the model's STAGE_FWD_OUT tensors into the next chunk's
+ * STAGE_FWD_IN), their gradients back (STAGE_GRAD). Each chunk holds one activation arena per micro-batch in flight
+ * (1F1B: min(P - s, m)). Every stage
  * draws the micro-batch's noise, timesteps and dropout itself (they are keyed by global sample index), so the
  * inputs and the loss are exactly one process's. */
 #ifndef DFM_PIPELINE_H

@@ -157,7 +157,8 @@ pp_stage *pp_stage_new(const param_table *table, int nseg, const size_t *seg_beg
                        int m, dp_model *dm) {
     const dist_info *di = dist_get();
     int L = nseg - 2;
-    if (V < 1 || V > PP_MAX_CHUNKS) dfm_die("%d model chunks per pipeline stage: at most %d are supported", V, PP_MAX_CHUNKS);
+    if (V < 1 || V > PP_MAX_CHUNKS)
+        dfm_die("%d model chunks per pipeline stage: at most %d are supported", V, PP_MAX_CHUNKS);
     pp_stage *ps = xcalloc(1, sizeof *ps);
     ps->P = di->pp, ps->s = di->pp_rank, ps->V = V, ps->m = m;
     ps->gseg = seg_begin;
@@ -271,8 +272,10 @@ static void send_all(pp_stage *ps, int a, stage_tensors *io, int peer, int k, in
                     dist_wait(ps->copies[c].r), free(ps->copies[c].buf);
                     ps->copies[c] = ps->copies[--ps->n_copies];
                 } else c++;
-            if (ps->n_copies == ps->cap_copies)
-                ps->copies = xrealloc(ps->copies, sizeof *ps->copies * (size_t)(ps->cap_copies = 2 * ps->cap_copies + 8));
+            if (ps->n_copies == ps->cap_copies) {
+                ps->cap_copies = 2 * ps->cap_copies + 8;
+                ps->copies = xrealloc(ps->copies, sizeof *ps->copies * (size_t)ps->cap_copies);
+            }
             float *buf = xalloc_floats(io->len[i] ? io->len[i] : 1);
             memcpy(buf, io->t[i], io->len[i] * sizeof(float));
             ps->copies[ps->n_copies++] = (pp_send){dist_isend_pp_f32(buf, io->len[i], peer, tag, what), buf};

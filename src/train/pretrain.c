@@ -388,8 +388,8 @@ static void tp_check_replicated(job *j) {
     free(all);
     if (di->rank == 0)
         printf("  tensor-parallel ranks agree bit for bit on the %zu replicated parameters and their EMA (checksum "
-               "%016llx)\n",
-               n, (unsigned long long)h);
+               "%016llx)%s\n",
+               n, (unsigned long long)h, di->pp > 1 ? "; those of stage 0 (every stage checks its own)" : "");
 }
 
 static void save_checkpoint(job *j, const char *root) {
@@ -1357,7 +1357,8 @@ int dfm_pretrain(const cfg *c) {
                 if (v) {
                     wan_shape mx = {mbs, frames, vh, vw, text_len};
                     wan_create_weights_only_tp(m, &wc, di->tp, di->tp_rank);
-                    if (wan_set_recompute(m, recompute, err, sizeof err) != 0 || wan_prepare(m, &mx, err, sizeof err) != 0)
+                    if (wan_set_recompute(m, recompute, err, sizeof err) != 0 ||
+                        wan_prepare(m, &mx, err, sizeof err) != 0)
                         dfm_die("Wan: %s", err);
                     memcpy(m->params, j.wmodel.params, m->table.total * sizeof(float));
                 }
@@ -1385,8 +1386,9 @@ int dfm_pretrain(const cfg *c) {
     oc.eps = (float)cfg_float(c, "optimizer.adam_eps");
     oc.weight_decay = (float)cfg_float(c, "optimizer.weight_decay");
     oc.clip_grad = (float)cfg_float(c, "optimizer.clip_grad");
-    /* the engine counts backwards: one per micro-batch and model chunk (the interleaved pipeline's V per micro-batch) */
-    j.dp = dp_engine_new(dm, strategy, &oc, n_local / mbs * (j.vpp > 1 ? j.vpp : 1), cfg_bool(c, "ddp.overlap_grad_reduce"),
+    /* the engine counts backwards: one per micro-batch and model chunk (the interleaved pipeline: V per micro-batch) */
+    j.dp = dp_engine_new(dm, strategy, &oc, n_local / mbs * (j.vpp > 1 ? j.vpp : 1),
+                         cfg_bool(c, "ddp.overlap_grad_reduce"),
                          cfg_bool(c, "ddp.overlap_param_gather"));
     /* under pipeline parallelism every stage, under tensor parallelism every TP rank writes its own part */
     j.sharded = strategy != DP_NO_SHARD || di->pp > 1 || di->tp > 1;
