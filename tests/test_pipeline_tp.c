@@ -5,8 +5,8 @@
  *    checkpoint resumed as one process, as PP2 and as TP2, a one-process checkpoint resumed as TP2 x PP2 (steps
  *    6-10 and the final weights within 1e-5); dfm export of a TP2 x PP2 checkpoint equals the one-process export;
  *  - PP2 with 2 model chunks per stage (model.virtual_pipeline_model_parallel_size = 2; 4 micro-batches, and with
- *    DP2 2 = P micro-batches per rank): losses and weights within 1e-6 (the pipeline does not change the
- *    arithmetic), the bubble (P-1)/(V m+P-1) on the start-up line and in metrics.jsonl, its checkpoint resumed as
+ *    DP2 2 = P micro-batches per rank), PP4 x 2 chunks of an 8-block DiT: losses and weights within 1e-6 (the
+ *    pipeline does not change the arithmetic); TP2 x PP2 x 2 chunks within 1e-5; the bubble (P-1)/(V m+P-1) on the start-up line and in metrics.jsonl, its checkpoint resumed as
  *    one process;
  *  - the layouts the interleaved schedule refuses, with the numbers. */
 #include "dfm/checkpoint.h"
@@ -206,6 +206,18 @@ static void dit_interleaved(void) {
     if (train(2, DIT, "dit_vpp_ogp", test_path("%s ddp.data_parallel_sharding_strategy=optim_grads_params", VPP)) == 0)
         compare(0, "dit_vpp_ogp", "dit1", 1, 1e-6, "DiT PP2 x 2 chunks, optim_grads_params");
     else CHECK(0, "DiT PP2 x 2 chunks with optim_grads_params runs");
+    /* everything together: TP2 x PP2 x 2 chunks on 4 ranks (TP's tolerance) */
+    if (train(4, DIT, "dit_tppp_vpp", test_path("%s model.tensor_model_parallel_size=2", VPP)) == 0) {
+        compare(0, "dit_tppp_vpp", "dit1", 1, 1e-5, "DiT TP2 x PP2 x 2 chunks");
+        CHECK(replicas_agree("dit_tppp_vpp", 2), "DiT TP2 x PP2 x 2 chunks: replicated parameters bit-identical over TP");
+    } else CHECK(0, "DiT TP2 x PP2 x 2 chunks runs");
+    /* PP4 x 2 chunks: 8 blocks, 8 micro-batches, the warm-up differs per stage; against its own one-process run */
+    const char *eight = "model.num_layers=8 train.global_batch_size=16";
+    if (train(0, DIT, "dit8", eight) == 0 &&
+        train(4, DIT, "dit8_pp4_vpp", test_path("%s model.pipeline_model_parallel_size=4 "
+                                                "model.virtual_pipeline_model_parallel_size=2", eight)) == 0)
+        compare(0, "dit8_pp4_vpp", "dit8", 1, 1e-6, "DiT (8 blocks) PP4 x 2 chunks, 8 micro-batches");
+    else CHECK(0, "DiT 8 blocks one process and PP4 x 2 chunks run");
     /* DP2: 2 micro-batches per rank = P (Megatron's all-forwards-first case), gradients sharded */
     if (train(4, DIT, "dit_vpp_dp2", test_path("%s ddp.data_parallel_sharding_strategy=optim_grads", VPP)) == 0)
         compare(0, "dit_vpp_dp2", "dit1", 1, 1e-6, "DiT PP2 x 2 chunks x DP2 (optim_grads, m = P)");
