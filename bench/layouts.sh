@@ -4,12 +4,13 @@
 # 2-rank layout. Prints per layout: samples/s (median over the logged steps after 1 warm-up), the share of step time
 # a rank waited in collectives that compute did not hide (comm_wait_frac), the pipeline bubble, and the per-rank
 # bytes of parameters, gradients, optimizer state + EMA and activations from the start-up line.
-# usage: bench/layouts.sh [steps=4] [layout ...]   (layouts: one dp2 dp2_fsdp tp2 tp2_sp cp2 pp2 recompute)
+# usage: bench/layouts.sh [steps=4] [layout ...]
+#   (layouts: one dp2 dp2_fsdp tp2 tp2_sp cp2 pp2 pp2_vpp2 recompute; tp2_pp2 on 4 ranks when named)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STEPS=${1:-4}
 shift || true
-LAYOUTS=${*:-one dp2 dp2_fsdp tp2 tp2_sp cp2 pp2 recompute}
+LAYOUTS=${*:-one dp2 dp2_fsdp tp2 tp2_sp cp2 pp2 pp2_vpp2 recompute}
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_btl_vader_single_copy_mechanism=none
 MODEL="model.num_layers=12 model.hidden_size=768 model.num_attention_heads=12 model.ffn_hidden_size=3072 model.patch_size=2"
 RUN="train.train_iters=$STEPS train.global_batch_size=8 train.micro_batch_size=2 train.eval_iters=0 \
@@ -55,6 +56,8 @@ for l in $LAYOUTS; do
     tp2_sp) run tp2_sp 2 model.tensor_model_parallel_size=2 model.sequence_parallel=true ;;
     cp2) run cp2 2 model.context_parallel_size=2 ;;
     pp2) run pp2 2 model.pipeline_model_parallel_size=2 ;;
+    pp2_vpp2) run pp2_vpp2 2 model.pipeline_model_parallel_size=2 model.virtual_pipeline_model_parallel_size=2 ;;
+    tp2_pp2) run tp2_pp2 4 model.tensor_model_parallel_size=2 model.pipeline_model_parallel_size=2 ;;
     recompute) run recompute 1 model.recompute_granularity=full model.recompute_method=uniform model.recompute_num_layers=1 ;;
     *) echo "unknown layout '$l'" >&2; exit 2 ;;
   esac
