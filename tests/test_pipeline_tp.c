@@ -202,6 +202,10 @@ static void dit_interleaved(void) {
         if (rc == 0)
             compare(0, "dit_vpp_to_one", "dit1", 6, 1e-6, "DiT saved under PP2 x 2 chunks, resumed as one process");
         else CHECK(0, "an interleaved checkpoint resumed as one process runs");
+        rc = train(2, DIT, "dit_one_to_vpp", test_path("%s checkpoint.load=%s/dit1/ck/iter_0000005", VPP, dir));
+        if (rc == 0) /* the stage's table is two separate ranges of the whole model's: read by piece names */
+            compare(0, "dit_one_to_vpp", "dit1", 6, 1e-6, "DiT saved by one process, resumed as PP2 x 2 chunks");
+        else CHECK(0, "a one-process checkpoint resumed as PP2 x 2 chunks runs");
     } else CHECK(0, "DiT PP2 with 2 model chunks runs");
     if (train(2, DIT, "dit_vpp_ogp", test_path("%s ddp.data_parallel_sharding_strategy=optim_grads_params", VPP)) == 0)
         compare(0, "dit_vpp_ogp", "dit1", 1, 1e-6, "DiT PP2 x 2 chunks, optim_grads_params");
@@ -233,6 +237,9 @@ static void wan_cases(void) {
         compare(1, "wan_tppp", "wan1", 1, 1e-5, "Wan TP2 x PP2");
         CHECK(replicas_agree("wan_tppp", 2),
               "Wan TP2 x PP2: the replicated parameters are bit-identical across the TP ranks of each stage");
+        if (train(0, WAN, "wan_tppp_to_one", test_path("checkpoint.load=%s/wan_tppp/ck/iter_0000005", dir)) == 0)
+            compare(1, "wan_tppp_to_one", "wan1", 6, 1e-5, "Wan saved under TP2 x PP2, resumed as one process");
+        else CHECK(0, "Wan TP2 x PP2 checkpoint resumed as one process runs");
     } else CHECK(0, "Wan TP2 x PP2 runs");
     if (train(2, WAN, "wan_vpp", VPP) == 0) compare(1, "wan_vpp", "wan1", 1, 1e-6, "Wan PP2 x 2 chunks (interleaved)");
     else CHECK(0, "Wan PP2 x 2 chunks runs");
