@@ -159,6 +159,10 @@ pp_stage *pp_stage_new(const param_table *table, int nseg, const size_t *seg_beg
     int L = nseg - 2;
     if (V < 1 || V > PP_MAX_CHUNKS)
         dfm_die("%d model chunks per pipeline stage: at most %d are supported", V, PP_MAX_CHUNKS);
+    if (di->pp * V > 64) /* the message tags number the chunk boundaries in 6 bits */
+        dfm_die("model.pipeline_model_parallel_size %d x model.virtual_pipeline_model_parallel_size %d = %d model "
+                "chunks: at most 64 are supported",
+                di->pp, V, di->pp * V);
     pp_stage *ps = xcalloc(1, sizeof *ps);
     ps->P = di->pp, ps->s = di->pp_rank, ps->V = V, ps->m = m;
     ps->gseg = seg_begin;
