@@ -114,9 +114,6 @@ int dfm_finetune_main(int argc, char **argv) {
     if (plan.cp > 1)
         dfm_die("fsdp.cp_size = %d: context parallelism is not built yet; use 1 (tp_size and pp_size are built)",
                 plan.cp);
-    if (plan.tp > 1 && plan.pp > 1)
-        dfm_die("fsdp.tp_size %d with pp_size %d: tensor and pipeline parallelism together are not built yet; use one",
-                plan.tp, plan.pp);
     if (automodel_peft_enabled(a) && strcmp(cfg_str(a, "model.mode"), "finetune"))
         dfm_die("peft: LoRA adapts pretrained weights; it needs model.mode: finetune (not %s)", cfg_str(a, "model.mode"));
     if (cfg_bool(a, "fsdp.cpu_offload"))

@@ -32,7 +32,7 @@ static cfg *recipe_base(const char *name) {
     cfg_def(c, "model.context_parallel_size", CFG_INT, "1", "context-parallel ranks");
     cfg_def(c, "model.pipeline_model_parallel_size", CFG_INT, "1", "pipeline stages");
     cfg_def(c, "model.virtual_pipeline_model_parallel_size", CFG_INT, NULL,
-            "virtual stages per pipeline rank (interleaved 1F1B; not built: null)");
+            "model chunks per pipeline stage (V > 1: interleaved 1F1B; null: plain 1F1B)");
     cfg_def(c, "model.sequence_parallel", CFG_BOOL, "false", "shard norms/dropout over the sequence with TP");
     cfg_def_enum(c, "model.recompute_granularity", 1, NULL, "full|selective", "activation recomputation");
     cfg_def_enum(c, "model.recompute_method", 1, NULL, "uniform|block", "how recomputed layers are chosen");
