@@ -9,11 +9,9 @@
 
 #define MAX_SENDS (2 * STAGE_MAX_TENSORS) /* per arena: its forward output and its gradients */
 
-typedef struct pp_stage pp_stage_t;
-
 /* A model chunk of the stage: the model's segments [lo, hi), which are the stage's segments [seg0, seg0 + hi - lo). */
 typedef struct {
-    pp_stage_t *ps;
+    pp_stage *ps;
     void *model;
     int v, gc;      /* this chunk of the stage, its place among the P V chunks of the pipeline */
     int lo, hi;
@@ -29,7 +27,6 @@ typedef struct {
 
 struct pp_stage {
     int P, s, V, m; /* stages, this one, chunks per stage, micro-batches per step */
-    const size_t *gseg;
     pp_chunk ch[PP_MAX_CHUNKS];
     param_table table; /* the stage's part: its chunks' entries one after the other, offsets from 0 */
     int nseg;
@@ -165,7 +162,6 @@ pp_stage *pp_stage_new(const param_table *table, int nseg, const size_t *seg_beg
                 di->pp, V, di->pp * V);
     pp_stage *ps = xcalloc(1, sizeof *ps);
     ps->P = di->pp, ps->s = di->pp_rank, ps->V = V, ps->m = m;
-    ps->gseg = seg_begin;
     size_t *sb = xcalloc((size_t)nseg + 1, sizeof(size_t));
     for (int v = 0; v < V; v++) {
         pp_chunk *ch = &ps->ch[v];
