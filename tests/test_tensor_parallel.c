@@ -242,8 +242,6 @@ int main(void) {
     refused(3, DIT, "model.tensor_model_parallel_size=2",
             "world size 3 (mpirun -np) is not divisible by tensor x context x pipeline parallel = 2 x 1 x 1",
             "TP 2 on 3 ranks");
-    refused(2, DIT, "model.tensor_model_parallel_size=2 model.sequence_parallel=true",
-            "sequence parallelism is not built yet", "model.sequence_parallel");
     test_rmtree(dir);
     free(dir);
     return test_finish();

@@ -85,6 +85,12 @@ int dist_test(dist_req *r);
 void dist_tp_allreduce_sum_f32(float *buf, size_t n, const char *what);
 /* Every TP rank's n doubles, in rank order, into recv (TP x n). */
 void dist_tp_allgather_f64(const double *send, double *recv, int n, const char *what);
+/* Sequence parallelism: a [B, S, C] tensor of which TP rank r holds rows [r S/TP, (r+1) S/TP) of every sample
+ * (local [B, S/TP, C]; chunk = S/TP x C floats). Gather: every rank's local part into full [B, S, C]. Reduce-scatter:
+ * full holds this rank's partial sums [B, S, C]; local receives the sum over the TP group of its rows, added in rank
+ * order (the bits dist_tp_allreduce_sum_f32 gives those rows, the same on every rank). TP = 1: copies. */
+void dist_tp_seq_gather_f32(const float *local, float *full, int B, size_t chunk, const char *what);
+void dist_tp_seq_reduce_scatter_f32(const float *full, float *local, int B, size_t chunk, const char *what);
 
 /* Seconds spent inside dist_wait / blocking collectives since the last call (communication not hidden). */
 double dist_take_wait_time(void);

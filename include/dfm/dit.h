@@ -41,6 +41,9 @@ typedef struct {
     /* tensor parallelism (dit_create_tp): this rank's heads, attention width (heads x head_dim) and FFN columns;
      * tp = 1: the whole model (heads_local = num_heads, ...) */
     int tp, tp_rank, heads_local, attn_local, ffn_local;
+    /* sequence parallelism (dit_set_sequence_parallel): outside attention and the MLP this rank holds tokens
+     * [tp_rank T_local, (tp_rank + 1) T_local) of every sample; sp = 0: T_local = T */
+    int sp, T_local;
     param_table table;
     float *params, *grads; /* one buffer each, table.total floats */
     int max_batch;
@@ -76,6 +79,12 @@ void dit_init(dit_model *m, uint64_t seed);
  * Reallocates the arena (call it between steps, not between a forward and its backward). 0, or -1 with the reason
  * in err (blocks outside 0..num_layers). */
 int dit_set_recompute(dit_model *m, int blocks, char *err, size_t errlen);
+/* Sequence parallelism over the TP group (Megatron's sequence_parallel): the residual stream, norms, modulation,
+ * gates and residual adds hold T / tp tokens of every sample; the inputs of the column-parallel linears are
+ * all-gathered, the row-parallel outputs reduce-scattered (sums in rank order). The embedders and the output head
+ * run on the whole sequence. Reallocates the arena (call it before the pipeline stage). 0, or -1 with err (tp = 1,
+ * or a token count tp does not divide: both numbers named). */
+int dit_set_sequence_parallel(dit_model *m, int on, char *err, size_t errlen);
 /* Bytes held by activations + scratch. */
 size_t dit_activation_bytes(const dit_model *m);
 

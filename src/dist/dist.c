@@ -17,6 +17,8 @@ static MPI_Comm shard_comm = MPI_COMM_NULL, rep_comm = MPI_COMM_NULL;
 static double wait_time;
 static float *tp_scratch; /* dist_tp_allreduce_sum_f32's gather buffer */
 static size_t tp_scratch_n;
+static float *sp_pack; /* the sequence-parallel collectives' second buffer */
+static size_t sp_pack_n;
 
 struct dist_req {
     MPI_Request req;
@@ -142,6 +144,8 @@ void dist_finalize(void) {
         if (*comms[i] != MPI_COMM_NULL) MPI_Comm_free(comms[i]);
     free(tp_scratch);
     tp_scratch = NULL, tp_scratch_n = 0;
+    free(sp_pack);
+    sp_pack = NULL, sp_pack_n = 0;
     dfm_set_die_hook(NULL, NULL);
     MPI_Finalize();
     info.active = 0;
@@ -367,4 +371,64 @@ void dist_tp_allgather_f64(const double *send, double *recv, int n, const char *
     MPI_Request r;
     check(MPI_Iallgather(send, n, MPI_DOUBLE, recv, n, MPI_DOUBLE, tp_comm, &r), what);
     wait_bounded(&r, what);
+}
+
+/* ---- sequence parallelism over the tensor-parallel group ----------------------------------------- */
+
+static float *grow(float **buf, size_t *have, size_t n) {
+    if (*have < n) {
+        free(*buf);
+        *buf = xalloc_floats(*have = n);
+    }
+    return *buf;
+}
+
+void dist_tp_seq_gather_f32(const float *local, float *full, int B, size_t chunk, const char *what) {
+    const size_t T = (size_t)info.tp, n = (size_t)B * chunk;
+    if (!info.active || T == 1) {
+        if (full != local) memmove(full, local, sizeof(float) * n);
+        return;
+    }
+    if (n > INT32_MAX / T) dfm_die("%s: %zu values in one sequence-parallel all-gather is too many", what, n);
+    /* gathered as [rank][B][chunk], laid out as [B][rank][chunk] (one sample's rows in order) */
+    float *g = B == 1 ? full : grow(&tp_scratch, &tp_scratch_n, T * n);
+    MPI_Request r;
+    check(MPI_Iallgather(local, (int)n, MPI_FLOAT, g, (int)n, MPI_FLOAT, tp_comm, &r), what);
+    wait_bounded(&r, what);
+    if (B == 1) return;
+#pragma omp parallel for schedule(static)
+    for (int b = 0; b < B; b++)
+        for (size_t t = 0; t < T; t++)
+            memcpy(full + ((size_t)b * T + t) * chunk, g + (t * (size_t)B + (size_t)b) * chunk, sizeof(float) * chunk);
+}
+
+void dist_tp_seq_reduce_scatter_f32(const float *full, float *local, int B, size_t chunk, const char *what) {
+    const size_t T = (size_t)info.tp, n = (size_t)B * chunk;
+    if (!info.active || T == 1) {
+        if (full != local) memmove(local, full, sizeof(float) * n);
+        return;
+    }
+    if (n > INT32_MAX / T) dfm_die("%s: %zu values in one sequence-parallel reduce-scatter is too many", what, n);
+    /* the part for rank t ([B][chunk] of rows t) packed contiguously, exchanged all-to-all, then every rank adds
+     * the T partial sums of its rows in rank order */
+    const float *send = full;
+    if (B > 1) {
+        float *p = grow(&sp_pack, &sp_pack_n, T * n);
+#pragma omp parallel for schedule(static)
+        for (int b = 0; b < B; b++)
+            for (size_t t = 0; t < T; t++)
+                memcpy(p + (t * (size_t)B + (size_t)b) * chunk, full + ((size_t)b * T + t) * chunk,
+                       sizeof(float) * chunk);
+        send = p;
+    }
+    float *g = grow(&tp_scratch, &tp_scratch_n, T * n);
+    MPI_Request r;
+    check(MPI_Ialltoall(send, (int)n, MPI_FLOAT, g, (int)n, MPI_FLOAT, tp_comm, &r), what);
+    wait_bounded(&r, what);
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) {
+        float acc = g[i];
+        for (size_t t = 1; t < T; t++) acc += g[t * n + i];
+        local[i] = acc;
+    }
 }

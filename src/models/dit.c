@@ -106,7 +106,7 @@ struct dit_acts {
     /* per block (arrays of num_layers + 1 for x) */
     float **x, **qkv, **ao, **lse, **proj, **xmid, **h, **f, **mean1, **rstd1, **mean2, **rstd2, **mod;
     /* backward scratch */
-    float *dx, *dT_a, *dT_b, *d3, *dF_a, *dF_b, *dmod, *dsc, *dc, *dt1s, *dt1, *dmodf, *dtok, *attn_ws;
+    float *xg, *dx, *dT_a, *dT_b, *d3, *dF_a, *dF_b, *dmod, *dsc, *dc, *dt1s, *dt1, *dmodf, *dtok, *attn_ws;
     size_t off_head[7], off_blk[10], off_fin[4]; /* view offsets within their segments */
 };
 
@@ -285,6 +285,7 @@ static void carve_acts(dit_model *m, dit_acts *a, carver *cv) {
     /* F, H and the q/k/v/attention widths are this rank's share under tensor parallelism */
     size_t B = (size_t)a->B, T = (size_t)m->T, d = (size_t)m->d, F = (size_t)m->ffn_local, L = (size_t)m->cfg.num_layers;
     size_t BT = B * T, H = (size_t)m->heads_local, da = (size_t)m->attn_local;
+    size_t BTl = B * (size_t)m->T_local; /* the residual stream's tokens: BT, or this rank's share under SP */
     a->patches = carve(cv, BT * (size_t)m->patch_dim);
     a->t_saved = carve(cv, B);
     a->tproj = carve(cv, B * (size_t)m->cfg.freq_dim);
@@ -300,7 +301,7 @@ static void carve_acts(dit_model *m, dit_acts *a, carver *cv) {
     a->out_tok = carve(cv, BT * (size_t)m->out_dim);
     size_t l0 = (size_t)m->block_begin, l1 = (size_t)m->block_end; /* a pipeline stage keeps its blocks only */
     (void)L;
-    for (size_t l = l0; l <= l1; l++) a->x[l] = carve(cv, BT * d);
+    for (size_t l = l0; l <= l1; l++) a->x[l] = carve(cv, BTl * d);
     for (size_t l = l0; l < l1; l++) {
         if (l > l0 && l < (size_t)a->recompute) { /* recomputed blocks share the stage's first block's slot (x stays
                                                     * per block) */
@@ -311,17 +312,18 @@ static void carve_acts(dit_model *m, dit_acts *a, carver *cv) {
         a->qkv[l] = carve(cv, BT * 3 * da);
         a->ao[l] = carve(cv, BT * da);
         a->lse[l] = carve(cv, B * H * T);
-        a->proj[l] = carve(cv, BT * d);
-        a->xmid[l] = carve(cv, BT * d);
+        a->proj[l] = carve(cv, BTl * d);
+        a->xmid[l] = carve(cv, BTl * d);
         a->h[l] = carve(cv, BT * F);
-        a->f[l] = carve(cv, BT * d);
-        a->mean1[l] = carve(cv, BT);
-        a->rstd1[l] = carve(cv, BT);
-        a->mean2[l] = carve(cv, BT);
-        a->rstd2[l] = carve(cv, BT);
+        a->f[l] = carve(cv, BTl * d);
+        a->mean1[l] = carve(cv, BTl);
+        a->rstd1[l] = carve(cv, BTl);
+        a->mean2[l] = carve(cv, BTl);
+        a->rstd2[l] = carve(cv, BTl);
         a->mod[l] = carve(cv, B * 6 * d);
     }
-    a->dx = carve(cv, BT * d);
+    a->dx = carve(cv, BTl * d);
+    a->xg = carve(cv, m->sp ? BT * d : 0); /* SP: a gathered [B, T, d] input, or a row-parallel partial output */
     a->dT_a = carve(cv, BT * d);
     a->dT_b = carve(cv, BT * d);
     a->d3 = carve(cv, BT * 3 * da);
@@ -379,6 +381,33 @@ int dit_set_recompute(dit_model *m, int blocks, char *err, size_t errlen) {
     return 0;
 }
 
+int dit_set_sequence_parallel(dit_model *m, int on, char *err, size_t errlen) {
+    if (on && m->tp < 2) {
+        snprintf(err, errlen,
+                 "model.sequence_parallel needs tensor parallelism: model.tensor_model_parallel_size is %d (it splits "
+                 "the tokens over the tensor-parallel group)",
+                 m->tp);
+        return -1;
+    }
+    if (on && m->T % m->tp) {
+        snprintf(err, errlen,
+                 "model.sequence_parallel: the %d tokens per sample ((model.image_size %d / model.patch_size %d)^2) "
+                 "are not divisible by model.tensor_model_parallel_size %d",
+                 m->T, m->cfg.image_size, m->cfg.patch_size, m->tp);
+        return -1;
+    }
+    if (m->arenas) {
+        snprintf(err, errlen, "sequence parallelism is set before the pipeline stage (dit_set_stage)");
+        return -1;
+    }
+    if (!!on != m->sp) {
+        m->sp = !!on;
+        m->T_local = m->sp ? m->T / m->tp : m->T;
+        size_arena(m, m->acts);
+    }
+    return 0;
+}
+
 int dit_tp_check(const dit_config *cfg, int tp, char *err, size_t errlen) {
     dit_config c = *cfg;
     if (!dit_config_check(&c, err, errlen)) return 0;
@@ -421,6 +450,7 @@ void dit_create_tp(dit_model *m, const dit_config *cfg, int max_batch, int tp, i
     m->heads_local = c->num_heads / tp;
     m->attn_local = m->heads_local * m->head_dim;
     m->ffn_local = m->ffn / tp;
+    m->sp = 0, m->T_local = m->T;
     build_table(m);
     m->params = xalloc_floats(m->table.total);
     m->grads = xalloc_floats(m->table.total);
@@ -471,7 +501,7 @@ void dit_use_arena(dit_model *m, int k) {
 
 void dit_stage_tensors(dit_model *m, int B, stage_dir dir, stage_tensors *io) {
     dit_acts *a = m->acts;
-    size_t n = (size_t)B * m->T * m->d;
+    size_t n = (size_t)B * m->T_local * m->d; /* this rank's tokens under sequence parallelism */
     io->n = 2;
     io->t[0] = dir == STAGE_GRAD ? a->dx : a->x[dir == STAGE_FWD_IN ? m->block_begin : m->block_end];
     io->t[1] = dir == STAGE_GRAD ? a->dsc : a->sc;
@@ -544,17 +574,52 @@ static void row_parallel_forward(const dit_model *m, float *out, const float *in
         matmul_forward(out, inp, w, b, M, N, K);
         return;
     }
-    matmul_forward(out, inp, w, NULL, M, N, K);
-    dist_tp_allreduce_sum_f32(out, (size_t)M * N, "tensor-parallel all-reduce of a row-parallel output");
+    if (m->sp) { /* sequence parallel: the partial products of every token, reduce-scattered to this rank's tokens */
+        matmul_forward(m->acts->xg, inp, w, NULL, M, N, K);
+        M /= m->tp;
+        dist_tp_seq_reduce_scatter_f32(m->acts->xg, out, M / m->T_local, (size_t)m->T_local * N,
+                                       "sequence-parallel reduce-scatter of a row-parallel output");
+    } else {
+        matmul_forward(out, inp, w, NULL, M, N, K);
+        dist_tp_allreduce_sum_f32(out, (size_t)M * N, "tensor-parallel all-reduce of a row-parallel output");
+    }
 #pragma omp parallel for schedule(static)
     for (int i = 0; i < M; i++)
         for (int j = 0; j < N; j++) out[(size_t)i * N + j] += b[j];
+}
+
+/* Sequence parallelism: the input of a column-parallel linear, this rank's tokens [B, T_local, d], gathered into
+ * xg [B, T, d] (returned); without SP the input itself. */
+static const float *sp_gather(const dit_model *m, const float *local, int B) {
+    if (!m->sp) return local;
+    dist_tp_seq_gather_f32(local, m->acts->xg, B, (size_t)m->T_local * m->d, "sequence-parallel all-gather");
+    return m->acts->xg;
+}
+
+/* This rank's tokens of a whole-sequence [B, T, C] tensor into [B, T_local, C]. */
+static void sp_take_local(const dit_model *m, float *local, const float *full, int B, int C) {
+    const size_t rows = (size_t)m->T_local * C;
+    for (int b = 0; b < B; b++)
+        memmove(local + (size_t)b * rows, full + ((size_t)b * m->T + (size_t)m->tp_rank * m->T_local) * C,
+                sizeof(float) * rows);
 }
 
 /* The input gradient of a column-parallel linear (q/k/v, ff.net.0): each TP rank holds its slice's share; the
  * sum over the TP group is the gradient of the replicated input (Megatron's f operator, backward). */
 static void tp_sum(const dit_model *m, float *buf, size_t n) {
     if (m->tp > 1) dist_tp_allreduce_sum_f32(buf, n, "tensor-parallel all-reduce of an input gradient");
+}
+
+/* The same under sequence parallelism: full [B, T, d] partial input gradients reduce-scattered to this rank's
+ * tokens (into xg, returned); without SP tp_sum in place, full returned. */
+static float *tp_sum_sp(const dit_model *m, float *full, int B) {
+    if (!m->sp) {
+        tp_sum(m, full, (size_t)B * m->T * m->d);
+        return full;
+    }
+    dist_tp_seq_reduce_scatter_f32(full, m->acts->xg, B, (size_t)m->T_local * m->d,
+                                   "sequence-parallel reduce-scatter of an input gradient");
+    return m->acts->xg;
 }
 
 static void add_pos_embed(float *x, const float *pos, int B, int T, int d) {
@@ -575,24 +640,26 @@ static void block_forward(dit_model *m, int l, const block_views *w, int B, floa
     /* H, F and da (the attention width) are this rank's share under tensor parallelism */
     const int d = m->d, T = m->T, BT = B * T, H = m->heads_local, D = m->head_dim, F = m->ffn_local;
     const int da = m->attn_local;
+    /* Tl: the residual stream's tokens per sample (all T, or this rank's T / tp under sequence parallelism) */
+    const int Tl = m->T_local, BTl = B * Tl;
     float *ln = a->dT_a, *xm = a->dT_b, *gelu_out = a->dF_a;
     float *mod = a->mod[l];
     matmul_forward(mod, a->sc, w->mod_w, w->mod_b, B, 6 * d, d);
     /* attention half */
-    layernorm_forward(ln, a->mean1[l], a->rstd1[l], a->x[l], NULL, NULL, BT, d, LN_EPS);
-    modulate_forward(xm, ln, mod + 0 * d, mod + 1 * d, B, T, d, 6 * d);
-    matmul_forward(a->qkv[l], xm, w->qkv_w, w->qkv_b, BT, 3 * da, d);
+    layernorm_forward(ln, a->mean1[l], a->rstd1[l], a->x[l], NULL, NULL, BTl, d, LN_EPS);
+    modulate_forward(xm, ln, mod + 0 * d, mod + 1 * d, B, Tl, d, 6 * d);
+    matmul_forward(a->qkv[l], sp_gather(m, xm, B), w->qkv_w, w->qkv_b, BT, 3 * da, d);
     attention_forward(a->ao[l], a->lse[l], a->qkv[l], a->qkv[l] + da, a->qkv[l] + 2 * da, NULL, B, T, T, H, D, 3 * da,
                       3 * da, da, 1.0f / sqrtf((float)D));
     row_parallel_forward(m, a->proj[l], a->ao[l], w->out_w, w->out_b, BT, d, da);
-    gate_residual_forward(a->xmid[l], a->x[l], a->proj[l], mod + 2 * d, B, T, d, 6 * d);
+    gate_residual_forward(a->xmid[l], a->x[l], a->proj[l], mod + 2 * d, B, Tl, d, 6 * d);
     /* MLP half */
-    layernorm_forward(ln, a->mean2[l], a->rstd2[l], a->xmid[l], NULL, NULL, BT, d, c->norm_eps);
-    modulate_forward(xm, ln, mod + 3 * d, mod + 4 * d, B, T, d, 6 * d);
-    matmul_forward(a->h[l], xm, w->fc1_w, w->fc1_b, BT, F, d);
+    layernorm_forward(ln, a->mean2[l], a->rstd2[l], a->xmid[l], NULL, NULL, BTl, d, c->norm_eps);
+    modulate_forward(xm, ln, mod + 3 * d, mod + 4 * d, B, Tl, d, 6 * d);
+    matmul_forward(a->h[l], sp_gather(m, xm, B), w->fc1_w, w->fc1_b, BT, F, d);
     gelu_forward(gelu_out, a->h[l], (size_t)BT * F);
     row_parallel_forward(m, a->f[l], gelu_out, w->fc2_w, w->fc2_b, BT, d, F);
-    if (xout) gate_residual_forward(xout, a->xmid[l], a->f[l], mod + 5 * d, B, T, d, 6 * d);
+    if (xout) gate_residual_forward(xout, a->xmid[l], a->f[l], mod + 5 * d, B, Tl, d, 6 * d);
 }
 
 void dit_forward(dit_model *m, float *out, const float *x, const float *t, const int *labels, int B) {
@@ -616,8 +683,11 @@ void dit_forward(dit_model *m, float *out, const float *x, const float *t, const
 
         /* patch embedding + fixed positions */
         patchify_forward(a->patches, x, B, c->in_channels, c->image_size, c->image_size, c->patch_size);
-        matmul_forward(a->x[0], a->patches, p->pe_w, p->pe_b, BT, d, m->patch_dim);
-        add_pos_embed(a->x[0], m->pos_embed, B, T, d);
+        /* on the whole sequence; under sequence parallelism each rank keeps its tokens */
+        float *x0 = m->sp ? a->xg : a->x[0];
+        matmul_forward(x0, a->patches, p->pe_w, p->pe_b, BT, d, m->patch_dim);
+        add_pos_embed(x0, m->pos_embed, B, T, d);
+        if (m->sp) sp_take_local(m, a->x[0], x0, B, d);
 
         /* conditioning c = MLP(sinusoid(t)) + class embedding; every adaLN linear reads silu(c) */
         timestep_embedding(a->tproj, t, B, c->freq_dim, 10000.0f, 1.0f, 1);
@@ -640,7 +710,7 @@ void dit_forward(dit_model *m, float *out, const float *x, const float *t, const
     if (!last) return;
     /* final layer: adaLN shift/scale (chunk order shift, scale), linear, unpatchify */
     final_at(a, seg_params(m, c->num_layers + 1, 0), &pv);
-    float *xL = a->x[c->num_layers];
+    const float *xL = sp_gather(m, a->x[c->num_layers], B); /* the head runs on the whole sequence */
     matmul_forward(a->modf, a->sc, p->po1_w, p->po1_b, B, 2 * d, d);
     layernorm_forward(a->lnf, a->lnf_mean, a->lnf_rstd, xL, NULL, NULL, BT, d, LN_EPS);
     modulate_forward(a->xmf, a->lnf, a->modf, a->modf + d, B, T, d, 2 * d);
@@ -658,7 +728,8 @@ void dit_backward(dit_model *m, const float *dout, int B) {
     views pv, gv;
     const views *p = &pv, *g = &gv;
     int d = m->d, T = m->T, BT = B * T, H = m->heads_local, D = m->head_dim, F = m->ffn_local, da = m->attn_local;
-    size_t nT = (size_t)BT * d;
+    int Tl = m->T_local, BTl = B * Tl;
+    size_t nT = (size_t)BT * d, nTl = (size_t)BTl * d;
     /* a pipeline stage that does not end with the head finds dx and dsc received (dit_stage_tensors) */
     const int first = m->block_begin == 0, last = m->block_end == c->num_layers;
     if (last) {
@@ -674,8 +745,15 @@ void dit_backward(dit_model *m, const float *dout, int B) {
         zero(dln, nT);
         zero(a->dmodf, (size_t)B * 2 * d);
         modulate_backward(dln, a->dmodf, a->dmodf + d, dxm, a->lnf, a->modf + d, B, T, d, 2 * d);
-        zero(a->dx, nT);
-        layernorm_backward(a->dx, NULL, NULL, dln, a->x[c->num_layers], NULL, a->lnf_mean, a->lnf_rstd, BT, d);
+        if (m->sp) { /* the head ran on the whole sequence: its input gradient, then this rank's tokens of it */
+            const float *xL = sp_gather(m, a->x[c->num_layers], B);
+            zero(dxm, nT);
+            layernorm_backward(dxm, NULL, NULL, dln, xL, NULL, a->lnf_mean, a->lnf_rstd, BT, d);
+            sp_take_local(m, a->dx, dxm, B, d);
+        } else {
+            zero(a->dx, nT);
+            layernorm_backward(a->dx, NULL, NULL, dln, a->x[c->num_layers], NULL, a->lnf_mean, a->lnf_rstd, BT, d);
+        }
         zero(a->dsc, (size_t)B * d);
         matmul_backward(a->dsc, g->po1_w, g->po1_b, a->dmodf, a->sc, p->po1_w, B, 2 * d, d);
         seg_done(m, c->num_layers + 1);
@@ -696,51 +774,55 @@ void dit_backward(dit_model *m, const float *dout, int B) {
         float *dmod = a->dmod;
         zero(dmod, (size_t)B * 6 * d);
 
-        /* ---- MLP half: x_out = x_mid + gate_mlp * f ---- */
+        /* ---- MLP half: x_out = x_mid + gate_mlp * f ---- (under sequence parallelism the residual stream's
+         * gradients are this rank's tokens, BTl rows; the linears' are the whole sequence's, gathered) */
         float *df = dtmp;
-        zero(df, nT);
-        gate_residual_backward(NULL, df, dmod + 5 * d, a->dx, a->f[l], mod + 5 * d, B, T, d, 6 * d);
+        zero(df, nTl);
+        gate_residual_backward(NULL, df, dmod + 5 * d, a->dx, a->f[l], mod + 5 * d, B, Tl, d, 6 * d);
         float *gelu_out = a->dF_a, *dg = a->dF_b;
         gelu_forward(gelu_out, a->h[l], (size_t)BT * F);
         zero(dg, (size_t)BT * F);
-        matmul_backward(dg, gw->fc2_w, gw->fc2_b, df, gelu_out, w->fc2_w, BT, d, F);
+        matmul_backward(dg, gw->fc2_w, gw->fc2_b, sp_gather(m, df, B), gelu_out, w->fc2_w, BT, d, F);
         float *dh = a->dF_a; /* gelu_out is dead once fc2's weight gradient is taken */
         zero(dh, (size_t)BT * F);
         gelu_backward(dh, dg, a->h[l], (size_t)BT * F);
-        layernorm_forward(ln, a->mean2[l], a->rstd2[l], a->xmid[l], NULL, NULL, BT, d, c->norm_eps);
-        modulate_forward(xm, ln, mod + 3 * d, mod + 4 * d, B, T, d, 6 * d);
+        layernorm_forward(ln, a->mean2[l], a->rstd2[l], a->xmid[l], NULL, NULL, BTl, d, c->norm_eps);
+        modulate_forward(xm, ln, mod + 3 * d, mod + 4 * d, B, Tl, d, 6 * d);
         float *dxm2 = dtmp;
         zero(dxm2, nT);
-        matmul_backward(dxm2, gw->fc1_w, gw->fc1_b, dh, xm, w->fc1_w, BT, F, d);
-        tp_sum(m, dxm2, nT);
+        matmul_backward(dxm2, gw->fc1_w, gw->fc1_b, dh, sp_gather(m, xm, B), w->fc1_w, BT, F, d);
+        dxm2 = tp_sum_sp(m, dxm2, B);
         float *dln2 = dtmp2;
-        zero(dln2, nT);
-        modulate_backward(dln2, dmod + 3 * d, dmod + 4 * d, dxm2, ln, mod + 4 * d, B, T, d, 6 * d);
-        layernorm_backward(a->dx, NULL, NULL, dln2, a->xmid[l], NULL, a->mean2[l], a->rstd2[l], BT, d);
+        zero(dln2, nTl);
+        modulate_backward(dln2, dmod + 3 * d, dmod + 4 * d, dxm2, ln, mod + 4 * d, B, Tl, d, 6 * d);
+        layernorm_backward(a->dx, NULL, NULL, dln2, a->xmid[l], NULL, a->mean2[l], a->rstd2[l], BTl, d);
 
         /* ---- attention half: x_mid = x + gate_msa * proj ---- */
         float *dproj = dtmp;
-        zero(dproj, nT);
-        gate_residual_backward(NULL, dproj, dmod + 2 * d, a->dx, a->proj[l], mod + 2 * d, B, T, d, 6 * d);
+        zero(dproj, nTl);
+        gate_residual_backward(NULL, dproj, dmod + 2 * d, a->dx, a->proj[l], mod + 2 * d, B, Tl, d, 6 * d);
         float *dao = dtmp2;
         zero(dao, (size_t)BT * da);
-        matmul_backward(dao, gw->out_w, gw->out_b, dproj, a->ao[l], w->out_w, BT, d, da);
+        matmul_backward(dao, gw->out_w, gw->out_b, sp_gather(m, dproj, B), a->ao[l], w->out_w, BT, d, da);
         float *dqkv = a->d3;
         zero(dqkv, (size_t)BT * 3 * da);
         attention_backward(dqkv, dqkv + da, dqkv + 2 * da, a->attn_ws, dao, a->ao[l], a->lse[l], a->qkv[l],
                            a->qkv[l] + da, a->qkv[l] + 2 * da, NULL, B, T, T, H, D, 3 * da, 3 * da, da,
                            1.0f / sqrtf((float)D));
-        layernorm_forward(ln, a->mean1[l], a->rstd1[l], a->x[l], NULL, NULL, BT, d, LN_EPS);
-        modulate_forward(xm, ln, mod + 0 * d, mod + 1 * d, B, T, d, 6 * d);
+        layernorm_forward(ln, a->mean1[l], a->rstd1[l], a->x[l], NULL, NULL, BTl, d, LN_EPS);
+        modulate_forward(xm, ln, mod + 0 * d, mod + 1 * d, B, Tl, d, 6 * d);
         float *dxm1 = dtmp;
         zero(dxm1, nT);
-        matmul_backward(dxm1, gw->qkv_w, gw->qkv_b, dqkv, xm, w->qkv_w, BT, 3 * da, d);
-        tp_sum(m, dxm1, nT);
+        matmul_backward(dxm1, gw->qkv_w, gw->qkv_b, dqkv, sp_gather(m, xm, B), w->qkv_w, BT, 3 * da, d);
+        dxm1 = tp_sum_sp(m, dxm1, B);
         float *dln1 = dtmp2;
-        zero(dln1, nT);
-        modulate_backward(dln1, dmod + 0 * d, dmod + 1 * d, dxm1, ln, mod + 1 * d, B, T, d, 6 * d);
-        layernorm_backward(a->dx, NULL, NULL, dln1, a->x[l], NULL, a->mean1[l], a->rstd1[l], BT, d);
+        zero(dln1, nTl);
+        modulate_backward(dln1, dmod + 0 * d, dmod + 1 * d, dxm1, ln, mod + 1 * d, B, Tl, d, 6 * d);
+        layernorm_backward(a->dx, NULL, NULL, dln1, a->x[l], NULL, a->mean1[l], a->rstd1[l], BTl, d);
 
+        /* under sequence parallelism dmod holds this rank's tokens' share: summed over the TP group (rank order),
+         * the adaLN linear's gradients and dsc are the whole sequence's, the same bits on every TP rank */
+        if (m->sp) dist_tp_allreduce_sum_f32(dmod, (size_t)B * 6 * d, "sequence-parallel all-reduce of adaLN gradients");
         /* adaLN linear of this block */
         matmul_backward(a->dsc, gw->mod_w, gw->mod_b, dmod, a->sc, w->mod_w, B, 6 * d, d);
         seg_done(m, 1 + l);
@@ -760,7 +842,7 @@ void dit_backward(dit_model *m, const float *dout, int B) {
     matmul_backward(NULL, g->t1_w, g->t1_b, a->dt1, a->tproj, p->t1_w, B, d, c->freq_dim);
 
     /* patch embedding (the position embedding is fixed) */
-    matmul_backward(NULL, g->pe_w, g->pe_b, a->dx, a->patches, p->pe_w, BT, d, m->patch_dim);
+    matmul_backward(NULL, g->pe_w, g->pe_b, sp_gather(m, a->dx, B), a->patches, p->pe_w, BT, d, m->patch_dim);
     seg_done(m, 0);
 }
 

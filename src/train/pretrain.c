@@ -1105,10 +1105,11 @@ int dfm_pretrain(const cfg *c) {
         dfm_die("model.virtual_pipeline_model_parallel_size = %d (from %s) needs pipeline parallelism "
                 "(model.pipeline_model_parallel_size > 1): virtual stages are model chunks of the pipeline's stages",
                 vpp, cfg_source(c, "model.virtual_pipeline_model_parallel_size"));
-    if (cfg_bool(c, "model.sequence_parallel"))
-        dfm_die("model.sequence_parallel = true (from %s): sequence parallelism is not built yet (tensor "
-                "parallelism is: model.tensor_model_parallel_size without sequence_parallel)",
-                cfg_source(c, "model.sequence_parallel"));
+    int seqpar = cfg_bool(c, "model.sequence_parallel");
+    if (seqpar && di->tp < 2)
+        dfm_die("model.sequence_parallel = true (from %s) needs tensor parallelism: model.tensor_model_parallel_size "
+                "is %d (sequence parallelism splits the tokens over the tensor-parallel group)",
+                cfg_source(c, "model.sequence_parallel"), di->tp);
 
     job j;
     memset(&j, 0, sizeof j);
@@ -1258,6 +1259,10 @@ int dfm_pretrain(const cfg *c) {
     dp_model dm;
     if (j.wan) {
         wan_shape mx = {mbs, frames, vh, vw, text_len};
+        if (seqpar)
+            dfm_die("model.sequence_parallel = true (from %s) with model.kind wan: sequence parallelism is built for "
+                    "the DiT only so far; use tensor parallelism without it for Wan",
+                    cfg_source(c, "model.sequence_parallel"));
         wan_create_weights_only_tp(&j.wmodel, &wc, di->tp, di->tp_rank);
         if (wan_set_recompute(&j.wmodel, recompute, err, sizeof err) != 0 ||
             wan_prepare(&j.wmodel, &mx, err, sizeof err) != 0)
@@ -1292,6 +1297,8 @@ int dfm_pretrain(const cfg *c) {
     } else {
         dit_create_tp(&j.model, &dc, mbs, di->tp, di->tp_rank);
         if (dit_set_recompute(&j.model, recompute, err, sizeof err) != 0) dfm_die("DiT: %s", err);
+        if (dit_set_sequence_parallel(&j.model, seqpar, err, sizeof err) != 0)
+            dfm_die("%s (from %s)", err, cfg_source(c, "model.sequence_parallel"));
         dit_init(&j.model, seed);
         dm = (dp_model){&j.model.table, j.model.nseg, j.model.seg_begin, &j.model.params, &j.model.grads,
                         &j.model.hooks, NULL, 0};
