@@ -1,9 +1,11 @@
 /* Sequence parallelism (model.sequence_parallel with model.tensor_model_parallel_size) under mpirun --oversubscribe
- * on 2 cores: a tiny DiT trained with TP2+SP (also with activation recompute, and DP2 x TP2+SP) against one process
- * at the same global batch; the replicated parameters bit-identical across the TP ranks; a TP2+SP checkpoint
- * resumed as one process; the activation arena smaller than TP2 without SP; and the layouts that are refused. */
+ * on 2 cores: a tiny DiT and a tiny Wan trained with TP2+SP (also with sharding, activation recompute, and DP2 x
+ * TP2+SP) against one process at the same global batch; the replicated parameters bit-identical across the TP
+ * ranks; a TP2+SP checkpoint resumed as one process; the activation arena smaller than TP2 without SP; and the
+ * layouts that are refused. */
 #include "dfm/checkpoint.h"
 #include "dfm/dit.h"
+#include "dfm/wan.h"
 #include "test.h"
 #include "test_fs.h"
 #include "test_run.h"
@@ -161,6 +163,78 @@ static void dit_memory(void) {
     dit_free(&m);
 }
 
+static void wan_cases(void) {
+    CHECK(train(0, WAN, "wan_one", "") == 0, "Wan, one process trains");
+    const char *sp = "model.tensor_model_parallel_size=2 model.sequence_parallel=true";
+    char og[512], rec[512];
+    snprintf(og, sizeof og, "%s ddp.data_parallel_sharding_strategy=optim_grads", sp);
+    snprintf(rec, sizeof rec,
+             "%s model.recompute_granularity=full model.recompute_method=uniform model.recompute_num_layers=1", sp);
+    const char *cases[][3] = {{"2", "wan_tp2", "model.tensor_model_parallel_size=2"},
+                              {"2", "wan_tp2_sp", sp},
+                              {"2", "wan_tp2_sp_recompute", rec},
+                              {"4", "wan_dp2_tp2_sp", og}};
+    for (int k = 0; k < 4; k++) {
+        int rc = train(atoi(cases[k][0]), WAN, cases[k][1], cases[k][2]);
+        char runbuf[1024];
+        snprintf(runbuf, sizeof runbuf, "%s/%s", dir, cases[k][1]);
+        double dl = rc ? INFINITY : loss_diff(runbuf, test_path("%s/wan_one", dir), 1, 10);
+        char a[1024];
+        snprintf(a, sizeof a, "%s", ck(cases[k][1], 10));
+        double dw = rc ? INFINITY : test_wan_weights_diff(a, "model", ck("wan_one", 10), "model");
+        double de = rc ? INFINITY : test_wan_weights_diff(a, "ema", ck("wan_one", 10), "ema");
+        CHECK(dl <= TOL && dw <= TOL && de <= TOL,
+              "Wan %s (%s ranks) vs one process, 10 steps: worst loss rel %.2e, final weights rel %.2e, EMA rel %.2e "
+              "(tol %.0e)",
+              cases[k][1], cases[k][0], dl, dw, de, TOL);
+        CHECK(!rc && replicas_agree(cases[k][1], 2),
+              "Wan %s: the replicated parameters and their EMA are bit-identical across the TP ranks", cases[k][1]);
+    }
+    char a[1024];
+    snprintf(a, sizeof a, "%s", ck("wan_tp2_sp", 10));
+    printf("# Wan TP2+SP vs TP2 without SP, final weights: worst rel %.2e\n",
+           test_wan_weights_diff(a, "model", ck("wan_tp2", 10), "model"));
+    char extra[2048];
+    snprintf(extra, sizeof extra, "checkpoint.load=%s", ck("wan_tp2_sp", 5));
+    int rc = train(0, WAN, "wan_resume_one", extra);
+    double dl = rc ? INFINITY : loss_diff(test_path("%s/wan_resume_one", dir), test_path("%s/wan_one", dir), 6, 10);
+    CHECK(dl <= TOL, "Wan saved under TP2+SP, resumed as one process: steps 6-10 losses rel %.2e (tol %.0e)", dl, TOL);
+}
+
+/* Wan's arena on TP rank 0 of 2, with and without SP, for the tiny test shape and a larger clip. */
+static void wan_memory(void) {
+    const wan_shape shapes[] = {{2, 2, 8, 8, 16}, {2, 4, 32, 32, 64}};
+    for (int k = 0; k < 2; k++) {
+        wan_config c;
+        wan_config_named(&c, "wan_tiny");
+        size_t bytes[3];
+        char err[512] = "";
+        int ok = 1;
+        for (int v = 0; v < 3; v++) { /* one process, TP2, TP2+SP */
+            wan_model m;
+            wan_create_weights_only_tp(&m, &c, v ? 2 : 1, 0);
+            ok &= wan_set_sequence_parallel(&m, v == 2, err, sizeof err) == 0;
+            ok &= wan_prepare(&m, &shapes[k], err, sizeof err) == 0;
+            bytes[v] = ok ? wan_activation_bytes(&m) : 0;
+            wan_free(&m);
+        }
+        const wan_shape *s = &shapes[k];
+        CHECK(ok && bytes[2] < bytes[1],
+              "Wan tiny, %d clips of %d x %d x %d latents (%d tokens): activations per rank %zu bytes with TP2+SP < %zu "
+              "with TP2 (one process %zu; SP / TP2 = %.3f) %s",
+              s->batch, s->frames, s->height, s->width, s->frames * s->height * s->width / 4, bytes[2], bytes[1],
+              bytes[0], bytes[1] ? (double)bytes[2] / (double)bytes[1] : 0.0, err);
+    }
+    wan_config c;
+    wan_config_named(&c, "wan_tiny");
+    wan_model m;
+    char err[512] = "";
+    wan_create_weights_only(&m, &c);
+    int rc = wan_set_sequence_parallel(&m, 1, err, sizeof err);
+    CHECK(rc != 0 && strstr(err, "needs tensor parallelism"), "Wan SP without TP is an error: %s", err);
+    wan_free(&m);
+}
+
 static void refused(int np, const char *model, const char *extra, const char *want, const char *what) {
     char cmd[4096], *out = NULL;
     snprintf(cmd, sizeof cmd, "mpirun --oversubscribe -np %d %s pretrain %s %s logger.output_dir=%s/e", np, bin, model,
@@ -188,8 +262,11 @@ int main(void) {
             "the 49 tokens per sample ((model.image_size 28 / model.patch_size 4)^2) are not divisible by "
             "model.tensor_model_parallel_size 2",
             "DiT SP with tokens not divisible by TP");
-    refused(2, WAN, "model.tensor_model_parallel_size=2 model.sequence_parallel=true",
-            "sequence parallelism is built for the DiT only so far", "Wan with SP (not built yet)");
+    wan_memory();
+    wan_cases();
+    refused(2, WAN, "model.tensor_model_parallel_size=2 model.sequence_parallel=true model.image_size=10 model.num_frames=3",
+            "the 75 video tokens per sample (3 x 5 x 5 patches) are not divisible by model.tensor_model_parallel_size 2",
+            "Wan SP with tokens not divisible by TP");
     test_rmtree(dir);
     free(dir);
     return test_finish();

@@ -69,6 +69,8 @@ typedef struct {
     int max_tokens;        /* video tokens per sample at max */
     wan_acts *acts;        /* activations saved by the forward, and backward scratch */
     int recompute_layers;  /* blocks 0..recompute_layers-1 are recomputed in the backward (wan_set_recompute) */
+    int sp;                /* sequence parallelism (wan_set_sequence_parallel): the residual stream holds N / tp
+                            * tokens of every sample, [tp_rank N / tp, (tp_rank + 1) N / tp) */
     /* parameter segments in table order: 0 = patch and condition embedders, 1..L = blocks, L+1 = output head;
      * the forward visits them in this order, the backward in reverse */
     int nseg;
@@ -108,6 +110,14 @@ int wan_prepare(wan_model *m, const wan_shape *max, char *err, size_t errlen);
  * wan_create_weights_only and wan_prepare (the arena is sized then); 0, or -1 with the reason in err (blocks
  * outside 0..num_layers, or a model that already has its activations). */
 int wan_set_recompute(wan_model *m, int blocks, char *err, size_t errlen);
+/* Sequence parallelism over the TP group (Megatron's sequence_parallel): outside attention and the FFN (norms,
+ * modulation, gates, residual adds) this rank holds N / tp video tokens of every sample; the inputs of the
+ * column-parallel linears (q/k/v, the cross-attention query, ffn.net.0) are all-gathered and the row-parallel
+ * outputs reduce-scattered (sums in rank order); the modulation gradients and norm2's weight and bias gradients
+ * are summed over the TP group. The embedders and the head run on the whole sequence; the text side is whole on
+ * every rank. Call between wan_create_weights_only_tp and wan_prepare; 0, or -1 with the reason in err (tp = 1, or a
+ * model that already has its activations). A token count tp does not divide is refused by wan_shape_check. */
+int wan_set_sequence_parallel(wan_model *m, int on, char *err, size_t errlen);
 /* Wan's initialisation from a seed: xavier-uniform linears (patch embedding as [d, C*pt*ph*pw]), N(0, 0.02)
  * time and text embedder weights, zero biases, unit RMSNorm/LayerNorm weights, scale_shift_tables
  * N(0, 1)/sqrt(d), zero proj_out weight (the initial model predicts proj_out's zero bias). */

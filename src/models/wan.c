@@ -263,6 +263,9 @@ struct wan_acts {
     float *sA, *sB, *sC, *dx, *s3a, *s3b, *sFa, *sFb, *tok, *kvs, *dkvs, *dkv, *dctx, *tsc;
     float *dmod, *dtproj, *dhmod, *dtemb, *dtemb_s, *dt1s, *dt1, *attn_ws;
     float *rowsum; /* tensor parallelism: a float per row for the RMSNorms' all-reduced sums */
+    float *xg;     /* sequence parallelism: a gathered [B*N, d] input or a row-parallel partial output */
+    float *dn2wb;  /* sequence parallelism: norm2's weight and bias gradients of this rank's tokens [2d] */
+    int Nl;        /* the residual stream's tokens per sample in the last forward (N, or N / tp under SP) */
     size_t off_views[N_VIEWS];       /* within segment 0 (the first 12) or the last segment */
     size_t off_block[N_BLOCK_VIEWS]; /* within a block's segment (every block is laid out alike) */
 };
@@ -409,6 +412,7 @@ static void carve_acts(const wan_model *m, wan_acts *a, carver *cv) {
     /* F, H and the attention widths (da) are this rank's share under tensor parallelism */
     const size_t d = (size_t)m->d, F = (size_t)m->ffn_local, H = (size_t)m->heads_local, BN = B * N, BL = B * Lt;
     const size_t da = (size_t)m->attn_local;
+    const size_t BNl = m->sp ? BN / (size_t)m->tp : BN; /* the residual stream's rows (this rank's under SP) */
     a->patches = carve(cv, BN * (size_t)m->patch_in);
     a->tsin = carve(cv, B * (size_t)c->freq_dim);
     a->t1 = carve(cv, B * d);
@@ -424,7 +428,7 @@ static void carve_acts(const wan_model *m, wan_acts *a, carver *cv) {
     a->hmod = carve(cv, B * 2 * d);
     a->meanf = carve(cv, BN);
     a->rstdf = carve(cv, BN);
-    for (int l = m->block_begin; l <= m->block_end; l++) a->x[l] = carve(cv, BN * d); /* a stage's blocks only */
+    for (int l = m->block_begin; l <= m->block_end; l++) a->x[l] = carve(cv, BNl * d); /* a stage's blocks only */
     for (int l = m->block_begin; l < m->block_end; l++) {
         if (l > m->block_begin && l < m->recompute_layers) { /* recomputed blocks share the stage's first block's
                                                                * slot (x stays per block) */
@@ -433,33 +437,33 @@ static void carve_acts(const wan_model *m, wan_acts *a, carver *cv) {
             continue;
         }
         a->mod[l] = carve(cv, B * 6 * d);
-        a->mean1[l] = carve(cv, BN);
-        a->rstd1[l] = carve(cv, BN);
+        a->mean1[l] = carve(cv, BNl);
+        a->rstd1[l] = carve(cv, BNl);
         a->qkv[l] = carve(cv, BN * 3 * da);
         a->rq1[l] = carve(cv, BN);
         a->rk1[l] = carve(cv, BN);
         a->ao1[l] = carve(cv, BN * da);
         a->lse1[l] = carve(cv, B * H * N);
-        a->proj1[l] = carve(cv, BN * d);
-        a->xmid[l] = carve(cv, BN * d);
-        a->mean2[l] = carve(cv, BN);
-        a->rstd2[l] = carve(cv, BN);
+        a->proj1[l] = carve(cv, BNl * d);
+        a->xmid[l] = carve(cv, BNl * d);
+        a->mean2[l] = carve(cv, BNl);
+        a->rstd2[l] = carve(cv, BNl);
         a->q2[l] = carve(cv, BN * da);
         a->rq2[l] = carve(cv, BN);
         a->kv2[l] = carve(cv, BL * 2 * da);
         a->rk2[l] = carve(cv, BL);
         a->ao2[l] = carve(cv, BN * da);
         a->lse2[l] = carve(cv, B * H * N);
-        a->x2[l] = carve(cv, BN * d);
-        a->mean3[l] = carve(cv, BN);
-        a->rstd3[l] = carve(cv, BN);
+        a->x2[l] = carve(cv, BNl * d);
+        a->mean3[l] = carve(cv, BNl);
+        a->rstd3[l] = carve(cv, BNl);
         a->h[l] = carve(cv, BN * F);
-        a->f[l] = carve(cv, BN * d);
+        a->f[l] = carve(cv, BNl * d);
     }
     a->sA = carve(cv, BN * d);
     a->sB = carve(cv, BN * d);
     a->sC = carve(cv, BN * d);
-    a->dx = carve(cv, BN * d);
+    a->dx = carve(cv, BNl * d);
     a->s3a = carve(cv, BN * 3 * da);
     a->s3b = carve(cv, BN * 3 * da);
     a->sFa = carve(cv, BN * F);
@@ -479,6 +483,8 @@ static void carve_acts(const wan_model *m, wan_acts *a, carver *cv) {
     a->dt1 = carve(cv, B * d);
     a->attn_ws = carve(cv, attention_workspace_floats((int)B, (int)H, (int)N));
     a->rowsum = carve(cv, m->tp > 1 ? (BN > BL ? BN : BL) : 0);
+    a->xg = carve(cv, m->sp ? BN * d : 0);
+    a->dn2wb = carve(cv, m->sp ? 2 * d : 0);
 }
 
 
@@ -495,6 +501,10 @@ int wan_shape_check(const wan_model *m, const wan_shape *s, char *err, size_t er
     if (gt > c->rope_max_seq_len || gh > c->rope_max_seq_len || gw > c->rope_max_seq_len)
         BAD("patch grid %d x %d x %d exceeds rope_max_seq_len %d", gt, gh, gw, c->rope_max_seq_len);
     if (s->text_len < 1) BAD("text length must be >= 1 (got %d)", s->text_len);
+    if (m->sp && ((long long)gt * gh * gw) % m->tp)
+        BAD("model.sequence_parallel: the %lld video tokens per sample (%d x %d x %d patches) are not divisible by "
+            "model.tensor_model_parallel_size %d",
+            (long long)gt * gh * gw, gt, gh, gw, m->tp);
     if (!m->acts) return 1; /* checking the max shape itself */
     if (s->batch > m->max.batch) BAD("batch %d exceeds the model's max batch %d", s->batch, m->max.batch);
     if ((long long)gt * gh * gw > m->max_tokens)
@@ -585,6 +595,22 @@ int wan_set_recompute(wan_model *m, int blocks, char *err, size_t errlen) {
     return 0;
 }
 
+int wan_set_sequence_parallel(wan_model *m, int on, char *err, size_t errlen) {
+    if (m->acts) {
+        snprintf(err, errlen, "sequence parallelism is set before the activations are sized (wan_prepare)");
+        return -1;
+    }
+    if (on && m->tp < 2) {
+        snprintf(err, errlen,
+                 "model.sequence_parallel needs tensor parallelism: model.tensor_model_parallel_size is %d (it splits "
+                 "the tokens over the tensor-parallel group)",
+                 m->tp);
+        return -1;
+    }
+    m->sp = !!on;
+    return 0;
+}
+
 static void acts_free(wan_acts *a) {
     if (!a) return;
     float ***lists[] = PER_BLOCK_LISTS(a);
@@ -631,7 +657,7 @@ void wan_stage_tensors(wan_model *m, const wan_shape *s, stage_dir dir, stage_te
     io->t[1] = g ? a->dtemb : a->temb;
     io->t[2] = g ? a->dtproj : a->tproj;
     io->t[3] = g ? a->dctx : a->ctx;
-    io->len[0] = B * N * d, io->len[1] = B * d, io->len[2] = B * 6 * d, io->len[3] = B * (size_t)s->text_len * d;
+    io->len[0] = B * (m->sp ? N / (size_t)m->tp : N) * d, io->len[1] = B * d, io->len[2] = B * 6 * d, io->len[3] = B * (size_t)s->text_len * d;
 }
 
 void wan_create(wan_model *m, const wan_config *cfg, const wan_shape *max) { wan_create_tp(m, cfg, max, 1, 0); }
@@ -754,8 +780,16 @@ static void row_parallel_forward(const wan_model *m, float *out, const float *in
         matmul_forward(out, inp, w, b, M, N, K);
         return;
     }
-    matmul_forward(out, inp, w, NULL, M, N, K);
-    dist_tp_allreduce_sum_f32(out, (size_t)M * N, "tensor-parallel all-reduce of a row-parallel output");
+    if (m->sp) { /* sequence parallel: the partial products of every token, reduce-scattered to this rank's tokens */
+        const wan_acts *a = m->acts;
+        matmul_forward(a->xg, inp, w, NULL, M, N, K);
+        M /= m->tp;
+        dist_tp_seq_reduce_scatter_f32(a->xg, out, M / a->Nl, (size_t)a->Nl * N,
+                                       "sequence-parallel reduce-scatter of a row-parallel output");
+    } else {
+        matmul_forward(out, inp, w, NULL, M, N, K);
+        dist_tp_allreduce_sum_f32(out, (size_t)M * N, "tensor-parallel all-reduce of a row-parallel output");
+    }
 #pragma omp parallel for schedule(static)
     for (int i = 0; i < M; i++)
         for (int j = 0; j < N; j++) out[(size_t)i * N + j] += b[j];
@@ -764,6 +798,36 @@ static void row_parallel_forward(const wan_model *m, float *out, const float *in
 /* The input gradient of a column-parallel linear: the sum over the TP group of every rank's share. */
 static void tp_sum(const wan_model *m, float *buf, size_t n) {
     if (m->tp > 1) dist_tp_allreduce_sum_f32(buf, n, "tensor-parallel all-reduce of an input gradient");
+}
+
+/* Sequence parallelism: this rank's tokens [B, Nl, d] gathered into xg [B, N, d] (returned); without SP the input. */
+static const float *sp_gather(const wan_model *m, const float *local) {
+    if (!m->sp) return local;
+    const wan_acts *a = m->acts;
+    dist_tp_seq_gather_f32(local, a->xg, a->cur.batch, (size_t)a->Nl * m->d, "sequence-parallel all-gather");
+    return a->xg;
+}
+
+/* The input gradient of a column-parallel linear under SP: full [B, N, d] partial sums reduce-scattered to this
+ * rank's tokens (into xg, returned); without SP tp_sum in place, full returned. */
+static float *tp_sum_sp(const wan_model *m, float *full) {
+    const wan_acts *a = m->acts;
+    if (!m->sp) {
+        tp_sum(m, full, (size_t)a->cur.batch * a->N * m->d);
+        return full;
+    }
+    dist_tp_seq_reduce_scatter_f32(full, a->xg, a->cur.batch, (size_t)a->Nl * m->d,
+                                   "sequence-parallel reduce-scatter of an input gradient");
+    return a->xg;
+}
+
+/* This rank's tokens of a whole-sequence [B, N, d] tensor into [B, Nl, d]. */
+static void sp_take_local(const wan_model *m, float *local, const float *full) {
+    const wan_acts *a = m->acts;
+    const size_t rows = (size_t)a->Nl * m->d;
+    for (int b = 0; b < a->cur.batch; b++)
+        memmove(local + (size_t)b * rows, full + ((size_t)b * a->N + (size_t)m->tp_rank * a->Nl) * m->d,
+                sizeof(float) * rows);
 }
 
 /* RMSNorm "across heads" of rows of this rank's heads (attn_local wide) a stride apart. Under TP the mean square
@@ -874,33 +938,35 @@ static void block_forward(wan_model *m, int l, const block_views *w, float *xout
     const int d = m->d, H = m->heads_local, D = c->head_dim, F = m->ffn_local, da = m->attn_local;
     const int *lens = a->masked ? a->text_lens : NULL;
     const float scale = 1.0f / sqrtf((float)D);
+    /* Nl: the residual stream's tokens per sample (N, or this rank's N / tp under sequence parallelism) */
+    const int Nl = a->Nl, BNl = B * Nl;
     float *mod = a->mod[l];
     add_table(mod, w->sst, a->tproj, B, 6 * d);
     /* self-attention */
-    layernorm_forward(a->sA, a->mean1[l], a->rstd1[l], a->x[l], NULL, NULL, BN, d, c->eps);
-    modulate_forward(a->sB, a->sA, mod + 0 * d, mod + 1 * d, B, N, d, 6 * d);
-    matmul_forward(a->qkv[l], a->sB, w->qkv_w, w->qkv_b, BN, 3 * da, d);
+    layernorm_forward(a->sA, a->mean1[l], a->rstd1[l], a->x[l], NULL, NULL, BNl, d, c->eps);
+    modulate_forward(a->sB, a->sA, mod + 0 * d, mod + 1 * d, B, Nl, d, 6 * d);
+    matmul_forward(a->qkv[l], sp_gather(m, a->sB), w->qkv_w, w->qkv_b, BN, 3 * da, d);
     self_attention_inputs(m, a->s3a, a->rq1[l], a->rk1[l], a->qkv[l], w, B, N, 0);
     attention_forward(a->ao1[l], a->lse1[l], a->s3a, a->s3a + da, a->s3a + 2 * da, NULL, B, N, N, H, D, 3 * da, 3 * da,
                       da, scale);
     row_parallel_forward(m, a->proj1[l], a->ao1[l], w->o1_w, w->o1_b, BN, d, da);
-    gate_residual_forward(a->xmid[l], a->x[l], a->proj1[l], mod + 2 * d, B, N, d, 6 * d);
+    gate_residual_forward(a->xmid[l], a->x[l], a->proj1[l], mod + 2 * d, B, Nl, d, 6 * d);
     /* cross-attention over the projected text (no RoPE, no gate) */
-    layernorm_forward(a->sA, a->mean2[l], a->rstd2[l], a->xmid[l], w->n2_w, w->n2_b, BN, d, c->eps);
-    matmul_forward(a->q2[l], a->sA, w->q2_w, w->q2_b, BN, da, d);
+    layernorm_forward(a->sA, a->mean2[l], a->rstd2[l], a->xmid[l], w->n2_w, w->n2_b, BNl, d, c->eps);
+    matmul_forward(a->q2[l], sp_gather(m, a->sA), w->q2_w, w->q2_b, BN, da, d);
     rms_tp_forward(m, a->sB, a->rq2[l], a->q2[l], w->nq2, BN, da, da, 0);
     matmul_forward(a->kv2[l], a->ctx, w->kv2_w, w->kv2_b, BL, 2 * da, d);
     cross_attention_kv(m, a->kvs, a->rk2[l], a->kv2[l], w, BL, 0);
     attention_forward(a->ao2[l], a->lse2[l], a->sB, a->kvs, a->kvs + da, lens, B, N, Lt, H, D, da, 2 * da, da, scale);
     row_parallel_forward(m, a->sA, a->ao2[l], w->o2_w, w->o2_b, BN, d, da);
-    add_residual(a->x2[l], a->xmid[l], a->sA, (size_t)BN * d);
+    add_residual(a->x2[l], a->xmid[l], a->sA, (size_t)BNl * d);
     /* feed-forward */
-    layernorm_forward(a->sA, a->mean3[l], a->rstd3[l], a->x2[l], NULL, NULL, BN, d, c->eps);
-    modulate_forward(a->sB, a->sA, mod + 3 * d, mod + 4 * d, B, N, d, 6 * d);
-    matmul_forward(a->h[l], a->sB, w->fc1_w, w->fc1_b, BN, F, d);
+    layernorm_forward(a->sA, a->mean3[l], a->rstd3[l], a->x2[l], NULL, NULL, BNl, d, c->eps);
+    modulate_forward(a->sB, a->sA, mod + 3 * d, mod + 4 * d, B, Nl, d, 6 * d);
+    matmul_forward(a->h[l], sp_gather(m, a->sB), w->fc1_w, w->fc1_b, BN, F, d);
     gelu_forward(a->sFa, a->h[l], (size_t)BN * F);
     row_parallel_forward(m, a->f[l], a->sFa, w->fc2_w, w->fc2_b, BN, d, F);
-    if (xout) gate_residual_forward(xout, a->x2[l], a->f[l], mod + 5 * d, B, N, d, 6 * d);
+    if (xout) gate_residual_forward(xout, a->x2[l], a->f[l], mod + 5 * d, B, Nl, d, 6 * d);
 }
 
 void wan_forward(wan_model *m, float *out, const float *latents, const float *timesteps, const float *text,
@@ -922,6 +988,7 @@ void wan_forward(wan_model *m, float *out, const float *latents, const float *ti
     a->cur = *s;
     a->gt = s->frames / c->patch_t, a->gh = s->height / c->patch_h, a->gw = s->width / c->patch_w;
     const int N = a->N = a->gt * a->gh * a->gw, BN = B * N, BL = B * Lt;
+    a->Nl = m->sp ? N / m->tp : N; /* wan_shape_check refused a token count tp does not divide */
     if (a->rope_gt != a->gt || a->rope_gh != a->gh || a->rope_gw != a->gw) {
         rope_table_3d(a->rope_cos, a->rope_sin, a->gt, a->gh, a->gw, D, ROPE_THETA);
         a->rope_gt = a->gt, a->rope_gh = a->gh, a->rope_gw = a->gw;
@@ -937,7 +1004,9 @@ void wan_forward(wan_model *m, float *out, const float *latents, const float *ti
         /* patch embedding (Conv3d with kernel = stride = patch, as a GEMM) */
         patchify3d_forward(a->patches, latents, B, c->in_channels, s->frames, s->height, s->width, c->patch_t,
                            c->patch_h, c->patch_w);
-        matmul_forward(a->x[0], a->patches, p->pe_w, p->pe_b, BN, d, m->patch_in);
+        /* on the whole sequence; under sequence parallelism each rank keeps its tokens */
+        matmul_forward(m->sp ? a->xg : a->x[0], a->patches, p->pe_w, p->pe_b, BN, d, m->patch_in);
+        if (m->sp) sp_take_local(m, a->x[0], a->xg);
 
         /* time: sinusoid [cos, sin] with frequencies exp(-ln(10000) i / half) (diffusers' Timesteps with
          * flip_sin_to_cos, downscale_freq_shift 0), MLP with SiLU -> temb; time_proj(silu(temb)) -> 6 chunks */
@@ -970,7 +1039,8 @@ void wan_forward(wan_model *m, float *out, const float *latents, const float *ti
         for (int k = 0; k < 2; k++)
             for (int j = 0; j < d; j++)
                 a->hmod[((size_t)b * 2 + k) * d + j] = p->sst[(size_t)k * d + j] + a->temb[(size_t)b * d + j];
-    layernorm_forward(a->sA, a->meanf, a->rstdf, a->x[c->num_layers], NULL, NULL, BN, d, c->eps);
+    /* the head runs on the whole sequence */
+    layernorm_forward(a->sA, a->meanf, a->rstdf, sp_gather(m, a->x[c->num_layers]), NULL, NULL, BN, d, c->eps);
     modulate_forward(a->sB, a->sA, a->hmod, a->hmod + d, B, N, d, 2 * d);
     matmul_forward(a->tok, a->sB, p->po_w, p->po_b, BN, m->patch_out, d);
     unpatchify3d_forward(out, a->tok, B, c->out_channels, s->frames, s->height, s->width, c->patch_t, c->patch_h,
@@ -998,6 +1068,10 @@ void wan_backward(wan_model *m, const float *dout) {
     const int B = s->batch, Lt = s->text_len, N = a->N, BN = B * N, BL = B * Lt;
     const int d = m->d, H = m->heads_local, D = c->head_dim, F = m->ffn_local, da = m->attn_local;
     const size_t nT = (size_t)BN * d, nA = (size_t)BN * da;
+    /* the residual stream's rows: BN, or this rank's tokens of every sample under sequence parallelism (the
+     * linears' input and output gradients are the whole sequence's, gathered) */
+    const int Nl = a->Nl, BNl = B * Nl;
+    const size_t nTl = (size_t)BNl * d;
     const int *lens = a->masked ? a->text_lens : NULL;
     const float scale = 1.0f / sqrtf((float)D);
 
@@ -1010,7 +1084,7 @@ void wan_backward(wan_model *m, const float *dout) {
         zero(a->tok, (size_t)BN * m->patch_out);
         unpatchify3d_backward(a->tok, dout, B, c->out_channels, s->frames, s->height, s->width, c->patch_t, c->patch_h,
                               c->patch_w);
-        float *xL = a->x[c->num_layers];
+        const float *xL = sp_gather(m, a->x[c->num_layers]); /* the head ran on the whole sequence */
         layernorm_forward(a->sA, NULL, NULL, xL, NULL, NULL, BN, d, c->eps);
         modulate_forward(a->sB, a->sA, a->hmod, a->hmod + d, B, N, d, 2 * d);
         zero(a->sC, nT);
@@ -1018,8 +1092,10 @@ void wan_backward(wan_model *m, const float *dout) {
         zero(a->dhmod, (size_t)B * 2 * d);
         zero(a->sB, nT);
         modulate_backward(a->sB, a->dhmod, a->dhmod + d, a->sC, a->sA, a->hmod + d, B, N, d, 2 * d);
-        zero(a->dx, nT);
-        layernorm_backward(a->dx, NULL, NULL, a->sB, xL, NULL, a->meanf, a->rstdf, BN, d);
+        float *dxf = m->sp ? a->sA : a->dx; /* SP: the whole sequence's input gradient, then this rank's tokens */
+        zero(dxf, nT);
+        layernorm_backward(dxf, NULL, NULL, a->sB, xL, NULL, a->meanf, a->rstdf, BN, d);
+        if (m->sp) sp_take_local(m, a->dx, dxf);
         zero(a->dtemb, (size_t)B * d);
         for (int b = 0; b < B; b++)
             for (int k = 0; k < 2; k++)
@@ -1048,29 +1124,29 @@ void wan_backward(wan_model *m, const float *dout) {
 
         /* ---- feed-forward: x_out = x2 + c_gate * f (dx flows through unchanged) ---- */
         float *df = a->sA;
-        zero(df, nT);
-        gate_residual_backward(NULL, df, dmod + 5 * d, a->dx, a->f[l], mod + 5 * d, B, N, d, 6 * d);
+        zero(df, nTl);
+        gate_residual_backward(NULL, df, dmod + 5 * d, a->dx, a->f[l], mod + 5 * d, B, Nl, d, 6 * d);
         gelu_forward(a->sFa, a->h[l], (size_t)BN * F);
         zero(a->sFb, (size_t)BN * F);
-        matmul_backward(a->sFb, gw->fc2_w, gw->fc2_b, df, a->sFa, w->fc2_w, BN, d, F);
+        matmul_backward(a->sFb, gw->fc2_w, gw->fc2_b, sp_gather(m, df), a->sFa, w->fc2_w, BN, d, F);
         float *dh = a->sFa; /* gelu(h) is dead once fc2's weight gradient is taken */
         zero(dh, (size_t)BN * F);
         gelu_backward(dh, a->sFb, a->h[l], (size_t)BN * F);
         float *ln3 = a->sA, *xm3 = a->sB;
-        layernorm_forward(ln3, NULL, NULL, a->x2[l], NULL, NULL, BN, d, c->eps);
-        modulate_forward(xm3, ln3, mod + 3 * d, mod + 4 * d, B, N, d, 6 * d);
+        layernorm_forward(ln3, NULL, NULL, a->x2[l], NULL, NULL, BNl, d, c->eps);
+        modulate_forward(xm3, ln3, mod + 3 * d, mod + 4 * d, B, Nl, d, 6 * d);
         zero(a->sC, nT);
-        matmul_backward(a->sC, gw->fc1_w, gw->fc1_b, dh, xm3, w->fc1_w, BN, F, d);
-        tp_sum(m, a->sC, nT);
+        matmul_backward(a->sC, gw->fc1_w, gw->fc1_b, dh, sp_gather(m, xm3), w->fc1_w, BN, F, d);
+        float *dxm3 = tp_sum_sp(m, a->sC);
         float *dln3 = a->sB;
-        zero(dln3, nT);
-        modulate_backward(dln3, dmod + 3 * d, dmod + 4 * d, a->sC, ln3, mod + 4 * d, B, N, d, 6 * d);
-        layernorm_backward(a->dx, NULL, NULL, dln3, a->x2[l], NULL, a->mean3[l], a->rstd3[l], BN, d);
+        zero(dln3, nTl);
+        modulate_backward(dln3, dmod + 3 * d, dmod + 4 * d, dxm3, ln3, mod + 4 * d, B, Nl, d, 6 * d);
+        layernorm_backward(a->dx, NULL, NULL, dln3, a->x2[l], NULL, a->mean3[l], a->rstd3[l], BNl, d);
 
         /* ---- cross-attention: x2 = x_mid + attention(...) Wo2^T + b ---- */
         float *dao2 = a->sA;
         zero(dao2, nA);
-        matmul_backward(dao2, gw->o2_w, gw->o2_b, a->dx, a->ao2[l], w->o2_w, BN, d, da);
+        matmul_backward(dao2, gw->o2_w, gw->o2_b, sp_gather(m, a->dx), a->ao2[l], w->o2_w, BN, d, da);
         float *q2n = a->sB, *dq2n = a->sC;
         rms_tp_forward(m, q2n, a->rq2[l], a->q2[l], w->nq2, BN, da, da, 1);
         cross_attention_kv(m, a->kvs, a->rk2[l], a->kv2[l], w, BL, 1);
@@ -1087,19 +1163,26 @@ void wan_backward(wan_model *m, const float *dout) {
         /* dctx: this rank's share, summed over the TP group once after the last block */
         matmul_backward(a->dctx, gw->kv2_w, gw->kv2_b, a->dkv, a->ctx, w->kv2_w, BL, 2 * da, d);
         float *n2 = a->sB, *dn2 = a->sC;
-        layernorm_forward(n2, NULL, NULL, a->xmid[l], w->n2_w, w->n2_b, BN, d, c->eps);
+        layernorm_forward(n2, NULL, NULL, a->xmid[l], w->n2_w, w->n2_b, BNl, d, c->eps);
         zero(dn2, nT);
-        matmul_backward(dn2, gw->q2_w, gw->q2_b, dq2, n2, w->q2_w, BN, da, d);
-        tp_sum(m, dn2, nT);
-        layernorm_backward(a->dx, gw->n2_w, gw->n2_b, dn2, a->xmid[l], w->n2_w, a->mean2[l], a->rstd2[l], BN, d);
+        matmul_backward(dn2, gw->q2_w, gw->q2_b, dq2, sp_gather(m, n2), w->q2_w, BN, da, d);
+        dn2 = tp_sum_sp(m, dn2);
+        if (m->sp) { /* norm2's weight and bias see this rank's tokens: their gradients summed over the TP group */
+            float *dwb = a->dn2wb;
+            zero(dwb, 2 * (size_t)d);
+            layernorm_backward(a->dx, dwb, dwb + d, dn2, a->xmid[l], w->n2_w, a->mean2[l], a->rstd2[l], BNl, d);
+            dist_tp_allreduce_sum_f32(dwb, 2 * (size_t)d, "sequence-parallel all-reduce of norm2's gradients");
+            for (int j = 0; j < d; j++) gw->n2_w[j] += dwb[j], gw->n2_b[j] += dwb[d + j];
+        } else
+            layernorm_backward(a->dx, gw->n2_w, gw->n2_b, dn2, a->xmid[l], w->n2_w, a->mean2[l], a->rstd2[l], BN, d);
 
         /* ---- self-attention: x_mid = x + gate * proj1 ---- */
         float *dproj = a->sA;
-        zero(dproj, nT);
-        gate_residual_backward(NULL, dproj, dmod + 2 * d, a->dx, a->proj1[l], mod + 2 * d, B, N, d, 6 * d);
+        zero(dproj, nTl);
+        gate_residual_backward(NULL, dproj, dmod + 2 * d, a->dx, a->proj1[l], mod + 2 * d, B, Nl, d, 6 * d);
         float *dao1 = a->sB;
         zero(dao1, nA);
-        matmul_backward(dao1, gw->o1_w, gw->o1_b, dproj, a->ao1[l], w->o1_w, BN, d, da);
+        matmul_backward(dao1, gw->o1_w, gw->o1_b, sp_gather(m, dproj), a->ao1[l], w->o1_w, BN, d, da);
         float *att = a->s3a, *datt = a->s3b;
         self_attention_inputs(m, att, a->rq1[l], a->rk1[l], a->qkv[l], w, B, N, 1);
         zero(datt, (size_t)BN * 3 * da);
@@ -1116,16 +1199,19 @@ void wan_backward(wan_model *m, const float *dout) {
         }
         copy_rows(dqkv + 2 * da, datt + 2 * da, (size_t)BN, da, 3 * da, 3 * da, 0);
         float *ln1 = a->sA, *xm1 = a->sB;
-        layernorm_forward(ln1, NULL, NULL, a->x[l], NULL, NULL, BN, d, c->eps);
-        modulate_forward(xm1, ln1, mod + 0 * d, mod + 1 * d, B, N, d, 6 * d);
+        layernorm_forward(ln1, NULL, NULL, a->x[l], NULL, NULL, BNl, d, c->eps);
+        modulate_forward(xm1, ln1, mod + 0 * d, mod + 1 * d, B, Nl, d, 6 * d);
         zero(a->sC, nT);
-        matmul_backward(a->sC, gw->qkv_w, gw->qkv_b, dqkv, xm1, w->qkv_w, BN, 3 * da, d);
-        tp_sum(m, a->sC, nT);
+        matmul_backward(a->sC, gw->qkv_w, gw->qkv_b, dqkv, sp_gather(m, xm1), w->qkv_w, BN, 3 * da, d);
+        float *dxm1 = tp_sum_sp(m, a->sC);
         float *dln1 = a->sB;
-        zero(dln1, nT);
-        modulate_backward(dln1, dmod + 0 * d, dmod + 1 * d, a->sC, ln1, mod + 1 * d, B, N, d, 6 * d);
-        layernorm_backward(a->dx, NULL, NULL, dln1, a->x[l], NULL, a->mean1[l], a->rstd1[l], BN, d);
+        zero(dln1, nTl);
+        modulate_backward(dln1, dmod + 0 * d, dmod + 1 * d, dxm1, ln1, mod + 1 * d, B, Nl, d, 6 * d);
+        layernorm_backward(a->dx, NULL, NULL, dln1, a->x[l], NULL, a->mean1[l], a->rstd1[l], BNl, d);
 
+        /* under sequence parallelism dmod holds this rank's tokens' share: summed over the TP group (rank order),
+         * the table's and time_proj's gradients are the whole sequence's, the same bits on every TP rank */
+        if (m->sp) dist_tp_allreduce_sum_f32(dmod, (size_t)B * 6 * d, "sequence-parallel all-reduce of modulation gradients");
         /* mod = scale_shift_table + time_proj output */
         add_table_backward(gw->sst, a->dtproj, dmod, B, 6 * d);
         seg_done(m, 1 + l);
@@ -1159,7 +1245,7 @@ void wan_backward(wan_model *m, const float *dout) {
     matmul_backward(NULL, g->x1_w, g->x1_b, dc1, a->text_in, p->x1_w, BL, d, c->text_dim);
 
     /* patch embedding */
-    matmul_backward(NULL, g->pe_w, g->pe_b, a->dx, a->patches, p->pe_w, BN, d, m->patch_in);
+    matmul_backward(NULL, g->pe_w, g->pe_b, sp_gather(m, a->dx), a->patches, p->pe_w, BN, d, m->patch_in);
     seg_done(m, 0);
 }
 

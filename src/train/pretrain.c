@@ -1259,12 +1259,9 @@ int dfm_pretrain(const cfg *c) {
     dp_model dm;
     if (j.wan) {
         wan_shape mx = {mbs, frames, vh, vw, text_len};
-        if (seqpar)
-            dfm_die("model.sequence_parallel = true (from %s) with model.kind wan: sequence parallelism is built for "
-                    "the DiT only so far; use tensor parallelism without it for Wan",
-                    cfg_source(c, "model.sequence_parallel"));
         wan_create_weights_only_tp(&j.wmodel, &wc, di->tp, di->tp_rank);
         if (wan_set_recompute(&j.wmodel, recompute, err, sizeof err) != 0 ||
+            wan_set_sequence_parallel(&j.wmodel, seqpar, err, sizeof err) != 0 ||
             wan_prepare(&j.wmodel, &mx, err, sizeof err) != 0)
             dfm_die("Wan: %s", err);
         wan_init(&j.wmodel, seed);
