@@ -1264,6 +1264,14 @@ int dfm_pretrain(const cfg *c) {
             wan_set_sequence_parallel(&j.wmodel, seqpar, err, sizeof err) != 0 ||
             wan_prepare(&j.wmodel, &mx, err, sizeof err) != 0)
             dfm_die("Wan: %s", err);
+        for (int i = 0; seqpar && vd.shapes && i < vd.n; i++) { /* every bucket's token count, before training */
+            int sh[4];
+            video_dataset_sample(&vd, i, sh);
+            wan_shape si = {1, sh[1], sh[2], sh[3], text_len};
+            if (!wan_shape_check(&j.wmodel, &si, err, sizeof err))
+                dfm_die("dataset '%s', sample %d (latents [%d, %d, %d, %d]): %s", dpath, i, sh[0], sh[1], sh[2], sh[3],
+                        err);
+        }
         wan_init(&j.wmodel, seed);
         dm = (dp_model){&j.wmodel.table, j.wmodel.nseg, j.wmodel.seg_begin, &j.wmodel.params, &j.wmodel.grads,
                         &j.wmodel.hooks, NULL, 0};
@@ -1495,10 +1503,11 @@ int dfm_pretrain(const cfg *c) {
         if (recompute)
             snprintf(rc_note, sizeof rc_note, " (%d of %d blocks recomputed in the backward)", recompute,
                      j.wan ? wc.num_layers : dc.num_layers);
+        const char *sp_note = seqpar ? " (sequence parallel: 1/TP of the tokens outside attention and the MLP)" : "";
         printf("  memory per rank: parameters %.1f MB, gradients %.1f MB, optimizer state + EMA %.1f MB, "
-               "activations %.1f MB%s\n",
+               "activations %.1f MB%s%s\n",
                pbytes / 1e6, gbytes / 1e6, obytes / 1e6,
-               act_bytes / 1e6, rc_note);
+               act_bytes / 1e6, rc_note, sp_note);
         if (di->pp > 1 && vpp == 1)
             printf("  pipeline: %d stages of %d blocks (stage 0 + embedders, stage %d + head and loss), 1F1B over %d "
                    "micro-batches, bubble (P-1)/(m+P-1) = %.3f; rank 0 keeps %d activation arena%s (one per "
