@@ -116,6 +116,18 @@ static void dit_cases(void) {
               "DiT %s: the replicated parameters and their EMA are bit-identical across the TP ranks at steps 5 and 10",
               cases[k][1]);
     }
+    /* TP4+SP (4 heads; 16 tokens, 4 per rank): four-way gathers and reduce-scatters, sums of four in rank order */
+    const char *h4 = "model.num_attention_heads=4";
+    char tp4[512];
+    snprintf(tp4, sizeof tp4, "%s model.tensor_model_parallel_size=4 model.sequence_parallel=true", h4);
+    int rc4 = train(0, DIT, "one_h4", h4) || train(4, DIT, "tp4_sp", tp4);
+    double dl4 = rc4 ? INFINITY : loss_diff(test_path("%s/tp4_sp", dir), test_path("%s/one_h4", dir), 1, 10);
+    double dw4 = rc4 ? INFINITY : dit_weights_diff(ck("tp4_sp", 10), ck("one_h4", 10), "model");
+    CHECK(dl4 <= TOL && dw4 <= TOL && replicas_agree("tp4_sp", 2),
+          "DiT TP4+SP (4 ranks, 4 heads) vs one process, 10 steps: worst loss rel %.2e, final weights rel %.2e (tol "
+          "%.0e); replicated parameters bit-identical across the 4 TP ranks",
+          dl4, dw4, TOL);
+
     double dsp = dit_weights_diff(ck("tp2_sp", 10), ck("tp2", 10), "model");
     printf("# DiT TP2+SP vs TP2 without SP, final weights: worst rel %.2e\n", dsp);
 
