@@ -59,7 +59,8 @@ static double dit_weights_diff(const char *a, const char *b, const char *kind) {
     if (ckpt_read_range(a, kind, &m.table, 0, n, wa, err, sizeof err) == 0 &&
         ckpt_read_range(b, kind, &m.table, 0, n, wb, err, sizeof err) == 0)
         d = test_rel_err(wa, wb, n);
-    else printf("# %s\n", err);
+    else
+        printf("# %s\n", err);
     free(wa), free(wb);
     dit_free(&m);
     return d;
@@ -78,7 +79,9 @@ static int train(int np, const char *model, const char *name, const char *extra)
     return rc;
 }
 
-static const char *ck(const char *run, int it) { return test_path("%s/%s/ck/iter_%07d", dir, run, it); }
+static const char *ck(const char *run, int it) {
+    return test_path("%s/%s/ck/iter_%07d", dir, run, it);
+}
 
 /* The log says the TP ranks agreed on the replicated parameters at each of the run's checkpoints. */
 static int replicas_agree(const char *run, int saves) {
@@ -144,8 +147,10 @@ static void dit_memory(void) {
     const char *names[] = {"tiny (28 x 28, patch 7: 16 tokens)", "S/2 (32 x 32, patch 2: 256 tokens)"};
     for (int k = 0; k < 2; k++) {
         dit_config c;
-        if (k == 0) tiny_dit(&c, 7);
-        else dit_config_named(&c, "S/2");
+        if (k == 0)
+            tiny_dit(&c, 7);
+        else
+            dit_config_named(&c, "S/2");
         dit_model one, tp;
         char err[512];
         dit_create(&one, &c, 4);
@@ -232,8 +237,8 @@ static void wan_memory(void) {
         }
         const wan_shape *s = &shapes[k];
         CHECK(ok && bytes[2] < bytes[1],
-              "Wan tiny, %d clips of %d x %d x %d latents (%d tokens): activations per rank %zu bytes with TP2+SP < %zu "
-              "with TP2 (one process %zu; SP / TP2 = %.3f) %s",
+              "Wan tiny, %d clips of %d x %d x %d latents (%d tokens): activations per rank %zu bytes with TP2+SP < "
+              "%zu with TP2 (one process %zu; SP / TP2 = %.3f) %s",
               s->batch, s->frames, s->height, s->width, s->frames * s->height * s->width / 4, bytes[2], bytes[1],
               bytes[0], bytes[1] ? (double)bytes[2] / (double)bytes[1] : 0.0, err);
     }
@@ -276,8 +281,10 @@ int main(void) {
             "DiT SP with tokens not divisible by TP");
     wan_memory();
     wan_cases();
-    refused(2, WAN, "model.tensor_model_parallel_size=2 model.sequence_parallel=true model.image_size=10 model.num_frames=3",
-            "the 75 video tokens per sample (3 x 5 x 5 patches) are not divisible by model.tensor_model_parallel_size 2",
+    refused(2, WAN,
+            "model.tensor_model_parallel_size=2 model.sequence_parallel=true model.image_size=10 model.num_frames=3",
+            "the 75 video tokens per sample (3 x 5 x 5 patches) are not divisible by "
+            "model.tensor_model_parallel_size 2",
             "Wan SP with tokens not divisible by TP");
     test_rmtree(dir);
     free(dir);

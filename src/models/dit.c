@@ -822,7 +822,8 @@ void dit_backward(dit_model *m, const float *dout, int B) {
 
         /* under sequence parallelism dmod holds this rank's tokens' share: summed over the TP group (rank order),
          * the adaLN linear's gradients and dsc are the whole sequence's, the same bits on every TP rank */
-        if (m->sp) dist_tp_allreduce_sum_f32(dmod, (size_t)B * 6 * d, "sequence-parallel all-reduce of adaLN gradients");
+        if (m->sp)
+            dist_tp_allreduce_sum_f32(dmod, (size_t)B * 6 * d, "sequence-parallel all-reduce of adaLN gradients");
         /* adaLN linear of this block */
         matmul_backward(a->dsc, gw->mod_w, gw->mod_b, dmod, a->sc, w->mod_w, B, 6 * d, d);
         seg_done(m, 1 + l);

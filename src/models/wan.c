@@ -657,7 +657,8 @@ void wan_stage_tensors(wan_model *m, const wan_shape *s, stage_dir dir, stage_te
     io->t[1] = g ? a->dtemb : a->temb;
     io->t[2] = g ? a->dtproj : a->tproj;
     io->t[3] = g ? a->dctx : a->ctx;
-    io->len[0] = B * (m->sp ? N / (size_t)m->tp : N) * d, io->len[1] = B * d, io->len[2] = B * 6 * d, io->len[3] = B * (size_t)s->text_len * d;
+    io->len[0] = B * (m->sp ? N / (size_t)m->tp : N) * d; /* this rank's tokens under sequence parallelism */
+    io->len[1] = B * d, io->len[2] = B * 6 * d, io->len[3] = B * (size_t)s->text_len * d;
 }
 
 void wan_create(wan_model *m, const wan_config *cfg, const wan_shape *max) { wan_create_tp(m, cfg, max, 1, 0); }
@@ -1211,7 +1212,8 @@ void wan_backward(wan_model *m, const float *dout) {
 
         /* under sequence parallelism dmod holds this rank's tokens' share: summed over the TP group (rank order),
          * the table's and time_proj's gradients are the whole sequence's, the same bits on every TP rank */
-        if (m->sp) dist_tp_allreduce_sum_f32(dmod, (size_t)B * 6 * d, "sequence-parallel all-reduce of modulation gradients");
+        if (m->sp)
+            dist_tp_allreduce_sum_f32(dmod, (size_t)B * 6 * d, "sequence-parallel all-reduce of modulation gradients");
         /* mod = scale_shift_table + time_proj output */
         add_table_backward(gw->sst, a->dtproj, dmod, B, 6 * d);
         seg_done(m, 1 + l);
