@@ -180,6 +180,8 @@ static void dit_memory(void) {
     dit_free(&m);
 }
 
+static void refused(int np, const char *model, const char *extra, const char *want, const char *what);
+
 static void wan_cases(void) {
     CHECK(train(0, WAN, "wan_one", "") == 0, "Wan, one process trains");
     const char *sp = "model.tensor_model_parallel_size=2 model.sequence_parallel=true";
@@ -216,6 +218,44 @@ static void wan_cases(void) {
     int rc = train(0, WAN, "wan_resume_one", extra);
     double dl = rc ? INFINITY : loss_diff(test_path("%s/wan_resume_one", dir), test_path("%s/wan_one", dir), 6, 10);
     CHECK(dl <= TOL, "Wan saved under TP2+SP, resumed as one process: steps 6-10 losses rel %.2e (tol %.0e)", dl, TOL);
+}
+
+/* Resolution buckets under SP: a folder of two latent shapes (2 x 8 x 8: 32 tokens, 4 x 8 x 8: 64) trains under
+ * TP2+SP as one process does; a folder whose largest shape divides by TP but one bucket (3 x 10 x 10: 75 tokens)
+ * does not is refused at start-up, naming the sample and both numbers. */
+static void wan_bucket_cases(void) {
+    int rc = test_sh("B=$(realpath %s) && cd %s && for s in '1 2 8 5' '2 4 8 7' '3 3 10 9' '4 4 16 11'; do set -- "
+                     "$s; $B data prepare --video-clips --out e$1 --n $((12 - 2 * $1)) --frames $2 --size $3 "
+                     "--text-dim 32 --seed $4 > p$1.log 2>&1 && $B data convert --from e$1 --to s$1 > c$1.log 2>&1 || "
+                     "exit 1; done && mkdir mix odd && for f in s1/*; do cp $f mix/a_${f#s1/}; cp $f odd/a_${f#s1/}; "
+                     "done && for f in s2/*; do cp $f mix/b_${f#s2/}; done && for f in s3/*; do cp $f odd/c_${f#s3/}; "
+                     "done && for f in s4/*; do cp $f odd/d_${f#s4/}; done",
+                     bin, dir);
+    CHECK(rc == 0, "fixtures: folders of latent shapes for resolution buckets");
+    char model[1024];
+    snprintf(model, sizeof model,
+             "--recipe wan_tiny model.num_layers=2 model.hidden_size=32 model.num_attention_heads=2 "
+             "model.ffn_hidden_size=64 dataset.type=video_folder dataset.path=%s/mix dataset.max_samples=null "
+             "dataset.val_samples=4 train.global_batch_size=4 train.micro_batch_size=2 train.train_iters=6 "
+             "logger.log_interval=1 checkpoint.save_interval=6",
+             dir);
+    rc = train(0, model, "bk_one", "") ||
+         train(2, model, "bk_sp", "model.tensor_model_parallel_size=2 model.sequence_parallel=true");
+    double dl = rc ? INFINITY : loss_diff(test_path("%s/bk_sp", dir), test_path("%s/bk_one", dir), 1, 6);
+    char a[1024];
+    snprintf(a, sizeof a, "%s", ck("bk_sp", 6));
+    double dw = rc ? INFINITY : test_wan_weights_diff(a, "model", ck("bk_one", 6), "model");
+    CHECK(dl <= TOL && dw <= TOL,
+          "Wan with 2 latent shapes (resolution buckets), TP2+SP vs one process, 6 steps: worst loss rel %.2e, final "
+          "weights rel %.2e (tol %.0e)",
+          dl, dw, TOL);
+    char *odd = xstrdup(model), *at = strstr(odd, "/mix ");
+    memcpy(at, "/odd ", 5);
+    refused(2, odd, "model.tensor_model_parallel_size=2 model.sequence_parallel=true",
+            "(latents [1, 3, 10, 10]): model.sequence_parallel: the 75 video tokens per sample (3 x 5 x 5 patches) are "
+            "not divisible by model.tensor_model_parallel_size 2",
+            "Wan SP with one bucket's tokens not divisible by TP");
+    free(odd);
 }
 
 /* Wan's arena on TP rank 0 of 2, with and without SP, for the tiny test shape and a larger clip. */
@@ -281,6 +321,7 @@ int main(void) {
             "DiT SP with tokens not divisible by TP");
     wan_memory();
     wan_cases();
+    wan_bucket_cases();
     refused(2, WAN,
             "model.tensor_model_parallel_size=2 model.sequence_parallel=true model.image_size=10 model.num_frames=3",
             "the 75 video tokens per sample (3 x 5 x 5 patches) are not divisible by "
