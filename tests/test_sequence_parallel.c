@@ -47,9 +47,10 @@ static void tiny_dit(dit_config *c, int patch) {
 }
 
 /* Worst relative difference (test_rel_err) of a kind of DiT checkpoint tensor between two iteration folders. */
-static double dit_weights_diff(const char *a, const char *b, const char *kind) {
+static double dit_weights_diff_n(const char *a, const char *b, const char *kind, int layers) {
     dit_config c;
     tiny_dit(&c, 7);
+    c.num_layers = layers;
     dit_model m;
     dit_create(&m, &c, 1);
     size_t n = m.table.total;
@@ -64,6 +65,10 @@ static double dit_weights_diff(const char *a, const char *b, const char *kind) {
     free(wa), free(wb);
     dit_free(&m);
     return d;
+}
+
+static double dit_weights_diff(const char *a, const char *b, const char *kind) {
+    return dit_weights_diff_n(a, b, kind, 2);
 }
 
 static int train(int np, const char *model, const char *name, const char *extra) {
@@ -131,6 +136,28 @@ static void dit_cases(void) {
           "%.0e); replicated parameters bit-identical across the 4 TP ranks",
           dl4, dw4, TOL);
 
+    /* with pipeline parallelism: TP2 x PP2 + SP (one block a stage; the stage boundary carries this rank's
+     * tokens), and TP2 x PP2 x 2 model chunks + SP on a 4-block DiT */
+    char tppp[512], four[512];
+    snprintf(tppp, sizeof tppp, "%s model.pipeline_model_parallel_size=2", sp);
+    snprintf(four, sizeof four,
+             "model.num_layers=4 %s model.pipeline_model_parallel_size=2 model.virtual_pipeline_model_parallel_size=2",
+             sp);
+    int rcp = train(4, DIT, "tp2_pp2_sp", tppp);
+    double dlp = rcp ? INFINITY : loss_diff(test_path("%s/tp2_pp2_sp", dir), test_path("%s/one", dir), 1, 10);
+    double dwp = rcp ? INFINITY : dit_weights_diff(ck("tp2_pp2_sp", 10), ck("one", 10), "model");
+    CHECK(dlp <= TOL && dwp <= TOL && replicas_agree("tp2_pp2_sp", 2),
+          "DiT TP2 x PP2 + SP (4 ranks) vs one process, 10 steps: worst loss rel %.2e, final weights rel %.2e (tol "
+          "%.0e); replicated parameters bit-identical across TP",
+          dlp, dwp, TOL);
+    int rcv = train(0, DIT, "one_l4", "model.num_layers=4") || train(4, DIT, "tp2_vpp_sp", four);
+    double dlv = rcv ? INFINITY : loss_diff(test_path("%s/tp2_vpp_sp", dir), test_path("%s/one_l4", dir), 1, 10);
+    double dwv = rcv ? INFINITY : dit_weights_diff_n(ck("tp2_vpp_sp", 10), ck("one_l4", 10), "model", 4);
+    CHECK(dlv <= TOL && dwv <= TOL && replicas_agree("tp2_vpp_sp", 2),
+          "DiT (4 blocks) TP2 x PP2 x 2 chunks + SP (4 ranks) vs one process, 10 steps: worst loss rel %.2e, final "
+          "weights rel %.2e (tol %.0e); replicated parameters bit-identical across TP",
+          dlv, dwv, TOL);
+
     double dsp = dit_weights_diff(ck("tp2_sp", 10), ck("tp2", 10), "model");
     printf("# DiT TP2+SP vs TP2 without SP, final weights: worst rel %.2e\n", dsp);
 
@@ -185,15 +212,17 @@ static void refused(int np, const char *model, const char *extra, const char *wa
 static void wan_cases(void) {
     CHECK(train(0, WAN, "wan_one", "") == 0, "Wan, one process trains");
     const char *sp = "model.tensor_model_parallel_size=2 model.sequence_parallel=true";
-    char og[512], rec[512];
+    char og[512], rec[512], tppp[512];
     snprintf(og, sizeof og, "%s ddp.data_parallel_sharding_strategy=optim_grads", sp);
+    snprintf(tppp, sizeof tppp, "%s model.pipeline_model_parallel_size=2", sp);
     snprintf(rec, sizeof rec,
              "%s model.recompute_granularity=full model.recompute_method=uniform model.recompute_num_layers=1", sp);
     const char *cases[][3] = {{"2", "wan_tp2", "model.tensor_model_parallel_size=2"},
                               {"2", "wan_tp2_sp", sp},
                               {"2", "wan_tp2_sp_recompute", rec},
-                              {"4", "wan_dp2_tp2_sp", og}};
-    for (int k = 0; k < 4; k++) {
+                              {"4", "wan_dp2_tp2_sp", og},
+                              {"4", "wan_tp2_pp2_sp", tppp}};
+    for (int k = 0; k < 5; k++) {
         int rc = train(atoi(cases[k][0]), WAN, cases[k][1], cases[k][2]);
         char runbuf[1024];
         snprintf(runbuf, sizeof runbuf, "%s/%s", dir, cases[k][1]);

@@ -1370,6 +1370,7 @@ int dfm_pretrain(const cfg *c) {
                     wan_shape mx = {mbs, frames, vh, vw, text_len};
                     wan_create_weights_only_tp(m, &wc, di->tp, di->tp_rank);
                     if (wan_set_recompute(m, recompute, err, sizeof err) != 0 ||
+                        wan_set_sequence_parallel(m, seqpar, err, sizeof err) != 0 ||
                         wan_prepare(m, &mx, err, sizeof err) != 0)
                         dfm_die("Wan: %s", err);
                     memcpy(m->params, j.wmodel.params, m->table.total * sizeof(float));
@@ -1381,6 +1382,7 @@ int dfm_pretrain(const cfg *c) {
                 if (v) {
                     dit_create_tp(m, &dc, mbs, di->tp, di->tp_rank);
                     if (dit_set_recompute(m, recompute, err, sizeof err) != 0) dfm_die("DiT: %s", err);
+                    if (dit_set_sequence_parallel(m, seqpar, err, sizeof err) != 0) dfm_die("DiT: %s", err);
                     memcpy(m->params, j.model.params, m->table.total * sizeof(float));
                 }
                 dit_set_stage(m, b0, b1, na);
