@@ -72,6 +72,11 @@ void diffusion_prepare(diffusion_batch *db, const objective_config *o, const flo
  * gradient dF = grad_scale * dloss/dF (dF overwritten, out_stride layout, extra channels zero).
  * Returns the micro-batch loss (mean over its samples). */
 double diffusion_loss(const diffusion_batch *db, const float *F, float *dF, size_t out_stride, float grad_scale);
+/* The same over the elements i with mask[i] set (mask: per_sample bytes, the same for every sample; NULL = all),
+ * still divided by the whole per_sample count: a context-parallel rank's share of the per-sample mean, which summed
+ * over the ranks holding the other elements is the whole loss. dF is zero where the mask is not set. */
+double diffusion_loss_masked(const diffusion_batch *db, const float *F, float *dF, size_t out_stride, float grad_scale,
+                             const unsigned char *mask);
 
 #ifdef __cplusplus
 }

@@ -28,7 +28,8 @@ typedef struct {
 
 /* The groups a data-parallel collective runs over: the whole DP group, this rank's shard group (the dp_shard
  * ranks of its replica) or its replica group (the dp_replicate ranks holding the same shard). */
-typedef enum { DIST_DP, DIST_DP_SHARD, DIST_DP_REPLICA, DIST_PP } dist_group; /* DIST_PP: this rank's pipeline */
+/* DIST_PP: this rank's pipeline; DIST_CP: its context-parallel group (the CP ranks sharing tp, dp and pp coordinates) */
+typedef enum { DIST_DP, DIST_DP_SHARD, DIST_DP_REPLICA, DIST_PP, DIST_CP } dist_group;
 
 /* Initialise from the environment (call first thing in main). Idempotent. */
 void dist_init(int *argc, char ***argv);
@@ -74,6 +75,12 @@ dist_req *dist_iallgatherv_f32(dist_group g, const float *send, float *recv, con
  * received into buf. Both complete with dist_wait, bounded by the timeout like every other wait. */
 dist_req *dist_isend_pp_f32(const float *buf, size_t n, int peer, int tag, const char *what);
 dist_req *dist_irecv_pp_f32(float *buf, size_t n, int peer, int tag, const char *what);
+/* The same within any group g (peer: a rank of g), e.g. the context-parallel ring. */
+dist_req *dist_isend_f32_in(dist_group g, const float *buf, size_t n, int peer, int tag, const char *what);
+dist_req *dist_irecv_f32_in(dist_group g, float *buf, size_t n, int peer, int tag, const char *what);
+/* All-to-all over g (blocking, bounded): block r of send (n floats each) goes to rank r of g, block r of recv comes
+ * from it. One rank: a copy. */
+void dist_alltoall_f32_in(dist_group g, const float *send, float *recv, size_t n, const char *what);
 /* Complete (and free) a request; dies naming the operation if the peers do not answer within the timeout. */
 void dist_wait(dist_req *r);
 /* Give MPI a chance to progress outstanding requests; 1 if r is complete (r may be NULL). */

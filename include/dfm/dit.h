@@ -44,6 +44,10 @@ typedef struct {
     /* sequence parallelism (dit_set_sequence_parallel): outside attention and the MLP this rank holds tokens
      * [tp_rank T_local, (tp_rank + 1) T_local) of every sample; sp = 0: T_local = T */
     int sp, T_local;
+    /* context parallelism (dit_set_context_parallel): T is this rank's chunk of the T_full tokens, starting at global
+     * token tok0 (positions >= T_full are padding); cp = 1: T = T_full, tok0 = 0 */
+    int cp, cp_rank, cp_comm, T_full, tok0;
+    float *cp_full; /* [max_batch, T_full, max(patch_dim, out_dim)]: the whole sample's patches / output tokens */
     param_table table;
     float *params, *grads; /* one buffer each, table.total floats */
     int max_batch;
@@ -68,6 +72,13 @@ void dit_create(dit_model *m, const dit_config *cfg, int max_batch);
  * by heads and FFN columns; to_out.0 and ff.net.2 row-parallel; everything else whole on every rank). The table
  * lists this rank's slices (param_entry.split_*); forward and backward all-reduce over the TP group. */
 void dit_create_tp(dit_model *m, const dit_config *cfg, int max_batch, int tp, int tp_rank);
+/* Make m context-parallel rank cp_rank of cp (comm_type: a cp_comm_type of context_parallel.h): the network runs on
+ * this rank's chunk of the tokens, attention over all of them. Call right after dit_create(_tp), before
+ * dit_set_recompute / dit_set_stage. dit_forward still takes and returns whole images; out is zero outside this rank's
+ * tokens (dit_cp_owned says which pixels are its), and dit_backward reads dout only there. */
+void dit_set_context_parallel(dit_model *m, int cp, int cp_rank, int comm_type);
+/* mask[c h w] = 1 where the pixel of a [C, H, W] sample belongs to one of this rank's tokens (C = channels). */
+void dit_cp_owned(const dit_model *m, unsigned char *mask, int channels);
 /* 1 if tp divides the head count and the FFN width, else 0 with err naming both numbers. */
 int dit_tp_check(const dit_config *cfg, int tp, char *err, size_t errlen);
 void dit_free(dit_model *m);

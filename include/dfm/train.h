@@ -22,6 +22,7 @@ typedef struct {
     diffusion_batch db; /* sized for the model's max micro-batch */
     float *out, *dout;  /* model output and its gradient, [max_batch, C_out, H, W] */
     lora_model *lora;   /* set: LoRA training (lora.h); the engine of the _dp steps then holds the adapters */
+    unsigned char *cp_mask; /* context parallelism: the input pixels of this rank's tokens (dit_cp_owned), else NULL */
 } dit_trainer;
 
 typedef struct {

@@ -111,9 +111,6 @@ int dfm_finetune_main(int argc, char **argv) {
     }
     automodel_plan plan;
     if (automodel_check(a, dist_get()->size, &plan, err, sizeof err) != 0) dfm_die("%s", err);
-    if (plan.cp > 1)
-        dfm_die("fsdp.cp_size = %d: context parallelism is not built yet; use 1 (tp_size and pp_size are built)",
-                plan.cp);
     if (automodel_peft_enabled(a) && strcmp(cfg_str(a, "model.mode"), "finetune"))
         dfm_die("peft: LoRA adapts pretrained weights; it needs model.mode: finetune (not %s)", cfg_str(a, "model.mode"));
     if (cfg_bool(a, "fsdp.cpu_offload"))
@@ -223,6 +220,8 @@ int dfm_finetune_main(int argc, char **argv) {
     put(m, "model.pipeline_model_parallel_size", json_integer(plan.pp)); /* fsdp.pp_size: the same 1F1B pipeline */
     /* fsdp.tp_size: Megatron's tensor parallelism (heads and FFN columns split over tp_size ranks) */
     put(m, "model.tensor_model_parallel_size", json_integer(plan.tp));
+    /* fsdp.cp_size: context parallelism (the pretrain job refuses what it does not build for the model) */
+    put(m, "model.context_parallel_size", json_integer(plan.cp));
     put(m, "dataset.type", json_string(dtype));
     put(m, "dataset.path", json_string(meta));
     put(m, "dataset.max_samples", json_null());

@@ -30,6 +30,9 @@ static cfg *recipe_base(const char *name) {
     cfg_def(c, "model.text_len", CFG_INT, "8", "Wan: text tokens per sample (padded length)");
     cfg_def(c, "model.tensor_model_parallel_size", CFG_INT, "1", "tensor-parallel ranks");
     cfg_def(c, "model.context_parallel_size", CFG_INT, "1", "context-parallel ranks");
+    cfg_def_enum(c, "model.cp_comm_type", 0, "p2p", "p2p|a2a",
+                 "context-parallel attention: p2p (ring, key/value chunks around the CP ranks) or a2a (all-to-all "
+                 "over heads)");
     cfg_def(c, "model.pipeline_model_parallel_size", CFG_INT, "1", "pipeline stages");
     cfg_def(c, "model.virtual_pipeline_model_parallel_size", CFG_INT, NULL,
             "model chunks per pipeline stage (V > 1: interleaved 1F1B; null: plain 1F1B)");

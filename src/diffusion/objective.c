@@ -144,6 +144,11 @@ void diffusion_prepare(diffusion_batch *db, const objective_config *o, const flo
 }
 
 double diffusion_loss(const diffusion_batch *db, const float *F, float *dF, size_t out_stride, float grad_scale) {
+    return diffusion_loss_masked(db, F, dF, out_stride, grad_scale, NULL);
+}
+
+double diffusion_loss_masked(const diffusion_batch *db, const float *F, float *dF, size_t out_stride, float grad_scale,
+                             const unsigned char *mask) {
     int B = db->B;
     size_t n = db->per_sample;
     double total = 0;
@@ -157,6 +162,10 @@ double diffusion_loss(const diffusion_batch *db, const float *F, float *dF, size
         for (size_t i = 0; i < n; i++) {
             /* EDM: c_skip x_t - x0 = (c_skip - 1) x0 + c_skip sigma n, written so that nothing cancels when sigma
              * is tiny (c_skip ~ 1, x_t ~ x0, and the weight ~ 1/sigma^2 magnifies any rounding) */
+            if (mask && !mask[i]) {
+                if (df) df[i] = 0.0f;
+                continue;
+            }
             float e = cs == 0.0f ? co * f[i] - tg[i] : cm1 * tg[i] + cs * sg * nz[i] + co * f[i];
             (void)xt;
             acc += (double)e * e;

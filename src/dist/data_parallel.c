@@ -54,6 +54,7 @@ struct dp_engine {
     int *counts;
     double *norm_parts; /* each shard rank's sum of squares (under TP: of split, then of whole tensors) */
     int tp;             /* tensor-parallel size: the table holds this TP rank's slices of the split tensors */
+    int cp;             /* context-parallel size: each CP rank's gradient covers its tokens; summed over CP first */
 };
 
 int dp_sharding_parse(const char *s, dp_sharding *out) {
@@ -86,8 +87,17 @@ static size_t seg_len(const dp_engine *e, int s) { return e->m.seg_begin[s + 1] 
 
 /* ---- gradients -------------------------------------------------------------------------------- */
 
+/* Context parallelism: the CP ranks of a DP rank hold the same parameters and each computed the gradient of its
+ * own tokens; their fp64 sums are added over the CP group (in place, blocking) before any data-parallel reduction,
+ * so gradients are summed over DP x CP in fp64 and rounded to fp32 once, as without CP. */
+static void cp_reduce(const dp_engine *e, double *buf, size_t n) {
+    if (e->cp > 1 && n)
+        dist_allreduce_sum_f64_in(DIST_CP, buf, (int)n, "all-reduce of gradients over the context-parallel group");
+}
+
 static void start_reduce(dp_engine *e, int s) {
     size_t b = e->m.seg_begin[s], end = e->m.seg_begin[s + 1];
+    cp_reduce(e, e->acc + b, end - b);
     if (e->s == DP_NO_SHARD)
         e->seg_req[s] = dist_iallreduce_sum_f64(DIST_DP, e->acc + b, end - b, "all-reduce of gradients");
     else {
@@ -140,6 +150,7 @@ static void hook_grads_done(void *ctx, int s) {
         double *d = e->dbucket[slot];
 #pragma omp parallel for schedule(static)
         for (size_t i = 0; i < n; i++) d[i] = g[i];
+        cp_reduce(e, d, n);
         size_t o = seg_counts(e, b, end);
         e->bucket_direct[slot] = e->micro == 1;
         e->bucket_req[slot] = dist_ireduce_scatter_f64(DIST_DP_SHARD, d, (e->micro == 1 ? e->acc_shard : e->recv) + o,
@@ -205,7 +216,8 @@ dp_engine *dp_engine_new(dp_model mdl, dp_sharding s, const adamw_config *oc, in
     if (e->reps > 1 && s == DP_NO_SHARD)
         dfm_die("internal: hybrid sharding (%d replica groups) with nothing sharded", e->reps);
     /* one process, one micro-batch, nothing sharded: the micro-batch gradient is the gradient, no sum to take */
-    e->direct = s == DP_NO_SHARD && e->dp == 1 && n_micro == 1;
+    e->direct = s == DP_NO_SHARD && e->dp == 1 && n_micro == 1 && di->cp == 1;
+    e->cp = di->cp;
     e->total = mdl.table->total;
     e->S = (e->total + (size_t)e->dp - 1) / (size_t)e->dp;
     e->sb = (size_t)e->rank * e->S < e->total ? (size_t)e->rank * e->S : e->total;
@@ -492,7 +504,7 @@ void dp_gather_full(dp_engine *e, int ema, float *out) {
  * from TP rank 0's files only (ckpt_write_shard_tp). */
 static int shard_file(const dp_engine *e, int *file, int *files, size_t *begin, size_t *end) {
     const dist_info *di = dist_get();
-    if (e->rep_rank != 0) return 0;
+    if (e->rep_rank != 0 || di->cp_rank != 0) return 0; /* the CP ranks hold the same state: CP rank 0 writes it */
     int group = di->pp_rank * e->tp + di->tp_rank, groups = di->pp * e->tp;
     if (e->s == DP_NO_SHARD) {
         if (di->dp_rank != 0) return 0;

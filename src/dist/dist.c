@@ -198,6 +198,10 @@ static MPI_Comm group_comm(dist_group g, int *size, int *rank) {
         *size = info.pp, *rank = info.pp_rank;
         return pp_comm;
     }
+    if (g == DIST_CP) {
+        *size = info.cp, *rank = info.cp_rank;
+        return cp_comm;
+    }
     if (g == DIST_DP_SHARD && info.dp_replicate > 1) {
         *size = info.dp_shard, *rank = info.dp_shard_rank;
         return shard_comm;
@@ -320,6 +324,39 @@ dist_req *dist_isend_pp_f32(const float *buf, size_t n, int peer, int tag, const
 
 dist_req *dist_irecv_pp_f32(float *buf, size_t n, int peer, int tag, const char *what) {
     return p2p(buf, n, peer, tag, 0, what);
+}
+
+static dist_req *p2p_in(dist_group g, float *buf, size_t n, int peer, int tag, int send, const char *what) {
+    dist_req *q = new_req(what);
+    int size, rank;
+    MPI_Comm comm = group_comm(g, &size, &rank);
+    if (!info.active || size == 1) dfm_die("internal: %s in a group of one", what);
+    if (n > INT32_MAX) dfm_die("%s: %zu values in one message is too many", what, n);
+    if (peer < 0 || peer >= size || tag < 0 || tag > 32767) dfm_die("internal: %s to rank %d, tag %d", what, peer, tag);
+    if (send) check(MPI_Isend(buf, (int)n, MPI_FLOAT, peer, tag, comm, &q->req), what);
+    else check(MPI_Irecv(buf, (int)n, MPI_FLOAT, peer, tag, comm, &q->req), what);
+    return q;
+}
+
+dist_req *dist_isend_f32_in(dist_group g, const float *buf, size_t n, int peer, int tag, const char *what) {
+    return p2p_in(g, (float *)buf, n, peer, tag, 1, what);
+}
+
+dist_req *dist_irecv_f32_in(dist_group g, float *buf, size_t n, int peer, int tag, const char *what) {
+    return p2p_in(g, buf, n, peer, tag, 0, what);
+}
+
+void dist_alltoall_f32_in(dist_group g, const float *send, float *recv, size_t n, const char *what) {
+    int size, rank;
+    MPI_Comm comm = group_comm(g, &size, &rank);
+    if (!info.active || size == 1) {
+        if (n && recv != send) memmove(recv, send, sizeof(float) * n);
+        return;
+    }
+    if (n > INT32_MAX) dfm_die("%s: %zu values per rank in one all-to-all is too many", what, n);
+    MPI_Request r;
+    check(MPI_Ialltoall(send, (int)n, MPI_FLOAT, recv, (int)n, MPI_FLOAT, comm, &r), what);
+    wait_bounded(&r, what);
 }
 
 void dist_wait(dist_req *q) {

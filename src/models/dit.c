@@ -11,6 +11,7 @@
  * block_forward again before each of their backwards (docs/ARCHITECTURE.md, "Activation recompute"). */
 #include "dfm/dit.h"
 #include "dfm/common.h"
+#include "dfm/context_parallel.h"
 #include "dfm/dist.h"
 #include "dfm/kernels.h"
 #include "dfm/rng.h"
@@ -441,6 +442,7 @@ void dit_create_tp(dit_model *m, const dit_config *cfg, int max_batch, int tp, i
     m->d = c->hidden_size;
     m->grid = c->image_size / c->patch_size;
     m->T = m->grid * m->grid;
+    m->T_full = m->T, m->cp = 1;
     m->head_dim = c->hidden_size / c->num_heads;
     m->ffn = c->ffn_hidden_size;
     m->patch_dim = c->in_channels * c->patch_size * c->patch_size;
@@ -461,6 +463,63 @@ void dit_create_tp(dit_model *m, const dit_config *cfg, int max_batch, int tp, i
     dit_acts *a = acts_new(m, 0);
     resolve_segments(m, a);
     m->acts = a;
+}
+
+void dit_set_context_parallel(dit_model *m, int cp, int cp_rank, int comm_type) {
+    if (cp < 1 || cp_rank < 0 || cp_rank >= cp || m->arenas || m->sp)
+        dfm_die("internal: DiT context-parallel rank %d of %d (set before the pipeline stage and without sequence "
+                "parallelism)",
+                cp_rank, cp);
+    char err[512];
+    if (!cp_check(m->heads_local, cp, (cp_comm_type)comm_type, err, sizeof err)) dfm_die("%s", err);
+    m->cp = cp, m->cp_rank = cp_rank, m->cp_comm = comm_type;
+    m->T = m->T_local = cp_chunk_len(m->T_full, cp);
+    m->tok0 = cp_rank * m->T;
+    /* the fixed position embedding of this rank's tokens, by global position (padding: zero) */
+    float *full = xalloc_floats((size_t)m->T_full * m->d);
+    pos_embed_2d_sincos(full, m->d, m->grid, m->grid, (float)m->grid, 1.0f);
+    free(m->pos_embed);
+    m->pos_embed = xcalloc((size_t)m->T * m->d, sizeof(float));
+    int valid = cp_chunk_valid(m->T_full, cp, cp_rank);
+    if (valid > 0) memcpy(m->pos_embed, full + (size_t)m->tok0 * m->d, sizeof(float) * (size_t)valid * m->d);
+    free(full);
+    free(m->cp_full);
+    m->cp_full = NULL;
+    if (cp > 1) {
+        int w = m->patch_dim > m->out_dim ? m->patch_dim : m->out_dim;
+        m->cp_full = xalloc_floats((size_t)m->max_batch * m->T_full * w);
+    }
+    size_arena(m, m->acts);
+}
+
+void dit_cp_owned(const dit_model *m, unsigned char *mask, int channels) {
+    int S = m->cfg.image_size, p = m->cfg.patch_size;
+    for (int y = 0; y < S; y++)
+        for (int x = 0; x < S; x++) {
+            int tok = (y / p) * m->grid + x / p;
+            unsigned char own = tok >= m->tok0 && tok < m->tok0 + m->T;
+            for (int c = 0; c < channels; c++) mask[((size_t)c * S + y) * S + x] = own;
+        }
+}
+
+/* Context parallelism: this rank's token rows [B, T, w] from / into the whole sample's [B, T_full, w] (padding rows
+ * read as zero; only real rows written back). */
+static void cp_take_rows(const dit_model *m, float *local, const float *full, int B, int w) {
+    for (int b = 0; b < B; b++)
+        for (int i = 0; i < m->T; i++) {
+            int gi = m->tok0 + i;
+            float *dst = local + ((size_t)b * m->T + i) * w;
+            if (gi < m->T_full) memcpy(dst, full + ((size_t)b * m->T_full + gi) * w, sizeof(float) * (size_t)w);
+            else memset(dst, 0, sizeof(float) * (size_t)w);
+        }
+}
+
+static void cp_put_rows(const dit_model *m, float *full, const float *local, int B, int w) {
+    memset(full, 0, sizeof(float) * (size_t)B * m->T_full * w);
+    for (int b = 0; b < B; b++)
+        for (int i = 0; i < m->T && m->tok0 + i < m->T_full; i++)
+            memcpy(full + ((size_t)b * m->T_full + m->tok0 + i) * w, local + ((size_t)b * m->T + i) * w,
+                   sizeof(float) * (size_t)w);
 }
 
 static void acts_free(dit_acts *a) {
@@ -517,6 +576,7 @@ void dit_free(dit_model *m) {
     free(m->params);
     free(m->grads);
     free(m->pos_embed);
+    free(m->cp_full);
     free(m->seg_begin);
     param_table_free(&m->table);
     memset(m, 0, sizeof *m);
@@ -649,8 +709,8 @@ static void block_forward(dit_model *m, int l, const block_views *w, int B, floa
     layernorm_forward(ln, a->mean1[l], a->rstd1[l], a->x[l], NULL, NULL, BTl, d, LN_EPS);
     modulate_forward(xm, ln, mod + 0 * d, mod + 1 * d, B, Tl, d, 6 * d);
     matmul_forward(a->qkv[l], sp_gather(m, xm, B), w->qkv_w, w->qkv_b, BT, 3 * da, d);
-    attention_forward(a->ao[l], a->lse[l], a->qkv[l], a->qkv[l] + da, a->qkv[l] + 2 * da, NULL, B, T, T, H, D, 3 * da,
-                      3 * da, da, 1.0f / sqrtf((float)D));
+    cp_attention_forward((cp_comm_type)m->cp_comm, a->ao[l], a->lse[l], a->qkv[l], a->qkv[l] + da, a->qkv[l] + 2 * da,
+                         B, T, m->T_full, H, D, 3 * da, 3 * da, da, 1.0f / sqrtf((float)D));
     row_parallel_forward(m, a->proj[l], a->ao[l], w->out_w, w->out_b, BT, d, da);
     gate_residual_forward(a->xmid[l], a->x[l], a->proj[l], mod + 2 * d, B, Tl, d, 6 * d);
     /* MLP half */
@@ -682,7 +742,11 @@ void dit_forward(dit_model *m, float *out, const float *x, const float *t, const
         memcpy(a->t_saved, t, sizeof(float) * (size_t)B);
 
         /* patch embedding + fixed positions */
-        patchify_forward(a->patches, x, B, c->in_channels, c->image_size, c->image_size, c->patch_size);
+        if (m->cp == 1) patchify_forward(a->patches, x, B, c->in_channels, c->image_size, c->image_size, c->patch_size);
+        else { /* the whole image's patches, then this rank's tokens */
+            patchify_forward(m->cp_full, x, B, c->in_channels, c->image_size, c->image_size, c->patch_size);
+            cp_take_rows(m, a->patches, m->cp_full, B, m->patch_dim);
+        }
         /* on the whole sequence; under sequence parallelism each rank keeps its tokens */
         float *x0 = m->sp ? a->xg : a->x[0];
         matmul_forward(x0, a->patches, p->pe_w, p->pe_b, BT, d, m->patch_dim);
@@ -715,7 +779,12 @@ void dit_forward(dit_model *m, float *out, const float *x, const float *t, const
     layernorm_forward(a->lnf, a->lnf_mean, a->lnf_rstd, xL, NULL, NULL, BT, d, LN_EPS);
     modulate_forward(a->xmf, a->lnf, a->modf, a->modf + d, B, T, d, 2 * d);
     matmul_forward(a->out_tok, a->xmf, p->po2_w, p->po2_b, BT, m->out_dim, d);
-    unpatchify_forward(out, a->out_tok, B, c->out_channels, c->image_size, c->image_size, c->patch_size);
+    const float *tok = a->out_tok;
+    if (m->cp > 1) { /* this rank's tokens in place, zero elsewhere */
+        cp_put_rows(m, m->cp_full, a->out_tok, B, m->out_dim);
+        tok = m->cp_full;
+    }
+    unpatchify_forward(out, tok, B, c->out_channels, c->image_size, c->image_size, c->patch_size);
 }
 
 /* ---- backward --------------------------------------------------------------------------------- */
@@ -738,7 +807,13 @@ void dit_backward(dit_model *m, const float *dout, int B) {
 
         /* final layer */
         zero(a->dtok, (size_t)BT * m->out_dim);
-        unpatchify_backward(a->dtok, dout, B, c->out_channels, c->image_size, c->image_size, c->patch_size);
+        if (m->cp == 1)
+            unpatchify_backward(a->dtok, dout, B, c->out_channels, c->image_size, c->image_size, c->patch_size);
+        else {
+            memset(m->cp_full, 0, sizeof(float) * (size_t)B * m->T_full * m->out_dim);
+            unpatchify_backward(m->cp_full, dout, B, c->out_channels, c->image_size, c->image_size, c->patch_size);
+            cp_take_rows(m, a->dtok, m->cp_full, B, m->out_dim);
+        }
         float *dxm = a->dT_a, *dln = a->dT_b;
         zero(dxm, nT);
         matmul_backward(dxm, g->po2_w, g->po2_b, a->dtok, a->xmf, p->po2_w, BT, m->out_dim, d);
@@ -806,9 +881,9 @@ void dit_backward(dit_model *m, const float *dout, int B) {
         matmul_backward(dao, gw->out_w, gw->out_b, sp_gather(m, dproj, B), a->ao[l], w->out_w, BT, d, da);
         float *dqkv = a->d3;
         zero(dqkv, (size_t)BT * 3 * da);
-        attention_backward(dqkv, dqkv + da, dqkv + 2 * da, a->attn_ws, dao, a->ao[l], a->lse[l], a->qkv[l],
-                           a->qkv[l] + da, a->qkv[l] + 2 * da, NULL, B, T, T, H, D, 3 * da, 3 * da, da,
-                           1.0f / sqrtf((float)D));
+        cp_attention_backward((cp_comm_type)m->cp_comm, dqkv, dqkv + da, dqkv + 2 * da, a->attn_ws, dao, a->ao[l],
+                              a->lse[l], a->qkv[l], a->qkv[l] + da, a->qkv[l] + 2 * da, B, T, m->T_full, H, D, 3 * da,
+                              3 * da, da, 1.0f / sqrtf((float)D));
         layernorm_forward(ln, a->mean1[l], a->rstd1[l], a->x[l], NULL, NULL, BTl, d, LN_EPS);
         modulate_forward(xm, ln, mod + 0 * d, mod + 1 * d, B, Tl, d, 6 * d);
         float *dxm1 = dtmp;
@@ -849,9 +924,10 @@ void dit_backward(dit_model *m, const float *dout, int B) {
 
 double dit_forward_flops(const dit_model *m, int B) {
     const dit_config *c = &m->cfg;
-    double BT = (double)B * m->T, d = m->d, F = m->ffn, L = c->num_layers;
+    /* the whole model's FLOPs (under context parallelism each rank runs about 1/cp of them) */
+    double BT = (double)B * m->T_full, d = m->d, F = m->ffn, L = c->num_layers;
     double per_block = 2 * BT * d * (3 * d) + 2 * BT * d * d + 2 * BT * d * F * 2 /* qkv, out, MLP */
-                       + 4.0 * B * c->num_heads * (double)m->T * m->T * m->head_dim /* QK^T and PV */
+                       + 4.0 * B * c->num_heads * (double)m->T_full * m->T_full * m->head_dim /* QK^T and PV */
                        + 2.0 * B * d * 6 * d;                                           /* adaLN */
     return L * per_block + 2 * BT * m->patch_dim * d + 2 * BT * d * m->out_dim + 2.0 * B * d * 2 * d +
            2.0 * B * (c->freq_dim * d + d * d);

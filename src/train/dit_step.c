@@ -18,12 +18,18 @@ void dit_trainer_init(dit_trainer *tr, dit_model *m, adamw_state *opt, const obj
     diffusion_batch_alloc(&tr->db, m->max_batch, in_n);
     tr->out = xalloc_floats((size_t)m->max_batch * out_n);
     tr->dout = xalloc_floats((size_t)m->max_batch * out_n);
+    tr->cp_mask = NULL;
+    if (m->cp > 1) { /* the loss of this rank's pixels only; the context-parallel group sums the shares */
+        tr->cp_mask = xcalloc(in_n, 1);
+        dit_cp_owned(m, tr->cp_mask, c->in_channels);
+    }
 }
 
 void dit_trainer_free(dit_trainer *tr) {
     diffusion_batch_free(&tr->db);
     free(tr->out);
     free(tr->dout);
+    free(tr->cp_mask);
 }
 
 double dit_trainer_grads(dit_trainer *tr, const float *x0, const int *labels, int B, uint32_t step) {
@@ -71,12 +77,13 @@ step_result dit_trainer_step_dp(dit_trainer *tr, dp_engine *e, const float *x0, 
                           step, first + (uint32_t)off);
         dit_forward(m, tr->out, tr->db.model_in, tr->db.timestep, tr->db.labels, mb);
         float share = (float)mb / (float)B_global;
-        loss += share * diffusion_loss(&tr->db, tr->out, tr->dout, out_n, share);
+        loss += share * diffusion_loss_masked(&tr->db, tr->out, tr->dout, out_n, share, tr->cp_mask);
         dit_backward(m, tr->dout, mb);
         if (tr->lora) lora_micro_backward(tr->lora, adapters, m->grads);
         dp_micro_end(e);
     }
     dist_allreduce_sum_f64(&loss, 1, "all-reduce of the loss");
+    dist_allreduce_sum_f64_in(DIST_CP, &loss, 1, "all-reduce of the loss over the context-parallel group");
     r.loss = loss;
     r.skipped = !isfinite(loss);
     r.grad_norm = dp_finish_step(e, lr, r.skipped, &r.bad_param);

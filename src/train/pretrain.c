@@ -4,6 +4,7 @@
 #include "dfm/pretrain.h"
 #include "dfm/checkpoint.h"
 #include "dfm/common.h"
+#include "dfm/context_parallel.h"
 #include "dfm/data.h"
 #include "dfm/data_parallel.h"
 #include "dfm/diffusers.h"
@@ -539,14 +540,15 @@ static void save_checkpoint_automodel(job *j, const char *root) {
     /* this rank's loader position and random state, under Automodel's per-rank names; dfm's noise, timesteps and
      * condition dropout are drawn from (seed, step, sample index), so the seed and the step are the whole state */
     snprintf(path, sizeof path, "%s/dataloader/dataloader_dp_rank_%d.json", tmp, di->dp_rank);
-    if (di->pp_rank == 0 && di->tp_rank == 0) /* the stages and TP ranks of a DP rank share its loader */
+    if (di->pp_rank == 0 && di->tp_rank == 0 && di->cp_rank == 0) /* the stages, TP and CP ranks of a DP rank share
+                                                                      * its loader */
         write_text_atomic(path, ls_text);
     free(ls_text);
     json_t *rng = json_pack("{s:s, s:I, s:I}", "generator", "philox4x32-10 keyed by (seed, step, sample index)", "seed",
                             (json_int_t)cfg_int(j->c, "rng.seed"), "step", (json_int_t)j->iteration);
     char *text = json_dumps(rng, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
     snprintf(path, sizeof path, "%s/rng/rng_dp_rank_%d.json", tmp, di->dp_rank);
-    if (di->pp_rank == 0 && di->tp_rank == 0) write_text_atomic(path, text);
+    if (di->pp_rank == 0 && di->tp_rank == 0 && di->cp_rank == 0) write_text_atomic(path, text);
     free(text);
     json_decref(rng);
     if (j->lora_on && (j->consolidated == 2 || (j->consolidated == 1 && j->iteration >= j->train_iters))) {
@@ -793,7 +795,10 @@ static double validate(job *j, const image_dataset *ds, const int *val_idx, int 
         }
         dit_forward(&j->model, j->tr.out, db->model_in, db->timestep, db->labels, mb);
         size_t out_n = (size_t)dc->out_channels * dc->image_size * dc->image_size;
-        total += diffusion_loss(db, j->tr.out, NULL, out_n, 1.0f);
+        /* context parallelism: this rank's pixels only, summed over the group (every rank gets the whole loss) */
+        double part = diffusion_loss_masked(db, j->tr.out, NULL, out_n, 1.0f, j->tr.cp_mask);
+        if (j->tr.cp_mask) dist_allreduce_sum_f64_in(DIST_CP, &part, 1, "all-reduce of the validation loss");
+        total += part;
     }
     loader_free(vl);
     return total / iters;
@@ -1094,10 +1099,18 @@ int dfm_pretrain(const cfg *c) {
                           int_key(c, "model.pipeline_model_parallel_size", 1, 1 << 16), err, sizeof err) != 0)
         dfm_die("%s", err);
     /* what is not built yet is refused rather than ignored */
-    if (cfg_int(c, "model.context_parallel_size") != 1)
-        dfm_die("model.context_parallel_size = %lld (from %s): context parallelism is not built yet; use 1 (tensor "
-                "and pipeline parallelism are)",
-                (long long)cfg_int(c, "model.context_parallel_size"), cfg_source(c, "model.context_parallel_size"));
+    cp_comm_type cp_comm = CP_P2P;
+    if (!cp_comm_type_parse(cfg_str(c, "model.cp_comm_type"), &cp_comm))
+        dfm_die("model.cp_comm_type = '%s' (from %s): use p2p (ring attention) or a2a (all-to-all over heads)",
+                cfg_str(c, "model.cp_comm_type"), cfg_source(c, "model.cp_comm_type"));
+    if (di->cp > 1 && di->pp > 1)
+        dfm_die("model.context_parallel_size %d with model.pipeline_model_parallel_size %d: context and pipeline "
+                "parallelism together are not built yet; use one of them",
+                di->cp, di->pp);
+    if (di->cp > 1 && !strcmp(cfg_str(c, "model.kind"), "wan"))
+        dfm_die("model.context_parallel_size = %d (from %s) with model.kind wan: context parallelism is built for the "
+                "DiT only so far; use 1 for Wan",
+                di->cp, cfg_source(c, "model.context_parallel_size"));
     int vpp = cfg_is_null(c, "model.virtual_pipeline_model_parallel_size")
                   ? 1
                   : int_key(c, "model.virtual_pipeline_model_parallel_size", 1, PP_MAX_CHUNKS);
@@ -1110,6 +1123,10 @@ int dfm_pretrain(const cfg *c) {
         dfm_die("model.sequence_parallel = true (from %s) needs tensor parallelism: model.tensor_model_parallel_size "
                 "is %d (sequence parallelism splits the tokens over the tensor-parallel group)",
                 cfg_source(c, "model.sequence_parallel"), di->tp);
+    if (seqpar && di->cp > 1)
+        dfm_die("model.sequence_parallel = true (from %s) with model.context_parallel_size %d: sequence and context "
+                "parallelism together are not built yet; use one of them",
+                cfg_source(c, "model.sequence_parallel"), di->cp);
 
     job j;
     memset(&j, 0, sizeof j);
@@ -1124,6 +1141,8 @@ int dfm_pretrain(const cfg *c) {
         if (!(j.wan ? wan_tp_check(&wc, di->tp, err, sizeof err) : dit_tp_check(&dc, di->tp, err, sizeof err)))
             dfm_die("%s (from %s)", err, cfg_source(c, "model.tensor_model_parallel_size"));
     }
+    if (di->cp > 1 && !j.wan && !cp_check(dc.num_heads / di->tp, di->cp, cp_comm, err, sizeof err))
+        dfm_die("%s (from %s)", err, cfg_source(c, "model.cp_comm_type"));
     config_to_objective(c, &j.obj);
     j.objective_meta = objective_json(&j.obj);
     long train_iters = int_key(c, "train.train_iters", 0, 1L << 30);
@@ -1301,6 +1320,7 @@ int dfm_pretrain(const cfg *c) {
         json_decref(sm);
     } else {
         dit_create_tp(&j.model, &dc, mbs, di->tp, di->tp_rank);
+        if (di->cp > 1) dit_set_context_parallel(&j.model, di->cp, di->cp_rank, cp_comm);
         if (dit_set_recompute(&j.model, recompute, err, sizeof err) != 0) dfm_die("DiT: %s", err);
         if (dit_set_sequence_parallel(&j.model, seqpar, err, sizeof err) != 0)
             dfm_die("%s (from %s)", err, cfg_source(c, "model.sequence_parallel"));
@@ -1312,6 +1332,10 @@ int dfm_pretrain(const cfg *c) {
     }
     j.table = dm.table;
     j.lora_on = cfg_len(c, "peft.target_modules") > 0 || cfg_bool(c, "peft.match_all_linear");
+    if (j.lora_on && di->cp > 1)
+        dfm_die("peft (LoRA) with model.context_parallel_size = %d: LoRA under context parallelism is not built yet; "
+                "use data parallelism",
+                di->cp);
     if (j.lora_on && di->tp > 1)
         dfm_die("peft (LoRA) with model.tensor_model_parallel_size = %d: LoRA under tensor parallelism is not built "
                 "yet; use data parallelism",
@@ -1623,7 +1647,7 @@ int dfm_pretrain(const cfg *c) {
         if (j.iteration % log_interval == 0 || j.iteration == train_iters) {
             double now = dfm_time_s(), dt = now - t_window;
             double sps = steps_window * gbs / dt, wait_frac = wait_window / dt, comm_frac = dist_take_wait_time() / dt;
-            double tflops = flops_window / di->tp / dt / 1e12, mfu = peak_tflops > 0 ? tflops / peak_tflops : NAN;
+            double tflops = flops_window / di->tp / di->cp / dt / 1e12, mfu = peak_tflops > 0 ? tflops / peak_tflops : NAN;
             char mfu_s[48] = "", mfu_j[48] = "";
             if (isfinite(mfu)) {
                 snprintf(mfu_s, sizeof mfu_s, " (MFU %.1f%%)", 100 * mfu);
