@@ -60,6 +60,7 @@ typedef struct {
     float *text;                          /* the micro-batch's text after dropout */
     int *cond, *lens;                     /* condition flags (0 = keep) and the lengths after dropout */
     lora_model *lora;                     /* set: LoRA training, as dit_trainer's */
+    unsigned char *cp_mask;               /* context parallelism: the latent elements of this rank's tokens */
 } wan_trainer;
 
 void wan_trainer_init(wan_trainer *tr, wan_model *m, const objective_config *obj, uint64_t seed, int frames, int height,

@@ -63,6 +63,10 @@ typedef struct {
     /* tensor parallelism (wan_create_tp): this rank's heads, attention width (heads x head_dim) and FFN columns;
      * tp = 1: the whole model */
     int tp, tp_rank, heads_local, attn_local, ffn_local;
+    /* context parallelism (wan_set_context_parallel): each forward runs on this rank's chunk of ceil(N / cp) of the N
+     * video tokens (cp = 1: all of them); max_tokens then counts a chunk */
+    int cp, cp_rank, cp_comm;
+    float *cp_full; /* [max batch, cp * max_tokens, max(patch_in, patch_out)]: a whole sample's patches / tokens */
     param_table table;
     float *params, *grads; /* one buffer each, table.total floats */
     wan_shape max;         /* what the activation arena holds */
@@ -118,6 +122,15 @@ int wan_set_recompute(wan_model *m, int blocks, char *err, size_t errlen);
  * every rank. Call between wan_create_weights_only_tp and wan_prepare; 0, or -1 with the reason in err (tp = 1, or a
  * model that already has its activations). A token count tp does not divide is refused by wan_shape_check. */
 int wan_set_sequence_parallel(wan_model *m, int on, char *err, size_t errlen);
+/* Make m context-parallel rank cp_rank of cp (comm_type: a cp_comm_type of context_parallel.h): the video tokens of
+ * each forward are split into cp contiguous chunks (padded at the end when cp does not divide them), this rank runs
+ * the network on its chunk, self-attention over all of them (RoPE by global position); cross-attention reads the
+ * whole text on every rank. wan_forward still takes and returns whole latents, out zero outside this rank's tokens
+ * (wan_cp_owned); wan_backward reads dout there only. Call between wan_create_weights_only(_tp) and wan_prepare. */
+void wan_set_context_parallel(wan_model *m, int cp, int cp_rank, int comm_type);
+/* mask[c t h w] = 1 where the element of a [channels, frames, height, width] sample of the last forward's shape
+ * belongs to this rank's tokens. */
+void wan_cp_owned(const wan_model *m, unsigned char *mask, int channels);
 /* Wan's initialisation from a seed: xavier-uniform linears (patch embedding as [d, C*pt*ph*pw]), N(0, 0.02)
  * time and text embedder weights, zero biases, unit RMSNorm/LayerNorm weights, scale_shift_tables
  * N(0, 1)/sqrt(d), zero proj_out weight (the initial model predicts proj_out's zero bias). */

@@ -17,6 +17,7 @@
  * backward runs block_forward again before each of their backwards (docs/ARCHITECTURE.md, "Activation recompute"). */
 #include "dfm/wan.h"
 #include "dfm/common.h"
+#include "dfm/context_parallel.h"
 #include "dfm/dist.h"
 #include "dfm/kernels.h"
 #include "dfm/rng.h"
@@ -249,7 +250,8 @@ struct wan_acts {
     size_t nfloats;
     /* the last forward */
     wan_shape cur;
-    int N, gt, gh, gw;             /* tokens per sample and the patch grid */
+    int N, gt, gh, gw;             /* tokens per sample (this rank's chunk under CP) and the patch grid */
+    int N_full, tok0;              /* context parallelism: the sample's tokens and this chunk's first one */
     int rope_gt, rope_gh, rope_gw; /* grid the RoPE tables hold (0 = none yet) */
     int *text_lens, masked;
     int slot_layer; /* the recomputed block whose activations the shared slot holds (-1: none) */
@@ -507,9 +509,9 @@ int wan_shape_check(const wan_model *m, const wan_shape *s, char *err, size_t er
             (long long)gt * gh * gw, gt, gh, gw, m->tp);
     if (!m->acts) return 1; /* checking the max shape itself */
     if (s->batch > m->max.batch) BAD("batch %d exceeds the model's max batch %d", s->batch, m->max.batch);
-    if ((long long)gt * gh * gw > m->max_tokens)
-        BAD("%d x %d x %d = %lld tokens per sample exceed the model's max %d", gt, gh, gw, (long long)gt * gh * gw,
-            m->max_tokens);
+    if ((long long)gt * gh * gw > (long long)m->max_tokens * m->cp)
+        BAD("%d x %d x %d = %lld tokens per sample exceed the model's max %lld", gt, gh, gw, (long long)gt * gh * gw,
+            (long long)m->max_tokens * m->cp);
     if (s->text_len > m->max.text_len) BAD("text length %d exceeds the model's max %d", s->text_len, m->max.text_len);
     return 1;
 #undef BAD
@@ -526,6 +528,7 @@ static void create_weights(wan_model *m, const wan_config *cfg, int tp, int tp_r
     m->d = c->num_heads * c->head_dim;
     m->ffn = c->ffn_dim;
     m->tp = tp, m->tp_rank = tp_rank;
+    m->cp = 1;
     m->heads_local = c->num_heads / tp;
     m->attn_local = m->heads_local * c->head_dim;
     m->ffn_local = c->ffn_dim / tp;
@@ -573,13 +576,59 @@ int wan_prepare(wan_model *m, const wan_shape *max, char *err, size_t errlen) {
         return -1;
     }
     m->max = *max;
-    m->max_tokens = (int)tokens;
+    m->max_tokens = cp_chunk_len((int)tokens, m->cp); /* a rank's chunk */
+    if (m->cp > 1) {
+        int w = m->patch_in > m->patch_out ? m->patch_in : m->patch_out;
+        m->cp_full = xalloc_floats((size_t)max->batch * m->max_tokens * m->cp * w);
+    }
     m->grads = xalloc_floats(m->table.total);
     m->block_begin = 0, m->block_end = c->num_layers;
     wan_acts *a = acts_new(m);
     resolve_segments(m, a);
     m->acts = a;
     return 0;
+}
+
+void wan_set_context_parallel(wan_model *m, int cp, int cp_rank, int comm_type) {
+    if (m->acts || m->sp || cp < 1 || cp_rank < 0 || cp_rank >= cp)
+        dfm_die("internal: Wan context-parallel rank %d of %d (set before wan_prepare, without sequence parallelism)",
+                cp_rank, cp);
+    char err[512];
+    if (!cp_check(m->heads_local, cp, (cp_comm_type)comm_type, err, sizeof err)) dfm_die("%s", err);
+    m->cp = cp, m->cp_rank = cp_rank, m->cp_comm = comm_type;
+}
+
+void wan_cp_owned(const wan_model *m, unsigned char *mask, int channels) {
+    const wan_acts *a = m->acts;
+    const wan_config *c = &m->cfg;
+    const int T = a->cur.frames, H = a->cur.height, W = a->cur.width;
+    for (int t = 0; t < T; t++)
+        for (int y = 0; y < H; y++)
+            for (int x = 0; x < W; x++) {
+                int tok = ((t / c->patch_t) * a->gh + y / c->patch_h) * a->gw + x / c->patch_w;
+                unsigned char own = tok >= a->tok0 && tok < a->tok0 + a->N;
+                for (int ch = 0; ch < channels; ch++) mask[(((size_t)ch * T + t) * H + y) * W + x] = own;
+            }
+}
+
+/* Context parallelism: this rank's token rows [B, N, w] from / into the whole sample's [B, N_full, w] (padding rows
+ * read as zero; only real rows written back). */
+static void cp_take_rows(const wan_acts *a, float *local, const float *full, int B, int w) {
+    for (int b = 0; b < B; b++)
+        for (int i = 0; i < a->N; i++) {
+            int gi = a->tok0 + i;
+            float *dst = local + ((size_t)b * a->N + i) * w;
+            if (gi < a->N_full) memcpy(dst, full + ((size_t)b * a->N_full + gi) * w, sizeof(float) * (size_t)w);
+            else memset(dst, 0, sizeof(float) * (size_t)w);
+        }
+}
+
+static void cp_put_rows(const wan_acts *a, float *full, const float *local, int B, int w) {
+    memset(full, 0, sizeof(float) * (size_t)B * a->N_full * w);
+    for (int b = 0; b < B; b++)
+        for (int i = 0; i < a->N && a->tok0 + i < a->N_full; i++)
+            memcpy(full + ((size_t)b * a->N_full + a->tok0 + i) * w, local + ((size_t)b * a->N + i) * w,
+                   sizeof(float) * (size_t)w);
 }
 
 int wan_set_recompute(wan_model *m, int blocks, char *err, size_t errlen) {
@@ -670,6 +719,7 @@ void wan_create_tp(wan_model *m, const wan_config *cfg, const wan_shape *max, in
 }
 
 void wan_free(wan_model *m) {
+    free(m->cp_full);
     if (m->arenas) {
         for (int k = 0; k < m->n_arenas; k++) acts_free(m->arenas[k]);
         free(m->arenas);
@@ -948,8 +998,8 @@ static void block_forward(wan_model *m, int l, const block_views *w, float *xout
     modulate_forward(a->sB, a->sA, mod + 0 * d, mod + 1 * d, B, Nl, d, 6 * d);
     matmul_forward(a->qkv[l], sp_gather(m, a->sB), w->qkv_w, w->qkv_b, BN, 3 * da, d);
     self_attention_inputs(m, a->s3a, a->rq1[l], a->rk1[l], a->qkv[l], w, B, N, 0);
-    attention_forward(a->ao1[l], a->lse1[l], a->s3a, a->s3a + da, a->s3a + 2 * da, NULL, B, N, N, H, D, 3 * da, 3 * da,
-                      da, scale);
+    cp_attention_forward((cp_comm_type)m->cp_comm, a->ao1[l], a->lse1[l], a->s3a, a->s3a + da, a->s3a + 2 * da, B, N,
+                         a->N_full, H, D, 3 * da, 3 * da, da, scale);
     row_parallel_forward(m, a->proj1[l], a->ao1[l], w->o1_w, w->o1_b, BN, d, da);
     gate_residual_forward(a->xmid[l], a->x[l], a->proj1[l], mod + 2 * d, B, Nl, d, 6 * d);
     /* cross-attention over the projected text (no RoPE, no gate) */
@@ -988,10 +1038,25 @@ void wan_forward(wan_model *m, float *out, const float *latents, const float *ti
     }
     a->cur = *s;
     a->gt = s->frames / c->patch_t, a->gh = s->height / c->patch_h, a->gw = s->width / c->patch_w;
-    const int N = a->N = a->gt * a->gh * a->gw, BN = B * N, BL = B * Lt;
+    a->N_full = a->gt * a->gh * a->gw;
+    a->N = cp_chunk_len(a->N_full, m->cp), a->tok0 = m->cp_rank * a->N;
+    const int N = a->N, BN = B * N, BL = B * Lt;
     a->Nl = m->sp ? N / m->tp : N; /* wan_shape_check refused a token count tp does not divide */
     if (a->rope_gt != a->gt || a->rope_gh != a->gh || a->rope_gw != a->gw) {
-        rope_table_3d(a->rope_cos, a->rope_sin, a->gt, a->gh, a->gw, D, ROPE_THETA);
+        if (m->cp == 1) rope_table_3d(a->rope_cos, a->rope_sin, a->gt, a->gh, a->gw, D, ROPE_THETA);
+        else { /* the rows of this rank's tokens, by global position (padding: zero) */
+            size_t row = (size_t)D / 2, nf = (size_t)a->N_full * row;
+            float *fc = xalloc_floats(nf), *fs = xalloc_floats(nf);
+            rope_table_3d(fc, fs, a->gt, a->gh, a->gw, D, ROPE_THETA);
+            memset(a->rope_cos, 0, sizeof(float) * (size_t)N * row);
+            memset(a->rope_sin, 0, sizeof(float) * (size_t)N * row);
+            int valid = cp_chunk_valid(a->N_full, m->cp, m->cp_rank);
+            if (valid > 0) {
+                memcpy(a->rope_cos, fc + (size_t)a->tok0 * row, sizeof(float) * (size_t)valid * row);
+                memcpy(a->rope_sin, fs + (size_t)a->tok0 * row, sizeof(float) * (size_t)valid * row);
+            }
+            free(fc), free(fs);
+        }
         a->rope_gt = a->gt, a->rope_gh = a->gh, a->rope_gw = a->gw;
     }
     views pv;
@@ -1003,8 +1068,14 @@ void wan_forward(wan_model *m, float *out, const float *latents, const float *ti
         views_at(a, seg_params(m, 0, 0), 1, &pv);
 
         /* patch embedding (Conv3d with kernel = stride = patch, as a GEMM) */
-        patchify3d_forward(a->patches, latents, B, c->in_channels, s->frames, s->height, s->width, c->patch_t,
-                           c->patch_h, c->patch_w);
+        if (m->cp == 1)
+            patchify3d_forward(a->patches, latents, B, c->in_channels, s->frames, s->height, s->width, c->patch_t,
+                               c->patch_h, c->patch_w);
+        else { /* the whole sample's patches, then this rank's tokens */
+            patchify3d_forward(m->cp_full, latents, B, c->in_channels, s->frames, s->height, s->width, c->patch_t,
+                               c->patch_h, c->patch_w);
+            cp_take_rows(a, a->patches, m->cp_full, B, m->patch_in);
+        }
         /* on the whole sequence; under sequence parallelism each rank keeps its tokens */
         matmul_forward(m->sp ? a->xg : a->x[0], a->patches, p->pe_w, p->pe_b, BN, d, m->patch_in);
         if (m->sp) sp_take_local(m, a->x[0], a->xg);
@@ -1044,7 +1115,12 @@ void wan_forward(wan_model *m, float *out, const float *latents, const float *ti
     layernorm_forward(a->sA, a->meanf, a->rstdf, sp_gather(m, a->x[c->num_layers]), NULL, NULL, BN, d, c->eps);
     modulate_forward(a->sB, a->sA, a->hmod, a->hmod + d, B, N, d, 2 * d);
     matmul_forward(a->tok, a->sB, p->po_w, p->po_b, BN, m->patch_out, d);
-    unpatchify3d_forward(out, a->tok, B, c->out_channels, s->frames, s->height, s->width, c->patch_t, c->patch_h,
+    const float *tok = a->tok;
+    if (m->cp > 1) { /* this rank's tokens in place, zero elsewhere */
+        cp_put_rows(a, m->cp_full, a->tok, B, m->patch_out);
+        tok = m->cp_full;
+    }
+    unpatchify3d_forward(out, tok, B, c->out_channels, s->frames, s->height, s->width, c->patch_t, c->patch_h,
                          c->patch_w);
 }
 
@@ -1082,9 +1158,16 @@ void wan_backward(wan_model *m, const float *dout) {
         views_at(a, seg_params(m, c->num_layers + 1, 1), 0, &pv);
         views_at(a, seg_grads(m, c->num_layers + 1), 0, &gv);
         /* head */
-        zero(a->tok, (size_t)BN * m->patch_out);
-        unpatchify3d_backward(a->tok, dout, B, c->out_channels, s->frames, s->height, s->width, c->patch_t, c->patch_h,
-                              c->patch_w);
+        if (m->cp == 1) {
+            zero(a->tok, (size_t)BN * m->patch_out);
+            unpatchify3d_backward(a->tok, dout, B, c->out_channels, s->frames, s->height, s->width, c->patch_t,
+                                  c->patch_h, c->patch_w);
+        } else {
+            zero(m->cp_full, (size_t)B * a->N_full * m->patch_out);
+            unpatchify3d_backward(m->cp_full, dout, B, c->out_channels, s->frames, s->height, s->width, c->patch_t,
+                                  c->patch_h, c->patch_w);
+            cp_take_rows(a, a->tok, m->cp_full, B, m->patch_out);
+        }
         const float *xL = sp_gather(m, a->x[c->num_layers]); /* the head ran on the whole sequence */
         layernorm_forward(a->sA, NULL, NULL, xL, NULL, NULL, BN, d, c->eps);
         modulate_forward(a->sB, a->sA, a->hmod, a->hmod + d, B, N, d, 2 * d);
@@ -1187,8 +1270,8 @@ void wan_backward(wan_model *m, const float *dout) {
         float *att = a->s3a, *datt = a->s3b;
         self_attention_inputs(m, att, a->rq1[l], a->rk1[l], a->qkv[l], w, B, N, 1);
         zero(datt, (size_t)BN * 3 * da);
-        attention_backward(datt, datt + da, datt + 2 * da, a->attn_ws, dao1, a->ao1[l], a->lse1[l], att, att + da,
-                           att + 2 * da, NULL, B, N, N, H, D, 3 * da, 3 * da, da, scale);
+        cp_attention_backward((cp_comm_type)m->cp_comm, datt, datt + da, datt + 2 * da, a->attn_ws, dao1, a->ao1[l],
+                              a->lse1[l], att, att + da, att + 2 * da, B, N, a->N_full, H, D, 3 * da, 3 * da, da, scale);
         float *dqkv = a->s3a; /* the attention inputs are dead now */
         zero(dqkv, (size_t)BN * 3 * da);
         for (int qk = 0; qk < 2; qk++) { /* undo RoPE, then the RMSNorm, for q then k */
@@ -1221,6 +1304,8 @@ void wan_backward(wan_model *m, const float *dout) {
 
     /* a later pipeline stage sends its TP rank's share of dctx on (to the same TP rank of the previous stage): the
      * share is summed over the TP group once, on the first stage, after every block has added to it */
+    /* under context parallelism dctx (like dtemb) holds this rank's tokens' share only: the text and time embedders'
+     * parameter gradients are linear in it, and the data-parallel engine sums them over the CP group (fp64) */
     if (!first) return;
     tp_sum(m, a->dctx, (size_t)BL * d); /* every block's text k/v input gradient, summed over the TP group */
 

@@ -1107,10 +1107,6 @@ int dfm_pretrain(const cfg *c) {
         dfm_die("model.context_parallel_size %d with model.pipeline_model_parallel_size %d: context and pipeline "
                 "parallelism together are not built yet; use one of them",
                 di->cp, di->pp);
-    if (di->cp > 1 && !strcmp(cfg_str(c, "model.kind"), "wan"))
-        dfm_die("model.context_parallel_size = %d (from %s) with model.kind wan: context parallelism is built for the "
-                "DiT only so far; use 1 for Wan",
-                di->cp, cfg_source(c, "model.context_parallel_size"));
     int vpp = cfg_is_null(c, "model.virtual_pipeline_model_parallel_size")
                   ? 1
                   : int_key(c, "model.virtual_pipeline_model_parallel_size", 1, PP_MAX_CHUNKS);
@@ -1141,7 +1137,7 @@ int dfm_pretrain(const cfg *c) {
         if (!(j.wan ? wan_tp_check(&wc, di->tp, err, sizeof err) : dit_tp_check(&dc, di->tp, err, sizeof err)))
             dfm_die("%s (from %s)", err, cfg_source(c, "model.tensor_model_parallel_size"));
     }
-    if (di->cp > 1 && !j.wan && !cp_check(dc.num_heads / di->tp, di->cp, cp_comm, err, sizeof err))
+    if (di->cp > 1 && !cp_check((j.wan ? wc.num_heads : dc.num_heads) / di->tp, di->cp, cp_comm, err, sizeof err))
         dfm_die("%s (from %s)", err, cfg_source(c, "model.cp_comm_type"));
     config_to_objective(c, &j.obj);
     j.objective_meta = objective_json(&j.obj);
@@ -1279,6 +1275,7 @@ int dfm_pretrain(const cfg *c) {
     if (j.wan) {
         wan_shape mx = {mbs, frames, vh, vw, text_len};
         wan_create_weights_only_tp(&j.wmodel, &wc, di->tp, di->tp_rank);
+        if (di->cp > 1) wan_set_context_parallel(&j.wmodel, di->cp, di->cp_rank, cp_comm);
         if (wan_set_recompute(&j.wmodel, recompute, err, sizeof err) != 0 ||
             wan_set_sequence_parallel(&j.wmodel, seqpar, err, sizeof err) != 0 ||
             wan_prepare(&j.wmodel, &mx, err, sizeof err) != 0)
@@ -1498,11 +1495,12 @@ int dfm_pretrain(const cfg *c) {
             printf("dfm pretrain: recipe %s, Wan 2.1 %d x %d (%d heads, latents [%d, %d, %d, %d], %d tokens, text %d x "
                    "%d), %zu parameters, %s objective\n",
                    cfg_recipe_of(c), wc.num_layers, wc.num_heads * wc.head_dim, wc.num_heads, chans, frames, vh, vw,
-                   j.wmodel.max_tokens, text_len, wc.text_dim, param_table_global_total(j.table),
+                   (frames / wc.patch_t) * (vh / wc.patch_h) * (vw / wc.patch_w), text_len, wc.text_dim,
+                   param_table_global_total(j.table),
                    j.obj.kind == OBJ_EDM ? "EDM" : "flow-matching");
         else
             printf("dfm pretrain: recipe %s, DiT %d x %d (%d heads, patch %d, %d tokens), %zu parameters, %s objective\n",
-                   cfg_recipe_of(c), dc.num_layers, dc.hidden_size, dc.num_heads, dc.patch_size, j.model.T,
+                   cfg_recipe_of(c), dc.num_layers, dc.hidden_size, dc.num_heads, dc.patch_size, j.model.T_full,
                    param_table_global_total(&j.model.table), j.obj.kind == OBJ_EDM ? "EDM" : "flow-matching");
         if (ds.pixels || vd.latents)
             printf("  data %s (%s): %d training / %d validation samples; batch %d (micro %d); %ld steps; %d threads\n",
@@ -1521,6 +1519,10 @@ int dfm_pretrain(const cfg *c) {
             printf("  %d processes: data parallel %d x tensor %d x context %d x pipeline %d; %d samples per rank; "
                    "sharding %s",
                    di->size, di->dp, di->tp, di->cp, di->pp, n_local, dp_sharding_name(strategy));
+        if (di->cp > 1)
+            printf("  context parallel: %s attention, each rank %d tokens of a sample (the last ones padded and masked "
+                   "where %d does not divide the tokens)\n",
+                   cp_comm_type_name(cp_comm), j.wan ? j.wmodel.max_tokens : j.model.T, di->cp);
         if (di->size > 1 && di->dp_replicate > 1)
             printf(" within %d replica groups of %d ranks (hybrid), gradient shards all-reduced across them",
                    di->dp_replicate, di->dp_shard);

@@ -23,11 +23,12 @@ void wan_trainer_init(wan_trainer *tr, wan_model *m, const objective_config *obj
     tr->text = xalloc_floats((size_t)B * text_len * c->text_dim);
     tr->cond = xcalloc((size_t)B, sizeof(int));
     tr->lens = xcalloc((size_t)B, sizeof(int));
+    if (m->cp > 1) tr->cp_mask = xcalloc((size_t)c->in_channels * vox, 1);
 }
 
 void wan_trainer_free(wan_trainer *tr) {
     diffusion_batch_free(&tr->db);
-    free(tr->out), free(tr->dout), free(tr->text), free(tr->cond), free(tr->lens);
+    free(tr->out), free(tr->dout), free(tr->text), free(tr->cond), free(tr->lens), free(tr->cp_mask);
 }
 
 void wan_trainer_prepare(wan_trainer *tr, const objective_config *o, uint64_t seed, const float *latents,
@@ -66,7 +67,13 @@ static double forward_loss(wan_trainer *tr, const objective_config *o, uint64_t 
     wan_shape s = {B, frames, height, width, tr->text_len};
     wan_forward(m, tr->out, tr->db.model_in, tr->db.timestep, tr->text, tr->lens, &s);
     size_t out_n = (size_t)c->out_channels * vox;
-    return diffusion_loss(&tr->db, tr->out, want_grad ? tr->dout : NULL, out_n, grad_scale);
+    if (!tr->cp_mask) return diffusion_loss(&tr->db, tr->out, want_grad ? tr->dout : NULL, out_n, grad_scale);
+    /* context parallelism: this rank's share of each sample's mean (its tokens' elements over all of them) */
+    wan_cp_owned(m, tr->cp_mask, c->in_channels);
+    double part = diffusion_loss_masked(&tr->db, tr->out, want_grad ? tr->dout : NULL, out_n, grad_scale, tr->cp_mask);
+    if (!want_grad) /* an evaluation: the whole loss on every rank (a training step sums its micro-batches first) */
+        dist_allreduce_sum_f64_in(DIST_CP, &part, 1, "all-reduce of the loss over the context-parallel group");
+    return part;
 }
 
 step_result wan_trainer_step_micro(wan_trainer *tr, dp_engine *e, const wan_micro *mb, int n_micro, int B_global,
@@ -86,6 +93,7 @@ step_result wan_trainer_step_micro(wan_trainer *tr, dp_engine *e, const wan_micr
         dp_micro_end(e);
     }
     dist_allreduce_sum_f64(&loss, 1, "all-reduce of the loss");
+    dist_allreduce_sum_f64_in(DIST_CP, &loss, 1, "all-reduce of the loss over the context-parallel group");
     r.loss = loss;
     r.skipped = !isfinite(loss);
     r.grad_norm = dp_finish_step(e, lr, r.skipped, &r.bad_param);
