@@ -1,0 +1,226 @@
+/* Context parallelism (model.context_parallel_size, model.cp_comm_type) under mpirun --oversubscribe on 2 cores: a
+ * tiny DiT and a tiny Wan trained with CP2 (ring and all-to-all attention, with sharding, with recompute, CP4, DP2 x CP2
+ * and TP2 x CP2 on 4 ranks) against
+ * one process at the same global batch; token counts CP does not divide (padded and masked); a CP2 checkpoint resumed
+ * as one process and a one-process checkpoint resumed under CP2; and the layouts that are refused. */
+#include "dfm/checkpoint.h"
+#include "dfm/dit.h"
+#include "test.h"
+#include "test_fs.h"
+#include "test_run.h"
+
+#include <math.h>
+
+/* 28 x 28 images in 7 x 7 patches: 16 tokens; patch_size=4 makes 49 (odd: CP2 pads one) */
+static const char *DIT =
+    "model.num_layers=2 model.hidden_size=32 model.num_attention_heads=2 model.ffn_hidden_size=128 "
+    "train.global_batch_size=8 train.micro_batch_size=2 train.eval_interval=5 "
+    "train.eval_iters=1 dataset.val_samples=16 dataset.num_workers=0 logger.log_interval=1 optimizer.lr=3e-3 "
+    "scheduler.lr_warmup_iters=2 checkpoint.most_recent_k=4 train.train_iters=10 checkpoint.save_interval=5";
+/* 2 frames of 8 x 8 latents in 1 x 2 x 2 patches: 32 tokens; 3 frames of 10 x 10 make 75 (odd) */
+static const char *WAN =
+    "--recipe wan_tiny model.num_layers=2 dataset.max_samples=32 "
+    "dataset.val_samples=4 train.global_batch_size=4 train.micro_batch_size=2 train.train_iters=10 "
+    "train.eval_interval=100 train.eval_iters=1 logger.log_interval=1 dataset.num_workers=0 "
+    "checkpoint.save_interval=5 optimizer.lr=3e-3 scheduler.lr_warmup_iters=2";
+static const double TOL = 1e-5;
+static char *dir;
+static const char *bin;
+
+/* Worst relative difference of the losses of steps [from, to] between two runs (inf if any is missing). */
+static double loss_diff(const char *a, const char *b, int from, int to) {
+    double la[64], lb[64];
+    for (int i = 0; i < 64; i++) la[i] = lb[i] = NAN;
+    test_run_losses(a, la, 63);
+    test_run_losses(b, lb, 63);
+    double worst = 0;
+    for (int s = from; s <= to; s++) {
+        double d = fabs(la[s] - lb[s]) / fabs(lb[s]);
+        if (!(d <= worst)) worst = isnan(d) ? INFINITY : d;
+    }
+    return worst;
+}
+
+static double dit_weights_diff(const char *a, const char *b, const char *kind, int patch) {
+    dit_config c;
+    dit_config_named(&c, "tiny");
+    c.num_layers = 2, c.hidden_size = 32, c.num_heads = 2, c.ffn_hidden_size = 128, c.patch_size = patch;
+    c.in_channels = 1, c.out_channels = 1, c.image_size = 28, c.num_classes = 10;
+    dit_model m;
+    dit_create(&m, &c, 1);
+    size_t n = m.table.total;
+    float *wa = xalloc_floats(n), *wb = xalloc_floats(n);
+    char err[1024];
+    double d = INFINITY;
+    if (ckpt_read_range(a, kind, &m.table, 0, n, wa, err, sizeof err) == 0 &&
+        ckpt_read_range(b, kind, &m.table, 0, n, wb, err, sizeof err) == 0)
+        d = test_rel_err(wa, wb, n);
+    else printf("# %s\n", err);
+    free(wa), free(wb);
+    dit_free(&m);
+    return d;
+}
+
+static int train(int np, const char *model, const char *name, const char *extra) {
+    char cmd[4096], launch[64] = "";
+    if (np > 0) snprintf(launch, sizeof launch, "mpirun --oversubscribe -np %d ", np);
+    snprintf(cmd, sizeof cmd, "%s%s pretrain %s logger.output_dir=%s/%s checkpoint.save=%s/%s/ck %s > %s/%s.log 2>&1",
+             launch, bin, model, dir, name, dir, name, extra, dir, name);
+    int rc = test_sh("%s", cmd);
+    if (rc != 0) {
+        printf("# '%s' failed (%d); its log:\n", cmd, rc);
+        test_sh("tail -20 %s/%s.log | sed 's/^/#   /'", dir, name);
+    }
+    return rc;
+}
+
+static const char *ck(const char *run, int it) { return test_path("%s/%s/ck/iter_%07d", dir, run, it); }
+
+/* The validation loss the log shows at `step` (NAN if absent). */
+static double val_loss(const char *run, int step) {
+    char *log = test_read_file(test_path("%s/%s.log", dir, run), NULL), want[64];
+    snprintf(want, sizeof want, "validation loss at step %d: ", step);
+    const char *at = log ? strstr(log, want) : NULL;
+    double v = at ? atof(at + strlen(want)) : NAN;
+    free(log);
+    return v;
+}
+
+typedef struct {
+    const char *np, *name, *extra;
+} run_case;
+
+static void dit_cases(void) {
+    char dit7[2048], dit4[2048];
+    snprintf(dit7, sizeof dit7, "%s model.patch_size=7", DIT);
+    snprintf(dit4, sizeof dit4, "%s model.patch_size=4", DIT);
+    CHECK(train(0, dit7, "one", "") == 0 && train(0, dit4, "one49", "") == 0, "DiT, one process trains (16 and 49 tokens)");
+    const run_case cases[] = {
+        {"2", "cp2_p2p", "model.context_parallel_size=2"},
+        {"2", "cp2_a2a", "model.context_parallel_size=2 model.cp_comm_type=a2a"},
+        {"2", "cp2_p2p_ogp", "model.context_parallel_size=2 ddp.data_parallel_sharding_strategy=optim_grads_params"},
+        {"2", "cp2_a2a_optim", "model.context_parallel_size=2 model.cp_comm_type=a2a ddp.data_parallel_sharding_strategy=optim"},
+        {"2", "cp2_recompute",
+         "model.context_parallel_size=2 model.recompute_granularity=full model.recompute_method=uniform "
+         "model.recompute_num_layers=1"},
+        {"4", "dp2_cp2", "model.context_parallel_size=2"},
+        {"4", "dp2_cp2_a2a_og", "model.context_parallel_size=2 model.cp_comm_type=a2a "
+                                "ddp.data_parallel_sharding_strategy=optim_grads"},
+        {"4", "cp4_p2p", "model.context_parallel_size=4"},
+        {"4", "tp2_cp2", "model.tensor_model_parallel_size=2 model.context_parallel_size=2"},
+        {"2", "cp2_p2p_49", "model.context_parallel_size=2"},
+        {"2", "cp2_a2a_49", "model.context_parallel_size=2 model.cp_comm_type=a2a"},
+        {"4", "cp4_p2p_49", "model.context_parallel_size=4"},
+    };
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        int padded = strstr(cases[k].name, "_49") != NULL;
+        const char *ref = padded ? "one49" : "one";
+        int rc = train(atoi(cases[k].np), padded ? dit4 : dit7, cases[k].name, cases[k].extra);
+        char runbuf[1024], refbuf[1024];
+        snprintf(runbuf, sizeof runbuf, "%s/%s", dir, cases[k].name);
+        snprintf(refbuf, sizeof refbuf, "%s/%s", dir, ref);
+        char ckbuf[1024];
+        snprintf(ckbuf, sizeof ckbuf, "%s", ck(cases[k].name, 10));
+        double dl = rc ? INFINITY : loss_diff(runbuf, refbuf, 1, 10);
+        double dw = rc ? INFINITY : dit_weights_diff(ckbuf, ck(ref, 10), "model", padded ? 4 : 7);
+        double de = rc ? INFINITY : dit_weights_diff(ckbuf, ck(ref, 10), "ema", padded ? 4 : 7);
+        double dv = rc ? INFINITY : fabs(val_loss(cases[k].name, 10) - val_loss(ref, 10)) / fabs(val_loss(ref, 10));
+        CHECK(dl <= TOL && dw <= TOL && de <= TOL && dv <= TOL,
+              "DiT %s (%s ranks%s) vs one process, 10 steps: worst loss rel %.2e, final weights rel %.2e, EMA rel %.2e, "
+              "validation loss rel %.2e (tol %.0e)",
+              cases[k].name, cases[k].np, padded ? ", 49 tokens padded to a multiple of CP" : "", dl, dw, de, dv, TOL);
+    }
+    /* saved under CP2 at step 5, resumed as one process; a one-process checkpoint resumed under CP2 a2a */
+    const run_case resumes[] = {{"0", "resume_one", "cp2_p2p"}, {"2", "resume_cp2", "one"}};
+    for (int k = 0; k < 2; k++) {
+        char extra[2048];
+        snprintf(extra, sizeof extra, "%s checkpoint.load=%s",
+                 k ? "model.context_parallel_size=2 model.cp_comm_type=a2a" : "", ck(resumes[k].extra, 5));
+        int rc = train(atoi(resumes[k].np), dit7, resumes[k].name, extra);
+        char runbuf[1024];
+        snprintf(runbuf, sizeof runbuf, "%s/%s", dir, resumes[k].name);
+        double dl = rc ? INFINITY : loss_diff(runbuf, test_path("%s/one", dir), 6, 10);
+        double dw = rc ? INFINITY : dit_weights_diff(ck(resumes[k].name, 10), ck("one", 10), "model", 7);
+        CHECK(dl <= TOL && dw <= TOL,
+              "DiT saved %s, resumed %s: steps 6-10 losses rel %.2e, final weights rel %.2e vs the uninterrupted "
+              "one-process run (tol %.0e)",
+              k ? "by one process" : "under CP2", k ? "under CP2 a2a" : "as one process", dl, dw, TOL);
+    }
+}
+
+static void wan_cases(void) {
+    char w32[2048], w75[2048];
+    snprintf(w32, sizeof w32, "%s model.image_size=8 model.num_frames=2", WAN);
+    snprintf(w75, sizeof w75, "%s model.image_size=10 model.num_frames=3", WAN);
+    CHECK(train(0, w32, "wan_one", "") == 0 && train(0, w75, "wan_one75", "") == 0,
+          "Wan, one process trains (32 and 75 tokens)");
+    const run_case cases[] = {
+        {"2", "wan_cp2_p2p", "model.context_parallel_size=2"},
+        {"2", "wan_cp2_a2a", "model.context_parallel_size=2 model.cp_comm_type=a2a"},
+        {"4", "wan_dp2_cp2", "model.context_parallel_size=2 ddp.data_parallel_sharding_strategy=optim_grads"},
+        {"4", "wan_tp2_cp2_a2a", "model.tensor_model_parallel_size=2 model.context_parallel_size=2 model.cp_comm_type=a2a"},
+        {"2", "wan_cp2_p2p_75", "model.context_parallel_size=2"},
+        {"2", "wan_cp2_a2a_75", "model.context_parallel_size=2 model.cp_comm_type=a2a"},
+    };
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        int padded = strstr(cases[k].name, "_75") != NULL;
+        const char *ref = padded ? "wan_one75" : "wan_one";
+        int rc = train(atoi(cases[k].np), padded ? w75 : w32, cases[k].name, cases[k].extra);
+        char runbuf[1024], refbuf[1024], a[1024];
+        snprintf(runbuf, sizeof runbuf, "%s/%s", dir, cases[k].name);
+        snprintf(refbuf, sizeof refbuf, "%s/%s", dir, ref);
+        snprintf(a, sizeof a, "%s", ck(cases[k].name, 10));
+        double dl = rc ? INFINITY : loss_diff(runbuf, refbuf, 1, 10);
+        double dw = rc ? INFINITY : test_wan_weights_diff(a, "model", ck(ref, 10), "model");
+        double de = rc ? INFINITY : test_wan_weights_diff(a, "ema", ck(ref, 10), "ema");
+        CHECK(dl <= TOL && dw <= TOL && de <= TOL,
+              "Wan %s (%s ranks%s) vs one process, 10 steps: worst loss rel %.2e, final weights rel %.2e, EMA rel %.2e "
+              "(tol %.0e)",
+              cases[k].name, cases[k].np, padded ? ", 75 tokens padded to a multiple of CP" : "", dl, dw, de, TOL);
+    }
+    char extra[2048];
+    snprintf(extra, sizeof extra, "checkpoint.load=%s", ck("wan_cp2_p2p", 5));
+    int rc = train(0, w32, "wan_resume_one", extra);
+    double dl = rc ? INFINITY : loss_diff(test_path("%s/wan_resume_one", dir), test_path("%s/wan_one", dir), 6, 10);
+    CHECK(dl <= TOL, "Wan saved under CP2, resumed as one process: steps 6-10 losses rel %.2e (tol %.0e)", dl, TOL);
+}
+
+static void refused(int np, const char *model, const char *extra, const char *want, const char *what) {
+    char cmd[4096], *out = NULL;
+    snprintf(cmd, sizeof cmd, "mpirun --oversubscribe -np %d %s pretrain %s %s logger.output_dir=%s/e", np, bin, model,
+             extra, dir);
+    int rc = test_capture(cmd, &out);
+    const char *at = out ? strstr(out, want) : NULL;
+    const char *shown = at ? at : out ? out : "";
+    CHECK(rc != 0 && at, "%s is refused: %.*s", what, (int)strcspn(shown, "\n"), shown);
+    free(out);
+}
+
+int main(void) {
+    bin = test_dfm_bin();
+    test_mpi_env();
+    if (test_sh("command -v mpirun >/dev/null") != 0) {
+        printf("FAIL mpirun is missing (apt-get install openmpi-bin libopenmpi-dev)\n");
+        return 1;
+    }
+    dir = test_mkdtemp();
+    dit_cases();
+    wan_cases();
+    char dit7[2048];
+    snprintf(dit7, sizeof dit7, "%s model.patch_size=7", DIT);
+    refused(2, dit7, "model.context_parallel_size=2 model.cp_comm_type=a2a model.num_attention_heads=1",
+            "1 attention heads (per tensor-parallel rank) are not divisible by model.context_parallel_size 2",
+            "DiT a2a with heads CP does not divide");
+    refused(4, WAN, "model.context_parallel_size=4 model.cp_comm_type=a2a model.num_attention_heads=2",
+            "2 attention heads (per tensor-parallel rank) are not divisible by model.context_parallel_size 4",
+            "Wan a2a with heads CP does not divide");
+    refused(3, dit7, "model.context_parallel_size=2",
+            "world size 3 (mpirun -np) is not divisible by tensor x context x pipeline parallel = 1 x 2 x 1",
+            "CP 2 on 3 ranks");
+    refused(2, dit7, "model.context_parallel_size=2 model.cp_comm_type=ring", "model.cp_comm_type", "an unknown cp_comm_type");
+    refused(4, dit7, "model.context_parallel_size=2 model.pipeline_model_parallel_size=2",
+            "context and pipeline parallelism together are not built yet", "CP x PP");
+    test_rmtree(dir);
+    free(dir);
+    return test_finish();
+}
