@@ -1468,6 +1468,10 @@ int dfm_pretrain(const cfg *c) {
         dfm_die("train.eval_samples = %d (from %s): samples at validation come from held-out samples in memory; "
                 "dataset.type %s streams (set it to 0)",
                 eval_samples, cfg_source(c, "train.eval_samples"), dtype);
+    if (eval_samples > 0 && di->cp > 1)
+        dfm_die("train.eval_samples = %d (from %s) with model.context_parallel_size %d: sampling under context "
+                "parallelism is not built yet (validation losses are); use 0, or dfm generate on a checkpoint",
+                eval_samples, cfg_source(c, "train.eval_samples"), di->cp);
     if (eval_samples > 0 && n_val == 0)
         dfm_die("train.eval_samples = %d: there are no held-out samples (dataset.val_samples is 0)", eval_samples);
     int tty = lead && isatty(fileno(stdout));
@@ -1737,5 +1741,6 @@ int dfm_pretrain(const cfg *c) {
         for (int v = 1; v < j.vpp; v++) dit_free(&j.xdit[v - 1]);
         free(j.xdit);
     }
+    cp_release();
     return 0;
 }
