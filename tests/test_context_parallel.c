@@ -4,7 +4,11 @@
  * one process at the same global batch; token counts CP does not divide (padded and masked); a CP2 checkpoint resumed
  * as one process and a one-process checkpoint resumed under CP2; and the layouts that are refused. */
 #include "dfm/checkpoint.h"
+#include "dfm/context_parallel.h"
+#include "dfm/dist.h"
 #include "dfm/dit.h"
+#include "dfm/kernels.h"
+#include "dfm/rng.h"
 #include "test.h"
 #include "test_fs.h"
 #include "test_run.h"
@@ -26,6 +30,7 @@ static const char *WAN =
 static const double TOL = 1e-5;
 static char *dir;
 static const char *bin;
+static const char *test_self; /* this test's own binary, for the ranks of attention_cases */
 
 /* Worst relative difference of the losses of steps [from, to] between two runs (inf if any is missing). */
 static double loss_diff(const char *a, const char *b, int from, int to) {
@@ -185,6 +190,106 @@ static void wan_cases(void) {
     CHECK(dl <= TOL, "Wan saved under CP2, resumed as one process: steps 6-10 losses rel %.2e (tol %.0e)", dl, TOL);
 }
 
+
+/* ---- the attention itself: run as `mpirun -np C test_context_parallel --attention T` -------------------------- */
+
+/* Every rank draws the whole sequence (B samples of T tokens, fused [B, T, 3, H, D] q/k/v and dout) and runs the
+ * one-process attention on it; then the CP attention on its chunk (padding rows zero), and compares its real rows.
+ * Rank 0 prints the worst difference over every rank relative to the largest reference value, for out, lse, dq, dk
+ * and dv, under p2p and a2a. */
+static int attention_rank(int T) {
+    dist_init(NULL, NULL);
+    const dist_info *di = dist_get();
+    char err[512];
+    if (dist_setup_groups(1, di->size, 1, err, sizeof err) != 0) dfm_die("%s", err);
+    kernels_init();
+    const int B = 2, H = 4, D = 16, HD = H * D, C = di->cp, r = di->cp_rank;
+    const int n = cp_chunk_len(T, C), valid = cp_chunk_valid(T, C, r), t0 = r * n;
+    const float scale = 1.0f / sqrtf((float)D);
+    size_t whole = (size_t)B * T, local = (size_t)B * n;
+    float *qkv = xalloc_floats(whole * 3 * HD), *dout = xalloc_floats(whole * HD);
+    rng_fill_normal(qkv, whole * 3 * HD, 7, 1, 0, 0);
+    rng_fill_normal(dout, whole * HD, 7, 2, 0, 0);
+    float *out = xalloc_floats(whole * HD), *lse = xalloc_floats((size_t)B * H * T);
+    float *dqkv = xcalloc(whole * 3 * HD, sizeof(float)), *ws = xalloc_floats(attention_workspace_floats(B, H, T));
+    attention_forward(out, lse, qkv, qkv + HD, qkv + 2 * HD, NULL, B, T, T, H, D, 3 * HD, 3 * HD, HD, scale);
+    attention_backward(dqkv, dqkv + HD, dqkv + 2 * HD, ws, dout, out, lse, qkv, qkv + HD, qkv + 2 * HD, NULL, B, T, T, H,
+                       D, 3 * HD, 3 * HD, HD, scale);
+    double ref[5] = {0};
+    for (size_t i = 0; i < whole * HD; i++) ref[0] = fmax(ref[0], fabs(out[i]));
+    for (size_t i = 0; i < (size_t)B * H * T; i++) ref[1] = fmax(ref[1], fabs(lse[i]));
+    for (size_t i = 0; i < whole; i++)
+        for (int g = 0; g < 3; g++)
+            for (int e = 0; e < HD; e++) ref[2 + g] = fmax(ref[2 + g], fabs(dqkv[i * 3 * HD + (size_t)g * HD + e]));
+    float *lq = xcalloc(local * 3 * HD, sizeof(float)), *ld = xcalloc(local * HD, sizeof(float));
+    for (int b = 0; b < B; b++)
+        for (int i = 0; i < valid; i++) {
+            memcpy(lq + ((size_t)b * n + i) * 3 * HD, qkv + ((size_t)b * T + t0 + i) * 3 * HD, sizeof(float) * 3 * HD);
+            memcpy(ld + ((size_t)b * n + i) * HD, dout + ((size_t)b * T + t0 + i) * HD, sizeof(float) * HD);
+        }
+    float *lo = xalloc_floats(local * HD), *ll = xalloc_floats((size_t)B * H * n);
+    float *lg = xalloc_floats(local * 3 * HD), *lws = xalloc_floats(attention_workspace_floats(B, H, n));
+    for (int mode = 0; mode < 2; mode++) {
+        memset(lg, 0, sizeof(float) * local * 3 * HD);
+        cp_attention_forward((cp_comm_type)mode, lo, ll, lq, lq + HD, lq + 2 * HD, B, n, T, H, D, 3 * HD, 3 * HD, HD,
+                             scale);
+        cp_attention_backward((cp_comm_type)mode, lg, lg + HD, lg + 2 * HD, lws, ld, lo, ll, lq, lq + HD, lq + 2 * HD, B,
+                              n, T, H, D, 3 * HD, 3 * HD, HD, scale);
+        double worst[5] = {0};
+        for (int b = 0; b < B; b++)
+            for (int i = 0; i < valid; i++) {
+                size_t lr = (size_t)b * n + i, gr = (size_t)b * T + t0 + i;
+                for (int e = 0; e < HD; e++) worst[0] = fmax(worst[0], fabs(lo[lr * HD + e] - out[gr * HD + e]));
+                for (int h = 0; h < H; h++)
+                    worst[1] = fmax(worst[1], fabs(ll[((size_t)b * H + h) * n + i] - lse[((size_t)b * H + h) * T + t0 + i]));
+                for (int g = 0; g < 3; g++)
+                    for (int e = 0; e < HD; e++)
+                        worst[2 + g] = fmax(worst[2 + g], fabs(lg[lr * 3 * HD + (size_t)g * HD + e] -
+                                                               dqkv[gr * 3 * HD + (size_t)g * HD + e]));
+            }
+        /* the worst over the ranks: each rank's values in its own slots, summed */
+        double all[5 * 64] = {0};
+        if (C > 64) dfm_die("at most 64 ranks");
+        for (int k = 0; k < 5; k++) all[r * 5 + k] = worst[k] / (ref[k] > 0 ? ref[k] : 1);
+        dist_allreduce_sum_f64_in(DIST_CP, all, 5 * C, "gather of the differences");
+        for (int q = 1; q < C; q++)
+            for (int k = 0; k < 5; k++) all[k] = fmax(all[k], all[q * 5 + k]);
+        if (r == 0)
+            printf("cp_attention %s C=%d T=%d: out %.3e lse %.3e dq %.3e dk %.3e dv %.3e\n", mode ? "a2a" : "p2p", C, T,
+                   all[0], all[1], all[2], all[3], all[4]);
+    }
+    free(qkv), free(dout), free(out), free(lse), free(dqkv), free(ws), free(lq), free(ld), free(lo), free(ll), free(lg);
+    free(lws);
+    cp_release();
+    dist_finalize();
+    return 0;
+}
+
+static void attention_cases(void) {
+    const int runs[][2] = {{2, 32}, {2, 37}, {4, 37}, {4, 5}, {2, 301}}; /* 301: several key blocks of the kernel */
+    for (int k = 0; k < 5; k++) {
+        char cmd[1024], *out = NULL;
+        snprintf(cmd, sizeof cmd, "mpirun --oversubscribe -np %d %s --attention %d", runs[k][0], test_self, runs[k][1]);
+        int rc = test_capture(cmd, &out);
+        for (int mode = 0; mode < 2; mode++) {
+            char want[64];
+            snprintf(want, sizeof want, "cp_attention %s C=%d T=%d: ", mode ? "a2a" : "p2p", runs[k][0], runs[k][1]);
+            const char *at = out ? strstr(out, want) : NULL;
+            double v[5] = {INFINITY, INFINITY, INFINITY, INFINITY, INFINITY};
+            if (at) sscanf(at + strlen(want), "out %lf lse %lf dq %lf dk %lf dv %lf", &v[0], &v[1], &v[2], &v[3], &v[4]);
+            double w = 0;
+            for (int i = 0; i < 5; i++) w = v[i] > w || isnan(v[i]) ? v[i] : w;
+            CHECK(rc == 0 && w <= 1e-5,
+                  "%s attention over %d CP ranks, %d tokens (%s) vs one process: worst rel out %.2e lse %.2e dq %.2e "
+                  "dk %.2e dv %.2e",
+                  mode ? "a2a" : "p2p (ring)", runs[k][0], runs[k][1],
+                  runs[k][1] % runs[k][0] ? "padded" : "divisible", v[0], v[1], v[2], v[3], v[4]);
+        }
+        if (rc != 0 && out) printf("# %s\n", out);
+        free(out);
+    }
+}
+
 static void refused(int np, const char *model, const char *extra, const char *want, const char *what) {
     char cmd[4096], *out = NULL;
     snprintf(cmd, sizeof cmd, "mpirun --oversubscribe -np %d %s pretrain %s %s logger.output_dir=%s/e", np, bin, model,
@@ -196,7 +301,9 @@ static void refused(int np, const char *model, const char *extra, const char *wa
     free(out);
 }
 
-int main(void) {
+int main(int argc, char **argv) {
+    if (argc == 3 && !strcmp(argv[1], "--attention")) return attention_rank(atoi(argv[2]));
+    test_self = argv[0];
     bin = test_dfm_bin();
     test_mpi_env();
     if (test_sh("command -v mpirun >/dev/null") != 0) {
@@ -204,6 +311,7 @@ int main(void) {
         return 1;
     }
     dir = test_mkdtemp();
+    attention_cases();
     dit_cases();
     wan_cases();
     char dit7[2048];
