@@ -1,6 +1,6 @@
 /* Context parallelism (model.context_parallel_size, model.cp_comm_type) under mpirun --oversubscribe on 2 cores: a
- * tiny DiT and a tiny Wan trained with CP2 (ring and all-to-all attention, with sharding, with recompute, CP4, DP2 x CP2
- * and TP2 x CP2 on 4 ranks) against
+ * tiny DiT and a tiny Wan trained with CP2 (ring and all-to-all attention, with sharding, with recompute), CP4,
+ * DP2 x CP2 and TP2 x CP2 on 4 ranks against
  * one process at the same global batch; token counts CP does not divide (padded and masked); a CP2 checkpoint resumed
  * as one process and a one-process checkpoint resumed under CP2; and the layouts that are refused. */
 #include "dfm/checkpoint.h"
@@ -99,12 +99,14 @@ static void dit_cases(void) {
     char dit7[2048], dit4[2048];
     snprintf(dit7, sizeof dit7, "%s model.patch_size=7", DIT);
     snprintf(dit4, sizeof dit4, "%s model.patch_size=4", DIT);
-    CHECK(train(0, dit7, "one", "") == 0 && train(0, dit4, "one49", "") == 0, "DiT, one process trains (16 and 49 tokens)");
+    CHECK(train(0, dit7, "one", "") == 0 && train(0, dit4, "one49", "") == 0,
+          "DiT, one process trains (16 and 49 tokens)");
     const run_case cases[] = {
         {"2", "cp2_p2p", "model.context_parallel_size=2"},
         {"2", "cp2_a2a", "model.context_parallel_size=2 model.cp_comm_type=a2a"},
         {"2", "cp2_p2p_ogp", "model.context_parallel_size=2 ddp.data_parallel_sharding_strategy=optim_grads_params"},
-        {"2", "cp2_a2a_optim", "model.context_parallel_size=2 model.cp_comm_type=a2a ddp.data_parallel_sharding_strategy=optim"},
+        {"2", "cp2_a2a_optim",
+         "model.context_parallel_size=2 model.cp_comm_type=a2a ddp.data_parallel_sharding_strategy=optim"},
         {"2", "cp2_recompute",
          "model.context_parallel_size=2 model.recompute_granularity=full model.recompute_method=uniform "
          "model.recompute_num_layers=1"},
@@ -131,8 +133,8 @@ static void dit_cases(void) {
         double de = rc ? INFINITY : dit_weights_diff(ckbuf, ck(ref, 10), "ema", padded ? 4 : 7);
         double dv = rc ? INFINITY : fabs(val_loss(cases[k].name, 10) - val_loss(ref, 10)) / fabs(val_loss(ref, 10));
         CHECK(dl <= TOL && dw <= TOL && de <= TOL && dv <= TOL,
-              "DiT %s (%s ranks%s) vs one process, 10 steps: worst loss rel %.2e, final weights rel %.2e, EMA rel %.2e, "
-              "validation loss rel %.2e (tol %.0e)",
+              "DiT %s (%s ranks%s) vs one process, 10 steps: worst loss rel %.2e, final weights rel %.2e, "
+              "EMA rel %.2e, validation loss rel %.2e (tol %.0e)",
               cases[k].name, cases[k].np, padded ? ", 49 tokens padded to a multiple of CP" : "", dl, dw, de, dv, TOL);
     }
     /* saved under CP2 at step 5, resumed as one process; a one-process checkpoint resumed under CP2 a2a */
@@ -163,7 +165,8 @@ static void wan_cases(void) {
         {"2", "wan_cp2_p2p", "model.context_parallel_size=2"},
         {"2", "wan_cp2_a2a", "model.context_parallel_size=2 model.cp_comm_type=a2a"},
         {"4", "wan_dp2_cp2", "model.context_parallel_size=2 ddp.data_parallel_sharding_strategy=optim_grads"},
-        {"4", "wan_tp2_cp2_a2a", "model.tensor_model_parallel_size=2 model.context_parallel_size=2 model.cp_comm_type=a2a"},
+        {"4", "wan_tp2_cp2_a2a",
+         "model.tensor_model_parallel_size=2 model.context_parallel_size=2 model.cp_comm_type=a2a"},
         {"2", "wan_cp2_p2p_75", "model.context_parallel_size=2"},
         {"2", "wan_cp2_a2a_75", "model.context_parallel_size=2 model.cp_comm_type=a2a"},
     };
@@ -213,8 +216,8 @@ static int attention_rank(int T) {
     float *out = xalloc_floats(whole * HD), *lse = xalloc_floats((size_t)B * H * T);
     float *dqkv = xcalloc(whole * 3 * HD, sizeof(float)), *ws = xalloc_floats(attention_workspace_floats(B, H, T));
     attention_forward(out, lse, qkv, qkv + HD, qkv + 2 * HD, NULL, B, T, T, H, D, 3 * HD, 3 * HD, HD, scale);
-    attention_backward(dqkv, dqkv + HD, dqkv + 2 * HD, ws, dout, out, lse, qkv, qkv + HD, qkv + 2 * HD, NULL, B, T, T, H,
-                       D, 3 * HD, 3 * HD, HD, scale);
+    attention_backward(dqkv, dqkv + HD, dqkv + 2 * HD, ws, dout, out, lse, qkv, qkv + HD, qkv + 2 * HD, NULL, B, T, T,
+                       H, D, 3 * HD, 3 * HD, HD, scale);
     double ref[5] = {0};
     for (size_t i = 0; i < whole * HD; i++) ref[0] = fmax(ref[0], fabs(out[i]));
     for (size_t i = 0; i < (size_t)B * H * T; i++) ref[1] = fmax(ref[1], fabs(lse[i]));
@@ -233,15 +236,16 @@ static int attention_rank(int T) {
         memset(lg, 0, sizeof(float) * local * 3 * HD);
         cp_attention_forward((cp_comm_type)mode, lo, ll, lq, lq + HD, lq + 2 * HD, B, n, T, H, D, 3 * HD, 3 * HD, HD,
                              scale);
-        cp_attention_backward((cp_comm_type)mode, lg, lg + HD, lg + 2 * HD, lws, ld, lo, ll, lq, lq + HD, lq + 2 * HD, B,
-                              n, T, H, D, 3 * HD, 3 * HD, HD, scale);
+        cp_attention_backward((cp_comm_type)mode, lg, lg + HD, lg + 2 * HD, lws, ld, lo, ll, lq, lq + HD, lq + 2 * HD,
+                              B, n, T, H, D, 3 * HD, 3 * HD, HD, scale);
         double worst[5] = {0};
         for (int b = 0; b < B; b++)
             for (int i = 0; i < valid; i++) {
                 size_t lr = (size_t)b * n + i, gr = (size_t)b * T + t0 + i;
                 for (int e = 0; e < HD; e++) worst[0] = fmax(worst[0], fabs(lo[lr * HD + e] - out[gr * HD + e]));
                 for (int h = 0; h < H; h++)
-                    worst[1] = fmax(worst[1], fabs(ll[((size_t)b * H + h) * n + i] - lse[((size_t)b * H + h) * T + t0 + i]));
+                    worst[1] = fmax(worst[1],
+                                    fabs(ll[((size_t)b * H + h) * n + i] - lse[((size_t)b * H + h) * T + t0 + i]));
                 for (int g = 0; g < 3; g++)
                     for (int e = 0; e < HD; e++)
                         worst[2 + g] = fmax(worst[2 + g], fabs(lg[lr * 3 * HD + (size_t)g * HD + e] -
@@ -276,7 +280,8 @@ static void attention_cases(void) {
             snprintf(want, sizeof want, "cp_attention %s C=%d T=%d: ", mode ? "a2a" : "p2p", runs[k][0], runs[k][1]);
             const char *at = out ? strstr(out, want) : NULL;
             double v[5] = {INFINITY, INFINITY, INFINITY, INFINITY, INFINITY};
-            if (at) sscanf(at + strlen(want), "out %lf lse %lf dq %lf dk %lf dv %lf", &v[0], &v[1], &v[2], &v[3], &v[4]);
+            if (at)
+                sscanf(at + strlen(want), "out %lf lse %lf dq %lf dk %lf dv %lf", &v[0], &v[1], &v[2], &v[3], &v[4]);
             double w = 0;
             for (int i = 0; i < 5; i++) w = v[i] > w || isnan(v[i]) ? v[i] : w;
             CHECK(rc == 0 && w <= 1e-5,
@@ -325,7 +330,8 @@ int main(int argc, char **argv) {
     refused(3, dit7, "model.context_parallel_size=2",
             "world size 3 (mpirun -np) is not divisible by tensor x context x pipeline parallel = 1 x 2 x 1",
             "CP 2 on 3 ranks");
-    refused(2, dit7, "model.context_parallel_size=2 model.cp_comm_type=ring", "model.cp_comm_type", "an unknown cp_comm_type");
+    refused(2, dit7, "model.context_parallel_size=2 model.cp_comm_type=ring", "model.cp_comm_type",
+            "an unknown cp_comm_type");
     refused(4, dit7, "model.context_parallel_size=2 model.pipeline_model_parallel_size=2",
             "context and pipeline parallelism together are not built yet", "CP x PP");
     test_rmtree(dir);

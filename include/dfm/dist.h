@@ -28,7 +28,8 @@ typedef struct {
 
 /* The groups a data-parallel collective runs over: the whole DP group, this rank's shard group (the dp_shard
  * ranks of its replica) or its replica group (the dp_replicate ranks holding the same shard). */
-/* DIST_PP: this rank's pipeline; DIST_CP: its context-parallel group (the CP ranks sharing tp, dp and pp coordinates) */
+/* DIST_PP: this rank's pipeline; DIST_CP: its context-parallel group (the CP ranks sharing tp, dp and pp
+ * coordinates) */
 typedef enum { DIST_DP, DIST_DP_SHARD, DIST_DP_REPLICA, DIST_PP, DIST_CP } dist_group;
 
 /* Initialise from the environment (call first thing in main). Idempotent. */

@@ -1271,7 +1271,8 @@ void wan_backward(wan_model *m, const float *dout) {
         self_attention_inputs(m, att, a->rq1[l], a->rk1[l], a->qkv[l], w, B, N, 1);
         zero(datt, (size_t)BN * 3 * da);
         cp_attention_backward((cp_comm_type)m->cp_comm, datt, datt + da, datt + 2 * da, a->attn_ws, dao1, a->ao1[l],
-                              a->lse1[l], att, att + da, att + 2 * da, B, N, a->N_full, H, D, 3 * da, 3 * da, da, scale);
+                              a->lse1[l], att, att + da, att + 2 * da, B, N, a->N_full, H, D, 3 * da, 3 * da, da,
+                              scale);
         float *dqkv = a->s3a; /* the attention inputs are dead now */
         zero(dqkv, (size_t)BN * 3 * da);
         for (int qk = 0; qk < 2; qk++) { /* undo RoPE, then the RMSNorm, for q then k */

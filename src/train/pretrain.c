@@ -1653,7 +1653,8 @@ int dfm_pretrain(const cfg *c) {
         if (j.iteration % log_interval == 0 || j.iteration == train_iters) {
             double now = dfm_time_s(), dt = now - t_window;
             double sps = steps_window * gbs / dt, wait_frac = wait_window / dt, comm_frac = dist_take_wait_time() / dt;
-            double tflops = flops_window / di->tp / di->cp / dt / 1e12, mfu = peak_tflops > 0 ? tflops / peak_tflops : NAN;
+            double tflops = flops_window / di->tp / di->cp / dt / 1e12;
+            double mfu = peak_tflops > 0 ? tflops / peak_tflops : NAN;
             char mfu_s[48] = "", mfu_j[48] = "";
             if (isfinite(mfu)) {
                 snprintf(mfu_s, sizeof mfu_s, " (MFU %.1f%%)", 100 * mfu);
