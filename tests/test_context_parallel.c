@@ -186,9 +186,38 @@ static void wan_cases(void) {
               "(tol %.0e)",
               cases[k].name, cases[k].np, padded ? ", 75 tokens padded to a multiple of CP" : "", dl, dw, de, TOL);
     }
+    /* resolution buckets: 32- and 75-token samples in one folder, a shape per micro-batch, validation per shape */
+    int rc = test_sh("D=%s && %s data prepare --video-clips --out $D/en32 --n 12 --frames 2 --size 8 --text-dim 32 "
+                     "--seed 5 > $D/bk.log 2>&1 && %s data convert --from $D/en32 --to $D/st32 >> $D/bk.log 2>&1 && "
+                     "%s data prepare --video-clips --out $D/en75 --n 8 --frames 3 --size 10 --text-dim 32 --seed 7 "
+                     ">> $D/bk.log 2>&1 && %s data convert --from $D/en75 --to $D/st75 >> $D/bk.log 2>&1 && mkdir -p "
+                     "$D/mix && for f in $D/st32/*; do cp $f $D/mix/a_${f##*/}; done && for f in $D/st75/*; do cp $f "
+                     "$D/mix/b_${f##*/}; done",
+                     dir, bin, bin, bin, bin);
+    CHECK(rc == 0, "fixtures: 20 Wan samples of two latent shapes in one folder");
+    char wb[2048];
+    snprintf(wb, sizeof wb,
+             "%s dataset.type=video_folder dataset.path=%s/mix dataset.max_samples=null train.eval_interval=5 "
+             "train.eval_iters=2",
+             WAN, dir);
+    rc = rc ? rc : train(0, wb, "wan_bk_one", "");
+    rc = rc ? rc : train(2, wb, "wan_bk_cp2", "model.context_parallel_size=2");
+    {
+        char a[1024];
+        snprintf(a, sizeof a, "%s", ck("wan_bk_cp2", 10));
+        char run[1024];
+        snprintf(run, sizeof run, "%s/wan_bk_cp2", dir);
+        double dl = rc ? INFINITY : loss_diff(run, test_path("%s/wan_bk_one", dir), 1, 10);
+        double dw = rc ? INFINITY : test_wan_weights_diff(a, "model", ck("wan_bk_one", 10), "model");
+        double vo = val_loss("wan_bk_one", 10), dv = rc ? INFINITY : fabs(val_loss("wan_bk_cp2", 10) - vo) / fabs(vo);
+        CHECK(dl <= TOL && dw <= TOL && dv <= TOL,
+              "Wan CP2 over resolution buckets (32 and 75 tokens, a shape per micro-batch) vs one process: worst loss "
+              "rel %.2e, final weights rel %.2e, validation loss rel %.2e (tol %.0e)",
+              dl, dw, dv, TOL);
+    }
     char extra[2048];
     snprintf(extra, sizeof extra, "checkpoint.load=%s", ck("wan_cp2_p2p", 5));
-    int rc = train(0, w32, "wan_resume_one", extra);
+    rc = train(0, w32, "wan_resume_one", extra);
     double dl = rc ? INFINITY : loss_diff(test_path("%s/wan_resume_one", dir), test_path("%s/wan_one", dir), 6, 10);
     CHECK(dl <= TOL, "Wan saved under CP2, resumed as one process: steps 6-10 losses rel %.2e (tol %.0e)", dl, TOL);
 }
