@@ -324,6 +324,31 @@ static void attention_cases(void) {
     }
 }
 
+/* dfm finetune (the Automodel paradigm): fsdp.cp_size maps onto model.context_parallel_size */
+static void finetune_cases(void) {
+    static char abs_bin[2048], cwd[800];
+    snprintf(abs_bin, sizeof abs_bin, "%s/%s", getcwd(cwd, sizeof cwd) ? cwd : ".", bin);
+    int rc = test_tiny_wan_fixture(dir, abs_bin);
+    CHECK(rc == 0, "fixtures: a tiny Wan as a diffusers folder and pre-encoded clips (256 tokens each)");
+    const char *runs[][3] = {{"", "ft_one", ""}, {"mpirun --oversubscribe -np 2", "ft_cp2", "--fsdp.cp_size=2"}};
+    for (int k = 0; k < 2 && rc == 0; k++)
+        rc = test_sh("%s %s finetune -c recipes/automodel/wan_tiny_finetune.yaml "
+                     "--model.pretrained_model_name_or_path=%s/hf --data.dataloader.meta_folder=%s/st --checkpoint.checkpoint_dir=%s/%s --optimizer.lr=2e-3 "
+                     "--step_scheduler.global_batch_size=4 --step_scheduler.local_batch_size=2 "
+                     "--step_scheduler.max_steps=6 --step_scheduler.log_every=1 %s > %s/%s.log 2>&1",
+                     runs[k][0], bin, dir, dir, dir, runs[k][1], runs[k][2], dir, runs[k][1]);
+    char *log = test_read_file(test_path("%s/ft_cp2.log", dir), NULL);
+    int cp = log && strstr(log, "context 2") != NULL;
+    free(log);
+    char run[1024];
+    snprintf(run, sizeof run, "%s/ft_cp2", dir);
+    double dl = rc ? INFINITY : loss_diff(run, test_path("%s/ft_one", dir), 1, 6);
+    CHECK(rc == 0 && cp && dl <= TOL,
+          "dfm finetune with fsdp.cp_size=2 runs context-parallel and matches one process: 6 steps, worst loss rel "
+          "%.2e (tol %.0e)",
+          dl, TOL);
+}
+
 static void refused(int np, const char *model, const char *extra, const char *want, const char *what) {
     char cmd[4096], *out = NULL;
     snprintf(cmd, sizeof cmd, "mpirun --oversubscribe -np %d %s pretrain %s %s logger.output_dir=%s/e", np, bin, model,
@@ -348,6 +373,7 @@ int main(int argc, char **argv) {
     attention_cases();
     dit_cases();
     wan_cases();
+    finetune_cases();
     char dit7[2048];
     snprintf(dit7, sizeof dit7, "%s model.patch_size=7", DIT);
     refused(2, dit7, "model.context_parallel_size=2 model.cp_comm_type=a2a model.num_attention_heads=1",
