@@ -5,7 +5,7 @@
 # a rank waited in collectives that compute did not hide (comm_wait_frac), the pipeline bubble, and the per-rank
 # bytes of parameters, gradients, optimizer state + EMA and activations from the start-up line.
 # usage: bench/layouts.sh [steps=4] [layout ...]
-#   (layouts: one dp2 dp2_fsdp tp2 tp2_sp cp2 pp2 pp2_vpp2 recompute; tp2_pp2 on 4 ranks when named)
+#   (layouts: one dp2 dp2_fsdp tp2 tp2_sp cp2 pp2 pp2_vpp2 recompute; tp2_pp2 on 4 ranks and cp2_a2a when named)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STEPS=${1:-4}
@@ -55,6 +55,7 @@ for l in $LAYOUTS; do
     tp2) run tp2 2 model.tensor_model_parallel_size=2 ;;
     tp2_sp) run tp2_sp 2 model.tensor_model_parallel_size=2 model.sequence_parallel=true ;;
     cp2) run cp2 2 model.context_parallel_size=2 ;;
+    cp2_a2a) run cp2_a2a 2 model.context_parallel_size=2 model.cp_comm_type=a2a ;;
     pp2) run pp2 2 model.pipeline_model_parallel_size=2 ;;
     pp2_vpp2) run pp2_vpp2 2 model.pipeline_model_parallel_size=2 model.virtual_pipeline_model_parallel_size=2 ;;
     tp2_pp2) run tp2_pp2 4 model.tensor_model_parallel_size=2 model.pipeline_model_parallel_size=2 ;;
