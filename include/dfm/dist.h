@@ -29,8 +29,9 @@ typedef struct {
 /* The groups a data-parallel collective runs over: the whole DP group, this rank's shard group (the dp_shard
  * ranks of its replica) or its replica group (the dp_replicate ranks holding the same shard). */
 /* DIST_PP: this rank's pipeline; DIST_CP: its context-parallel group (the CP ranks sharing tp, dp and pp
- * coordinates) */
-typedef enum { DIST_DP, DIST_DP_SHARD, DIST_DP_REPLICA, DIST_PP, DIST_CP } dist_group;
+ * coordinates); DIST_DP_CP: the DP x CP ranks sharing tp and pp (rank cp_rank + CP * dp_rank), over which replicated
+ * gradients are summed under context parallelism */
+typedef enum { DIST_DP, DIST_DP_SHARD, DIST_DP_REPLICA, DIST_PP, DIST_CP, DIST_DP_CP } dist_group;
 
 /* Initialise from the environment (call first thing in main). Idempotent. */
 void dist_init(int *argc, char ***argv);

@@ -88,8 +88,9 @@ static size_t seg_len(const dp_engine *e, int s) { return e->m.seg_begin[s + 1] 
 /* ---- gradients -------------------------------------------------------------------------------- */
 
 /* Context parallelism: the CP ranks of a DP rank hold the same parameters and each computed the gradient of its
- * own tokens; their fp64 sums are added over the CP group (in place, blocking) before any data-parallel reduction,
- * so gradients are summed over DP x CP in fp64 and rounded to fp32 once, as without CP. */
+ * own tokens, so gradients are summed over DP x CP in fp64 and rounded to fp32 once, as without CP: under no_shard
+ * by one non-blocking all-reduce over the DP x CP group (start_reduce); under the sharded strategies the fp64 sums
+ * are first added over the CP group here (in place, blocking), then reduce-scattered over DP as before. */
 static void cp_reduce(const dp_engine *e, double *buf, size_t n) {
     if (e->cp > 1 && n)
         dist_allreduce_sum_f64_in(DIST_CP, buf, (int)n, "all-reduce of gradients over the context-parallel group");
@@ -97,10 +98,11 @@ static void cp_reduce(const dp_engine *e, double *buf, size_t n) {
 
 static void start_reduce(dp_engine *e, int s) {
     size_t b = e->m.seg_begin[s], end = e->m.seg_begin[s + 1];
-    cp_reduce(e, e->acc + b, end - b);
-    if (e->s == DP_NO_SHARD)
-        e->seg_req[s] = dist_iallreduce_sum_f64(DIST_DP, e->acc + b, end - b, "all-reduce of gradients");
+    if (e->s == DP_NO_SHARD) /* whole gradients: one all-reduce over DP x CP, in flight during the backward */
+        e->seg_req[s] = dist_iallreduce_sum_f64(e->cp > 1 ? DIST_DP_CP : DIST_DP, e->acc + b, end - b,
+                                                "all-reduce of gradients");
     else {
+        cp_reduce(e, e->acc + b, end - b);
         size_t o = seg_counts(e, b, end);
         e->seg_req[s] = dist_ireduce_scatter_f64(DIST_DP_SHARD, e->acc + b, e->acc_shard + o, e->counts,
                                                  "reduce-scatter of gradients");

@@ -12,6 +12,7 @@
 static dist_info info = {.size = 1, .local_size = 1, .tp = 1, .cp = 1, .dp = 1, .pp = 1, .timeout_s = 600.0,
                          .dp_replicate = 1, .dp_shard = 1};
 static MPI_Comm dp_comm = MPI_COMM_NULL, tp_comm = MPI_COMM_NULL, cp_comm = MPI_COMM_NULL, pp_comm = MPI_COMM_NULL;
+static MPI_Comm dpcp_comm = MPI_COMM_NULL; /* DP x CP (context parallelism's gradient sums) */
 /* hybrid sharding: the shard group (this rank's replica) and the replica group; MPI_COMM_NULL without it */
 static MPI_Comm shard_comm = MPI_COMM_NULL, rep_comm = MPI_COMM_NULL;
 static double wait_time;
@@ -98,8 +99,8 @@ int dist_setup_groups(int tp, int cp, int pp, char *err, size_t errlen) {
     info.pp_rank = r / (tp * cp * info.dp);
     free_replica_groups();
     if (!info.active) return 0;
-    MPI_Comm *comms[] = {&dp_comm, &tp_comm, &cp_comm, &pp_comm};
-    for (int i = 0; i < 4; i++)
+    MPI_Comm *comms[] = {&dp_comm, &tp_comm, &cp_comm, &pp_comm, &dpcp_comm};
+    for (int i = 0; i < 5; i++)
         if (*comms[i] != MPI_COMM_NULL) MPI_Comm_free(comms[i]);
     /* ranks that share every coordinate but one form that coordinate's group, ordered by it */
     int tp_key = info.tp_rank, cp_key = info.cp_rank, dp_key = info.dp_rank, pp_key = info.pp_rank;
@@ -111,7 +112,9 @@ int dist_setup_groups(int tp, int cp, int pp, char *err, size_t errlen) {
     check(MPI_Comm_split(MPI_COMM_WORLD, cp_color, cp_key, &cp_comm), "creating the context-parallel group");
     check(MPI_Comm_split(MPI_COMM_WORLD, dp_color, dp_key, &dp_comm), "creating the data-parallel group");
     check(MPI_Comm_split(MPI_COMM_WORLD, pp_color, pp_key, &pp_comm), "creating the pipeline-parallel group");
-    for (int i = 0; i < 4; i++) MPI_Comm_set_errhandler(*comms[i], MPI_ERRORS_RETURN);
+    check(MPI_Comm_split(MPI_COMM_WORLD, info.tp_rank + tp * info.pp_rank, info.cp_rank + cp * info.dp_rank, &dpcp_comm),
+          "creating the data x context-parallel group");
+    for (int i = 0; i < 5; i++) MPI_Comm_set_errhandler(*comms[i], MPI_ERRORS_RETURN);
     return 0;
 }
 
@@ -139,8 +142,8 @@ int dist_setup_dp_replicas(int replicate, char *err, size_t errlen) {
 void dist_finalize(void) {
     if (!info.active) return;
     free_replica_groups();
-    MPI_Comm *comms[] = {&dp_comm, &tp_comm, &cp_comm, &pp_comm};
-    for (int i = 0; i < 4; i++)
+    MPI_Comm *comms[] = {&dp_comm, &tp_comm, &cp_comm, &pp_comm, &dpcp_comm};
+    for (int i = 0; i < 5; i++)
         if (*comms[i] != MPI_COMM_NULL) MPI_Comm_free(comms[i]);
     free(tp_scratch);
     tp_scratch = NULL, tp_scratch_n = 0;
@@ -201,6 +204,10 @@ static MPI_Comm group_comm(dist_group g, int *size, int *rank) {
     if (g == DIST_CP) {
         *size = info.cp, *rank = info.cp_rank;
         return cp_comm;
+    }
+    if (g == DIST_DP_CP) {
+        *size = info.dp * info.cp, *rank = info.cp_rank + info.cp * info.dp_rank;
+        return dpcp_comm;
     }
     if (g == DIST_DP_SHARD && info.dp_replicate > 1) {
         *size = info.dp_shard, *rank = info.dp_shard_rank;
