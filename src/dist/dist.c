@@ -112,7 +112,8 @@ int dist_setup_groups(int tp, int cp, int pp, char *err, size_t errlen) {
     check(MPI_Comm_split(MPI_COMM_WORLD, cp_color, cp_key, &cp_comm), "creating the context-parallel group");
     check(MPI_Comm_split(MPI_COMM_WORLD, dp_color, dp_key, &dp_comm), "creating the data-parallel group");
     check(MPI_Comm_split(MPI_COMM_WORLD, pp_color, pp_key, &pp_comm), "creating the pipeline-parallel group");
-    check(MPI_Comm_split(MPI_COMM_WORLD, info.tp_rank + tp * info.pp_rank, info.cp_rank + cp * info.dp_rank, &dpcp_comm),
+    check(MPI_Comm_split(MPI_COMM_WORLD, info.tp_rank + tp * info.pp_rank, info.cp_rank + cp * info.dp_rank,
+                         &dpcp_comm),
           "creating the data x context-parallel group");
     for (int i = 0; i < 5; i++) MPI_Comm_set_errhandler(*comms[i], MPI_ERRORS_RETURN);
     return 0;
