@@ -36,52 +36,17 @@ static char *dir;
 static const char *bin;
 
 static int train(int np, const char *base, const char *name, const char *extra) {
-    char launch[64] = "";
-    if (np > 0) snprintf(launch, sizeof launch, "mpirun --oversubscribe -np %d", np);
-    int rc = test_sh("%s %s pretrain %s logger.output_dir=%s/%s checkpoint.save=%s/%s/ck %s > %s/%s.log 2>&1", launch,
-                     bin, base, dir, name, dir, name, extra, dir, name);
-    if (rc != 0) {
-        printf("# run %s failed (%d); its log:\n", name, rc);
-        test_sh("grep -v '^  step' %s/%s.log | tail -20 | sed 's/^/#   /'", dir, name);
-    }
-    return rc;
+    return test_run_pretrain(dir, bin, np, base, name, extra);
 }
 
-/* Worst relative difference of the logged losses of steps [from, to] (inf if any is missing). */
 static double loss_diff(const char *a, const char *b, int from, int to) {
-    double la[64], lb[64];
-    for (int i = 0; i < 64; i++) la[i] = lb[i] = NAN;
-    test_run_losses(test_path("%s/%s", dir, a), la, 63);
-    test_run_losses(test_path("%s/%s", dir, b), lb, 63);
-    double worst = 0;
-    for (int s = from; s <= to; s++) {
-        double d = fabs(la[s] - lb[s]) / fabs(lb[s]);
-        if (!(d <= worst)) worst = isnan(d) ? INFINITY : d;
-    }
-    return worst;
+    char ra[1024];
+    snprintf(ra, sizeof ra, "%s/%s", dir, a);
+    return test_run_loss_diff(ra, test_path("%s/%s", dir, b), from, to);
 }
 
-/* Worst relative difference of kind between two DiT checkpoint folders (either form), read whole through one
- * process's table (the model from a's metadata). */
 static double dit_weights_diff(const char *a, const char *b, const char *kind) {
-    char *cfg = ckpt_meta(a, "dfm_dit_config");
-    dit_config c;
-    char err[1024];
-    double d = INFINITY;
-    if (cfg && dit_config_from_json(&c, cfg, err, sizeof err) == 0) {
-        dit_model m;
-        dit_create(&m, &c, 1);
-        size_t n = m.table.total;
-        float *wa = xalloc_floats(n), *wb = xalloc_floats(n);
-        if (ckpt_read_range(a, kind, &m.table, 0, n, wa, err, sizeof err) == 0 &&
-            ckpt_read_range(b, kind, &m.table, 0, n, wb, err, sizeof err) == 0)
-            d = test_rel_err(wa, wb, n);
-        else printf("# %s\n", err);
-        free(wa), free(wb);
-        dit_free(&m);
-    } else printf("# '%s': no readable dfm_dit_config\n", a);
-    free(cfg);
-    return d;
+    return test_dit_weights_diff(a, kind, b, kind);
 }
 
 /* The worst of the model and EMA differences of the step-10 checkpoints of two runs. */

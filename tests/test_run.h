@@ -4,6 +4,7 @@
 #define DFM_TEST_RUN_H
 
 #include "dfm/checkpoint.h"
+#include "dfm/dit.h"
 #include "dfm/wan.h"
 #include "test.h"
 #include "test_fs.h"
@@ -45,6 +46,58 @@ static inline double test_wan_weights_diff(const char *a, const char *kind_a, co
     }
     free(cfg);
     return d;
+}
+
+/* Worst relative difference of the logged losses of steps [from, to] between two run folders (inf if any is
+ * missing). */
+static inline double test_run_loss_diff(const char *run_a, const char *run_b, int from, int to) {
+    double la[64], lb[64];
+    for (int i = 0; i < 64; i++) la[i] = lb[i] = NAN;
+    test_run_losses(run_a, la, 63);
+    test_run_losses(run_b, lb, 63);
+    double worst = 0;
+    for (int s = from; s <= to && s < 64; s++) {
+        double d = fabs(la[s] - lb[s]) / fabs(lb[s]);
+        if (!(d <= worst)) worst = isnan(d) ? INFINITY : d;
+    }
+    return worst;
+}
+
+/* The same as test_wan_weights_diff for DiT checkpoints (the model's shape from a's "dfm_dit_config"). */
+static inline double test_dit_weights_diff(const char *a, const char *kind_a, const char *b, const char *kind_b) {
+    char *cfg = ckpt_meta(a, "dfm_dit_config");
+    dit_config c;
+    char err[1024];
+    double d = INFINITY;
+    if (cfg && dit_config_from_json(&c, cfg, err, sizeof err) == 0) {
+        dit_model m;
+        dit_create(&m, &c, 1);
+        size_t n = m.table.total;
+        float *wa = xalloc_floats(n), *wb = xalloc_floats(n);
+        if (ckpt_read_range(a, kind_a, &m.table, 0, n, wa, err, sizeof err) == 0 &&
+            ckpt_read_range(b, kind_b, &m.table, 0, n, wb, err, sizeof err) == 0)
+            d = test_rel_err(wa, wb, n);
+        else printf("# %s\n", err);
+        free(wa), free(wb);
+        dit_free(&m);
+    } else printf("# '%s': no readable dfm_dit_config\n", a);
+    free(cfg);
+    return d;
+}
+
+/* dfm pretrain MODEL EXTRA into dir/name (checkpoints in dir/name/ck, log dir/name.log), under mpirun -np np when
+ * np > 0; on failure the log's tail is printed as comments. Returns the exit status. */
+static inline int test_run_pretrain(const char *dir, const char *bin, int np, const char *model, const char *name,
+                                    const char *extra) {
+    char launch[64] = "";
+    if (np > 0) snprintf(launch, sizeof launch, "mpirun --oversubscribe -np %d ", np);
+    int rc = test_sh("%s%s pretrain %s logger.output_dir=%s/%s checkpoint.save=%s/%s/ck %s > %s/%s.log 2>&1", launch,
+                     bin, model, dir, name, dir, name, extra, dir, name);
+    if (rc != 0) {
+        printf("# run %s failed (%d); its log:\n", name, rc);
+        test_sh("tail -20 %s/%s.log | sed 's/^/#   /'", dir, name);
+    }
+    return rc;
 }
 
 /* In folder dir: 24 demo clips as an Energon dataset (en/) converted to dfm's safetensors samples (st/), a tiny
