@@ -8,7 +8,9 @@
  * Saved per block: x, qkv, ao, lse, proj, x_mid, h, f and the LayerNorm statistics. ln1/xm1, ln2/xm2 and
  * gelu(h) are recomputed in the backward (cheap elementwise work instead of 5 more [B, T, d..4d] tensors).
  * With dit_set_recompute, the first N blocks keep only x and share one slot for the rest; the backward runs
- * block_forward again before each of their backwards (docs/ARCHITECTURE.md, "Activation recompute"). */
+ * block_forward again before each of their backwards; dit_set_recompute_mode adds checkpoints of k blocks (k
+ * slots, re-run from the checkpoint's input) and selective (every block's ao / lse in one shared pair, the
+ * attention forward re-run on the kept qkv) (docs/ARCHITECTURE.md, "Activation recompute"). */
 #include "dfm/dit.h"
 #include "dfm/common.h"
 #include "dfm/context_parallel.h"

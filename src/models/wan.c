@@ -14,7 +14,9 @@
  * ao2, lse2, x2, h, f, and every norm's statistics. LN outputs, modulated inputs, normalised and rotated
  * q/k and gelu(h) are recomputed in the backward: elementwise work next to the GEMMs, 7 d floats per token
  * fewer per block. With wan_set_recompute, the first N blocks keep only x and share one slot for the rest, and the
- * backward runs block_forward again before each of their backwards (docs/ARCHITECTURE.md, "Activation recompute"). */
+ * backward runs block_forward again before each of their backwards; wan_set_recompute_mode adds checkpoints of k
+ * blocks and selective (ao1 / lse1 / ao2 / lse2 shared by every block, the attention kernels re-run in the backward)
+ * (docs/ARCHITECTURE.md, "Activation recompute"). */
 #include "dfm/wan.h"
 #include "dfm/common.h"
 #include "dfm/context_parallel.h"
