@@ -398,6 +398,25 @@ static void pretrain_runs(void) {
     same_losses("dit1", "dit0", "DiT full/uniform/1");
     a0 = activation_mb("dit0"), a1 = activation_mb("dit1");
     CHECK(a0 > 0 && a1 > 0 && a1 < a0, "DiT: %.2f activation MB with recompute, %.2f without", a1, a0);
+    /* DiT on 2 ranks, 3 blocks: TP2 with checkpoints of 2 + 1 blocks, CP2 with selective (the ring's passes re-run) */
+    const char *dit2[][3] = {
+        {"dtp2", "model.tensor_model_parallel_size=2",
+         "model.recompute_granularity=full model.recompute_method=uniform model.recompute_num_layers=2"},
+        {"dcp2", "model.context_parallel_size=2", "model.recompute_granularity=selective"}};
+    for (int k = 0; k < 2; k++) {
+        rc = test_sh("mpirun --oversubscribe -np 2 %s pretrain %s model.num_layers=3 %s logger.output_dir=%s/%s_0 > "
+                     "%s/%s_0.log 2>&1",
+                     bin, dit, dit2[k][1], dir, dit2[k][0], dir, dit2[k][0]);
+        rc |= test_sh("mpirun --oversubscribe -np 2 %s pretrain %s model.num_layers=3 %s %s logger.output_dir=%s/%s_1 "
+                      "> %s/%s_1.log 2>&1",
+                      bin, dit, dit2[k][1], dit2[k][2], dir, dit2[k][0], dir, dit2[k][0]);
+        CHECK(rc == 0, "DiT, 2 ranks, %s: runs without and with %s", dit2[k][1], dit2[k][2]);
+        char run[64], base[64], what[200];
+        snprintf(run, sizeof run, "%s_1", dit2[k][0]);
+        snprintf(base, sizeof base, "%s_0", dit2[k][0]);
+        snprintf(what, sizeof what, "DiT, 2 ranks, %s, %s", dit2[k][1], dit2[k][2]);
+        same_losses(run, base, what);
+    }
 
     /* refused, naming the values */
     const char *bad[][2] = {
