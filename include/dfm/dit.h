@@ -90,6 +90,13 @@ void dit_init(dit_model *m, uint64_t seed);
  * Reallocates the arena (call it between steps, not between a forward and its backward). 0, or -1 with the reason
  * in err (blocks outside 0..num_layers). */
 int dit_set_recompute(dit_model *m, int blocks, char *err, size_t errlen);
+/* The general form: the first `blocks` blocks recomputed in checkpoints of `chunk` consecutive blocks from the
+ * stage's first (Megatron's uniform with recompute_num_layers = chunk; the last checkpoint may be shorter): a
+ * checkpoint keeps only its first block's input, and its blocks' activations live in `chunk` shared slots,
+ * re-run from that input before the checkpoint's last block is differentiated. selective (blocks must be 0):
+ * every block keeps its activations but its core attention's output and log-sum-exp, one pair shared by all
+ * blocks; the backward re-runs the attention kernel on the kept qkv. Bit-identical gradients either way. */
+int dit_set_recompute_mode(dit_model *m, int blocks, int chunk, int selective, char *err, size_t errlen);
 /* Sequence parallelism over the TP group (Megatron's sequence_parallel): the residual stream, norms, modulation,
  * gates and residual adds hold T / tp tokens of every sample; the inputs of the column-parallel linears are
  * all-gathered, the row-parallel outputs reduce-scattered (sums in rank order). The embedders and the output head

@@ -73,6 +73,8 @@ typedef struct {
     int max_tokens;        /* video tokens per sample at max */
     wan_acts *acts;        /* activations saved by the forward, and backward scratch */
     int recompute_layers;  /* blocks 0..recompute_layers-1 are recomputed in the backward (wan_set_recompute) */
+    int recompute_chunk;     /* ... in checkpoints of this many consecutive blocks (1: each block its own) */
+    int recompute_selective; /* no block keeps its attention outputs: recomputed per block (wan_set_recompute_mode) */
     int sp;                /* sequence parallelism (wan_set_sequence_parallel): the residual stream holds N / tp
                             * tokens of every sample, [tp_rank N / tp, (tp_rank + 1) N / tp) */
     /* parameter segments in table order: 0 = patch and condition embedders, 1..L = blocks, L+1 = output head;
@@ -114,6 +116,11 @@ int wan_prepare(wan_model *m, const wan_shape *max, char *err, size_t errlen);
  * wan_create_weights_only and wan_prepare (the arena is sized then); 0, or -1 with the reason in err (blocks
  * outside 0..num_layers, or a model that already has its activations). */
 int wan_set_recompute(wan_model *m, int blocks, char *err, size_t errlen);
+/* The general form, as dit_set_recompute_mode: checkpoints of `chunk` blocks (`chunk` shared slots, a checkpoint
+ * keeps its first block's input), or selective (blocks = 0): the self- and cross-attention outputs and
+ * log-sum-exps of every block live in one shared set and the backward re-runs the attention kernels on the kept
+ * (recomputed-normalised) q/k/v. */
+int wan_set_recompute_mode(wan_model *m, int blocks, int chunk, int selective, char *err, size_t errlen);
 /* Sequence parallelism over the TP group (Megatron's sequence_parallel): outside attention and the FFN (norms,
  * modulation, gates, residual adds) this rank holds N / tp video tokens of every sample; the inputs of the
  * column-parallel linears (q/k/v, the cross-attention query, ffn.net.0) are all-gathered and the row-parallel

@@ -8,7 +8,9 @@
  * Saved per block: x, qkv, ao, lse, proj, x_mid, h, f and the LayerNorm statistics. ln1/xm1, ln2/xm2 and
  * gelu(h) are recomputed in the backward (cheap elementwise work instead of 5 more [B, T, d..4d] tensors).
  * With dit_set_recompute, the first N blocks keep only x and share one slot for the rest; the backward runs
- * block_forward again before each of their backwards (docs/ARCHITECTURE.md, "Activation recompute"). */
+ * block_forward again before each of their backwards; dit_set_recompute_mode adds checkpoints of k blocks (k
+ * slots, re-run from the checkpoint's input) and selective (every block's ao / lse in one shared pair, the
+ * attention forward re-run on the kept qkv) (docs/ARCHITECTURE.md, "Activation recompute"). */
 #include "dfm/dit.h"
 #include "dfm/common.h"
 #include "dfm/context_parallel.h"
@@ -99,8 +101,11 @@ struct dit_acts {
     int B;
     float *buf;
     size_t nfloats;
-    int recompute;  /* blocks 0..recompute-1 share one activation slot and are recomputed in the backward */
-    int slot_layer; /* the recomputed block whose activations the slot holds (-1: none) */
+    int recompute;  /* blocks 0..recompute-1 are recomputed in the backward (full granularity) */
+    int chunk;      /* ... in checkpoints of `chunk` consecutive blocks (k slots; 1: each block its own) */
+    int selective;  /* keep no block's attention output / log-sum-exp: one shared pair, recomputed per block */
+    int slot_layer; /* the first block of the checkpoint whose activations the slots hold, or under selective the
+                     * block whose attention output the shared pair holds (-1: none) */
     /* global */
     float *patches, *tproj, *t1, *t1s, *c, *sc, *modf, *lnf, *xmf, *lnf_mean, *lnf_rstd, *out_tok, *t_saved;
     int *labels;
@@ -302,17 +307,23 @@ static void carve_acts(dit_model *m, dit_acts *a, carver *cv) {
     a->out_tok = carve(cv, BT * (size_t)m->out_dim);
     size_t l0 = (size_t)m->block_begin, l1 = (size_t)m->block_end; /* a pipeline stage keeps its blocks only */
     (void)L;
-    for (size_t l = l0; l <= l1; l++) a->x[l] = carve(cv, BTl * d);
+    /* full recompute in checkpoints of k blocks: block l0 + i * k + j (i >= 1) shares slot j (block l0 + j's
+     * activations); only a checkpoint's first block keeps its own input x */
+    const size_t k = (size_t)a->chunk, R = (size_t)a->recompute;
+    for (size_t l = l0; l <= l1; l++) {
+        if (l < l1 && l < R && l - l0 >= k && (l - l0) % k) a->x[l] = a->x[l0 + (l - l0) % k];
+        else a->x[l] = carve(cv, BTl * d);
+    }
     for (size_t l = l0; l < l1; l++) {
-        if (l > l0 && l < (size_t)a->recompute) { /* recomputed blocks share the stage's first block's slot (x stays
-                                                    * per block) */
+        if (l < R && l - l0 >= k) {
             float ***lists[] = PER_BLOCK_LISTS(a);
-            for (size_t i = 1; i < sizeof lists / sizeof lists[0]; i++) (*lists[i])[l] = (*lists[i])[l0];
+            for (size_t i = 1; i < sizeof lists / sizeof lists[0]; i++) (*lists[i])[l] = (*lists[i])[l0 + (l - l0) % k];
             continue;
         }
         a->qkv[l] = carve(cv, BT * 3 * da);
-        a->ao[l] = carve(cv, BT * da);
-        a->lse[l] = carve(cv, B * H * T);
+        /* selective: the core attention's outputs, one pair for every block (recomputed from qkv in the backward) */
+        a->ao[l] = a->selective && l > l0 ? a->ao[l0] : carve(cv, BT * da);
+        a->lse[l] = a->selective && l > l0 ? a->lse[l0] : carve(cv, B * H * T);
         a->proj[l] = carve(cv, BTl * d);
         a->xmid[l] = carve(cv, BTl * d);
         a->h[l] = carve(cv, BT * F);
@@ -354,29 +365,46 @@ static void size_arena(dit_model *m, dit_acts *a) {
 
 /* An activation arena for m's max batch and blocks [block_begin, block_end], the first `recompute` blocks
  * recomputed (view offsets not yet resolved). */
-static dit_acts *acts_new(dit_model *m, int recompute) {
+static dit_acts *acts_new(dit_model *m, int recompute, int chunk, int selective) {
     dit_acts *a = xcalloc(1, sizeof *a);
     size_t L1 = (size_t)m->cfg.num_layers + 1;
     float ***lists[] = PER_BLOCK_LISTS(a);
     for (size_t i = 0; i < sizeof lists / sizeof lists[0]; i++) *lists[i] = xcalloc(L1, sizeof(float *));
     a->B = m->max_batch;
     a->recompute = recompute;
+    a->chunk = chunk;
+    a->selective = selective;
     size_arena(m, a);
     a->labels = xcalloc((size_t)m->max_batch, sizeof(int));
     return a;
 }
 
 int dit_set_recompute(dit_model *m, int blocks, char *err, size_t errlen) {
+    return dit_set_recompute_mode(m, blocks, 1, 0, err, errlen);
+}
+
+int dit_set_recompute_mode(dit_model *m, int blocks, int chunk, int selective, char *err, size_t errlen) {
     if (blocks < 0 || blocks > m->cfg.num_layers) {
         snprintf(err, errlen, "%d blocks to recompute, outside 0..%d (the model's blocks)", blocks, m->cfg.num_layers);
+        return -1;
+    }
+    if (chunk < 1 || chunk > m->cfg.num_layers) {
+        snprintf(err, errlen, "checkpoints of %d blocks, outside 1..%d (the model's blocks)", chunk, m->cfg.num_layers);
+        return -1;
+    }
+    if (selective && blocks) {
+        snprintf(err, errlen, "selective recomputation (core attention) with %d blocks fully recomputed: one or the "
+                              "other", blocks);
         return -1;
     }
     if (m->arenas) {
         snprintf(err, errlen, "activation recomputation is set before the pipeline stage (dit_set_stage)");
         return -1;
     }
-    if (blocks != m->acts->recompute) {
+    if (blocks != m->acts->recompute || chunk != m->acts->chunk || !selective != !m->acts->selective) {
         m->acts->recompute = blocks;
+        m->acts->chunk = chunk;
+        m->acts->selective = selective != 0;
         size_arena(m, m->acts);
     }
     return 0;
@@ -460,7 +488,7 @@ void dit_create_tp(dit_model *m, const dit_config *cfg, int max_batch, int tp, i
     pos_embed_2d_sincos(m->pos_embed, m->d, m->grid, m->grid, (float)m->grid, 1.0f);
 
     m->block_begin = 0, m->block_end = c->num_layers;
-    dit_acts *a = acts_new(m, 0);
+    dit_acts *a = acts_new(m, 0, 1, 0);
     resolve_segments(m, a);
     m->acts = a;
 }
@@ -539,7 +567,7 @@ void dit_set_stage(dit_model *m, int block_begin, int block_end, int n_arenas) {
     m->block_begin = block_begin, m->block_end = block_end;
     dit_acts **ar = xcalloc((size_t)n_arenas, sizeof *ar);
     for (int k = 0; k < n_arenas; k++) {
-        ar[k] = acts_new(m, proto->recompute);
+        ar[k] = acts_new(m, proto->recompute, proto->chunk, proto->selective);
         memcpy(ar[k]->off_head, proto->off_head, sizeof proto->off_head);
         memcpy(ar[k]->off_blk, proto->off_blk, sizeof proto->off_blk);
         memcpy(ar[k]->off_fin, proto->off_fin, sizeof proto->off_fin);
@@ -768,7 +796,8 @@ void dit_forward(dit_model *m, float *out, const float *x, const float *t, const
         block_views wv;
         block_at(a, seg_params(m, 1 + l, 0), &wv);
         block_forward(m, l, &wv, B, a->x[l + 1]);
-        if (l < a->recompute) a->slot_layer = l;
+        if (l < a->recompute) a->slot_layer = m->block_begin + (l - m->block_begin) / a->chunk * a->chunk;
+        if (a->selective) a->slot_layer = l;
     }
 
     if (!last) return;
@@ -838,13 +867,17 @@ void dit_backward(dit_model *m, const float *dout, int B) {
     float *dtmp = a->lnf, *dtmp2 = a->xmf; /* [B,T,d] buffers no longer needed after the final layer */
     for (int l = m->block_end - 1; l >= m->block_begin; l--) {
         block_views wv, gwv;
+        int c0 = m->block_begin + (l - m->block_begin) / a->chunk * a->chunk; /* l's checkpoint: blocks c0..l */
+        if (l < a->recompute && a->slot_layer != c0) { /* the checkpoint's activations again, from x[c0] */
+            for (int j = c0; j <= l; j++) {
+                block_at(a, seg_params(m, 1 + j, 1), &wv);
+                block_forward(m, j, &wv, B, j < l ? a->x[j + 1] : NULL);
+            }
+            a->slot_layer = c0;
+        }
         block_at(a, seg_params(m, 1 + l, 1), &wv);
         block_at(a, seg_grads(m, 1 + l), &gwv);
         const block_views *w = &wv, *gw = &gwv;
-        if (l < a->recompute && a->slot_layer != l) { /* the block's activations again, from x[l] */
-            block_forward(m, l, w, B, NULL);
-            a->slot_layer = l;
-        }
         const float *mod = a->mod[l];
         float *dmod = a->dmod;
         zero(dmod, (size_t)B * 6 * d);
@@ -876,6 +909,11 @@ void dit_backward(dit_model *m, const float *dout, int B) {
         float *dproj = dtmp;
         zero(dproj, nTl);
         gate_residual_backward(NULL, dproj, dmod + 2 * d, a->dx, a->proj[l], mod + 2 * d, B, Tl, d, 6 * d);
+        if (a->selective && a->slot_layer != l) { /* the core attention again, same kernel on the kept qkv */
+            cp_attention_forward((cp_comm_type)m->cp_comm, a->ao[l], a->lse[l], a->qkv[l], a->qkv[l] + da,
+                                 a->qkv[l] + 2 * da, B, T, m->T_full, H, D, 3 * da, 3 * da, da, 1.0f / sqrtf((float)D));
+            a->slot_layer = l;
+        }
         float *dao = dtmp2;
         zero(dao, (size_t)BT * da);
         matmul_backward(dao, gw->out_w, gw->out_b, sp_gather(m, dproj, B), a->ao[l], w->out_w, BT, d, da);

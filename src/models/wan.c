@@ -14,7 +14,9 @@
  * ao2, lse2, x2, h, f, and every norm's statistics. LN outputs, modulated inputs, normalised and rotated
  * q/k and gelu(h) are recomputed in the backward: elementwise work next to the GEMMs, 7 d floats per token
  * fewer per block. With wan_set_recompute, the first N blocks keep only x and share one slot for the rest, and the
- * backward runs block_forward again before each of their backwards (docs/ARCHITECTURE.md, "Activation recompute"). */
+ * backward runs block_forward again before each of their backwards; wan_set_recompute_mode adds checkpoints of k
+ * blocks and selective (ao1 / lse1 / ao2 / lse2 shared by every block, the attention kernels re-run in the backward)
+ * (docs/ARCHITECTURE.md, "Activation recompute"). */
 #include "dfm/wan.h"
 #include "dfm/common.h"
 #include "dfm/context_parallel.h"
@@ -430,12 +432,18 @@ static void carve_acts(const wan_model *m, wan_acts *a, carver *cv) {
     a->hmod = carve(cv, B * 2 * d);
     a->meanf = carve(cv, BN);
     a->rstdf = carve(cv, BN);
-    for (int l = m->block_begin; l <= m->block_end; l++) a->x[l] = carve(cv, BNl * d); /* a stage's blocks only */
-    for (int l = m->block_begin; l < m->block_end; l++) {
-        if (l > m->block_begin && l < m->recompute_layers) { /* recomputed blocks share the stage's first block's
-                                                               * slot (x stays per block) */
+    /* a stage's blocks only; full recompute in checkpoints of k blocks: block l0 + i * k + j (i >= 1) shares slot j
+     * (block l0 + j's activations), and only a checkpoint's first block keeps its own input x */
+    const int l0 = m->block_begin, k = m->recompute_chunk > 0 ? m->recompute_chunk : 1, R = m->recompute_layers;
+    const int sel = m->recompute_selective;
+    for (int l = l0; l <= m->block_end; l++) {
+        if (l < m->block_end && l < R && l - l0 >= k && (l - l0) % k) a->x[l] = a->x[l0 + (l - l0) % k];
+        else a->x[l] = carve(cv, BNl * d);
+    }
+    for (int l = l0; l < m->block_end; l++) {
+        if (l < R && l - l0 >= k) {
             float ***lists[] = PER_BLOCK_LISTS(a);
-            for (size_t i = 1; i < sizeof lists / sizeof lists[0]; i++) (*lists[i])[l] = (*lists[i])[m->block_begin];
+            for (size_t i = 1; i < sizeof lists / sizeof lists[0]; i++) (*lists[i])[l] = (*lists[i])[l0 + (l - l0) % k];
             continue;
         }
         a->mod[l] = carve(cv, B * 6 * d);
@@ -444,8 +452,9 @@ static void carve_acts(const wan_model *m, wan_acts *a, carver *cv) {
         a->qkv[l] = carve(cv, BN * 3 * da);
         a->rq1[l] = carve(cv, BN);
         a->rk1[l] = carve(cv, BN);
-        a->ao1[l] = carve(cv, BN * da);
-        a->lse1[l] = carve(cv, B * H * N);
+        /* selective: the core attentions' outputs, one set for every block (recomputed in the backward) */
+        a->ao1[l] = sel && l > l0 ? a->ao1[l0] : carve(cv, BN * da);
+        a->lse1[l] = sel && l > l0 ? a->lse1[l0] : carve(cv, B * H * N);
         a->proj1[l] = carve(cv, BNl * d);
         a->xmid[l] = carve(cv, BNl * d);
         a->mean2[l] = carve(cv, BNl);
@@ -454,8 +463,8 @@ static void carve_acts(const wan_model *m, wan_acts *a, carver *cv) {
         a->rq2[l] = carve(cv, BN);
         a->kv2[l] = carve(cv, BL * 2 * da);
         a->rk2[l] = carve(cv, BL);
-        a->ao2[l] = carve(cv, BN * da);
-        a->lse2[l] = carve(cv, B * H * N);
+        a->ao2[l] = sel && l > l0 ? a->ao2[l0] : carve(cv, BN * da);
+        a->lse2[l] = sel && l > l0 ? a->lse2[l0] : carve(cv, B * H * N);
         a->x2[l] = carve(cv, BNl * d);
         a->mean3[l] = carve(cv, BNl);
         a->rstd3[l] = carve(cv, BNl);
@@ -632,6 +641,10 @@ static void cp_put_rows(const wan_acts *a, float *full, const float *local, int 
 }
 
 int wan_set_recompute(wan_model *m, int blocks, char *err, size_t errlen) {
+    return wan_set_recompute_mode(m, blocks, 1, 0, err, errlen);
+}
+
+int wan_set_recompute_mode(wan_model *m, int blocks, int chunk, int selective, char *err, size_t errlen) {
     if (m->acts) {
         snprintf(err, errlen, "activation recomputation is set before the activations are sized (wan_prepare)");
         return -1;
@@ -640,7 +653,18 @@ int wan_set_recompute(wan_model *m, int blocks, char *err, size_t errlen) {
         snprintf(err, errlen, "%d blocks to recompute, outside 0..%d (the model's blocks)", blocks, m->cfg.num_layers);
         return -1;
     }
+    if (chunk < 1 || chunk > m->cfg.num_layers) {
+        snprintf(err, errlen, "checkpoints of %d blocks, outside 1..%d (the model's blocks)", chunk, m->cfg.num_layers);
+        return -1;
+    }
+    if (selective && blocks) {
+        snprintf(err, errlen, "selective recomputation (core attention) with %d blocks fully recomputed: one or the "
+                              "other", blocks);
+        return -1;
+    }
     m->recompute_layers = blocks;
+    m->recompute_chunk = chunk;
+    m->recompute_selective = selective != 0;
     return 0;
 }
 
@@ -1096,12 +1120,14 @@ void wan_forward(wan_model *m, float *out, const float *latents, const float *ti
         matmul_forward(a->ctx, a->tsc, p->x2_w, p->x2_b, BL, d, d);
     }
 
+    const int k = m->recompute_chunk > 0 ? m->recompute_chunk : 1; /* blocks per checkpoint */
     a->slot_layer = -1;
     for (int l = m->block_begin; l < m->block_end; l++) {
         block_views wv;
         block_at(a, seg_params(m, 1 + l, 0), &wv);
         block_forward(m, l, &wv, a->x[l + 1]);
-        if (l < m->recompute_layers) a->slot_layer = l;
+        if (l < m->recompute_layers) a->slot_layer = m->block_begin + (l - m->block_begin) / k * k;
+        if (m->recompute_selective) a->slot_layer = l;
     }
 
     if (!last) return;
@@ -1193,15 +1219,23 @@ void wan_backward(wan_model *m, const float *dout) {
         zero(a->dtproj, (size_t)B * 6 * d);
         zero(a->dctx, (size_t)BL * d);
     }
+    const int k = m->recompute_chunk > 0 ? m->recompute_chunk : 1; /* blocks per checkpoint */
     for (int l = m->block_end - 1; l >= m->block_begin; l--) {
         block_views wv, gwv;
+        int c0 = m->block_begin + (l - m->block_begin) / k * k; /* l's checkpoint: blocks c0..l */
+        if (l < m->recompute_layers && a->slot_layer != c0) { /* the checkpoint's activations again, from x[c0] */
+            for (int j = c0; j <= l; j++) {
+                block_at(a, seg_params(m, 1 + j, 1), &wv);
+                block_forward(m, j, &wv, j < l ? a->x[j + 1] : NULL);
+            }
+            a->slot_layer = c0;
+        }
+        /* selective: the attention outputs again (same kernels on the same inputs), once per block */
+        const int resel = m->recompute_selective && a->slot_layer != l;
+        if (resel) a->slot_layer = l;
         block_at(a, seg_params(m, 1 + l, 1), &wv);
         block_at(a, seg_grads(m, 1 + l), &gwv);
         const block_views *w = &wv, *gw = &gwv;
-        if (l < m->recompute_layers && a->slot_layer != l) { /* the block's activations again, from x[l] */
-            block_forward(m, l, w, NULL);
-            a->slot_layer = l;
-        }
         const float *mod = a->mod[l];
         float *dmod = a->dmod;
         zero(dmod, (size_t)B * 6 * d);
@@ -1228,12 +1262,15 @@ void wan_backward(wan_model *m, const float *dout) {
         layernorm_backward(a->dx, NULL, NULL, dln3, a->x2[l], NULL, a->mean3[l], a->rstd3[l], BNl, d);
 
         /* ---- cross-attention: x2 = x_mid + attention(...) Wo2^T + b ---- */
-        float *dao2 = a->sA;
-        zero(dao2, nA);
-        matmul_backward(dao2, gw->o2_w, gw->o2_b, sp_gather(m, a->dx), a->ao2[l], w->o2_w, BN, d, da);
         float *q2n = a->sB, *dq2n = a->sC;
         rms_tp_forward(m, q2n, a->rq2[l], a->q2[l], w->nq2, BN, da, da, 1);
         cross_attention_kv(m, a->kvs, a->rk2[l], a->kv2[l], w, BL, 1);
+        if (resel)
+            attention_forward(a->ao2[l], a->lse2[l], q2n, a->kvs, a->kvs + da, lens, B, N, Lt, H, D, da, 2 * da, da,
+                              scale);
+        float *dao2 = a->sA;
+        zero(dao2, nA);
+        matmul_backward(dao2, gw->o2_w, gw->o2_b, sp_gather(m, a->dx), a->ao2[l], w->o2_w, BN, d, da);
         zero(dq2n, nA);
         zero(a->dkvs, (size_t)BL * 2 * da);
         attention_backward(dq2n, a->dkvs, a->dkvs + da, a->attn_ws, dao2, a->ao2[l], a->lse2[l], q2n, a->kvs,
@@ -1264,11 +1301,14 @@ void wan_backward(wan_model *m, const float *dout) {
         float *dproj = a->sA;
         zero(dproj, nTl);
         gate_residual_backward(NULL, dproj, dmod + 2 * d, a->dx, a->proj1[l], mod + 2 * d, B, Nl, d, 6 * d);
+        float *att = a->s3a, *datt = a->s3b;
+        self_attention_inputs(m, att, a->rq1[l], a->rk1[l], a->qkv[l], w, B, N, 1);
+        if (resel)
+            cp_attention_forward((cp_comm_type)m->cp_comm, a->ao1[l], a->lse1[l], att, att + da, att + 2 * da, B, N,
+                                 a->N_full, H, D, 3 * da, 3 * da, da, scale);
         float *dao1 = a->sB;
         zero(dao1, nA);
         matmul_backward(dao1, gw->o1_w, gw->o1_b, sp_gather(m, dproj), a->ao1[l], w->o1_w, BN, d, da);
-        float *att = a->s3a, *datt = a->s3b;
-        self_attention_inputs(m, att, a->rq1[l], a->rk1[l], a->qkv[l], w, B, N, 1);
         zero(datt, (size_t)BN * 3 * da);
         cp_attention_backward((cp_comm_type)m->cp_comm, datt, datt + da, datt + 2 * da, a->attn_ws, dao1, a->ao1[l],
                               a->lse1[l], att, att + da, att + 2 * da, B, N, a->N_full, H, D, 3 * da, 3 * da, da,

@@ -1050,38 +1050,53 @@ static void fmt_eta(char *buf, size_t n, double s) {
     else snprintf(buf, n, "%dm%02ds", (int)(s / 60), (int)s % 60);
 }
 
-/* Megatron's activation recomputation keys -> how many blocks, from the first, are recomputed (0: none). Built:
- * granularity full with method uniform and num_layers 1 (every block its own checkpoint) or method block with
- * num_layers N (the first N blocks); refused with the values otherwise. */
-static int recompute_blocks(const cfg *c, int num_layers) {
+/* Megatron's activation recomputation: which blocks, in checkpoints of how many, or only the core attention. */
+typedef struct {
+    int blocks;    /* full: the first `blocks` blocks are recomputed (0: none) */
+    int chunk;     /* ... in checkpoints of `chunk` consecutive blocks */
+    int selective; /* only the core attention's outputs are recomputed, in every block */
+} recompute_plan;
+
+/* Megatron's activation recomputation keys -> the plan. Built: granularity full with method uniform and num_layers
+ * k (every block recomputed, in checkpoints of k consecutive blocks, the last one shorter when k does not divide
+ * the layers) or method block with num_layers N (the first N blocks, each its own checkpoint); granularity
+ * selective alone (Megatron ignores method and num_layers with it: here they are refused rather than parsed and
+ * ignored). Refused with the values otherwise. */
+static recompute_plan recompute_blocks(const cfg *c, int num_layers) {
     const char *G = "model.recompute_granularity", *M = "model.recompute_method", *N = "model.recompute_num_layers";
+    recompute_plan r = {0, 1, 0};
     if (cfg_is_null(c, G)) {
         if (!cfg_is_null(c, M) || !cfg_is_null(c, N))
             dfm_die("%s / %s are set (from %s) but %s is null: set %s=full to recompute, or null them", M, N,
                     cfg_source(c, cfg_is_null(c, M) ? N : M), G, G);
-        return 0;
+        return r;
     }
     const char *g = cfg_str(c, G);
-    if (strcmp(g, "full"))
-        dfm_die("%s = %s (from %s): selective recomputation (Megatron's core attention only) is not built; full is "
-                "(with %s uniform and %s 1, or %s block and %s N)",
-                G, g, cfg_source(c, G), M, N, M, N);
-    if (cfg_is_null(c, M)) dfm_die("%s = full needs %s: uniform (with %s 1) or block (with %s N)", G, M, N, N);
-    if (cfg_is_null(c, N)) dfm_die("%s = full needs %s (uniform: 1; block: 1..%d, the blocks recomputed)", G, N,
-                                   num_layers);
+    if (!strcmp(g, "selective")) {
+        if (!cfg_is_null(c, M) || !cfg_is_null(c, N))
+            dfm_die("%s = selective (from %s) recomputes the core attention of every block: %s / %s (set from %s) do "
+                    "not apply to it (Megatron ignores them); null them, or use %s=full",
+                    G, cfg_source(c, G), M, N, cfg_source(c, cfg_is_null(c, M) ? N : M), G);
+        r.selective = 1;
+        return r;
+    }
+    if (strcmp(g, "full")) dfm_die("%s = %s (from %s): full or selective", G, g, cfg_source(c, G));
+    if (cfg_is_null(c, M)) dfm_die("%s = full needs %s: uniform (with %s k) or block (with %s N)", G, M, N, N);
+    if (cfg_is_null(c, N))
+        dfm_die("%s = full needs %s (uniform: 1..%d, the blocks per checkpoint; block: 1..%d, the blocks recomputed)",
+                G, N, num_layers, num_layers);
     const char *meth = cfg_str(c, M);
     int64_t n = cfg_int(c, N);
     if (n < 1 || n > num_layers)
         dfm_die("%s = %lld (from %s) is outside 1..%d (model.num_layers = %d)", N, (long long)n, cfg_source(c, N),
                 num_layers, num_layers);
-    if (!strcmp(meth, "uniform")) {
-        if (n != 1)
-            dfm_die("%s = uniform with %s = %lld (from %s): checkpoints of several blocks are not built; use 1 (every "
-                    "block its own checkpoint), or %s block",
-                    M, N, (long long)n, cfg_source(c, N), M);
-        return num_layers;
+    if (!strcmp(meth, "uniform")) { /* every block, in checkpoints of n (the last one shorter if n does not divide) */
+        r.blocks = num_layers;
+        r.chunk = (int)n;
+        return r;
     }
-    return (int)n; /* block: the first n */
+    r.blocks = (int)n; /* block: the first n */
+    return r;
 }
 
 int dfm_pretrain(const cfg *c) {
@@ -1132,7 +1147,7 @@ int dfm_pretrain(const cfg *c) {
     wan_config wc;
     if (j.wan) config_to_wan(c, &wc);
     else config_to_dit(c, &dc);
-    int recompute = recompute_blocks(c, j.wan ? wc.num_layers : dc.num_layers);
+    recompute_plan recompute = recompute_blocks(c, j.wan ? wc.num_layers : dc.num_layers);
     if (di->tp > 1) { /* heads and FFN columns split over the TP group: sizes it does not divide are refused */
         if (!(j.wan ? wan_tp_check(&wc, di->tp, err, sizeof err) : dit_tp_check(&dc, di->tp, err, sizeof err)))
             dfm_die("%s (from %s)", err, cfg_source(c, "model.tensor_model_parallel_size"));
@@ -1276,7 +1291,8 @@ int dfm_pretrain(const cfg *c) {
         wan_shape mx = {mbs, frames, vh, vw, text_len};
         wan_create_weights_only_tp(&j.wmodel, &wc, di->tp, di->tp_rank);
         if (di->cp > 1) wan_set_context_parallel(&j.wmodel, di->cp, di->cp_rank, cp_comm);
-        if (wan_set_recompute(&j.wmodel, recompute, err, sizeof err) != 0 ||
+        if (wan_set_recompute_mode(&j.wmodel, recompute.blocks, recompute.chunk, recompute.selective, err,
+                                   sizeof err) != 0 ||
             wan_set_sequence_parallel(&j.wmodel, seqpar, err, sizeof err) != 0 ||
             wan_prepare(&j.wmodel, &mx, err, sizeof err) != 0)
             dfm_die("Wan: %s", err);
@@ -1318,7 +1334,9 @@ int dfm_pretrain(const cfg *c) {
     } else {
         dit_create_tp(&j.model, &dc, mbs, di->tp, di->tp_rank);
         if (di->cp > 1) dit_set_context_parallel(&j.model, di->cp, di->cp_rank, cp_comm);
-        if (dit_set_recompute(&j.model, recompute, err, sizeof err) != 0) dfm_die("DiT: %s", err);
+        if (dit_set_recompute_mode(&j.model, recompute.blocks, recompute.chunk, recompute.selective, err,
+                                   sizeof err) != 0)
+            dfm_die("DiT: %s", err);
         if (dit_set_sequence_parallel(&j.model, seqpar, err, sizeof err) != 0)
             dfm_die("%s (from %s)", err, cfg_source(c, "model.sequence_parallel"));
         dit_init(&j.model, seed);
@@ -1390,7 +1408,8 @@ int dfm_pretrain(const cfg *c) {
                 if (v) {
                     wan_shape mx = {mbs, frames, vh, vw, text_len};
                     wan_create_weights_only_tp(m, &wc, di->tp, di->tp_rank);
-                    if (wan_set_recompute(m, recompute, err, sizeof err) != 0 ||
+                    if (wan_set_recompute_mode(m, recompute.blocks, recompute.chunk, recompute.selective, err,
+                                               sizeof err) != 0 ||
                         wan_set_sequence_parallel(m, seqpar, err, sizeof err) != 0 ||
                         wan_prepare(m, &mx, err, sizeof err) != 0)
                         dfm_die("Wan: %s", err);
@@ -1402,7 +1421,9 @@ int dfm_pretrain(const cfg *c) {
                 dit_model *m = v ? &j.xdit[v - 1] : &j.model;
                 if (v) {
                     dit_create_tp(m, &dc, mbs, di->tp, di->tp_rank);
-                    if (dit_set_recompute(m, recompute, err, sizeof err) != 0) dfm_die("DiT: %s", err);
+                    if (dit_set_recompute_mode(m, recompute.blocks, recompute.chunk, recompute.selective, err,
+                                               sizeof err) != 0)
+                        dfm_die("DiT: %s", err);
                     if (dit_set_sequence_parallel(m, seqpar, err, sizeof err) != 0) dfm_die("DiT: %s", err);
                     memcpy(m->params, j.model.params, m->table.total * sizeof(float));
                 }
@@ -1532,8 +1553,13 @@ int dfm_pretrain(const cfg *c) {
                    di->dp_replicate, di->dp_shard);
         if (di->size > 1) printf("\n");
         char rc_note[96] = "";
-        if (recompute)
-            snprintf(rc_note, sizeof rc_note, " (%d of %d blocks recomputed in the backward)", recompute,
+        if (recompute.selective)
+            snprintf(rc_note, sizeof rc_note, " (selective: every block's core attention recomputed in the backward)");
+        else if (recompute.blocks && recompute.chunk > 1)
+            snprintf(rc_note, sizeof rc_note, " (%d of %d blocks recomputed in the backward, in checkpoints of %d)",
+                     recompute.blocks, j.wan ? wc.num_layers : dc.num_layers, recompute.chunk);
+        else if (recompute.blocks)
+            snprintf(rc_note, sizeof rc_note, " (%d of %d blocks recomputed in the backward)", recompute.blocks,
                      j.wan ? wc.num_layers : dc.num_layers);
         const char *sp_note = seqpar ? " (sequence parallel: 1/TP of the tokens outside attention and the MLP)" : "";
         printf("  memory per rank: parameters %.1f MB, gradients %.1f MB, optimizer state + EMA %.1f MB, "
