@@ -2,7 +2,7 @@
  * 2 cores), against one process at the same global batch, tiny DiT and Wan of 4 blocks:
  *  - TP2 x PP2 (4 ranks): losses, final weights and EMA within 1e-5 relative (TP changes the order of sums), the
  *    replicated parameters bit-identical across the TP ranks of each stage at every checkpoint; its step-5
- *    checkpoint resumed as one process, as PP2 and as TP2, a one-process checkpoint resumed as TP2 x PP2 (steps
+ *    checkpoint resumed as one process, as PP2, as TP2 and as CP2, a one-process checkpoint resumed as TP2 x PP2 (steps
  *    6-10 and the final weights within 1e-5); dfm export of a TP2 x PP2 checkpoint equals the one-process export;
  *  - PP2 with 2 model chunks per stage (model.virtual_pipeline_model_parallel_size = 2; 4 micro-batches, and with
  *    DP2 2 = P micro-batches per rank), PP4 x 2 chunks of an 8-block DiT: losses and weights within 1e-6 (the
@@ -127,15 +127,19 @@ static void dit_tp_pp(void) {
           "across the TP ranks of each stage at steps 5 and 10");
     CHECK(access(test_path("%s/dit_tppp/ck/iter_0000005/shard_00003_of_00004.safetensors", dir), F_OK) == 0,
           "TP2 x PP2 writes one shard file per (stage, TP rank)");
-    /* saved under TP2 x PP2 at step 5: resumed as one process, as PP2, as TP2 */
+    /* saved under TP2 x PP2 at step 5: resumed as one process, as PP2, as TP2, as CP2 */
     const char *to[][3] = {{"0", "dit_tppp_to_one", ""},
                            {"2", "dit_tppp_to_pp2", "model.pipeline_model_parallel_size=2"},
-                           {"2", "dit_tppp_to_tp2", "model.tensor_model_parallel_size=2"}};
-    for (int k = 0; k < 3; k++) {
+                           {"2", "dit_tppp_to_tp2", "model.tensor_model_parallel_size=2"},
+                           {"2", "dit_tppp_to_cp2", "model.context_parallel_size=2"}};
+    for (int k = 0; k < 4; k++) {
         int rc = train(atoi(to[k][0]), DIT, to[k][1],
                        test_path("%s checkpoint.load=%s/dit_tppp/ck/iter_0000005", to[k][2], dir));
         if (rc == 0) compare(0, to[k][1], "dit1", 6, 1e-5, test_path("DiT saved under TP2 x PP2, resumed as %s",
-                                                                     k == 0 ? "one process" : k == 1 ? "PP2" : "TP2"));
+                                                                     k == 0   ? "one process"
+                                                                     : k == 1 ? "PP2"
+                                                                     : k == 2 ? "TP2"
+                                                                              : "CP2"));
         else CHECK(0, "%s runs", to[k][1]);
     }
     int rc = train(4, DIT, "dit_one_to_tppp", test_path("%s checkpoint.load=%s/dit1/ck/iter_0000005", TPPP, dir));
