@@ -6,8 +6,8 @@
  *    6-10 and the final weights within 1e-5); dfm export of a TP2 x PP2 checkpoint equals the one-process export;
  *  - PP2 with 2 model chunks per stage (model.virtual_pipeline_model_parallel_size = 2; 4 micro-batches, and with
  *    DP2 2 = P micro-batches per rank), PP4 x 2 chunks of an 8-block DiT: losses and weights within 1e-6 (the
- *    pipeline does not change the arithmetic); TP2 x PP2 x 2 chunks within 1e-5; the bubble (P-1)/(V m+P-1) on the start-up line and in metrics.jsonl, its checkpoint resumed as
- *    one process;
+ *    pipeline does not change the arithmetic); TP2 x PP2 x 2 chunks within 1e-5; the bubble (P-1)/(V m+P-1) on
+ *    the start-up line and in metrics.jsonl, its checkpoint resumed as one process;
  *  - the layouts the interleaved schedule refuses, with the numbers. */
 #include "dfm/checkpoint.h"
 #include "dfm/dit.h"
