@@ -32,9 +32,10 @@ int main(int argc, char **argv) {
             for (int r = -2; r < reps; r++) { /* two untimed warm-up calls */
                 if (r == 0) t0 = dfm_time_s();
                 if (lib == 0)
-                    cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N,
-                                K, 1.0f, A, lda, B, ldb, 1.0f, C, N);
-                else dnnl_sgemm(ta ? 'T' : 'N', tb ? 'T' : 'N', M, N, K, 1.0f, A, lda, B, ldb, 1.0f, C, N);
+                    cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N, K,
+                                1.0f, A, lda, B, ldb, 1.0f, C, N);
+                else
+                    dnnl_sgemm(ta ? 'T' : 'N', tb ? 'T' : 'N', M, N, K, 1.0f, A, lda, B, ldb, 1.0f, C, N);
             }
             dt[lib] = (dfm_time_s() - t0) / reps;
             total_t[lib] += dt[lib];

@@ -11,15 +11,17 @@
 
 static int test_passed_, test_failed_;
 
-#define CHECK(cond, ...)                                                                                          \
-    do {                                                                                                          \
-        int ok_ = (cond) ? 1 : 0;                                                                                 \
-        if (ok_) test_passed_++;                                                                                  \
-        else test_failed_++;                                                                                      \
-        printf("%s ", ok_ ? "PASS" : "FAIL");                                                                     \
-        printf(__VA_ARGS__);                                                                                      \
-        printf("\n");                                                                                             \
-        fflush(stdout);                                                                                           \
+#define CHECK(cond, ...)                                                                                               \
+    do {                                                                                                               \
+        int ok_ = (cond) ? 1 : 0;                                                                                      \
+        if (ok_)                                                                                                       \
+            test_passed_++;                                                                                            \
+        else                                                                                                           \
+            test_failed_++;                                                                                            \
+        printf("%s ", ok_ ? "PASS" : "FAIL");                                                                          \
+        printf(__VA_ARGS__);                                                                                           \
+        printf("\n");                                                                                                  \
+        fflush(stdout);                                                                                                \
     } while (0)
 
 static inline int test_finish(void) {

@@ -41,8 +41,10 @@ static cfg *load(char *err, size_t errlen, char **notes, const char *first, ...)
     cfg *c = NULL;
     int rc = automodel_from_args(argc, argv, &c, &opts, err, errlen);
     fclose(nf);
-    if (notes) *notes = nbuf;
-    else free(nbuf);
+    if (notes)
+        *notes = nbuf;
+    else
+        free(nbuf);
     return rc ? NULL : c;
 }
 
@@ -81,7 +83,8 @@ static void test_defaults_and_reference(void) {
     c = load(err, sizeof err, &notes, "-c", f, (const char *)NULL);
     CHECK(c != NULL, "REFERENCE.md §1's example (old optim spelling) loads (%s)", c ? "ok" : err);
     if (c) {
-        CHECK(fabs(cfg_float(c, "optimizer.lr") - 5e-6) < 1e-12 && fabs(cfg_float(c, "optimizer.weight_decay") - 0.01) < 1e-9 &&
+        CHECK(fabs(cfg_float(c, "optimizer.lr") - 5e-6) < 1e-12 &&
+                  fabs(cfg_float(c, "optimizer.weight_decay") - 0.01) < 1e-9 &&
                   fabs(cfg_list_float(c, "optimizer.betas", 1) - 0.999) < 1e-9 && !cfg_has(c, "optim"),
               "optim.* moved to optimizer.* and the old section is gone");
         CHECK(strstr(notes, "ref.yaml:6: 'optim.learning_rate' is now spelled 'optimizer.lr'") &&
@@ -123,8 +126,8 @@ static void test_overrides(void) {
                   cfg_bool(c, "checkpoint.enabled") && !strcmp(cfg_str(c, "data.dataloader.meta_folder"), "/d/x y") &&
                   !strcmp(cfg_str(c, "wandb.project"), "p1"),
               "values: a list, none = null, a bare flag = true, a string with a space, a free-form key");
-        CHECK(strstr(cfg_source(c, "optimizer.lr"), "--optimizer.lr 3e-4") != NULL, "the source names the override (%s)",
-              cfg_source(c, "optimizer.lr"));
+        CHECK(strstr(cfg_source(c, "optimizer.lr"), "--optimizer.lr 3e-4") != NULL,
+              "the source names the override (%s)", cfg_source(c, "optimizer.lr"));
     }
     cfg_free(c);
     free(notes);
@@ -246,8 +249,8 @@ static void test_shipped(void) {
     unsetenv("DFM_META_FOLDER");
     c = load(err, sizeof err, NULL, "-c", "recipes/automodel/wan2_1_t2v_14b_finetune.yaml", (const char *)NULL);
     CHECK(!c && strstr(err, "DFM_META_FOLDER is not set"), "a recipe needing $DFM_META_FOLDER says so: %s", err);
-    c = load(err, sizeof err, NULL, "-c", "recipes/automodel/wan_tiny_finetune.yaml", "--step_scheduler.global_batch_size",
-             "3", (const char *)NULL);
+    c = load(err, sizeof err, NULL, "-c", "recipes/automodel/wan_tiny_finetune.yaml",
+             "--step_scheduler.global_batch_size", "3", (const char *)NULL);
     automodel_plan p;
     CHECK(c && automodel_check(c, 2, &p, err, sizeof err) != 0 && strstr(err, "multiple of local_batch_size"),
           "global 3 over 2 ranks is refused: %s", err);

@@ -4,7 +4,8 @@
 #include "test.h"
 #include "test_fs.h"
 
-static int write_two(const char *dir, const param_table *t, const float *w, size_t a0, size_t a1, size_t b0, size_t b1) {
+static int write_two(const char *dir, const param_table *t, const float *w, size_t a0, size_t a1, size_t b0,
+                     size_t b1) {
     test_rmtree(dir);
     xmkdir_p(dir);
     const char *kinds[1] = {"model"};
@@ -28,7 +29,8 @@ int main(void) {
 
     write_two(d, &t, w, 0, 50, 50, 100);
     int rc = ckpt_read_range(d, "model", &t, 0, 100, out, err, sizeof err);
-    CHECK(rc == 0 && !memcmp(out, w, sizeof w), "two shards that tile the layout read back exactly: %s", rc ? err : "ok");
+    CHECK(rc == 0 && !memcmp(out, w, sizeof w), "two shards that tile the layout read back exactly: %s",
+          rc ? err : "ok");
     rc = ckpt_read_range(d, "model", &t, 30, 70, out, err, sizeof err);
     CHECK(rc == 0 && !memcmp(out, w + 30, 40 * sizeof(float)), "and into a range across both: %s", rc ? err : "ok");
 

@@ -32,7 +32,9 @@ static char *dir;
 static const char *bin;
 static const char *test_self; /* this test's own binary, for the ranks of attention_cases */
 
-static double loss_diff(const char *a, const char *b, int from, int to) { return test_run_loss_diff(a, b, from, to); }
+static double loss_diff(const char *a, const char *b, int from, int to) {
+    return test_run_loss_diff(a, b, from, to);
+}
 
 static double dit_weights_diff(const char *a, const char *b, const char *kind, int patch) {
     (void)patch; /* the shape comes from a's metadata */
@@ -43,7 +45,9 @@ static int train(int np, const char *model, const char *name, const char *extra)
     return test_run_pretrain(dir, bin, np, model, name, extra);
 }
 
-static const char *ck(const char *run, int it) { return test_path("%s/%s/ck/iter_%07d", dir, run, it); }
+static const char *ck(const char *run, int it) {
+    return test_path("%s/%s/ck/iter_%07d", dir, run, it);
+}
 
 /* The validation loss the log shows at `step` (NAN if absent). */
 static double val_loss(const char *run, int step) {
@@ -75,8 +79,9 @@ static void dit_cases(void) {
          "model.context_parallel_size=2 model.recompute_granularity=full model.recompute_method=uniform "
          "model.recompute_num_layers=1"},
         {"4", "dp2_cp2", "model.context_parallel_size=2"},
-        {"4", "dp2_cp2_a2a_og", "model.context_parallel_size=2 model.cp_comm_type=a2a "
-                                "ddp.data_parallel_sharding_strategy=optim_grads"},
+        {"4", "dp2_cp2_a2a_og",
+         "model.context_parallel_size=2 model.cp_comm_type=a2a "
+         "ddp.data_parallel_sharding_strategy=optim_grads"},
         {"4", "cp4_p2p", "model.context_parallel_size=4"},
         {"4", "tp2_cp2", "model.tensor_model_parallel_size=2 model.context_parallel_size=2"},
         {"2", "cp2_p2p_49", "model.context_parallel_size=2"},
@@ -186,7 +191,6 @@ static void wan_cases(void) {
     CHECK(dl <= TOL, "Wan saved under CP2, resumed as one process: steps 6-10 losses rel %.2e (tol %.0e)", dl, TOL);
 }
 
-
 /* ---- the attention itself: run as `mpirun -np C test_context_parallel --attention T` -------------------------- */
 
 /* Every rank draws the whole sequence (B samples of T tokens, fused [B, T, 3, H, D] q/k/v and dout) and runs the
@@ -237,8 +241,8 @@ static int attention_rank(int T) {
                 size_t lr = (size_t)b * n + i, gr = (size_t)b * T + t0 + i;
                 for (int e = 0; e < HD; e++) worst[0] = fmax(worst[0], fabs(lo[lr * HD + e] - out[gr * HD + e]));
                 for (int h = 0; h < H; h++)
-                    worst[1] = fmax(worst[1],
-                                    fabs(ll[((size_t)b * H + h) * n + i] - lse[((size_t)b * H + h) * T + t0 + i]));
+                    worst[1] =
+                        fmax(worst[1], fabs(ll[((size_t)b * H + h) * n + i] - lse[((size_t)b * H + h) * T + t0 + i]));
                 for (int g = 0; g < 3; g++)
                     for (int e = 0; e < HD; e++)
                         worst[2 + g] = fmax(worst[2 + g], fabs(lg[lr * 3 * HD + (size_t)g * HD + e] -
@@ -280,8 +284,8 @@ static void attention_cases(void) {
             CHECK(rc == 0 && w <= 1e-5,
                   "%s attention over %d CP ranks, %d tokens (%s) vs one process: worst rel out %.2e lse %.2e dq %.2e "
                   "dk %.2e dv %.2e",
-                  mode ? "a2a" : "p2p (ring)", runs[k][0], runs[k][1],
-                  runs[k][1] % runs[k][0] ? "padded" : "divisible", v[0], v[1], v[2], v[3], v[4]);
+                  mode ? "a2a" : "p2p (ring)", runs[k][0], runs[k][1], runs[k][1] % runs[k][0] ? "padded" : "divisible",
+                  v[0], v[1], v[2], v[3], v[4]);
         }
         if (rc != 0 && out) printf("# %s\n", out);
         free(out);

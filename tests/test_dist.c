@@ -51,7 +51,8 @@ static double weights_diff(const char *a, const char *b, const char *kind) {
     if (ckpt_read_range(a, kind, &m.table, 0, n, wa, err, sizeof err) == 0 &&
         ckpt_read_range(b, kind, &m.table, 0, n, wb, err, sizeof err) == 0)
         d = test_rel_err(wa, wb, n);
-    else printf("# %s\n", err);
+    else
+        printf("# %s\n", err);
     free(wa), free(wb);
     dit_free(&m);
     return d;
@@ -60,8 +61,10 @@ static double weights_diff(const char *a, const char *b, const char *kind) {
 static int train(int np, const char *name, const char *extra) {
     char cmd[4096];
     if (np > 0)
-        snprintf(cmd, sizeof cmd, "mpirun --oversubscribe -np %d %s pretrain %s logger.output_dir=%s/%s "
-                 "checkpoint.save=%s/%s/ck %s > %s/%s.log 2>&1", np, bin, TINY, dir, name, dir, name, extra, dir, name);
+        snprintf(cmd, sizeof cmd,
+                 "mpirun --oversubscribe -np %d %s pretrain %s logger.output_dir=%s/%s "
+                 "checkpoint.save=%s/%s/ck %s > %s/%s.log 2>&1",
+                 np, bin, TINY, dir, name, dir, name, extra, dir, name);
     else
         snprintf(cmd, sizeof cmd, "%s pretrain %s logger.output_dir=%s/%s checkpoint.save=%s/%s/ck %s > %s/%s.log 2>&1",
                  bin, TINY, dir, name, dir, name, extra, dir, name);
@@ -88,11 +91,15 @@ static void same_as_one_process(void) {
             char run[1024];
             snprintf(run, sizeof run, "%s/%s", dir, name);
             double dl = rc ? INFINITY : loss_diff(run, one_run, 1, 10);
-            double dw = rc ? INFINITY : weights_diff(test_path("%s/ck/iter_0000010", run), test_path("%s/ck/iter_0000010", one_run), "model");
-            double de = rc ? INFINITY : weights_diff(test_path("%s/ck/iter_0000010", run), test_path("%s/ck/iter_0000010", one_run), "ema");
+            double dw = rc ? INFINITY
+                           : weights_diff(test_path("%s/ck/iter_0000010", run),
+                                          test_path("%s/ck/iter_0000010", one_run), "model");
+            double de = rc ? INFINITY
+                           : weights_diff(test_path("%s/ck/iter_0000010", run),
+                                          test_path("%s/ck/iter_0000010", one_run), "ema");
             CHECK(dl <= 1e-6 && dw <= 1e-6 && de <= 1e-6,
-                  "DP=%d %s vs one process, 10 steps: losses rel %.2e, weights rel %.2e, EMA rel %.2e (tol 1e-6)", nps[k],
-                  strategies[s], dl, dw, de);
+                  "DP=%d %s vs one process, 10 steps: losses rel %.2e, weights rel %.2e, EMA rel %.2e (tol 1e-6)",
+                  nps[k], strategies[s], dl, dw, de);
         }
     /* one process with each sharding strategy (DP = 1): the engine's paths under the leak checker */
     for (int s = 1; s < 4; s++) {
@@ -110,17 +117,20 @@ static void resume_across_layouts(void) {
     struct stat sb;
     CHECK(stat(test_path("%s/shard_00003_of_00004.safetensors", saved), &sb) == 0,
           "DP=4 optim_grads_params saves one shard per rank");
-    const char *layouts[][2] = {{"2", "no_shard"}, {"2", "optim_grads"}, {"0", "no_shard"}, {"0", "optim_grads_params"}};
+    const char *layouts[][2] = {
+        {"2", "no_shard"}, {"2", "optim_grads"}, {"0", "no_shard"}, {"0", "optim_grads_params"}};
     for (int k = 0; k < 4; k++) {
         char name[64], extra[1024];
         snprintf(name, sizeof name, "resume_np%s_%s", layouts[k][0], layouts[k][1]);
-        snprintf(extra, sizeof extra, "ddp.data_parallel_sharding_strategy=%s checkpoint.load=%s", layouts[k][1], saved);
+        snprintf(extra, sizeof extra, "ddp.data_parallel_sharding_strategy=%s checkpoint.load=%s", layouts[k][1],
+                 saved);
         int rc = train(atoi(layouts[k][0]), name, extra);
         char run[1024];
         snprintf(run, sizeof run, "%s/%s", dir, name);
         double dl = rc ? INFINITY : loss_diff(run, test_path("%s/one", dir), 6, 10);
-        double dw = rc ? INFINITY
-                       : weights_diff(test_path("%s/ck/iter_0000010", run), test_path("%s/one/ck/iter_0000010", dir), "model");
+        double dw =
+            rc ? INFINITY
+               : weights_diff(test_path("%s/ck/iter_0000010", run), test_path("%s/one/ck/iter_0000010", dir), "model");
         CHECK(dl <= 1e-6 && dw <= 1e-6,
               "saved with DP=4 optim_grads_params, resumed with %s %s: steps 6-10 losses rel %.2e, final weights rel "
               "%.2e vs the uninterrupted run",
@@ -129,18 +139,22 @@ static void resume_across_layouts(void) {
     /* the sharded checkpoint feeds generate like a consolidated one */
     char *out = NULL;
     char cmd[2048];
-    snprintf(cmd, sizeof cmd, "%s generate --checkpoint %s/np4_optim_grads_params/ck --out %s/gen --per-class 1 --steps 2",
-             bin, dir, dir);
+    snprintf(cmd, sizeof cmd,
+             "%s generate --checkpoint %s/np4_optim_grads_params/ck --out %s/gen --per-class 1 --steps 2", bin, dir,
+             dir);
     int rc = test_capture(cmd, &out);
     CHECK(rc == 0 && stat(test_path("%s/gen/grid.png", dir), &sb) == 0,
           "dfm generate reads a sharded checkpoint: %.200s", out);
     free(out);
     /* and export writes one consolidated diffusers folder, the same as from the one-process run */
-    snprintf(cmd, sizeof cmd, "%s export --checkpoint %s/np4_optim_grads_params/ck --out %s/exp4 && %s export "
-             "--checkpoint %s/one/ck --out %s/exp1", bin, dir, dir, bin, dir, dir);
+    snprintf(cmd, sizeof cmd,
+             "%s export --checkpoint %s/np4_optim_grads_params/ck --out %s/exp4 && %s export "
+             "--checkpoint %s/one/ck --out %s/exp1",
+             bin, dir, dir, bin, dir, dir);
     rc = test_capture(cmd, &out);
     CHECK(rc == 0 && test_sh("cmp -s %s/exp4/transformer/diffusion_pytorch_model.safetensors "
-                             "%s/exp1/transformer/diffusion_pytorch_model.safetensors", dir, dir) == 0,
+                             "%s/exp1/transformer/diffusion_pytorch_model.safetensors",
+                             dir, dir) == 0,
           "dfm export of the DP=4 sharded checkpoint equals the one-process export byte for byte: %.300s", out);
     free(out);
 }
@@ -194,15 +208,17 @@ static void hybrid_same_as_one_process(void) {
     }
     /* two micro-batches per rank: every micro-batch reduce-scattered in its replica, the sum across replicas once */
     int rc = train(0, "one_gb16", "train.global_batch_size=16");
-    rc |= train(4, "hsdp_gb16", "train.global_batch_size=16 ddp.data_parallel_sharding_strategy=optim_grads "
-                                "ddp.overlap_grad_reduce=false ddp.num_distributed_optimizer_instances=2");
+    rc |= train(4, "hsdp_gb16",
+                "train.global_batch_size=16 ddp.data_parallel_sharding_strategy=optim_grads "
+                "ddp.overlap_grad_reduce=false ddp.num_distributed_optimizer_instances=2");
     double dl = rc ? INFINITY : loss_diff(test_path("%s/hsdp_gb16", dir), test_path("%s/one_gb16", dir), 1, 10);
     double dw = rc ? INFINITY
                    : weights_diff(test_path("%s/hsdp_gb16/ck/iter_0000010", dir),
                                   test_path("%s/one_gb16/ck/iter_0000010", dir), "model");
     CHECK(dl <= 1e-6 && dw <= 1e-6,
           "HSDP 2 x 2 optim_grads, 2 micro-batches per rank, no overlap, vs one process: losses rel %.2e, weights rel "
-          "%.2e (tol 1e-6)", dl, dw);
+          "%.2e (tol 1e-6)",
+          dl, dw);
     /* one replica writes: shard files numbered within the shard group */
     const char *saved = test_path("%s/hsdp_optim_grads_params/ck/iter_0000005", dir);
     struct stat sb;
@@ -221,12 +237,15 @@ static void hybrid_same_as_one_process(void) {
         if (m)
             sscanf(m, "memory per rank: parameters %lf MB, gradients %lf MB, optimizer state + EMA %lf MB", &mem[k][0],
                    &mem[k][1], &mem[k][2]);
-        if (k == 0) h = text;
-        else free(text);
+        if (k == 0)
+            h = text;
+        else
+            free(text);
     }
     CHECK(h && strstr(h, "within 2 replica groups of 2 ranks") && mem[0][0] == mem[1][0] && mem[0][2] == mem[1][2],
           "the start-up lines name the replica groups; memory per rank as FSDP over 2 ranks: parameters %.1f / "
-          "%.1f MB, optimizer state + EMA %.1f / %.1f MB", mem[0][0], mem[1][0], mem[0][2], mem[1][2]);
+          "%.1f MB, optimizer state + EMA %.1f / %.1f MB",
+          mem[0][0], mem[1][0], mem[0][2], mem[1][2]);
     free(h);
 }
 
@@ -252,41 +271,52 @@ static void hybrid_resume(void) {
               "saved with %s, resumed with %s %s: steps 6-10 losses rel %.2e, final weights rel %.2e, EMA rel %.2e "
               "vs the uninterrupted run (bit-identical)",
               k < 2 ? "HSDP 2 x 2 optim_grads_params" : "DP=4 optim_grads_params",
-              !atoi(cases[k][1]) ? "one process," : atoi(cases[k][1]) == 2 ? "DP=2" : "HSDP 2 x 2", cases[k][2],
-              dl, dw, de);
+              !atoi(cases[k][1])       ? "one process,"
+              : atoi(cases[k][1]) == 2 ? "DP=2"
+                                       : "HSDP 2 x 2",
+              cases[k][2], dl, dw, de);
     }
 }
 
 static void layout_errors(void) {
     char cmd[2048], *out = NULL;
-    snprintf(cmd, sizeof cmd, "mpirun --oversubscribe -np 2 %s pretrain %s train.global_batch_size=6 logger.output_dir=%s/e",
-             bin, TINY, dir);
+    snprintf(cmd, sizeof cmd,
+             "mpirun --oversubscribe -np 2 %s pretrain %s train.global_batch_size=6 logger.output_dir=%s/e", bin, TINY,
+             dir);
     int rc = test_capture(cmd, &out);
     CHECK(rc != 0 && strstr(out, "train.global_batch_size 6 does not divide into data-parallel size 2 x "
                                  "train.micro_batch_size 2"),
           "a global batch that DP x micro-batch does not divide is refused, naming the numbers");
     free(out);
-    snprintf(cmd, sizeof cmd, "mpirun --oversubscribe -np 3 %s pretrain %s model.tensor_model_parallel_size=2 "
-             "logger.output_dir=%s/e", bin, TINY, dir);
+    snprintf(cmd, sizeof cmd,
+             "mpirun --oversubscribe -np 3 %s pretrain %s model.tensor_model_parallel_size=2 "
+             "logger.output_dir=%s/e",
+             bin, TINY, dir);
     rc = test_capture(cmd, &out);
     CHECK(rc != 0 && strstr(out, "world size 3 (mpirun -np) is not divisible by tensor x context x pipeline parallel"),
           "a layout that does not divide the world is refused: %.300s", out);
     free(out);
-    snprintf(cmd, sizeof cmd, "mpirun --oversubscribe -np 4 %s pretrain %s model.context_parallel_size=2 "
-             "model.pipeline_model_parallel_size=2 logger.output_dir=%s/e", bin, TINY, dir);
+    snprintf(cmd, sizeof cmd,
+             "mpirun --oversubscribe -np 4 %s pretrain %s model.context_parallel_size=2 "
+             "model.pipeline_model_parallel_size=2 logger.output_dir=%s/e",
+             bin, TINY, dir);
     rc = test_capture(cmd, &out);
     CHECK(rc != 0 && strstr(out, "context and pipeline parallelism together are not built yet"),
           "context with pipeline parallelism (not built yet) is refused, not ignored");
     free(out);
-    snprintf(cmd, sizeof cmd, "mpirun --oversubscribe -np 4 %s pretrain %s ddp.data_parallel_sharding_strategy=optim "
-             "ddp.num_distributed_optimizer_instances=3 logger.output_dir=%s/e", bin, TINY, dir);
+    snprintf(cmd, sizeof cmd,
+             "mpirun --oversubscribe -np 4 %s pretrain %s ddp.data_parallel_sharding_strategy=optim "
+             "ddp.num_distributed_optimizer_instances=3 logger.output_dir=%s/e",
+             bin, TINY, dir);
     rc = test_capture(cmd, &out);
     CHECK(rc != 0 && strstr(out, "ddp.num_distributed_optimizer_instances = 3") &&
               strstr(out, "does not divide the data-parallel size 4"),
           "HSDP replica groups that do not divide DP are refused, naming both: %.300s", out);
     free(out);
-    snprintf(cmd, sizeof cmd, "mpirun --oversubscribe -np 2 %s pretrain %s ddp.num_distributed_optimizer_instances=2 "
-             "logger.output_dir=%s/e", bin, TINY, dir);
+    snprintf(cmd, sizeof cmd,
+             "mpirun --oversubscribe -np 2 %s pretrain %s ddp.num_distributed_optimizer_instances=2 "
+             "logger.output_dir=%s/e",
+             bin, TINY, dir);
     rc = test_capture(cmd, &out);
     CHECK(rc != 0 && strstr(out, "needs a sharded strategy"), "HSDP under no_shard is refused: %.300s", out);
     free(out);
@@ -319,8 +349,8 @@ static void finetune_hsdp(void) {
     for (int s = 1; s <= 4; s++) worst = fmax(worst, fabs(a[s] - b[s]) / fabs(a[s]));
     /* Automodel's layout: the newest step folder through LATEST */
     double dw = rc ? INFINITY
-                   : test_wan_weights_diff(test_path("%s/ft_hsdp/LATEST", dir), "model", test_path("%s/ft1/LATEST", dir),
-                                           "model");
+                   : test_wan_weights_diff(test_path("%s/ft_hsdp/LATEST", dir), "model",
+                                           test_path("%s/ft1/LATEST", dir), "model");
     struct stat sb;
     int shards = stat(test_path("%s/ft_hsdp/LATEST/model/shard_00001_of_00002.safetensors", dir), &sb) == 0 &&
                  stat(test_path("%s/ft_hsdp/LATEST/optim/shard_00001_of_00002.safetensors", dir), &sb) == 0 &&
@@ -331,11 +361,14 @@ static void finetune_hsdp(void) {
     free(log);
     CHECK(rc == 0 && hybrid && shards && n == 4 && worst <= 1e-6 && dw <= 1e-6,
           "dfm finetune --fsdp.dp_replicate_size 2 under mpirun -np 4 (HSDP 2 x 2) vs one process, 4 steps: losses "
-          "rel %.2e, weights rel %.2e (tol 1e-6); model/ and optim/ hold replica 0's 2 shards", worst, dw);
+          "rel %.2e, weights rel %.2e (tol 1e-6); model/ and optim/ hold replica 0's 2 shards",
+          worst, dw);
     char cmd[2048], *out = NULL;
-    snprintf(cmd, sizeof cmd, "mpirun --oversubscribe -np 2 %s finetune -c recipes/automodel/wan_tiny_finetune.yaml "
+    snprintf(cmd, sizeof cmd,
+             "mpirun --oversubscribe -np 2 %s finetune -c recipes/automodel/wan_tiny_finetune.yaml "
              "--model.pretrained_model_name_or_path=%s/hf --data.dataloader.meta_folder=%s/st "
-             "--checkpoint.checkpoint_dir=%s/ft_bad --fsdp.dp_replicate_size=4", bin, dir, dir, dir);
+             "--checkpoint.checkpoint_dir=%s/ft_bad --fsdp.dp_replicate_size=4",
+             bin, dir, dir, dir);
     rc = test_capture(cmd, &out);
     CHECK(rc != 0 && strstr(out, "fsdp.dp_replicate_size 4") && strstr(out, "data-parallel size 2"),
           "fsdp.dp_replicate_size that does not divide DP is refused, naming both: %.300s", out);
@@ -358,7 +391,8 @@ static void fail_one_rank(const char *name, const char *signal, const char *extr
     FILE *f = fopen(test_path("%s.sh", run), "w");
     if (f) fputs(script, f), fclose(f);
     test_sh("bash %s.sh", run);
-    char *res = test_read_file(test_path("%s.result", run), NULL), *log = test_read_file(test_path("%s.log", run), NULL);
+    char *res = test_read_file(test_path("%s.result", run), NULL),
+         *log = test_read_file(test_path("%s.log", run), NULL);
     int rc = -1;
     double t0 = 0, t1 = 1e9;
     if (res) sscanf(res, "%d %lf %lf", &rc, &t0, &t1);

@@ -45,13 +45,13 @@ static void add_f32(st_writer *w, const char *name, const float *data, int ndim,
 
 static json_t *objective_json(const objective_config *o) {
     return json_pack("{s:s, s:s, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:i, s:b, s:f, s:f, s:f, s:f, s:f}", "kind",
-                     o->kind == OBJ_EDM ? "edm" : "flow", "sampling", timestep_sampling_name(o->sampling),
-                     "logit_mean", (double)o->logit_mean, "logit_std", (double)o->logit_std, "flow_shift",
-                     (double)o->flow_shift, "mix_uniform_ratio", (double)o->mix_uniform_ratio, "mode_scale",
-                     (double)o->mode_scale, "sigma_min", (double)o->sigma_min, "sigma_max", (double)o->sigma_max,
-                     "num_train_timesteps", o->num_train_timesteps, "use_loss_weighting", o->use_loss_weighting,
-                     "p_mean", (double)o->p_mean, "p_std", (double)o->p_std, "sigma_data", (double)o->sigma_data,
-                     "edm_sigma_min", (double)o->edm_sigma_min, "edm_sigma_max", (double)o->edm_sigma_max);
+                     o->kind == OBJ_EDM ? "edm" : "flow", "sampling", timestep_sampling_name(o->sampling), "logit_mean",
+                     (double)o->logit_mean, "logit_std", (double)o->logit_std, "flow_shift", (double)o->flow_shift,
+                     "mix_uniform_ratio", (double)o->mix_uniform_ratio, "mode_scale", (double)o->mode_scale,
+                     "sigma_min", (double)o->sigma_min, "sigma_max", (double)o->sigma_max, "num_train_timesteps",
+                     o->num_train_timesteps, "use_loss_weighting", o->use_loss_weighting, "p_mean", (double)o->p_mean,
+                     "p_std", (double)o->p_std, "sigma_data", (double)o->sigma_data, "edm_sigma_min",
+                     (double)o->edm_sigma_min, "edm_sigma_max", (double)o->edm_sigma_max);
 }
 
 static int run_reference(const char *case_path) {
@@ -178,14 +178,14 @@ static void reference_case(const char *label, const objective_config *obj, int o
         snprintf(name, sizeof name, "grad.%s", e->name);
         add_f32(w, name, grads0 + e->offset, e->ndim, e->shape);
     }
-    json_t *jc = json_pack("{s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:f}", "num_layers", cfg.num_layers,
-                           "hidden_size", cfg.hidden_size, "num_heads", cfg.num_heads, "patch_size", cfg.patch_size,
-                           "out_channels", m.cfg.out_channels, "image_size", cfg.image_size, "freq_dim",
-                           cfg.freq_dim, "num_classes", cfg.num_classes, "norm_eps", (double)cfg.norm_eps);
+    json_t *jc = json_pack("{s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:f}", "num_layers", cfg.num_layers, "hidden_size",
+                           cfg.hidden_size, "num_heads", cfg.num_heads, "patch_size", cfg.patch_size, "out_channels",
+                           m.cfg.out_channels, "image_size", cfg.image_size, "freq_dim", cfg.freq_dim, "num_classes",
+                           cfg.num_classes, "norm_eps", (double)cfg.norm_eps);
     json_t *jo = objective_json(obj);
-    json_t *jopt = json_pack("{s:f, s:f, s:f, s:f, s:f, s:f}", "lr", (double)oc.lr, "beta1", (double)oc.beta1,
-                             "beta2", (double)oc.beta2, "eps", (double)oc.eps, "weight_decay",
-                             (double)oc.weight_decay, "clip", (double)oc.clip_grad);
+    json_t *jopt = json_pack("{s:f, s:f, s:f, s:f, s:f, s:f}", "lr", (double)oc.lr, "beta1", (double)oc.beta1, "beta2",
+                             (double)oc.beta2, "eps", (double)oc.eps, "weight_decay", (double)oc.weight_decay, "clip",
+                             (double)oc.clip_grad);
     char *s1 = json_dumps(jc, JSON_COMPACT), *s2 = json_dumps(jo, JSON_COMPACT), *s3 = json_dumps(jopt, JSON_COMPACT),
          *s4 = json_dumps(names, JSON_COMPACT);
     st_writer_meta(w, "config", s1);
@@ -287,7 +287,8 @@ static void determinism(void) {
         if (!first) {
             first = xalloc_floats(m.table.total);
             memcpy(first, m.params, m.table.total * sizeof(float));
-        } else same = !memcmp(first, m.params, m.table.total * sizeof(float));
+        } else
+            same = !memcmp(first, m.params, m.table.total * sizeof(float));
         dit_trainer_free(&tr);
         adamw_free(&opt);
         dit_free(&m);
@@ -313,7 +314,8 @@ static void paper_init(void) {
     for (size_t i = 0; i < 2 * in_n; i++) mx = fmax(mx, fabs(out[i]));
     const param_entry *e = param_table_find(&m.table, "transformer_blocks.1.attn1.to_k.weight");
     double wn = e ? global_norm(m.params + e->offset, e->numel) : 0;
-    CHECK(mx == 0.0 && wn > 0, "paper init: zero output (max |out| = %g), xavier attention weights (norm %.3f)", mx, wn);
+    CHECK(mx == 0.0 && wn > 0, "paper init: zero output (max |out| = %g), xavier attention weights (norm %.3f)", mx,
+          wn);
     free(x), free(out);
     dit_free(&m);
 }
@@ -334,8 +336,7 @@ static void config_errors(void) {
           "hidden 42 rejected for the 2-D position embedding: %s", err);
     c = tiny_config(0);
     c.out_channels = 2;
-    CHECK(!dit_config_check(&c, err, sizeof err) && strstr(err, "out_channels"), "out_channels < in rejected: %s",
-          err);
+    CHECK(!dit_config_check(&c, err, sizeof err) && strstr(err, "out_channels"), "out_channels < in rejected: %s", err);
     c = tiny_config(0);
     c.num_layers = 0;
     CHECK(!dit_config_check(&c, err, sizeof err) && strstr(err, "num_layers"), "zero layers rejected: %s", err);

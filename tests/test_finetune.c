@@ -67,9 +67,9 @@ static void test_buckets(void) {
     test_run_losses(test_path("%s/mx2", dir), two, 15);
     double worst = 0;
     for (int s = 1; s <= 12; s++) worst = fmax(worst, fabs(two[s] - one[s]));
-    double dw = rc ? INFINITY
-                   : test_wan_weights_diff(test_path("%s/mx2/LATEST", dir), "model",
-                                           test_path("%s/mx1/LATEST", dir), "model");
+    double dw =
+        rc ? INFINITY
+           : test_wan_weights_diff(test_path("%s/mx2/LATEST", dir), "model", test_path("%s/mx1/LATEST", dir), "model");
     CHECK(rc == 0 && worst == 0 && dw == 0, "buckets: 2 ranks equal one process (losses %.3g, weights %.3g)", worst,
           dw);
     rc = finetune_on("mix", "", "mxr",
@@ -81,8 +81,7 @@ static void test_buckets(void) {
     worst = 0;
     for (int s = 1; s <= 12; s++) worst = fmax(worst, fabs(res[s] - one[s]));
     dw = rc ? INFINITY
-            : test_wan_weights_diff(test_path("%s/mxr/LATEST", dir), "model",
-                                    test_path("%s/mx1/LATEST", dir), "model");
+            : test_wan_weights_diff(test_path("%s/mxr/LATEST", dir), "model", test_path("%s/mx1/LATEST", dir), "model");
     CHECK(rc == 0 && worst == 0 && dw == 0,
           "buckets: stopped at step 6 and restored, the run continues bit-identically (losses %.3g, weights %.3g)",
           worst, dw);
@@ -103,7 +102,6 @@ static void test_buckets(void) {
     CHECK(rc == 0 && log && strstr(log, "shuffle false"), "data.dataloader.shuffle: false trains (buckets in order)");
     free(log);
 }
-
 
 /* The name of RUN's step folder for `step` (epoch_E_step_<step>), or "" when there is none. */
 static const char *step_name(const char *run, long step) {
@@ -186,9 +184,14 @@ int main(void) {
     for (long st = 4; st <= 16; st += 4) {
         char want[64];
         snprintf(want, sizeof want, "epoch_%ld_step_%ld", (4 * st - 1) / 24, st);
-        const char *files[] = {"model/shard_00000_of_00001.safetensors", "optim/shard_00000_of_00001.safetensors",
-                               "dataloader/dataloader_dp_rank_0.json", "rng/rng_dp_rank_0.json", "step_scheduler.json",
-                               "config.yaml", "run_config.yaml", "model/consolidated/config.json",
+        const char *files[] = {"model/shard_00000_of_00001.safetensors",
+                               "optim/shard_00000_of_00001.safetensors",
+                               "dataloader/dataloader_dp_rank_0.json",
+                               "rng/rng_dp_rank_0.json",
+                               "step_scheduler.json",
+                               "config.yaml",
+                               "run_config.yaml",
+                               "model/consolidated/config.json",
                                "model/consolidated/diffusion_pytorch_model.safetensors"};
         for (size_t f = 0; f < sizeof files / sizeof files[0]; f++)
             if (layout && !exists(test_path("%s/ft/%s/%s", dir, want, files[f]))) {
@@ -285,8 +288,9 @@ int main(void) {
                                     test_path("%s/ft/epoch_2_step_16", dir), "model");
     CHECK(rc == 0 && worst == 0 && dw == 0, "restore_from: LATEST continues from step 8 (losses %.3g, weights %.3g)",
           worst, dw);
-    rc = finetune("", "r", "--step_scheduler.max_steps=16 --step_scheduler.ckpt_every_steps=4 "
-                           "--checkpoint.restore_from=epoch_0_step_4");
+    rc = finetune("", "r",
+                  "--step_scheduler.max_steps=16 --step_scheduler.ckpt_every_steps=4 "
+                  "--checkpoint.restore_from=epoch_0_step_4");
     memset(part, 0, sizeof part);
     test_run_losses(test_path("%s/r", dir), part, 19);
     worst = loss_gap(part, full, 1, 16);
@@ -299,9 +303,10 @@ int main(void) {
           "%.3g, weights %.3g)",
           worst, dw);
     free(log);
-    rc = finetune("", "r2", test_path("--step_scheduler.max_steps=16 --step_scheduler.ckpt_every_steps=4 "
-                                      "--checkpoint.restore_from=%s/r/epoch_1_step_8",
-                                      dir));
+    rc = finetune("", "r2",
+                  test_path("--step_scheduler.max_steps=16 --step_scheduler.ckpt_every_steps=4 "
+                            "--checkpoint.restore_from=%s/r/epoch_1_step_8",
+                            dir));
     memset(part, 0, sizeof part);
     test_run_losses(test_path("%s/r2", dir), part, 19);
     worst = loss_gap(part, full, 9, 16);
@@ -394,8 +399,9 @@ int main(void) {
     test_buckets();
 
     /* 10. samples at validation: written per validation step */
-    rc = finetune("", "vs", "--step_scheduler.max_steps=4 --step_scheduler.val_every_steps=2 "
-                            "--validation.num_samples=2 --validation.sampling_steps=3 --checkpoint.enabled=false");
+    rc = finetune("", "vs",
+                  "--step_scheduler.max_steps=4 --step_scheduler.val_every_steps=2 "
+                  "--validation.num_samples=2 --validation.sampling_steps=3 --checkpoint.enabled=false");
     CHECK(rc == 0 && exists(test_path("%s/vs/val_samples/step_0000002/samples.safetensors", dir)) &&
               exists(test_path("%s/vs/val_samples/step_0000004/samples.png", dir)),
           "validation.num_samples: clips generated from held-out captions at each validation (safetensors + PNG)");

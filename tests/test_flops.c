@@ -45,7 +45,8 @@ static void wan_case(const char *name, const wan_config *c, wan_shape s, int mas
     wan_create(&m, c, &s);
     wan_init(&m, 2);
     size_t n = (size_t)s.batch * c->in_channels * s.frames * s.height * s.width;
-    float *x = xalloc_floats(n), *out = xalloc_floats(n), *text = xalloc_floats((size_t)s.batch * s.text_len * c->text_dim);
+    float *x = xalloc_floats(n), *out = xalloc_floats(n),
+          *text = xalloc_floats((size_t)s.batch * s.text_len * c->text_dim);
     float t[8];
     int lens[8];
     test_fill_randn(x, n, 1.0f);
@@ -87,7 +88,8 @@ int main(void) {
     int ok = rc == 0 && text, lines = 0;
     for (char *line = text ? strtok(text, "\n") : NULL; line; line = strtok(NULL, "\n")) {
         json_t *j = json_loads(line, 0, NULL);
-        double tf = json_number_value(json_object_get(j, "model_tflops")), mfu = json_number_value(json_object_get(j, "mfu"));
+        double tf = json_number_value(json_object_get(j, "model_tflops")),
+               mfu = json_number_value(json_object_get(j, "mfu"));
         if (json_object_get(j, "loss")) {
             lines++;
             ok &= tf > 0 && fabs(mfu - tf / 0.02) <= 1e-3 * mfu + 1e-9;

@@ -13,7 +13,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-static inline void test_rmtree(const char *dir) { rm_tree(dir); }
+static inline void test_rmtree(const char *dir) {
+    rm_tree(dir);
+}
 
 static inline char *test_mkdtemp(void) {
     char *d = malloc(64);
@@ -64,8 +66,10 @@ static inline int test_capture(const char *cmd, char **out) {
     }
     buf[len] = 0;
     int st = p ? pclose(p) : -1;
-    if (out) *out = buf;
-    else free(buf);
+    if (out)
+        *out = buf;
+    else
+        free(buf);
     return st != -1 && WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 

@@ -26,10 +26,14 @@ static void patterns(void) {
     struct {
         const char *p, *m;
         int want;
-    } c[] = {{"to_q", "blocks.0.attn1.to_q", 1},        {"to_q", "blocks.0.attn1.to_qq", 0},
-             {"*.to_q", "blocks.3.attn2.to_q", 1},      {"blocks.1*.ffn.*", "blocks.12.ffn.net.2", 1},
-             {"blocks.1*.ffn.*", "blocks.2.ffn.net.2", 0}, {"attn1.to_out.0", "blocks.0.attn1.to_out.0", 1},
-             {"proj_out", "proj_out", 1},               {"q", "blocks.0.attn1.to_q", 0}};
+    } c[] = {{"to_q", "blocks.0.attn1.to_q", 1},
+             {"to_q", "blocks.0.attn1.to_qq", 0},
+             {"*.to_q", "blocks.3.attn2.to_q", 1},
+             {"blocks.1*.ffn.*", "blocks.12.ffn.net.2", 1},
+             {"blocks.1*.ffn.*", "blocks.2.ffn.net.2", 0},
+             {"attn1.to_out.0", "blocks.0.attn1.to_out.0", 1},
+             {"proj_out", "proj_out", 1},
+             {"q", "blocks.0.attn1.to_q", 0}};
     int ok = 1;
     for (size_t i = 0; i < sizeof c / sizeof c[0]; i++)
         if (lora_pattern_match(c[i].p, c[i].m) != c[i].want) {
@@ -77,7 +81,8 @@ static void selection(void) {
     float *copy = xalloc_floats(m.table.total);
     memcpy(copy, m.params, m.table.total * sizeof(float));
     lora_merge(&L, NULL, m.params);
-    CHECK(!memcmp(copy, m.params, m.table.total * sizeof(float)), "a fresh adapter (B = 0) leaves the weights unchanged");
+    CHECK(!memcmp(copy, m.params, m.table.total * sizeof(float)),
+          "a fresh adapter (B = 0) leaves the weights unchanged");
     free(copy);
     lora_free(&L);
 
@@ -184,8 +189,9 @@ static void gradients(void) {
     st_writer_finish(w, path);
     fflush(stdout);
     int rc = test_sh("cd tests/ref && /usr/bin/python3 lora_ref.py '%s'", path);
-    CHECK(rc == 0, "LoRA on %d modules (to_q, to_v, attn2.to_k, to_out.0, ffn.net.2, proj_out, time embedder): loss "
-                   "and every adapter gradient match PyTorch with unmerged adapters (exit %d)",
+    CHECK(rc == 0,
+          "LoRA on %d modules (to_q, to_v, attn2.to_k, to_out.0, ffn.net.2, proj_out, time embedder): loss "
+          "and every adapter gradient match PyTorch with unmerged adapters (exit %d)",
           L.n, rc);
     free(sm), free(sc), free(so);
     json_decref(mods), json_decref(jo);
@@ -197,9 +203,10 @@ static void gradients(void) {
     memcpy(folded, base, m.table.total * sizeof(float));
     int nm = 0;
     rc |= lora_apply_peft(ad, &m.table, folded, &nm, err, sizeof err);
-    CHECK(rc == 0 && nm == L.n && !memcmp(folded, m.params, m.table.total * sizeof(float)),
-          "adapter_model.safetensors + adapter_config.json fold back into the weights dfm trained with (%d modules)%s%s",
-          nm, rc ? ": " : "", rc ? err : "");
+    CHECK(
+        rc == 0 && nm == L.n && !memcmp(folded, m.params, m.table.total * sizeof(float)),
+        "adapter_model.safetensors + adapter_config.json fold back into the weights dfm trained with (%d modules)%s%s",
+        nm, rc ? ": " : "", rc ? err : "");
     st_file *f = st_open(test_path("%s/adapter_model.safetensors", ad), err, sizeof err);
     const st_tensor *ta = f ? st_find(f, "base_model.model.blocks.0.attn1.to_q.lora_A.weight") : NULL;
     const st_tensor *tb = f ? st_find(f, "base_model.model.proj_out.lora_B.weight") : NULL;
@@ -241,8 +248,8 @@ static void gradients(void) {
     st_writer_add(bw, "base_model.model.blocks.0.norm2.lora_B.weight", ST_F32, 2, n1, junk);
     st_writer_finish(bw, test_path("%s/adapter_model.safetensors", ad));
     rc = lora_apply_peft(ad, &m.table, folded, NULL, err, sizeof err);
-    CHECK(rc != 0 && strstr(err, "blocks.0.norm2"), "an adapter for a module that is no linear layer is refused: %.160s",
-          err);
+    CHECK(rc != 0 && strstr(err, "blocks.0.norm2"),
+          "an adapter for a module that is no linear layer is refused: %.160s", err);
 
     free(folded), free(base), free(x0), free(text), free(out), free(dout);
     diffusion_batch_free(&db);
@@ -252,12 +259,13 @@ static void gradients(void) {
 
 /* dfm finetune with peft on the tiny diffusers Wan */
 static int finetune(const char *launcher, const char *run, const char *extra) {
-    return test_sh("%s %s finetune -c recipes/automodel/wan_tiny_finetune.yaml --model.pretrained_model_name_or_path=%s/hf "
-                   "--data.dataloader.meta_folder=%s/st --checkpoint.checkpoint_dir=%s/%s --optimizer.lr=1e-2 "
-                   "--lr_scheduler.lr_decay_steps=16 --step_scheduler.global_batch_size=4 "
-                   "--step_scheduler.local_batch_size=2 --peft.target_modules=\"['to_q', 'to_k', 'to_v', 'to_out.0', "
-                   "'*.ffn.*']\" --peft.dim=4 --peft.alpha=8 %s > %s/%s.log 2>&1",
-                   launcher, bin, dir, dir, dir, run, extra, dir, run);
+    return test_sh(
+        "%s %s finetune -c recipes/automodel/wan_tiny_finetune.yaml --model.pretrained_model_name_or_path=%s/hf "
+        "--data.dataloader.meta_folder=%s/st --checkpoint.checkpoint_dir=%s/%s --optimizer.lr=1e-2 "
+        "--lr_scheduler.lr_decay_steps=16 --step_scheduler.global_batch_size=4 "
+        "--step_scheduler.local_batch_size=2 --peft.target_modules=\"['to_q', 'to_k', 'to_v', 'to_out.0', "
+        "'*.ffn.*']\" --peft.dim=4 --peft.alpha=8 %s > %s/%s.log 2>&1",
+        launcher, bin, dir, dir, dir, run, extra, dir, run);
 }
 
 static void end_to_end(void) {
@@ -285,8 +293,7 @@ static void end_to_end(void) {
     CHECK(f && ta && ta->shape[0] == 4 && ta->shape[1] == 64 && f->n_tensors == 40,
           "the checkpoint's adapter/ holds PEFT's names and shapes (40 tensors; ffn.net.2 A [4, 64])");
     if (f) st_close(f);
-    rc = test_sh("cd %s && %s export --checkpoint lora/LATEST --weights model --out merged > x1.log 2>&1", dir,
-                 bin);
+    rc = test_sh("cd %s && %s export --checkpoint lora/LATEST --weights model --out merged > x1.log 2>&1", dir, bin);
     wan_model mb, mm;
     char err[1024];
     int ok = rc == 0 && wan_import_diffusers(&mb, test_path("%s/hf", dir), NULL, err, sizeof err) == 0;
@@ -298,19 +305,23 @@ static void end_to_end(void) {
             int eq = !memcmp(mb.params + e->offset, mm.params + e->offset, e->numel * sizeof(float));
             int adapted = strstr(e->name, ".weight") && (strstr(e->name, "attn") || strstr(e->name, "ffn")) &&
                           !strstr(e->name, "norm");
-            if (eq && !adapted) same++;
-            else if (!eq && adapted) changed++;
-            else other++;
+            if (eq && !adapted)
+                same++;
+            else if (!eq && adapted)
+                changed++;
+            else
+                other++;
         }
         wan_free(&mb), wan_free(&mm);
     }
     wan_model mc;
-    int cons_same = ok && wan_import_diffusers(&mm, test_path("%s/merged/transformer", dir), NULL, err, sizeof err) == 0;
+    int cons_same =
+        ok && wan_import_diffusers(&mm, test_path("%s/merged/transformer", dir), NULL, err, sizeof err) == 0;
     if (cons_same) {
         cons_same = wan_import_diffusers(&mc, test_path("%s/model/consolidated", ck), NULL, err, sizeof err) == 0;
         if (cons_same) {
-            cons_same = mc.table.total == mm.table.total &&
-                        !memcmp(mc.params, mm.params, mm.table.total * sizeof(float));
+            cons_same =
+                mc.table.total == mm.table.total && !memcmp(mc.params, mm.params, mm.table.total * sizeof(float));
             wan_free(&mc);
         }
         wan_free(&mm);
@@ -326,7 +337,8 @@ static void end_to_end(void) {
                  "&& cmp -s e2/transformer/diffusion_pytorch_model.safetensors "
                  "merged/transformer/diffusion_pytorch_model.safetensors",
                  dir, bin);
-    CHECK(rc == 0, "export --merge-lora of the adapter folder over the base = the LoRA checkpoint's export, bit for bit");
+    CHECK(rc == 0,
+          "export --merge-lora of the adapter folder over the base = the LoRA checkpoint's export, bit for bit");
     char *sm = ckpt_meta(ck, "dfm_wan_sample");
     json_t *sj = sm ? json_loads(sm, 0, NULL) : NULL;
     int L = (int)json_integer_value(json_object_get(sj, "text_len"));
@@ -344,7 +356,8 @@ static void end_to_end(void) {
                  "lora/LATEST/model --prompt 'a bag moving left' --per-prompt 1 --steps 3 --out g2 > g2.log 2>&1 "
                  "&& grep -q 'merged into 20 linear layers' g2.log",
                  dir, bin, bin);
-    CHECK(rc == 0 && L > 0, "dfm generate reads the LoRA checkpoint, and applies an adapter folder to a base (--adapter)");
+    CHECK(rc == 0 && L > 0,
+          "dfm generate reads the LoRA checkpoint, and applies an adapter folder to a base (--adapter)");
 
     /* resume at 8 continues bit-identically; two ranks (adapters sharded) equal one process */
     rc = finetune("", "part", "--step_scheduler.max_steps=8 --step_scheduler.ckpt_every_steps=8");
@@ -357,7 +370,8 @@ static void end_to_end(void) {
                   "%s/lora/LATEST/model/adapter_model.safetensors",
                   dir, dir);
     CHECK(rc == 0 && worst == 0, "LoRA resume at step 8: losses (worst %.3g) and adapters bit-identical", worst);
-    rc = finetune("mpirun --oversubscribe -np 2", "dp2", "--step_scheduler.max_steps=16 --step_scheduler.ckpt_every_steps=8");
+    rc = finetune("mpirun --oversubscribe -np 2", "dp2",
+                  "--step_scheduler.max_steps=16 --step_scheduler.ckpt_every_steps=8");
     double dp2[20] = {0};
     test_run_losses(test_path("%s/dp2", dir), dp2, 19);
     worst = 0;
@@ -365,8 +379,8 @@ static void end_to_end(void) {
     rc |= test_sh("cmp -s %s/dp2/LATEST/model/adapter_model.safetensors "
                   "%s/lora/LATEST/model/adapter_model.safetensors",
                   dir, dir);
-    CHECK(rc == 0 && worst == 0, "LoRA on 2 ranks (FSDP over the adapters) = one process: losses (worst %.3g), adapters",
-          worst);
+    CHECK(rc == 0 && worst == 0,
+          "LoRA on 2 ranks (FSDP over the adapters) = one process: losses (worst %.3g), adapters", worst);
 }
 
 /* The Megatron paradigm: dfm pretrain with peft.* over a DiT checkpoint; two ranks equal one process; generate and
@@ -383,9 +397,10 @@ static void megatron_dit(void) {
                        "checkpoint.pretrained_checkpoint=dbase/ck train.train_iters=6";
     rc |= test_sh("cd %s && %s pretrain %s %s logger.output_dir=dl checkpoint.save=dl/ck > dl.log 2>&1", dir, bin, tiny,
                   lora);
-    rc |= test_sh("cd %s && mpirun --oversubscribe -np 2 %s pretrain %s %s ddp.data_parallel_sharding_strategy=optim_grads "
-                  "logger.output_dir=dl2 checkpoint.save=dl2/ck > dl2.log 2>&1",
-                  dir, bin, tiny, lora);
+    rc |= test_sh(
+        "cd %s && mpirun --oversubscribe -np 2 %s pretrain %s %s ddp.data_parallel_sharding_strategy=optim_grads "
+        "logger.output_dir=dl2 checkpoint.save=dl2/ck > dl2.log 2>&1",
+        dir, bin, tiny, lora);
     double a[8] = {0}, b[8] = {0};
     int n = test_run_losses(test_path("%s/dl", dir), a, 7);
     test_run_losses(test_path("%s/dl2", dir), b, 7);

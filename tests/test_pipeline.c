@@ -58,8 +58,10 @@ static double weights_diff(int wan, const char *a, const char *b) {
 static void compare(int wan, const char *run, const char *ref, const char *what) {
     double dl = loss_diff(run, ref, 1, 10), dw = weights_diff(wan, run, ref);
     printf("# %s: worst loss difference %.3g, worst weight difference %.3g (relative)\n", what, dl, dw);
-    CHECK(dl <= 1e-6 && dw <= 1e-6, "%s vs one process, 10 steps of 4 micro-batches: losses %.3g, weights and EMA %.3g "
-          "(<= 1e-6 relative)", what, dl, dw);
+    CHECK(dl <= 1e-6 && dw <= 1e-6,
+          "%s vs one process, 10 steps of 4 micro-batches: losses %.3g, weights and EMA %.3g "
+          "(<= 1e-6 relative)",
+          what, dl, dw);
 }
 
 int main(void) {
@@ -82,19 +84,26 @@ int main(void) {
         char *metrics = test_read_file(test_path("%s/dit_pp2/metrics.jsonl", dir), NULL);
         CHECK(metrics && strstr(metrics, "\"pp_bubble\": 0.2"), "metrics.jsonl reports the bubble (pp_bubble)");
         free(metrics);
-    } else CHECK(0, "DiT one process and PP2 runs");
-    if (ok && train(2, DIT, "dit_pp2_fsdp", "model.pipeline_model_parallel_size=2 "
-                                           "ddp.data_parallel_sharding_strategy=optim_grads_params") == 0)
+    } else
+        CHECK(0, "DiT one process and PP2 runs");
+    if (ok && train(2, DIT, "dit_pp2_fsdp",
+                    "model.pipeline_model_parallel_size=2 "
+                    "ddp.data_parallel_sharding_strategy=optim_grads_params") == 0)
         compare(0, "dit_pp2_fsdp", "dit1", "DiT PP2 (optim_grads_params)");
-    else CHECK(0, "DiT PP2 with optim_grads_params runs");
-    if (ok && train(4, DIT, "dit_pp2_dp2", "model.pipeline_model_parallel_size=2 "
-                                          "ddp.data_parallel_sharding_strategy=optim_grads") == 0)
+    else
+        CHECK(0, "DiT PP2 with optim_grads_params runs");
+    if (ok && train(4, DIT, "dit_pp2_dp2",
+                    "model.pipeline_model_parallel_size=2 "
+                    "ddp.data_parallel_sharding_strategy=optim_grads") == 0)
         compare(0, "dit_pp2_dp2", "dit1", "DiT PP2 x DP2 (optim_grads)");
-    else CHECK(0, "DiT PP2 x DP2 runs");
-    if (ok && train(2, DIT, "dit_pp2_rc", "model.pipeline_model_parallel_size=2 model.recompute_granularity=full "
-                                         "model.recompute_method=uniform model.recompute_num_layers=1") == 0)
+    else
+        CHECK(0, "DiT PP2 x DP2 runs");
+    if (ok && train(2, DIT, "dit_pp2_rc",
+                    "model.pipeline_model_parallel_size=2 model.recompute_granularity=full "
+                    "model.recompute_method=uniform model.recompute_num_layers=1") == 0)
         compare(0, "dit_pp2_rc", "dit1", "DiT PP2 with every block recomputed");
-    else CHECK(0, "DiT PP2 with activation recomputation runs");
+    else
+        CHECK(0, "DiT PP2 with activation recomputation runs");
 
     /* resume across layouts: PP2's step-5 checkpoint as one process, one process's as PP2 */
     if (ok) {
@@ -102,17 +111,21 @@ int main(void) {
         double d = rc ? INFINITY : loss_diff("dit_from_pp2", "dit1", 6, 10);
         double dw = rc ? INFINITY : weights_diff(0, "dit_from_pp2", "dit1");
         printf("# resume PP2 -> one process: worst loss difference %.3g, weights %.3g\n", d, dw);
-        CHECK(d <= 1e-6 && dw <= 1e-6, "a PP2 checkpoint (step 5) resumes as one process: steps 6-10 and the final "
-              "weights match the uninterrupted run (%.3g, %.3g)", d, dw);
+        CHECK(d <= 1e-6 && dw <= 1e-6,
+              "a PP2 checkpoint (step 5) resumes as one process: steps 6-10 and the final "
+              "weights match the uninterrupted run (%.3g, %.3g)",
+              d, dw);
         rc = train(2, DIT, "dit_to_pp2",
                    test_path("model.pipeline_model_parallel_size=2 checkpoint.load=%s/dit1/ck/iter_0000005", dir));
         d = rc ? INFINITY : loss_diff("dit_to_pp2", "dit1", 6, 10);
         dw = rc ? INFINITY : weights_diff(0, "dit_to_pp2", "dit1");
         printf("# resume one process -> PP2: worst loss difference %.3g, weights %.3g\n", d, dw);
-        CHECK(d <= 1e-6 && dw <= 1e-6, "a one-process checkpoint (step 5) resumes under PP2: steps 6-10 and the final "
-              "weights match (%.3g, %.3g)", d, dw);
-        rc = test_sh("%s export --checkpoint %s/dit_pp2/ck --out %s/dit_pp2_export > %s/export.log 2>&1", bin, dir,
-                     dir, dir);
+        CHECK(d <= 1e-6 && dw <= 1e-6,
+              "a one-process checkpoint (step 5) resumes under PP2: steps 6-10 and the final "
+              "weights match (%.3g, %.3g)",
+              d, dw);
+        rc = test_sh("%s export --checkpoint %s/dit_pp2/ck --out %s/dit_pp2_export > %s/export.log 2>&1", bin, dir, dir,
+                     dir);
         CHECK(rc == 0 && access(test_path("%s/dit_pp2_export/transformer/config.json", dir), F_OK) == 0,
               "dfm export reads a PP2 checkpoint (its stages' shards) into one diffusers folder (rc %d)", rc);
     }
@@ -120,18 +133,21 @@ int main(void) {
     /* Wan: one process and PP2 (the condition embedder's temb, time_proj and text context cross the stages) */
     if (train(0, WAN, "wan1", "") == 0 && train(2, WAN, "wan_pp2", "model.pipeline_model_parallel_size=2") == 0)
         compare(1, "wan_pp2", "wan1", "Wan PP2");
-    else CHECK(0, "Wan one process and PP2 runs");
+    else
+        CHECK(0, "Wan one process and PP2 runs");
 
     /* invalid layouts */
     char *out = NULL;
     int rc = test_capture(test_path("mpirun --oversubscribe -np 2 %s pretrain %s model.num_layers=3 "
-                                    "model.pipeline_model_parallel_size=2 logger.output_dir=%s/bad", bin, DIT, dir),
+                                    "model.pipeline_model_parallel_size=2 logger.output_dir=%s/bad",
+                                    bin, DIT, dir),
                           &out);
     CHECK(rc != 0 && strstr(out, "model.num_layers 3 is not divisible by model.pipeline_model_parallel_size 2"),
           "3 layers over 2 stages is refused naming both numbers");
     free(out);
     rc = test_capture(test_path("mpirun --oversubscribe -np 3 %s pretrain %s model.pipeline_model_parallel_size=2 "
-                                "logger.output_dir=%s/bad", bin, DIT, dir),
+                                "logger.output_dir=%s/bad",
+                                bin, DIT, dir),
                       &out);
     CHECK(rc != 0 && strstr(out, "world size 3 (mpirun -np) is not divisible by tensor x context x pipeline"),
           "PP2 on 3 ranks is refused naming the world size");

@@ -66,8 +66,10 @@ static double weights_diff(int wan, const char *a, const char *b) {
 static void compare(int wan, const char *run, const char *ref, int from, double tol, const char *what) {
     double dl = loss_diff(run, ref, from, 10), dw = weights_diff(wan, run, ref);
     printf("# %s: worst loss difference %.3g, worst weight/EMA difference %.3g (relative)\n", what, dl, dw);
-    CHECK(dl <= tol && dw <= tol, "%s vs the one-process run: losses of steps %d-10 %.3g, final weights and EMA %.3g "
-          "(<= %.0e relative)", what, from, dl, dw, tol);
+    CHECK(dl <= tol && dw <= tol,
+          "%s vs the one-process run: losses of steps %d-10 %.3g, final weights and EMA %.3g "
+          "(<= %.0e relative)",
+          what, from, dl, dw, tol);
 }
 
 /* The log says the TP ranks agreed on the replicated parameters at each of the run's `saves` checkpoints. */
@@ -124,7 +126,7 @@ static void dit_tp_pp(void) {
     }
     compare(0, "dit_tppp", "dit1", 1, 1e-5, "DiT TP2 x PP2");
     CHECK(replicas_agree("dit_tppp", 2), "DiT TP2 x PP2: the replicated parameters and their EMA are bit-identical "
-          "across the TP ranks of each stage at steps 5 and 10");
+                                         "across the TP ranks of each stage at steps 5 and 10");
     CHECK(access(test_path("%s/dit_tppp/ck/iter_0000005/shard_00003_of_00004.safetensors", dir), F_OK) == 0,
           "TP2 x PP2 writes one shard file per (stage, TP rank)");
     /* saved under TP2 x PP2 at step 5: resumed as one process, as PP2, as TP2, as CP2 */
@@ -135,16 +137,20 @@ static void dit_tp_pp(void) {
     for (int k = 0; k < 4; k++) {
         int rc = train(atoi(to[k][0]), DIT, to[k][1],
                        test_path("%s checkpoint.load=%s/dit_tppp/ck/iter_0000005", to[k][2], dir));
-        if (rc == 0) compare(0, to[k][1], "dit1", 6, 1e-5, test_path("DiT saved under TP2 x PP2, resumed as %s",
-                                                                     k == 0   ? "one process"
-                                                                     : k == 1 ? "PP2"
-                                                                     : k == 2 ? "TP2"
-                                                                              : "CP2"));
-        else CHECK(0, "%s runs", to[k][1]);
+        if (rc == 0)
+            compare(0, to[k][1], "dit1", 6, 1e-5,
+                    test_path("DiT saved under TP2 x PP2, resumed as %s", k == 0   ? "one process"
+                                                                          : k == 1 ? "PP2"
+                                                                          : k == 2 ? "TP2"
+                                                                                   : "CP2"));
+        else
+            CHECK(0, "%s runs", to[k][1]);
     }
     int rc = train(4, DIT, "dit_one_to_tppp", test_path("%s checkpoint.load=%s/dit1/ck/iter_0000005", TPPP, dir));
-    if (rc == 0) compare(0, "dit_one_to_tppp", "dit1", 6, 1e-5, "DiT saved by one process, resumed as TP2 x PP2");
-    else CHECK(0, "a one-process checkpoint resumed as TP2 x PP2 runs");
+    if (rc == 0)
+        compare(0, "dit_one_to_tppp", "dit1", 6, 1e-5, "DiT saved by one process, resumed as TP2 x PP2");
+    else
+        CHECK(0, "a one-process checkpoint resumed as TP2 x PP2 runs");
     /* dfm export reads the (stage, TP rank) shards into one diffusers folder */
     rc = test_sh("%s export --checkpoint %s/dit_tppp/ck --out %s/exp_tppp > %s/exp.log 2>&1 && %s export --checkpoint "
                  "%s/dit1/ck --out %s/exp_one >> %s/exp.log 2>&1",
@@ -170,31 +176,40 @@ static void dit_interleaved(void) {
         int rc = train(0, DIT, "dit_vpp_to_one", test_path("checkpoint.load=%s/dit_vpp/ck/iter_0000005", dir));
         if (rc == 0)
             compare(0, "dit_vpp_to_one", "dit1", 6, 1e-6, "DiT saved under PP2 x 2 chunks, resumed as one process");
-        else CHECK(0, "an interleaved checkpoint resumed as one process runs");
+        else
+            CHECK(0, "an interleaved checkpoint resumed as one process runs");
         rc = train(2, DIT, "dit_one_to_vpp", test_path("%s checkpoint.load=%s/dit1/ck/iter_0000005", VPP, dir));
         if (rc == 0) /* the stage's table is two separate ranges of the whole model's: read by piece names */
             compare(0, "dit_one_to_vpp", "dit1", 6, 1e-6, "DiT saved by one process, resumed as PP2 x 2 chunks");
-        else CHECK(0, "a one-process checkpoint resumed as PP2 x 2 chunks runs");
-    } else CHECK(0, "DiT PP2 with 2 model chunks runs");
+        else
+            CHECK(0, "a one-process checkpoint resumed as PP2 x 2 chunks runs");
+    } else
+        CHECK(0, "DiT PP2 with 2 model chunks runs");
     if (train(2, DIT, "dit_vpp_ogp", test_path("%s ddp.data_parallel_sharding_strategy=optim_grads_params", VPP)) == 0)
         compare(0, "dit_vpp_ogp", "dit1", 1, 1e-6, "DiT PP2 x 2 chunks, optim_grads_params");
-    else CHECK(0, "DiT PP2 x 2 chunks with optim_grads_params runs");
+    else
+        CHECK(0, "DiT PP2 x 2 chunks with optim_grads_params runs");
     /* everything together: TP2 x PP2 x 2 chunks on 4 ranks (TP's tolerance) */
     if (train(4, DIT, "dit_tppp_vpp", test_path("%s model.tensor_model_parallel_size=2", VPP)) == 0) {
         compare(0, "dit_tppp_vpp", "dit1", 1, 1e-5, "DiT TP2 x PP2 x 2 chunks");
-        CHECK(replicas_agree("dit_tppp_vpp", 2), "DiT TP2 x PP2 x 2 chunks: replicated parameters bit-identical over TP");
-    } else CHECK(0, "DiT TP2 x PP2 x 2 chunks runs");
+        CHECK(replicas_agree("dit_tppp_vpp", 2),
+              "DiT TP2 x PP2 x 2 chunks: replicated parameters bit-identical over TP");
+    } else
+        CHECK(0, "DiT TP2 x PP2 x 2 chunks runs");
     /* PP4 x 2 chunks: 8 blocks, 8 micro-batches, the warm-up differs per stage; against its own one-process run */
     const char *eight = "model.num_layers=8 train.global_batch_size=16";
-    if (train(0, DIT, "dit8", eight) == 0 &&
-        train(4, DIT, "dit8_pp4_vpp", test_path("%s model.pipeline_model_parallel_size=4 "
-                                                "model.virtual_pipeline_model_parallel_size=2", eight)) == 0)
+    if (train(0, DIT, "dit8", eight) == 0 && train(4, DIT, "dit8_pp4_vpp",
+                                                   test_path("%s model.pipeline_model_parallel_size=4 "
+                                                             "model.virtual_pipeline_model_parallel_size=2",
+                                                             eight)) == 0)
         compare(0, "dit8_pp4_vpp", "dit8", 1, 1e-6, "DiT (8 blocks) PP4 x 2 chunks, 8 micro-batches");
-    else CHECK(0, "DiT 8 blocks one process and PP4 x 2 chunks run");
+    else
+        CHECK(0, "DiT 8 blocks one process and PP4 x 2 chunks run");
     /* DP2: 2 micro-batches per rank = P (Megatron's all-forwards-first case), gradients sharded */
     if (train(4, DIT, "dit_vpp_dp2", test_path("%s ddp.data_parallel_sharding_strategy=optim_grads", VPP)) == 0)
         compare(0, "dit_vpp_dp2", "dit1", 1, 1e-6, "DiT PP2 x 2 chunks x DP2 (optim_grads, m = P)");
-    else CHECK(0, "DiT PP2 x 2 chunks x DP2 runs");
+    else
+        CHECK(0, "DiT PP2 x 2 chunks x DP2 runs");
 }
 
 static void wan_cases(void) {
@@ -208,17 +223,21 @@ static void wan_cases(void) {
               "Wan TP2 x PP2: the replicated parameters are bit-identical across the TP ranks of each stage");
         if (train(0, WAN, "wan_tppp_to_one", test_path("checkpoint.load=%s/wan_tppp/ck/iter_0000005", dir)) == 0)
             compare(1, "wan_tppp_to_one", "wan1", 6, 1e-5, "Wan saved under TP2 x PP2, resumed as one process");
-        else CHECK(0, "Wan TP2 x PP2 checkpoint resumed as one process runs");
-    } else CHECK(0, "Wan TP2 x PP2 runs");
-    if (train(2, WAN, "wan_vpp", VPP) == 0) compare(1, "wan_vpp", "wan1", 1, 1e-6, "Wan PP2 x 2 chunks (interleaved)");
-    else CHECK(0, "Wan PP2 x 2 chunks runs");
+        else
+            CHECK(0, "Wan TP2 x PP2 checkpoint resumed as one process runs");
+    } else
+        CHECK(0, "Wan TP2 x PP2 runs");
+    if (train(2, WAN, "wan_vpp", VPP) == 0)
+        compare(1, "wan_vpp", "wan1", 1, 1e-6, "Wan PP2 x 2 chunks (interleaved)");
+    else
+        CHECK(0, "Wan PP2 x 2 chunks runs");
 }
 
 static void refused(int np, const char *extra, const char *want, const char *what) {
     char *out = NULL;
-    int rc = test_capture(test_path("mpirun --oversubscribe -np %d %s pretrain %s %s logger.output_dir=%s/bad", np, bin,
-                                    DIT, extra, dir),
-                          &out);
+    int rc = test_capture(
+        test_path("mpirun --oversubscribe -np %d %s pretrain %s %s logger.output_dir=%s/bad", np, bin, DIT, extra, dir),
+        &out);
     const char *at = out ? strstr(out, want) : NULL;
     CHECK(rc != 0 && at, "%s is refused naming the numbers: %.200s", what, at ? at : out ? out : "");
     free(out);
@@ -235,7 +254,8 @@ int main(void) {
     if (train(0, DIT, "dit1", "") == 0) {
         dit_tp_pp();
         dit_interleaved();
-    } else CHECK(0, "DiT one process runs");
+    } else
+        CHECK(0, "DiT one process runs");
     wan_cases();
     refused(2, "model.num_layers=6 model.pipeline_model_parallel_size=2 model.virtual_pipeline_model_parallel_size=2",
             "model.num_layers 6 is not divisible by model.pipeline_model_parallel_size 2 x "
@@ -245,8 +265,8 @@ int main(void) {
             "train.global_batch_size=6 model.pipeline_model_parallel_size=2 "
             "model.virtual_pipeline_model_parallel_size=2",
             "3 micro-batches per step and rank", "3 micro-batches under the interleaved schedule of 2 stages");
-    refused(1, "model.virtual_pipeline_model_parallel_size=2",
-            "model.virtual_pipeline_model_parallel_size = 2 (from", "virtual stages without pipeline parallelism");
+    refused(1, "model.virtual_pipeline_model_parallel_size=2", "model.virtual_pipeline_model_parallel_size = 2 (from",
+            "virtual stages without pipeline parallelism");
     test_rmtree(dir);
     free(dir);
     return test_finish();

@@ -89,8 +89,9 @@ static void kill_and_resume(void) {
           lines_at_kill);
 
     /* resume from whatever the killed run left */
-    snprintf(cmd, sizeof cmd, "%s pretrain %s logger.output_dir=%s/b checkpoint.save=%s/b/ckpt checkpoint.load=%s/b/ckpt",
-             bin, TINY, dir, dir, dir);
+    snprintf(cmd, sizeof cmd,
+             "%s pretrain %s logger.output_dir=%s/b checkpoint.save=%s/b/ckpt checkpoint.load=%s/b/ckpt", bin, TINY,
+             dir, dir, dir);
     rc = test_capture(cmd, &out);
     CHECK(rc == 0 && strstr(out, "resumed from"), "resumed run finishes (exit %d)%s%.300s", rc, rc ? ": " : "",
           rc ? out : "");
@@ -123,9 +124,10 @@ static void broken_checkpoints(void) {
     /* a half-written checkpoint folder (as a crash mid-save leaves it) is never picked up */
     snprintf(path, sizeof path, "%s/a/ckpt/iter_0000015.tmp.999", dir);
     mkdir(path, 0755);
-    snprintf(cmd, sizeof cmd,
-             "%s pretrain %s train.train_iters=13 logger.output_dir=%s/c checkpoint.save=null checkpoint.load=%s/a/ckpt",
-             bin, TINY, dir, dir);
+    snprintf(
+        cmd, sizeof cmd,
+        "%s pretrain %s train.train_iters=13 logger.output_dir=%s/c checkpoint.save=null checkpoint.load=%s/a/ckpt",
+        bin, TINY, dir, dir);
     int rc = test_capture(cmd, &out);
     CHECK(rc == 0 && strstr(out, "iter_0000012 at iteration 12"), "resume ignores a half-written iter_*.tmp.* folder");
     free(out);
@@ -156,9 +158,10 @@ static void broken_checkpoints(void) {
     struct stat sb;
     stat(path, &sb);
     if (truncate(path, sb.st_size - 100) != 0) dfm_die("truncate failed");
-    snprintf(cmd, sizeof cmd,
-             "%s pretrain %s train.train_iters=13 logger.output_dir=%s/c checkpoint.save=null checkpoint.load=%s/a/ckpt",
-             bin, TINY, dir, dir);
+    snprintf(
+        cmd, sizeof cmd,
+        "%s pretrain %s train.train_iters=13 logger.output_dir=%s/c checkpoint.save=null checkpoint.load=%s/a/ckpt",
+        bin, TINY, dir, dir);
     rc = test_capture(cmd, &out);
     CHECK(rc != 0 && strstr(out, "model.safetensors") && strstr(out, "truncated"),
           "truncated checkpoint weights refused: %.300s", out);
@@ -188,7 +191,8 @@ static void bad_inputs(void) {
     free(out);
     snprintf(cmd, sizeof cmd, "%s pretrain %s train.global_batch_size=6 logger.output_dir=%s/d", bin, TINY, dir);
     rc = test_capture(cmd, &out);
-    CHECK(rc != 0 && strstr(out, "does not divide into data-parallel size 1 x train.micro_batch_size 4"), "batch sizes checked: %.200s", out);
+    CHECK(rc != 0 && strstr(out, "does not divide into data-parallel size 1 x train.micro_batch_size 4"),
+          "batch sizes checked: %.200s", out);
     free(out);
     snprintf(cmd, sizeof cmd, "%s pretrain %s dist.timeout_s=0 logger.output_dir=%s/d", bin, TINY, dir);
     rc = test_capture(cmd, &out);
@@ -212,22 +216,26 @@ static void bad_inputs(void) {
     free(out);
     /* numerical faults: lr 1e30 makes step 2's gradient Inf/NaN; lr 3 makes step 2's loss jump */
     const char *blowup = "optimizer.lr=1e30 optimizer.clip_grad=0 scheduler.lr_warmup_iters=0 checkpoint.save=null";
-    snprintf(cmd, sizeof cmd, "%s pretrain %s %s train.train_iters=4 logger.output_dir=%s/nan1", bin, TINY, blowup, dir);
+    snprintf(cmd, sizeof cmd, "%s pretrain %s %s train.train_iters=4 logger.output_dir=%s/nan1", bin, TINY, blowup,
+             dir);
     rc = test_capture(cmd, &out);
-    CHECK(rc != 0 && strstr(out, "step 2: the gradient of 'pos_embed.proj.weight'") && strstr(out, "train.on_nan: stop"),
+    CHECK(rc != 0 && strstr(out, "step 2: the gradient of 'pos_embed.proj.weight'") &&
+              strstr(out, "train.on_nan: stop"),
           "a NaN/Inf gradient stops the run at its step, naming the first tensor holding it: %.300s", out);
     free(out);
-    snprintf(cmd, sizeof cmd, "%s pretrain %s %s train.train_iters=4 train.on_nan=skip_step logger.output_dir=%s/nan2", bin,
-             TINY, blowup, dir);
+    snprintf(cmd, sizeof cmd, "%s pretrain %s %s train.train_iters=4 train.on_nan=skip_step logger.output_dir=%s/nan2",
+             bin, TINY, blowup, dir);
     rc = test_capture(cmd, &out);
     char *m = test_read_file(test_path("%s/nan2/metrics.jsonl", dir), NULL);
-    CHECK(rc == 0 && strstr(out, "step 4:") && strstr(out, "update skipped") && m &&
-              strstr(m, "\"loss\": null") && strstr(m, "\"skipped_steps\": 3}"),
+    CHECK(rc == 0 && strstr(out, "step 4:") && strstr(out, "update skipped") && m && strstr(m, "\"loss\": null") &&
+              strstr(m, "\"skipped_steps\": 3}"),
           "train.on_nan=skip_step skips the updates, logs them and keeps metrics.jsonl valid JSON: %.200s", out);
     free(m);
     free(out);
-    snprintf(cmd, sizeof cmd, "%s pretrain %s optimizer.lr=3 optimizer.clip_grad=0 scheduler.lr_warmup_iters=0 "
-             "checkpoint.save=null train.train_iters=3 logger.output_dir=%s/spike", bin, TINY, dir);
+    snprintf(cmd, sizeof cmd,
+             "%s pretrain %s optimizer.lr=3 optimizer.clip_grad=0 scheduler.lr_warmup_iters=0 "
+             "checkpoint.save=null train.train_iters=3 logger.output_dir=%s/spike",
+             bin, TINY, dir);
     rc = test_capture(cmd, &out);
     CHECK(strstr(out, "step 2: loss") && strstr(out, "x the recent mean"), "a loss spike is reported: %.300s", out);
     free(out);
@@ -298,7 +306,8 @@ static void image_folder(void) {
     free(out);
     /* labels from metadata.jsonl, and a bad line in it */
     snprintf(path, sizeof path, "%s/imgs/metadata.jsonl", dir);
-    const char *good = "{\"file_name\": \"boots/00.jpg\", \"label\": 1}\n{\"file_name\": \"shirts/01.png\", \"label\": 0}\n";
+    const char *good =
+        "{\"file_name\": \"boots/00.jpg\", \"label\": 1}\n{\"file_name\": \"shirts/01.png\", \"label\": 0}\n";
     write_file(path, good, strlen(good));
     rc = test_capture(cmd, &out);
     CHECK(rc == 0, "metadata.jsonl labels accepted: %.300s", rc ? out : "ok");

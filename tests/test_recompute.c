@@ -57,8 +57,10 @@ static result run_model_mode(const wan_config *c, int recompute, int chunk, int 
         int lens[2] = {5, 5}, masked[1] = {3};
         wan_forward(&m, out, x, t, text, k ? masked : lens, s);
         wan_backward(&m, dout);
-        if (k) r.out2 = out;
-        else r.out1 = out;
+        if (k)
+            r.out2 = out;
+        else
+            r.out1 = out;
         free(x), free(text), free(dout);
     }
     r.grads = xalloc_floats(m.table.total);
@@ -68,7 +70,9 @@ static result run_model_mode(const wan_config *c, int recompute, int chunk, int 
     return r;
 }
 
-static result run_model(const wan_config *c, int recompute) { return run_model_mode(c, recompute, 1, 0); }
+static result run_model(const wan_config *c, int recompute) {
+    return run_model_mode(c, recompute, 1, 0);
+}
 
 static void free_result(result *r) {
     free(r->out1), free(r->out2), free(r->grads);
@@ -305,8 +309,7 @@ static double activation_mb(const char *run) {
 }
 
 static int pretrain(const char *run, const char *extra) {
-    return test_sh("%s pretrain %s logger.output_dir=%s/%s %s > %s/%s.log 2>&1", bin, SMALL, dir, run, extra, dir,
-                   run);
+    return test_sh("%s pretrain %s logger.output_dir=%s/%s %s > %s/%s.log 2>&1", bin, SMALL, dir, run, extra, dir, run);
 }
 
 static void same_losses(const char *run, const char *base, const char *what) {
@@ -323,8 +326,8 @@ static void pretrain_runs(void) {
     int rc = pretrain("none", "");
     rc |= pretrain("uniform",
                    "model.recompute_granularity=full model.recompute_method=uniform model.recompute_num_layers=1");
-    rc |= pretrain("block",
-                   "model.recompute_granularity=full model.recompute_method=block model.recompute_num_layers=1");
+    rc |=
+        pretrain("block", "model.recompute_granularity=full model.recompute_method=block model.recompute_num_layers=1");
     rc |= test_sh("mpirun --oversubscribe -np 2 %s pretrain %s logger.output_dir=%s/dp2 "
                   "ddp.data_parallel_sharding_strategy=optim_grads_params model.recompute_granularity=full "
                   "model.recompute_method=block model.recompute_num_layers=2 > %s/dp2.log 2>&1",
@@ -440,7 +443,8 @@ static void pretrain_runs(void) {
         free(out);
     }
     char *out = NULL, cmd[2048];
-    snprintf(cmd, sizeof cmd, "%s pretrain %s logger.output_dir=%s/bad model.recompute_num_layers=3 "
+    snprintf(cmd, sizeof cmd,
+             "%s pretrain %s logger.output_dir=%s/bad model.recompute_num_layers=3 "
              "model.recompute_granularity=full model.recompute_method=block",
              bin, SMALL, dir);
     rc = test_capture(cmd, &out);

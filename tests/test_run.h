@@ -77,10 +77,12 @@ static inline double test_dit_weights_diff(const char *a, const char *kind_a, co
         if (ckpt_read_range(a, kind_a, &m.table, 0, n, wa, err, sizeof err) == 0 &&
             ckpt_read_range(b, kind_b, &m.table, 0, n, wb, err, sizeof err) == 0)
             d = test_rel_err(wa, wb, n);
-        else printf("# %s\n", err);
+        else
+            printf("# %s\n", err);
         free(wa), free(wb);
         dit_free(&m);
-    } else printf("# '%s': no readable dfm_dit_config\n", a);
+    } else
+        printf("# '%s': no readable dfm_dit_config\n", a);
     free(cfg);
     return d;
 }

@@ -26,7 +26,9 @@ static const double TOL = 1e-5;
 static char *dir;
 static const char *bin;
 
-static double loss_diff(const char *a, const char *b, int from, int to) { return test_run_loss_diff(a, b, from, to); }
+static double loss_diff(const char *a, const char *b, int from, int to) {
+    return test_run_loss_diff(a, b, from, to);
+}
 
 static void tiny_dit(dit_config *c, int patch) {
     dit_config_named(c, "tiny");

@@ -1,7 +1,7 @@
 /* Tensor parallelism (model.tensor_model_parallel_size) under mpirun --oversubscribe on 2 cores: a tiny DiT and a
- * tiny Wan trained with TP2 (with sharding, with activation recompute, and DP2 x TP2) against one process at the same global batch, the replicated
- * parameters identical across the TP ranks, a TP2 checkpoint resumed as one process, dfm export of a TP2
- * checkpoint, and the layouts that are refused. */
+ * tiny Wan trained with TP2 (with sharding, with activation recompute, and DP2 x TP2) against one process at the same
+ * global batch, the replicated parameters identical across the TP ranks, a TP2 checkpoint resumed as one process, dfm
+ * export of a TP2 checkpoint, and the layouts that are refused. */
 #include "dfm/checkpoint.h"
 #include "dfm/dit.h"
 #include "dfm/safetensors.h"
@@ -25,7 +25,9 @@ static const double TOL = 1e-5;
 static char *dir;
 static const char *bin;
 
-static double loss_diff(const char *a, const char *b, int from, int to) { return test_run_loss_diff(a, b, from, to); }
+static double loss_diff(const char *a, const char *b, int from, int to) {
+    return test_run_loss_diff(a, b, from, to);
+}
 
 static double dit_weights_diff(const char *a, const char *b, const char *kind) {
     return test_dit_weights_diff(a, kind, b, kind);
@@ -35,7 +37,9 @@ static int train(int np, const char *model, const char *name, const char *extra)
     return test_run_pretrain(dir, bin, np, model, name, extra);
 }
 
-static const char *ck(const char *run, int it) { return test_path("%s/%s/ck/iter_%07d", dir, run, it); }
+static const char *ck(const char *run, int it) {
+    return test_path("%s/%s/ck/iter_%07d", dir, run, it);
+}
 
 /* The log says the TP ranks agreed on the replicated parameters at each of the run's checkpoints. */
 static int replicas_agree(const char *run, int saves) {
@@ -48,14 +52,14 @@ static int replicas_agree(const char *run, int saves) {
 
 static void dit_cases(void) {
     CHECK(train(0, DIT, "one", "") == 0, "DiT, one process trains");
-    const char *cases[][3] = {{"2", "tp2", "model.tensor_model_parallel_size=2"},
-                              {"2", "tp2_ogp",
-                               "model.tensor_model_parallel_size=2 ddp.data_parallel_sharding_strategy=optim_grads_params"},
-                              {"4", "dp2_tp2", "model.tensor_model_parallel_size=2"},
-                              {"4", "dp2_tp2_optim", "model.tensor_model_parallel_size=2 ddp.data_parallel_sharding_strategy=optim"},
-                              {"2", "tp2_recompute",
-                               "model.tensor_model_parallel_size=2 model.recompute_granularity=full "
-                               "model.recompute_method=uniform model.recompute_num_layers=1"}};
+    const char *cases[][3] = {
+        {"2", "tp2", "model.tensor_model_parallel_size=2"},
+        {"2", "tp2_ogp", "model.tensor_model_parallel_size=2 ddp.data_parallel_sharding_strategy=optim_grads_params"},
+        {"4", "dp2_tp2", "model.tensor_model_parallel_size=2"},
+        {"4", "dp2_tp2_optim", "model.tensor_model_parallel_size=2 ddp.data_parallel_sharding_strategy=optim"},
+        {"2", "tp2_recompute",
+         "model.tensor_model_parallel_size=2 model.recompute_granularity=full "
+         "model.recompute_method=uniform model.recompute_num_layers=1"}};
     for (int k = 0; k < 5; k++) {
         int rc = train(atoi(cases[k][0]), DIT, cases[k][1], cases[k][2]);
         const char *run = test_path("%s/%s", dir, cases[k][1]);
@@ -78,9 +82,10 @@ static void dit_cases(void) {
           "TP2 writes one shard per TP rank; DP2 x TP2 optim one per rank");
 
     /* saved under TP2 at step 5, resumed as one process and as TP2 with another strategy */
-    const char *resumes[][3] = {{"0", "resume_one", ""},
-                                {"2", "resume_tp2_ogp",
-                                 "model.tensor_model_parallel_size=2 ddp.data_parallel_sharding_strategy=optim_grads_params"}};
+    const char *resumes[][3] = {
+        {"0", "resume_one", ""},
+        {"2", "resume_tp2_ogp",
+         "model.tensor_model_parallel_size=2 ddp.data_parallel_sharding_strategy=optim_grads_params"}};
     for (int k = 0; k < 2; k++) {
         char extra[2048];
         snprintf(extra, sizeof extra, "%s checkpoint.load=%s", resumes[k][2], ck("tp2", 5));
@@ -102,17 +107,19 @@ static void dit_cases(void) {
     CHECK(dl <= TOL, "DiT saved by one process, resumed under TP2: steps 6-10 losses rel %.2e (tol %.0e)", dl, TOL);
 
     /* dfm export of a TP2 checkpoint: one diffusers folder, equal to the one-process export */
-    rc = test_sh("%s export --checkpoint %s/tp2/ck --out %s/exp_tp2 > %s/exp.log 2>&1 && %s export --checkpoint %s/one/ck "
-                 "--out %s/exp_one >> %s/exp.log 2>&1",
-                 bin, dir, dir, dir, bin, dir, dir, dir);
+    rc = test_sh(
+        "%s export --checkpoint %s/tp2/ck --out %s/exp_tp2 > %s/exp.log 2>&1 && %s export --checkpoint %s/one/ck "
+        "--out %s/exp_one >> %s/exp.log 2>&1",
+        bin, dir, dir, dir, bin, dir, dir, dir);
     double worst = INFINITY, maxdiff = 0, maxref = 0;
     int ntensors = 0;
     if (rc == 0) {
         char err[512];
-        st_file *a = st_open(test_path("%s/exp_tp2/transformer/diffusion_pytorch_model.safetensors", dir), err, sizeof err);
-        st_file *b = a ? st_open(test_path("%s/exp_one/transformer/diffusion_pytorch_model.safetensors", dir), err,
-                                 sizeof err)
-                       : NULL;
+        st_file *a =
+            st_open(test_path("%s/exp_tp2/transformer/diffusion_pytorch_model.safetensors", dir), err, sizeof err);
+        st_file *b =
+            a ? st_open(test_path("%s/exp_one/transformer/diffusion_pytorch_model.safetensors", dir), err, sizeof err)
+              : NULL;
         if (a && b && a->n_tensors == b->n_tensors) {
             worst = 0;
             for (int i = 0; i < b->n_tensors; i++) {
@@ -144,12 +151,12 @@ static void dit_cases(void) {
 
 static void wan_cases(void) {
     CHECK(train(0, WAN, "wan_one", "") == 0, "Wan, one process trains");
-    const char *cases[][3] = {{"2", "wan_tp2", "model.tensor_model_parallel_size=2"},
-                              {"4", "wan_dp2_tp2",
-                               "model.tensor_model_parallel_size=2 ddp.data_parallel_sharding_strategy=optim_grads"},
-                              {"2", "wan_tp2_recompute",
-                               "model.tensor_model_parallel_size=2 model.recompute_granularity=full "
-                               "model.recompute_method=uniform model.recompute_num_layers=1"}};
+    const char *cases[][3] = {
+        {"2", "wan_tp2", "model.tensor_model_parallel_size=2"},
+        {"4", "wan_dp2_tp2", "model.tensor_model_parallel_size=2 ddp.data_parallel_sharding_strategy=optim_grads"},
+        {"2", "wan_tp2_recompute",
+         "model.tensor_model_parallel_size=2 model.recompute_granularity=full "
+         "model.recompute_method=uniform model.recompute_num_layers=1"}};
     for (int k = 0; k < 3; k++) {
         int rc = train(atoi(cases[k][0]), WAN, cases[k][1], cases[k][2]);
         char runbuf[1024];
@@ -195,9 +202,11 @@ int main(void) {
     dit_cases();
     wan_cases();
     refused(2, DIT, "model.tensor_model_parallel_size=2 model.num_attention_heads=1",
-            "model.num_attention_heads 1 is not divisible by model.tensor_model_parallel_size 2", "DiT heads not divisible");
+            "model.num_attention_heads 1 is not divisible by model.tensor_model_parallel_size 2",
+            "DiT heads not divisible");
     refused(2, DIT, "model.tensor_model_parallel_size=2 model.ffn_hidden_size=129",
-            "model.ffn_hidden_size 129 is not divisible by model.tensor_model_parallel_size 2", "DiT FFN not divisible");
+            "model.ffn_hidden_size 129 is not divisible by model.tensor_model_parallel_size 2",
+            "DiT FFN not divisible");
     refused(2, WAN, "model.tensor_model_parallel_size=2 model.ffn_hidden_size=65",
             "model.ffn_hidden_size 65 is not divisible by model.tensor_model_parallel_size 2", "Wan FFN not divisible");
     refused(3, DIT, "model.tensor_model_parallel_size=2",

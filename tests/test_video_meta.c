@@ -247,10 +247,11 @@ static void test_train(void) {
     CHECK(rc == 0, "dfm pretrain --recipe wan_tiny dataset.type=video_meta trains on 12 .meta files");
     CHECK(test_sh("test $(grep -c '\"loss\"' %s/run/metrics.jsonl) -ge 3", dir) == 0, "3 steps logged with a loss");
     /* the Automodel paradigm on the same .meta folder, starting from that Megatron-paradigm checkpoint */
-    rc = test_sh("%s finetune -c recipes/automodel/wan_tiny_finetune.yaml --model.pretrained_model_name_or_path=%s/run/ck "
-                 "--data.dataloader.meta_folder=%s/train --data.dataloader.num_workers=0 "
-                 "--checkpoint.checkpoint_dir=%s/ft --step_scheduler.max_steps=3 > %s/ft.log 2>&1",
-                 bin, dir, dir, dir, dir);
+    rc = test_sh(
+        "%s finetune -c recipes/automodel/wan_tiny_finetune.yaml --model.pretrained_model_name_or_path=%s/run/ck "
+        "--data.dataloader.meta_folder=%s/train --data.dataloader.num_workers=0 "
+        "--checkpoint.checkpoint_dir=%s/ft --step_scheduler.max_steps=3 > %s/ft.log 2>&1",
+        bin, dir, dir, dir, dir);
     if (rc != 0) test_sh("tail -5 %s/ft.log", dir);
     CHECK(rc == 0 && test_sh("test $(grep -c '\"loss\"' %s/ft/metrics.jsonl) -ge 3", dir) == 0,
           "dfm finetune trains 3 steps on the .meta folder (meta_folder) from the Megatron-paradigm checkpoint");

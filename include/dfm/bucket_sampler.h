@@ -43,14 +43,14 @@ typedef struct {
     int local_batch, rank, world, shuffle, drop_last;
     uint64_t seed;
     /* state */
-    int64_t epoch;    /* current epoch */
-    int64_t yielded;  /* batches of this epoch already returned */
+    int64_t epoch;   /* current epoch */
+    int64_t yielded; /* batches of this epoch already returned */
     /* this rank's plan for `plan_epoch` (rebuilt lazily) */
     int64_t plan_epoch;
     int nbatches;
-    int *plan;        /* this rank's indices for the epoch, batch after batch */
-    int *batch_start; /* [nbatches + 1] offsets into plan */
-    int *batch_bucket;/* [nbatches] bucket of each batch */
+    int *plan;         /* this rank's indices for the epoch, batch after batch */
+    int *batch_start;  /* [nbatches + 1] offsets into plan */
+    int *batch_bucket; /* [nbatches] bucket of each batch */
 } bucket_sampler;
 
 /* shapes: n rows of ndim int64 (1 <= ndim <= BUCKET_MAX_DIMS). 0, or -1 with a message in err. */

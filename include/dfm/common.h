@@ -19,7 +19,7 @@ void dfm_set_die_hook(const char *prefix, void (*exit_fn)(int code));
 /* Print "dfm: warning: <msg>" to stderr. */
 void dfm_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
-void *xmalloc(size_t n);                 /* dies naming the size on failure */
+void *xmalloc(size_t n); /* dies naming the size on failure */
 void *xcalloc(size_t count, size_t size);
 void *xrealloc(void *p, size_t n);
 /* 64-byte aligned allocation, zero-filled; free with free(). */
@@ -42,9 +42,9 @@ void atomic_commit(dfm_atomic_file *af); /* flush, fsync, close, rename */
 void atomic_abort(dfm_atomic_file *af);  /* close and unlink the temporary file */
 
 /* Small file-system helpers, each dying with a message that names the path (except read_file_err). */
-void xmkdir_p(const char *path);                          /* mkdir -p; the result must be a folder */
-void rm_tree(const char *path);                           /* rm -rf; missing paths are fine */
-uint8_t *xread_file(const char *path, size_t *len);       /* whole file, NUL-terminated; *len excludes the NUL */
+void xmkdir_p(const char *path);                                 /* mkdir -p; the result must be a folder */
+void rm_tree(const char *path);                                  /* rm -rf; missing paths are fine */
+uint8_t *xread_file(const char *path, size_t *len);              /* whole file, NUL-terminated; *len excludes the NUL */
 char *read_file_err(const char *path, char *err, size_t errlen); /* text, or NULL with the reason in err */
 void write_text_atomic(const char *path, const char *text);      /* temporary file, fsync, rename */
 

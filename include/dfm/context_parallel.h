@@ -37,9 +37,8 @@ int cp_check(int heads, int cp, cp_comm_type t, char *err, size_t errlen);
 /* Self-attention of this rank's n query tokens against all C n tokens of its CP group (dist_get()->cp ranks; one
  * rank: the plain kernel). q, k, v, out, lse, strides and scale as attention_forward with Nq = Nk = n; t_valid: the
  * real tokens of the whole sequence (keys at global positions >= t_valid are masked). */
-void cp_attention_forward(cp_comm_type t, float *out, float *lse, const float *q, const float *k, const float *v,
-                          int B, int n, int t_valid, int H, int D, int q_stride, int kv_stride, int out_stride,
-                          float scale);
+void cp_attention_forward(cp_comm_type t, float *out, float *lse, const float *q, const float *k, const float *v, int B,
+                          int n, int t_valid, int H, int D, int q_stride, int kv_stride, int out_stride, float scale);
 /* Backward of the above from the saved out and lse: dq, dk, dv accumulate (this rank's tokens). ws: at least
  * attention_workspace_floats(B, H, n) floats. */
 void cp_attention_backward(cp_comm_type t, float *dq, float *dk, float *dv, float *ws, const float *dout,

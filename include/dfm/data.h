@@ -39,12 +39,12 @@ typedef struct data_loader data_loader;
 
 /* A loader over the samples `indices` (n of them) of ds, batches of `batch`, shuffled per epoch from seed.
  * num_workers > 0 prepares the next batch on a background thread while the caller trains. */
-data_loader *loader_new(const image_dataset *ds, const int *indices, int n, uint64_t seed, int batch,
-                        int num_workers, int null_class);
+data_loader *loader_new(const image_dataset *ds, const int *indices, int n, uint64_t seed, int batch, int num_workers,
+                        int null_class);
 /* Energon source (dataset folder or metadataset YAML): samples need an image part (png) and optionally a
  * class part (cls). NULL with a message on error. */
-data_loader *loader_new_energon(const char *path, const char *split, uint64_t seed, int batch, int num_workers,
-                                int c, int h, int w, int null_class, char *err, size_t errlen);
+data_loader *loader_new_energon(const char *path, const char *split, uint64_t seed, int batch, int num_workers, int c,
+                                int h, int w, int null_class, char *err, size_t errlen);
 /* The next batch: x [batch, C, H, W] in [-1, 1], labels [batch]. Returns seconds spent waiting for data. */
 double loader_next(data_loader *l, float *x, int *labels);
 /* Keep only samples [first, first + count) of every batch (this data-parallel rank's share): loader_next then

@@ -82,8 +82,8 @@ long dp_optimizer_step(const dp_engine *e);
  * key/value pairs for the file); under hybrid sharding only replica 0's ranks write, one file per shard rank.
  * Under pipeline parallelism every stage writes its part (no_shard: data-parallel rank 0 of each stage, whole),
  * numbered pp_rank * writers + rank of pp * writers files, so no two ranks' files collide.
- * no_shard keeps everything whole: the caller writes consolidated files from rank 0 (without PP). Loading reads either form
- * into this rank's layout (load_optim: the moments too). */
+ * no_shard keeps everything whole: the caller writes consolidated files from rank 0 (without PP). Loading reads either
+ * form into this rank's layout (load_optim: the moments too). */
 void dp_save_shard(dp_engine *e, const char *dir, const char *const *meta);
 /* The same split as the Automodel layout keeps it: parameters and EMA into model_dir, moments into optim_dir. */
 void dp_save_shard_split(dp_engine *e, const char *model_dir, const char *optim_dir, const char *const *meta);

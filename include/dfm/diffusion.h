@@ -47,8 +47,8 @@ int timestep_sampling_parse(const char *name, timestep_sampling *out);
 /* One micro-batch prepared for the model. */
 typedef struct {
     int B;
-    size_t per_sample; /* elements per sample (C*H*W) */
-    float *noise, *x_t, *model_in, *target; /* [B, per_sample] */
+    size_t per_sample;                                 /* elements per sample (C*H*W) */
+    float *noise, *x_t, *model_in, *target;            /* [B, per_sample] */
     float *sigma, *timestep, *weight, *c_skip, *c_out; /* [B] */
     float *c_skip_m1;                                  /* [B] c_skip - 1, computed without cancellation */
     int *labels;                                       /* [B], after condition dropout */

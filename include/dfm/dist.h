@@ -14,12 +14,12 @@ extern "C" {
 #endif
 
 typedef struct {
-    int active;                  /* MPI is initialised (launched by mpirun) */
-    int rank, size;              /* world */
-    int local_rank, local_size;  /* processes on this machine */
-    int tp, cp, dp, pp;          /* group sizes: tp * cp * dp * pp = size */
+    int active;                 /* MPI is initialised (launched by mpirun) */
+    int rank, size;             /* world */
+    int local_rank, local_size; /* processes on this machine */
+    int tp, cp, dp, pp;         /* group sizes: tp * cp * dp * pp = size */
     int tp_rank, cp_rank, dp_rank, pp_rank;
-    double timeout_s;            /* bound on any wait for peers */
+    double timeout_s; /* bound on any wait for peers */
     /* Hybrid sharding: the DP group as a 2-D mesh (replicate, shard), dp_rank = dp_shard_rank + dp_shard *
      * dp_replicate_rank (shard fastest, as PyTorch's device mesh). Without it dp_replicate = 1, dp_shard = dp. */
     int dp_replicate, dp_shard;

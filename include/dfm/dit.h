@@ -21,11 +21,11 @@ typedef struct {
     int ffn_hidden_size; /* 0 = 4 * hidden_size */
     int patch_size;
     int in_channels;
-    int out_channels;    /* 0 = in_channels */
-    int image_size;      /* input height = width (diffusers: sample_size) */
-    int num_classes;     /* the class table has num_classes + 1 rows: the last is the null class */
-    int freq_dim;        /* timestep sinusoid width, 256 */
-    float norm_eps;      /* eps of each block's second LayerNorm (diffusers' norm_eps); the others use 1e-6 */
+    int out_channels; /* 0 = in_channels */
+    int image_size;   /* input height = width (diffusers: sample_size) */
+    int num_classes;  /* the class table has num_classes + 1 rows: the last is the null class */
+    int freq_dim;     /* timestep sinusoid width, 256 */
+    float norm_eps;   /* eps of each block's second LayerNorm (diffusers' norm_eps); the others use 1e-6 */
 } dit_config;
 
 /* Named configs: "tiny", "S/2", "B/2", "L/2", "XL/2" (DiT-S/2 etc). Returns 0 if the name is unknown. */
@@ -51,8 +51,8 @@ typedef struct {
     param_table table;
     float *params, *grads; /* one buffer each, table.total floats */
     int max_batch;
-    dit_acts *acts;        /* activation and scratch buffers for max_batch samples */
-    float *pos_embed;      /* fixed [T, d] */
+    dit_acts *acts;   /* activation and scratch buffers for max_batch samples */
+    float *pos_embed; /* fixed [T, d] */
     /* parameter segments in table order: 0 = patch/timestep/class embedders, 1..L = blocks, L+1 = output
      * head; the forward visits them in this order, the backward in reverse */
     int nseg;

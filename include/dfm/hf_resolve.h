@@ -22,9 +22,9 @@ extern "C" {
 #endif
 
 typedef enum {
-    PRETRAINED_PIPELINE = 0,     /* diffusers pipeline folder */
-    PRETRAINED_TRANSFORMER = 1,  /* diffusers transformer folder */
-    PRETRAINED_MEGATRON = 2,     /* dfm checkpoint: an iter folder, or an Automodel-layout step folder */
+    PRETRAINED_PIPELINE = 0,    /* diffusers pipeline folder */
+    PRETRAINED_TRANSFORMER = 1, /* diffusers transformer folder */
+    PRETRAINED_MEGATRON = 2,    /* dfm checkpoint: an iter folder, or an Automodel-layout step folder */
 } pretrained_kind;
 
 typedef struct {

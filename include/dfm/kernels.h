@@ -47,23 +47,21 @@ void matmul_backward(float *dinp, float *dweight, float *dbias, const float *dou
  * out: [B, Nq, H, D] with token stride out_stride. lse: [B, H, Nq] log-sum-exp of scaled scores.
  * kv_len: optional per-sample number of valid keys (keys >= kv_len[b] are masked); NULL = all Nk.
  * scale: usually 1/sqrt(D). Strides let q, k, v point into one fused [B, N, 3, H, D] qkv buffer. */
-void attention_forward(float *out, float *lse, const float *q, const float *k, const float *v, const int *kv_len,
-                       int B, int Nq, int Nk, int H, int D, int q_stride, int kv_stride, int out_stride,
-                       float scale);
+void attention_forward(float *out, float *lse, const float *q, const float *k, const float *v, const int *kv_len, int B,
+                       int Nq, int Nk, int H, int D, int q_stride, int kv_stride, int out_stride, float scale);
 /* Backward from saved out and lse, recomputing scores block by block.
  * dq, dk, dv accumulate, with the same strides as q, k, v (dq uses q_stride, dk/dv kv_stride).
  * workspace: at least attention_workspace_floats(B, H, Nq) floats. */
 size_t attention_workspace_floats(int B, int H, int Nq);
 void attention_backward(float *dq, float *dk, float *dv, float *workspace, const float *dout, const float *out,
-                        const float *lse, const float *q, const float *k, const float *v, const int *kv_len,
-                        int B, int Nq, int Nk, int H, int D, int q_stride, int kv_stride, int out_stride,
-                        float scale);
+                        const float *lse, const float *q, const float *k, const float *v, const int *kv_len, int B,
+                        int Nq, int Nk, int H, int D, int q_stride, int kv_stride, int out_stride, float scale);
 
 /* ---- Normalisation ---------------------------------------------------------------------------- */
 /* LayerNorm over the last dim C of N rows. weight, bias optional (NULL = no affine).
  * mean, rstd: [N] saved for the backward. */
-void layernorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *weight,
-                       const float *bias, int N, int C, float eps);
+void layernorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *weight, const float *bias,
+                       int N, int C, float eps);
 void layernorm_backward(float *dinp, float *dweight, float *dbias, const float *dout, const float *inp,
                         const float *weight, const float *mean, const float *rstd, int N, int C);
 /* RMSNorm: out = inp * rstd * weight (weight optional). rstd: [N]. */
@@ -91,14 +89,14 @@ void silu_backward(float *dinp, const float *dout, const float *inp, size_t n);
 void modulate_forward(float *out, const float *x, const float *shift, const float *scale, int B, int T, int C,
                       int mod_stride);
 /* dx += dout * (1 + scale); dshift += sum_t dout; dscale += sum_t dout * x. dx, dshift, dscale optional. */
-void modulate_backward(float *dx, float *dshift, float *dscale, const float *dout, const float *x,
-                       const float *scale, int B, int T, int C, int mod_stride);
+void modulate_backward(float *dx, float *dshift, float *dscale, const float *dout, const float *x, const float *scale,
+                       int B, int T, int C, int mod_stride);
 /* out[b,t,c] = x[b,t,c] + gate[b*mod_stride + c] * y[b,t,c]  (out may alias x) */
 void gate_residual_forward(float *out, const float *x, const float *y, const float *gate, int B, int T, int C,
                            int mod_stride);
 /* dx += dout; dy += gate * dout; dgate += sum_t dout * y. dx, dy, dgate optional. */
-void gate_residual_backward(float *dx, float *dy, float *dgate, const float *dout, const float *y,
-                            const float *gate, int B, int T, int C, int mod_stride);
+void gate_residual_backward(float *dx, float *dy, float *dgate, const float *dout, const float *y, const float *gate,
+                            int B, int T, int C, int mod_stride);
 
 /* ---- Patches ---------------------------------------------------------------------------------- */
 /* img [B, C, H, W] -> tokens [B, (H/p)*(W/p), C*p*p], token order row-major over the patch grid,
@@ -152,8 +150,8 @@ void rope_backward(float *dinp, const float *dout, const float *cos_tab, const f
 /* ---- Optimiser and friends -------------------------------------------------------------------- */
 /* AdamW as in torch.optim.AdamW: p *= 1 - lr*wd; m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;
  * p -= lr / (1 - b1^step) * m / (sqrt(v) / sqrt(1 - b2^step) + eps). step counts from 1. */
-void adamw_step(float *param, const float *grad, float *m, float *v, size_t n, float lr, float beta1,
-                float beta2, float eps, float weight_decay, long step);
+void adamw_step(float *param, const float *grad, float *m, float *v, size_t n, float lr, float beta1, float beta2,
+                float eps, float weight_decay, long step);
 /* L2 norm of a buffer, accumulated in double. */
 double global_norm(const float *x, size_t n);
 /* Sum of squares in double with the same fixed chunking (partial norms of sharded gradients). */

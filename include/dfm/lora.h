@@ -47,11 +47,11 @@ typedef struct {
 } lora_spec;
 
 typedef struct {
-    char *module;   /* "blocks.0.attn1.to_q" */
-    size_t w_off;   /* the base weight's offset in the model's buffer */
+    char *module; /* "blocks.0.attn1.to_q" */
+    size_t w_off; /* the base weight's offset in the model's buffer */
     int out, in;
     size_t a_off, b_off; /* offsets of A and B in the adapter buffer */
-    float *base;    /* the frozen base weight (out x in) */
+    float *base;         /* the frozen base weight (out x in) */
 } lora_target;
 
 typedef struct {
@@ -77,8 +77,8 @@ int lora_pattern_match(const char *pattern, const char *module);
 /* Adapters for the modules of `base` that spec selects, base weights copied from base_params; A drawn from
  * seed, B zero. 0, or -1 with a message (no module matched: the patterns and a few module names; r < 1;
  * dropout > 0) in err. */
-int lora_create(lora_model *L, const param_table *base, const float *base_params, const lora_spec *spec,
-                uint64_t seed, char *err, size_t errlen);
+int lora_create(lora_model *L, const param_table *base, const float *base_params, const lora_spec *spec, uint64_t seed,
+                char *err, size_t errlen);
 void lora_free(lora_model *L);
 
 /* model_params' adapted weights = base + scale * B A (adapters laid out by L->table; NULL = L->params). */
@@ -102,8 +102,7 @@ int lora_save_peft(const lora_model *L, const float *adapters, const char *dir, 
  * every adapted module. Errors name the file and tensor: an adapter for a module the model lacks or that is
  * not a linear, shape mismatches, an A without its B, unsupported options (DoRA, rank_pattern). On success
  * *n_modules (may be NULL) is the number of modules changed. 0, or -1 + err. */
-int lora_apply_peft(const char *path, const param_table *base, float *params, int *n_modules, char *err,
-                    size_t errlen);
+int lora_apply_peft(const char *path, const param_table *base, float *params, int *n_modules, char *err, size_t errlen);
 
 #ifdef __cplusplus
 }

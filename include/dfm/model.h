@@ -61,8 +61,8 @@ void param_table_save(const param_table *t, const float *buf, const char *prefix
 /* Load every entry of t (name prefixed with `prefix`) from a safetensors file into buf, converting F16/BF16/F64.
  * A missing tensor, a shape mismatch or (unless allow_extra) a tensor the table does not know is an error
  * that names the file, the tensor and both shapes; returns 0 on success, -1 with the message in err. */
-int param_table_load(const param_table *t, float *buf, const char *prefix, const char *path, int allow_extra,
-                     char *err, size_t errlen);
+int param_table_load(const param_table *t, float *buf, const char *prefix, const char *path, int allow_extra, char *err,
+                     size_t errlen);
 /* How a model's forward and backward reach its parameters and gradients, segment by segment. A segment is a
  * contiguous range of the table (a model's embedders, one block, its output head). Without hooks (all NULL)
  * everything lives in the model's own buffers; a data-parallel engine sets them to gather sharded parameters

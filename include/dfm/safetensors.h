@@ -12,8 +12,22 @@ extern "C" {
 #endif
 
 typedef enum {
-    ST_BOOL, ST_U8, ST_I8, ST_I16, ST_U16, ST_F16, ST_BF16, ST_I32, ST_U32, ST_F32, ST_F64, ST_I64, ST_U64,
-    ST_F8_E4M3, ST_F8_E5M2, ST_NUM_DTYPES
+    ST_BOOL,
+    ST_U8,
+    ST_I8,
+    ST_I16,
+    ST_U16,
+    ST_F16,
+    ST_BF16,
+    ST_I32,
+    ST_U32,
+    ST_F32,
+    ST_F64,
+    ST_I64,
+    ST_U64,
+    ST_F8_E4M3,
+    ST_F8_E5M2,
+    ST_NUM_DTYPES
 } st_dtype;
 
 #define ST_MAX_DIMS 8
@@ -55,11 +69,10 @@ void st_read_raw(const st_file *f, const st_tensor *t, void *out);
 /* Writer: collect tensors (pointers must stay valid until st_writer_finish), then write atomically. */
 typedef struct st_writer st_writer;
 st_writer *st_writer_new(void);
-void st_writer_add(st_writer *w, const char *name, st_dtype dtype, int ndim, const int64_t *shape,
-                   const void *data);
+void st_writer_add(st_writer *w, const char *name, st_dtype dtype, int ndim, const int64_t *shape, const void *data);
 void st_writer_meta(st_writer *w, const char *key, const char *value);
 void st_writer_finish(st_writer *w, const char *path); /* writes and frees the writer */
-void st_writer_discard(st_writer *w);                   /* frees the writer without writing */
+void st_writer_discard(st_writer *w);                  /* frees the writer without writing */
 
 #ifdef __cplusplus
 }

@@ -19,9 +19,9 @@ typedef struct {
     adamw_state *opt;
     objective_config obj;
     uint64_t seed;
-    diffusion_batch db; /* sized for the model's max micro-batch */
-    float *out, *dout;  /* model output and its gradient, [max_batch, C_out, H, W] */
-    lora_model *lora;   /* set: LoRA training (lora.h); the engine of the _dp steps then holds the adapters */
+    diffusion_batch db;     /* sized for the model's max micro-batch */
+    float *out, *dout;      /* model output and its gradient, [max_batch, C_out, H, W] */
+    lora_model *lora;       /* set: LoRA training (lora.h); the engine of the _dp steps then holds the adapters */
     unsigned char *cp_mask; /* context parallelism: the input pixels of this rank's tokens (dit_cp_owned), else NULL */
 } dit_trainer;
 
@@ -54,13 +54,13 @@ typedef struct {
     wan_model *model;
     objective_config obj;
     uint64_t seed;
-    int frames, height, width, text_len;  /* sample shape (the largest, with resolution buckets) */
-    diffusion_batch db;                   /* sized for the model's max micro-batch */
-    float *out, *dout;                    /* [max_batch, C_out, T, H, W] */
-    float *text;                          /* the micro-batch's text after dropout */
-    int *cond, *lens;                     /* condition flags (0 = keep) and the lengths after dropout */
-    lora_model *lora;                     /* set: LoRA training, as dit_trainer's */
-    unsigned char *cp_mask;               /* context parallelism: the latent elements of this rank's tokens */
+    int frames, height, width, text_len; /* sample shape (the largest, with resolution buckets) */
+    diffusion_batch db;                  /* sized for the model's max micro-batch */
+    float *out, *dout;                   /* [max_batch, C_out, T, H, W] */
+    float *text;                         /* the micro-batch's text after dropout */
+    int *cond, *lens;                    /* condition flags (0 = keep) and the lengths after dropout */
+    lora_model *lora;                    /* set: LoRA training, as dit_trainer's */
+    unsigned char *cp_mask;              /* context parallelism: the latent elements of this rank's tokens */
 } wan_trainer;
 
 void wan_trainer_init(wan_trainer *tr, wan_model *m, const objective_config *obj, uint64_t seed, int frames, int height,

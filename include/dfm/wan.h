@@ -68,15 +68,15 @@ typedef struct {
     int cp, cp_rank, cp_comm;
     float *cp_full; /* [max batch, cp * max_tokens, max(patch_in, patch_out)]: a whole sample's patches / tokens */
     param_table table;
-    float *params, *grads; /* one buffer each, table.total floats */
-    wan_shape max;         /* what the activation arena holds */
-    int max_tokens;        /* video tokens per sample at max */
-    wan_acts *acts;        /* activations saved by the forward, and backward scratch */
-    int recompute_layers;  /* blocks 0..recompute_layers-1 are recomputed in the backward (wan_set_recompute) */
+    float *params, *grads;   /* one buffer each, table.total floats */
+    wan_shape max;           /* what the activation arena holds */
+    int max_tokens;          /* video tokens per sample at max */
+    wan_acts *acts;          /* activations saved by the forward, and backward scratch */
+    int recompute_layers;    /* blocks 0..recompute_layers-1 are recomputed in the backward (wan_set_recompute) */
     int recompute_chunk;     /* ... in checkpoints of this many consecutive blocks (1: each block its own) */
     int recompute_selective; /* no block keeps its attention outputs: recomputed per block (wan_set_recompute_mode) */
-    int sp;                /* sequence parallelism (wan_set_sequence_parallel): the residual stream holds N / tp
-                            * tokens of every sample, [tp_rank N / tp, (tp_rank + 1) N / tp) */
+    int sp;                  /* sequence parallelism (wan_set_sequence_parallel): the residual stream holds N / tp
+                              * tokens of every sample, [tp_rank N / tp, (tp_rank + 1) N / tp) */
     /* parameter segments in table order: 0 = patch and condition embedders, 1..L = blocks, L+1 = output head;
      * the forward visits them in this order, the backward in reverse */
     int nseg;

@@ -23,7 +23,7 @@ typedef struct yt_node {
     char **keys;      /* map keys, in file order */
     struct yt_node **items;
     int owns_file;
-    int *key_lines;   /* map: 1-based line of each key (a block map's value may start on a later line) */
+    int *key_lines; /* map: 1-based line of each key (a block map's value may start on a later line) */
 } yt_node;
 
 /* Parse a file or a string (`name` is used in messages). NULL on error with the message in err. An empty

@@ -145,8 +145,8 @@ static char *sharded_dir(const char *checkpoint) {
 }
 
 /* A sharded checkpoint: the config and metadata from shard 0, the weights gathered from every shard. */
-static int open_sharded(const char *dir, const char *which, int max_batch, dit_model *m, char **objective,
-                        char **names, char *err, size_t errlen) {
+static int open_sharded(const char *dir, const char *which, int max_batch, dit_model *m, char **objective, char **names,
+                        char *err, size_t errlen) {
     char *cfg_text = ckpt_meta(dir, "dfm_dit_config");
     if (!cfg_text) {
         snprintf(err, errlen, "'%s': shard 0 has no 'dfm_dit_config' metadata: not a dfm DiT checkpoint", dir);
@@ -199,8 +199,15 @@ static int apply_lora_checkpoint(const char *checkpoint, const char *which, int 
     const char **names = xcalloc((size_t)n + 1, sizeof(char *));
     for (int i = 0; i < n; i++) names[i] = json_string_value(json_array_get(mods, (size_t)i));
     json_t *jr = json_object_get(j, "r"), *ja = json_object_get(j, "alpha");
-    lora_spec spec = {json_is_integer(jr) ? (int)json_integer_value(jr) : 0, (float)json_number_value(ja), 0,
-                      json_is_true(json_object_get(j, "use_rslora")), names, n, NULL, 0, 0};
+    lora_spec spec = {json_is_integer(jr) ? (int)json_integer_value(jr) : 0,
+                      (float)json_number_value(ja),
+                      0,
+                      json_is_true(json_object_get(j, "use_rslora")),
+                      names,
+                      n,
+                      NULL,
+                      0,
+                      0};
     lora_model L;
     char e2[2048];
     int rc = -1;
@@ -243,7 +250,8 @@ static int open_dit_lora(const char *checkpoint, const char *which, int which_ex
     char e2[1024];
     char *dir = checkpoint_resolve(base, e2, sizeof e2);
     int rc;
-    if (dir) rc = cli_open_dit(base, "model", 1, max_batch, m, info, err, errlen);
+    if (dir)
+        rc = cli_open_dit(base, "model", 1, max_batch, m, info, err, errlen);
     else {
         memset(info, 0, sizeof *info);
         rc = dit_import_diffusers(m, base, max_batch, err, errlen);
@@ -294,7 +302,8 @@ int cli_open_dit(const char *checkpoint, const char *which, int which_explicit, 
             return -1;
         }
         if (!st_meta(f, "dfm_dit_config")) {
-            snprintf(err, errlen, "'%s' is not a dfm DiT weights file: it has no 'dfm_dit_config' metadata", info->path);
+            snprintf(err, errlen, "'%s' is not a dfm DiT weights file: it has no 'dfm_dit_config' metadata",
+                     info->path);
             st_close(f);
             return -1;
         }
@@ -385,7 +394,8 @@ static int open_wan_lora(const char *checkpoint, const char *which, int which_ex
     char e2[1024];
     char *dir = checkpoint_resolve(base, e2, sizeof e2);
     int rc;
-    if (dir) rc = cli_open_wan(base, "model", 1, max, m, info, err, errlen);
+    if (dir)
+        rc = cli_open_wan(base, "model", 1, max, m, info, err, errlen);
     else {
         memset(info, 0, sizeof *info);
         rc = wan_import_diffusers(m, base, max, err, errlen);

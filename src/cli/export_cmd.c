@@ -142,7 +142,8 @@ int dfm_export_main(int argc, char **argv) {
     else if (scheduler)
         dfm_die("--scheduler must be 'euler' or 'unipc' (got '%s')", scheduler);
     if (cli_checkpoint_is_wan(checkpoint, weights, weights_explicit))
-        return export_wan(checkpoint, weights, weights_explicit, out_dir, &o, objective, shift_s, shift, dtype, adapter);
+        return export_wan(checkpoint, weights, weights_explicit, out_dir, &o, objective, shift_s, shift, dtype,
+                          adapter);
 
     dit_model m;
     cli_model_info info;

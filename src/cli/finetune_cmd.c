@@ -73,14 +73,16 @@ static void pretrained_config(const pretrained_source *src, wan_config *wc) {
     char *text = NULL;
     if (src->kind == PRETRAINED_MEGATRON) {
         text = ckpt_meta(src->path, "dfm_wan_config");
-        if (!text) dfm_die("model.pretrained_model_name_or_path: '%s' is not a Wan checkpoint (no dfm_wan_config)", src->path);
+        if (!text)
+            dfm_die("model.pretrained_model_name_or_path: '%s' is not a Wan checkpoint (no dfm_wan_config)", src->path);
     } else {
         snprintf(path, sizeof path, "%s/config.json", src->model_dir);
         text = read_file_err(path, err, sizeof err);
         if (!text) dfm_die("model.pretrained_model_name_or_path: %s", err);
     }
     if (wan_config_from_json(wc, text, err, sizeof err) != 0)
-        dfm_die("model.pretrained_model_name_or_path '%s': %s (dfm finetune trains Wan 2.1 T2V models)", src->path, err);
+        dfm_die("model.pretrained_model_name_or_path '%s': %s (dfm finetune trains Wan 2.1 T2V models)", src->path,
+                err);
     free(text);
     if (!wan_config_check(wc, err, sizeof err)) dfm_die("model.pretrained_model_name_or_path '%s': %s", src->path, err);
 }
@@ -112,7 +114,8 @@ int dfm_finetune_main(int argc, char **argv) {
     automodel_plan plan;
     if (automodel_check(a, dist_get()->size, &plan, err, sizeof err) != 0) dfm_die("%s", err);
     if (automodel_peft_enabled(a) && strcmp(cfg_str(a, "model.mode"), "finetune"))
-        dfm_die("peft: LoRA adapts pretrained weights; it needs model.mode: finetune (not %s)", cfg_str(a, "model.mode"));
+        dfm_die("peft: LoRA adapts pretrained weights; it needs model.mode: finetune (not %s)",
+                cfg_str(a, "model.mode"));
     if (cfg_bool(a, "fsdp.cpu_offload"))
         dfm_die("fsdp.cpu_offload = true: dfm trains on the CPU, in host memory already; there is no device memory "
                 "to offload from. Set it to false");
@@ -126,7 +129,8 @@ int dfm_finetune_main(int argc, char **argv) {
         dfm_die("model.pretrained_model_name_or_path: %s", err);
     wan_config wc;
     pretrained_config(&src, &wc);
-    if (wc.patch_h != wc.patch_w) dfm_die("'%s': non-square patches (%d x %d) are not built", src.path, wc.patch_h, wc.patch_w);
+    if (wc.patch_h != wc.patch_w)
+        dfm_die("'%s': non-square patches (%d x %d) are not built", src.path, wc.patch_h, wc.patch_w);
     int finetune = !strcmp(cfg_str(a, "model.mode"), "finetune");
 
     /* the data: its shape sizes the model's inputs */
@@ -154,10 +158,12 @@ int dfm_finetune_main(int argc, char **argv) {
 
     /* the schedule: max_steps, else num_epochs over the training samples */
     int gbs = (int)cfg_int(a, "step_scheduler.global_batch_size");
-    int val_every = cfg_is_null(a, "step_scheduler.val_every_steps") ? 0 : (int)cfg_int(a, "step_scheduler.val_every_steps");
+    int val_every =
+        cfg_is_null(a, "step_scheduler.val_every_steps") ? 0 : (int)cfg_int(a, "step_scheduler.val_every_steps");
     int mbs = (int)cfg_int(a, "step_scheduler.local_batch_size");
     int n_val = val_every > 0 ? (n / 10 > mbs ? n / 10 : mbs) : 0;
-    if (n_val >= n) dfm_die("'%s' holds %d samples: too few to hold %d out for step_scheduler.val_every_steps", meta, n, n_val);
+    if (n_val >= n)
+        dfm_die("'%s' holds %d samples: too few to hold %d out for step_scheduler.val_every_steps", meta, n, n_val);
     long steps = cfg_is_null(a, "step_scheduler.max_steps") ? 0 : (long)cfg_int(a, "step_scheduler.max_steps");
     int shuffle = cfg_bool(a, "data.dataloader.shuffle"), drop_last = cfg_bool(a, "data.dataloader.drop_last");
     if (!steps) { /* an epoch: the steps the bucket sampler makes of the training samples (pretrain's split) */
@@ -236,21 +242,22 @@ int dfm_finetune_main(int argc, char **argv) {
     put(m, "optimizer.adam_beta1", json_real(cfg_list_float(a, "optimizer.betas", 0)));
     put(m, "optimizer.adam_beta2", json_real(cfg_list_float(a, "optimizer.betas", 1)));
     put(m, "optimizer.adam_eps", num_or_null(a, "optimizer.eps", 0));
-    put(m, "optimizer.clip_grad", cfg_is_null(a, "clip_grad_norm.max_norm") ? json_real(0) : num_or_null(a, "clip_grad_norm.max_norm", 0));
+    put(m, "optimizer.clip_grad",
+        cfg_is_null(a, "clip_grad_norm.max_norm") ? json_real(0) : num_or_null(a, "clip_grad_norm.max_norm", 0));
     put(m, "optimizer.min_lr", num_or_null(a, "lr_scheduler.min_lr", 0));
     put(m, "scheduler.lr_decay_style", json_string(cfg_str(a, "lr_scheduler.lr_decay_style")));
     put(m, "scheduler.lr_warmup_iters", num_or_null(a, "lr_scheduler.lr_warmup_steps", 1));
     put(m, "scheduler.lr_decay_iters", num_or_null(a, "lr_scheduler.lr_decay_steps", 1));
     put(m, "diffusion.objective", json_string("flow_matching"));
-    static const char *fm[][2] = {{"timestep_sampling", "s"}, {"logit_mean", "f"}, {"logit_std", "f"},
-                                  {"flow_shift", "f"}, {"mix_uniform_ratio", "f"}, {"sigma_min", "f"},
-                                  {"sigma_max", "f"}, {"num_train_timesteps", "i"}, {"use_loss_weighting", "b"},
+    static const char *fm[][2] = {{"timestep_sampling", "s"}, {"logit_mean", "f"},          {"logit_std", "f"},
+                                  {"flow_shift", "f"},        {"mix_uniform_ratio", "f"},   {"sigma_min", "f"},
+                                  {"sigma_max", "f"},         {"num_train_timesteps", "i"}, {"use_loss_weighting", "b"},
                                   {"cfg_dropout_prob", "f"}};
     for (size_t i = 0; i < sizeof fm / sizeof fm[0]; i++) {
         char from[96], to[96];
         snprintf(from, sizeof from, "flow_matching.%s", fm[i][0]);
         snprintf(to, sizeof to, "diffusion.%s", fm[i][0]);
-        json_t *v = fm[i][1][0] == 's' ? json_string(cfg_str(a, from))
+        json_t *v = fm[i][1][0] == 's'   ? json_string(cfg_str(a, from))
                     : fm[i][1][0] == 'b' ? json_boolean(cfg_bool(a, from))
                                          : num_or_null(a, from, fm[i][1][0] == 'i');
         put(m, to, v);
@@ -263,7 +270,8 @@ int dfm_finetune_main(int argc, char **argv) {
     static const char *lists[] = {"peft.target_modules", "peft.exclude_modules"};
     for (int k = 0; k < 2; k++) {
         json_t *l = json_array();
-        for (int i = 0; i < cfg_len(a, lists[k]); i++) json_array_append_new(l, json_string(cfg_list_str(a, lists[k], i)));
+        for (int i = 0; i < cfg_len(a, lists[k]); i++)
+            json_array_append_new(l, json_string(cfg_list_str(a, lists[k], i)));
         put(m, lists[k], l);
     }
     /* checkpoints: Automodel's layout in checkpoint_dir (epoch_E_step_S/ + LATEST), written by the shared job */
@@ -277,9 +285,10 @@ int dfm_finetune_main(int argc, char **argv) {
     put(m, "checkpoint.consolidated", json_string(consolidated == 2 ? "every" : consolidated == 1 ? "final" : "none"));
     put(m, "checkpoint.config_yaml", json_string(recipe_yaml));
     put(m, "checkpoint.save_interval", json_integer((json_int_t)cfg_int(a, "step_scheduler.ckpt_every_steps")));
-    put(m, "checkpoint.most_recent_k", cfg_is_null(a, "checkpoint.max_recent_checkpoints")
-                                           ? json_integer(0)
-                                           : json_integer((json_int_t)cfg_int(a, "checkpoint.max_recent_checkpoints")));
+    put(m, "checkpoint.most_recent_k",
+        cfg_is_null(a, "checkpoint.max_recent_checkpoints")
+            ? json_integer(0)
+            : json_integer((json_int_t)cfg_int(a, "checkpoint.max_recent_checkpoints")));
     char load[4200] = "";
     const char *restore = cfg_str(a, "checkpoint.restore_from");
     if (!restore || !strcmp(restore, "LATEST")) { /* the newest checkpoint of this run, if any */
@@ -287,8 +296,10 @@ int dfm_finetune_main(int argc, char **argv) {
         struct stat sb;
         snprintf(latest, sizeof latest, "%s/LATEST", ckdir);
         snprintf(tracker, sizeof tracker, "%s/latest_checkpointed_iteration.txt", ckdir); /* an older dfm's layout */
-        if (lstat(latest, &sb) == 0 || is_file(tracker)) snprintf(load, sizeof load, "%s", ckdir);
-        else if (restore) dfm_die("checkpoint.restore_from: LATEST, but '%s' holds no LATEST", ckdir);
+        if (lstat(latest, &sb) == 0 || is_file(tracker))
+            snprintf(load, sizeof load, "%s", ckdir);
+        else if (restore)
+            dfm_die("checkpoint.restore_from: LATEST, but '%s' holds no LATEST", ckdir);
     } else if (strchr(restore, '/'))
         snprintf(load, sizeof load, "%s", restore);
     else

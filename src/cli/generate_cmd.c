@@ -19,26 +19,27 @@
 #include <sys/stat.h>
 
 static void usage(FILE *f) {
-    fprintf(f, "usage: dfm generate --checkpoint PATH --out DIR [options]\n"
-               "  --checkpoint PATH   a dfm weights file, a checkpoint folder (iter_NNNNNNN/, epoch_E_step_S/) or the\n"
-               "                      root holding latest_checkpointed_iteration.txt or LATEST (then its newest one)\n"
-               "  --weights ema|model which weights of a checkpoint folder (default ema)\n"
-               "  --out DIR           output folder: sample_NNNN.png, samples.json, grid.png\n"
-               "  --adapter DIR       a LoRA adapter folder (PEFT's adapter_model.safetensors + adapter_config.json)\n"
-               "                      merged into the weights first\n"
-               "  --objective flow_matching|edm   what the model predicts, when the weights file does not say\n"
-               "  --sampler euler|heun             default: euler for flow matching, heun for EDM\n"
-               "  --steps N           sampling steps (default 50 flow / 35 EDM)\n"
-               "  --guidance G        classifier-free guidance scale (default 1 = none)\n"
-               "  --shift S           flow-matching sampling shift (default: the training shift, else 1)\n"
-               "  --seed N            base seed; sample i uses seed N + i (default 0)\n"
-               "  --classes LIST      comma-separated class numbers or names, or 'all' (default all)\n"
-               "  --per-class N       samples of each class (default 8)\n"
-               "  --batch N           samples per model evaluation (default 32; Wan 4)\n"
-               "Wan checkpoints (clips from text; GIFs, frame strips, samples.json, samples.safetensors):\n"
-               "  --prompt TEXT       a caption (repeatable), encoded by the checkpoint's stand-in text encoder\n"
-               "  --per-prompt N      clips of each prompt (default 2)\n"
-               "  --text-embeddings F precomputed embeddings (safetensors: text_embeddings [n, L, D], text_lens [n])\n");
+    fprintf(f,
+            "usage: dfm generate --checkpoint PATH --out DIR [options]\n"
+            "  --checkpoint PATH   a dfm weights file, a checkpoint folder (iter_NNNNNNN/, epoch_E_step_S/) or the\n"
+            "                      root holding latest_checkpointed_iteration.txt or LATEST (then its newest one)\n"
+            "  --weights ema|model which weights of a checkpoint folder (default ema)\n"
+            "  --out DIR           output folder: sample_NNNN.png, samples.json, grid.png\n"
+            "  --adapter DIR       a LoRA adapter folder (PEFT's adapter_model.safetensors + adapter_config.json)\n"
+            "                      merged into the weights first\n"
+            "  --objective flow_matching|edm   what the model predicts, when the weights file does not say\n"
+            "  --sampler euler|heun             default: euler for flow matching, heun for EDM\n"
+            "  --steps N           sampling steps (default 50 flow / 35 EDM)\n"
+            "  --guidance G        classifier-free guidance scale (default 1 = none)\n"
+            "  --shift S           flow-matching sampling shift (default: the training shift, else 1)\n"
+            "  --seed N            base seed; sample i uses seed N + i (default 0)\n"
+            "  --classes LIST      comma-separated class numbers or names, or 'all' (default all)\n"
+            "  --per-class N       samples of each class (default 8)\n"
+            "  --batch N           samples per model evaluation (default 32; Wan 4)\n"
+            "Wan checkpoints (clips from text; GIFs, frame strips, samples.json, samples.safetensors):\n"
+            "  --prompt TEXT       a caption (repeatable), encoded by the checkpoint's stand-in text encoder\n"
+            "  --per-prompt N      clips of each prompt (default 2)\n"
+            "  --text-embeddings F precomputed embeddings (safetensors: text_embeddings [n, L, D], text_lens [n])\n");
 }
 
 static int parse_classes(const char *s, const cli_model_info *info, int K, int **out, int *n, char *err,
@@ -195,8 +196,21 @@ int dfm_generate_main(int argc, char **argv) {
             dfm_die("--objective, --sampler, --classes and --per-class are DiT options; a Wan checkpoint samples with "
                     "the Euler flow ODE from --prompt captions (--per-prompt N)");
         kernels_init();
-        wan_gen_opts o = {checkpoint, weights, out_dir, weights_explicit, adapter, text_emb, prompts, nprompts, (int)per_prompt,
-                          (int)batch, (int)steps, guidance, shift_s ? shift : 0, seed, progress};
+        wan_gen_opts o = {checkpoint,
+                          weights,
+                          out_dir,
+                          weights_explicit,
+                          adapter,
+                          text_emb,
+                          prompts,
+                          nprompts,
+                          (int)per_prompt,
+                          (int)batch,
+                          (int)steps,
+                          guidance,
+                          shift_s ? shift : 0,
+                          seed,
+                          progress};
         int rc = dfm_generate_wan(&o);
         free(prompts);
         return rc;

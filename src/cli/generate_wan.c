@@ -38,8 +38,10 @@ static int load_text(const wan_gen_opts *o, json_t *enc, int text_len, int dim, 
         if (!f) return -1;
         const st_tensor *t = st_find(f, "text_embeddings"), *l = st_find(f, "text_lens");
         if (!t || t->ndim != 3 || t->shape[1] > text_len || t->shape[2] != dim) {
-            snprintf(err, errlen, "'%s': expected a tensor 'text_embeddings' [n, <= %d, %d] (the model's text length and "
-                     "width)", o->text_embeddings, text_len, dim);
+            snprintf(err, errlen,
+                     "'%s': expected a tensor 'text_embeddings' [n, <= %d, %d] (the model's text length and "
+                     "width)",
+                     o->text_embeddings, text_len, dim);
             st_close(f);
             return -1;
         }
@@ -78,8 +80,10 @@ static int load_text(const wan_gen_opts *o, json_t *enc, int text_len, int dim, 
     }
     const char *kind = json_string_value(json_object_get(enc, "kind"));
     if (!kind || strcmp(kind, "stand_in")) {
-        snprintf(err, errlen, "the checkpoint was trained on precomputed text embeddings: pass them with "
-                              "--text-embeddings FILE.safetensors (tensor 'text_embeddings' [n, L, %d])", dim);
+        snprintf(err, errlen,
+                 "the checkpoint was trained on precomputed text embeddings: pass them with "
+                 "--text-embeddings FILE.safetensors (tensor 'text_embeddings' [n, L, %d])",
+                 dim);
         return -1;
     }
     uint64_t seed = (uint64_t)json_integer_value(json_object_get(enc, "seed"));
@@ -112,7 +116,8 @@ int dfm_generate_wan(const wan_gen_opts *o) {
         L = (int)json_integer_value(json_object_get(sm, "text_len"));
     if (C < 1 || T < 1 || H < 1 || W < 1 || L < 1)
         dfm_die("'%s': no valid 'dfm_wan_sample' metadata (channels, frames, height, width, text_len): was it saved by "
-                "dfm pretrain?", o->checkpoint);
+                "dfm pretrain?",
+                o->checkpoint);
     int rows = o->guidance != 1.0 ? 2 * o->batch : o->batch;
     wan_shape mx = {rows, T, H, W, L};
     wan_model m;
@@ -120,12 +125,14 @@ int dfm_generate_wan(const wan_gen_opts *o) {
     if (cli_open_wan(o->checkpoint, o->weights, o->weights_explicit, &mx, &m, &info, err, sizeof err))
         dfm_die("%s", err);
     cli_apply_adapter(o->adapter, &m.table, m.params);
-    if (m.cfg.in_channels != C) dfm_die("'%s': the model has %d input channels, its clips %d", info.path, m.cfg.in_channels, C);
+    if (m.cfg.in_channels != C)
+        dfm_die("'%s': the model has %d input channels, its clips %d", info.path, m.cfg.in_channels, C);
 
     float *text;
     int *lens, np;
     char **prompts;
-    if (load_text(o, json_object_get(sm, "text_encoder"), L, m.cfg.text_dim, &text, &lens, &prompts, &np, err, sizeof err))
+    if (load_text(o, json_object_get(sm, "text_encoder"), L, m.cfg.text_dim, &text, &lens, &prompts, &np, err,
+                  sizeof err))
         dfm_die("%s", err);
 
     sampler_config sc;
@@ -148,8 +155,9 @@ int dfm_generate_wan(const wan_gen_opts *o) {
             all_lens[i] = lens[p];
             seeds[i] = sample_seed(o->seed, (uint32_t)i);
         }
-    fprintf(stderr, "generate: %s: %d clips (%d prompts x %d) of %d x %dx%d, flow matching, %s, %d steps, shift %g, "
-                    "guidance %g, seed %llu\n",
+    fprintf(stderr,
+            "generate: %s: %d clips (%d prompts x %d) of %d x %dx%d, flow matching, %s, %d steps, shift %g, "
+            "guidance %g, seed %llu\n",
             info.path, n, np, o->per, T, H, W, sampler_name(sc.sampler), sc.steps, (double)sc.shift,
             (double)sc.guidance, (unsigned long long)o->seed);
     xmkdir_p(o->out_dir);

@@ -55,7 +55,8 @@ cfg *automodel_defaults(void) {
     cfg_def(c, "data.dataloader.drop_last", CFG_BOOL, "true",
             "drop each bucket's last short local batch (Automodel's builder default)");
     cfg_def(c, "data.dataloader.base_resolution", CFG_LIST, "[512, 512]", "reference [width, height] of buckets");
-    cfg_def(c, "data.dataloader.dynamic_batch_size", CFG_BOOL, "false", "scale the batch size per bucket (unsupported)");
+    cfg_def(c, "data.dataloader.dynamic_batch_size", CFG_BOOL, "false",
+            "scale the batch size per bucket (unsupported)");
     cfg_def(c, "data.dataloader.model_type", CFG_STR, "wan", "the sample layout (wan)");
     cfg_def(c, "data.dataloader._target_", CFG_STR, NULL, "Automodel's Python builder; accepted and ignored");
 
@@ -81,7 +82,8 @@ cfg *automodel_defaults(void) {
     cfg_def(c, "flow_matching.sigma_max", CFG_FLOAT, "1.0", "clamp sigma from above");
     cfg_def(c, "flow_matching.num_train_timesteps", CFG_INT, "1000", "the model sees t = this x sigma");
     cfg_def(c, "flow_matching.use_loss_weighting", CFG_BOOL, "true", "weight the loss by 1 + flow_shift x sigma");
-    cfg_def(c, "flow_matching.cfg_dropout_prob", CFG_FLOAT, "0.1", "drop the text condition (classifier-free guidance)");
+    cfg_def(c, "flow_matching.cfg_dropout_prob", CFG_FLOAT, "0.1",
+            "drop the text condition (classifier-free guidance)");
     cfg_def(c, "flow_matching.use_sigma_noise", CFG_BOOL, "true", "accepted (Automodel); dfm always noises by sigma");
     cfg_def(c, "flow_matching.adapter_type", CFG_STR, "simple", "accepted (Automodel's model adapter)");
     cfg_def(c, "flow_matching.adapter_kwargs", CFG_MAP, "{}", "accepted (free-form)");
@@ -99,7 +101,8 @@ cfg *automodel_defaults(void) {
     cfg_def(c, "checkpoint.checkpoint_dir", CFG_STR, "checkpoints", "where epoch_E_step_S/ folders and LATEST go");
     cfg_def_enum(c, "checkpoint.save_consolidated", 0, "false", "false|final|every|true",
                  "also save a diffusers-compatible consolidated model (true = every)");
-    cfg_def(c, "checkpoint.restore_from", CFG_STR, NULL, "null (latest in checkpoint_dir), LATEST, a step folder or a path");
+    cfg_def(c, "checkpoint.restore_from", CFG_STR, NULL,
+            "null (latest in checkpoint_dir), LATEST, a step folder or a path");
     cfg_def(c, "checkpoint.max_recent_checkpoints", CFG_INT, NULL, "keep only the N newest (null: all)");
     cfg_def_enum(c, "checkpoint.model_save_format", 0, "safetensors", "safetensors|torch_save", "weights format");
     cfg_def(c, "checkpoint.diffusers_compatible", CFG_BOOL, "true", "consolidated model in diffusers' layout");
@@ -294,8 +297,10 @@ static int rewrite_scalars(yt_node *n, const char *path, const char *fixed_src, 
     if (n->kind == YT_SCALAR) {
         if (strstr(n->str, "${")) {
             char where[512];
-            if (fixed_src) snprintf(where, sizeof where, "%s", fixed_src);
-            else snprintf(where, sizeof where, "%s:%d", n->file, n->line);
+            if (fixed_src)
+                snprintf(where, sizeof where, "%s", fixed_src);
+            else
+                snprintf(where, sizeof where, "%s:%d", n->file, n->line);
             char *x = expand_env(n->str, path[0] ? path : "(value)", where, err, errlen);
             if (!x) return -1;
             free(n->str);
@@ -309,8 +314,10 @@ static int rewrite_scalars(yt_node *n, const char *path, const char *fixed_src, 
     }
     for (int i = 0; i < n->n; i++) {
         char sub[512];
-        if (n->kind == YT_MAP) snprintf(sub, sizeof sub, "%s%s%s", path, path[0] ? "." : "", n->keys[i]);
-        else snprintf(sub, sizeof sub, "%s.%d", path, i);
+        if (n->kind == YT_MAP)
+            snprintf(sub, sizeof sub, "%s%s%s", path, path[0] ? "." : "", n->keys[i]);
+        else
+            snprintf(sub, sizeof sub, "%s.%d", path, i);
         if (rewrite_scalars(n->items[i], sub, fixed_src, err, errlen)) return -1;
     }
     return 0;
@@ -335,8 +342,10 @@ int automodel_merge_file(cfg *c, const char *path, FILE *notes, char *err, size_
 
 int automodel_override(cfg *c, const char *key, const char *value, FILE *notes, char *err, size_t errlen) {
     char src[1024];
-    if (value) snprintf(src, sizeof src, "command line '--%s %s'", key, value);
-    else snprintf(src, sizeof src, "command line '--%s'", key);
+    if (value)
+        snprintf(src, sizeof src, "command line '--%s %s'", key, value);
+    else
+        snprintf(src, sizeof src, "command line '--%s'", key);
     if (!*key || key[0] == '.' || key[strlen(key) - 1] == '.' || strstr(key, ".."))
         return errf(err, errlen, "%s: '%s' is not a dotted key", src, key);
     const char *nk = renamed(key);
@@ -347,9 +356,12 @@ int automodel_override(cfg *c, const char *key, const char *value, FILE *notes, 
     /* the value as YAML; text YAML cannot read ("[1,", "a: b: c") is taken as a string, as Automodel does */
     char perr[256];
     yt_node *v = NULL;
-    if (!value) v = yt_parse_string("true", "value", perr, sizeof perr);
-    else if (!*value) v = yt_parse_string("''", "value", perr, sizeof perr);
-    else v = yt_parse_string(value, "value", perr, sizeof perr);
+    if (!value)
+        v = yt_parse_string("true", "value", perr, sizeof perr);
+    else if (!*value)
+        v = yt_parse_string("''", "value", perr, sizeof perr);
+    else
+        v = yt_parse_string(value, "value", perr, sizeof perr);
     if (!v || (v->kind == YT_MAP && v->n == 0 && *value)) {
         if (v) yt_free(v);
         v = yt_parse_string("x", "value", perr, sizeof perr);
@@ -396,11 +408,13 @@ int automodel_from_args(int argc, char **argv, cfg **out, automodel_cli *opts, c
     opts->help = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
-        if (!strcmp(a, "-h") || !strcmp(a, "--help")) opts->help = 1;
+        if (!strcmp(a, "-h") || !strcmp(a, "--help"))
+            opts->help = 1;
         else if (!strcmp(a, "-c") || !strcmp(a, "--config")) {
             if (i + 1 >= argc) return errf(err, errlen, "%s needs a file name", a);
             opts->config_file = argv[++i];
-        } else if (!strncmp(a, "--config=", 9)) opts->config_file = a + 9;
+        } else if (!strncmp(a, "--config=", 9))
+            opts->config_file = a + 9;
     }
     cfg *c = automodel_defaults();
     if (opts->help) {
@@ -428,8 +442,9 @@ int automodel_from_args(int argc, char **argv, cfg **out, automodel_cli *opts, c
         } else {
             snprintf(key, sizeof key, "%s", a + 2);
             /* the next argument is the value unless it is another option (a negative number is a value) */
-            int next_is_opt = i + 1 >= argc || (argv[i + 1][0] == '-' && (argv[i + 1][1] == '-' || argv[i + 1][1] == 'c' ||
-                                                                            argv[i + 1][1] == 'h'));
+            int next_is_opt =
+                i + 1 >= argc ||
+                (argv[i + 1][0] == '-' && (argv[i + 1][1] == '-' || argv[i + 1][1] == 'c' || argv[i + 1][1] == 'h'));
             value = next_is_opt ? NULL : argv[++i];
         }
         if (automodel_override(c, key, value, notes, err, errlen)) goto fail;
@@ -454,8 +469,7 @@ int automodel_check(const cfg *c, int world, automodel_plan *plan, char *err, si
                     p.tp, p.cp, p.pp, p.dp_replicate, cfg_source(c, "fsdp.tp_size"));
     int mp = p.tp * p.cp * p.pp;
     if (cfg_is_null(c, "fsdp.dp_size")) {
-        if (world % mp)
-            return errf(err, errlen, "fsdp: %d processes do not divide into tp x cp x pp = %d", world, mp);
+        if (world % mp) return errf(err, errlen, "fsdp: %d processes do not divide into tp x cp x pp = %d", world, mp);
         p.dp = world / mp;
     } else {
         p.dp = (int)cfg_int(c, "fsdp.dp_size");
@@ -478,8 +492,7 @@ int automodel_check(const cfg *c, int world, automodel_plan *plan, char *err, si
     p.grad_accum = (int)(gb / (lb * p.dp));
     const char *pos[] = {"step_scheduler.ckpt_every_steps", "step_scheduler.num_epochs", "step_scheduler.log_every"};
     for (int i = 0; i < 3; i++)
-        if (cfg_int(c, pos[i]) < 1)
-            return errf(err, errlen, "%s: must be >= 1 (%s)", pos[i], cfg_source(c, pos[i]));
+        if (cfg_int(c, pos[i]) < 1) return errf(err, errlen, "%s: must be >= 1 (%s)", pos[i], cfg_source(c, pos[i]));
     if (!cfg_is_null(c, "step_scheduler.max_steps") && cfg_int(c, "step_scheduler.max_steps") < 1)
         return errf(err, errlen, "step_scheduler.max_steps must be >= 1 or null (%s)",
                     cfg_source(c, "step_scheduler.max_steps"));

@@ -155,7 +155,9 @@ static int rm_entry(const char *p, const struct stat *st, int flag, struct FTW *
     return remove(p);
 }
 
-void rm_tree(const char *path) { nftw(path, rm_entry, 16, FTW_DEPTH | FTW_PHYS); }
+void rm_tree(const char *path) {
+    nftw(path, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
 
 static uint8_t *read_whole(FILE *f, const char *path, size_t *len) {
     if (fseeko(f, 0, SEEK_END) != 0) dfm_die("'%s': seek failed: %s", path, strerror(errno));
@@ -170,7 +172,9 @@ static uint8_t *read_whole(FILE *f, const char *path, size_t *len) {
     return b;
 }
 
-uint8_t *xread_file(const char *path, size_t *len) { return read_whole(xfopen(path, "rb"), path, len); }
+uint8_t *xread_file(const char *path, size_t *len) {
+    return read_whole(xfopen(path, "rb"), path, len);
+}
 
 char *read_file_err(const char *path, char *err, size_t errlen) {
     FILE *f = fopen(path, "rb");

@@ -770,8 +770,8 @@ int cfg_merge_file(cfg *c, const char *path, char *err, size_t errlen) {
 int cfg_merge_tree(cfg *c, const struct yt_node *y, const char *source, char *err, size_t errlen) {
     srcctx sc = {source};
     if (y->kind != YT_MAP)
-        return errf(err, errlen, "%s: the top level must be a map of sections, not a %s",
-                    source ? source : y->file, yt_kind_name(y->kind));
+        return errf(err, errlen, "%s: the top level must be a map of sections, not a %s", source ? source : y->file,
+                    yt_kind_name(y->kind));
     return merge_map(c, "", c->root, y, &sc, err, errlen);
 }
 

@@ -8,7 +8,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-
 void param_table_add(param_table *t, const char *name, int ndim, const int64_t *shape, int no_decay) {
     if (ndim > DFM_MAX_DIMS) dfm_die("parameter '%s': %d dims (max %d)", name, ndim, DFM_MAX_DIMS);
     if (param_table_find(t, name)) dfm_die("parameter '%s' defined twice", name);
@@ -95,8 +94,8 @@ void param_table_free(param_table *t) {
 
 static void shape_str(char *out, size_t n, int ndim, const int64_t *shape) {
     size_t used = (size_t)snprintf(out, n, "[");
-    for (int i = 0; i < ndim && used < n; i++) used += (size_t)snprintf(out + used, n - used, i ? ", %lld" : "%lld",
-                                                                       (long long)shape[i]);
+    for (int i = 0; i < ndim && used < n; i++)
+        used += (size_t)snprintf(out + used, n - used, i ? ", %lld" : "%lld", (long long)shape[i]);
     if (used < n) snprintf(out + used, n - used, "]");
 }
 
@@ -112,8 +111,8 @@ void param_table_save(const param_table *t, const float *buf, const char *prefix
     st_writer_finish(w, path);
 }
 
-int param_table_load(const param_table *t, float *buf, const char *prefix, const char *path, int allow_extra,
-                     char *err, size_t errlen) {
+int param_table_load(const param_table *t, float *buf, const char *prefix, const char *path, int allow_extra, char *err,
+                     size_t errlen) {
     st_file *f = st_open(path, err, errlen);
     if (!f) return -1;
     char name[512], want[128], got[128];

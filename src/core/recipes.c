@@ -61,7 +61,8 @@ static cfg *recipe_base(const char *name) {
     /* data parallelism (mpirun -np N: DP = N / (TP x CP x PP)) */
     cfg_def(c, "ddp.use_distributed_optimizer", CFG_BOOL, "false",
             "shard the optimizer state over data-parallel ranks (= data_parallel_sharding_strategy optim)");
-    cfg_def_enum(c, "ddp.data_parallel_sharding_strategy", 0, "no_shard", "no_shard|optim|optim_grads|optim_grads_params",
+    cfg_def_enum(c, "ddp.data_parallel_sharding_strategy", 0, "no_shard",
+                 "no_shard|optim|optim_grads|optim_grads_params",
                  "what is sharded over data-parallel ranks besides the optimizer");
     cfg_def(c, "ddp.num_distributed_optimizer_instances", CFG_INT, "1",
             "hybrid sharding (HSDP): this many replica groups, each sharding over DP / N ranks, gradients "
@@ -271,12 +272,15 @@ typedef struct {
 } recipe_entry;
 
 static const recipe_entry recipes[] = {
-    {"dit_fashion_mnist", "DiT (6 x 128, 4 heads, patch 2) on Fashion-MNIST 28x28, sized for ~10 minutes on 2 cores (the default)", 0, 0, 0, 0},
+    {"dit_fashion_mnist",
+     "DiT (6 x 128, 4 heads, patch 2) on Fashion-MNIST 28x28, sized for ~10 minutes on 2 cores (the default)", 0, 0, 0,
+     0},
     {"dit_s2", "DiT-S/2 (12 layers x 384, 6 heads) on 32x32x4 latents, 1000 classes", 12, 384, 6, 0},
     {"dit_b2", "DiT-B/2 (12 layers x 768, 12 heads) on 32x32x4 latents, 1000 classes", 12, 768, 12, 0},
     {"dit_l2", "DiT-L/2 (24 layers x 1024, 16 heads) on 32x32x4 latents, 1000 classes", 24, 1024, 16, 0},
     {"dit_xl2", "DiT-XL/2 (28 layers x 1152, 16 heads) on 32x32x4 latents, 1000 classes", 28, 1152, 16, 0},
-    {"wan_tiny", "Wan 2.1 (4 x 64, 4 heads) on built-in captioned clips of moving Fashion-MNIST garments (4 x 16x16)", 4, 64, 4, 256},
+    {"wan_tiny", "Wan 2.1 (4 x 64, 4 heads) on built-in captioned clips of moving Fashion-MNIST garments (4 x 16x16)",
+     4, 64, 4, 256},
     {"wan_1_3b", "Wan 2.1 T2V 1.3B (30 x 1536, 12 heads) on pre-encoded latents + UMT5 embeddings", 30, 1536, 12, 8960},
     {"wan_14b", "Wan 2.1 T2V 14B (40 x 5120, 40 heads) on pre-encoded latents + UMT5 embeddings", 40, 5120, 40, 13824},
 };

@@ -33,7 +33,9 @@ static void block(uint32_t out[4], uint64_t seed, uint32_t stream, uint32_t step
 }
 
 /* uint32 -> uniform in the open interval (0, 1) */
-static inline double to_open01(uint32_t x) { return ((double)x + 0.5) * (1.0 / 4294967296.0); }
+static inline double to_open01(uint32_t x) {
+    return ((double)x + 0.5) * (1.0 / 4294967296.0);
+}
 
 double rng_uniform(uint64_t seed, uint32_t stream, uint32_t step, uint32_t index, uint32_t k) {
     uint32_t r[4];

@@ -16,14 +16,18 @@ static const struct {
     const char *name;
     size_t size;
 } dtype_info[ST_NUM_DTYPES] = {
-    [ST_BOOL] = {"BOOL", 1}, [ST_U8] = {"U8", 1},   [ST_I8] = {"I8", 1},     [ST_I16] = {"I16", 2},
-    [ST_U16] = {"U16", 2},   [ST_F16] = {"F16", 2}, [ST_BF16] = {"BF16", 2}, [ST_I32] = {"I32", 4},
-    [ST_U32] = {"U32", 4},   [ST_F32] = {"F32", 4}, [ST_F64] = {"F64", 8},   [ST_I64] = {"I64", 8},
+    [ST_BOOL] = {"BOOL", 1}, [ST_U8] = {"U8", 1},           [ST_I8] = {"I8", 1},           [ST_I16] = {"I16", 2},
+    [ST_U16] = {"U16", 2},   [ST_F16] = {"F16", 2},         [ST_BF16] = {"BF16", 2},       [ST_I32] = {"I32", 4},
+    [ST_U32] = {"U32", 4},   [ST_F32] = {"F32", 4},         [ST_F64] = {"F64", 8},         [ST_I64] = {"I64", 8},
     [ST_U64] = {"U64", 8},   [ST_F8_E4M3] = {"F8_E4M3", 1}, [ST_F8_E5M2] = {"F8_E5M2", 1},
 };
 
-const char *st_dtype_name(st_dtype t) { return t < ST_NUM_DTYPES ? dtype_info[t].name : "?"; }
-size_t st_dtype_size(st_dtype t) { return t < ST_NUM_DTYPES ? dtype_info[t].size : 0; }
+const char *st_dtype_name(st_dtype t) {
+    return t < ST_NUM_DTYPES ? dtype_info[t].name : "?";
+}
+size_t st_dtype_size(st_dtype t) {
+    return t < ST_NUM_DTYPES ? dtype_info[t].size : 0;
+}
 
 int64_t st_numel(const st_tensor *t) {
     int64_t n = 1;
@@ -232,8 +236,8 @@ const char *st_meta(const st_file *f, const char *key) {
 void st_read_raw(const st_file *f, const st_tensor *t, void *out) {
     FILE *fp = xfopen(f->path, "rb");
     uint64_t off = 8 + f->header_len + t->begin;
-    if (fseeko(fp, (off_t)off, SEEK_SET) != 0) dfm_die("'%s': cannot seek to tensor '%s' at %llu", f->path, t->name,
-                                                       (unsigned long long)off);
+    if (fseeko(fp, (off_t)off, SEEK_SET) != 0)
+        dfm_die("'%s': cannot seek to tensor '%s' at %llu", f->path, t->name, (unsigned long long)off);
     xfread(out, 1, t->end - t->begin, fp, f->path);
     fclose(fp);
 }
@@ -241,14 +245,19 @@ void st_read_raw(const st_file *f, const st_tensor *t, void *out) {
 static float half_to_float(uint16_t h) {
     uint32_t sign = (uint32_t)(h >> 15) << 31, exp = (h >> 10) & 0x1f, man = h & 0x3ff, bits;
     if (exp == 0) {
-        if (man == 0) bits = sign;
+        if (man == 0)
+            bits = sign;
         else { /* subnormal: normalise */
             int e = -1;
-            do { man <<= 1, e++; } while (!(man & 0x400));
+            do {
+                man <<= 1, e++;
+            } while (!(man & 0x400));
             bits = sign | (uint32_t)(127 - 15 - e) << 23 | (man & 0x3ff) << 13;
         }
-    } else if (exp == 31) bits = sign | 0x7f800000u | man << 13;
-    else bits = sign | (exp + 127 - 15) << 23 | man << 13;
+    } else if (exp == 31)
+        bits = sign | 0x7f800000u | man << 13;
+    else
+        bits = sign | (exp + 127 - 15) << 23 | man << 13;
     float f;
     memcpy(&f, &bits, 4);
     return f;
@@ -259,8 +268,8 @@ static float half_to_float(uint16_t h) {
 static float f8_e4m3_to_float(uint8_t v) {
     int sign = v >> 7, exp = (v >> 3) & 0xf, man = v & 7;
     float mag = (exp == 15 && man == 7) ? NAN
-                : exp == 0               ? ldexpf((float)man, -9) /* subnormal: man/8 * 2^-6 */
-                                         : ldexpf(1.0f + man / 8.0f, exp - 7);
+                : exp == 0              ? ldexpf((float)man, -9) /* subnormal: man/8 * 2^-6 */
+                                        : ldexpf(1.0f + man / 8.0f, exp - 7);
     return sign ? -mag : mag;
 }
 
@@ -275,19 +284,74 @@ void st_read_f32(const st_file *f, const st_tensor *t, float *out) {
     for (int64_t i = 0; i < n; i++) {
         const unsigned char *p = raw + (size_t)i * st_dtype_size(t->dtype);
         switch (t->dtype) {
-        case ST_F16: { uint16_t h; memcpy(&h, p, 2); out[i] = half_to_float(h); break; }
-        case ST_BF16: { uint16_t h; memcpy(&h, p, 2); uint32_t b = (uint32_t)h << 16; memcpy(&out[i], &b, 4); break; }
-        case ST_F64: { double d; memcpy(&d, p, 8); out[i] = (float)d; break; }
-        case ST_I64: { int64_t v; memcpy(&v, p, 8); out[i] = (float)v; break; }
-        case ST_I32: { int32_t v; memcpy(&v, p, 4); out[i] = (float)v; break; }
-        case ST_U32: { uint32_t v; memcpy(&v, p, 4); out[i] = (float)v; break; }
-        case ST_I16: { int16_t v; memcpy(&v, p, 2); out[i] = (float)v; break; }
-        case ST_U16: { uint16_t v; memcpy(&v, p, 2); out[i] = (float)v; break; }
-        case ST_U64: { uint64_t v; memcpy(&v, p, 8); out[i] = (float)v; break; }
-        case ST_U8: case ST_BOOL: out[i] = (float)p[0]; break;
-        case ST_I8: out[i] = (float)(int8_t)p[0]; break;
-        case ST_F8_E4M3: out[i] = f8_e4m3_to_float(p[0]); break;
-        case ST_F8_E5M2: out[i] = half_to_float((uint16_t)(p[0] << 8)); break;
+        case ST_F16: {
+            uint16_t h;
+            memcpy(&h, p, 2);
+            out[i] = half_to_float(h);
+            break;
+        }
+        case ST_BF16: {
+            uint16_t h;
+            memcpy(&h, p, 2);
+            uint32_t b = (uint32_t)h << 16;
+            memcpy(&out[i], &b, 4);
+            break;
+        }
+        case ST_F64: {
+            double d;
+            memcpy(&d, p, 8);
+            out[i] = (float)d;
+            break;
+        }
+        case ST_I64: {
+            int64_t v;
+            memcpy(&v, p, 8);
+            out[i] = (float)v;
+            break;
+        }
+        case ST_I32: {
+            int32_t v;
+            memcpy(&v, p, 4);
+            out[i] = (float)v;
+            break;
+        }
+        case ST_U32: {
+            uint32_t v;
+            memcpy(&v, p, 4);
+            out[i] = (float)v;
+            break;
+        }
+        case ST_I16: {
+            int16_t v;
+            memcpy(&v, p, 2);
+            out[i] = (float)v;
+            break;
+        }
+        case ST_U16: {
+            uint16_t v;
+            memcpy(&v, p, 2);
+            out[i] = (float)v;
+            break;
+        }
+        case ST_U64: {
+            uint64_t v;
+            memcpy(&v, p, 8);
+            out[i] = (float)v;
+            break;
+        }
+        case ST_U8:
+        case ST_BOOL:
+            out[i] = (float)p[0];
+            break;
+        case ST_I8:
+            out[i] = (float)(int8_t)p[0];
+            break;
+        case ST_F8_E4M3:
+            out[i] = f8_e4m3_to_float(p[0]);
+            break;
+        case ST_F8_E5M2:
+            out[i] = half_to_float((uint16_t)(p[0] << 8));
+            break;
         default:
             free(raw);
             dfm_die("'%s': tensor '%s': dtype %s cannot be read as fp32", f->path, t->name, st_dtype_name(t->dtype));
@@ -317,8 +381,7 @@ st_writer *st_writer_new(void) {
     return w;
 }
 
-void st_writer_add(st_writer *w, const char *name, st_dtype dtype, int ndim, const int64_t *shape,
-                   const void *data) {
+void st_writer_add(st_writer *w, const char *name, st_dtype dtype, int ndim, const int64_t *shape, const void *data) {
     if (ndim > ST_MAX_DIMS) dfm_die("safetensors writer: tensor '%s' has %d dims (max %d)", name, ndim, ST_MAX_DIMS);
     for (int i = 0; i < w->n; i++)
         if (!strcmp(w->e[i].name, name)) dfm_die("safetensors writer: tensor '%s' added twice", name);

@@ -179,10 +179,10 @@ void bucket_sampler_set_epoch(bucket_sampler *s, int64_t epoch) {
 }
 
 char *bucket_sampler_state_save(const bucket_sampler *s) {
-    json_t *o = json_pack("{s:I,s:I,s:I,s:i,s:i,s:i,s:i,s:b,s:b}", "epoch", (json_int_t)s->epoch, "batches_yielded",
-                          (json_int_t)s->yielded, "seed", (json_int_t)s->seed, "world", s->world, "local_batch",
-                          s->local_batch, "samples", s->n, "buckets", s->nbuckets, "drop_last", s->drop_last,
-                          "shuffle", s->shuffle);
+    json_t *o =
+        json_pack("{s:I,s:I,s:I,s:i,s:i,s:i,s:i,s:b,s:b}", "epoch", (json_int_t)s->epoch, "batches_yielded",
+                  (json_int_t)s->yielded, "seed", (json_int_t)s->seed, "world", s->world, "local_batch", s->local_batch,
+                  "samples", s->n, "buckets", s->nbuckets, "drop_last", s->drop_last, "shuffle", s->shuffle);
     char *text = json_dumps(o, JSON_SORT_KEYS | JSON_COMPACT);
     json_decref(o);
     char *r = xstrdup(text);
@@ -204,12 +204,14 @@ int bucket_sampler_state_restore(bucket_sampler *s, const char *json, char *err,
     }
     json_decref(o);
     char what[256] = "";
-    if (world != s->world) snprintf(what, sizeof what, "data-parallel size %d, now %d", world, s->world);
-    else if (lb != s->local_batch) snprintf(what, sizeof what, "local batch size %d, now %d", lb, s->local_batch);
+    if (world != s->world)
+        snprintf(what, sizeof what, "data-parallel size %d, now %d", world, s->world);
+    else if (lb != s->local_batch)
+        snprintf(what, sizeof what, "local batch size %d, now %d", lb, s->local_batch);
     else if (samples != s->n || buckets != s->nbuckets)
         snprintf(what, sizeof what, "%d samples in %d buckets, now %d in %d", samples, buckets, s->n, s->nbuckets);
-    else if ((uint64_t)seed != s->seed) snprintf(what, sizeof what, "seed %lld, now %llu", (long long)seed,
-                                                 (unsigned long long)s->seed);
+    else if ((uint64_t)seed != s->seed)
+        snprintf(what, sizeof what, "seed %lld, now %llu", (long long)seed, (unsigned long long)s->seed);
     else if (drop_last != s->drop_last || shuffle != s->shuffle)
         snprintf(what, sizeof what, "drop_last/shuffle %d/%d, now %d/%d", drop_last, shuffle, s->drop_last, s->shuffle);
     if (what[0])

@@ -77,8 +77,8 @@ int energon_brace_expand(const char *pattern, char ***out) {
     if (dots && end1 == dots && end1 != inner && !*end2 && end2 != dots + 2) {
         /* a range like {0..4000000} in a split.yaml would take minutes and gigabytes: refuse it (checked in
          * unsigned arithmetic, as b - a of two long longs can overflow) */
-        unsigned long long span = a <= b ? (unsigned long long)b - (unsigned long long)a
-                                         : (unsigned long long)a - (unsigned long long)b;
+        unsigned long long span =
+            a <= b ? (unsigned long long)b - (unsigned long long)a : (unsigned long long)a - (unsigned long long)b;
         if (span >= ENERGON_BRACE_MAX) {
             free(inner);
             *out = NULL;

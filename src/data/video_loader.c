@@ -27,7 +27,7 @@ struct video_loader {
     bucket_sampler *slots;
     const int *indices; /* sampler position -> dataset index (the loader's copy) */
     int *idx_buf;
-    float *plat, *ptext;            /* the prefetched batch */
+    float *plat, *ptext; /* the prefetched batch */
     int *plens;
     char errbuf[1024];
 };

@@ -32,7 +32,9 @@ void objective_defaults_edm(objective_config *o) {
 
 static const char *sampling_names[] = {"uniform", "logit_normal", "lognorm", "mode", "mix"};
 
-const char *timestep_sampling_name(timestep_sampling s) { return sampling_names[s]; }
+const char *timestep_sampling_name(timestep_sampling s) {
+    return sampling_names[s];
+}
 
 int timestep_sampling_parse(const char *name, timestep_sampling *out) {
     for (int i = 0; i < 5; i++)
@@ -50,8 +52,8 @@ void diffusion_batch_alloc(diffusion_batch *db, int max_B, size_t per_sample) {
     db->x_t = xalloc_floats(n);
     db->model_in = xalloc_floats(n);
     db->target = xalloc_floats(n);
-    float **vecs[] = {&db->sigma, &db->timestep, &db->weight, &db->c_skip, &db->c_skip_m1, &db->c_out,
-                      &db->draw_normal, &db->draw_uniform};
+    float **vecs[] = {&db->sigma,     &db->timestep, &db->weight,      &db->c_skip,
+                      &db->c_skip_m1, &db->c_out,    &db->draw_normal, &db->draw_uniform};
     for (size_t i = 0; i < sizeof vecs / sizeof vecs[0]; i++) *vecs[i] = xalloc_floats((size_t)max_B);
     db->labels = xcalloc((size_t)max_B, sizeof(int));
 }
@@ -63,7 +65,9 @@ void diffusion_batch_free(diffusion_batch *db) {
     memset(db, 0, sizeof *db);
 }
 
-static double sigmoid(double x) { return 1.0 / (1.0 + exp(-x)); }
+static double sigmoid(double x) {
+    return 1.0 / (1.0 + exp(-x));
+}
 
 double objective_sigma(const objective_config *o, double normal, double uniform, double batch_coin) {
     if (o->kind == OBJ_EDM) {
@@ -72,9 +76,15 @@ double objective_sigma(const objective_config *o, double normal, double uniform,
     }
     double u;
     switch (o->sampling) {
-    case TS_UNIFORM: u = uniform; break;
-    case TS_LOGIT_NORMAL: u = sigmoid(o->logit_mean + o->logit_std * normal); break;
-    case TS_LOGNORM: u = sigmoid(normal); break;
+    case TS_UNIFORM:
+        u = uniform;
+        break;
+    case TS_LOGIT_NORMAL:
+        u = sigmoid(o->logit_mean + o->logit_std * normal);
+        break;
+    case TS_LOGNORM:
+        u = sigmoid(normal);
+        break;
     case TS_MODE: {
         double c = cos(M_PI * uniform / 2);
         u = 1.0 - uniform - o->mode_scale * (c * c - 1.0 + uniform);
@@ -84,7 +94,8 @@ double objective_sigma(const objective_config *o, double normal, double uniform,
         /* the whole batch draws uniformly with probability mix_uniform_ratio, else logit-normal */
         u = batch_coin < o->mix_uniform_ratio ? uniform : sigmoid(o->logit_mean + o->logit_std * normal);
         break;
-    default: dfm_die("internal: unknown timestep sampling %d", (int)o->sampling);
+    default:
+        dfm_die("internal: unknown timestep sampling %d", (int)o->sampling);
     }
     /* keep u inside (0, 1) so the shift below stays finite */
     u = fmin(fmax(u, 1e-7), 1.0 - 1e-7);

@@ -93,7 +93,7 @@ typedef struct {
     int *labels;              /* [rows] (Wan: the text lengths) */
     const float *text;        /* Wan: the current chunk's text and lengths */
     const int *lens;
-    float *wtext;             /* Wan: [rows, L, D] */
+    float *wtext; /* Wan: [rows, L, D] */
     wan_shape shape;
 } ode_ctx;
 

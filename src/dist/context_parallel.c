@@ -15,9 +15,13 @@ int cp_comm_type_parse(const char *s, cp_comm_type *out) {
     return 0;
 }
 
-const char *cp_comm_type_name(cp_comm_type t) { return t == CP_A2A ? "a2a" : "p2p"; }
+const char *cp_comm_type_name(cp_comm_type t) {
+    return t == CP_A2A ? "a2a" : "p2p";
+}
 
-int cp_chunk_len(int T, int C) { return (T + C - 1) / C; }
+int cp_chunk_len(int T, int C) {
+    return (T + C - 1) / C;
+}
 
 int cp_chunk_valid(int T, int C, int r) {
     int n = cp_chunk_len(T, C), v = T - r * n;
@@ -228,7 +232,8 @@ static void heads_to_tokens(float *const *dst, const int *dst_stride, int add, c
                 float *d = dst[g] + t * dst_stride[g] + (size_t)j * HcD;
                 if (add)
                     for (int e = 0; e < HcD; e++) d[e] += s[e];
-                else memcpy(d, s, sizeof(float) * (size_t)HcD);
+                else
+                    memcpy(d, s, sizeof(float) * (size_t)HcD);
             }
 }
 
@@ -243,8 +248,10 @@ static void lse_exchange(float *local, float *heads, int to_heads, int B, int n,
             for (int h = 0; h < Hc; h++)
                 for (int i = 0; i < n; i++) {
                     size_t o = j * blk + ((size_t)b * Hc + h) * n + i;
-                    if (to_heads) send[o] = local[((size_t)b * H + (size_t)j * Hc + h) * n + i];
-                    else send[o] = heads[((size_t)b * Hc + h) * C * n + (size_t)j * n + i];
+                    if (to_heads)
+                        send[o] = local[((size_t)b * H + (size_t)j * Hc + h) * n + i];
+                    else
+                        send[o] = heads[((size_t)b * Hc + h) * C * n + (size_t)j * n + i];
                 }
     dist_alltoall_f32_in(DIST_CP, send, recv, blk, "context-parallel all-to-all of the log-sum-exp");
     for (int j = 0; j < C; j++)
@@ -252,8 +259,10 @@ static void lse_exchange(float *local, float *heads, int to_heads, int B, int n,
             for (int h = 0; h < Hc; h++)
                 for (int i = 0; i < n; i++) {
                     float x = recv[j * blk + ((size_t)b * Hc + h) * n + i];
-                    if (to_heads) heads[((size_t)b * Hc + h) * C * n + (size_t)j * n + i] = x;
-                    else local[((size_t)b * H + (size_t)j * Hc + h) * n + i] = x;
+                    if (to_heads)
+                        heads[((size_t)b * Hc + h) * C * n + (size_t)j * n + i] = x;
+                    else
+                        local[((size_t)b * H + (size_t)j * Hc + h) * n + i] = x;
                 }
 }
 
@@ -296,9 +305,8 @@ static void a2a_backward(float *dq, float *dk, float *dv, float *ws, const float
 
 /* ---- entry points ------------------------------------------------------------------------------- */
 
-void cp_attention_forward(cp_comm_type t, float *out, float *lse, const float *q, const float *k, const float *v,
-                          int B, int n, int t_valid, int H, int D, int q_stride, int kv_stride, int out_stride,
-                          float scale) {
+void cp_attention_forward(cp_comm_type t, float *out, float *lse, const float *q, const float *k, const float *v, int B,
+                          int n, int t_valid, int H, int D, int q_stride, int kv_stride, int out_stride, float scale) {
     const dist_info *di = dist_get();
     if (di->cp == 1) {
         attention_forward(out, lse, q, k, v, t_valid < n ? lens(B, t_valid) : NULL, B, n, n, H, D, q_stride, kv_stride,
@@ -321,8 +329,9 @@ void cp_attention_backward(cp_comm_type t, float *dq, float *dk, float *dv, floa
                            D, q_stride, kv_stride, out_stride, scale);
         return;
     }
-    if (t == CP_A2A) a2a_backward(dq, dk, dv, ws, dout, out, lse, q, k, v, B, n, t_valid, H, D, q_stride, kv_stride,
-                                  out_stride, scale);
+    if (t == CP_A2A)
+        a2a_backward(dq, dk, dv, ws, dout, out, lse, q, k, v, B, n, t_valid, H, D, q_stride, kv_stride, out_stride,
+                     scale);
     else
         ring_backward(dq, dk, dv, ws, dout, out, lse, q, k, v, B, n, t_valid, H, D, q_stride, kv_stride, out_stride,
                       scale);

@@ -38,7 +38,7 @@ struct dp_engine {
     int direct;              /* one process, one micro-batch, no_shard: no sum to take */
     int micro;               /* micro-batches begun this step */
     int bucket_direct[2];
-    float *ema;              /* shard, or whole under no_shard */
+    float *ema; /* shard, or whole under no_shard */
     adamw_state opt;
     int reduce_now;
     dist_req **seg_req; /* no_shard / optim: each segment's reduction in flight */
@@ -48,7 +48,7 @@ struct dp_engine {
     double *dbucket[2]; /* the same in fp64, in flight */
     int bucket_seg[2];
     dist_req *bucket_req[2];
-    float *gbuf[2];     /* optim_grads_params: gathered parameters of two segments (in use, prefetched) */
+    float *gbuf[2]; /* optim_grads_params: gathered parameters of two segments (in use, prefetched) */
     int gbuf_seg[2];
     dist_req *gbuf_req[2];
     int *counts;
@@ -69,7 +69,9 @@ const char *dp_sharding_name(dp_sharding s) {
     return names[s];
 }
 
-static int shards_grads(const dp_engine *e) { return e->s >= DP_OPTIM_GRADS; }
+static int shards_grads(const dp_engine *e) {
+    return e->s >= DP_OPTIM_GRADS;
+}
 
 /* counts[r] = elements of [b, end) in rank r's shard; returns where this rank's part starts in its shard
  * (0 when it has none). */
@@ -83,7 +85,9 @@ static size_t seg_counts(dp_engine *e, size_t b, size_t end) {
     return e->counts[e->rank] ? (b > e->sb ? b : e->sb) - e->sb : 0;
 }
 
-static size_t seg_len(const dp_engine *e, int s) { return e->m.seg_begin[s + 1] - e->m.seg_begin[s]; }
+static size_t seg_len(const dp_engine *e, int s) {
+    return e->m.seg_begin[s + 1] - e->m.seg_begin[s];
+}
 
 /* ---- gradients -------------------------------------------------------------------------------- */
 
@@ -99,8 +103,8 @@ static void cp_reduce(const dp_engine *e, double *buf, size_t n) {
 static void start_reduce(dp_engine *e, int s) {
     size_t b = e->m.seg_begin[s], end = e->m.seg_begin[s + 1];
     if (e->s == DP_NO_SHARD) /* whole gradients: one all-reduce over DP x CP, in flight during the backward */
-        e->seg_req[s] = dist_iallreduce_sum_f64(e->cp > 1 ? DIST_DP_CP : DIST_DP, e->acc + b, end - b,
-                                                "all-reduce of gradients");
+        e->seg_req[s] =
+            dist_iallreduce_sum_f64(e->cp > 1 ? DIST_DP_CP : DIST_DP, e->acc + b, end - b, "all-reduce of gradients");
     else {
         cp_reduce(e, e->acc + b, end - b);
         size_t o = seg_counts(e, b, end);
@@ -197,7 +201,8 @@ static const float *hook_params(void *ctx, int s, int backward) {
         e->gbuf_req[slot] = NULL;
     }
     int next = backward ? s - 1 : s + 1;
-    if (e->overlap_param && next >= 0 && next < e->m.nseg && e->gbuf_seg[1 - slot] != next) gather_into(e, 1 - slot, next);
+    if (e->overlap_param && next >= 0 && next < e->m.nseg && e->gbuf_seg[1 - slot] != next)
+        gather_into(e, 1 - slot, next);
     return e->gbuf[slot];
 }
 
@@ -231,7 +236,8 @@ dp_engine *dp_engine_new(dp_model mdl, dp_sharding s, const adamw_config *oc, in
     e->rep_req = xcalloc((size_t)mdl.nseg, sizeof(dist_req *));
     for (int k = 0; k < mdl.nseg; k++)
         if (seg_len(e, k) > e->max_seg) e->max_seg = seg_len(e, k);
-    if (e->max_seg > (size_t)INT32_MAX) dfm_die("a model segment of %zu parameters is too large for MPI counts", e->max_seg);
+    if (e->max_seg > (size_t)INT32_MAX)
+        dfm_die("a model segment of %zu parameters is too large for MPI counts", e->max_seg);
     size_t len = e->se - e->sb;
     if (!e->m.ckpt_table) e->m.ckpt_table = mdl.table, e->m.ckpt_base = 0;
     e->full_p = *mdl.params;
@@ -302,10 +308,18 @@ void dp_memory(const dp_engine *e, size_t *pb, size_t *gb, size_t *ob) {
     *ob = 2 * opt_len * f + (e->s == DP_NO_SHARD ? e->total : len) * f;
 }
 
-void dp_shard_range(const dp_engine *e, size_t *begin, size_t *end) { *begin = e->sb, *end = e->se; }
-long dp_optimizer_step(const dp_engine *e) { return e->opt.step; }
-float *dp_full_ema(dp_engine *e) { return e->s == DP_NO_SHARD ? e->ema : NULL; }
-adamw_state *dp_optimizer(dp_engine *e) { return &e->opt; }
+void dp_shard_range(const dp_engine *e, size_t *begin, size_t *end) {
+    *begin = e->sb, *end = e->se;
+}
+long dp_optimizer_step(const dp_engine *e) {
+    return e->opt.step;
+}
+float *dp_full_ema(dp_engine *e) {
+    return e->s == DP_NO_SHARD ? e->ema : NULL;
+}
+adamw_state *dp_optimizer(dp_engine *e) {
+    return &e->opt;
+}
 
 /* ---- the step --------------------------------------------------------------------------------- */
 
@@ -367,8 +381,10 @@ static void split_sums(const dp_engine *e, const float *g, size_t begin, size_t 
         size_t hi = t->e[i].offset + t->e[i].numel < end ? t->e[i].offset + t->e[i].numel : end;
         if (lo >= hi) continue;
         double ss = sum_squares(g + (lo - begin), hi - lo);
-        if (t->e[i].split_axis >= 0) *split += ss;
-        else *whole += ss;
+        if (t->e[i].split_axis >= 0)
+            *split += ss;
+        else
+            *whole += ss;
     }
 }
 
@@ -471,8 +487,8 @@ double dp_finish_step(dp_engine *e, float lr, int skip, int *bad) {
     clip_and_step(e, g, len, norm, lr);
     if (e->full_p) { /* optim, optim_grads: every rank needs all parameters for the next forward */
         seg_counts(e, 0, e->total);
-        dist_wait(dist_iallgatherv_f32(DIST_DP_SHARD, e->p_shard, e->full_p, e->counts,
-                                       "all-gather of updated parameters"));
+        dist_wait(
+            dist_iallgatherv_f32(DIST_DP_SHARD, e->p_shard, e->full_p, e->counts, "all-gather of updated parameters"));
     }
     for (int k = 0; k < 2; k++) { /* gathered copies are stale now */
         dist_wait(e->gbuf_req[k]);
@@ -483,8 +499,10 @@ double dp_finish_step(dp_engine *e, float lr, int skip, int *bad) {
 }
 
 void dp_ema_update(dp_engine *e, float decay) {
-    if (e->s == DP_NO_SHARD) ema_update(e->ema, e->full_p, e->total, decay);
-    else ema_update(e->ema, e->p_shard, e->se - e->sb, decay);
+    if (e->s == DP_NO_SHARD)
+        ema_update(e->ema, e->full_p, e->total, decay);
+    else
+        ema_update(e->ema, e->p_shard, e->se - e->sb, decay);
 }
 
 void dp_gather_full(dp_engine *e, int ema, float *out) {
@@ -556,7 +574,8 @@ int dp_load(dp_engine *e, const char *dir, int load_optim, char *err, size_t err
         return -1;
     char *step = NULL;
     char path[4200];
-    if (ckpt_is_sharded(dir, err, errlen) == 1) step = ckpt_meta(dir, "step");
+    if (ckpt_is_sharded(dir, err, errlen) == 1)
+        step = ckpt_meta(dir, "step");
     else {
         char odir[4096];
         ckpt_kind_dir(dir, "exp_avg", odir, sizeof odir); /* dir itself, or an Automodel step folder's optim/ */

@@ -9,8 +9,15 @@
 #include <string.h>
 #include <time.h>
 
-static dist_info info = {.size = 1, .local_size = 1, .tp = 1, .cp = 1, .dp = 1, .pp = 1, .timeout_s = 600.0,
-                         .dp_replicate = 1, .dp_shard = 1};
+static dist_info info = {.size = 1,
+                         .local_size = 1,
+                         .tp = 1,
+                         .cp = 1,
+                         .dp = 1,
+                         .pp = 1,
+                         .timeout_s = 600.0,
+                         .dp_replicate = 1,
+                         .dp_shard = 1};
 static MPI_Comm dp_comm = MPI_COMM_NULL, tp_comm = MPI_COMM_NULL, cp_comm = MPI_COMM_NULL, pp_comm = MPI_COMM_NULL;
 static MPI_Comm dpcp_comm = MPI_COMM_NULL; /* DP x CP (context parallelism's gradient sums) */
 /* hybrid sharding: the shard group (this rank's replica) and the replica group; MPI_COMM_NULL without it */
@@ -26,7 +33,6 @@ struct dist_req {
     const char *what;
     int *displs; /* owned, for the v-collectives */
 };
-
 
 static void abort_all(int code) {
     fflush(stdout);
@@ -66,7 +72,9 @@ void dist_init(int *argc, char ***argv) {
     dfm_set_die_hook(prefix, abort_all);
 }
 
-const dist_info *dist_get(void) { return &info; }
+const dist_info *dist_get(void) {
+    return &info;
+}
 
 static void free_replica_groups(void) {
     if (shard_comm != MPI_COMM_NULL) MPI_Comm_free(&shard_comm);
@@ -75,7 +83,9 @@ static void free_replica_groups(void) {
     info.dp_shard = info.dp, info.dp_shard_rank = info.dp_rank;
 }
 
-void dist_set_timeout(double seconds) { info.timeout_s = seconds > 0 ? seconds : 600.0; }
+void dist_set_timeout(double seconds) {
+    info.timeout_s = seconds > 0 ? seconds : 600.0;
+}
 
 int dist_setup_groups(int tp, int cp, int pp, char *err, size_t errlen) {
     if (tp < 1 || cp < 1 || pp < 1) {
@@ -112,9 +122,9 @@ int dist_setup_groups(int tp, int cp, int pp, char *err, size_t errlen) {
     check(MPI_Comm_split(MPI_COMM_WORLD, cp_color, cp_key, &cp_comm), "creating the context-parallel group");
     check(MPI_Comm_split(MPI_COMM_WORLD, dp_color, dp_key, &dp_comm), "creating the data-parallel group");
     check(MPI_Comm_split(MPI_COMM_WORLD, pp_color, pp_key, &pp_comm), "creating the pipeline-parallel group");
-    check(MPI_Comm_split(MPI_COMM_WORLD, info.tp_rank + tp * info.pp_rank, info.cp_rank + cp * info.dp_rank,
-                         &dpcp_comm),
-          "creating the data x context-parallel group");
+    check(
+        MPI_Comm_split(MPI_COMM_WORLD, info.tp_rank + tp * info.pp_rank, info.cp_rank + cp * info.dp_rank, &dpcp_comm),
+        "creating the data x context-parallel group");
     for (int i = 0; i < 5; i++) MPI_Comm_set_errhandler(*comms[i], MPI_ERRORS_RETURN);
     return 0;
 }
@@ -174,8 +184,8 @@ static void wait_bounded(MPI_Request *req, const char *what) {
         if (done) break;
         double el = now_s() - t0;
         if (el > info.timeout_s)
-            dfm_die("%s: no answer from the other ranks for %.0f s (dist.timeout_s): a rank has stalled or died",
-                    what, el);
+            dfm_die("%s: no answer from the other ranks for %.0f s (dist.timeout_s): a rank has stalled or died", what,
+                    el);
         if (++spins > 100) {
             struct timespec ts = {0, spins > 2000 ? 200000 : 20000};
             nanosleep(&ts, NULL);
@@ -234,7 +244,9 @@ void dist_allreduce_sum_f64_in(dist_group g, double *v, int n, const char *what)
     wait_bounded(&r, what);
 }
 
-void dist_allreduce_sum_f64(double *v, int n, const char *what) { dist_allreduce_sum_f64_in(DIST_DP, v, n, what); }
+void dist_allreduce_sum_f64(double *v, int n, const char *what) {
+    dist_allreduce_sum_f64_in(DIST_DP, v, n, what);
+}
 
 int dist_any_world(int flag, const char *what) {
     if (!info.active) return flag;
@@ -320,9 +332,12 @@ static dist_req *p2p(float *buf, size_t n, int peer, int tag, int send, const ch
     dist_req *q = new_req(what);
     if (!info.active || info.pp == 1) dfm_die("internal: %s without a pipeline group", what);
     if (n > INT32_MAX) dfm_die("%s: %zu values in one message is too many", what, n);
-    if (peer < 0 || peer >= info.pp || tag < 0 || tag > 32767) dfm_die("internal: %s to stage %d, tag %d", what, peer, tag);
-    if (send) check(MPI_Isend(buf, (int)n, MPI_FLOAT, peer, tag, pp_comm, &q->req), what);
-    else check(MPI_Irecv(buf, (int)n, MPI_FLOAT, peer, tag, pp_comm, &q->req), what);
+    if (peer < 0 || peer >= info.pp || tag < 0 || tag > 32767)
+        dfm_die("internal: %s to stage %d, tag %d", what, peer, tag);
+    if (send)
+        check(MPI_Isend(buf, (int)n, MPI_FLOAT, peer, tag, pp_comm, &q->req), what);
+    else
+        check(MPI_Irecv(buf, (int)n, MPI_FLOAT, peer, tag, pp_comm, &q->req), what);
     return q;
 }
 
@@ -341,8 +356,10 @@ static dist_req *p2p_in(dist_group g, float *buf, size_t n, int peer, int tag, i
     if (!info.active || size == 1) dfm_die("internal: %s in a group of one", what);
     if (n > INT32_MAX) dfm_die("%s: %zu values in one message is too many", what, n);
     if (peer < 0 || peer >= size || tag < 0 || tag > 32767) dfm_die("internal: %s to rank %d, tag %d", what, peer, tag);
-    if (send) check(MPI_Isend(buf, (int)n, MPI_FLOAT, peer, tag, comm, &q->req), what);
-    else check(MPI_Irecv(buf, (int)n, MPI_FLOAT, peer, tag, comm, &q->req), what);
+    if (send)
+        check(MPI_Isend(buf, (int)n, MPI_FLOAT, peer, tag, comm, &q->req), what);
+    else
+        check(MPI_Irecv(buf, (int)n, MPI_FLOAT, peer, tag, comm, &q->req), what);
     return q;
 }
 

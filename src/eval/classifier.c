@@ -419,8 +419,10 @@ int clf_manifest_load(const char *path, float **images, int **labels, int *count
             const uint8_t *q = px + (size_t)p * ch;
             /* Gray (+alpha) uses channel 0; colour is accepted only when it is gray (R = G = B). */
             if (ch >= 3 && (q[0] != q[1] || q[0] != q[2])) {
-                snprintf(err, errlen, "'%s' is a colour image; Fashion-MNIST samples must be grayscale (manifest '%s' "
-                         "entry %zu)", file, path, i);
+                snprintf(err, errlen,
+                         "'%s' is a colour image; Fashion-MNIST samples must be grayscale (manifest '%s' "
+                         "entry %zu)",
+                         file, path, i);
                 rc = -1;
                 break;
             }

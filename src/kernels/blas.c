@@ -52,8 +52,12 @@ const char *kernels_blas_info(void) {
 
 static double forward_flops_done; /* matrix-product and attention FLOPs of the forward kernels so far */
 
-double kernels_forward_flops(void) { return forward_flops_done; }
-void kernels_count_flops(double flops) { forward_flops_done += flops; }
+double kernels_forward_flops(void) {
+    return forward_flops_done;
+}
+void kernels_count_flops(double flops) {
+    forward_flops_done += flops;
+}
 
 void matmul_forward(float *out, const float *inp, const float *weight, const float *bias, int M, int N, int K) {
     forward_flops_done += 2.0 * M * N * K;

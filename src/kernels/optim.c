@@ -102,7 +102,9 @@ double sum_squares(const float *restrict x, size_t n) {
     return total;
 }
 
-double global_norm(const float *restrict x, size_t n) { return sqrt(sum_squares(x, n)); }
+double global_norm(const float *restrict x, size_t n) {
+    return sqrt(sum_squares(x, n));
+}
 
 double clip_grad_norm(float *restrict grad, size_t n, double max_norm) {
     const double total = global_norm(grad, n);

@@ -18,13 +18,17 @@ double kernels_peak_gflops_per_thread(char *desc, size_t n) {
             continue;
         }
         const char *v = colon + 1 + (colon[1] == ' ');
-        if (!strncmp(line, "vendor_id", 9)) sscanf(v, "%63s", vendor);
-        else if (!strncmp(line, "cpu family", 10)) family = atoi(v);
+        if (!strncmp(line, "vendor_id", 9))
+            sscanf(v, "%63s", vendor);
+        else if (!strncmp(line, "cpu family", 10))
+            family = atoi(v);
         else if (!strncmp(line, "model name", 10)) {
             snprintf(name, sizeof name, "%s", v);
             name[strcspn(name, "\n")] = 0;
-        } else if (!strncmp(line, "model", 5) && (line[5] == ' ' || line[5] == '\t')) model = atoi(v);
-        else if (!strncmp(line, "cpu MHz", 7)) mhz = atof(v);
+        } else if (!strncmp(line, "model", 5) && (line[5] == ' ' || line[5] == '\t'))
+            model = atoi(v);
+        else if (!strncmp(line, "cpu MHz", 7))
+            mhz = atof(v);
         else if (!strncmp(line, "flags", 5)) {
             avx512 = strstr(v, " avx512f") != NULL;
             avx2 = strstr(v, " avx2") != NULL;

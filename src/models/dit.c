@@ -81,20 +81,20 @@ int dit_config_check(dit_config *c, char *err, size_t errlen) {
 
 /* Views into the parameter (or gradient) buffer, resolved once from the table. */
 typedef struct {
-    float *mod_w, *mod_b;       /* norm1.linear [6d, d], [6d] */
-    float *qkv_w, *qkv_b;       /* to_q/to_k/to_v, adjacent in the buffer: [3d, d], [3d] */
-    float *out_w, *out_b;       /* to_out.0 [d, d] */
-    float *fc1_w, *fc1_b;       /* ff.net.0.proj [F, d] */
-    float *fc2_w, *fc2_b;       /* ff.net.2 [d, F] */
+    float *mod_w, *mod_b; /* norm1.linear [6d, d], [6d] */
+    float *qkv_w, *qkv_b; /* to_q/to_k/to_v, adjacent in the buffer: [3d, d], [3d] */
+    float *out_w, *out_b; /* to_out.0 [d, d] */
+    float *fc1_w, *fc1_b; /* ff.net.0.proj [F, d] */
+    float *fc2_w, *fc2_b; /* ff.net.2 [d, F] */
 } block_views;
 
 typedef struct {
-    float *pe_w, *pe_b;       /* pos_embed.proj [d, C, p, p] */
-    float *t1_w, *t1_b;       /* timestep_embedder.linear_1 [d, freq] */
-    float *t2_w, *t2_b;       /* linear_2 [d, d] */
-    float *cls;               /* class_embedder.embedding_table [classes + 1, d] */
-    float *po1_w, *po1_b;     /* proj_out_1 [2d, d] */
-    float *po2_w, *po2_b;     /* proj_out_2 [p*p*out, d] */
+    float *pe_w, *pe_b;   /* pos_embed.proj [d, C, p, p] */
+    float *t1_w, *t1_b;   /* timestep_embedder.linear_1 [d, freq] */
+    float *t2_w, *t2_b;   /* linear_2 [d, d] */
+    float *cls;           /* class_embedder.embedding_table [classes + 1, d] */
+    float *po1_w, *po1_b; /* proj_out_1 [2d, d] */
+    float *po2_w, *po2_b; /* proj_out_2 [p*p*out, d] */
 } views;
 
 struct dit_acts {
@@ -133,8 +133,10 @@ static void add_tp_linear(dit_model *m, const char *prefix, int out, int in, int
     snprintf(name, sizeof name, "%s.weight", prefix);
     param_table_add_split(&m->table, name, 2, ws, 0, column ? 0 : 1, m->tp, m->tp_rank);
     snprintf(name, sizeof name, "%s.bias", prefix);
-    if (column) param_table_add_split(&m->table, name, 1, bs, 1, 0, m->tp, m->tp_rank);
-    else param_table_add(&m->table, name, 1, bs, 1);
+    if (column)
+        param_table_add_split(&m->table, name, 1, bs, 1, 0, m->tp, m->tp_rank);
+    else
+        param_table_add(&m->table, name, 1, bs, 1);
 }
 
 static void build_table(dit_model *m) {
@@ -194,32 +196,32 @@ static void resolve_segments(dit_model *m, dit_acts *a) {
     int L = m->cfg.num_layers;
     m->nseg = L + 2;
     m->seg_begin = xcalloc((size_t)m->nseg + 1, sizeof(size_t));
-    for (int l = 0; l < L; l++)
-        m->seg_begin[1 + l] = entry_offset(m, "transformer_blocks.%d.norm1.linear.weight", l);
+    for (int l = 0; l < L; l++) m->seg_begin[1 + l] = entry_offset(m, "transformer_blocks.%d.norm1.linear.weight", l);
     m->seg_begin[L + 1] = entry_offset(m, "proj_out_1.weight", 0);
     m->seg_begin[L + 2] = m->table.total;
-    static const char *head[N_HEAD] = {
-        "pos_embed.proj.weight",
-        "pos_embed.proj.bias",
-        "transformer_blocks.%d.norm1.emb.timestep_embedder.linear_1.weight",
-        "transformer_blocks.%d.norm1.emb.timestep_embedder.linear_1.bias",
-        "transformer_blocks.%d.norm1.emb.timestep_embedder.linear_2.weight",
-        "transformer_blocks.%d.norm1.emb.timestep_embedder.linear_2.bias",
-        "transformer_blocks.%d.norm1.emb.class_embedder.embedding_table.weight"};
+    static const char *head[N_HEAD] = {"pos_embed.proj.weight",
+                                       "pos_embed.proj.bias",
+                                       "transformer_blocks.%d.norm1.emb.timestep_embedder.linear_1.weight",
+                                       "transformer_blocks.%d.norm1.emb.timestep_embedder.linear_1.bias",
+                                       "transformer_blocks.%d.norm1.emb.timestep_embedder.linear_2.weight",
+                                       "transformer_blocks.%d.norm1.emb.timestep_embedder.linear_2.bias",
+                                       "transformer_blocks.%d.norm1.emb.class_embedder.embedding_table.weight"};
     static const char *blk[N_BLOCK] = {
-        "transformer_blocks.%d.norm1.linear.weight",    "transformer_blocks.%d.norm1.linear.bias",
-        "transformer_blocks.%d.attn1.to_q.weight",      "transformer_blocks.%d.attn1.to_q.bias",
-        "transformer_blocks.%d.attn1.to_out.0.weight",  "transformer_blocks.%d.attn1.to_out.0.bias",
-        "transformer_blocks.%d.ff.net.0.proj.weight",   "transformer_blocks.%d.ff.net.0.proj.bias",
-        "transformer_blocks.%d.ff.net.2.weight",        "transformer_blocks.%d.ff.net.2.bias"};
+        "transformer_blocks.%d.norm1.linear.weight",   "transformer_blocks.%d.norm1.linear.bias",
+        "transformer_blocks.%d.attn1.to_q.weight",     "transformer_blocks.%d.attn1.to_q.bias",
+        "transformer_blocks.%d.attn1.to_out.0.weight", "transformer_blocks.%d.attn1.to_out.0.bias",
+        "transformer_blocks.%d.ff.net.0.proj.weight",  "transformer_blocks.%d.ff.net.0.proj.bias",
+        "transformer_blocks.%d.ff.net.2.weight",       "transformer_blocks.%d.ff.net.2.bias"};
     static const char *fin[N_FINAL] = {"proj_out_1.weight", "proj_out_1.bias", "proj_out_2.weight", "proj_out_2.bias"};
     for (int i = 0; i < N_HEAD; i++) a->off_head[i] = entry_offset(m, head[i], 0);
     for (int i = 0; i < N_FINAL; i++) a->off_fin[i] = entry_offset(m, fin[i], 0) - m->seg_begin[L + 1];
     for (int l = 0; l < L; l++) {
         for (int i = 0; i < N_BLOCK; i++) {
             size_t off = entry_offset(m, blk[i], l) - m->seg_begin[1 + l];
-            if (l == 0) a->off_blk[i] = off;
-            else if (off != a->off_blk[i]) dfm_die("internal: DiT block %d is laid out unlike block 0", l);
+            if (l == 0)
+                a->off_blk[i] = off;
+            else if (off != a->off_blk[i])
+                dfm_die("internal: DiT block %d is laid out unlike block 0", l);
         }
         /* the fused GEMM relies on to_k/to_v following to_q directly */
         if (entry_offset(m, "transformer_blocks.%d.attn1.to_v.weight", l) - m->seg_begin[1 + l] !=
@@ -283,13 +285,14 @@ static float *carve(carver *cv, size_t n) {
 
 #define PER_BLOCK_LISTS(a)                                                                                             \
     {                                                                                                                  \
-        &(a)->x, &(a)->qkv, &(a)->ao, &(a)->lse, &(a)->proj, &(a)->xmid, &(a)->h, &(a)->f, &(a)->mean1, &(a)->rstd1,  \
+        &(a)->x, &(a)->qkv, &(a)->ao, &(a)->lse, &(a)->proj, &(a)->xmid, &(a)->h, &(a)->f, &(a)->mean1, &(a)->rstd1,   \
             &(a)->mean2, &(a)->rstd2, &(a)->mod                                                                        \
     }
 
 static void carve_acts(dit_model *m, dit_acts *a, carver *cv) {
     /* F, H and the q/k/v/attention widths are this rank's share under tensor parallelism */
-    size_t B = (size_t)a->B, T = (size_t)m->T, d = (size_t)m->d, F = (size_t)m->ffn_local, L = (size_t)m->cfg.num_layers;
+    size_t B = (size_t)a->B, T = (size_t)m->T, d = (size_t)m->d, F = (size_t)m->ffn_local,
+           L = (size_t)m->cfg.num_layers;
     size_t BT = B * T, H = (size_t)m->heads_local, da = (size_t)m->attn_local;
     size_t BTl = B * (size_t)m->T_local; /* the residual stream's tokens: BT, or this rank's share under SP */
     a->patches = carve(cv, BT * (size_t)m->patch_dim);
@@ -311,8 +314,10 @@ static void carve_acts(dit_model *m, dit_acts *a, carver *cv) {
      * activations); only a checkpoint's first block keeps its own input x */
     const size_t k = (size_t)a->chunk, R = (size_t)a->recompute;
     for (size_t l = l0; l <= l1; l++) {
-        if (l < l1 && l < R && l - l0 >= k && (l - l0) % k) a->x[l] = a->x[l0 + (l - l0) % k];
-        else a->x[l] = carve(cv, BTl * d);
+        if (l < l1 && l < R && l - l0 >= k && (l - l0) % k)
+            a->x[l] = a->x[l0 + (l - l0) % k];
+        else
+            a->x[l] = carve(cv, BTl * d);
     }
     for (size_t l = l0; l < l1; l++) {
         if (l < R && l - l0 >= k) {
@@ -393,8 +398,10 @@ int dit_set_recompute_mode(dit_model *m, int blocks, int chunk, int selective, c
         return -1;
     }
     if (selective && blocks) {
-        snprintf(err, errlen, "selective recomputation (core attention) with %d blocks fully recomputed: one or the "
-                              "other", blocks);
+        snprintf(err, errlen,
+                 "selective recomputation (core attention) with %d blocks fully recomputed: one or the "
+                 "other",
+                 blocks);
         return -1;
     }
     if (m->arenas) {
@@ -456,7 +463,9 @@ int dit_tp_check(const dit_config *cfg, int tp, char *err, size_t errlen) {
     return 1;
 }
 
-void dit_create(dit_model *m, const dit_config *cfg, int max_batch) { dit_create_tp(m, cfg, max_batch, 1, 0); }
+void dit_create(dit_model *m, const dit_config *cfg, int max_batch) {
+    dit_create_tp(m, cfg, max_batch, 1, 0);
+}
 
 void dit_create_tp(dit_model *m, const dit_config *cfg, int max_batch, int tp, int tp_rank) {
     memset(m, 0, sizeof *m);
@@ -537,8 +546,10 @@ static void cp_take_rows(const dit_model *m, float *local, const float *full, in
         for (int i = 0; i < m->T; i++) {
             int gi = m->tok0 + i;
             float *dst = local + ((size_t)b * m->T + i) * w;
-            if (gi < m->T_full) memcpy(dst, full + ((size_t)b * m->T_full + gi) * w, sizeof(float) * (size_t)w);
-            else memset(dst, 0, sizeof(float) * (size_t)w);
+            if (gi < m->T_full)
+                memcpy(dst, full + ((size_t)b * m->T_full + gi) * w, sizeof(float) * (size_t)w);
+            else
+                memset(dst, 0, sizeof(float) * (size_t)w);
         }
 }
 
@@ -561,8 +572,8 @@ static void acts_free(dit_acts *a) {
 
 void dit_set_stage(dit_model *m, int block_begin, int block_end, int n_arenas) {
     if (block_begin < 0 || block_end > m->cfg.num_layers || block_begin >= block_end || n_arenas < 1)
-        dfm_die("internal: DiT stage blocks [%d, %d) of %d with %d arenas", block_begin, block_end,
-                m->cfg.num_layers, n_arenas);
+        dfm_die("internal: DiT stage blocks [%d, %d) of %d with %d arenas", block_begin, block_end, m->cfg.num_layers,
+                n_arenas);
     dit_acts *proto = m->acts;
     m->block_begin = block_begin, m->block_end = block_end;
     dit_acts **ar = xcalloc((size_t)n_arenas, sizeof *ar);
@@ -617,7 +628,9 @@ size_t dit_activation_bytes(const dit_model *m) {
     return n;
 }
 
-void dit_zero_grad(dit_model *m) { memset(m->grads, 0, m->table.total * sizeof(float)); }
+void dit_zero_grad(dit_model *m) {
+    memset(m->grads, 0, m->table.total * sizeof(float));
+}
 
 /* ---- initialisation --------------------------------------------------------------------------- */
 
@@ -634,7 +647,7 @@ void dit_init(dit_model *m, uint64_t seed) {
     for (int i = 0; i < m->table.n; i++) {
         const param_entry *e = &m->table.e[i];
         const char *n = e->name;
-        if (e->ndim == 1) continue; /* biases: zero */
+        if (e->ndim == 1) continue;                                       /* biases: zero */
         if (strstr(n, "norm1.linear") || strstr(n, "proj_out")) continue; /* adaLN-Zero: zero modulation/output */
         size_t numel = e->global_numel;
         float *w = e->split_axis < 0 ? m->params + e->offset : (whole = xrealloc(whole, numel * sizeof(float)));
@@ -770,7 +783,8 @@ void dit_forward(dit_model *m, float *out, const float *x, const float *t, const
         memcpy(a->t_saved, t, sizeof(float) * (size_t)B);
 
         /* patch embedding + fixed positions */
-        if (m->cp == 1) patchify_forward(a->patches, x, B, c->in_channels, c->image_size, c->image_size, c->patch_size);
+        if (m->cp == 1)
+            patchify_forward(a->patches, x, B, c->in_channels, c->image_size, c->image_size, c->patch_size);
         else { /* the whole image's patches, then this rank's tokens */
             patchify_forward(m->cp_full, x, B, c->in_channels, c->image_size, c->image_size, c->patch_size);
             cp_take_rows(m, a->patches, m->cp_full, B, m->patch_dim);
@@ -818,7 +832,9 @@ void dit_forward(dit_model *m, float *out, const float *x, const float *t, const
 
 /* ---- backward --------------------------------------------------------------------------------- */
 
-static void zero(float *p, size_t n) { memset(p, 0, n * sizeof(float)); }
+static void zero(float *p, size_t n) {
+    memset(p, 0, n * sizeof(float));
+}
 
 void dit_backward(dit_model *m, const float *dout, int B) {
     dit_acts *a = m->acts;
@@ -863,7 +879,7 @@ void dit_backward(dit_model *m, const float *dout, int B) {
         seg_done(m, c->num_layers + 1);
     }
 
-    float *ln = a->dT_a, *xm = a->dT_b; /* recomputed forward values */
+    float *ln = a->dT_a, *xm = a->dT_b;    /* recomputed forward values */
     float *dtmp = a->lnf, *dtmp2 = a->xmf; /* [B,T,d] buffers no longer needed after the final layer */
     for (int l = m->block_end - 1; l >= m->block_begin; l--) {
         block_views wv, gwv;
@@ -964,9 +980,9 @@ double dit_forward_flops(const dit_model *m, int B) {
     const dit_config *c = &m->cfg;
     /* the whole model's FLOPs (under context parallelism each rank runs about 1/cp of them) */
     double BT = (double)B * m->T_full, d = m->d, F = m->ffn, L = c->num_layers;
-    double per_block = 2 * BT * d * (3 * d) + 2 * BT * d * d + 2 * BT * d * F * 2 /* qkv, out, MLP */
+    double per_block = 2 * BT * d * (3 * d) + 2 * BT * d * d + 2 * BT * d * F * 2             /* qkv, out, MLP */
                        + 4.0 * B * c->num_heads * (double)m->T_full * m->T_full * m->head_dim /* QK^T and PV */
-                       + 2.0 * B * d * 6 * d;                                           /* adaLN */
+                       + 2.0 * B * d * 6 * d;                                                 /* adaLN */
     return L * per_block + 2 * BT * m->patch_dim * d + 2 * BT * d * m->out_dim + 2.0 * B * d * 2 * d +
            2.0 * B * (c->freq_dim * d + d * d);
 }

@@ -13,8 +13,8 @@ char *dit_config_to_json(const dit_config *c) {
     json_t *j = json_pack("{s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:f}", "num_layers", c->num_layers,
                           "hidden_size", c->hidden_size, "num_attention_heads", c->num_heads, "ffn_hidden_size",
                           c->ffn_hidden_size, "patch_size", c->patch_size, "in_channels", c->in_channels,
-                          "out_channels", c->out_channels, "image_size", c->image_size, "num_classes",
-                          c->num_classes, "freq_dim", c->freq_dim, "norm_eps", (double)c->norm_eps);
+                          "out_channels", c->out_channels, "image_size", c->image_size, "num_classes", c->num_classes,
+                          "freq_dim", c->freq_dim, "norm_eps", (double)c->norm_eps);
     char *s = json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER);
     json_decref(j);
     return s;
@@ -32,11 +32,11 @@ int dit_config_from_json(dit_config *c, const char *text, char *err, size_t errl
     struct {
         const char *key;
         int *dst;
-    } ints[] = {{"num_layers", &c->num_layers},   {"hidden_size", &c->hidden_size},
+    } ints[] = {{"num_layers", &c->num_layers},         {"hidden_size", &c->hidden_size},
                 {"num_attention_heads", &c->num_heads}, {"ffn_hidden_size", &c->ffn_hidden_size},
-                {"patch_size", &c->patch_size},   {"in_channels", &c->in_channels},
-                {"out_channels", &c->out_channels}, {"image_size", &c->image_size},
-                {"num_classes", &c->num_classes}, {"freq_dim", &c->freq_dim}};
+                {"patch_size", &c->patch_size},         {"in_channels", &c->in_channels},
+                {"out_channels", &c->out_channels},     {"image_size", &c->image_size},
+                {"num_classes", &c->num_classes},       {"freq_dim", &c->freq_dim}};
     for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++) {
         json_t *v = json_object_get(j, ints[i].key);
         if (!json_is_integer(v)) {
@@ -62,7 +62,8 @@ void dit_save_weights(const dit_model *m, const float *buf, const char *path, co
     char *cfg = dit_config_to_json(&m->cfg);
     const char *meta[32] = {"format", "pt", "dfm_model", "dit", "dfm_dit_config", cfg};
     int n = 6;
-    for (int i = 0; extra_meta && extra_meta[i] && n < 30; i += 2) meta[n++] = extra_meta[i], meta[n++] = extra_meta[i + 1];
+    for (int i = 0; extra_meta && extra_meta[i] && n < 30; i += 2)
+        meta[n++] = extra_meta[i], meta[n++] = extra_meta[i + 1];
     meta[n] = NULL;
     param_table_save(&m->table, buf, "", path, meta);
     free(cfg);

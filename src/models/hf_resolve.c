@@ -133,8 +133,10 @@ static int looks_like_hub_id(const char *s, char *repo, size_t repolen, char *re
     int slashes = 0;
     for (size_t i = 0; i < n; i++) {
         unsigned char ch = (unsigned char)s[i];
-        if (ch == '/') slashes++;
-        else if (!(isalnum(ch) || ch == '-' || ch == '_' || ch == '.')) return 0;
+        if (ch == '/')
+            slashes++;
+        else if (!(isalnum(ch) || ch == '-' || ch == '_' || ch == '.'))
+            return 0;
     }
     if (slashes != 1 || s[0] == '/' || s[0] == '.' || s[n - 1] == '/') return 0;
     memcpy(repo, s, n);
@@ -178,7 +180,7 @@ int pretrained_resolve(const char *name_or_path, const char *subfolder, pretrain
     char repo_dir[8192], ref[8192], snap[8192];
     sfmt(repo_dir, sizeof repo_dir, "%s/%s", out->cache_dir, folder);
     const char *where = getenv("HF_HUB_CACHE") && *getenv("HF_HUB_CACHE") ? "HF_HUB_CACHE"
-                        : getenv("HF_HOME") && *getenv("HF_HOME")        ? "HF_HOME/hub"
+                        : getenv("HF_HOME") && *getenv("HF_HOME")         ? "HF_HOME/hub"
                                                                           : "~/.cache/huggingface/hub";
     if (!is_dir(repo_dir))
         return errf(err, errlen,

@@ -36,8 +36,8 @@ static int any_match(const char *const *pats, int n, const char *module) {
     return 0;
 }
 
-int lora_create(lora_model *L, const param_table *base, const float *base_params, const lora_spec *spec,
-                uint64_t seed, char *err, size_t errlen) {
+int lora_create(lora_model *L, const param_table *base, const float *base_params, const lora_spec *spec, uint64_t seed,
+                char *err, size_t errlen) {
     memset(L, 0, sizeof *L);
     if (spec->r < 1) {
         snprintf(err, errlen, "peft.dim = %d: the LoRA rank must be at least 1", spec->r);
@@ -72,7 +72,8 @@ int lora_create(lora_model *L, const param_table *base, const float *base_params
         int len = snprintf(err, errlen, "peft: target_modules [");
         for (int i = 0; i < spec->n_targets && len < (int)errlen; i++)
             len += snprintf(err + len, errlen - (size_t)len, "%s'%s'", i ? ", " : "", spec->targets[i]);
-        if (len < (int)errlen) len += snprintf(err + len, errlen - (size_t)len, "] match no linear layer; the model's are");
+        if (len < (int)errlen)
+            len += snprintf(err + len, errlen - (size_t)len, "] match no linear layer; the model's are");
         int shown = 0;
         for (int i = 0; i < base->n && shown < 6 && len < (int)errlen; i++)
             if (lora_is_linear(&base->e[i], module, sizeof module))
@@ -268,10 +269,10 @@ int lora_apply_peft(const char *path, const param_table *base, float *params, in
                  "'%s': expected a LoRA adapter config with an integer r >= 1 and a numeric lora_alpha (peft_type %s, "
                  "r %d, lora_alpha %g)%s",
                  cfgpath, pt ? pt : "missing", r, alpha,
-                 dora ? "; DoRA (use_dora) is not supported"
+                 dora           ? "; DoRA (use_dora) is not supported"
                  : bad_patterns ? "; per-module rank_pattern / alpha_pattern are not supported"
-                 : fan ? "; fan_in_fan_out layouts are not supported"
-                        : "");
+                 : fan          ? "; fan_in_fan_out layouts are not supported"
+                                : "");
         return -1;
     }
     float scale = rs ? (float)(alpha / sqrt((double)r)) : (float)(alpha / r);
@@ -282,58 +283,62 @@ int lora_apply_peft(const char *path, const param_table *base, float *params, in
     float *A = NULL, *B = NULL;
     /* pass 0 checks every tensor, pass 1 changes the weights: a bad file leaves them untouched */
     for (int pass = 0; pass < 2; pass++)
-    for (int i = 0; i < f->n_tensors; i++) {
-        const st_tensor *ta = &f->tensors[i];
-        int half = split_name(ta->name, module, sizeof module);
-        if (!half) {
-            snprintf(err, errlen, "'%s': tensor '%s' is not a LoRA weight (expected <module>.lora_A.weight / "
-                     ".lora_B.weight; modules_to_save and bias adapters are not supported)", file, ta->name);
-            goto out;
-        }
-        if (half == 'B') { /* applied with its A; it must have one */
+        for (int i = 0; i < f->n_tensors; i++) {
+            const st_tensor *ta = &f->tensors[i];
+            int half = split_name(ta->name, module, sizeof module);
+            if (!half) {
+                snprintf(err, errlen,
+                         "'%s': tensor '%s' is not a LoRA weight (expected <module>.lora_A.weight / "
+                         ".lora_B.weight; modules_to_save and bias adapters are not supported)",
+                         file, ta->name);
+                goto out;
+            }
+            if (half == 'B') { /* applied with its A; it must have one */
+                size_t ln = strlen(ta->name);
+                snprintf(other, sizeof other, "%.*sA.weight", (int)(ln - 8), ta->name);
+                if (!st_find(f, other)) {
+                    snprintf(err, errlen, "'%s': '%s' has no matching '%s'", file, ta->name, other);
+                    goto out;
+                }
+                continue;
+            }
             size_t ln = strlen(ta->name);
-            snprintf(other, sizeof other, "%.*sA.weight", (int)(ln - 8), ta->name);
-            if (!st_find(f, other)) {
+            snprintf(other, sizeof other, "%.*sB.weight", (int)(ln - 8), ta->name);
+            const st_tensor *tb = st_find(f, other);
+            if (!tb) {
                 snprintf(err, errlen, "'%s': '%s' has no matching '%s'", file, ta->name, other);
                 goto out;
             }
-            continue;
+            snprintf(wname, sizeof wname, "%s.weight", module);
+            const param_entry *e = param_table_find(base, wname);
+            char m2[512];
+            if (!e || !lora_is_linear(e, m2, sizeof m2)) {
+                snprintf(err, errlen,
+                         "'%s': adapter '%s' is for module '%s', which is not a linear layer of this model", file,
+                         ta->name, module);
+                goto out;
+            }
+            int out_ = (int)e->shape[0], in_ = (int)e->shape[1];
+            if (ta->ndim != 2 || tb->ndim != 2 || ta->shape[0] != r || ta->shape[1] != in_ || tb->shape[0] != out_ ||
+                tb->shape[1] != r) {
+                snprintf(err, errlen,
+                         "'%s': '%s' is [%lld, %lld] and its B [%lld, %lld]; module '%s' [%d, %d] at r = %d needs A "
+                         "[%d, %d] "
+                         "and B [%d, %d]",
+                         file, ta->name, (long long)ta->shape[0], (long long)(ta->ndim > 1 ? ta->shape[1] : 0),
+                         (long long)tb->shape[0], (long long)(tb->ndim > 1 ? tb->shape[1] : 0), module, out_, in_, r, r,
+                         in_, out_, r);
+                goto out;
+            }
+            if (pass == 0) continue;
+            A = xrealloc(A, (size_t)r * in_ * sizeof(float));
+            B = xrealloc(B, (size_t)out_ * r * sizeof(float));
+            st_read_f32(f, ta, A);
+            st_read_f32(f, tb, B);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, out_, in_, r, scale, B, r, A, in_, 1.0f,
+                        params + e->offset, in_);
+            done++;
         }
-        size_t ln = strlen(ta->name);
-        snprintf(other, sizeof other, "%.*sB.weight", (int)(ln - 8), ta->name);
-        const st_tensor *tb = st_find(f, other);
-        if (!tb) {
-            snprintf(err, errlen, "'%s': '%s' has no matching '%s'", file, ta->name, other);
-            goto out;
-        }
-        snprintf(wname, sizeof wname, "%s.weight", module);
-        const param_entry *e = param_table_find(base, wname);
-        char m2[512];
-        if (!e || !lora_is_linear(e, m2, sizeof m2)) {
-            snprintf(err, errlen, "'%s': adapter '%s' is for module '%s', which is not a linear layer of this model",
-                     file, ta->name, module);
-            goto out;
-        }
-        int out_ = (int)e->shape[0], in_ = (int)e->shape[1];
-        if (ta->ndim != 2 || tb->ndim != 2 || ta->shape[0] != r || ta->shape[1] != in_ || tb->shape[0] != out_ ||
-            tb->shape[1] != r) {
-            snprintf(err, errlen,
-                     "'%s': '%s' is [%lld, %lld] and its B [%lld, %lld]; module '%s' [%d, %d] at r = %d needs A [%d, %d] "
-                     "and B [%d, %d]",
-                     file, ta->name, (long long)ta->shape[0], (long long)(ta->ndim > 1 ? ta->shape[1] : 0),
-                     (long long)tb->shape[0], (long long)(tb->ndim > 1 ? tb->shape[1] : 0), module, out_, in_, r, r,
-                     in_, out_, r);
-            goto out;
-        }
-        if (pass == 0) continue;
-        A = xrealloc(A, (size_t)r * in_ * sizeof(float));
-        B = xrealloc(B, (size_t)out_ * r * sizeof(float));
-        st_read_f32(f, ta, A);
-        st_read_f32(f, tb, B);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, out_, in_, r, scale, B, r, A, in_, 1.0f,
-                    params + e->offset, in_);
-        done++;
-    }
     if (done == 0) {
         snprintf(err, errlen, "'%s' holds no LoRA tensors", file);
         goto out;

@@ -118,8 +118,10 @@ static void add_tp_linear(param_table *t, const char *prefix, int out, int in, i
     snprintf(name, sizeof name, "%s.weight", prefix);
     param_table_add_split(t, name, 2, ws, 0, column ? 0 : 1, tp, tp_rank);
     snprintf(name, sizeof name, "%s.bias", prefix);
-    if (column) param_table_add_split(t, name, 1, bs, 1, 0, tp, tp_rank);
-    else param_table_add(t, name, 1, bs, 1);
+    if (column)
+        param_table_add_split(t, name, 1, bs, 1, 0, tp, tp_rank);
+    else
+        param_table_add(t, name, 1, bs, 1);
 }
 
 static void add_tp_vector(param_table *t, const char *name, int n, int tp, int tp_rank) {
@@ -152,7 +154,9 @@ static void add_vector(param_table *t, const char *name, int n) {
 }
 
 /* no_decay: biases, norm weights and the modulation tables (offsets added to the time embedding). */
-void wan_build_table(param_table *t, const wan_config *cfg) { wan_build_table_tp(t, cfg, 1, 0); }
+void wan_build_table(param_table *t, const wan_config *cfg) {
+    wan_build_table_tp(t, cfg, 1, 0);
+}
 
 void wan_build_table_tp(param_table *t, const wan_config *cfg, int tp, int tp_rank) {
     wan_config c = *cfg;
@@ -266,11 +270,11 @@ struct wan_acts {
     /* scratch: [B*N, d] x4, [B*N, 3d] x2, [B*N, F] x2, output tokens, text [B*L, 2d] x3 and [B*L, d] x2 */
     float *sA, *sB, *sC, *dx, *s3a, *s3b, *sFa, *sFb, *tok, *kvs, *dkvs, *dkv, *dctx, *tsc;
     float *dmod, *dtproj, *dhmod, *dtemb, *dtemb_s, *dt1s, *dt1, *attn_ws;
-    float *rowsum; /* tensor parallelism: a float per row for the RMSNorms' all-reduced sums */
-    float *xg;     /* sequence parallelism: a gathered [B*N, d] input or a row-parallel partial output */
-    float *dn2wb;  /* sequence parallelism: norm2's weight and bias gradients of this rank's tokens [2d] */
-    int Nl;        /* the residual stream's tokens per sample in the last forward (N, or N / tp under SP) */
-    size_t off_views[N_VIEWS];       /* within segment 0 (the first 12) or the last segment */
+    float *rowsum;             /* tensor parallelism: a float per row for the RMSNorms' all-reduced sums */
+    float *xg;                 /* sequence parallelism: a gathered [B*N, d] input or a row-parallel partial output */
+    float *dn2wb;              /* sequence parallelism: norm2's weight and bias gradients of this rank's tokens [2d] */
+    int Nl;                    /* the residual stream's tokens per sample in the last forward (N, or N / tp under SP) */
+    size_t off_views[N_VIEWS]; /* within segment 0 (the first 12) or the last segment */
     size_t off_block[N_BLOCK_VIEWS]; /* within a block's segment (every block is laid out alike) */
 };
 
@@ -349,15 +353,18 @@ static void resolve_segments(wan_model *m, wan_acts *a) {
     for (size_t i = 0; i < N_VIEWS; i++) {
         size_t seg_start = m->seg_begin[i < N_HEAD_VIEWS ? 0 : L + 1];
         a->off_views[i] = (size_t)(v.p[i] - m->params) - seg_start;
-        if (v.p[i] - m->params < (ptrdiff_t)seg_start || (size_t)(v.p[i] - m->params) >= m->seg_begin[i < N_HEAD_VIEWS ? 1 : L + 2])
+        if (v.p[i] - m->params < (ptrdiff_t)seg_start ||
+            (size_t)(v.p[i] - m->params) >= m->seg_begin[i < N_HEAD_VIEWS ? 1 : L + 2])
             dfm_die("internal: Wan view %zu lies outside its segment", i);
     }
     for (int l = 0; l < L; l++) {
         block_u b = {.v = blk[l]};
         for (size_t i = 0; i < N_BLOCK_VIEWS; i++) {
             size_t off = (size_t)(b.p[i] - m->params) - m->seg_begin[1 + l];
-            if (l == 0) a->off_block[i] = off;
-            else if (off != a->off_block[i]) dfm_die("internal: Wan block %d is laid out unlike block 0", l);
+            if (l == 0)
+                a->off_block[i] = off;
+            else if (off != a->off_block[i])
+                dfm_die("internal: Wan block %d is laid out unlike block 0", l);
         }
     }
     free(blk);
@@ -381,7 +388,8 @@ static void seg_done(wan_model *m, int s) {
 /* Fill the embedder views (first) or the head views (!first) of v from their segment's base. */
 static void views_at(const wan_acts *a, float *base, int first, views *v) {
     views_u *u = (views_u *)v;
-    for (size_t i = first ? 0 : N_HEAD_VIEWS; i < (first ? N_HEAD_VIEWS : N_VIEWS); i++) u->p[i] = base + a->off_views[i];
+    for (size_t i = first ? 0 : N_HEAD_VIEWS; i < (first ? N_HEAD_VIEWS : N_VIEWS); i++)
+        u->p[i] = base + a->off_views[i];
 }
 
 static void block_at(const wan_acts *a, float *base, block_views *b) {
@@ -437,8 +445,10 @@ static void carve_acts(const wan_model *m, wan_acts *a, carver *cv) {
     const int l0 = m->block_begin, k = m->recompute_chunk > 0 ? m->recompute_chunk : 1, R = m->recompute_layers;
     const int sel = m->recompute_selective;
     for (int l = l0; l <= m->block_end; l++) {
-        if (l < m->block_end && l < R && l - l0 >= k && (l - l0) % k) a->x[l] = a->x[l0 + (l - l0) % k];
-        else a->x[l] = carve(cv, BNl * d);
+        if (l < m->block_end && l < R && l - l0 >= k && (l - l0) % k)
+            a->x[l] = a->x[l0 + (l - l0) % k];
+        else
+            a->x[l] = carve(cv, BNl * d);
     }
     for (int l = l0; l < m->block_end; l++) {
         if (l < R && l - l0 >= k) {
@@ -497,7 +507,6 @@ static void carve_acts(const wan_model *m, wan_acts *a, carver *cv) {
     a->xg = carve(cv, m->sp ? BN * d : 0);
     a->dn2wb = carve(cv, m->sp ? 2 * d : 0);
 }
-
 
 int wan_shape_check(const wan_model *m, const wan_shape *s, char *err, size_t errlen) {
 #define BAD(...) return snprintf(err, errlen, __VA_ARGS__), 0
@@ -564,7 +573,9 @@ static wan_acts *acts_new(const wan_model *m) {
     return a;
 }
 
-void wan_create_weights_only(wan_model *m, const wan_config *cfg) { create_weights(m, cfg, 1, 0); }
+void wan_create_weights_only(wan_model *m, const wan_config *cfg) {
+    create_weights(m, cfg, 1, 0);
+}
 
 void wan_create_weights_only_tp(wan_model *m, const wan_config *cfg, int tp, int tp_rank) {
     create_weights(m, cfg, tp, tp_rank);
@@ -627,8 +638,10 @@ static void cp_take_rows(const wan_acts *a, float *local, const float *full, int
         for (int i = 0; i < a->N; i++) {
             int gi = a->tok0 + i;
             float *dst = local + ((size_t)b * a->N + i) * w;
-            if (gi < a->N_full) memcpy(dst, full + ((size_t)b * a->N_full + gi) * w, sizeof(float) * (size_t)w);
-            else memset(dst, 0, sizeof(float) * (size_t)w);
+            if (gi < a->N_full)
+                memcpy(dst, full + ((size_t)b * a->N_full + gi) * w, sizeof(float) * (size_t)w);
+            else
+                memset(dst, 0, sizeof(float) * (size_t)w);
         }
 }
 
@@ -658,8 +671,10 @@ int wan_set_recompute_mode(wan_model *m, int blocks, int chunk, int selective, c
         return -1;
     }
     if (selective && blocks) {
-        snprintf(err, errlen, "selective recomputation (core attention) with %d blocks fully recomputed: one or the "
-                              "other", blocks);
+        snprintf(err, errlen,
+                 "selective recomputation (core attention) with %d blocks fully recomputed: one or the "
+                 "other",
+                 blocks);
         return -1;
     }
     m->recompute_layers = blocks;
@@ -695,8 +710,8 @@ static void acts_free(wan_acts *a) {
 
 void wan_set_stage(wan_model *m, int block_begin, int block_end, int n_arenas) {
     if (!m->acts || block_begin < 0 || block_end > m->cfg.num_layers || block_begin >= block_end || n_arenas < 1)
-        dfm_die("internal: Wan stage blocks [%d, %d) of %d with %d arenas", block_begin, block_end,
-                m->cfg.num_layers, n_arenas);
+        dfm_die("internal: Wan stage blocks [%d, %d) of %d with %d arenas", block_begin, block_end, m->cfg.num_layers,
+                n_arenas);
     wan_acts *proto = m->acts;
     m->block_begin = block_begin, m->block_end = block_end;
     wan_acts **ar = xcalloc((size_t)n_arenas, sizeof *ar);
@@ -734,7 +749,9 @@ void wan_stage_tensors(wan_model *m, const wan_shape *s, stage_dir dir, stage_te
     io->len[1] = B * d, io->len[2] = B * 6 * d, io->len[3] = B * (size_t)s->text_len * d;
 }
 
-void wan_create(wan_model *m, const wan_config *cfg, const wan_shape *max) { wan_create_tp(m, cfg, max, 1, 0); }
+void wan_create(wan_model *m, const wan_config *cfg, const wan_shape *max) {
+    wan_create_tp(m, cfg, max, 1, 0);
+}
 
 void wan_create_tp(wan_model *m, const wan_config *cfg, const wan_shape *max, int tp, int tp_rank) {
     create_weights(m, cfg, tp, tp_rank);
@@ -799,7 +816,8 @@ void wan_init(wan_model *m, uint64_t seed) {
             const double fan_out = (double)e->global_shape[0], fan_in = (double)e->global_numel / fan_out;
             const double bound = sqrt(6.0 / (fan_in + fan_out));
             for (size_t j = 0; j < e->global_numel; j++)
-                whole[j] = (float)((2.0 * rng_uniform(seed, RNG_STREAM_INIT, 0, (uint32_t)i, (uint32_t)j) - 1.0) * bound);
+                whole[j] =
+                    (float)((2.0 * rng_uniform(seed, RNG_STREAM_INIT, 0, (uint32_t)i, (uint32_t)j) - 1.0) * bound);
             param_entry_take_slice(e, whole, m->params + e->offset);
             continue;
         }
@@ -940,7 +958,8 @@ static void rms_tp_forward(const wan_model *m, float *out, float *rstd, const fl
 /* Its backward: dinp += r (g w - x r^2 mean(g w x)) with the mean over all heads of the TP group (all-reduced
  * row sums); the weight's gradient (this rank's slice) needs no communication. */
 static void rms_tp_backward(const wan_model *m, float *dinp, float *dweight, const float *dout, const float *inp,
-                            const float *w, const float *rstd, int N, int dinp_stride, int dout_stride, int inp_stride) {
+                            const float *w, const float *rstd, int N, int dinp_stride, int dout_stride,
+                            int inp_stride) {
     const int C = m->attn_local;
     if (m->tp == 1) {
         rmsnorm_backward_strided(dinp, dweight, dout, inp, w, rstd, N, C, dinp_stride, dout_stride, inp_stride);
@@ -981,8 +1000,8 @@ static void self_attention_inputs(const wan_model *m, float *att, float *rq, flo
 }
 
 /* k of the fused [rows, 2da] text k/v normalised over all heads, v copied: what cross-attention reads. */
-static void cross_attention_kv(const wan_model *m, float *kvs, float *rk, const float *kv, const block_views *w,
-                               int BL, int saved) {
+static void cross_attention_kv(const wan_model *m, float *kvs, float *rk, const float *kv, const block_views *w, int BL,
+                               int saved) {
     const int da = m->attn_local;
     rms_tp_forward(m, kvs, rk, kv, w->nk2, BL, 2 * da, 2 * da, saved);
     copy_rows(kvs + da, kv + da, (size_t)BL, da, 2 * da, 2 * da, 0);
@@ -1067,7 +1086,8 @@ void wan_forward(wan_model *m, float *out, const float *latents, const float *ti
     const int N = a->N, BN = B * N, BL = B * Lt;
     a->Nl = m->sp ? N / m->tp : N; /* wan_shape_check refused a token count tp does not divide */
     if (a->rope_gt != a->gt || a->rope_gh != a->gh || a->rope_gw != a->gw) {
-        if (m->cp == 1) rope_table_3d(a->rope_cos, a->rope_sin, a->gt, a->gh, a->gw, D, ROPE_THETA);
+        if (m->cp == 1)
+            rope_table_3d(a->rope_cos, a->rope_sin, a->gt, a->gh, a->gw, D, ROPE_THETA);
         else { /* the rows of this rank's tokens, by global position (padding: zero) */
             size_t row = (size_t)D / 2, nf = (size_t)a->N_full * row;
             float *fc = xalloc_floats(nf), *fs = xalloc_floats(nf);
@@ -1223,7 +1243,7 @@ void wan_backward(wan_model *m, const float *dout) {
     for (int l = m->block_end - 1; l >= m->block_begin; l--) {
         block_views wv, gwv;
         int c0 = m->block_begin + (l - m->block_begin) / k * k; /* l's checkpoint: blocks c0..l */
-        if (l < m->recompute_layers && a->slot_layer != c0) { /* the checkpoint's activations again, from x[c0] */
+        if (l < m->recompute_layers && a->slot_layer != c0) {   /* the checkpoint's activations again, from x[c0] */
             for (int j = c0; j <= l; j++) {
                 block_at(a, seg_params(m, 1 + j, 1), &wv);
                 block_forward(m, j, &wv, j < l ? a->x[j + 1] : NULL);

@@ -19,7 +19,8 @@ void adamw_init(adamw_state *s, const param_table *t, const adamw_config *cfg) {
 }
 
 void adamw_init_range(adamw_state *s, const param_table *t, const adamw_config *cfg, size_t begin, size_t end) {
-    if (begin > end || end > t->total) dfm_die("internal: optimizer range [%zu, %zu) outside the table (%zu)", begin, end, t->total);
+    if (begin > end || end > t->total)
+        dfm_die("internal: optimizer range [%zu, %zu) outside the table (%zu)", begin, end, t->total);
     s->cfg = *cfg;
     s->table = t;
     s->begin = begin, s->end = end;
@@ -57,8 +58,8 @@ void adamw_step_range(adamw_state *s, float *params, const float *grads, float l
 double adamw_update(adamw_state *s, float *params, float *grads, float lr) {
     const param_table *t = s->table;
     if (s->begin != 0 || s->end != t->total) dfm_die("internal: adamw_update needs the whole table's state");
-    double norm = s->cfg.clip_grad > 0 ? clip_grad_norm(grads, t->total, s->cfg.clip_grad)
-                                       : global_norm(grads, t->total);
+    double norm =
+        s->cfg.clip_grad > 0 ? clip_grad_norm(grads, t->total, s->cfg.clip_grad) : global_norm(grads, t->total);
     adamw_step_range(s, params, grads, lr);
     return norm;
 }

@@ -40,8 +40,9 @@ void ckpt_write_shard_tp(const char *dir, int rank, int world, const param_table
         for (int d = 0; d < e->ndim; d++) json_array_append_new(shape, json_integer((json_int_t)e->global_shape[d]));
         json_t *pc = json_pack("{s:o, s:I}", "shape", shape, "offset", (json_int_t)(lo - e->offset));
         if (e->split_axis >= 0)
-            json_object_set_new(pc, "split", json_pack("[i, I, I]", e->split_axis, (json_int_t)e->split_start,
-                                                       (json_int_t)e->shape[e->split_axis]));
+            json_object_set_new(
+                pc, "split",
+                json_pack("[i, I, I]", e->split_axis, (json_int_t)e->split_start, (json_int_t)e->shape[e->split_axis]));
         json_object_set_new(pieces, e->name, pc);
         int64_t n1 = (int64_t)(hi - lo);
         for (int k = 0; k < nkinds; k++) {
@@ -51,8 +52,9 @@ void ckpt_write_shard_tp(const char *dir, int rank, int world, const param_table
             st_writer_add(w, names[nn++], ST_F32, 1, &n1, bufs[k] + (lo - begin));
         }
     }
-    json_t *info = json_pack("{s:i, s:i, s:I, s:I, s:I, s:o}", "rank", rank, "world", world, "begin", (json_int_t)begin,
-                             "end", (json_int_t)end, "total", (json_int_t)param_table_global_total(t), "pieces", pieces);
+    json_t *info =
+        json_pack("{s:i, s:i, s:I, s:I, s:I, s:o}", "rank", rank, "world", world, "begin", (json_int_t)begin, "end",
+                  (json_int_t)end, "total", (json_int_t)param_table_global_total(t), "pieces", pieces);
     char *text = json_dumps(info, JSON_COMPACT | JSON_PRESERVE_ORDER);
     st_writer_meta(w, "dfm_shard", text);
     for (int i = 0; meta && meta[i]; i += 2)
@@ -102,7 +104,8 @@ int ckpt_is_automodel_step(const char *dir) {
 }
 
 void ckpt_kind_dir(const char *dir, const char *kind, char *out, size_t outlen) {
-    if (!ckpt_is_automodel_step(dir)) snprintf(out, outlen, "%s", dir);
+    if (!ckpt_is_automodel_step(dir))
+        snprintf(out, outlen, "%s", dir);
     else
         snprintf(out, outlen, "%s/%s", dir,
                  !strcmp(kind, "exp_avg") || !strcmp(kind, "exp_avg_sq") ? "optim" : "model");
@@ -135,11 +138,14 @@ char *ckpt_meta(const char *dir_in, const char *key) {
     return out;
 }
 
-static int is_float(st_dtype d) { return d == ST_F32 || d == ST_F16 || d == ST_BF16 || d == ST_F64; }
+static int is_float(st_dtype d) {
+    return d == ST_F32 || d == ST_F16 || d == ST_BF16 || d == ST_F64;
+}
 
 static void shape_text(char *out, size_t n, int ndim, const int64_t *shape) {
     size_t k = (size_t)snprintf(out, n, "[");
-    for (int d = 0; d < ndim && k < n; d++) k += (size_t)snprintf(out + k, n - k, d ? ", %lld" : "%lld", (long long)shape[d]);
+    for (int d = 0; d < ndim && k < n; d++)
+        k += (size_t)snprintf(out + k, n - k, d ? ", %lld" : "%lld", (long long)shape[d]);
     if (k < n) snprintf(out + k, n - k, "]");
 }
 
@@ -186,7 +192,8 @@ static size_t map_piece(const param_entry *e, slice_layout w, const float *src, 
             memcpy(out + (c0 - begin), s + (h0 - g0) + (c0 - f0), (c1 - c0) * sizeof(float));
             copied += c1 - c0;
             if (spans) {
-                if (*nspans == *cspans) *spans = xrealloc(*spans, sizeof(span) * (*cspans = *cspans ? 2 * *cspans : 64));
+                if (*nspans == *cspans)
+                    *spans = xrealloc(*spans, sizeof(span) * (*cspans = *cspans ? 2 * *cspans : 64));
                 (*spans)[(*nspans)++] = (span){c0, c1, shard};
             }
         }
@@ -197,9 +204,12 @@ static size_t map_piece(const param_entry *e, slice_layout w, const float *src, 
 static int read_consolidated(const char *dir, const char *kind, const param_table *t, size_t begin, size_t end,
                              float *out, char *err, size_t errlen) {
     const char *file = "model", *prefix = "";
-    if (!strcmp(kind, "ema")) file = "ema";
-    else if (!strcmp(kind, "exp_avg")) file = "optimizer", prefix = "exp_avg.";
-    else if (!strcmp(kind, "exp_avg_sq")) file = "optimizer", prefix = "exp_avg_sq.";
+    if (!strcmp(kind, "ema"))
+        file = "ema";
+    else if (!strcmp(kind, "exp_avg"))
+        file = "optimizer", prefix = "exp_avg.";
+    else if (!strcmp(kind, "exp_avg_sq"))
+        file = "optimizer", prefix = "exp_avg_sq.";
     else if (strcmp(kind, "model")) {
         snprintf(err, errlen, "internal: unknown checkpoint kind '%s'", kind);
         return -1;
@@ -219,7 +229,8 @@ static int read_consolidated(const char *dir, const char *kind, const param_tabl
         shape_text(want, sizeof want, e->ndim, e->global_shape); /* the whole tensor (a TP rank keeps a slice) */
         int same = s && s->ndim == e->ndim;
         for (int d = 0; same && d < e->ndim; d++) same = s->shape[d] == e->global_shape[d];
-        if (!s) snprintf(err, errlen, "'%s': tensor '%s' %s is missing", path, name, want), rc = -1;
+        if (!s)
+            snprintf(err, errlen, "'%s': tensor '%s' %s is missing", path, name, want), rc = -1;
         else if (!same) {
             shape_text(got, sizeof got, s->ndim, s->shape);
             snprintf(err, errlen, "'%s': tensor '%s' has shape %s, but this model expects %s", path, name, got, want);
@@ -268,8 +279,8 @@ static int read_sharded(const char *dir, const char *kind, const param_table *t,
     for (int r = 0; r < world && !rc; r++) {
         shard_path(path, sizeof path, dir, r, world);
         if (!file_exists(path)) {
-            snprintf(err, errlen, "'%s' is missing: the checkpoint was saved by %d ranks and needs all their shards", path,
-                     world);
+            snprintf(err, errlen, "'%s' is missing: the checkpoint was saved by %d ranks and needs all their shards",
+                     path, world);
             rc = -1;
             break;
         }
@@ -308,7 +319,8 @@ static int read_sharded(const char *dir, const char *kind, const param_table *t,
                     st + ln > e->global_shape[a])
                     same = 0;
                 else
-                    wa = (int)a, wstart = st, wlen = ln, wnumel = e->global_numel / (size_t)e->global_shape[a] * (size_t)ln;
+                    wa = (int)a, wstart = st, wlen = ln,
+                    wnumel = e->global_numel / (size_t)e->global_shape[a] * (size_t)ln;
             }
             snprintf(name, sizeof name, "%s.%s", kind, e->name);
             const st_tensor *s = st_find(f, name);
@@ -354,8 +366,8 @@ static int read_sharded(const char *dir, const char *kind, const param_table *t,
         at = spans[k].hi;
     }
     if (!rc && at != end) {
-        snprintf(err, errlen, "'%s': the %d shards do not hold %s elements %zu..%zu (of '%s')", dir, world, kind, at, end,
-                 entry_name(t, at));
+        snprintf(err, errlen, "'%s': the %d shards do not hold %s elements %zu..%zu (of '%s')", dir, world, kind, at,
+                 end, entry_name(t, at));
         rc = -1;
     }
     free(tmp);
@@ -370,7 +382,7 @@ int ckpt_read_range(const char *top, const char *kind, const param_table *t, siz
         return -1;
     }
     char dir[4096];
-    ckpt_kind_dir(top, kind, dir, sizeof dir); /* an Automodel step folder keeps them in model/ and optim/ */
+    ckpt_kind_dir(top, kind, dir, sizeof dir);       /* an Automodel step folder keeps them in model/ and optim/ */
     int sharded = ckpt_is_sharded(top, err, errlen); /* the model's form is the optimizer's */
     if (sharded < 0) return -1;
     return sharded ? read_sharded(dir, kind, t, begin, end, out, err, errlen)
@@ -383,8 +395,10 @@ int ckpt_train_state_parse(const char *text, const char *name, long *iteration, 
     json_t *st = json_loads(text, 0, &je);
     json_int_t it = 0, cs = 0, sd = 0;
     json_t *ls = NULL;
-    if (!st || json_unpack(st, "{s:I, s:I, s:I, s:o}", "iteration", &it, "consumed_samples", &cs, "seed", &sd,
-                           "data_loader", &ls) != 0 || it < 0 || cs < 0 || it > (json_int_t)1 << 40) {
+    if (!st ||
+        json_unpack(st, "{s:I, s:I, s:I, s:o}", "iteration", &it, "consumed_samples", &cs, "seed", &sd, "data_loader",
+                    &ls) != 0 ||
+        it < 0 || cs < 0 || it > (json_int_t)1 << 40) {
         snprintf(err, errlen,
                  "'%s': expected {\"iteration\", \"consumed_samples\" (non-negative integers), \"seed\", "
                  "\"data_loader\"}%s%s",

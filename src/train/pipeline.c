@@ -13,7 +13,7 @@
 typedef struct {
     pp_stage *ps;
     void *model;
-    int v, gc;      /* this chunk of the stage, its place among the P V chunks of the pipeline */
+    int v, gc; /* this chunk of the stage, its place among the P V chunks of the pipeline */
     int lo, hi;
     int seg0;
     int n_arenas, arena0; /* its arenas, numbered from arena0 among the stage's */
@@ -73,7 +73,9 @@ int pp_check_micro(int P, int V, int m, char *err, size_t errlen) {
     return 0;
 }
 
-double pp_bubble(int P, int m, int V) { return (double)(P - 1) / ((double)V * m + P - 1); }
+double pp_bubble(int P, int m, int V) {
+    return (double)(P - 1) / ((double)V * m + P - 1);
+}
 
 /* ---- the schedule ------------------------------------------------------------------------------------------- */
 
@@ -94,7 +96,8 @@ static pp_op virtual_op(int P, int V, int i, int bwd) {
  * forward and one backward at a time, then the remaining backwards. */
 static int schedule(int P, int s, int V, int m, pp_op *ops) {
     int n = 0, total = m * V, w;
-    if (V == 1) w = P - s - 1 < m ? P - s - 1 : m;
+    if (V == 1)
+        w = P - s - 1 < m ? P - s - 1 : m;
     else {
         w = m == P ? total : (P - s - 1) * 2 + (V - 1) * P;
         if (w > total) w = total;
@@ -225,7 +228,9 @@ void pp_stage_free(pp_stage *ps) {
     free(ps);
 }
 
-const param_table *pp_stage_table(const pp_stage *ps) { return &ps->table; }
+const param_table *pp_stage_table(const pp_stage *ps) {
+    return &ps->table;
+}
 
 /* The head chunk's output gradient buffer for micro-batch k (n floats at most). */
 static float *dout_of(pp_stage *ps, int k, size_t n) {
@@ -242,7 +247,7 @@ typedef struct {
     void *ctx;
     void (*use_arena)(void *ctx, void *model, int a);
     void (*tensors)(void *ctx, void *model, int k, stage_dir dir, stage_tensors *io);
-    void (*forward)(void *ctx, void *model, int k);  /* the head chunk: with the loss, and dout for the backward */
+    void (*forward)(void *ctx, void *model, int k); /* the head chunk: with the loss, and dout for the backward */
     void (*backward)(void *ctx, void *model, int k);
 } pp_ops;
 
@@ -262,16 +267,17 @@ static void recv_all(stage_tensors *io, int peer, int k, int grad, int boundary)
 }
 
 static void send_all(pp_stage *ps, int a, stage_tensors *io, int peer, int k, int grad, int boundary) {
-    const char *what = grad ? "sending gradients to the previous pipeline stage"
-                            : "sending activations to the next pipeline stage";
+    const char *what =
+        grad ? "sending gradients to the previous pipeline stage" : "sending activations to the next pipeline stage";
     for (int i = 0; i < io->n; i++) {
         int tag = tag_of(k, grad, boundary, i);
-        if (ps->V > 1) { /* from a copy: the arena may be reused before the peer has taken it */
+        if (ps->V > 1) {                       /* from a copy: the arena may be reused before the peer has taken it */
             for (int c = 0; c < ps->n_copies;) /* finished ones go */
                 if (dist_test(ps->copies[c].r)) {
                     dist_wait(ps->copies[c].r), free(ps->copies[c].buf);
                     ps->copies[c] = ps->copies[--ps->n_copies];
-                } else c++;
+                } else
+                    c++;
             if (ps->n_copies == ps->cap_copies) {
                 ps->cap_copies = 2 * ps->cap_copies + 8;
                 ps->copies = xrealloc(ps->copies, sizeof *ps->copies * (size_t)ps->cap_copies);
@@ -329,8 +335,10 @@ static void run_schedule(pp_stage *ps, dp_engine *e, const pp_ops *o, int m) {
     pp_op *ops = xcalloc((size_t)(2 * m * ps->V), sizeof *ops);
     int n = schedule(ps->P, ps->s, ps->V, m, ops), backwards = 0;
     for (int i = 0; i < n; i++)
-        if (ops[i].bwd) run_backward(ps, e, o, ops[i].v, ops[i].k, ++backwards == m * ps->V);
-        else run_forward(ps, o, ops[i].v, ops[i].k);
+        if (ops[i].bwd)
+            run_backward(ps, e, o, ops[i].v, ops[i].k, ++backwards == m * ps->V);
+        else
+            run_forward(ps, o, ops[i].v, ops[i].k);
     free(ops);
     wait_all_sends(ps);
 }

@@ -85,8 +85,10 @@ void config_to_wan(const cfg *c, wan_config *w) {
 
 void config_to_objective(const cfg *c, objective_config *o) {
     const char *kind = cfg_str(c, "diffusion.objective");
-    if (!strcmp(kind, "edm")) objective_defaults_edm(o);
-    else objective_defaults_flow(o, 0);
+    if (!strcmp(kind, "edm"))
+        objective_defaults_edm(o);
+    else
+        objective_defaults_flow(o, 0);
     if (!timestep_sampling_parse(cfg_str(c, "diffusion.timestep_sampling"), &o->sampling))
         dfm_die("diffusion.timestep_sampling: unknown value '%s'", cfg_str(c, "diffusion.timestep_sampling"));
     o->logit_mean = (float)cfg_float(c, "diffusion.logit_mean");
@@ -104,7 +106,8 @@ void config_to_objective(const cfg *c, objective_config *o) {
     o->sigma_data = (float)cfg_float(c, "diffusion.edm_sigma_data");
     o->edm_sigma_min = (float)cfg_float(c, "diffusion.edm_sigma_min");
     o->edm_sigma_max = (float)cfg_float(c, "diffusion.edm_sigma_max");
-    if (!(o->flow_shift > 0)) dfm_die("diffusion.flow_shift must be > 0 (from %s)", cfg_source(c, "diffusion.flow_shift"));
+    if (!(o->flow_shift > 0))
+        dfm_die("diffusion.flow_shift must be > 0 (from %s)", cfg_source(c, "diffusion.flow_shift"));
     if (!(o->sigma_min >= 0 && o->sigma_min < o->sigma_max && o->sigma_max <= 1))
         dfm_die("diffusion.sigma_min/sigma_max must satisfy 0 <= min < max <= 1 (got %g, %g)", (double)o->sigma_min,
                 (double)o->sigma_max);
@@ -200,8 +203,10 @@ static int latest_pointer(const char *root, char **out, char *err, size_t errlen
         return -1;
     }
     char *dir = xmalloc(strlen(root) + strlen(name) + 2);
-    if (name[0] == '/') strcpy(dir, name);
-    else sprintf(dir, "%s/%s", root, name);
+    if (name[0] == '/')
+        strcpy(dir, name);
+    else
+        sprintf(dir, "%s/%s", root, name);
     if (stat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode)) {
         snprintf(err, errlen, "'%s' points to '%s', but '%s' does not exist (expected a step folder epoch_E_step_S/)",
                  p, name, dir);
@@ -263,18 +268,18 @@ char *checkpoint_resolve(const char *path, char *err, size_t errlen) {
 typedef struct {
     const cfg *c;
     dit_model model;
-    dp_engine *dp; /* data parallelism (one process: DP = 1, nothing sharded); holds the optimizer and EMA */
-    int sharded;   /* checkpoints as one shard per rank */
+    dp_engine *dp;  /* data parallelism (one process: DP = 1, nothing sharded); holds the optimizer and EMA */
+    int sharded;    /* checkpoints as one shard per rank */
     char token[32]; /* names this job's temporary checkpoint folders (the same on every rank) */
     dit_trainer tr;
-    int wan;              /* model.kind = wan: the fields below instead of model / tr / loader */
+    int wan; /* model.kind = wan: the fields below instead of model / tr / loader */
     wan_model wmodel;
     wan_trainer wtr;
     video_loader *vloader;
     const param_table *table; /* the model's parameter table, whichever it is */
     char *config_json;        /* the model config, stored with the weights under config_key */
     const char *config_key;
-    char *sample_meta;        /* Wan: the sample shape and text encoder, for dfm generate ("dfm_wan_sample") */
+    char *sample_meta; /* Wan: the sample shape and text encoder, for dfm generate ("dfm_wan_sample") */
     objective_config obj;
     float ema_decay;
     data_loader *loader;
@@ -284,14 +289,14 @@ typedef struct {
     char *class_names_meta; /* JSON list, or NULL */
     int lora_on;            /* peft: the engine, the optimizer and checkpoints hold the adapters (j.lora) */
     lora_model lora;
-    char *lora_meta;        /* "dfm_lora": rank, alpha, modules and the base weights' path */
-    int automodel;          /* checkpoint.layout: automodel */
-    int consolidated;       /* checkpoint.consolidated: 0 none, 1 final, 2 every */
+    char *lora_meta;  /* "dfm_lora": rank, alpha, modules and the base weights' path */
+    int automodel;    /* checkpoint.layout: automodel */
+    int consolidated; /* checkpoint.consolidated: 0 none, 1 final, 2 every */
     long train_iters;
-    char saved[64];         /* the name of the last checkpoint folder written */
-    pp_stage *pp;           /* pipeline parallelism (model.pipeline_model_parallel_size > 1): this rank's stage */
-    int vpp;                /* model chunks per stage (model.virtual_pipeline_model_parallel_size; 1: plain) */
-    dit_model *xdit;        /* the interleaved schedule: this stage's chunks 1..vpp-1 (chunk 0 is model / wmodel) */
+    char saved[64];  /* the name of the last checkpoint folder written */
+    pp_stage *pp;    /* pipeline parallelism (model.pipeline_model_parallel_size > 1): this rank's stage */
+    int vpp;         /* model chunks per stage (model.virtual_pipeline_model_parallel_size; 1: plain) */
+    dit_model *xdit; /* the interleaved schedule: this stage's chunks 1..vpp-1 (chunk 0 is model / wmodel) */
     wan_model *xwan;
 } job;
 
@@ -303,8 +308,10 @@ static void save_weights(job *j, const float *buf, const char *path, const char 
         int n = 4;
         for (int i = 0; meta && meta[i] && n < 14; i += 2) m[n++] = meta[i], m[n++] = meta[i + 1];
         param_table_save(j->table, buf, "", path, m);
-    } else if (j->wan) wan_save_weights(&j->wmodel, buf, path, meta);
-    else dit_save_weights(&j->model, buf, path, meta);
+    } else if (j->wan)
+        wan_save_weights(&j->wmodel, buf, path, meta);
+    else
+        dit_save_weights(&j->model, buf, path, meta);
 }
 
 /* The weights, EMA and Adam moments: one shard per rank (sharded strategies), or consolidated files from rank 0.
@@ -315,11 +322,13 @@ static void write_state_tensors(job *j, const char *mdir, const char *odir) {
     char step[32];
     snprintf(step, sizeof step, "%ld", dp_optimizer_step(j->dp));
     if (j->sharded) { /* every rank writes its own range of parameters, EMA and moments */
-        const char *smeta[] = {j->config_key, j->config_json, "dfm_objective", j->objective_meta, "step", step,
-                               "dfm_lora", j->lora_meta, "dfm_class_names", j->class_names_meta,
-                               "dfm_wan_sample", j->sample_meta, NULL};
-        if (!strcmp(mdir, odir)) dp_save_shard(j->dp, mdir, smeta);
-        else dp_save_shard_split(j->dp, mdir, odir, smeta);
+        const char *smeta[] = {
+            j->config_key, j->config_json,    "dfm_objective",     j->objective_meta, "step",         step, "dfm_lora",
+            j->lora_meta,  "dfm_class_names", j->class_names_meta, "dfm_wan_sample",  j->sample_meta, NULL};
+        if (!strcmp(mdir, odir))
+            dp_save_shard(j->dp, mdir, smeta);
+        else
+            dp_save_shard_split(j->dp, mdir, odir, smeta);
     } else if (lead) {
         /* optional entries only when present: the list ends at the first NULL key */
         const char *meta[8] = {"dfm_objective", j->objective_meta};
@@ -349,8 +358,10 @@ static void write_state_tensors(job *j, const char *mdir, const char *odir) {
         float *ad = j->lora.params;
         if (!ad) dp_gather_full(j->dp, 0, ad = xalloc_floats(j->table->total));
         char perr[512];
-        if (!strcmp(mdir, odir)) snprintf(path, sizeof path, "%s/adapter", mdir);
-        else snprintf(path, sizeof path, "%s", mdir);
+        if (!strcmp(mdir, odir))
+            snprintf(path, sizeof path, "%s/adapter", mdir);
+        else
+            snprintf(path, sizeof path, "%s", mdir);
         if (lead && lora_save_peft(&j->lora, ad, path, cfg_str(j->c, "checkpoint.pretrained_checkpoint"), perr,
                                    sizeof perr) != 0)
             dfm_die("saving the LoRA adapter: %s", perr);
@@ -449,7 +460,8 @@ static void save_checkpoint(job *j, const char *root) {
     struct dirent *e;
     while (d && (e = readdir(d))) {
         long it;
-        if (is_iter_name(e->d_name, &it) && n < 4096) iters[n++] = it;
+        if (is_iter_name(e->d_name, &it) && n < 4096)
+            iters[n++] = it;
         else if (!strncmp(e->d_name, "iter_", 5) && strstr(e->d_name, ".tmp.")) {
             snprintf(path, sizeof path, "%s/%s", root, e->d_name);
             rm_tree(path);
@@ -541,7 +553,7 @@ static void save_checkpoint_automodel(job *j, const char *root) {
      * condition dropout are drawn from (seed, step, sample index), so the seed and the step are the whole state */
     snprintf(path, sizeof path, "%s/dataloader/dataloader_dp_rank_%d.json", tmp, di->dp_rank);
     if (di->pp_rank == 0 && di->tp_rank == 0 && di->cp_rank == 0) /* the stages, TP and CP ranks of a DP rank share
-                                                                      * its loader */
+                                                                   * its loader */
         write_text_atomic(path, ls_text);
     free(ls_text);
     json_t *rng = json_pack("{s:s, s:I, s:I}", "generator", "philox4x32-10 keyed by (seed, step, sample index)", "seed",
@@ -615,7 +627,8 @@ static void save_checkpoint_automodel(job *j, const char *root) {
     struct dirent *e;
     while (d && (e = readdir(d))) {
         long ep, sp;
-        if (is_step_name(e->d_name, &ep, &sp) && n < 4096) steps[n] = sp, names[n++] = xstrdup(e->d_name);
+        if (is_step_name(e->d_name, &ep, &sp) && n < 4096)
+            steps[n] = sp, names[n++] = xstrdup(e->d_name);
         else if ((!strncmp(e->d_name, "epoch_", 6) || !strncmp(e->d_name, "LATEST.", 7)) &&
                  strstr(e->d_name, ".tmp.")) {
             snprintf(path, sizeof path, "%s/%s", root, e->d_name);
@@ -724,8 +737,10 @@ static void load_pretrained(job *j, const char *path) {
                     path, i, b ? b->name : "missing", a ? a->name : "missing");
         param_entry_take_slice(a, w + b->offset, dst + a->offset); /* a TP rank keeps its slice */
     }
-    if (j->wan) wan_free(&wm);
-    else dit_free(&dm);
+    if (j->wan)
+        wan_free(&wm);
+    else
+        dit_free(&dm);
     if (dist_get()->rank == 0) printf("initial weights from the diffusers folder %s\n", path);
 }
 
@@ -750,8 +765,10 @@ static void trim_metrics(const char *path, long iteration) {
     }
     free(line);
     fclose(f);
-    if (!out) out = xstrdup("");
-    else out[len] = 0;
+    if (!out)
+        out = xstrdup("");
+    else
+        out[len] = 0;
     write_text_atomic(path, out);
     free(out);
 }
@@ -773,13 +790,14 @@ static double validate(job *j, const image_dataset *ds, const int *val_idx, int 
     data_loader *vl = NULL;
     if (!ds) {
         char err[1024];
-        vl = loader_new_energon(energon_path, "val", j->tr.seed, mb, 0, dc->in_channels, dc->image_size,
-                                dc->image_size, dc->num_classes, err, sizeof err);
+        vl = loader_new_energon(energon_path, "val", j->tr.seed, mb, 0, dc->in_channels, dc->image_size, dc->image_size,
+                                dc->num_classes, err, sizeof err);
         if (!vl) return NAN;
     }
     double total = 0;
     for (int k = 0; k < iters; k++) {
-        if (vl) loader_next(vl, x, labels);
+        if (vl)
+            loader_next(vl, x, labels);
         else
             for (int b = 0; b < mb; b++) {
                 int i = val_idx[(k * mb + b) % n_val];
@@ -881,7 +899,8 @@ static double validate_wan(job *j, const video_dataset *vd, const int *val_idx, 
     }
     double total = 0;
     for (int k = 0; k < iters; k++) {
-        if (vl) video_loader_next(vl, lat, text, lens);
+        if (vl)
+            video_loader_next(vl, lat, text, lens);
         else
             for (int b = 0; b < mb; b++) {
                 int i = val_idx[(k * mb + b) % n_val];
@@ -889,8 +908,9 @@ static double validate_wan(job *j, const video_dataset *vd, const int *val_idx, 
                 memcpy(text + b * tl, vd->text + (size_t)i * tl, tl * sizeof(float));
                 lens[b] = vd->text_lens[i];
             }
-        total += j->pp ? pp_wan_loss(j->pp, tr, &o, tr->seed ^ 0x76616cull, lat, text, lens, mb, 0xFFFFFFFFu - (uint32_t)k)
-                       : wan_trainer_loss(tr, &o, tr->seed ^ 0x76616cull, lat, text, lens, mb, 0xFFFFFFFFu - (uint32_t)k, 0);
+        total +=
+            j->pp ? pp_wan_loss(j->pp, tr, &o, tr->seed ^ 0x76616cull, lat, text, lens, mb, 0xFFFFFFFFu - (uint32_t)k)
+                  : wan_trainer_loss(tr, &o, tr->seed ^ 0x76616cull, lat, text, lens, mb, 0xFFFFFFFFu - (uint32_t)k, 0);
     }
     video_loader_free(vl);
     return total / iters;
@@ -903,19 +923,26 @@ static double validate_wan(job *j, const video_dataset *vd, const int *val_idx, 
 static void setup_lora(job *j, dp_model *dm, uint64_t seed) {
     const cfg *c = j->c;
     int nt = cfg_len(c, "peft.target_modules"), ne = cfg_len(c, "peft.exclude_modules");
-    const char **targets = xcalloc((size_t)nt + 1, sizeof(char *)), **excludes = xcalloc((size_t)ne + 1, sizeof(char *));
+    const char **targets = xcalloc((size_t)nt + 1, sizeof(char *)),
+               **excludes = xcalloc((size_t)ne + 1, sizeof(char *));
     for (int i = 0; i < nt; i++) targets[i] = cfg_list_str(c, "peft.target_modules", i);
     for (int i = 0; i < ne; i++) excludes[i] = cfg_list_str(c, "peft.exclude_modules", i);
-    lora_spec spec = {int_key(c, "peft.dim", 1, 1 << 16), (float)cfg_float(c, "peft.alpha"),
-                      (float)cfg_float(c, "peft.dropout"), cfg_bool(c, "peft.use_rslora"), targets, nt, excludes, ne,
+    lora_spec spec = {int_key(c, "peft.dim", 1, 1 << 16),
+                      (float)cfg_float(c, "peft.alpha"),
+                      (float)cfg_float(c, "peft.dropout"),
+                      cfg_bool(c, "peft.use_rslora"),
+                      targets,
+                      nt,
+                      excludes,
+                      ne,
                       cfg_bool(c, "peft.match_all_linear")};
     char err[2048];
     const param_table *base = j->table;
     float *params = j->wan ? j->wmodel.params : j->model.params;
     if (lora_create(&j->lora, base, params, &spec, seed, err, sizeof err) != 0) dfm_die("%s", err);
     free(targets), free(excludes);
-    *dm = (dp_model){&j->lora.table, j->lora.nseg, j->lora.seg_begin, &j->lora.params, &j->lora.grads, &j->lora.hooks,
-                       NULL, 0};
+    *dm = (dp_model){
+        &j->lora.table, j->lora.nseg, j->lora.seg_begin, &j->lora.params, &j->lora.grads, &j->lora.hooks, NULL, 0};
     j->table = &j->lora.table;
     /* what reading the checkpoint back needs: the adapted modules and where the base weights are */
     const char *bp = cfg_str(c, "checkpoint.pretrained_checkpoint");
@@ -999,7 +1026,7 @@ static void validation_samples(job *j, const video_dataset *vd, const image_data
     float **items = xcalloc((size_t)k, sizeof(float *));
     int(*shape)[4] = xcalloc((size_t)k, sizeof *shape);
     st_writer *w = st_writer_new();
-    char (*names)[32] = xcalloc((size_t)k, sizeof *names);
+    char(*names)[32] = xcalloc((size_t)k, sizeof *names);
     for (int i = 0; i < k; i++) {
         uint64_t seed = sample_seed((uint64_t)cfg_int(j->c, "rng.seed") ^ 0x76616c73ull, (uint32_t)i);
         int idx = val_idx[i];
@@ -1045,9 +1072,12 @@ static void validation_samples(job *j, const video_dataset *vd, const image_data
 /* ---- the loop --------------------------------------------------------------------------------- */
 
 static void fmt_eta(char *buf, size_t n, double s) {
-    if (!(s >= 0) || s > 1e7) snprintf(buf, n, "?");
-    else if (s >= 3600) snprintf(buf, n, "%dh%02dm", (int)(s / 3600), (int)(s / 60) % 60);
-    else snprintf(buf, n, "%dm%02ds", (int)(s / 60), (int)s % 60);
+    if (!(s >= 0) || s > 1e7)
+        snprintf(buf, n, "?");
+    else if (s >= 3600)
+        snprintf(buf, n, "%dh%02dm", (int)(s / 3600), (int)(s / 60) % 60);
+    else
+        snprintf(buf, n, "%dm%02ds", (int)(s / 60), (int)s % 60);
 }
 
 /* Megatron's activation recomputation: which blocks, in checkpoints of how many, or only the core attention. */
@@ -1145,8 +1175,10 @@ int dfm_pretrain(const cfg *c) {
     j.wan = !strcmp(cfg_str(c, "model.kind"), "wan");
     dit_config dc;
     wan_config wc;
-    if (j.wan) config_to_wan(c, &wc);
-    else config_to_dit(c, &dc);
+    if (j.wan)
+        config_to_wan(c, &wc);
+    else
+        config_to_dit(c, &dc);
     recompute_plan recompute = recompute_blocks(c, j.wan ? wc.num_layers : dc.num_layers);
     if (di->tp > 1) { /* heads and FFN columns split over the TP group: sizes it does not divide are refused */
         if (!(j.wan ? wan_tp_check(&wc, di->tp, err, sizeof err) : dit_tp_check(&dc, di->tp, err, sizeof err)))
@@ -1200,8 +1232,7 @@ int dfm_pretrain(const cfg *c) {
     image_dataset ds = {0};
     video_dataset vd = {0};
     int *train_idx = NULL, *val_idx = NULL, n_train = 0, n_val = 0;
-    int video_type =
-        !strcmp(dtype, "video_clips") || !strcmp(dtype, "video_folder") || !strcmp(dtype, "video_meta");
+    int video_type = !strcmp(dtype, "video_clips") || !strcmp(dtype, "video_folder") || !strcmp(dtype, "video_meta");
     if (j.wan ? !video_type && strcmp(dtype, "energon") : video_type)
         dfm_die("dataset.type %s does not fit model.kind %s (Wan trains on video_clips, video_folder, video_meta or "
                 "energon; DiT on fashion_mnist, image_folder or energon)",
@@ -1215,16 +1246,17 @@ int dfm_pretrain(const cfg *c) {
         if (!j.vloader) dfm_die("dataset.path: %s", err);
         video_loader *probe = video_loader_new_energon(dpath, "val", seed, mbs, 0, chans, frames, size, size, text_len,
                                                        wc.text_dim, err, sizeof err);
-        if (probe) energon_val = dpath;
-        else dfm_warn("no validation split in '%s' (%s): validation loss is skipped", dpath, err);
+        if (probe)
+            energon_val = dpath;
+        else
+            dfm_warn("no validation split in '%s' (%s): validation loss is skipped", dpath, err);
         video_loader_free(probe);
     } else if (j.wan) {
         int rc = !strcmp(dtype, "video_clips")
-                     ? video_dataset_clips(&vd, dpath,
-                                           cfg_is_null(c, "dataset.max_samples")
-                                               ? 0
-                                               : int_key(c, "dataset.max_samples", 1, 1 << 24),
-                                           frames, size, text_len, wc.text_dim, seed, err, sizeof err)
+                     ? video_dataset_clips(
+                           &vd, dpath,
+                           cfg_is_null(c, "dataset.max_samples") ? 0 : int_key(c, "dataset.max_samples", 1, 1 << 24),
+                           frames, size, text_len, wc.text_dim, seed, err, sizeof err)
                  : !strcmp(dtype, "video_meta") ? video_dataset_meta(&vd, dpath, text_len, err, sizeof err)
                                                 : video_dataset_folder(&vd, dpath, text_len, err, sizeof err);
         if (rc != 0) dfm_die("dataset (%s, from %s): %s", dtype, cfg_source(c, "dataset.path"), err);
@@ -1242,10 +1274,11 @@ int dfm_pretrain(const cfg *c) {
             frames = vd.t, vh = vd.h, vw = vd.w;
         } else if (vd.c != chans || vd.t != frames || vd.h != size || vd.w != size || vd.text_dim != wc.text_dim ||
                    vd.text_len != text_len)
-            dfm_die("dataset '%s' holds latents [%d, %d, %d, %d] with text [%d, %d]; the model expects [%d, %d, %d, %d] "
-                    "(model.in_channels, num_frames, image_size x2) with text [%d, %d] (model.text_len, text_dim)",
-                    dpath, vd.c, vd.t, vd.h, vd.w, vd.text_len, vd.text_dim, chans, frames, size, size, text_len,
-                    wc.text_dim);
+            dfm_die(
+                "dataset '%s' holds latents [%d, %d, %d, %d] with text [%d, %d]; the model expects [%d, %d, %d, %d] "
+                "(model.in_channels, num_frames, image_size x2) with text [%d, %d] (model.text_len, text_dim)",
+                dpath, vd.c, vd.t, vd.h, vd.w, vd.text_len, vd.text_dim, chans, frames, size, size, text_len,
+                wc.text_dim);
         n_val = int_key(c, "dataset.val_samples", 0, vd.n - 1);
         split_indices(vd.n, n_val, seed, &train_idx, &n_train, &val_idx);
         if (bucketed) { /* one sampler slot per micro-batch of the global step: rank r reads slots r*acc.. */
@@ -1256,13 +1289,15 @@ int dfm_pretrain(const cfg *c) {
         } else
             j.vloader = video_loader_new(&vd, train_idx, n_train, seed, gbs, workers);
     } else if (!strcmp(dtype, "energon")) {
-        j.loader = loader_new_energon(dpath, "train", seed, gbs, workers, chans, size, size, dc.num_classes, err,
-                                      sizeof err);
+        j.loader =
+            loader_new_energon(dpath, "train", seed, gbs, workers, chans, size, size, dc.num_classes, err, sizeof err);
         if (!j.loader) dfm_die("dataset.path: %s", err);
-        data_loader *probe = loader_new_energon(dpath, "val", seed, mbs, 0, chans, size, size, dc.num_classes, err,
-                                                sizeof err);
-        if (probe) energon_val = dpath;
-        else dfm_warn("no validation split in '%s' (%s): validation loss is skipped", dpath, err);
+        data_loader *probe =
+            loader_new_energon(dpath, "val", seed, mbs, 0, chans, size, size, dc.num_classes, err, sizeof err);
+        if (probe)
+            energon_val = dpath;
+        else
+            dfm_warn("no validation split in '%s' (%s): validation loss is skipped", dpath, err);
         loader_free(probe);
     } else {
         if (image_dataset_load(&ds, dtype, dpath, 1, size, chans, workers, err, sizeof err) != 0)
@@ -1305,8 +1340,14 @@ int dfm_pretrain(const cfg *c) {
                         err);
         }
         wan_init(&j.wmodel, seed);
-        dm = (dp_model){&j.wmodel.table, j.wmodel.nseg, j.wmodel.seg_begin, &j.wmodel.params, &j.wmodel.grads,
-                        &j.wmodel.hooks, NULL, 0};
+        dm = (dp_model){&j.wmodel.table,
+                        j.wmodel.nseg,
+                        j.wmodel.seg_begin,
+                        &j.wmodel.params,
+                        &j.wmodel.grads,
+                        &j.wmodel.hooks,
+                        NULL,
+                        0};
         j.config_json = wan_config_to_json(&j.wmodel.cfg);
         j.config_key = "dfm_wan_config";
         /* what generation needs besides the model: the clip shape, and how captions became embeddings */
@@ -1328,20 +1369,21 @@ int dfm_pretrain(const cfg *c) {
             json_object_set_new(sm, "buckets", all);
         }
         if (!strcmp(dtype, "video_clips"))
-            json_object_set_new(sm, "text_encoder", json_pack("{s:s, s:I}", "kind", "stand_in", "seed", (json_int_t)seed));
+            json_object_set_new(sm, "text_encoder",
+                                json_pack("{s:s, s:I}", "kind", "stand_in", "seed", (json_int_t)seed));
         j.sample_meta = json_dumps(sm, JSON_COMPACT | JSON_PRESERVE_ORDER);
         json_decref(sm);
     } else {
         dit_create_tp(&j.model, &dc, mbs, di->tp, di->tp_rank);
         if (di->cp > 1) dit_set_context_parallel(&j.model, di->cp, di->cp_rank, cp_comm);
-        if (dit_set_recompute_mode(&j.model, recompute.blocks, recompute.chunk, recompute.selective, err,
-                                   sizeof err) != 0)
+        if (dit_set_recompute_mode(&j.model, recompute.blocks, recompute.chunk, recompute.selective, err, sizeof err) !=
+            0)
             dfm_die("DiT: %s", err);
         if (dit_set_sequence_parallel(&j.model, seqpar, err, sizeof err) != 0)
             dfm_die("%s (from %s)", err, cfg_source(c, "model.sequence_parallel"));
         dit_init(&j.model, seed);
-        dm = (dp_model){&j.model.table, j.model.nseg, j.model.seg_begin, &j.model.params, &j.model.grads,
-                        &j.model.hooks, NULL, 0};
+        dm = (dp_model){
+            &j.model.table, j.model.nseg, j.model.seg_begin, &j.model.params, &j.model.grads, &j.model.hooks, NULL, 0};
         j.config_json = dit_config_to_json(&j.model.cfg);
         j.config_key = "dfm_dit_config";
     }
@@ -1379,12 +1421,14 @@ int dfm_pretrain(const cfg *c) {
     }
     if (j.lora_on) setup_lora(&j, &dm, seed);
     int n_micro = n_local / mbs, pp_b0 = 0, pp_b1 = 0, pp_arenas = 1;
-    if (di->pp > 1) { /* this rank's stage: its blocks, its part of the parameters, an arena per micro-batch in flight */
-        const char *why = j.lora_on ? "peft (LoRA)"
-                          : j.consolidated ? "checkpoint.consolidated"
+    if (di->pp >
+        1) { /* this rank's stage: its blocks, its part of the parameters, an arena per micro-batch in flight */
+        const char *why = j.lora_on                              ? "peft (LoRA)"
+                          : j.consolidated                       ? "checkpoint.consolidated"
                           : cfg_int(c, "train.eval_samples") > 0 ? "train.eval_samples"
-                          : bucketed && cfg_int(c, "train.eval_iters") > 0 ? "validation over resolution buckets (train.eval_iters)"
-                                                                           : NULL;
+                          : bucketed && cfg_int(c, "train.eval_iters") > 0
+                              ? "validation over resolution buckets (train.eval_iters)"
+                              : NULL;
         if (why)
             dfm_die("%s is not built with pipeline parallelism (model.pipeline_model_parallel_size = %d) yet", why,
                     di->pp);
@@ -1392,8 +1436,10 @@ int dfm_pretrain(const cfg *c) {
         if (pp_check_micro(di->pp, vpp, n_micro, err, sizeof err) != 0) dfm_die("%s", err);
         j.vpp = vpp;
         if (vpp > 1) { /* the chunks after the first: models of their own, with chunk 0's initial weights */
-            if (j.wan) j.xwan = xcalloc((size_t)vpp - 1, sizeof *j.xwan);
-            else j.xdit = xcalloc((size_t)vpp - 1, sizeof *j.xdit);
+            if (j.wan)
+                j.xwan = xcalloc((size_t)vpp - 1, sizeof *j.xwan);
+            else
+                j.xdit = xcalloc((size_t)vpp - 1, sizeof *j.xdit);
         }
         pp_chunk_model cm[PP_MAX_CHUNKS];
         pp_arenas = 0;
@@ -1444,21 +1490,22 @@ int dfm_pretrain(const cfg *c) {
     oc.clip_grad = (float)cfg_float(c, "optimizer.clip_grad");
     /* the engine counts backwards: one per micro-batch and model chunk (the interleaved pipeline: V per micro-batch) */
     j.dp = dp_engine_new(dm, strategy, &oc, n_local / mbs * (j.vpp > 1 ? j.vpp : 1),
-                         cfg_bool(c, "ddp.overlap_grad_reduce"),
-                         cfg_bool(c, "ddp.overlap_param_gather"));
+                         cfg_bool(c, "ddp.overlap_grad_reduce"), cfg_bool(c, "ddp.overlap_param_gather"));
     /* under pipeline parallelism every stage, under tensor parallelism every TP rank writes its own part */
     j.sharded = strategy != DP_NO_SHARD || di->pp > 1 || di->tp > 1;
     long token = (long)getpid();
     dist_bcast_world_bytes(&token, sizeof token, "broadcast of the job token"); /* every rank writes there */
     snprintf(j.token, sizeof j.token, "%ld", token);
-    if (j.wan) wan_trainer_init(&j.wtr, &j.wmodel, &j.obj, seed, frames, vh, vw, text_len);
-    else dit_trainer_init(&j.tr, &j.model, dp_optimizer(j.dp), &j.obj, seed);
+    if (j.wan)
+        wan_trainer_init(&j.wtr, &j.wmodel, &j.obj, seed, frames, vh, vw, text_len);
+    else
+        dit_trainer_init(&j.tr, &j.model, dp_optimizer(j.dp), &j.obj, seed);
     if (j.lora_on) j.wtr.lora = j.tr.lora = &j.lora;
     const char *style_s = cfg_str(c, "scheduler.lr_decay_style");
     lr_style style = !strcmp(style_s, "cosine") ? LR_COSINE : !strcmp(style_s, "linear") ? LR_LINEAR : LR_CONSTANT;
     long warmup = int_key(c, "scheduler.lr_warmup_iters", 0, 1L << 30);
-    long decay_iters = cfg_is_null(c, "scheduler.lr_decay_iters") ? train_iters
-                                                                  : int_key(c, "scheduler.lr_decay_iters", 0, 1L << 30);
+    long decay_iters =
+        cfg_is_null(c, "scheduler.lr_decay_iters") ? train_iters : int_key(c, "scheduler.lr_decay_iters", 0, 1L << 30);
     double min_lr = cfg_float(c, "optimizer.min_lr");
 
     if (!cfg_is_null(c, "checkpoint.load")) load_checkpoint(&j, cfg_str(c, "checkpoint.load"));
@@ -1473,8 +1520,10 @@ int dfm_pretrain(const cfg *c) {
     if (lead) {
         xmkdir_p(outdir);
         cfg_write_yaml(c, runcfg);
-        if (j.iteration > 0) trim_metrics(metrics, j.iteration);
-        else unlink(metrics);
+        if (j.iteration > 0)
+            trim_metrics(metrics, j.iteration);
+        else
+            unlink(metrics);
         mf = xfopen(metrics, "a");
     }
 
@@ -1502,7 +1551,7 @@ int dfm_pretrain(const cfg *c) {
     size_t text_per = j.wan ? (size_t)text_len * wc.text_dim : 0;
     float *x = xalloc_floats((size_t)n_local * per);
     float *text = j.wan ? xalloc_floats((size_t)n_local * text_per) : NULL;
-    int *labels = xcalloc((size_t)n_local, sizeof(int)); /* Wan: the text lengths */
+    int *labels = xcalloc((size_t)n_local, sizeof(int));    /* Wan: the text lengths */
     wan_micro *micro = xcalloc((size_t)acc, sizeof *micro); /* bucketed steps: this rank's micro-batches */
     size_t pbytes, gbytes, obytes;
     dp_memory(j.dp, &pbytes, &gbytes, &obytes);
@@ -1521,12 +1570,12 @@ int dfm_pretrain(const cfg *c) {
                    "%d), %zu parameters, %s objective\n",
                    cfg_recipe_of(c), wc.num_layers, wc.num_heads * wc.head_dim, wc.num_heads, chans, frames, vh, vw,
                    (frames / wc.patch_t) * (vh / wc.patch_h) * (vw / wc.patch_w), text_len, wc.text_dim,
-                   param_table_global_total(j.table),
-                   j.obj.kind == OBJ_EDM ? "EDM" : "flow-matching");
+                   param_table_global_total(j.table), j.obj.kind == OBJ_EDM ? "EDM" : "flow-matching");
         else
-            printf("dfm pretrain: recipe %s, DiT %d x %d (%d heads, patch %d, %d tokens), %zu parameters, %s objective\n",
-                   cfg_recipe_of(c), dc.num_layers, dc.hidden_size, dc.num_heads, dc.patch_size, j.model.T_full,
-                   param_table_global_total(&j.model.table), j.obj.kind == OBJ_EDM ? "EDM" : "flow-matching");
+            printf(
+                "dfm pretrain: recipe %s, DiT %d x %d (%d heads, patch %d, %d tokens), %zu parameters, %s objective\n",
+                cfg_recipe_of(c), dc.num_layers, dc.hidden_size, dc.num_heads, dc.patch_size, j.model.T_full,
+                param_table_global_total(&j.model.table), j.obj.kind == OBJ_EDM ? "EDM" : "flow-matching");
         if (ds.pixels || vd.latents)
             printf("  data %s (%s): %d training / %d validation samples; batch %d (micro %d); %ld steps; %d threads\n",
                    dtype, dpath, n_train, n_val, gbs, mbs, train_iters, nth);
@@ -1564,8 +1613,7 @@ int dfm_pretrain(const cfg *c) {
         const char *sp_note = seqpar ? " (sequence parallel: 1/TP of the tokens outside attention and the MLP)" : "";
         printf("  memory per rank: parameters %.1f MB, gradients %.1f MB, optimizer state + EMA %.1f MB, "
                "activations %.1f MB%s%s\n",
-               pbytes / 1e6, gbytes / 1e6, obytes / 1e6,
-               act_bytes / 1e6, rc_note, sp_note);
+               pbytes / 1e6, gbytes / 1e6, obytes / 1e6, act_bytes / 1e6, rc_note, sp_note);
         if (di->pp > 1 && vpp == 1)
             printf("  pipeline: %d stages of %d blocks (stage 0 + embedders, stage %d + head and loss), 1F1B over %d "
                    "micro-batches, bubble (P-1)/(m+P-1) = %.3f; rank 0 keeps %d activation arena%s (one per "
@@ -1637,8 +1685,13 @@ int dfm_pretrain(const cfg *c) {
             if (j.pp) { /* this rank's micro-batches through the pipeline */
                 size_t lat_n = (size_t)chans * frames * vh * vw;
                 for (int k = 0; k < acc; k++)
-                    micro[k] = (wan_micro){x + (size_t)k * mbs * lat_n,  text + (size_t)k * mbs * text_per,
-                                           labels + (size_t)k * mbs, mbs, frames, vh, vw,
+                    micro[k] = (wan_micro){x + (size_t)k * mbs * lat_n,
+                                           text + (size_t)k * mbs * text_per,
+                                           labels + (size_t)k * mbs,
+                                           mbs,
+                                           frames,
+                                           vh,
+                                           vw,
                                            first + (uint32_t)(k * mbs)};
                 r = pp_wan_step(j.pp, &j.wtr, j.dp, micro, acc, gbs, (uint32_t)it, (float)lr);
             } else
@@ -1660,7 +1713,8 @@ int dfm_pretrain(const cfg *c) {
                 snprintf(what, sizeof what, "the loss (%g)", r.loss);
             if (skip_nan) {
                 skipped++;
-                if (lead) dfm_warn("step %ld: %s is not finite: update skipped (train.on_nan: skip_step)", it + 1, what);
+                if (lead)
+                    dfm_warn("step %ld: %s is not finite: update skipped (train.on_nan: skip_step)", it + 1, what);
             } else
                 dfm_die("step %ld: %s is not finite (train.on_nan: stop; skip_step would skip the update): lower "
                         "optimizer.lr or check the data",
@@ -1669,8 +1723,8 @@ int dfm_pretrain(const cfg *c) {
             dp_ema_update(j.dp, j.ema_decay);
             /* a loss far above its recent level is worth a look, not a stop */
             if (spike_factor > 0 && loss_mean > 0 && r.loss > spike_factor * loss_mean && lead)
-                dfm_warn("step %ld: loss %.4g is %.1f x the recent mean %.4g (train.loss_spike_factor %g)", it + 1, r.loss,
-                         r.loss / loss_mean, loss_mean, spike_factor);
+                dfm_warn("step %ld: loss %.4g is %.1f x the recent mean %.4g (train.loss_spike_factor %g)", it + 1,
+                         r.loss, r.loss / loss_mean, loss_mean, spike_factor);
             loss_mean = loss_mean > 0 ? 0.9 * loss_mean + 0.1 * r.loss : r.loss;
         }
         j.iteration++;
@@ -1705,13 +1759,15 @@ int dfm_pretrain(const cfg *c) {
                 char eta[32];
                 fmt_eta(eta, sizeof eta, (double)(train_iters - j.iteration) * dt / steps_window);
                 if (tty)
-                    printf("\r\033[K  step %ld/%ld | loss %.4f | lr %.2e | grad norm %.3f | %.1f samples/s | %.3f TFLOP/s%s "
+                    printf("\r\033[K  step %ld/%ld | loss %.4f | lr %.2e | grad norm %.3f | %.1f samples/s | %.3f "
+                           "TFLOP/s%s "
                            "| data wait %.1f%% | ETA %s",
                            j.iteration, train_iters, r.loss, lr, r.grad_norm, sps, tflops, mfu_s, 100 * wait_frac, eta);
                 else
-                    printf("  step %ld/%ld loss %.4f lr %.3e grad_norm %.4f samples/s %.1f tflops %.4f%s data_wait %.1f%% "
-                           "eta %s\n",
-                           j.iteration, train_iters, r.loss, lr, r.grad_norm, sps, tflops, mfu_s, 100 * wait_frac, eta);
+                    printf(
+                        "  step %ld/%ld loss %.4f lr %.3e grad_norm %.4f samples/s %.1f tflops %.4f%s data_wait %.1f%% "
+                        "eta %s\n",
+                        j.iteration, train_iters, r.loss, lr, r.grad_norm, sps, tflops, mfu_s, 100 * wait_frac, eta);
                 fflush(stdout);
                 if (plot_loss_curve(metrics, curve, err, sizeof err) != 0) dfm_warn("loss curve: %s", err);
             }
@@ -1732,8 +1788,10 @@ int dfm_pretrain(const cfg *c) {
                                    eval_sample_steps, outdir);
         }
         if (save && (j.iteration % save_interval == 0 || j.iteration == train_iters)) {
-            if (j.automodel) save_checkpoint_automodel(&j, save);
-            else save_checkpoint(&j, save);
+            if (j.automodel)
+                save_checkpoint_automodel(&j, save);
+            else
+                save_checkpoint(&j, save);
             if (tty) printf("\n");
             if (lead) printf("  saved checkpoint %s/%s\n", save, j.saved);
         }

@@ -19,7 +19,7 @@ static void read_range(const char *dir, size_t begin, size_t end) {
         for (size_t i = 0; i < end - begin; i++)
             if (out[i] == -12345.0f) {
                 fprintf(stderr, "ckpt_read_range succeeded but left element %zu of [%zu, %zu) unwritten\n", begin + i,
-                            begin, end);
+                        begin, end);
                 abort();
             }
     } else {

@@ -13,7 +13,9 @@
 
 static char ds[512];
 
-static void write_text(const char *name, const char *text) { fuzz_write(name, text, strlen(text)); }
+static void write_text(const char *name, const char *text) {
+    fuzz_write(name, text, strlen(text));
+}
 
 static const char *split_yaml = "split_parts:\n  train:\n  - shards/data_{0..0}.tar\n  val: []\nexclude: []\n";
 static const char *info_json = "{\"energon_version\": \"7.0.0\", \"shard_counts\": {\"shards/data_0.tar\": 3}}";
