@@ -31,6 +31,10 @@ const char *cp_comm_type_name(cp_comm_type t);
 /* Tokens per chunk for T tokens over C ranks (ceil), and the real (unpadded) tokens of chunk r. */
 int cp_chunk_len(int T, int C);
 int cp_chunk_valid(int T, int C, int r);
+/* This rank's n token rows [B, n, w] (global tokens tok0 .. tok0 + n - 1) taken from / put into the whole samples'
+ * [B, n_full, w]: rows past n_full (padding) read as zero; put zeroes `full` first and writes the real rows only. */
+void cp_take_rows(float *local, const float *full, int B, int n, int tok0, int n_full, int w);
+void cp_put_rows(float *full, const float *local, int B, int n, int tok0, int n_full, int w);
 /* 1 if the layout can run: under a2a C must divide the heads each rank holds; else 0 with err naming both. */
 int cp_check(int heads, int cp, cp_comm_type t, char *err, size_t errlen);
 

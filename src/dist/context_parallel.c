@@ -336,3 +336,23 @@ void cp_attention_backward(cp_comm_type t, float *dq, float *dk, float *dv, floa
         ring_backward(dq, dk, dv, ws, dout, out, lse, q, k, v, B, n, t_valid, H, D, q_stride, kv_stride, out_stride,
                       scale);
 }
+
+void cp_take_rows(float *local, const float *full, int B, int n, int tok0, int n_full, int w) {
+    for (int b = 0; b < B; b++)
+        for (int i = 0; i < n; i++) {
+            int gi = tok0 + i;
+            float *dst = local + ((size_t)b * n + i) * w;
+            if (gi < n_full)
+                memcpy(dst, full + ((size_t)b * n_full + gi) * w, sizeof(float) * (size_t)w);
+            else
+                memset(dst, 0, sizeof(float) * (size_t)w);
+        }
+}
+
+void cp_put_rows(float *full, const float *local, int B, int n, int tok0, int n_full, int w) {
+    memset(full, 0, sizeof(float) * (size_t)B * n_full * w);
+    for (int b = 0; b < B; b++)
+        for (int i = 0; i < n && tok0 + i < n_full; i++)
+            memcpy(full + ((size_t)b * n_full + tok0 + i) * w, local + ((size_t)b * n + i) * w,
+                   sizeof(float) * (size_t)w);
+}

@@ -539,28 +539,6 @@ void dit_cp_owned(const dit_model *m, unsigned char *mask, int channels) {
         }
 }
 
-/* Context parallelism: this rank's token rows [B, T, w] from / into the whole sample's [B, T_full, w] (padding rows
- * read as zero; only real rows written back). */
-static void cp_take_rows(const dit_model *m, float *local, const float *full, int B, int w) {
-    for (int b = 0; b < B; b++)
-        for (int i = 0; i < m->T; i++) {
-            int gi = m->tok0 + i;
-            float *dst = local + ((size_t)b * m->T + i) * w;
-            if (gi < m->T_full)
-                memcpy(dst, full + ((size_t)b * m->T_full + gi) * w, sizeof(float) * (size_t)w);
-            else
-                memset(dst, 0, sizeof(float) * (size_t)w);
-        }
-}
-
-static void cp_put_rows(const dit_model *m, float *full, const float *local, int B, int w) {
-    memset(full, 0, sizeof(float) * (size_t)B * m->T_full * w);
-    for (int b = 0; b < B; b++)
-        for (int i = 0; i < m->T && m->tok0 + i < m->T_full; i++)
-            memcpy(full + ((size_t)b * m->T_full + m->tok0 + i) * w, local + ((size_t)b * m->T + i) * w,
-                   sizeof(float) * (size_t)w);
-}
-
 static void acts_free(dit_acts *a) {
     if (!a) return;
     float ***lists[] = PER_BLOCK_LISTS(a);
@@ -787,7 +765,7 @@ void dit_forward(dit_model *m, float *out, const float *x, const float *t, const
             patchify_forward(a->patches, x, B, c->in_channels, c->image_size, c->image_size, c->patch_size);
         else { /* the whole image's patches, then this rank's tokens */
             patchify_forward(m->cp_full, x, B, c->in_channels, c->image_size, c->image_size, c->patch_size);
-            cp_take_rows(m, a->patches, m->cp_full, B, m->patch_dim);
+            cp_take_rows(a->patches, m->cp_full, B, m->T, m->tok0, m->T_full, m->patch_dim);
         }
         /* on the whole sequence; under sequence parallelism each rank keeps its tokens */
         float *x0 = m->sp ? a->xg : a->x[0];
@@ -824,7 +802,7 @@ void dit_forward(dit_model *m, float *out, const float *x, const float *t, const
     matmul_forward(a->out_tok, a->xmf, p->po2_w, p->po2_b, BT, m->out_dim, d);
     const float *tok = a->out_tok;
     if (m->cp > 1) { /* this rank's tokens in place, zero elsewhere */
-        cp_put_rows(m, m->cp_full, a->out_tok, B, m->out_dim);
+        cp_put_rows(m->cp_full, a->out_tok, B, m->T, m->tok0, m->T_full, m->out_dim);
         tok = m->cp_full;
     }
     unpatchify_forward(out, tok, B, c->out_channels, c->image_size, c->image_size, c->patch_size);
@@ -857,7 +835,7 @@ void dit_backward(dit_model *m, const float *dout, int B) {
         else {
             memset(m->cp_full, 0, sizeof(float) * (size_t)B * m->T_full * m->out_dim);
             unpatchify_backward(m->cp_full, dout, B, c->out_channels, c->image_size, c->image_size, c->patch_size);
-            cp_take_rows(m, a->dtok, m->cp_full, B, m->out_dim);
+            cp_take_rows(a->dtok, m->cp_full, B, m->T, m->tok0, m->T_full, m->out_dim);
         }
         float *dxm = a->dT_a, *dln = a->dT_b;
         zero(dxm, nT);

@@ -631,28 +631,6 @@ void wan_cp_owned(const wan_model *m, unsigned char *mask, int channels) {
             }
 }
 
-/* Context parallelism: this rank's token rows [B, N, w] from / into the whole sample's [B, N_full, w] (padding rows
- * read as zero; only real rows written back). */
-static void cp_take_rows(const wan_acts *a, float *local, const float *full, int B, int w) {
-    for (int b = 0; b < B; b++)
-        for (int i = 0; i < a->N; i++) {
-            int gi = a->tok0 + i;
-            float *dst = local + ((size_t)b * a->N + i) * w;
-            if (gi < a->N_full)
-                memcpy(dst, full + ((size_t)b * a->N_full + gi) * w, sizeof(float) * (size_t)w);
-            else
-                memset(dst, 0, sizeof(float) * (size_t)w);
-        }
-}
-
-static void cp_put_rows(const wan_acts *a, float *full, const float *local, int B, int w) {
-    memset(full, 0, sizeof(float) * (size_t)B * a->N_full * w);
-    for (int b = 0; b < B; b++)
-        for (int i = 0; i < a->N && a->tok0 + i < a->N_full; i++)
-            memcpy(full + ((size_t)b * a->N_full + a->tok0 + i) * w, local + ((size_t)b * a->N + i) * w,
-                   sizeof(float) * (size_t)w);
-}
-
 int wan_set_recompute(wan_model *m, int blocks, char *err, size_t errlen) {
     return wan_set_recompute_mode(m, blocks, 1, 0, err, errlen);
 }
@@ -1118,7 +1096,7 @@ void wan_forward(wan_model *m, float *out, const float *latents, const float *ti
         else { /* the whole sample's patches, then this rank's tokens */
             patchify3d_forward(m->cp_full, latents, B, c->in_channels, s->frames, s->height, s->width, c->patch_t,
                                c->patch_h, c->patch_w);
-            cp_take_rows(a, a->patches, m->cp_full, B, m->patch_in);
+            cp_take_rows(a->patches, m->cp_full, B, a->N, a->tok0, a->N_full, m->patch_in);
         }
         /* on the whole sequence; under sequence parallelism each rank keeps its tokens */
         matmul_forward(m->sp ? a->xg : a->x[0], a->patches, p->pe_w, p->pe_b, BN, d, m->patch_in);
@@ -1163,7 +1141,7 @@ void wan_forward(wan_model *m, float *out, const float *latents, const float *ti
     matmul_forward(a->tok, a->sB, p->po_w, p->po_b, BN, m->patch_out, d);
     const float *tok = a->tok;
     if (m->cp > 1) { /* this rank's tokens in place, zero elsewhere */
-        cp_put_rows(a, m->cp_full, a->tok, B, m->patch_out);
+        cp_put_rows(m->cp_full, a->tok, B, a->N, a->tok0, a->N_full, m->patch_out);
         tok = m->cp_full;
     }
     unpatchify3d_forward(out, tok, B, c->out_channels, s->frames, s->height, s->width, c->patch_t, c->patch_h,
@@ -1212,7 +1190,7 @@ void wan_backward(wan_model *m, const float *dout) {
             zero(m->cp_full, (size_t)B * a->N_full * m->patch_out);
             unpatchify3d_backward(m->cp_full, dout, B, c->out_channels, s->frames, s->height, s->width, c->patch_t,
                                   c->patch_h, c->patch_w);
-            cp_take_rows(a, a->tok, m->cp_full, B, m->patch_out);
+            cp_take_rows(a->tok, m->cp_full, B, a->N, a->tok0, a->N_full, m->patch_out);
         }
         const float *xL = sp_gather(m, a->x[c->num_layers]); /* the head ran on the whole sequence */
         layernorm_forward(a->sA, NULL, NULL, xL, NULL, NULL, BN, d, c->eps);
