@@ -36,8 +36,8 @@ static double loss_diff(const char *a, const char *b, int from, int to) {
     return test_run_loss_diff(a, b, from, to);
 }
 
-static double dit_weights_diff(const char *a, const char *b, const char *kind, int patch) {
-    (void)patch; /* the shape comes from a's metadata */
+/* the model's shape comes from a's metadata */
+static double dit_weights_diff(const char *a, const char *b, const char *kind) {
     return test_dit_weights_diff(a, kind, b, kind);
 }
 
@@ -98,8 +98,8 @@ static void dit_cases(void) {
         char ckbuf[1024];
         snprintf(ckbuf, sizeof ckbuf, "%s", ck(cases[k].name, 10));
         double dl = rc ? INFINITY : loss_diff(runbuf, refbuf, 1, 10);
-        double dw = rc ? INFINITY : dit_weights_diff(ckbuf, ck(ref, 10), "model", padded ? 4 : 7);
-        double de = rc ? INFINITY : dit_weights_diff(ckbuf, ck(ref, 10), "ema", padded ? 4 : 7);
+        double dw = rc ? INFINITY : dit_weights_diff(ckbuf, ck(ref, 10), "model");
+        double de = rc ? INFINITY : dit_weights_diff(ckbuf, ck(ref, 10), "ema");
         double dv = rc ? INFINITY : fabs(val_loss(cases[k].name, 10) - val_loss(ref, 10)) / fabs(val_loss(ref, 10));
         CHECK(dl <= TOL && dw <= TOL && de <= TOL && dv <= TOL,
               "DiT %s (%s ranks%s) vs one process, 10 steps: worst loss rel %.2e, final weights rel %.2e, "
@@ -116,7 +116,7 @@ static void dit_cases(void) {
         char runbuf[1024];
         snprintf(runbuf, sizeof runbuf, "%s/%s", dir, resumes[k].name);
         double dl = rc ? INFINITY : loss_diff(runbuf, test_path("%s/one", dir), 6, 10);
-        double dw = rc ? INFINITY : dit_weights_diff(ck(resumes[k].name, 10), ck("one", 10), "model", 7);
+        double dw = rc ? INFINITY : dit_weights_diff(ck(resumes[k].name, 10), ck("one", 10), "model");
         CHECK(dl <= TOL && dw <= TOL,
               "DiT saved %s, resumed %s: steps 6-10 losses rel %.2e, final weights rel %.2e vs the uninterrupted "
               "one-process run (tol %.0e)",
@@ -319,14 +319,7 @@ static void finetune_cases(void) {
 }
 
 static void refused(int np, const char *model, const char *extra, const char *want, const char *what) {
-    char cmd[4096], *out = NULL;
-    snprintf(cmd, sizeof cmd, "mpirun --oversubscribe -np %d %s pretrain %s %s logger.output_dir=%s/e", np, bin, model,
-             extra, dir);
-    int rc = test_capture(cmd, &out);
-    const char *at = out ? strstr(out, want) : NULL;
-    const char *shown = at ? at : out ? out : "";
-    CHECK(rc != 0 && at, "%s is refused: %.*s", what, (int)strcspn(shown, "\n"), shown);
-    free(out);
+    test_run_refused(dir, bin, np, model, extra, want, what);
 }
 
 int main(int argc, char **argv) {
@@ -334,10 +327,7 @@ int main(int argc, char **argv) {
     test_self = argv[0];
     bin = test_dfm_bin();
     test_mpi_env();
-    if (test_sh("command -v mpirun >/dev/null") != 0) {
-        printf("FAIL mpirun is missing (apt-get install openmpi-bin libopenmpi-dev)\n");
-        return 1;
-    }
+    if (!test_have_mpirun()) return 1;
     dir = test_mkdtemp();
     attention_cases();
     dit_cases();

@@ -405,10 +405,7 @@ static void fail_one_rank(const char *name, const char *signal, const char *extr
 int main(void) {
     bin = test_dfm_bin();
     test_mpi_env();
-    if (test_sh("command -v mpirun >/dev/null") != 0) {
-        printf("FAIL mpirun is missing (apt-get install openmpi-bin libopenmpi-dev)\n");
-        return 1;
-    }
+    if (!test_have_mpirun()) return 1;
     dir = test_mkdtemp();
     same_as_one_process();
     resume_across_layouts();

@@ -68,10 +68,7 @@ int main(void) {
     bin = test_dfm_bin();
     dir = test_mkdtemp();
     test_mpi_env();
-    if (test_sh("command -v mpirun >/dev/null") != 0) {
-        printf("FAIL mpirun is missing (apt-get install openmpi-bin libopenmpi-dev)\n");
-        return test_finish();
-    }
+    if (!test_have_mpirun()) return test_finish();
 
     /* DiT: one process, PP2 (DDP within the stage), PP2 with sharded parameters, PP2 x DP2 */
     int ok = train(0, DIT, "dit1", "") == 0;

@@ -234,23 +234,14 @@ static void wan_cases(void) {
 }
 
 static void refused(int np, const char *extra, const char *want, const char *what) {
-    char *out = NULL;
-    int rc = test_capture(
-        test_path("mpirun --oversubscribe -np %d %s pretrain %s %s logger.output_dir=%s/bad", np, bin, DIT, extra, dir),
-        &out);
-    const char *at = out ? strstr(out, want) : NULL;
-    CHECK(rc != 0 && at, "%s is refused naming the numbers: %.200s", what, at ? at : out ? out : "");
-    free(out);
+    test_run_refused(dir, bin, np, DIT, extra, want, what);
 }
 
 int main(void) {
     bin = test_dfm_bin();
     dir = test_mkdtemp();
     test_mpi_env();
-    if (test_sh("command -v mpirun >/dev/null") != 0) {
-        printf("FAIL mpirun is missing (apt-get install openmpi-bin libopenmpi-dev)\n");
-        return test_finish();
-    }
+    if (!test_have_mpirun()) return test_finish();
     if (train(0, DIT, "dit1", "") == 0) {
         dit_tp_pp();
         dit_interleaved();

@@ -27,8 +27,23 @@ static inline int test_run_losses(const char *run, double *loss, int max) {
     return n;
 }
 
-/* Relative difference (test_rel_err) between kind_a of Wan checkpoint folder a and kind_b of b ("model" or
- * "ema"); the model's shape from a's metadata. INFINITY when either cannot be read. */
+/* Relative difference (test_rel_err) between kind_a of checkpoint folder a and kind_b of b, both read whole in the
+ * layout of table t (either checkpoint form); INFINITY (with the reason as a comment) when either cannot be read. */
+static inline double test_table_weights_diff(const param_table *t, const char *a, const char *kind_a, const char *b,
+                                             const char *kind_b) {
+    char err[1024];
+    double d = INFINITY;
+    float *wa = xalloc_floats(t->total), *wb = xalloc_floats(t->total);
+    if (ckpt_read_range(a, kind_a, t, 0, t->total, wa, err, sizeof err) == 0 &&
+        ckpt_read_range(b, kind_b, t, 0, t->total, wb, err, sizeof err) == 0)
+        d = test_rel_err(wa, wb, t->total);
+    else
+        printf("# %s\n", err);
+    free(wa), free(wb);
+    return d;
+}
+
+/* The same between Wan checkpoint folders ("model" or "ema"); the model's shape from a's metadata. */
 static inline double test_wan_weights_diff(const char *a, const char *kind_a, const char *b, const char *kind_b) {
     char *cfg = ckpt_meta(a, "dfm_wan_config");
     wan_config c;
@@ -37,11 +52,7 @@ static inline double test_wan_weights_diff(const char *a, const char *kind_a, co
     if (cfg && wan_config_from_json(&c, cfg, err, sizeof err) == 0) {
         param_table t = {0};
         wan_build_table(&t, &c);
-        float *wa = xalloc_floats(t.total), *wb = xalloc_floats(t.total);
-        if (ckpt_read_range(a, kind_a, &t, 0, t.total, wa, err, sizeof err) == 0 &&
-            ckpt_read_range(b, kind_b, &t, 0, t.total, wb, err, sizeof err) == 0)
-            d = test_rel_err(wa, wb, t.total);
-        free(wa), free(wb);
+        d = test_table_weights_diff(&t, a, kind_a, b, kind_b);
         param_table_free(&t);
     }
     free(cfg);
@@ -72,14 +83,7 @@ static inline double test_dit_weights_diff(const char *a, const char *kind_a, co
     if (cfg && dit_config_from_json(&c, cfg, err, sizeof err) == 0) {
         dit_model m;
         dit_create(&m, &c, 1);
-        size_t n = m.table.total;
-        float *wa = xalloc_floats(n), *wb = xalloc_floats(n);
-        if (ckpt_read_range(a, kind_a, &m.table, 0, n, wa, err, sizeof err) == 0 &&
-            ckpt_read_range(b, kind_b, &m.table, 0, n, wb, err, sizeof err) == 0)
-            d = test_rel_err(wa, wb, n);
-        else
-            printf("# %s\n", err);
-        free(wa), free(wb);
+        d = test_table_weights_diff(&m.table, a, kind_a, b, kind_b);
         dit_free(&m);
     } else
         printf("# '%s': no readable dfm_dit_config\n", a);
@@ -100,6 +104,27 @@ static inline int test_run_pretrain(const char *dir, const char *bin, int np, co
         test_sh("tail -20 %s/%s.log | sed 's/^/#   /'", dir, name);
     }
     return rc;
+}
+
+/* 1 when mpirun is on PATH; otherwise a FAIL line naming the packages, and 0. */
+static inline int test_have_mpirun(void) {
+    if (test_sh("command -v mpirun >/dev/null") == 0) return 1;
+    printf("FAIL mpirun is missing (apt-get install openmpi-bin libopenmpi-dev)\n");
+    return 0;
+}
+
+/* dfm pretrain MODEL EXTRA under mpirun -np np must fail with `want` in its output: one check line saying `what` is
+ * refused, with the output's line from `want` on (or its first line). */
+static inline void test_run_refused(const char *dir, const char *bin, int np, const char *model, const char *extra,
+                                    const char *want, const char *what) {
+    char cmd[4096], *out = NULL;
+    snprintf(cmd, sizeof cmd, "mpirun --oversubscribe -np %d %s pretrain %s %s logger.output_dir=%s/refused", np, bin,
+             model, extra, dir);
+    int rc = test_capture(cmd, &out);
+    const char *at = out ? strstr(out, want) : NULL;
+    const char *shown = at ? at : out ? out : "";
+    CHECK(rc != 0 && at, "%s is refused: %.*s", what, (int)strcspn(shown, "\n"), shown);
+    free(out);
 }
 
 /* In folder dir: 24 demo clips as an Energon dataset (en/) converted to dfm's safetensors samples (st/), a tiny

@@ -36,13 +36,9 @@ static void tiny_dit(dit_config *c, int patch) {
     c->in_channels = 1, c->out_channels = 1, c->image_size = 28, c->num_classes = 10;
 }
 
-static double dit_weights_diff_n(const char *a, const char *b, const char *kind, int layers) {
-    (void)layers; /* the shape comes from a's metadata */
-    return test_dit_weights_diff(a, kind, b, kind);
-}
-
+/* the model's shape comes from a's metadata */
 static double dit_weights_diff(const char *a, const char *b, const char *kind) {
-    return dit_weights_diff_n(a, b, kind, 2);
+    return test_dit_weights_diff(a, kind, b, kind);
 }
 
 static int train(int np, const char *model, const char *name, const char *extra) {
@@ -117,7 +113,7 @@ static void dit_cases(void) {
           dlp, dwp, TOL);
     int rcv = train(0, DIT, "one_l4", "model.num_layers=4") || train(4, DIT, "tp2_vpp_sp", four);
     double dlv = rcv ? INFINITY : loss_diff(test_path("%s/tp2_vpp_sp", dir), test_path("%s/one_l4", dir), 1, 10);
-    double dwv = rcv ? INFINITY : dit_weights_diff_n(ck("tp2_vpp_sp", 10), ck("one_l4", 10), "model", 4);
+    double dwv = rcv ? INFINITY : dit_weights_diff(ck("tp2_vpp_sp", 10), ck("one_l4", 10), "model");
     CHECK(dlv <= TOL && dwv <= TOL && replicas_agree("tp2_vpp_sp", 2),
           "DiT (4 blocks) TP2 x PP2 x 2 chunks + SP (4 ranks) vs one process, 10 steps: worst loss rel %.2e, final "
           "weights rel %.2e (tol %.0e); replicated parameters bit-identical across TP",
@@ -287,23 +283,13 @@ static void wan_memory(void) {
 }
 
 static void refused(int np, const char *model, const char *extra, const char *want, const char *what) {
-    char cmd[4096], *out = NULL;
-    snprintf(cmd, sizeof cmd, "mpirun --oversubscribe -np %d %s pretrain %s %s logger.output_dir=%s/e", np, bin, model,
-             extra, dir);
-    int rc = test_capture(cmd, &out);
-    const char *at = out ? strstr(out, want) : NULL;
-    const char *shown = at ? at : out ? out : "";
-    CHECK(rc != 0 && at, "%s is refused: %.*s", what, (int)strcspn(shown, "\n"), shown);
-    free(out);
+    test_run_refused(dir, bin, np, model, extra, want, what);
 }
 
 int main(void) {
     bin = test_dfm_bin();
     test_mpi_env();
-    if (test_sh("command -v mpirun >/dev/null") != 0) {
-        printf("FAIL mpirun is missing (apt-get install openmpi-bin libopenmpi-dev)\n");
-        return 1;
-    }
+    if (!test_have_mpirun()) return 1;
     dir = test_mkdtemp();
     dit_memory();
     dit_cases();

@@ -181,23 +181,13 @@ static void wan_cases(void) {
 }
 
 static void refused(int np, const char *model, const char *extra, const char *want, const char *what) {
-    char cmd[4096], *out = NULL;
-    snprintf(cmd, sizeof cmd, "mpirun --oversubscribe -np %d %s pretrain %s %s logger.output_dir=%s/e", np, bin, model,
-             extra, dir);
-    int rc = test_capture(cmd, &out);
-    const char *at = out ? strstr(out, want) : NULL;
-    const char *shown = at ? at : out ? out : "";
-    CHECK(rc != 0 && at, "%s is refused: %.*s", what, (int)strcspn(shown, "\n"), shown);
-    free(out);
+    test_run_refused(dir, bin, np, model, extra, want, what);
 }
 
 int main(void) {
     bin = test_dfm_bin();
     test_mpi_env();
-    if (test_sh("command -v mpirun >/dev/null") != 0) {
-        printf("FAIL mpirun is missing (apt-get install openmpi-bin libopenmpi-dev)\n");
-        return 1;
-    }
+    if (!test_have_mpirun()) return 1;
     dir = test_mkdtemp();
     dit_cases();
     wan_cases();
