@@ -3,6 +3,7 @@
  * global batch, the replicated parameters identical across the TP ranks, a TP2 checkpoint resumed as one process, dfm
  * export of a TP2 checkpoint, and the layouts that are refused. */
 #include "dfm/checkpoint.h"
+#include "dfm/dist.h"
 #include "dfm/dit.h"
 #include "dfm/safetensors.h"
 #include "test.h"
@@ -10,6 +11,8 @@
 #include "test_run.h"
 
 #include <math.h>
+#include <stdint.h>
+#include <string.h>
 
 static const char *DIT =
     "model.num_layers=2 model.hidden_size=32 model.num_attention_heads=2 model.ffn_hidden_size=128 "
@@ -184,11 +187,66 @@ static void refused(int np, const char *model, const char *extra, const char *wa
     test_run_refused(dir, bin, np, model, extra, want, what);
 }
 
-int main(void) {
+/* The value rank r holds at index i of case k (the same on every rank, so each can compute the whole sum) */
+static float allreduce_value(int k, int r, size_t i) {
+    uint64_t h = ((uint64_t)k * 1000003u + (uint64_t)r) * 0x9E3779B97F4A7C15ull + i * 0xBF58476D1CE4E5B9ull;
+    h ^= h >> 29, h *= 0x94D049BB133111EBull, h ^= h >> 32;
+    return (float)((double)(h >> 11) / 9007199254740992.0 * 2.0 - 1.0) * (float)(1 + (i % 7)); /* mixed scales */
+}
+
+/* One rank of allreduce_cases: the ordered tensor-parallel all-reduce over every rank of the world (TP = world)
+ * against the left-to-right float sum over ranks 0..T-1, which it must equal to the bit on every rank. */
+static int allreduce_rank(int argc, char **argv) {
+    dist_init(&argc, &argv);
+    const dist_info *di = dist_get();
+    char err[256];
+    if (dist_setup_groups(di->size, 1, 1, err, sizeof err) != 0) dfm_die("%s", err);
+    const size_t sizes[] = {1, 2, 3, 5, 7, 64, 1001, 65537};
+    int bad = 0;
+    for (int k = 0; k < (int)(sizeof sizes / sizeof *sizes); k++) {
+        size_t n = sizes[k];
+        float *buf = xalloc_floats(n), *want = xalloc_floats(n);
+        for (size_t i = 0; i < n; i++) {
+            buf[i] = allreduce_value(k, di->tp_rank, i);
+            float acc = allreduce_value(k, 0, i);
+            for (int t = 1; t < di->tp; t++) acc += allreduce_value(k, t, i);
+            want[i] = acc;
+        }
+        dist_tp_allreduce_sum_f32(buf, n, "test all-reduce");
+        if (memcmp(buf, want, n * sizeof(float))) bad++;
+        free(buf), free(want);
+    }
+    double b = bad;
+    dist_allreduce_sum_f64(&b, 1, "test mismatches");
+    if (di->rank == 0) printf("allreduce T=%d mismatched cases: %d\n", di->tp, (int)b);
+    dist_finalize();
+    return 0;
+}
+
+static void allreduce_cases(const char *self) {
+    for (int T = 2; T <= 4; T++) {
+        char cmd[1024], *out = NULL, want[64];
+        snprintf(cmd, sizeof cmd, "mpirun --oversubscribe -np %d %s --allreduce", T, self);
+        int rc = test_capture(cmd, &out);
+        snprintf(want, sizeof want, "allreduce T=%d mismatched cases: ", T);
+        const char *at = out ? strstr(out, want) : NULL;
+        int bad = at ? atoi(at + strlen(want)) : -1;
+        CHECK(rc == 0 && bad == 0,
+              "the tensor-parallel all-reduce over %d ranks (8 sizes, 1 to 65537 values) equals the rank-order sum "
+              "to the bit on every rank (mismatched cases: %d)",
+              T, bad);
+        if (rc != 0 && out) printf("# %s\n", out);
+        free(out);
+    }
+}
+
+int main(int argc, char **argv) {
+    if (argc == 2 && !strcmp(argv[1], "--allreduce")) return allreduce_rank(argc, argv);
     bin = test_dfm_bin();
     test_mpi_env();
     if (!test_have_mpirun()) return 1;
     dir = test_mkdtemp();
+    allreduce_cases(argv[0]);
     dit_cases();
     wan_cases();
     refused(2, DIT, "model.tensor_model_parallel_size=2 model.num_attention_heads=1",

@@ -23,8 +23,9 @@ static MPI_Comm dpcp_comm = MPI_COMM_NULL; /* DP x CP (context parallelism's gra
 /* hybrid sharding: the shard group (this rank's replica) and the replica group; MPI_COMM_NULL without it */
 static MPI_Comm shard_comm = MPI_COMM_NULL, rep_comm = MPI_COMM_NULL;
 static double wait_time;
-static float *tp_scratch; /* dist_tp_allreduce_sum_f32's gather buffer */
+static float *tp_scratch; /* the tensor-parallel collectives' receive buffer */
 static size_t tp_scratch_n;
+static int *tp_counts; /* the ordered all-reduce's counts and offsets (4 x TP) */
 static float *sp_pack; /* the sequence-parallel collectives' second buffer */
 static size_t sp_pack_n;
 
@@ -158,6 +159,8 @@ void dist_finalize(void) {
         if (*comms[i] != MPI_COMM_NULL) MPI_Comm_free(comms[i]);
     free(tp_scratch);
     tp_scratch = NULL, tp_scratch_n = 0;
+    free(tp_counts);
+    tp_counts = NULL;
     free(sp_pack);
     sp_pack = NULL, sp_pack_n = 0;
     dfm_set_die_hook(NULL, NULL);
@@ -403,26 +406,45 @@ int dist_test(dist_req *q) {
     return done;
 }
 
+static float *grow(float **buf, size_t *have, size_t n) {
+    if (*have < n) {
+        free(*buf);
+        *buf = xalloc_floats(*have = n);
+    }
+    return *buf;
+}
+
 /* ---- tensor-parallel group ---------------------------------------------------------------------- */
 
+/* An ordered all-reduce: rank t owns the t-th of T nearly equal slices of the buffer; every rank's slice t goes to
+ * rank t (all-to-all), rank t adds the T partial sums of its slice in rank order, and the sums are all-gathered. Each
+ * rank sends and receives 2 (T - 1) / T of the buffer (an all-gather of whole buffers would move T - 1 of it), and
+ * every value is the same left-to-right sum over ranks 0..T-1, so every rank holds the same bits. */
 void dist_tp_allreduce_sum_f32(float *buf, size_t n, const char *what) {
     if (!info.active || info.tp == 1 || n == 0) return;
     if (n > INT32_MAX / 2) dfm_die("%s: %zu values in one tensor-parallel all-reduce is too many", what, n);
-    const size_t T = (size_t)info.tp;
-    if (tp_scratch_n < T * n) {
-        free(tp_scratch);
-        tp_scratch = xalloc_floats(tp_scratch_n = T * n);
+    const int T = info.tp, me = info.tp_rank;
+    if (!tp_counts) tp_counts = xcalloc((size_t)4 * T, sizeof *tp_counts); /* freed by dist_finalize */
+    int *cnt = tp_counts, *off = cnt + T, *rcnt = off + T, *roff = rcnt + T;
+    for (int t = 0; t < T; t++) {
+        off[t] = (int)(n * (size_t)t / (size_t)T);
+        cnt[t] = (int)(n * (size_t)(t + 1) / (size_t)T) - off[t];
     }
+    const size_t mine = (size_t)cnt[me];
+    for (int t = 0; t < T; t++) rcnt[t] = (int)mine, roff[t] = (int)(mine * (size_t)t);
+    float *g = grow(&tp_scratch, &tp_scratch_n, mine * (size_t)T);
     MPI_Request r;
-    check(MPI_Iallgather(buf, (int)n, MPI_FLOAT, tp_scratch, (int)n, MPI_FLOAT, tp_comm, &r), what);
+    check(MPI_Ialltoallv(buf, cnt, off, MPI_FLOAT, g, rcnt, roff, MPI_FLOAT, tp_comm, &r), what);
     wait_bounded(&r, what);
-    const float *s = tp_scratch;
+    float *out = buf + off[me];
 #pragma omp parallel for schedule(static)
-    for (size_t i = 0; i < n; i++) {
-        float acc = s[i];
-        for (size_t t = 1; t < T; t++) acc += s[t * n + i];
-        buf[i] = acc;
+    for (size_t i = 0; i < mine; i++) {
+        float acc = g[i];
+        for (int t = 1; t < T; t++) acc += g[(size_t)t * mine + i];
+        out[i] = acc;
     }
+    check(MPI_Iallgatherv(MPI_IN_PLACE, 0, MPI_FLOAT, buf, cnt, off, MPI_FLOAT, tp_comm, &r), what);
+    wait_bounded(&r, what);
 }
 
 void dist_tp_allgather_f64(const double *send, double *recv, int n, const char *what) {
@@ -436,14 +458,6 @@ void dist_tp_allgather_f64(const double *send, double *recv, int n, const char *
 }
 
 /* ---- sequence parallelism over the tensor-parallel group ----------------------------------------- */
-
-static float *grow(float **buf, size_t *have, size_t n) {
-    if (*have < n) {
-        free(*buf);
-        *buf = xalloc_floats(*have = n);
-    }
-    return *buf;
-}
 
 void dist_tp_seq_gather_f32(const float *local, float *full, int B, size_t chunk, const char *what) {
     const size_t T = (size_t)info.tp, n = (size_t)B * chunk;
