@@ -31,6 +31,11 @@ const char *cp_comm_type_name(cp_comm_type t);
 /* Tokens per chunk for T tokens over C ranks (ceil), and the real (unpadded) tokens of chunk r. */
 int cp_chunk_len(int T, int C);
 int cp_chunk_valid(int T, int C, int r);
+/* The same with the chunk length rounded up to a multiple of align: under sequence parallelism (align = TP) a
+ * chunk splits evenly over the TP group, i.e. the sequence is padded to a multiple of C x TP (never truncated);
+ * cp_chunk_valid_len: the real tokens of chunk r when every chunk holds n. */
+int cp_chunk_len_aligned(int T, int C, int align);
+int cp_chunk_valid_len(int T, int n, int r);
 /* This rank's n token rows [B, n, w] (global tokens tok0 .. tok0 + n - 1) taken from / put into the whole samples'
  * [B, n_full, w]: rows past n_full (padding) read as zero; put zeroes `full` first and writes the real rows only. */
 void cp_take_rows(float *local, const float *full, int B, int n, int tok0, int n_full, int w);

@@ -45,7 +45,8 @@ typedef struct {
      * [tp_rank T_local, (tp_rank + 1) T_local) of every sample; sp = 0: T_local = T */
     int sp, T_local;
     /* context parallelism (dit_set_context_parallel): T is this rank's chunk of the T_full tokens, starting at global
-     * token tok0 (positions >= T_full are padding); cp = 1: T = T_full, tok0 = 0 */
+     * token tok0 (positions >= T_full are padding; under sequence parallelism T is a multiple of tp, so T_local is
+     * this TP rank's share of the chunk); cp = 1: T = T_full, tok0 = 0 */
     int cp, cp_rank, cp_comm, T_full, tok0;
     float *cp_full; /* [max_batch, T_full, max(patch_dim, out_dim)]: the whole sample's patches / output tokens */
     param_table table;
@@ -100,8 +101,9 @@ int dit_set_recompute_mode(dit_model *m, int blocks, int chunk, int selective, c
 /* Sequence parallelism over the TP group (Megatron's sequence_parallel): the residual stream, norms, modulation,
  * gates and residual adds hold T / tp tokens of every sample; the inputs of the column-parallel linears are
  * all-gathered, the row-parallel outputs reduce-scattered (sums in rank order). The embedders and the output head
- * run on the whole sequence. Reallocates the arena (call it before the pipeline stage). 0, or -1 with err (tp = 1,
- * or a token count tp does not divide: both numbers named). */
+ * run on the whole sequence. Reallocates the arena (call it before the pipeline stage). With context parallelism
+ * (either order) the "sequence" is this rank's chunk, whose length is rounded up to a multiple of tp (padding).
+ * 0, or -1 with err (tp = 1, or without context parallelism a token count tp does not divide: both numbers named). */
 int dit_set_sequence_parallel(dit_model *m, int on, char *err, size_t errlen);
 /* Bytes held by activations + scratch. */
 size_t dit_activation_bytes(const dit_model *m);

@@ -64,7 +64,8 @@ typedef struct {
      * tp = 1: the whole model */
     int tp, tp_rank, heads_local, attn_local, ffn_local;
     /* context parallelism (wan_set_context_parallel): each forward runs on this rank's chunk of ceil(N / cp) of the N
-     * video tokens (cp = 1: all of them); max_tokens then counts a chunk */
+     * video tokens, under sequence parallelism rounded up to a multiple of tp (cp = 1: all of them); max_tokens then
+     * counts a chunk */
     int cp, cp_rank, cp_comm;
     float *cp_full; /* [max batch, cp * max_tokens, max(patch_in, patch_out)]: a whole sample's patches / tokens */
     param_table table;
@@ -127,7 +128,8 @@ int wan_set_recompute_mode(wan_model *m, int blocks, int chunk, int selective, c
  * outputs reduce-scattered (sums in rank order); the modulation gradients and norm2's weight and bias gradients
  * are summed over the TP group. The embedders and the head run on the whole sequence; the text side is whole on
  * every rank. Call between wan_create_weights_only_tp and wan_prepare; 0, or -1 with the reason in err (tp = 1, or a
- * model that already has its activations). A token count tp does not divide is refused by wan_shape_check. */
+ * model that already has its activations). Without context parallelism a token count tp does not divide is refused
+ * by wan_shape_check; with it the "sequence" is this rank's chunk, padded to a multiple of tp. */
 int wan_set_sequence_parallel(wan_model *m, int on, char *err, size_t errlen);
 /* Make m context-parallel rank cp_rank of cp (comm_type: a cp_comm_type of context_parallel.h): the video tokens of
  * each forward are split into cp contiguous chunks (padded at the end when cp does not divide them), this rank runs

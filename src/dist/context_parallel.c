@@ -20,11 +20,20 @@ const char *cp_comm_type_name(cp_comm_type t) {
 }
 
 int cp_chunk_len(int T, int C) {
-    return (T + C - 1) / C;
+    return cp_chunk_len_aligned(T, C, 1);
+}
+
+int cp_chunk_len_aligned(int T, int C, int align) {
+    int n = (T + C - 1) / C;
+    return (n + align - 1) / align * align;
 }
 
 int cp_chunk_valid(int T, int C, int r) {
-    int n = cp_chunk_len(T, C), v = T - r * n;
+    return cp_chunk_valid_len(T, cp_chunk_len(T, C), r);
+}
+
+int cp_chunk_valid_len(int T, int n, int r) {
+    int v = T - r * n;
     return v < 0 ? 0 : (v > n ? n : v);
 }
 

@@ -417,6 +417,8 @@ int dit_set_recompute_mode(dit_model *m, int blocks, int chunk, int selective, c
     return 0;
 }
 
+static void cp_layout(dit_model *m);
+
 int dit_set_sequence_parallel(dit_model *m, int on, char *err, size_t errlen) {
     if (on && m->tp < 2) {
         snprintf(err, errlen,
@@ -425,7 +427,7 @@ int dit_set_sequence_parallel(dit_model *m, int on, char *err, size_t errlen) {
                  m->tp);
         return -1;
     }
-    if (on && m->T % m->tp) {
+    if (on && m->cp == 1 && m->T % m->tp) { /* under context parallelism the chunk is padded instead (cp_layout) */
         snprintf(err, errlen,
                  "model.sequence_parallel: the %d tokens per sample ((model.image_size %d / model.patch_size %d)^2) "
                  "are not divisible by model.tensor_model_parallel_size %d",
@@ -438,7 +440,10 @@ int dit_set_sequence_parallel(dit_model *m, int on, char *err, size_t errlen) {
     }
     if (!!on != m->sp) {
         m->sp = !!on;
-        m->T_local = m->sp ? m->T / m->tp : m->T;
+        if (m->cp > 1)
+            cp_layout(m); /* the chunk length becomes a multiple of tp (or no longer needs to be) */
+        else
+            m->T_local = m->sp ? m->T / m->tp : m->T;
         size_arena(m, m->acts);
     }
     return 0;
@@ -502,30 +507,36 @@ void dit_create_tp(dit_model *m, const dit_config *cfg, int max_batch, int tp, i
     m->acts = a;
 }
 
-void dit_set_context_parallel(dit_model *m, int cp, int cp_rank, int comm_type) {
-    if (cp < 1 || cp_rank < 0 || cp_rank >= cp || m->arenas || m->sp)
-        dfm_die("internal: DiT context-parallel rank %d of %d (set before the pipeline stage and without sequence "
-                "parallelism)",
-                cp_rank, cp);
-    char err[512];
-    if (!cp_check(m->heads_local, cp, (cp_comm_type)comm_type, err, sizeof err)) dfm_die("%s", err);
-    m->cp = cp, m->cp_rank = cp_rank, m->cp_comm = comm_type;
-    m->T = m->T_local = cp_chunk_len(m->T_full, cp);
-    m->tok0 = cp_rank * m->T;
+/* Context parallelism's chunking from cp, cp_rank and sp: this rank's T = ceil(T_full / cp) tokens, under sequence
+ * parallelism rounded up to a multiple of tp (the sequence padded to a multiple of cp x tp, so every chunk splits
+ * evenly over the TP group); the position embedding of its tokens and the whole-sample buffer. */
+static void cp_layout(dit_model *m) {
+    m->T = cp_chunk_len_aligned(m->T_full, m->cp, m->sp ? m->tp : 1);
+    m->T_local = m->sp ? m->T / m->tp : m->T;
+    m->tok0 = m->cp_rank * m->T;
     /* the fixed position embedding of this rank's tokens, by global position (padding: zero) */
     float *full = xalloc_floats((size_t)m->T_full * m->d);
     pos_embed_2d_sincos(full, m->d, m->grid, m->grid, (float)m->grid, 1.0f);
     free(m->pos_embed);
     m->pos_embed = xcalloc((size_t)m->T * m->d, sizeof(float));
-    int valid = cp_chunk_valid(m->T_full, cp, cp_rank);
+    int valid = cp_chunk_valid_len(m->T_full, m->T, m->cp_rank);
     if (valid > 0) memcpy(m->pos_embed, full + (size_t)m->tok0 * m->d, sizeof(float) * (size_t)valid * m->d);
     free(full);
     free(m->cp_full);
     m->cp_full = NULL;
-    if (cp > 1) {
+    if (m->cp > 1) {
         int w = m->patch_dim > m->out_dim ? m->patch_dim : m->out_dim;
         m->cp_full = xalloc_floats((size_t)m->max_batch * m->T_full * w);
     }
+}
+
+void dit_set_context_parallel(dit_model *m, int cp, int cp_rank, int comm_type) {
+    if (cp < 1 || cp_rank < 0 || cp_rank >= cp || m->arenas)
+        dfm_die("internal: DiT context-parallel rank %d of %d (set before the pipeline stage)", cp_rank, cp);
+    char err[512];
+    if (!cp_check(m->heads_local, cp, (cp_comm_type)comm_type, err, sizeof err)) dfm_die("%s", err);
+    m->cp = cp, m->cp_rank = cp_rank, m->cp_comm = comm_type;
+    cp_layout(m);
     size_arena(m, m->acts);
 }
 

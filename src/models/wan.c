@@ -508,6 +508,12 @@ static void carve_acts(const wan_model *m, wan_acts *a, carver *cv) {
     a->dn2wb = carve(cv, m->sp ? 2 * d : 0);
 }
 
+/* This rank's video tokens per sample out of N: N, or its context-parallel chunk, ceil(N / cp) rounded up to a
+ * multiple of tp under sequence parallelism (the sequence padded to a multiple of cp x tp, never truncated). */
+static int chunk_tokens(const wan_model *m, int N) {
+    return m->cp == 1 ? N : cp_chunk_len_aligned(N, m->cp, m->sp ? m->tp : 1);
+}
+
 int wan_shape_check(const wan_model *m, const wan_shape *s, char *err, size_t errlen) {
 #define BAD(...) return snprintf(err, errlen, __VA_ARGS__), 0
     const wan_config *c = &m->cfg;
@@ -521,7 +527,7 @@ int wan_shape_check(const wan_model *m, const wan_shape *s, char *err, size_t er
     if (gt > c->rope_max_seq_len || gh > c->rope_max_seq_len || gw > c->rope_max_seq_len)
         BAD("patch grid %d x %d x %d exceeds rope_max_seq_len %d", gt, gh, gw, c->rope_max_seq_len);
     if (s->text_len < 1) BAD("text length must be >= 1 (got %d)", s->text_len);
-    if (m->sp && ((long long)gt * gh * gw) % m->tp)
+    if (m->sp && m->cp == 1 && ((long long)gt * gh * gw) % m->tp) /* under CP the chunk is padded instead */
         BAD("model.sequence_parallel: the %lld video tokens per sample (%d x %d x %d patches) are not divisible by "
             "model.tensor_model_parallel_size %d",
             (long long)gt * gh * gw, gt, gh, gw, m->tp);
@@ -596,7 +602,7 @@ int wan_prepare(wan_model *m, const wan_shape *max, char *err, size_t errlen) {
         return -1;
     }
     m->max = *max;
-    m->max_tokens = cp_chunk_len((int)tokens, m->cp); /* a rank's chunk */
+    m->max_tokens = chunk_tokens(m, (int)tokens); /* a rank's chunk */
     if (m->cp > 1) {
         int w = m->patch_in > m->patch_out ? m->patch_in : m->patch_out;
         m->cp_full = xalloc_floats((size_t)max->batch * m->max_tokens * m->cp * w);
@@ -610,9 +616,8 @@ int wan_prepare(wan_model *m, const wan_shape *max, char *err, size_t errlen) {
 }
 
 void wan_set_context_parallel(wan_model *m, int cp, int cp_rank, int comm_type) {
-    if (m->acts || m->sp || cp < 1 || cp_rank < 0 || cp_rank >= cp)
-        dfm_die("internal: Wan context-parallel rank %d of %d (set before wan_prepare, without sequence parallelism)",
-                cp_rank, cp);
+    if (m->acts || cp < 1 || cp_rank < 0 || cp_rank >= cp)
+        dfm_die("internal: Wan context-parallel rank %d of %d (set before wan_prepare)", cp_rank, cp);
     char err[512];
     if (!cp_check(m->heads_local, cp, (cp_comm_type)comm_type, err, sizeof err)) dfm_die("%s", err);
     m->cp = cp, m->cp_rank = cp_rank, m->cp_comm = comm_type;
@@ -723,7 +728,8 @@ void wan_stage_tensors(wan_model *m, const wan_shape *s, stage_dir dir, stage_te
     io->t[1] = g ? a->dtemb : a->temb;
     io->t[2] = g ? a->dtproj : a->tproj;
     io->t[3] = g ? a->dctx : a->ctx;
-    io->len[0] = B * (m->sp ? N / (size_t)m->tp : N) * d; /* this rank's tokens under sequence parallelism */
+    const size_t n = (size_t)chunk_tokens(m, (int)N);     /* this rank's chunk under context parallelism */
+    io->len[0] = B * (m->sp ? n / (size_t)m->tp : n) * d; /* this rank's tokens under sequence parallelism */
     io->len[1] = B * d, io->len[2] = B * 6 * d, io->len[3] = B * (size_t)s->text_len * d;
 }
 
@@ -1060,9 +1066,10 @@ void wan_forward(wan_model *m, float *out, const float *latents, const float *ti
     a->cur = *s;
     a->gt = s->frames / c->patch_t, a->gh = s->height / c->patch_h, a->gw = s->width / c->patch_w;
     a->N_full = a->gt * a->gh * a->gw;
-    a->N = cp_chunk_len(a->N_full, m->cp), a->tok0 = m->cp_rank * a->N;
+    a->N = chunk_tokens(m, a->N_full), a->tok0 = m->cp_rank * a->N;
     const int N = a->N, BN = B * N, BL = B * Lt;
-    a->Nl = m->sp ? N / m->tp : N; /* wan_shape_check refused a token count tp does not divide */
+    /* without CP wan_shape_check refused a token count tp does not divide; with CP the chunk is a multiple of tp */
+    a->Nl = m->sp ? N / m->tp : N;
     if (a->rope_gt != a->gt || a->rope_gh != a->gh || a->rope_gw != a->gw) {
         if (m->cp == 1)
             rope_table_3d(a->rope_cos, a->rope_sin, a->gt, a->gh, a->gw, D, ROPE_THETA);
@@ -1072,7 +1079,7 @@ void wan_forward(wan_model *m, float *out, const float *latents, const float *ti
             rope_table_3d(fc, fs, a->gt, a->gh, a->gw, D, ROPE_THETA);
             memset(a->rope_cos, 0, sizeof(float) * (size_t)N * row);
             memset(a->rope_sin, 0, sizeof(float) * (size_t)N * row);
-            int valid = cp_chunk_valid(a->N_full, m->cp, m->cp_rank);
+            int valid = cp_chunk_valid_len(a->N_full, N, m->cp_rank);
             if (valid > 0) {
                 memcpy(a->rope_cos, fc + (size_t)a->tok0 * row, sizeof(float) * (size_t)valid * row);
                 memcpy(a->rope_sin, fs + (size_t)a->tok0 * row, sizeof(float) * (size_t)valid * row);

@@ -1164,10 +1164,6 @@ int dfm_pretrain(const cfg *c) {
         dfm_die("model.sequence_parallel = true (from %s) needs tensor parallelism: model.tensor_model_parallel_size "
                 "is %d (sequence parallelism splits the tokens over the tensor-parallel group)",
                 cfg_source(c, "model.sequence_parallel"), di->tp);
-    if (seqpar && di->cp > 1)
-        dfm_die("model.sequence_parallel = true (from %s) with model.context_parallel_size %d: sequence and context "
-                "parallelism together are not built yet; use one of them",
-                cfg_source(c, "model.sequence_parallel"), di->cp);
 
     job j;
     memset(&j, 0, sizeof j);
@@ -1595,8 +1591,9 @@ int dfm_pretrain(const cfg *c) {
                    di->size, di->dp, di->tp, di->cp, di->pp, n_local, dp_sharding_name(strategy));
         if (di->cp > 1)
             printf("  context parallel: %s attention, each rank %d tokens of a sample (the last ones padded and masked "
-                   "where %d does not divide the tokens)\n",
-                   cp_comm_type_name(cp_comm), j.wan ? j.wmodel.max_tokens : j.model.T, di->cp);
+                   "where %s%d does not divide the tokens)\n",
+                   cp_comm_type_name(cp_comm), j.wan ? j.wmodel.max_tokens : j.model.T,
+                   seqpar ? "context x tensor parallel = " : "", di->cp * (seqpar ? di->tp : 1));
         if (di->size > 1 && di->dp_replicate > 1)
             printf(" within %d replica groups of %d ranks (hybrid), gradient shards all-reduced across them",
                    di->dp_replicate, di->dp_shard);
