@@ -348,8 +348,6 @@ int main(int argc, char **argv) {
             "an unknown cp_comm_type");
     refused(4, dit7, "model.context_parallel_size=2 model.pipeline_model_parallel_size=2",
             "context and pipeline parallelism together are not built yet", "CP x PP");
-    refused(4, dit7, "model.context_parallel_size=2 model.tensor_model_parallel_size=2 model.sequence_parallel=true",
-            "sequence and context parallelism together are not built yet", "CP with sequence parallelism");
     test_rmtree(dir);
     free(dir);
     return test_finish();
