@@ -1,7 +1,8 @@
 /* Context parallelism together with sequence parallelism (model.context_parallel_size with
  * model.tensor_model_parallel_size and model.sequence_parallel) under mpirun --oversubscribe on 2 cores: a tiny DiT
  * and a tiny Wan trained with TP2+SP x CP2 on 4 ranks (ring attention for both, all-to-all for Wan, full and
- * selective recompute, a token count CP x TP does not divide: padded and masked), and DP2 x TP2+SP x CP2 on 8,
+ * selective recompute, a token count CP x TP does not divide: padded and masked, resolution buckets of two token
+ * counts), and DP2 x TP2+SP x CP2 on 8,
  * against one process at the same global batch; the replicated parameters bit-identical across the TP ranks; a
  * TP2+SP x CP2 checkpoint resumed as one process; the layout still refused. */
 #include "dfm/checkpoint.h"
@@ -136,6 +137,34 @@ static void wan_cases(void) {
     };
     for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++)
         check_case(1, strstr(cases[k].ref, "75") ? w75 : w32, &cases[k]);
+
+    /* resolution buckets: 32- and 75-token samples in one folder (TP2+SP alone refuses the 75), a shape per
+     * micro-batch, the chunk (16 or 38 tokens) redone per forward */
+    int rc = test_sh("D=%s && %s data prepare --video-clips --out $D/en32 --n 12 --frames 2 --size 8 --text-dim 32 "
+                     "--seed 5 > $D/bk.log 2>&1 && %s data convert --from $D/en32 --to $D/st32 >> $D/bk.log 2>&1 && "
+                     "%s data prepare --video-clips --out $D/en75 --n 8 --frames 3 --size 10 --text-dim 32 --seed 7 "
+                     ">> $D/bk.log 2>&1 && %s data convert --from $D/en75 --to $D/st75 >> $D/bk.log 2>&1 && mkdir -p "
+                     "$D/mix && for f in $D/st32/*; do cp $f $D/mix/a_${f##*/}; done && for f in $D/st75/*; do cp $f "
+                     "$D/mix/b_${f##*/}; done",
+                     dir, bin, bin, bin, bin);
+    CHECK(rc == 0, "fixtures: 20 Wan samples of two latent shapes in one folder");
+    char wb[2048];
+    snprintf(wb, sizeof wb,
+             "%s dataset.type=video_folder dataset.path=%s/mix dataset.max_samples=null train.eval_iters=2", WAN, dir);
+    rc = rc ? rc : train(0, wb, "wan_bk_one", "");
+    rc = rc ? rc : train(4, wb, "wan_bk_tp2_sp_cp2", SPCP);
+    char a[1024], run[1024];
+    snprintf(a, sizeof a, "%s", ck("wan_bk_tp2_sp_cp2", 10));
+    snprintf(run, sizeof run, "%s/wan_bk_tp2_sp_cp2", dir);
+    double dl = rc ? INFINITY : test_run_loss_diff(run, test_path("%s/wan_bk_one", dir), 1, 10);
+    double dw = rc ? INFINITY : test_wan_weights_diff(a, "model", ck("wan_bk_one", 10), "model");
+    double vo = val_loss("wan_bk_one", 10),
+           dv = rc ? INFINITY : fabs(val_loss("wan_bk_tp2_sp_cp2", 10) - vo) / fabs(vo);
+    CHECK(dl <= TOL && dw <= TOL && dv <= TOL &&
+              log_count("wan_bk_tp2_sp_cp2", "tensor-parallel ranks agree bit for bit") == 2,
+          "Wan TP2+SP x CP2 over resolution buckets (32 and 75 tokens, a shape per micro-batch) vs one process: worst "
+          "loss rel %.2e, final weights rel %.2e, validation loss rel %.2e (tol %.0e); TP ranks bit-identical",
+          dl, dw, dv, TOL);
 }
 
 int main(void) {
