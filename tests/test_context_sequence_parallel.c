@@ -1,10 +1,10 @@
 /* Context parallelism together with sequence parallelism (model.context_parallel_size with
  * model.tensor_model_parallel_size and model.sequence_parallel) under mpirun --oversubscribe on 2 cores: a tiny DiT
- * and a tiny Wan trained with TP2+SP x CP2 on 4 ranks (ring attention for both, all-to-all for Wan, full and
- * selective recompute, a token count CP x TP does not divide: padded and masked, resolution buckets of two token
- * counts), and DP2 x TP2+SP x CP2 on 8,
- * against one process at the same global batch; the replicated parameters bit-identical across the TP ranks; a
- * TP2+SP x CP2 checkpoint resumed as one process; the layout still refused. */
+ * and a tiny Wan trained with TP2+SP x CP2 on 4 ranks (ring attention and all-to-all for both, full and selective
+ * recompute, token counts CP x TP does not divide: padded and masked, down to one token and a chunk of padding only;
+ * resolution buckets of two token counts) and DP2 x TP2+SP x CP2 on 8, against one process at the same global batch;
+ * the replicated parameters bit-identical across the TP ranks; a TP2+SP x CP2 checkpoint resumed as one process; the
+ * layout still refused. */
 #include "dfm/checkpoint.h"
 #include "dfm/dit.h"
 #include "dfm/wan.h"
@@ -111,6 +111,15 @@ static void dit_cases(void) {
     };
     for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++)
         check_case(0, strstr(cases[k].ref, "49") ? dit4 : dit7, &cases[k]);
+
+    /* the extreme: one token (patch_size=28) padded to 4: CP rank 0's chunk holds it and a padding token, CP rank 1's
+     * chunk is all padding (no valid key, a whole TP slice of padding on every rank but the first); 4 heads for a2a */
+    char dit1[2048];
+    snprintf(dit1, sizeof dit1, "%s model.patch_size=28 model.num_attention_heads=4", DIT);
+    CHECK(train(0, dit1, "one1", "") == 0, "DiT with 1 token and 4 heads, one process trains");
+    const run_case one_token[] = {{"4", "tp2_sp_cp2_1tok", "one1", "", 2},
+                                  {"4", "tp2_sp_cp2_a2a_1tok", "one1", "model.cp_comm_type=a2a", 2}};
+    for (int k = 0; k < 2; k++) check_case(0, dit1, &one_token[k]);
 
     /* saved under TP2+SP x CP2 at step 5, resumed as one process */
     char extra[2048];
