@@ -102,7 +102,7 @@ int dit_set_recompute_mode(dit_model *m, int blocks, int chunk, int selective, c
  * gates and residual adds hold T / tp tokens of every sample; the inputs of the column-parallel linears are
  * all-gathered, the row-parallel outputs reduce-scattered (sums in rank order). The embedders and the output head
  * run on the whole sequence. Reallocates the arena (call it before the pipeline stage). With context parallelism
- * (either order) the "sequence" is this rank's chunk, whose length is rounded up to a multiple of tp (padding).
+ * (dit_set_context_parallel first) the "sequence" is this rank's chunk, its length rounded up to a multiple of tp.
  * 0, or -1 with err (tp = 1, or without context parallelism a token count tp does not divide: both numbers named). */
 int dit_set_sequence_parallel(dit_model *m, int on, char *err, size_t errlen);
 /* Bytes held by activations + scratch. */
