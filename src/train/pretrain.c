@@ -1589,15 +1589,15 @@ int dfm_pretrain(const cfg *c) {
             printf("  %d processes: data parallel %d x tensor %d x context %d x pipeline %d; %d samples per rank; "
                    "sharding %s",
                    di->size, di->dp, di->tp, di->cp, di->pp, n_local, dp_sharding_name(strategy));
+        if (di->size > 1 && di->dp_replicate > 1)
+            printf(" within %d replica groups of %d ranks (hybrid), gradient shards all-reduced across them",
+                   di->dp_replicate, di->dp_shard);
+        if (di->size > 1) printf("\n");
         if (di->cp > 1)
             printf("  context parallel: %s attention, each rank %d tokens of a sample (the last ones padded and masked "
                    "where %s%d does not divide the tokens)\n",
                    cp_comm_type_name(cp_comm), j.wan ? j.wmodel.max_tokens : j.model.T,
                    seqpar ? "context x tensor parallel = " : "", di->cp * (seqpar ? di->tp : 1));
-        if (di->size > 1 && di->dp_replicate > 1)
-            printf(" within %d replica groups of %d ranks (hybrid), gradient shards all-reduced across them",
-                   di->dp_replicate, di->dp_shard);
-        if (di->size > 1) printf("\n");
         char rc_note[96] = "";
         if (recompute.selective)
             snprintf(rc_note, sizeof rc_note, " (selective: every block's core attention recomputed in the backward)");
