@@ -47,11 +47,17 @@ typedef struct {
 } lora_spec;
 
 typedef struct {
-    char *module; /* "blocks.0.attn1.to_q" */
-    size_t w_off; /* the base weight's offset in the model's buffer */
-    int out, in;
+    char *module;        /* "blocks.0.attn1.to_q" */
+    size_t w_off;        /* the base weight's offset in the model's buffer */
+    int out, in;         /* the base weight's shape in this process (a tensor-parallel slice: its local shape) */
     size_t a_off, b_off; /* offsets of A and B in the adapter buffer */
     float *base;         /* the frozen base weight (out x in) */
+    /* Tensor parallelism: the base weight's split axis (-1 whole, 0 column-parallel: rows split, 1 row-parallel:
+     * columns split). Column-parallel: B is split by rows like W, A is whole and its gradient scale B_local^T
+     * G_local a partial sum over the TP group; row-parallel: A is split by columns, B whole, its gradient scale
+     * G_local A_local^T partial. The partial sums go through tp_scratch at p_off. */
+    int split;
+    size_t p_off;
 } lora_target;
 
 typedef struct {
@@ -67,6 +73,13 @@ typedef struct {
     int nseg;
     size_t seg_begin[2];
     segment_hooks hooks;
+    /* every adapter of the model with its whole (global) shape, in one process's order, and every adapted module:
+     * what PEFT files hold, whatever part (tensor-parallel slices, a pipeline stage's modules) this process has */
+    param_table global;
+    char **all_modules;
+    int n_all;
+    float *tp_scratch; /* the partial adapter gradients under tensor parallelism (tp_n floats) */
+    size_t tp_n;
 } lora_model;
 
 /* 1 when the 2-D tensor `name` of a model is a linear layer's weight LoRA can adapt; module gets its name. */
@@ -76,15 +89,25 @@ int lora_pattern_match(const char *pattern, const char *module);
 
 /* Adapters for the modules of `base` that spec selects, base weights copied from base_params; A drawn from
  * seed, B zero. 0, or -1 with a message (no module matched: the patterns and a few module names; r < 1;
- * dropout > 0) in err. */
+ * dropout > 0) in err. A table of a tensor-parallel rank (split entries) gives adapters split as above, each rank
+ * its slice of the values one process draws. */
 int lora_create(lora_model *L, const param_table *base, const float *base_params, const lora_spec *spec, uint64_t seed,
                 char *err, size_t errlen);
 void lora_free(lora_model *L);
+/* Pipeline parallelism: keep the adapters of the modules whose weights are in `part` (a stage's table; w_off
+ * becomes the weight's offset there), values kept. The table's model_total stays the whole model's adapter count,
+ * so checkpoints read and write pieces of every stage's adapters. Returns the number of modules kept. */
+int lora_restrict(lora_model *L, const param_table *part);
 
 /* model_params' adapted weights = base + scale * B A (adapters laid out by L->table; NULL = L->params). */
 void lora_merge(const lora_model *L, const float *adapters, float *model_params);
-/* Adapter gradients from the model's weight gradients: grads += (scale B^T G, scale G A^T) per module. */
-void lora_backward(const lora_model *L, const float *adapters, const float *model_grads, float *adapter_grads);
+/* Adapter gradients from the model's weight gradients: grads += (scale B^T G, scale G A^T) per module. Under
+ * tensor parallelism every TP rank calls it together: the partial gradients are summed over the TP group in rank
+ * order (the same bits on every rank). _range: the modules whose weights lie in [lo, hi) of the model's buffer
+ * (a pipeline stage's model chunk). */
+void lora_backward(lora_model *L, const float *adapters, const float *model_grads, float *adapter_grads);
+void lora_backward_range(lora_model *L, const float *adapters, const float *model_grads, float *adapter_grads,
+                         size_t lo, size_t hi);
 
 /* In a training step, with a data-parallel engine over the adapters (dp_model of L->table, L->nseg, L->seg_begin,
  * &L->params, &L->grads, &L->hooks): lora_step_begin fetches the adapters (gathered when the engine shards them)
@@ -93,9 +116,11 @@ void lora_backward(const lora_model *L, const float *adapters, const float *mode
  * gradients where the engine wants them and tells it they are done. */
 const float *lora_step_begin(lora_model *L, float *model_params);
 void lora_micro_backward(lora_model *L, const float *adapters, const float *model_grads);
+void lora_micro_backward_range(lora_model *L, const float *adapters, const float *model_grads, size_t lo, size_t hi);
 
 /* Write dir/adapter_model.safetensors and dir/adapter_config.json (PEFT's form) atomically; base_name goes
- * into base_model_name_or_path (may be NULL). dir is created. 0, or -1 + err. */
+ * into base_model_name_or_path (may be NULL). dir is created. adapters are laid out by L->global (every module,
+ * whole tensors: L->params itself in one process). 0, or -1 + err. */
 int lora_save_peft(const lora_model *L, const float *adapters, const char *dir, const char *base_name, char *err,
                    size_t errlen);
 /* Fold a PEFT adapter folder (or its adapter_model.safetensors) into a model's weights: W += scale B A for

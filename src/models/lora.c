@@ -1,6 +1,7 @@
 /* LoRA adapters (see include/dfm/lora.h). */
 #include "dfm/lora.h"
 #include "dfm/common.h"
+#include "dfm/dist.h"
 #include "dfm/rng.h"
 #include "dfm/safetensors.h"
 
@@ -55,6 +56,7 @@ int lora_create(lora_model *L, const param_table *base, const float *base_params
         return -1;
     }
     char module[512];
+    const param_entry **went = NULL; /* the base weight's entry of each target */
     for (int i = 0; i < base->n; i++) {
         const param_entry *e = &base->e[i];
         if (!lora_is_linear(e, module, sizeof module)) continue;
@@ -65,6 +67,9 @@ int lora_create(lora_model *L, const param_table *base, const float *base_params
         t->module = xstrdup(module);
         t->w_off = e->offset;
         t->out = (int)e->shape[0], t->in = (int)e->shape[1];
+        t->split = e->split_axis;
+        went = xrealloc(went, (size_t)L->n * sizeof *went);
+        went[L->n - 1] = e;
         t->base = xalloc_floats(e->numel);
         memcpy(t->base, base_params + e->offset, e->numel * sizeof(float));
     }
@@ -80,6 +85,7 @@ int lora_create(lora_model *L, const param_table *base, const float *base_params
                 len += snprintf(err + len, errlen - (size_t)len, " %s", module), shown++;
         if (len < (int)errlen) snprintf(err + len, errlen - (size_t)len, " ...");
         lora_free(L);
+        free(went);
         return -1;
     }
     L->r = spec->r;
@@ -87,27 +93,48 @@ int lora_create(lora_model *L, const param_table *base, const float *base_params
     L->use_rslora = spec->use_rslora;
     L->scale = spec->use_rslora ? spec->alpha / sqrtf((float)spec->r) : spec->alpha / (float)spec->r;
     char name[600];
+    int r = spec->r;
     for (int k = 0; k < L->n; k++) {
         lora_target *t = &L->t[k];
-        int64_t as[2] = {spec->r, t->in}, bs[2] = {t->out, spec->r};
+        const param_entry *w = went[k];
+        int64_t gout = w->global_shape[0], gin = w->global_shape[1];
+        int64_t as[2] = {r, gin}, bs[2] = {gout, r};
+        /* under tensor parallelism: B split by rows with a column-parallel W, A by columns with a row-parallel W */
+        int parts = t->split >= 0 ? (int)(w->global_shape[t->split] / w->shape[t->split]) : 1;
+        int part = t->split >= 0 ? (int)(w->split_start / w->shape[t->split]) : 0;
         snprintf(name, sizeof name, "%s.lora_A.weight", t->module);
-        param_table_add(&L->table, name, 2, as, 0);
+        param_table_add_split(&L->table, name, 2, as, 0, 1, t->split == 1 ? parts : 1, part);
         t->a_off = L->table.e[L->table.n - 1].offset;
+        param_table_add(&L->global, name, 2, as, 0);
         snprintf(name, sizeof name, "%s.lora_B.weight", t->module);
-        param_table_add(&L->table, name, 2, bs, 0);
+        param_table_add_split(&L->table, name, 2, bs, 0, 0, t->split == 0 ? parts : 1, part);
         t->b_off = L->table.e[L->table.n - 1].offset;
+        param_table_add(&L->global, name, 2, bs, 0);
+        if (t->split == 0 || t->split == 1) { /* its partial gradient: A's (column-parallel) or B's (row-parallel) */
+            t->p_off = L->tp_n;
+            L->tp_n += t->split == 0 ? (size_t)r * t->in : (size_t)t->out * r;
+        }
     }
+    L->n_all = L->n;
+    L->all_modules = xcalloc((size_t)L->n, sizeof(char *));
+    for (int k = 0; k < L->n; k++) L->all_modules[k] = xstrdup(L->t[k].module);
+    L->tp_scratch = L->tp_n ? xalloc_floats(L->tp_n) : NULL;
     L->params = xalloc_floats(L->table.total);
     L->grads = xalloc_floats(L->table.total);
     memset(L->params, 0, L->table.total * sizeof(float));
     memset(L->grads, 0, L->table.total * sizeof(float));
-    for (int k = 0; k < L->n; k++) { /* A ~ U(-1/sqrt(in), 1/sqrt(in)); B = 0 */
+    /* A ~ U(-1/sqrt(in), 1/sqrt(in)) over the whole tensor (a TP rank keeps its slice of one process's draw); B = 0 */
+    for (int k = 0; k < L->n; k++) {
         lora_target *t = &L->t[k];
-        size_t na = (size_t)spec->r * t->in;
-        float *a = L->params + t->a_off, bound = 1.0f / sqrtf((float)t->in);
+        const param_entry *ea = &L->table.e[2 * k];
+        size_t na = ea->global_numel;
+        float *a = xalloc_floats(na), bound = 1.0f / sqrtf((float)ea->global_shape[1]);
         rng_fill_uniform(a, na, seed, RNG_STREAM_LORA, 0, (uint32_t)k);
         for (size_t i = 0; i < na; i++) a[i] = (2.0f * a[i] - 1.0f) * bound;
+        param_entry_take_slice(ea, a, L->params + t->a_off);
+        free(a);
     }
+    free(went);
     L->nseg = 1;
     L->seg_begin[0] = 0, L->seg_begin[1] = L->table.total;
     return 0;
@@ -115,9 +142,11 @@ int lora_create(lora_model *L, const param_table *base, const float *base_params
 
 void lora_free(lora_model *L) {
     for (int k = 0; k < L->n; k++) free(L->t[k].module), free(L->t[k].base);
-    free(L->t);
+    for (int k = 0; k < L->n_all; k++) free(L->all_modules[k]);
+    free(L->t), free(L->all_modules), free(L->tp_scratch);
     free(L->params), free(L->grads);
     param_table_free(&L->table);
+    param_table_free(&L->global);
     memset(L, 0, sizeof *L);
 }
 
@@ -132,17 +161,45 @@ void lora_merge(const lora_model *L, const float *adapters, float *model_params)
     }
 }
 
-void lora_backward(const lora_model *L, const float *adapters, const float *model_grads, float *adapter_grads) {
+void lora_backward_range(lora_model *L, const float *adapters, const float *model_grads, float *adapter_grads,
+                         size_t lo, size_t hi) {
     if (!adapters) adapters = L->params;
+    size_t p0 = L->tp_n, p1 = 0; /* the span of tp_scratch these modules' partial gradients take */
     for (int k = 0; k < L->n; k++) {
         const lora_target *t = &L->t[k];
+        if (t->w_off < lo || t->w_off >= hi) continue;
         const float *g = model_grads + t->w_off, *a = adapters + t->a_off, *b = adapters + t->b_off;
+        float *da = adapter_grads + t->a_off, *db = adapter_grads + t->b_off;
+        float beta_a = 1.0f, beta_b = 1.0f;
+        if (t->split == 0) { /* column-parallel: this rank's rows of G give a part of dA */
+            da = L->tp_scratch + t->p_off, beta_a = 0.0f;
+            p0 = t->p_off < p0 ? t->p_off : p0, p1 = t->p_off + (size_t)L->r * t->in;
+        } else if (t->split == 1) { /* row-parallel: this rank's columns of G give a part of dB */
+            db = L->tp_scratch + t->p_off, beta_b = 0.0f;
+            p0 = t->p_off < p0 ? t->p_off : p0, p1 = t->p_off + (size_t)t->out * L->r;
+        }
         /* dA [r, in] += scale B^T G;  dB [out, r] += scale G A^T */
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, L->r, t->in, t->out, L->scale, b, L->r, g, t->in, 1.0f,
-                    adapter_grads + t->a_off, t->in);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, t->out, L->r, t->in, L->scale, g, t->in, a, t->in, 1.0f,
-                    adapter_grads + t->b_off, L->r);
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, L->r, t->in, t->out, L->scale, b, L->r, g, t->in, beta_a,
+                    da, t->in);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, t->out, L->r, t->in, L->scale, g, t->in, a, t->in, beta_b,
+                    db, L->r);
     }
+    if (p1 <= p0) return;
+    /* the partial sums over the TP group, added in rank order (every rank the same bits), then into the gradients */
+    dist_tp_allreduce_sum_f32(L->tp_scratch + p0, p1 - p0, "tensor-parallel all-reduce of the LoRA gradients");
+    for (int k = 0; k < L->n; k++) {
+        const lora_target *t = &L->t[k];
+        if (t->w_off < lo || t->w_off >= hi || t->split < 0) continue;
+        size_t off = t->split == 0 ? t->a_off : t->b_off,
+               n = t->split == 0 ? (size_t)L->r * t->in : (size_t)t->out * L->r;
+        const float *src = L->tp_scratch + t->p_off;
+        float *dst = adapter_grads + off;
+        for (size_t i = 0; i < n; i++) dst[i] += src[i];
+    }
+}
+
+void lora_backward(lora_model *L, const float *adapters, const float *model_grads, float *adapter_grads) {
+    lora_backward_range(L, adapters, model_grads, adapter_grads, 0, SIZE_MAX);
 }
 
 const float *lora_step_begin(lora_model *L, float *model_params) {
@@ -151,10 +208,55 @@ const float *lora_step_begin(lora_model *L, float *model_params) {
     return ad;
 }
 
-void lora_micro_backward(lora_model *L, const float *adapters, const float *model_grads) {
+void lora_micro_backward_range(lora_model *L, const float *adapters, const float *model_grads, size_t lo, size_t hi) {
     float *g = L->hooks.grads ? L->hooks.grads(L->hooks.ctx, 0) : L->grads;
-    lora_backward(L, adapters, model_grads, g);
+    lora_backward_range(L, adapters, model_grads, g, lo, hi);
     if (L->hooks.grads_done) L->hooks.grads_done(L->hooks.ctx, 0);
+}
+
+void lora_micro_backward(lora_model *L, const float *adapters, const float *model_grads) {
+    lora_micro_backward_range(L, adapters, model_grads, 0, SIZE_MAX);
+}
+
+int lora_restrict(lora_model *L, const param_table *part) {
+    param_table nt = {0};
+    float *np = NULL;
+    int kept = 0;
+    char wname[600];
+    size_t tp_n = 0;
+    for (int k = 0; k < L->n; k++) {
+        lora_target *t = &L->t[k];
+        snprintf(wname, sizeof wname, "%s.weight", t->module);
+        const param_entry *w = param_table_find(part, wname);
+        if (!w) {
+            free(t->module), free(t->base);
+            continue;
+        }
+        lora_target u = *t;
+        u.w_off = w->offset;
+        param_table_add_entry(&nt, &L->table.e[2 * k]);
+        u.a_off = nt.e[nt.n - 1].offset;
+        param_table_add_entry(&nt, &L->table.e[2 * k + 1]);
+        u.b_off = nt.e[nt.n - 1].offset;
+        np = xrealloc(np, nt.total * sizeof(float));
+        memcpy(np + u.a_off, L->params + t->a_off, (size_t)L->r * t->in * sizeof(float));
+        memcpy(np + u.b_off, L->params + t->b_off, (size_t)t->out * L->r * sizeof(float));
+        if (u.split >= 0) u.p_off = tp_n, tp_n += u.split == 0 ? (size_t)L->r * u.in : (size_t)u.out * L->r;
+        L->t[kept++] = u;
+    }
+    nt.model_total = param_table_global_total(&L->table);
+    param_table_free(&L->table);
+    L->table = nt;
+    L->n = kept;
+    free(L->params), free(L->grads);
+    L->params = np ? np : xalloc_floats(1);
+    L->grads = xalloc_floats(nt.total ? nt.total : 1);
+    memset(L->grads, 0, (nt.total ? nt.total : 1) * sizeof(float));
+    L->tp_n = tp_n;
+    free(L->tp_scratch);
+    L->tp_scratch = tp_n ? xalloc_floats(tp_n) : NULL;
+    L->seg_begin[0] = 0, L->seg_begin[1] = nt.total;
+    return kept;
 }
 
 /* ---- PEFT files ------------------------------------------------------------------------------- */
@@ -166,9 +268,10 @@ int lora_save_peft(const lora_model *L, const float *adapters, const char *dir, 
     if (!adapters) adapters = L->params;
     xmkdir_p(dir);
     st_writer *w = st_writer_new();
-    char **names = xcalloc((size_t)L->table.n, sizeof(char *));
-    for (int i = 0; i < L->table.n; i++) {
-        const param_entry *e = &L->table.e[i];
+    const param_table *gt = &L->global;
+    char **names = xcalloc((size_t)gt->n, sizeof(char *));
+    for (int i = 0; i < gt->n; i++) {
+        const param_entry *e = &gt->e[i];
         names[i] = xmalloc(strlen(PEFT_PREFIX) + strlen(e->name) + 1);
         sprintf(names[i], "%s%s", PEFT_PREFIX, e->name);
         st_writer_add(w, names[i], ST_F32, e->ndim, e->shape, adapters + e->offset);
@@ -177,11 +280,11 @@ int lora_save_peft(const lora_model *L, const float *adapters, const char *dir, 
     char path[4200];
     snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
     st_writer_finish(w, path);
-    for (int i = 0; i < L->table.n; i++) free(names[i]);
+    for (int i = 0; i < gt->n; i++) free(names[i]);
     free(names);
 
     json_t *targets = json_array();
-    for (int k = 0; k < L->n; k++) json_array_append_new(targets, json_string(L->t[k].module));
+    for (int k = 0; k < L->n_all; k++) json_array_append_new(targets, json_string(L->all_modules[k]));
     json_t *c = json_object();
     json_object_set_new(c, "base_model_name_or_path", base_name ? json_string(base_name) : json_null());
     json_object_set_new(c, "peft_type", json_string("LORA"));

@@ -39,6 +39,10 @@ struct pp_stage {
     int n_copies, cap_copies;
     float **dout; /* the head chunk's output gradient, one per arena (kept from the forward to the backward) */
     size_t dout_n;
+    /* LoRA (the engine holds the adapters, the stage its merged weights and their gradients): during a step, the
+     * adapters and the trainer's lora_model */
+    lora_model *lora;
+    const float *adapters;
 };
 
 int pp_layout(int L, int P, int V, int stage, int chunk, int *b0, int *b1, char *err, size_t errlen) {
@@ -232,6 +236,16 @@ const param_table *pp_stage_table(const pp_stage *ps) {
     return &ps->table;
 }
 
+float *pp_stage_params(pp_stage *ps) {
+    return ps->params;
+}
+
+/* A LoRA step: the adapters merged into the stage's weights (lora_step_begin), kept for the backwards. */
+static void lora_begin(pp_stage *ps, lora_model *L) {
+    ps->lora = L;
+    ps->adapters = L ? lora_step_begin(L, ps->params) : NULL;
+}
+
 /* The head chunk's output gradient buffer for micro-batch k (n floats at most). */
 static float *dout_of(pp_stage *ps, int k, size_t n) {
     const pp_chunk *ch = &ps->ch[ps->V - 1];
@@ -320,7 +334,10 @@ static void run_backward(pp_stage *ps, dp_engine *e, const pp_ops *o, int v, int
         recv_all(&io, (ch->gc + 1) % ps->P, k, 1, ch->gc);
     }
     dp_micro_begin(e, final);
+    size_t lo = ps->seg_begin[ch->seg0], hi = ps->seg_begin[ch->seg0 + ch->hi - ch->lo];
+    if (ps->lora) memset(ps->grads + lo, 0, (hi - lo) * sizeof(float)); /* this micro-batch's weight gradients */
     o->backward(o->ctx, ch->model, k);
+    if (ps->lora) lora_micro_backward_range(ps->lora, ps->adapters, ps->grads, lo, hi); /* the chunk's adapters */
     dp_micro_end(e);
     if (ch->gc > 0) {
         o->tensors(o->ctx, ch->model, k, STAGE_GRAD, &io);
@@ -430,7 +447,9 @@ step_result pp_dit_step(pp_stage *ps, dit_trainer *tr, dp_engine *e, const float
     pp_ops o = {&c, dit_use, dit_io, dit_fwd, dit_bwd};
     int mbs = tr->model->max_batch;
     dp_begin_step(e);
+    lora_begin(ps, tr->lora);
     run_schedule(ps, e, &o, (n_local + mbs - 1) / mbs);
+    ps->lora = NULL;
     return finish(e, c.loss, lr);
 }
 
@@ -504,7 +523,9 @@ step_result pp_wan_step(pp_stage *ps, wan_trainer *tr, dp_engine *e, const wan_m
     wan_ctx c = {ps, tr, &tr->obj, tr->seed, mb, B_global, 1, step, 0};
     pp_ops o = {&c, wan_use, wan_io, wan_fwd, wan_bwd};
     dp_begin_step(e);
+    lora_begin(ps, tr->lora);
     run_schedule(ps, e, &o, n_micro);
+    ps->lora = NULL;
     return finish(e, c.loss, lr);
 }
 

@@ -355,9 +355,21 @@ static void write_state_tensors(job *j, const char *mdir, const char *odir) {
     }
     if (j->lora_on) { /* the adapters as PEFT writes them, for diffusers / PEFT users: Megatron's iter folder
                        * gets adapter/, Automodel's step folder has them in model/ */
+        const dist_info *di = dist_get();
         float *ad = j->lora.params;
-        if (!ad) dp_gather_full(j->dp, 0, ad = xalloc_floats(j->table->total));
-        char perr[512];
+        char perr[1024];
+        if (di->tp > 1 || di->pp > 1) {
+            /* every stage's and TP rank's pieces are in the shard files: once all are written, the lead reads the
+             * whole adapters back from them (one process's names and shapes) */
+            dist_barrier_world();
+            ad = NULL;
+            if (lead) {
+                ad = xalloc_floats(j->lora.global.total);
+                if (ckpt_read_range(mdir, "model", &j->lora.global, 0, j->lora.global.total, ad, perr, sizeof perr))
+                    dfm_die("gathering the LoRA adapters for the PEFT files: %s", perr);
+            }
+        } else if (!ad)
+            dp_gather_full(j->dp, 0, ad = xalloc_floats(j->table->total));
         if (!strcmp(mdir, odir))
             snprintf(path, sizeof path, "%s/adapter", mdir);
         else
@@ -375,7 +387,7 @@ static void write_state_tensors(job *j, const char *mdir, const char *odir) {
 static void tp_check_replicated(job *j) {
     const dist_info *di = dist_get();
     if (di->tp == 1) return;
-    const param_table *t = j->pp ? pp_stage_table(j->pp) : j->table; /* what the engine holds */
+    const param_table *t = j->pp && !j->lora_on ? pp_stage_table(j->pp) : j->table; /* what the engine holds */
     float *full = xalloc_floats(t->total);
     uint64_t h = 1469598103934665603ull; /* FNV-1a over the bytes */
     size_t n = 0;
@@ -969,7 +981,7 @@ static void setup_lora(job *j, dp_model *dm, uint64_t seed) {
 static void lora_refresh(job *j) {
     float *ad = j->lora.params;
     if (!ad) dp_gather_full(j->dp, 0, ad = xalloc_floats(j->table->total));
-    lora_merge(&j->lora, ad, j->wan ? j->wmodel.params : j->model.params);
+    lora_merge(&j->lora, ad, j->pp ? pp_stage_params(j->pp) : j->wan ? j->wmodel.params : j->model.params);
     if (ad != j->lora.params) free(ad);
 }
 
@@ -1385,14 +1397,6 @@ int dfm_pretrain(const cfg *c) {
     }
     j.table = dm.table;
     j.lora_on = cfg_len(c, "peft.target_modules") > 0 || cfg_bool(c, "peft.match_all_linear");
-    if (j.lora_on && di->cp > 1)
-        dfm_die("peft (LoRA) with model.context_parallel_size = %d: LoRA under context parallelism is not built yet; "
-                "use data parallelism",
-                di->cp);
-    if (j.lora_on && di->tp > 1)
-        dfm_die("peft (LoRA) with model.tensor_model_parallel_size = %d: LoRA under tensor parallelism is not built "
-                "yet; use data parallelism",
-                di->tp);
     if (j.lora_on && cfg_is_null(c, "checkpoint.pretrained_checkpoint"))
         dfm_die("peft: LoRA adapts pretrained weights; set checkpoint.pretrained_checkpoint (dfm finetune: "
                 "model.mode finetune)");
@@ -1419,8 +1423,7 @@ int dfm_pretrain(const cfg *c) {
     int n_micro = n_local / mbs, pp_b0 = 0, pp_b1 = 0, pp_arenas = 1;
     if (di->pp >
         1) { /* this rank's stage: its blocks, its part of the parameters, an arena per micro-batch in flight */
-        const char *why = j.lora_on                              ? "peft (LoRA)"
-                          : j.consolidated                       ? "checkpoint.consolidated"
+        const char *why = j.consolidated                         ? "checkpoint.consolidated"
                           : cfg_int(c, "train.eval_samples") > 0 ? "train.eval_samples"
                           : bucketed && cfg_int(c, "train.eval_iters") > 0
                               ? "validation over resolution buckets (train.eval_iters)"
@@ -1473,8 +1476,18 @@ int dfm_pretrain(const cfg *c) {
                 cm[v] = (pp_chunk_model){m, &m->params, &m->grads, &m->hooks, b0, b1, na};
             }
         }
-        j.pp = j.wan ? pp_stage_new(&j.wmodel.table, j.wmodel.nseg, j.wmodel.seg_begin, vpp, cm, n_micro, &dm)
-                     : pp_stage_new(&j.model.table, j.model.nseg, j.model.seg_begin, vpp, cm, n_micro, &dm);
+        dp_model sdm; /* the stage's part of the model; with LoRA the engine holds the stage's adapters instead */
+        j.pp = j.wan ? pp_stage_new(&j.wmodel.table, j.wmodel.nseg, j.wmodel.seg_begin, vpp, cm, n_micro, &sdm)
+                     : pp_stage_new(&j.model.table, j.model.nseg, j.model.seg_begin, vpp, cm, n_micro, &sdm);
+        if (j.lora_on) {
+            if (lora_restrict(&j.lora, pp_stage_table(j.pp)) == 0)
+                dfm_die("peft: pipeline stage %d of model.pipeline_model_parallel_size %d holds none of the %d adapted "
+                        "modules: every stage needs adapters of its own (widen peft.target_modules, or use fewer "
+                        "stages)",
+                        di->pp_rank, di->pp, j.lora.n_all);
+            dm.table = &j.lora.table; /* the same adapters' buffers, the stage's modules only */
+        } else
+            dm = sdm;
     }
     j.ema_decay = (float)cfg_float(c, "train.ema_decay");
     adamw_config oc;
@@ -1552,7 +1565,8 @@ int dfm_pretrain(const cfg *c) {
     size_t pbytes, gbytes, obytes;
     dp_memory(j.dp, &pbytes, &gbytes, &obytes);
     if (j.lora_on) { /* the frozen model outside the engine: its (merged) weights, gradients and the base copies */
-        size_t total = j.wan ? j.wmodel.table.total : j.model.table.total, copies = 0;
+        size_t total = j.pp ? pp_stage_table(j.pp)->total : j.wan ? j.wmodel.table.total : j.model.table.total;
+        size_t copies = 0;
         for (int k = 0; k < j.lora.n; k++) copies += (size_t)j.lora.t[k].out * j.lora.t[k].in;
         pbytes += (total + copies) * sizeof(float);
         gbytes += total * sizeof(float);
@@ -1705,7 +1719,7 @@ int dfm_pretrain(const cfg *c) {
             char what[700];
             if (r.bad_param >= 0)
                 snprintf(what, sizeof what, "the gradient of '%s' (the first parameter holding NaN/Inf)",
-                         (j.pp ? pp_stage_table(j.pp) : j.table)->e[r.bad_param].name);
+                         (j.pp && !j.lora_on ? pp_stage_table(j.pp) : j.table)->e[r.bad_param].name);
             else
                 snprintf(what, sizeof what, "the loss (%g)", r.loss);
             if (skip_nan) {
