@@ -1,8 +1,8 @@
 /* LoRA (peft.*) under tensor, pipeline and context parallelism (mpirun --oversubscribe on 2 cores), against one
  * process at the same global batch, tiny DiT and Wan of 4 blocks over a base trained for 2 steps, 10 LoRA steps:
- *  - TP2, PP2, CP2, TP2 x PP2 (4 ranks), DiT TP2 + SP and PP2 x 2 model chunks: losses, final adapters and their
- *    EMA within 1e-5 relative (the pipeline alone within 1e-6: it does not change the arithmetic), the replicated
- *    adapters bit-identical across TP ranks at every checkpoint;
+ *  - TP2, PP2, CP2, TP2 x PP2 (4 ranks), DiT TP2 + SP, CP2 x TP2 + SP and PP2 x 2 model chunks: losses, final
+ *    adapters and their EMA within 1e-5 relative (the pipeline alone within 1e-6: it does not change the
+ *    arithmetic), the replicated adapters bit-identical across TP ranks at every checkpoint;
  *  - the PEFT file of a TP2 and a TP2 x PP2 run: one process's names and shapes, values within 1e-5;
  *  - the base untouched: its checkpoint files unchanged, and the merged export of the TP2 LoRA checkpoint equal to
  *    the base's export bit for bit outside the adapted weights;
@@ -225,6 +225,9 @@ static void dit_cases(void) {
     layout(0, 2, "d_vpp", VPP, 1e-6, "DiT LoRA PP2 x 2 model chunks");
     layout(0, 2, "d_tpsp", "model.tensor_model_parallel_size=2 model.sequence_parallel=true", 1e-5,
            "DiT LoRA TP2 + sequence parallelism");
+    layout(0, 4, "d_cptpsp",
+           "model.context_parallel_size=2 model.tensor_model_parallel_size=2 model.sequence_parallel=true", 1e-5,
+           "DiT LoRA CP2 x TP2 + SP");
 
     /* the PEFT files: one process's names and shapes, whatever the layout */
     const char *ref = test_path("%s/d1/ck/iter_0000010/adapter/adapter_model.safetensors", dir);
