@@ -367,11 +367,21 @@ static void run_forward_only(pp_stage *ps, const pp_ops *o) {
     wait_all_sends(ps);
 }
 
-/* The loss (on the last stage; 0 elsewhere) summed over the data-parallel group, then over the pipeline: adding
- * zeros is exact, so every rank holds one process's number. */
+/* The loss (on the last stage; 0 elsewhere) summed over the data-parallel group, then over the context-parallel
+ * group (each CP rank's share covers its tokens), then over the pipeline: adding zeros is exact, so every rank
+ * holds the number the last stage's ranks hold. */
 static double share_loss(double loss) {
     dist_allreduce_sum_f64(&loss, 1, "all-reduce of the loss");
+    dist_allreduce_sum_f64_in(DIST_CP, &loss, 1, "all-reduce of the loss over the context-parallel group");
     dist_allreduce_sum_f64_in(DIST_PP, &loss, 1, "all-reduce of the loss over the pipeline");
+    return loss;
+}
+
+/* A validation loss (one micro-batch, on the last stage) summed over the context-parallel group, then over the
+ * pipeline. */
+static double share_val_loss(double loss) {
+    dist_allreduce_sum_f64_in(DIST_CP, &loss, 1, "all-reduce of the validation loss over the context-parallel group");
+    dist_allreduce_sum_f64_in(DIST_PP, &loss, 1, "all-reduce of the validation loss over the pipeline");
     return loss;
 }
 
@@ -431,7 +441,8 @@ static void dit_fwd(void *ctx, void *model, int k) {
     if (!last) return;
     float share = c->want_grad ? (float)mb / (float)c->B_global : 1.0f;
     float *dout = c->want_grad ? dout_of(c->ps, k, (size_t)m->max_batch * out_n) : NULL;
-    c->loss += share * diffusion_loss(db, c->tr->out, dout, out_n, share);
+    /* context parallelism: this rank's pixels only (tr->cp_mask; NULL without CP), the shares summed later */
+    c->loss += share * diffusion_loss_masked(db, c->tr->out, dout, out_n, share, c->tr->cp_mask);
 }
 
 static void dit_bwd(void *ctx, void *model, int k) {
@@ -458,8 +469,7 @@ double pp_dit_loss(pp_stage *ps, dit_trainer *tr, const objective_config *obj, u
     dit_ctx c = {ps, tr, obj, seed, x0, labels, B, B, 0, 0, step, 0};
     pp_ops o = {&c, dit_use, dit_io, dit_fwd, dit_bwd};
     run_forward_only(ps, &o);
-    dist_allreduce_sum_f64_in(DIST_PP, &c.loss, 1, "all-reduce of the validation loss over the pipeline");
-    return c.loss;
+    return share_val_loss(c.loss);
 }
 
 /* ---- Wan ---------------------------------------------------------------------------------------------------- */
@@ -509,7 +519,8 @@ static void wan_fwd(void *ctx, void *model, int k) {
     size_t out_n = (size_t)m->cfg.out_channels * u->frames * u->height * u->width;
     float share = c->want_grad ? (float)u->count / (float)c->B_global : 1.0f;
     float *dout = c->want_grad ? dout_of(c->ps, k, wan_dout_n(tr, m)) : NULL;
-    c->loss += share * diffusion_loss(&tr->db, tr->out, dout, out_n, share);
+    if (tr->cp_mask) wan_cp_owned(m, tr->cp_mask, m->cfg.in_channels); /* this rank's tokens of this shape */
+    c->loss += share * diffusion_loss_masked(&tr->db, tr->out, dout, out_n, share, tr->cp_mask);
 }
 
 static void wan_bwd(void *ctx, void *model, int k) {
@@ -535,6 +546,5 @@ double pp_wan_loss(pp_stage *ps, wan_trainer *tr, const objective_config *obj, u
     wan_ctx c = {ps, tr, obj, seed, &u, B, 0, step, 0};
     pp_ops o = {&c, wan_use, wan_io, wan_fwd, wan_bwd};
     run_forward_only(ps, &o);
-    dist_allreduce_sum_f64_in(DIST_PP, &c.loss, 1, "all-reduce of the validation loss over the pipeline");
-    return c.loss;
+    return share_val_loss(c.loss);
 }

@@ -1160,10 +1160,6 @@ int dfm_pretrain(const cfg *c) {
     if (!cp_comm_type_parse(cfg_str(c, "model.cp_comm_type"), &cp_comm))
         dfm_die("model.cp_comm_type = '%s' (from %s): use p2p (ring attention) or a2a (all-to-all over heads)",
                 cfg_str(c, "model.cp_comm_type"), cfg_source(c, "model.cp_comm_type"));
-    if (di->cp > 1 && di->pp > 1)
-        dfm_die("model.context_parallel_size %d with model.pipeline_model_parallel_size %d: context and pipeline "
-                "parallelism together are not built yet; use one of them",
-                di->cp, di->pp);
     int vpp = cfg_is_null(c, "model.virtual_pipeline_model_parallel_size")
                   ? 1
                   : int_key(c, "model.virtual_pipeline_model_parallel_size", 1, PP_MAX_CHUNKS);
@@ -1453,6 +1449,7 @@ int dfm_pretrain(const cfg *c) {
                 if (v) {
                     wan_shape mx = {mbs, frames, vh, vw, text_len};
                     wan_create_weights_only_tp(m, &wc, di->tp, di->tp_rank);
+                    if (di->cp > 1) wan_set_context_parallel(m, di->cp, di->cp_rank, cp_comm);
                     if (wan_set_recompute_mode(m, recompute.blocks, recompute.chunk, recompute.selective, err,
                                                sizeof err) != 0 ||
                         wan_set_sequence_parallel(m, seqpar, err, sizeof err) != 0 ||
@@ -1466,6 +1463,7 @@ int dfm_pretrain(const cfg *c) {
                 dit_model *m = v ? &j.xdit[v - 1] : &j.model;
                 if (v) {
                     dit_create_tp(m, &dc, mbs, di->tp, di->tp_rank);
+                    if (di->cp > 1) dit_set_context_parallel(m, di->cp, di->cp_rank, cp_comm);
                     if (dit_set_recompute_mode(m, recompute.blocks, recompute.chunk, recompute.selective, err,
                                                sizeof err) != 0)
                         dfm_die("DiT: %s", err);
