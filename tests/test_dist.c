@@ -297,12 +297,13 @@ static void layout_errors(void) {
           "a layout that does not divide the world is refused: %.300s", out);
     free(out);
     snprintf(cmd, sizeof cmd,
-             "mpirun --oversubscribe -np 4 %s pretrain %s model.context_parallel_size=2 "
+             "mpirun --oversubscribe -np 6 %s pretrain %s model.context_parallel_size=2 "
              "model.pipeline_model_parallel_size=2 logger.output_dir=%s/e",
              bin, TINY, dir);
     rc = test_capture(cmd, &out);
-    CHECK(rc != 0 && strstr(out, "context and pipeline parallelism together are not built yet"),
-          "context with pipeline parallelism (not built yet) is refused, not ignored");
+    CHECK(rc != 0 && strstr(out, "world size 6 (mpirun -np) is not divisible by tensor x context x pipeline parallel "
+                                 "= 1 x 2 x 2 = 4"),
+          "context x pipeline parallelism that does not divide the world is refused: %.300s", out);
     free(out);
     snprintf(cmd, sizeof cmd,
              "mpirun --oversubscribe -np 4 %s pretrain %s ddp.data_parallel_sharding_strategy=optim "

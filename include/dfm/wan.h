@@ -165,7 +165,8 @@ void wan_backward(wan_model *m, const float *dout);
 void wan_set_stage(wan_model *m, int block_begin, int block_end, int n_arenas);
 void wan_use_arena(wan_model *m, int k);
 /* The stage-boundary tensors of the current arena for input shape s (model.h): the hidden states [B*N, d]
- * entering block_begin (FWD_IN) or leaving block_end - 1 (FWD_OUT), temb [B, d] (the head's modulation),
+ * entering block_begin (FWD_IN) or leaving block_end - 1 (FWD_OUT) (N: this rank's chunk of the tokens under
+ * context parallelism, its share of that under sequence parallelism), temb [B, d] (the head's modulation),
  * time_proj's output [B, 6d] (every block's) and the projected text [B*L, d]; STAGE_GRAD: their gradients. */
 void wan_stage_tensors(wan_model *m, const wan_shape *s, stage_dir dir, stage_tensors *io);
 
