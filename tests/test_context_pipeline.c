@@ -1,7 +1,8 @@
 /* Context parallelism together with pipeline parallelism (model.context_parallel_size with
  * model.pipeline_model_parallel_size; mpirun --oversubscribe on 2 cores), against one process at the same global
  * batch, tiny DiT and Wan of 4 blocks, 10 steps of 4 micro-batches:
- *  - CP2 x PP2 (4 ranks): DiT and Wan with ring attention (p2p), Wan with all-to-all (a2a); DiT with 2 model chunks
+ *  - CP2 x PP2 (4 ranks): DiT and Wan with ring attention (p2p), Wan with all-to-all (a2a) and over resolution
+ *    buckets (32- and 75-token micro-batches; no validation: not built under PP); DiT with 2 model chunks
  *    per stage (interleaved, the bubble in metrics.jsonl), with 49 tokens (CP2 pads one and masks it), with full
  *    recompute of one block per stage, with optim_grads_params sharding;
  *  - TP2 x CP2 x PP2 and DP2 x CP2 x PP2 (8 ranks, DiT; TP x CP x PP also Wan); DiT CP2 x PP2 ends with the bits of
@@ -79,26 +80,31 @@ static double worse(double a, double b) {
     return isnan(a) || isnan(b) ? INFINITY : a > b ? a : b;
 }
 
-/* run against ref: the losses of steps from..10, the validation losses at 5 (when from is 1) and 10, the final
- * weights and EMA. */
-static void compare(int wan, const char *run, const char *ref, int from, const char *what) {
+/* run against ref: the losses of steps from..10, the validation losses (val) at 5 (when from is 1) and 10, the
+ * final weights and EMA. */
+static void compare_val(int wan, const char *run, const char *ref, int from, int val, const char *what) {
     char ra[1024], rb[1024], ca[1024], cb[1024];
     snprintf(ra, sizeof ra, "%s/%s", dir, run);
     snprintf(rb, sizeof rb, "%s/%s", dir, ref);
     snprintf(ca, sizeof ca, "%s", ck(run, 10));
     snprintf(cb, sizeof cb, "%s", ck(ref, 10));
     double dl = test_run_loss_diff(ra, rb, from, 10), dv = 0, dw = 0;
-    for (int s = from == 1 ? 5 : 10; s <= 10; s += 5)
+    for (int s = from == 1 ? 5 : 10; val && s <= 10; s += 5)
         dv = worse(dv, fabs(val_loss(run, s) - val_loss(ref, s)) / fabs(val_loss(ref, s)));
     const char *kinds[2] = {"model", "ema"};
     for (int k = 0; k < 2; k++)
         dw = worse(dw, wan ? test_wan_weights_diff(ca, kinds[k], cb, kinds[k])
                            : test_dit_weights_diff(ca, kinds[k], cb, kinds[k]));
-    printf("# %s: worst loss difference %.3g, validation loss %.3g, weights/EMA %.3g (relative)\n", what, dl, dv, dw);
+    char vs[64] = "no validation";
+    if (val) snprintf(vs, sizeof vs, "validation losses rel %.2e", dv);
+    printf("# %s: worst loss difference %.3g, %s, weights/EMA %.3g (relative)\n", what, dl, vs, dw);
     CHECK(dl <= TOL && dv <= TOL && dw <= TOL,
-          "%s vs one process: losses of steps %d-10 rel %.2e, validation losses rel %.2e, final weights and EMA rel "
-          "%.2e (tol %.0e)",
-          what, from, dl, dv, dw, TOL);
+          "%s vs one process: losses of steps %d-10 rel %.2e, %s, final weights and EMA rel %.2e (tol %.0e)", what,
+          from, dl, vs, dw, TOL);
+}
+
+static void compare(int wan, const char *run, const char *ref, int from, const char *what) {
+    compare_val(wan, run, ref, from, 1, what);
 }
 
 /* train and compare, or one failed check */
@@ -235,6 +241,27 @@ static void wan_cases(void) {
     run_case(1, 4, WAN, "wan_cppp_a2a", test_path("%s model.cp_comm_type=a2a", CPPP), "wan1", "Wan CP2 x PP2 (a2a)");
     run_case(1, 8, WAN, "wan_tpcppp", test_path("%s model.tensor_model_parallel_size=2", CPPP), "wan1",
              "Wan TP2 x CP2 x PP2 (8 ranks)");
+    /* resolution buckets: 32- and 75-token samples, a shape per micro-batch, so each micro-batch has its own chunk
+     * length (16 or 38 tokens a CP rank) on every stage */
+    int rc = test_sh("D=%s && %s data prepare --video-clips --out $D/en32 --n 12 --frames 2 --size 8 --text-dim 32 "
+                     "--seed 5 > $D/bk.log 2>&1 && %s data convert --from $D/en32 --to $D/st32 >> $D/bk.log 2>&1 && "
+                     "%s data prepare --video-clips --out $D/en75 --n 8 --frames 3 --size 10 --text-dim 32 --seed 7 "
+                     ">> $D/bk.log 2>&1 && %s data convert --from $D/en75 --to $D/st75 >> $D/bk.log 2>&1 && mkdir -p "
+                     "$D/mix && for f in $D/st32/*; do cp $f $D/mix/a_${f##*/}; done && for f in $D/st75/*; do cp $f "
+                     "$D/mix/b_${f##*/}; done",
+                     dir, bin, bin, bin, bin);
+    char wb[2048];
+    snprintf(wb, sizeof wb,
+             "%s dataset.type=video_folder dataset.path=%s/mix dataset.max_samples=null train.global_batch_size=4 "
+             "train.eval_iters=0",
+             WAN, dir);
+    if (rc == 0 && train(0, wb, "wan_bk1", "") == 0)
+        if (train(4, wb, "wan_bk_cppp", CPPP) == 0)
+            compare_val(1, "wan_bk_cppp", "wan_bk1", 1, 0, "Wan CP2 x PP2 over resolution buckets (32 and 75 tokens)");
+        else
+            CHECK(0, "Wan CP2 x PP2 over resolution buckets runs");
+    else
+        CHECK(0, "fixtures and a one-process Wan run over two latent shapes");
     if (train(0, WAN, "wan_cppp_to_one", test_path("checkpoint.load=%s", ck("wan_cppp", 5))) == 0)
         compare(1, "wan_cppp_to_one", "wan1", 6, "Wan saved under CP2 x PP2 at step 5, resumed as one process");
     else
