@@ -5,8 +5,9 @@
  *    buckets (32- and 75-token micro-batches; no validation: not built under PP); DiT with 2 model chunks
  *    per stage (interleaved, the bubble in metrics.jsonl), with 49 tokens (CP2 pads one and masks it), with full
  *    recompute of one block per stage, with optim_grads_params sharding;
- *  - TP2 x CP2 x PP2 and DP2 x CP2 x PP2 (8 ranks, DiT; TP x CP x PP also Wan); DiT CP2 x PP2 ends with the bits of
- *    CP2 alone (the pipeline adds no arithmetic); the stage-boundary tensors are the CP rank's chunk;
+ *  - TP2 x CP2 x PP2, TP2+SP x CP2 x PP2 (DiT with 49 tokens; Wan) and DP2 x CP2 x PP2 (DiT), 8 ranks;
+ *  - DiT CP2 x PP2 ends with the bits of CP2 alone (the pipeline adds no arithmetic); the stage-boundary tensors
+ *    are the CP rank's chunk;
  *  - a CP2 x PP2 checkpoint (one file per stage, written by CP rank 0) resumed as one process, and a one-process
  *    checkpoint resumed as CP2 x PP2, continuing like the uninterrupted run.
  * Losses of every step, validation losses at steps 5 and 10, final weights and EMA within 1e-5 relative (CP changes
@@ -172,6 +173,9 @@ static void dit_cases(void) {
              "DiT TP2 x CP2 x PP2 (8 ranks)");
     CHECK(log_has("tpcppp", "tensor-parallel ranks agree bit for bit"),
           "TP2 x CP2 x PP2: the replicated parameters agree over each stage's TP ranks at the checkpoints");
+    run_case(0, 8, dit4, "spcppp_49",
+             test_path("%s model.tensor_model_parallel_size=2 model.sequence_parallel=true", CPPP), "one49",
+             "DiT TP2+SP x CP2 x PP2, 49 tokens (padded to 52: 13 a rank; 8 ranks)");
     run_case(0, 8, dit7, "dpcppp_og", test_path("%s ddp.data_parallel_sharding_strategy=optim_grads", CPPP), "one",
              "DiT DP2 x CP2 x PP2, optim_grads (8 ranks)");
     CHECK(log_has("dpcppp_og", "data parallel 2 x tensor 1 x context 2 x pipeline 2"),
@@ -241,6 +245,9 @@ static void wan_cases(void) {
     run_case(1, 4, WAN, "wan_cppp_a2a", test_path("%s model.cp_comm_type=a2a", CPPP), "wan1", "Wan CP2 x PP2 (a2a)");
     run_case(1, 8, WAN, "wan_tpcppp", test_path("%s model.tensor_model_parallel_size=2", CPPP), "wan1",
              "Wan TP2 x CP2 x PP2 (8 ranks)");
+    run_case(1, 8, WAN, "wan_spcppp",
+             test_path("%s model.tensor_model_parallel_size=2 model.sequence_parallel=true", CPPP), "wan1",
+             "Wan TP2+SP x CP2 x PP2 (8 ranks)");
     /* resolution buckets: 32- and 75-token samples, a shape per micro-batch, so each micro-batch has its own chunk
      * length (16 or 38 tokens a CP rank) on every stage */
     int rc = test_sh("D=%s && %s data prepare --video-clips --out $D/en32 --n 12 --frames 2 --size 8 --text-dim 32 "
