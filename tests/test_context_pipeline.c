@@ -9,7 +9,8 @@
  *  - DiT CP2 x PP2 ends with the bits of CP2 alone (the pipeline adds no arithmetic); the stage-boundary tensors
  *    are the CP rank's chunk;
  *  - a CP2 x PP2 checkpoint (one file per stage, written by CP rank 0) resumed as one process, and a one-process
- *    checkpoint resumed as CP2 x PP2, continuing like the uninterrupted run.
+ *    checkpoint resumed as CP2 x PP2, continuing like the uninterrupted run;
+ *  - DiT LoRA (every linear) under CP2 x PP2: losses and the PEFT adapter file.
  * Losses of every step, validation losses at steps 5 and 10, final weights and EMA within 1e-5 relative (CP changes
  * the order of the attention's and the gradients' sums); every case prints its worst differences and its time.
  * AdamW's eps is 1e-6 here: with the default 1e-8 the rounding noise of the key bias's gradient (mathematically zero:
@@ -19,6 +20,7 @@
  * tolerance has room to show a real error. */
 #include "dfm/checkpoint.h"
 #include "dfm/dit.h"
+#include "dfm/safetensors.h"
 #include "dfm/wan.h"
 #include "test.h"
 #include "test_fs.h"
@@ -236,6 +238,60 @@ static void stage_tensor_sizes(void) {
     dit_free(&m);
 }
 
+/* The worst difference between two PEFT adapter files (max |a - b| over max |b|, every tensor of b found in a with its
+ * shape; INFINITY otherwise), and their tensor count in *n. */
+static double peft_diff(const char *a, const char *b, int *n) {
+    char err[512];
+    double dmax = 0, rmax = 0;
+    *n = 0;
+    st_file *fb = st_open(b, err, sizeof err), *fa = fb ? st_open(a, err, sizeof err) : NULL;
+    int ok = fa && fb && fa->n_tensors == fb->n_tensors;
+    for (int i = 0; ok && i < fb->n_tensors; i++) {
+        const st_tensor *y = &fb->tensors[i], *x = st_find(fa, y->name);
+        ok = x && st_numel(x) == st_numel(y);
+        size_t k = ok ? (size_t)st_numel(y) : 0;
+        float *vx = xalloc_floats(k + 1), *vy = xalloc_floats(k + 1);
+        if (ok) st_read_f32(fa, x, vx), st_read_f32(fb, y, vy);
+        for (size_t e = 0; e < k; e++) {
+            if (!(fabs((double)vx[e] - vy[e]) <= dmax)) dmax = fabs((double)vx[e] - vy[e]);
+            if (fabs(vy[e]) > rmax) rmax = fabs(vy[e]);
+        }
+        free(vx), free(vy);
+        *n += ok;
+    }
+    if (!fb || (fb && !fa)) printf("# %s\n", err);
+    if (fa) st_close(fa);
+    if (fb) st_close(fb);
+    return ok ? dmax / (rmax > 0 ? rmax : 1) : INFINITY;
+}
+
+/* LoRA (every linear, rank 2) over a base trained 2 steps: CP2 x PP2 against one process */
+static void lora_case(void) {
+    char lora[1024];
+    snprintf(lora, sizeof lora,
+             "peft.match_all_linear=true peft.dim=2 peft.alpha=4 checkpoint.pretrained_checkpoint=%s/lbase/ck", dir);
+    if (train(0, dit7, "lbase", "train.train_iters=2") != 0 || train(0, dit7, "lora1", lora) != 0 ||
+        train(4, dit7, "lora_cppp", test_path("%s %s", lora, CPPP)) != 0) {
+        CHECK(0, "DiT LoRA: the base, one process and CP2 x PP2 run");
+        return;
+    }
+    char ra[1024], rb[1024];
+    snprintf(ra, sizeof ra, "%s/lora_cppp", dir);
+    snprintf(rb, sizeof rb, "%s/lora1", dir);
+    double dl = test_run_loss_diff(ra, rb, 1, 10), dv = 0;
+    for (int st = 5; st <= 10; st += 5)
+        dv = worse(dv, fabs(val_loss("lora_cppp", st) - val_loss("lora1", st)) / fabs(val_loss("lora1", st)));
+    int n = 0;
+    double da = peft_diff(test_path("%s/adapter/adapter_model.safetensors", ck("lora_cppp", 10)),
+                          test_path("%s/adapter/adapter_model.safetensors", ck("lora1", 10)), &n);
+    printf("# DiT LoRA CP2 x PP2: worst loss difference %.3g, validation losses %.3g, adapters %.3g (%d tensors)\n", dl,
+           dv, da, n);
+    CHECK(n > 0 && dl <= TOL && dv <= TOL && da <= TOL,
+          "DiT LoRA under CP2 x PP2 vs one process: losses rel %.2e, validation losses rel %.2e, the %d tensors of the "
+          "PEFT adapter file rel %.2e (tol %.0e)",
+          dl, dv, n, da, TOL);
+}
+
 static void wan_cases(void) {
     if (train(0, WAN, "wan1", "") != 0) {
         CHECK(0, "Wan one process runs");
@@ -285,6 +341,7 @@ int main(void) {
     stage_tensor_sizes();
     double t0 = now();
     dit_cases();
+    lora_case();
     wan_cases();
     printf("# all runs: %.1f s\n", now() - t0);
     test_rmtree(dir);
