@@ -1,5 +1,6 @@
 /* Whole-model outputs under model parallelism (mpirun --oversubscribe on 2 cores), against one process:
- *  - checkpoint.consolidated (layout automodel) under PP2, TP2, CP2 and TP2 x PP2 (DiT; Wan PP2 and TP2): the
+ *  - checkpoint.consolidated (layout automodel) under PP2, TP2, CP2, TP2 x PP2, TP2 + SP and DP2 x TP2 with
+ *    optim_grads_params, PP2 x 2 model chunks (DiT; Wan PP2, TP2 and CP2): the
  *    folder model/consolidated/ equals, byte for byte, what dfm export --weights model writes from the same checkpoint,
  *    and matches the one-process run's consolidated folder tensor for tensor (the same names and shapes; values
  *    identical under PP, within 1e-5 relative to the largest weight under TP and CP, whose weights differ by rounding);
@@ -143,6 +144,8 @@ static const char *const DIT_LAYOUTS[][3] = {
     {"tp2", "2", "model.tensor_model_parallel_size=2"},
     {"cp2", "2", "model.context_parallel_size=2"},
     {"tp2pp2", "4", "model.tensor_model_parallel_size=2 model.pipeline_model_parallel_size=2"},
+    {"tp2sp", "2", "model.tensor_model_parallel_size=2 model.sequence_parallel=true"},
+    {"dp2tp2_ogp", "4", "model.tensor_model_parallel_size=2 ddp.data_parallel_sharding_strategy=optim_grads_params"},
 };
 
 static void dit_cases(void) {
@@ -150,7 +153,7 @@ static void dit_cases(void) {
         CHECK(0, "DiT, one process trains");
         return;
     }
-    for (int k = 0; k < 4; k++) {
+    for (int k = 0; k < 6; k++) {
         char name[64], extra[1024];
         snprintf(name, sizeof name, "dit_%s", DIT_LAYOUTS[k][0]);
         snprintf(extra, sizeof extra, "%s %s", TRAIN4, DIT_LAYOUTS[k][2]);
@@ -161,7 +164,20 @@ static void dit_cases(void) {
         int pp_only = k == 0;
         outputs(name, "dit_one", test_path("DiT %s", DIT_LAYOUTS[k][0]), pp_only ? 0 : 1e-5, pp_only ? 1e-6 : 1e-5);
     }
-    equal_weights(DIT, "dit_one", "dit", DIT_LAYOUTS, 4);
+    equal_weights(DIT, "dit_one", "dit", DIT_LAYOUTS, 6);
+}
+
+/* The interleaved schedule (PP2 x 2 model chunks, 4 blocks): the stage's table holds both chunks' entries; the
+ * consolidated folder and the samples are one process's, byte for byte. */
+static void dit_vpp_case(void) {
+    char four[1024], vpp[2048];
+    snprintf(four, sizeof four, "%s model.num_layers=4", TRAIN4);
+    snprintf(vpp, sizeof vpp, "%s model.pipeline_model_parallel_size=2 model.virtual_pipeline_model_parallel_size=2",
+             four);
+    int rc = train(0, DIT, "dit4_one", four) || train(2, DIT, "dit4_vpp", vpp);
+    CHECK(rc == 0 && test_sh("cmp -s %s %s", consolidated("dit4_vpp"), consolidated("dit4_one")) == 0 &&
+              test_sh("cmp -s %s %s", samples("dit4_vpp", 4), samples("dit4_one", 4)) == 0,
+          "DiT PP2 x 2 model chunks: model/consolidated/ and the validation samples are one process's, byte for byte");
 }
 
 static void wan_cases(void) {
@@ -246,6 +262,7 @@ int main(void) {
     if (!test_have_mpirun()) return 1;
     dir = test_mkdtemp();
     dit_cases();
+    dit_vpp_case();
     wan_cases();
     wan_bucket_cases();
     test_rmtree(dir);
