@@ -1,6 +1,6 @@
 /* Whole-model outputs under model parallelism (mpirun --oversubscribe on 2 cores), against one process:
  *  - checkpoint.consolidated (layout automodel) under PP2, TP2, CP2, TP2 x PP2, TP2 + SP and DP2 x TP2 with
- *    optim_grads_params, PP2 x 2 model chunks (DiT; Wan PP2, TP2 and CP2): the
+ *    optim_grads_params, TP2 + SP x CP2, PP2 x 2 model chunks (DiT; Wan PP2, TP2 and CP2): the
  *    folder model/consolidated/ equals, byte for byte, what dfm export --weights model writes from the same checkpoint,
  *    and matches the one-process run's consolidated folder tensor for tensor (the same names and shapes; values
  *    identical under PP, within 1e-5 relative to the largest weight under TP and CP, whose weights differ by rounding);
@@ -146,6 +146,7 @@ static const char *const DIT_LAYOUTS[][3] = {
     {"tp2pp2", "4", "model.tensor_model_parallel_size=2 model.pipeline_model_parallel_size=2"},
     {"tp2sp", "2", "model.tensor_model_parallel_size=2 model.sequence_parallel=true"},
     {"dp2tp2_ogp", "4", "model.tensor_model_parallel_size=2 ddp.data_parallel_sharding_strategy=optim_grads_params"},
+    {"tp2sp_cp2", "4", "model.tensor_model_parallel_size=2 model.sequence_parallel=true model.context_parallel_size=2"},
 };
 
 static void dit_cases(void) {
@@ -153,7 +154,7 @@ static void dit_cases(void) {
         CHECK(0, "DiT, one process trains");
         return;
     }
-    for (int k = 0; k < 6; k++) {
+    for (int k = 0; k < 7; k++) {
         char name[64], extra[1024];
         snprintf(name, sizeof name, "dit_%s", DIT_LAYOUTS[k][0]);
         snprintf(extra, sizeof extra, "%s %s", TRAIN4, DIT_LAYOUTS[k][2]);
@@ -164,7 +165,7 @@ static void dit_cases(void) {
         int pp_only = k == 0;
         outputs(name, "dit_one", test_path("DiT %s", DIT_LAYOUTS[k][0]), pp_only ? 0 : 1e-5, pp_only ? 1e-6 : 1e-5);
     }
-    equal_weights(DIT, "dit_one", "dit", DIT_LAYOUTS, 6);
+    equal_weights(DIT, "dit_one", "dit", DIT_LAYOUTS, 7);
 }
 
 /* The interleaved schedule (PP2 x 2 model chunks, 4 blocks): the stage's table holds both chunks' entries; the
