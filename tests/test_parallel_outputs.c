@@ -9,6 +9,8 @@
  *    weights (measured: the weights within 1.1e-6, the samples within 7.1e-8: the 4-step sampler does not amplify
  *    the weights' rounding differences here). With equal weights (every run loads the one-process checkpoint and
  *    takes one step at learning rate 0) every layout must be within 1e-4 relative (measured: 0, the same bits);
+ *  - LoRA over the one-process checkpoint under PP2, TP2 and CP2: the consolidated folder is the merged model (byte
+ *    for byte dfm export's merge of the checkpoint, within 1e-5 of one process's), the samples likewise;
  *  - validation over resolution buckets (train.eval_iters, Wan with two latent shapes) under PP2: the validation
  *    losses equal one process's, and the samples (one per shape) too. */
 #include "dfm/safetensors.h"
@@ -181,6 +183,30 @@ static void dit_vpp_case(void) {
           "DiT PP2 x 2 model chunks: model/consolidated/ and the validation samples are one process's, byte for byte");
 }
 
+/* LoRA over the one-process DiT's step-4 checkpoint: the consolidated folder is the merged model (the checkpoint
+ * holds the adapters only; dfm export merges them with the base the same way), the samples come from it. */
+static void dit_lora_cases(void) {
+    char lora[2048];
+    snprintf(lora, sizeof lora,
+             "%s peft.target_modules=\"['attn1.to_q', 'attn1.to_k', 'attn1.to_v', 'attn1.to_out.0', 'norm1.linear', "
+             "'*.ff.net.*']\" peft.dim=2 peft.alpha=4 checkpoint.pretrained_checkpoint=%s/dit_one/ck",
+             TRAIN4, dir);
+    if (train(0, DIT, "lora_one", lora) != 0) {
+        CHECK(0, "DiT LoRA, one process trains");
+        return;
+    }
+    for (int k = 0; k < 3; k++) {
+        char name[64], extra[4096];
+        snprintf(name, sizeof name, "lora_%s", DIT_LAYOUTS[k][0]);
+        snprintf(extra, sizeof extra, "%s %s", lora, DIT_LAYOUTS[k][2]);
+        if (train(atoi(DIT_LAYOUTS[k][1]), DIT, name, extra) != 0) {
+            CHECK(0, "%s runs", name);
+            continue;
+        }
+        outputs(name, "lora_one", test_path("DiT LoRA %s", DIT_LAYOUTS[k][0]), k == 0 ? 0 : 1e-5, k == 0 ? 1e-6 : 1e-5);
+    }
+}
+
 static void wan_cases(void) {
     static const char *const lay[][3] = {
         {"pp2", "2", "model.pipeline_model_parallel_size=2"},
@@ -264,6 +290,7 @@ int main(void) {
     dir = test_mkdtemp();
     dit_cases();
     dit_vpp_case();
+    dit_lora_cases();
     wan_cases();
     wan_bucket_cases();
     test_rmtree(dir);
