@@ -23,7 +23,10 @@
 extern "C" {
 #endif
 
-typedef enum { CP_P2P = 0, CP_A2A = 1 } cp_comm_type;
+/* CP_LOCAL: a model without context parallelism (every model until dit_set_context_parallel /
+ * wan_set_context_parallel): the ordinary attention kernel, whatever the job's context-parallel size (rank 0's
+ * whole-model copy of a CP job, dfm/gather.h) */
+typedef enum { CP_LOCAL = -1, CP_P2P = 0, CP_A2A = 1 } cp_comm_type;
 
 int cp_comm_type_parse(const char *s, cp_comm_type *out); /* 1 if s is p2p or a2a */
 const char *cp_comm_type_name(cp_comm_type t);

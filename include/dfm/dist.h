@@ -80,6 +80,10 @@ dist_req *dist_irecv_pp_f32(float *buf, size_t n, int peer, int tag, const char 
 /* The same within any group g (peer: a rank of g), e.g. the context-parallel ring. */
 dist_req *dist_isend_f32_in(dist_group g, const float *buf, size_t n, int peer, int tag, const char *what);
 dist_req *dist_irecv_f32_in(dist_group g, float *buf, size_t n, int peer, int tag, const char *what);
+/* Blocking point to point over the whole world (peer: a world rank other than this one; tag < 32768): n bytes
+ * sent from buf or received into buf, every wait bounded by the timeout (large buffers go as several messages). */
+void dist_send_world_bytes(const void *buf, size_t n, int peer, int tag, const char *what);
+void dist_recv_world_bytes(void *buf, size_t n, int peer, int tag, const char *what);
 /* All-to-all over g (blocking, bounded): block r of send (n floats each) goes to rank r of g, block r of recv comes
  * from it. One rank: a copy. */
 void dist_alltoall_f32_in(dist_group g, const float *send, float *recv, size_t n, const char *what);

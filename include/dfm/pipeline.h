@@ -82,6 +82,10 @@ double pp_dit_loss(pp_stage *ps, dit_trainer *tr, const objective_config *o, uin
                    const int *labels, int B, uint32_t step);
 double pp_wan_loss(pp_stage *ps, wan_trainer *tr, const objective_config *o, uint64_t seed, const float *latents,
                    const float *text, const int *text_lens, int B, uint32_t step);
+/* The same for B samples of one latent shape (validation over resolution buckets). */
+double pp_wan_loss_shaped(pp_stage *ps, wan_trainer *tr, const objective_config *o, uint64_t seed, const float *latents,
+                          const float *text, const int *text_lens, int B, int frames, int height, int width,
+                          uint32_t step);
 
 #ifdef __cplusplus
 }

@@ -317,7 +317,7 @@ static void a2a_backward(float *dq, float *dk, float *dv, float *ws, const float
 void cp_attention_forward(cp_comm_type t, float *out, float *lse, const float *q, const float *k, const float *v, int B,
                           int n, int t_valid, int H, int D, int q_stride, int kv_stride, int out_stride, float scale) {
     const dist_info *di = dist_get();
-    if (di->cp == 1) {
+    if (di->cp == 1 || t == CP_LOCAL) {
         attention_forward(out, lse, q, k, v, t_valid < n ? lens(B, t_valid) : NULL, B, n, n, H, D, q_stride, kv_stride,
                           out_stride, scale);
         return;
@@ -333,7 +333,7 @@ void cp_attention_backward(cp_comm_type t, float *dq, float *dk, float *dv, floa
                            const float *out, const float *lse, const float *q, const float *k, const float *v, int B,
                            int n, int t_valid, int H, int D, int q_stride, int kv_stride, int out_stride, float scale) {
     const dist_info *di = dist_get();
-    if (di->cp == 1) {
+    if (di->cp == 1 || t == CP_LOCAL) {
         attention_backward(dq, dk, dv, ws, dout, out, lse, q, k, v, t_valid < n ? lens(B, t_valid) : NULL, B, n, n, H,
                            D, q_stride, kv_stride, out_stride, scale);
         return;

@@ -374,6 +374,31 @@ dist_req *dist_irecv_f32_in(dist_group g, float *buf, size_t n, int peer, int ta
     return p2p_in(g, buf, n, peer, tag, 0, what);
 }
 
+/* Raw bytes to or from a world rank, in messages of at most 1 GiB (MPI counts are ints), each wait bounded. */
+static void world_bytes(void *buf, size_t n, int peer, int tag, int send, const char *what) {
+    if (!info.active || peer < 0 || peer >= info.size || peer == info.rank || tag < 0 || tag > 32767)
+        dfm_die("internal: %s with world rank %d (tag %d)", what, peer, tag);
+    size_t at = 0;
+    do {
+        size_t len = n - at < ((size_t)1 << 30) ? n - at : ((size_t)1 << 30);
+        MPI_Request r;
+        if (send)
+            check(MPI_Isend((char *)buf + at, (int)len, MPI_BYTE, peer, tag, MPI_COMM_WORLD, &r), what);
+        else
+            check(MPI_Irecv((char *)buf + at, (int)len, MPI_BYTE, peer, tag, MPI_COMM_WORLD, &r), what);
+        wait_bounded(&r, what);
+        at += len;
+    } while (at < n);
+}
+
+void dist_send_world_bytes(const void *buf, size_t n, int peer, int tag, const char *what) {
+    world_bytes((void *)buf, n, peer, tag, 1, what);
+}
+
+void dist_recv_world_bytes(void *buf, size_t n, int peer, int tag, const char *what) {
+    world_bytes(buf, n, peer, tag, 0, what);
+}
+
 void dist_alltoall_f32_in(dist_group g, const float *send, float *recv, size_t n, const char *what) {
     int size, rank;
     MPI_Comm comm = group_comm(g, &size, &rank);

@@ -484,7 +484,7 @@ void dit_create_tp(dit_model *m, const dit_config *cfg, int max_batch, int tp, i
     m->d = c->hidden_size;
     m->grid = c->image_size / c->patch_size;
     m->T = m->grid * m->grid;
-    m->T_full = m->T, m->cp = 1;
+    m->T_full = m->T, m->cp = 1, m->cp_comm = CP_LOCAL;
     m->head_dim = c->hidden_size / c->num_heads;
     m->ffn = c->ffn_hidden_size;
     m->patch_dim = c->in_channels * c->patch_size * c->patch_size;

@@ -552,7 +552,7 @@ static void create_weights(wan_model *m, const wan_config *cfg, int tp, int tp_r
     m->d = c->num_heads * c->head_dim;
     m->ffn = c->ffn_dim;
     m->tp = tp, m->tp_rank = tp_rank;
-    m->cp = 1;
+    m->cp = 1, m->cp_comm = CP_LOCAL;
     m->heads_local = c->num_heads / tp;
     m->attn_local = m->heads_local * c->head_dim;
     m->ffn_local = c->ffn_dim / tp;

@@ -542,7 +542,13 @@ step_result pp_wan_step(pp_stage *ps, wan_trainer *tr, dp_engine *e, const wan_m
 
 double pp_wan_loss(pp_stage *ps, wan_trainer *tr, const objective_config *obj, uint64_t seed, const float *latents,
                    const float *text, const int *text_lens, int B, uint32_t step) {
-    wan_micro u = {latents, text, text_lens, B, tr->frames, tr->height, tr->width, 0};
+    return pp_wan_loss_shaped(ps, tr, obj, seed, latents, text, text_lens, B, tr->frames, tr->height, tr->width, step);
+}
+
+double pp_wan_loss_shaped(pp_stage *ps, wan_trainer *tr, const objective_config *obj, uint64_t seed,
+                          const float *latents, const float *text, const int *text_lens, int B, int frames, int height,
+                          int width, uint32_t step) {
+    wan_micro u = {latents, text, text_lens, B, frames, height, width, 0};
     wan_ctx c = {ps, tr, obj, seed, &u, B, 0, step, 0};
     pp_ops o = {&c, wan_use, wan_io, wan_fwd, wan_bwd};
     run_forward_only(ps, &o);

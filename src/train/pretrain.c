@@ -9,6 +9,7 @@
 #include "dfm/data_parallel.h"
 #include "dfm/diffusers.h"
 #include "dfm/dist.h"
+#include "dfm/gather.h"
 #include "dfm/kernels.h"
 #include "dfm/lora.h"
 #include "dfm/optim.h"
@@ -298,6 +299,7 @@ typedef struct {
     int vpp;         /* model chunks per stage (model.virtual_pipeline_model_parallel_size; 1: plain) */
     dit_model *xdit; /* the interleaved schedule: this stage's chunks 1..vpp-1 (chunk 0 is model / wmodel) */
     wan_model *xwan;
+    full_model *full; /* under tensor, pipeline or context parallelism: the whole model on rank 0 (dfm/gather.h) */
 } job;
 
 static void lora_refresh(job *j);
@@ -507,7 +509,7 @@ static long state_epoch(const char *loader_state) {
 
 /* model/consolidated/: the full weights as a diffusers transformer folder (config.json and
  * diffusion_pytorch_model.safetensors), written by the lead into the step folder before it gets its name. */
-static void write_consolidated(job *j, const float *full, const char *mdir) {
+static void write_consolidated(job *j, const dit_model *dm, const wan_model *wm, const float *full, const char *mdir) {
     char scratch[4500], from[4600], to[4600], err[1024];
     diffusers_export_opts eo;
     diffusers_export_defaults(&eo);
@@ -515,13 +517,62 @@ static void write_consolidated(job *j, const float *full, const char *mdir) {
     eo.flow_shift = j->obj.flow_shift;
     eo.sigma_data = j->obj.sigma_data;
     snprintf(scratch, sizeof scratch, "%s/.consolidated.export", mdir);
-    int rc = j->wan ? wan_export_diffusers(&j->wmodel, full, scratch, &eo, err, sizeof err)
-                    : dit_export_diffusers(&j->model, full, scratch, &eo, err, sizeof err);
+    int rc = j->wan ? wan_export_diffusers(wm, full, scratch, &eo, err, sizeof err)
+                    : dit_export_diffusers(dm, full, scratch, &eo, err, sizeof err);
     if (rc) dfm_die("checkpoint.consolidated: %s", err);
     snprintf(from, sizeof from, "%s/transformer", scratch);
     snprintf(to, sizeof to, "%s/consolidated", mdir);
     if (rename(from, to) != 0) dfm_die("cannot rename '%s' to '%s': %s", from, to, strerror(errno));
     rm_tree(scratch);
+}
+
+/* Rank 0's one-process model of this run's config (dfm/gather.h), made on first use: for sampling (Wan: sized for
+ * one sample of the run's largest shape) and for the consolidated folder. NULL on the other ranks. */
+static full_model *lead_model(job *j) {
+    if (dist_get()->rank != 0) return NULL;
+    if (!j->full) {
+        j->full = xcalloc(1, sizeof *j->full);
+        if (j->wan)
+            full_model_init_wan(j->full, &j->wmodel.cfg, &j->wmodel.max);
+        else
+            full_model_init_dit(j->full, &j->model.cfg);
+    }
+    return j->full;
+}
+
+/* Tensor or pipeline parallelism: no rank holds the whole model. Once every rank's shard files are in mdir, rank 0
+ * reads the weights back from them whole (dfm export's reading path, so the folder equals dfm export --weights model
+ * of the checkpoint) and writes model/consolidated/ as the one-process path does. */
+static void consolidated_from_shards(job *j, const char *mdir) {
+    dist_barrier_world(); /* every shard file is complete */
+    full_model *f = lead_model(j);
+    if (f) {
+        char err[1024];
+        if (full_model_read(f, mdir, "model", err, sizeof err) != 0)
+            dfm_die("checkpoint.consolidated: reading back the shards: %s", err);
+        write_consolidated(j, &f->dit, &f->wm, full_model_params(f), mdir);
+    }
+}
+
+/* The current weights of a run under tensor, pipeline or context parallelism, whole on rank 0 (every rank takes
+ * part: the data-parallel engine gathers each rank's part, the ranks of data- and context-parallel rank 0 send theirs
+ * to rank 0; LoRA: the merged weights, after lora_refresh). Returns rank 0's whole model, NULL on the other ranks. */
+static full_model *current_weights_on_lead(job *j) {
+    if (j->lora_on) { /* the engine holds the adapters; the model (a TP slice, a stage) holds the merged weights, the
+                       * same on every data- and context-parallel rank (lora_refresh has run) */
+        const param_table *t = j->pp ? pp_stage_table(j->pp) : j->wan ? &j->wmodel.table : &j->model.table;
+        const float *w = j->pp ? pp_stage_params(j->pp) : j->wan ? j->wmodel.params : j->model.params;
+        full_model *f = lead_model(j);
+        gather_to_lead(t, w, f ? full_model_table(f) : NULL, f ? full_model_params(f) : NULL);
+        return f;
+    }
+    const param_table *t = j->pp ? pp_stage_table(j->pp) : j->table; /* what the engine holds */
+    float *part = xalloc_floats(t->total);
+    dp_gather_full(j->dp, 0, part);
+    full_model *f = lead_model(j);
+    gather_to_lead(t, part, f ? full_model_table(f) : NULL, f ? full_model_params(f) : NULL);
+    free(part);
+    return f;
 }
 
 /* A file of the step folder: this data-parallel rank's own (<stem>_dp_rank_R.json), else rank 0's (a checkpoint
@@ -575,13 +626,21 @@ static void save_checkpoint_automodel(job *j, const char *root) {
     if (di->pp_rank == 0 && di->tp_rank == 0 && di->cp_rank == 0) write_text_atomic(path, text);
     free(text);
     json_decref(rng);
-    if (j->lora_on && (j->consolidated == 2 || (j->consolidated == 1 && j->iteration >= j->train_iters))) {
+    int cons = j->consolidated == 2 || (j->consolidated == 1 && j->iteration >= j->train_iters);
+    if (cons && j->lora_on && (di->tp > 1 || di->pp > 1)) {
+        /* the checkpoint holds the adapters only: the merged model is gathered over MPI instead */
+        lora_refresh(j);
+        full_model *f = current_weights_on_lead(j);
+        if (f) write_consolidated(j, &f->dit, &f->wm, full_model_params(f), mdir);
+    } else if (cons && (di->tp > 1 || di->pp > 1)) {
+        consolidated_from_shards(j, mdir);
+    } else if (cons && j->lora_on) {
         lora_refresh(j); /* the base merged with the adapters: a full model for inference */
-        if (lead) write_consolidated(j, j->wan ? j->wmodel.params : j->model.params, mdir);
-    } else if (j->consolidated == 2 || (j->consolidated == 1 && j->iteration >= j->train_iters)) {
+        if (lead) write_consolidated(j, &j->model, &j->wmodel, j->wan ? j->wmodel.params : j->model.params, mdir);
+    } else if (cons) {
         float *full = xalloc_floats(j->table->total);
         dp_gather_full(j->dp, 0, full); /* every rank takes part */
-        if (lead) write_consolidated(j, full, mdir);
+        if (lead) write_consolidated(j, &j->model, &j->wmodel, full, mdir);
         free(full);
     }
     /* every rank's files are complete before the folder gets its final name */
@@ -882,8 +941,10 @@ static double validate_wan_shapes(job *j, const video_dataset *vd, const int *va
             memcpy(text + b * tl, vd->text + (size_t)i * tl, tl * sizeof(float));
             lens[b] = vd->text_lens[i];
         }
-        total += len * wan_trainer_loss_shaped(tr, &o, tr->seed ^ 0x76616cull, lat, text, lens, len, sh[1], sh[2],
-                                               sh[3], 0xFFFFFFFFu - (uint32_t)k, 0);
+        total += len * (j->pp ? pp_wan_loss_shaped(j->pp, tr, &o, tr->seed ^ 0x76616cull, lat, text, lens, len, sh[1],
+                                                   sh[2], sh[3], 0xFFFFFFFFu - (uint32_t)k)
+                              : wan_trainer_loss_shaped(tr, &o, tr->seed ^ 0x76616cull, lat, text, lens, len, sh[1],
+                                                        sh[2], sh[3], 0xFFFFFFFFu - (uint32_t)k, 0));
         count += len;
     }
     free(order), free(start);
@@ -1019,12 +1080,13 @@ static void write_strip_png(const char *path, const float *const *items, const i
     free(png), free(img);
 }
 
-/* A look at the model during training: k samples generated (every rank takes part: the model may be sharded)
+/* A look at the model during training: k samples generated by dm / wm (every rank takes part: the model may be
+ * sharded over data parallelism; under tensor, pipeline or context parallelism rank 0 alone, on the whole model)
  * from the first k held-out conditions (Wan: their text, at their own latent shape; DiT: their classes), the
  * noise from the run's seed, no guidance; rank 0 writes samples.safetensors (and a PNG of the samples when they
  * have 1 or 3 channels: pixels, not VAE latents) into <output_dir>/val_samples/step_NNNNNNN/. */
-static void validation_samples(job *j, const video_dataset *vd, const image_dataset *ds, const int *val_idx, int n_val,
-                               int k, int steps, const char *outdir) {
+static void validation_samples(job *j, dit_model *dm, wan_model *wm, const video_dataset *vd, const image_dataset *ds,
+                               const int *val_idx, int n_val, int k, int steps, const char *outdir) {
     if (k > n_val) k = n_val;
     if (k <= 0) return;
     sampler_config sc;
@@ -1047,15 +1109,15 @@ static void validation_samples(job *j, const video_dataset *vd, const image_data
             video_dataset_sample(vd, idx, sh);
             const float *text = vd->text + (size_t)idx * vd->text_len * vd->text_dim;
             items[i] = xalloc_floats((size_t)sh[0] * sh[1] * sh[2] * sh[3]);
-            if (wan_sample(&j->wmodel, &sc, text, vd->text_lens + idx, &seed, 1, sh[1], sh[2], sh[3], vd->text_len,
-                           items[i], NULL, NULL, err, sizeof err) != 0)
+            if (wan_sample(wm, &sc, text, vd->text_lens + idx, &seed, 1, sh[1], sh[2], sh[3], vd->text_len, items[i],
+                           NULL, NULL, err, sizeof err) != 0)
                 dfm_die("train.eval_samples: %s", err);
             memcpy(shape[i], sh, sizeof sh);
         } else {
-            const dit_config *dc = &j->model.cfg;
+            const dit_config *dc = &dm->cfg;
             int label = ds->labels[idx] >= 0 ? ds->labels[idx] : 0;
             items[i] = xalloc_floats((size_t)dc->in_channels * dc->image_size * dc->image_size);
-            if (dit_sample(&j->model, &sc, &label, &seed, 1, items[i], NULL, NULL, err, sizeof err) != 0)
+            if (dit_sample(dm, &sc, &label, &seed, 1, items[i], NULL, NULL, err, sizeof err) != 0)
                 dfm_die("train.eval_samples: %s", err);
             shape[i][0] = dc->in_channels, shape[i][1] = 1, shape[i][2] = shape[i][3] = dc->image_size;
         }
@@ -1400,10 +1462,6 @@ int dfm_pretrain(const cfg *c) {
     j.automodel = !strcmp(cfg_str(c, "checkpoint.layout"), "automodel");
     const char *cons = cfg_str(c, "checkpoint.consolidated");
     j.consolidated = !strcmp(cons, "every") ? 2 : !strcmp(cons, "final") ? 1 : 0;
-    if (j.consolidated && di->tp > 1)
-        dfm_die("checkpoint.consolidated = %s (from %s) under tensor parallelism (%d ranks) is not built yet: set it "
-                "to none and run dfm export on the checkpoint (it reads tensor-parallel checkpoints)",
-                cons, cfg_source(c, "checkpoint.consolidated"), di->tp);
     if (j.consolidated && !j.automodel)
         dfm_die("checkpoint.consolidated = %s (from %s) needs checkpoint.layout: automodel (dfm export writes a "
                 "diffusers folder from a Megatron-layout checkpoint)",
@@ -1419,14 +1477,6 @@ int dfm_pretrain(const cfg *c) {
     int n_micro = n_local / mbs, pp_b0 = 0, pp_b1 = 0, pp_arenas = 1;
     if (di->pp >
         1) { /* this rank's stage: its blocks, its part of the parameters, an arena per micro-batch in flight */
-        const char *why = j.consolidated                         ? "checkpoint.consolidated"
-                          : cfg_int(c, "train.eval_samples") > 0 ? "train.eval_samples"
-                          : bucketed && cfg_int(c, "train.eval_iters") > 0
-                              ? "validation over resolution buckets (train.eval_iters)"
-                              : NULL;
-        if (why)
-            dfm_die("%s is not built with pipeline parallelism (model.pipeline_model_parallel_size = %d) yet", why,
-                    di->pp);
         int L = j.wan ? wc.num_layers : dc.num_layers;
         if (pp_check_micro(di->pp, vpp, n_micro, err, sizeof err) != 0) dfm_die("%s", err);
         j.vpp = vpp;
@@ -1545,10 +1595,6 @@ int dfm_pretrain(const cfg *c) {
         dfm_die("train.eval_samples = %d (from %s): samples at validation come from held-out samples in memory; "
                 "dataset.type %s streams (set it to 0)",
                 eval_samples, cfg_source(c, "train.eval_samples"), dtype);
-    if (eval_samples > 0 && di->cp > 1)
-        dfm_die("train.eval_samples = %d (from %s) with model.context_parallel_size %d: sampling under context "
-                "parallelism is not built yet (validation losses are); use 0, or dfm generate on a checkpoint",
-                eval_samples, cfg_source(c, "train.eval_samples"), di->cp);
     if (eval_samples > 0 && n_val == 0)
         dfm_die("train.eval_samples = %d: there are no held-out samples (dataset.val_samples is 0)", eval_samples);
     int tty = lead && isatty(fileno(stdout));
@@ -1792,9 +1838,16 @@ int dfm_pretrain(const cfg *c) {
                 fflush(mf);
                 printf("%s  validation loss at step %ld: %.5f\n", tty ? "\n" : "", j.iteration, v);
             }
-            if (eval_samples > 0)
-                validation_samples(&j, vd.latents ? &vd : NULL, ds.pixels ? &ds : NULL, val_idx, n_val, eval_samples,
-                                   eval_sample_steps, outdir);
+            if (eval_samples > 0 && (di->tp > 1 || di->pp > 1 || di->cp > 1)) {
+                /* the one-process sampler on rank 0's whole model; the other ranks go on to the next step and wait
+                 * there (within dist.timeout_s) */
+                full_model *f = current_weights_on_lead(&j);
+                if (f)
+                    validation_samples(&j, &f->dit, &f->wm, vd.latents ? &vd : NULL, ds.pixels ? &ds : NULL, val_idx,
+                                       n_val, eval_samples, eval_sample_steps, outdir);
+            } else if (eval_samples > 0)
+                validation_samples(&j, &j.model, &j.wmodel, vd.latents ? &vd : NULL, ds.pixels ? &ds : NULL, val_idx,
+                                   n_val, eval_samples, eval_sample_steps, outdir);
         }
         if (save && (j.iteration % save_interval == 0 || j.iteration == train_iters)) {
             if (j.automodel)
@@ -1819,6 +1872,8 @@ int dfm_pretrain(const cfg *c) {
     free(j.config_json), free(j.sample_meta), free(j.lora_meta);
     dp_engine_free(j.dp);
     pp_stage_free(j.pp);
+    if (j.full) full_model_free(j.full);
+    free(j.full);
     if (j.lora_on) lora_free(&j.lora);
     if (j.wan) {
         video_loader_free(j.vloader);
