@@ -2,7 +2,7 @@
  * model.pipeline_model_parallel_size; mpirun --oversubscribe on 2 cores), against one process at the same global
  * batch, tiny DiT and Wan of 4 blocks, 10 steps of 4 micro-batches:
  *  - CP2 x PP2 (4 ranks): DiT and Wan with ring attention (p2p), Wan with all-to-all (a2a) and over resolution
- *    buckets (32- and 75-token micro-batches; no validation: not built under PP); DiT with 2 model chunks
+ *    buckets (32- and 75-token micro-batches, validation over both shapes); DiT with 2 model chunks
  *    per stage (interleaved, the bubble in metrics.jsonl), with 49 tokens (CP2 pads one and masks it), with full
  *    recompute of one block per stage, with optim_grads_params sharding;
  *  - TP2 x CP2 x PP2, TP2+SP x CP2 x PP2 (DiT with 49 tokens; Wan) and DP2 x CP2 x PP2 (DiT), 8 ranks;
@@ -10,7 +10,9 @@
  *    are the CP rank's chunk;
  *  - a CP2 x PP2 checkpoint (one file per stage, written by CP rank 0) resumed as one process, and a one-process
  *    checkpoint resumed as CP2 x PP2, continuing like the uninterrupted run;
- *  - DiT LoRA (every linear) under CP2 x PP2: losses and the PEFT adapter file.
+ *  - DiT LoRA (every linear) under CP2 x PP2: losses and the PEFT adapter file;
+ *  - all at once on 16 ranks: TP2+SP x CP2 x PP2 x DP2 with optim_grads (DiT with a2a, and with 2 model chunks and
+ *    selective recompute; Wan), the DiT checkpoint resumed as one process and as TP2 x CP2, and exported.
  * Losses of every step, validation losses at steps 5 and 10, final weights and EMA within 1e-5 relative (CP changes
  * the order of the attention's and the gradients' sums); every case prints its worst differences and its time.
  * AdamW's eps is 1e-6 here: with the default 1e-8 the rounding noise of the key bias's gradient (mathematically zero:
@@ -49,7 +51,7 @@ static const double TOL = 1e-5;
 
 static char *dir;
 static const char *bin;
-static char dit7[2048], dit4[2048];
+static char dit7[2048], dit4[2048], dith[2200];
 
 static double now(void) {
     struct timespec ts;
@@ -315,12 +317,11 @@ static void wan_cases(void) {
                      dir, bin, bin, bin, bin);
     char wb[2048];
     snprintf(wb, sizeof wb,
-             "%s dataset.type=video_folder dataset.path=%s/mix dataset.max_samples=null train.global_batch_size=4 "
-             "train.eval_iters=0",
-             WAN, dir);
+             "%s dataset.type=video_folder dataset.path=%s/mix dataset.max_samples=null train.global_batch_size=4", WAN,
+             dir);
     if (rc == 0 && train(0, wb, "wan_bk1", "") == 0)
         if (train(4, wb, "wan_bk_cppp", CPPP) == 0)
-            compare_val(1, "wan_bk_cppp", "wan_bk1", 1, 0, "Wan CP2 x PP2 over resolution buckets (32 and 75 tokens)");
+            compare_val(1, "wan_bk_cppp", "wan_bk1", 1, 1, "Wan CP2 x PP2 over resolution buckets (32 and 75 tokens)");
         else
             CHECK(0, "Wan CP2 x PP2 over resolution buckets runs");
     else
@@ -329,6 +330,53 @@ static void wan_cases(void) {
         compare(1, "wan_cppp_to_one", "wan1", 6, "Wan saved under CP2 x PP2 at step 5, resumed as one process");
     else
         CHECK(0, "a Wan CP2 x PP2 checkpoint resumed as one process runs");
+}
+
+/* Every parallelism at once, 16 ranks: TP2 with sequence parallelism x CP2 x PP2 x DP2 in Megatron's rank order, with
+ * the sharded optimizer (optim_grads). DiT of 4 heads (2 a TP rank, so a2a can split them over CP) and 49 tokens
+ * (padded to 52: chunks of 26, 13 a TP rank), also with 2 model chunks a stage and selective recompute; its step-5
+ * checkpoint resumed as one process and as TP2 x CP2, and exported; Wan with condition dropout (the same samples
+ * dropped whatever the layout). */
+static const char *ALL =
+    "model.tensor_model_parallel_size=2 model.sequence_parallel=true model.context_parallel_size=2 "
+    "model.pipeline_model_parallel_size=2 ddp.data_parallel_sharding_strategy=optim_grads";
+
+static void all_at_once(void) {
+    snprintf(dith, sizeof dith, "%s model.num_attention_heads=4", dit4);
+    if (train(0, dith, "one49h4", "") != 0) {
+        CHECK(0, "DiT of 4 heads, one process trains");
+        return;
+    }
+    run_case(0, 16, dith, "all", test_path("%s model.cp_comm_type=a2a", ALL), "one49h4",
+             "DiT TP2+SP x CP2 (a2a) x PP2 x DP2, optim_grads, 49 tokens (16 ranks)");
+    CHECK(log_has("all", "16 processes: data parallel 2 x tensor 2 x context 2 x pipeline 2") &&
+              log_has("all", "tensor-parallel ranks agree bit for bit"),
+          "the 16-rank run's start-up line shows DP2 x TP2 x CP2 x PP2, and the replicated parameters agree over "
+          "each stage's TP ranks at the checkpoints");
+    run_case(0, 16, dith, "all_vpp",
+             test_path("%s model.virtual_pipeline_model_parallel_size=2 model.recompute_granularity=selective", ALL),
+             "one49h4", "DiT TP2+SP x CP2 (p2p) x PP2 x 2 chunks x DP2, selective recompute (16 ranks)");
+    if (train(0, dith, "all_to_one", test_path("checkpoint.load=%s", ck("all", 5))) == 0)
+        compare(0, "all_to_one", "one49h4", 6, "DiT saved by the 16-rank layout at step 5, resumed as one process");
+    else
+        CHECK(0, "the 16-rank checkpoint resumed as one process runs");
+    if (train(4, dith, "all_to_tpcp",
+              test_path("model.tensor_model_parallel_size=2 model.context_parallel_size=2 checkpoint.load=%s",
+                        ck("all", 5))) == 0)
+        compare(0, "all_to_tpcp", "one49h4", 6, "DiT saved by the 16-rank layout at step 5, resumed as TP2 x CP2");
+    else
+        CHECK(0, "the 16-rank checkpoint resumed as TP2 x CP2 runs");
+    int rc = test_sh("%s export --checkpoint %s/all/ck --out %s/exp_all > %s/exp_all.log 2>&1 && %s export "
+                     "--checkpoint %s/one49h4/ck --out %s/exp_one49h4 >> %s/exp_all.log 2>&1",
+                     bin, dir, dir, dir, bin, dir, dir, dir);
+    int nt = 0;
+    double d = rc ? INFINITY
+                  : test_st_diff(test_path("%s/exp_all/transformer/diffusion_pytorch_model.safetensors", dir),
+                                 test_path("%s/exp_one49h4/transformer/diffusion_pytorch_model.safetensors", dir), &nt);
+    printf("# export of the 16-rank checkpoint vs one process: %d tensors, worst %.3g\n", nt, d);
+    CHECK(d <= TOL, "dfm export of the 16-rank checkpoint equals the one-process export: %d tensors, worst rel %.2e",
+          nt, d);
+    run_case(1, 16, WAN, "wan_all", ALL, "wan1", "Wan TP2+SP x CP2 (p2p) x PP2 x DP2, optim_grads (16 ranks)");
 }
 
 int main(void) {
@@ -343,6 +391,7 @@ int main(void) {
     dit_cases();
     lora_case();
     wan_cases();
+    all_at_once();
     printf("# all runs: %.1f s\n", now() - t0);
     test_rmtree(dir);
     free(dir);

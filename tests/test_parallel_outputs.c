@@ -43,40 +43,6 @@ static int train(int np, const char *model, const char *name, const char *extra)
     return test_run_pretrain(dir, bin, np, model, name, extra);
 }
 
-/* max |a - b| / max |b| over every tensor of two safetensors files; INFINITY unless both hold the same tensor names
- * with the same shapes. *n: the tensors compared. */
-static double st_diff(const char *a, const char *b, int *n) {
-    char err[512];
-    double maxdiff = 0, maxref = 0;
-    *n = 0;
-    st_file *fa = st_open(a, err, sizeof err), *fb = fa ? st_open(b, err, sizeof err) : NULL;
-    int ok = fa && fb && fa->n_tensors == fb->n_tensors;
-    if (!fa || !fb) printf("# %s\n", err);
-    for (int i = 0; ok && i < fb->n_tensors; i++) {
-        const st_tensor *tb = &fb->tensors[i], *ta = st_find(fa, tb->name);
-        ok = ta && ta->ndim == tb->ndim;
-        for (int d = 0; ok && d < tb->ndim; d++) ok = ta->shape[d] == tb->shape[d];
-        if (!ok) {
-            printf("# '%s': tensor '%s' missing or of another shape in '%s'\n", b, tb->name, a);
-            break;
-        }
-        size_t k = (size_t)st_numel(tb);
-        float *x = xalloc_floats(k ? k : 1), *y = xalloc_floats(k ? k : 1);
-        st_read_f32(fa, ta, x);
-        st_read_f32(fb, tb, y);
-        for (size_t e = 0; e < k; e++) {
-            double d = fabs((double)x[e] - y[e]);
-            if (!(d <= maxdiff)) maxdiff = d;
-            if (fabs(y[e]) > maxref) maxref = fabs(y[e]);
-        }
-        free(x), free(y);
-        (*n)++;
-    }
-    if (fa) st_close(fa);
-    if (fb) st_close(fb);
-    return ok ? maxdiff / (maxref > 0 ? maxref : 1) : INFINITY;
-}
-
 static const char *consolidated(const char *run) {
     return test_path("%s/%s/ck/LATEST/model/consolidated/diffusion_pytorch_model.safetensors", dir, run);
 }
@@ -97,13 +63,13 @@ static void outputs(const char *run, const char *ref, const char *what, double t
                        run, dir, run) == 0;
     CHECK(same, "%s: model/consolidated/ is byte-identical to dfm export --weights model of the checkpoint", what);
     int n = 0;
-    double d = st_diff(consolidated(run), consolidated(ref), &n);
+    double d = test_st_diff(consolidated(run), consolidated(ref), &n);
     printf("# %s: consolidated weights vs one process: %d tensors, worst difference %.3g (relative)\n", what, n, d);
     CHECK(n > 0 && d <= tol,
           "%s: model/consolidated/ has one process's %d tensors (names, shapes), values within %.3g "
           "(<= %.0e relative)",
           what, n, d, tol);
-    d = st_diff(samples(run, 4), samples(ref, 4), &n);
+    d = test_st_diff(samples(run, 4), samples(ref, 4), &n);
     printf("# %s: validation samples vs one process: worst difference %.3g (relative)\n", what, d);
     CHECK(n == 2 && d <= stol, "%s: val_samples/step_0000004 within %.3g of one process's (<= %.0e relative)", what, d,
           stol);
@@ -132,7 +98,7 @@ static void equal_weights(const char *model, const char *ref, const char *prefix
             continue;
         }
         int nt;
-        double d = st_diff(samples(name, 1), samples(one, 1), &nt);
+        double d = test_st_diff(samples(name, 1), samples(one, 1), &nt);
         printf("# %s %s, equal weights: validation samples vs one process: worst difference %.3g (relative)\n", prefix,
                lay[k][0], d);
         CHECK(nt == 2 && d <= 1e-4,
@@ -275,7 +241,7 @@ static void wan_bucket_cases(void) {
           "Wan over 2 resolution buckets, PP2: the validation losses at steps 2 and 4 equal one process's (%.3g)",
           worst);
     int n = 0;
-    double d = rc ? INFINITY : st_diff(samples("bk_pp2", 4), samples("bk_one", 4), &n);
+    double d = rc ? INFINITY : test_st_diff(samples("bk_pp2", 4), samples("bk_one", 4), &n);
     printf("# Wan buckets PP2: validation samples vs one process: worst difference %.3g (relative)\n", d);
     CHECK(n == 4 && d <= 1e-6,
           "Wan over 2 buckets, PP2: 4 validation samples of both shapes within %.3g of one "

@@ -84,41 +84,6 @@ static int replicas_agree(const char *run, int saves) {
 static const char *TPPP = "model.tensor_model_parallel_size=2 model.pipeline_model_parallel_size=2";
 static const char *VPP = "model.pipeline_model_parallel_size=2 model.virtual_pipeline_model_parallel_size=2";
 
-/* max |a - b| / max |b| over every tensor of two exported diffusers transformers */
-static double export_diff(const char *a, const char *b, int *ntensors) {
-    char err[512];
-    double worst = INFINITY, maxdiff = 0, maxref = 0;
-    *ntensors = 0;
-    st_file *fa = st_open(test_path("%s/transformer/diffusion_pytorch_model.safetensors", a), err, sizeof err);
-    st_file *fb =
-        fa ? st_open(test_path("%s/transformer/diffusion_pytorch_model.safetensors", b), err, sizeof err) : NULL;
-    if (fa && fb && fa->n_tensors == fb->n_tensors) {
-        worst = 0;
-        for (int i = 0; i < fb->n_tensors && worst == 0; i++) {
-            const st_tensor *tb = &fb->tensors[i], *ta = st_find(fa, tb->name);
-            size_t n = (size_t)st_numel(tb);
-            if (!ta || (size_t)st_numel(ta) != n) {
-                worst = INFINITY;
-                break;
-            }
-            float *x = xalloc_floats(n ? n : 1), *y = xalloc_floats(n ? n : 1);
-            st_read_f32(fa, ta, x);
-            st_read_f32(fb, tb, y);
-            for (size_t e = 0; e < n; e++) {
-                double d = fabs((double)x[e] - y[e]);
-                if (!(d <= maxdiff)) maxdiff = d;
-                if (fabs(y[e]) > maxref) maxref = fabs(y[e]);
-            }
-            (*ntensors)++;
-            free(x), free(y);
-        }
-        if (worst == 0) worst = maxdiff / (maxref > 0 ? maxref : 1);
-    }
-    if (fa) st_close(fa);
-    if (fb) st_close(fb);
-    return worst;
-}
-
 static void dit_tp_pp(void) {
     if (train(4, DIT, "dit_tppp", TPPP) != 0) {
         CHECK(0, "DiT TP2 x PP2 runs");
@@ -156,7 +121,9 @@ static void dit_tp_pp(void) {
                  "%s/dit1/ck --out %s/exp_one >> %s/exp.log 2>&1",
                  bin, dir, dir, dir, bin, dir, dir, dir);
     int nt = 0;
-    double d = rc ? INFINITY : export_diff(test_path("%s/exp_tppp", dir), test_path("%s/exp_one", dir), &nt);
+    double d = rc ? INFINITY
+                  : test_st_diff(test_path("%s/exp_tppp/transformer/diffusion_pytorch_model.safetensors", dir),
+                                 test_path("%s/exp_one/transformer/diffusion_pytorch_model.safetensors", dir), &nt);
     printf("# export of TP2 x PP2 vs one process: %d tensors, worst %.3g\n", nt, d);
     CHECK(d <= 1e-5, "dfm export of a TP2 x PP2 checkpoint equals the one-process export: %d tensors, worst rel %.2e",
           nt, d);

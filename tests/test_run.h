@@ -5,6 +5,7 @@
 
 #include "dfm/checkpoint.h"
 #include "dfm/dit.h"
+#include "dfm/safetensors.h"
 #include "dfm/wan.h"
 #include "test.h"
 #include "test_fs.h"
@@ -138,6 +139,40 @@ static inline int test_tiny_wan_fixture(const char *dir, const char *bin) {
                    "train.global_batch_size=4 train.micro_batch_size=2 train.train_iters=4 logger.output_dir=base "
                    "checkpoint.save=base/ck > b.log 2>&1 && %s export --checkpoint base/ck --out hf > e.log 2>&1",
                    dir, bin, bin, bin, bin);
+}
+
+/* max |a - b| / max |b| over every tensor of two safetensors files; INFINITY unless both hold the same tensor names
+ * with the same shapes. *n: the tensors compared. */
+static inline double test_st_diff(const char *a, const char *b, int *n) {
+    char err[512];
+    double maxdiff = 0, maxref = 0;
+    *n = 0;
+    st_file *fa = st_open(a, err, sizeof err), *fb = fa ? st_open(b, err, sizeof err) : NULL;
+    int ok = fa && fb && fa->n_tensors == fb->n_tensors;
+    if (!fa || !fb) printf("# %s\n", err);
+    for (int i = 0; ok && i < fb->n_tensors; i++) {
+        const st_tensor *tb = &fb->tensors[i], *ta = st_find(fa, tb->name);
+        ok = ta && ta->ndim == tb->ndim;
+        for (int d = 0; ok && d < tb->ndim; d++) ok = ta->shape[d] == tb->shape[d];
+        if (!ok) {
+            printf("# '%s': tensor '%s' missing or of another shape in '%s'\n", b, tb->name, a);
+            break;
+        }
+        size_t k = (size_t)st_numel(tb);
+        float *x = xalloc_floats(k ? k : 1), *y = xalloc_floats(k ? k : 1);
+        st_read_f32(fa, ta, x);
+        st_read_f32(fb, tb, y);
+        for (size_t e = 0; e < k; e++) {
+            double d = fabs((double)x[e] - y[e]);
+            if (!(d <= maxdiff)) maxdiff = d;
+            if (fabs(y[e]) > maxref) maxref = fabs(y[e]);
+        }
+        free(x), free(y);
+        (*n)++;
+    }
+    if (fa) st_close(fa);
+    if (fb) st_close(fb);
+    return ok ? maxdiff / (maxref > 0 ? maxref : 1) : INFINITY;
 }
 
 #endif

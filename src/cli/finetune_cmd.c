@@ -6,9 +6,8 @@
  * save_consolidated asks, a LATEST symlink, max_recent_checkpoints kept. Batches come from Automodel's bucket
  * sampler (include/dfm/bucket_sampler.h: one latent shape per batch, so folders of several resolution buckets
  * train; data.dataloader.shuffle and drop_last as Automodel). peft (LoRA, include/dfm/lora.h) maps onto the job's
- * peft.* keys; fsdp.dp_replicate_size onto hybrid sharding, fsdp.pp_size onto pipeline parallelism. What is not
- * built yet (tensor and context parallelism) is refused
- * or stated, never silently ignored. */
+ * peft.* keys; fsdp.dp_replicate_size onto hybrid sharding, fsdp.tp_size / cp_size / pp_size onto tensor, context
+ * and pipeline parallelism. What is not built is refused or stated, never silently ignored. */
 #include "cli/cli_common.h"
 #include "dfm/automodel.h"
 #include "dfm/bucket_sampler.h"
@@ -226,7 +225,7 @@ int dfm_finetune_main(int argc, char **argv) {
     put(m, "model.pipeline_model_parallel_size", json_integer(plan.pp)); /* fsdp.pp_size: the same 1F1B pipeline */
     /* fsdp.tp_size: Megatron's tensor parallelism (heads and FFN columns split over tp_size ranks) */
     put(m, "model.tensor_model_parallel_size", json_integer(plan.tp));
-    /* fsdp.cp_size: context parallelism (the pretrain job refuses what it does not build for the model) */
+    /* fsdp.cp_size: context parallelism (ring attention; the sequence padded where cp_size does not divide it) */
     put(m, "model.context_parallel_size", json_integer(plan.cp));
     put(m, "dataset.type", json_string(dtype));
     put(m, "dataset.path", json_string(meta));
