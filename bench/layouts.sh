@@ -5,7 +5,8 @@
 # a rank waited in collectives that compute did not hide (comm_wait_frac), the pipeline bubble, and the per-rank
 # bytes of parameters, gradients, optimizer state + EMA and activations from the start-up line.
 # usage: bench/layouts.sh [steps=4] [layout ...]
-#   (layouts: one dp2 dp2_fsdp tp2 tp2_sp cp2 pp2 pp2_vpp2 recompute; tp2_pp2 on 4 ranks and cp2_a2a when named)
+#   (layouts: one dp2 dp2_fsdp tp2 tp2_sp cp2 pp2 pp2_vpp2 recompute; cp2_a2a, and on 4 ranks tp2_pp2, cp2_pp2,
+#   tp2_sp_cp2, and on 8 tp2_sp_cp2_pp2, when named)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STEPS=${1:-4}
@@ -59,6 +60,10 @@ for l in $LAYOUTS; do
     pp2) run pp2 2 model.pipeline_model_parallel_size=2 ;;
     pp2_vpp2) run pp2_vpp2 2 model.pipeline_model_parallel_size=2 model.virtual_pipeline_model_parallel_size=2 ;;
     tp2_pp2) run tp2_pp2 4 model.tensor_model_parallel_size=2 model.pipeline_model_parallel_size=2 ;;
+    cp2_pp2) run cp2_pp2 4 model.context_parallel_size=2 model.pipeline_model_parallel_size=2 ;;
+    tp2_sp_cp2) run tp2_sp_cp2 4 model.tensor_model_parallel_size=2 model.sequence_parallel=true model.context_parallel_size=2 ;;
+    tp2_sp_cp2_pp2) run tp2_sp_cp2_pp2 8 model.tensor_model_parallel_size=2 model.sequence_parallel=true \
+      model.context_parallel_size=2 model.pipeline_model_parallel_size=2 ;;
     recompute) run recompute 1 model.recompute_granularity=full model.recompute_method=uniform model.recompute_num_layers=1 ;;
     *) echo "unknown layout '$l'" >&2; exit 2 ;;
   esac

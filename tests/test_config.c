@@ -413,6 +413,20 @@ static void test_training_mode(void) {
 static void test_cli(void) {
     cfg *c = NULL;
     cfg_cli o = {.default_recipe = "dit_s2"};
+    /* --peak-tflops X is the override logger.peak_tflops=X, in its place among the overrides */
+    char *p1[] = {"pretrain", "--peak-tflops", "2.5", NULL},
+         *p2[] = {"pretrain", "logger.peak_tflops=1", "--peak-tflops=3", NULL};
+    char *p3[] = {"pretrain", "--peak-tflops=3", "logger.peak_tflops=1", NULL},
+         *p4[] = {"pretrain", "--peak-tflops", NULL};
+    int ok = cfg_from_args(3, p1, &c, NULL, err, sizeof err) == 0 && cfg_float(c, "logger.peak_tflops") == 2.5;
+    cfg_free(c);
+    ok = ok && cfg_from_args(3, p2, &c, NULL, err, sizeof err) == 0 && cfg_float(c, "logger.peak_tflops") == 3.0;
+    cfg_free(c);
+    ok = ok && cfg_from_args(3, p3, &c, NULL, err, sizeof err) == 0 && cfg_float(c, "logger.peak_tflops") == 1.0;
+    cfg_free(c);
+    c = NULL;
+    int refused = cfg_from_args(2, p4, &c, NULL, err, sizeof err) != 0 && !c && has(err, "--peak-tflops needs a value");
+    CHECK(ok && refused, "--peak-tflops X sets logger.peak_tflops in command-line order; without a value: %s", err);
     char *a1[] = {"pretrain", "--print-config", NULL};
     int rc = cfg_from_args(2, a1, &c, &o, err, sizeof err);
     CHECK(rc == 0 && o.print_config && !strcmp(cfg_recipe_of(c), "dit_s2") && !strcmp(o.recipe, "dit_s2"),

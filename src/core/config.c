@@ -1106,7 +1106,8 @@ int cfg_from_args(int argc, char **argv, cfg **out, cfg_cli *opts, char *err, si
     opts->config_file = opts->training_mode = NULL;
     opts->print_config = opts->help = 0;
     const char **overrides = xcalloc((size_t)(argc > 0 ? argc : 1), sizeof *overrides);
-    int nover = 0, rc = -1;
+    char **owned = xcalloc((size_t)(argc > 0 ? argc : 1), sizeof *owned);
+    int nover = 0, nowned = 0, rc = -1;
     cfg *c = NULL;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -1127,6 +1128,17 @@ int cfg_from_args(int argc, char **argv, cfg **out, cfg_cli *opts, char *err, si
             }
         }
         if (matched) continue;
+        if (!strncmp(a, "--peak-tflops", 13) && (a[13] == 0 || a[13] == '=')) {
+            /* shorthand for the override logger.peak_tflops=V, taken in its place among the overrides */
+            const char *v = a[13] == '=' ? a + 14 : i + 1 < argc ? argv[++i] : NULL;
+            if (!v || !*v) {
+                errf(err, errlen, "--peak-tflops needs a value (TFLOP/s of one process, for MFU)");
+                goto done;
+            }
+            owned[nowned] = xfmt("logger.peak_tflops=%s", v);
+            overrides[nover++] = owned[nowned++];
+            continue;
+        }
         if (!strcmp(a, "--print-config"))
             opts->print_config = 1;
         else if (!strcmp(a, "--help") || !strcmp(a, "-h"))
@@ -1134,7 +1146,7 @@ int cfg_from_args(int argc, char **argv, cfg **out, cfg_cli *opts, char *err, si
         else if (a[0] == '-' && !(a[1] == 0)) {
             errf(err, errlen,
                  "unknown option '%s' (options: --recipe NAME, --config-file FILE.yaml, --training-mode "
-                 "pretrain|finetune, --print-config; overrides look like key=value)",
+                 "pretrain|finetune, --peak-tflops X, --print-config; overrides look like key=value)",
                  a);
             goto done;
         } else if (strchr(a, '=') || a[0] == '~')
@@ -1158,6 +1170,8 @@ int cfg_from_args(int argc, char **argv, cfg **out, cfg_cli *opts, char *err, si
     rc = 0;
 done:
     free(overrides);
+    for (int i = 0; i < nowned; i++) free(owned[i]);
+    free(owned);
     if (rc == 0)
         *out = c;
     else
@@ -1170,6 +1184,7 @@ void cfg_cli_usage(FILE *f) {
                "  --recipe NAME              base recipe (below)\n"
                "  --config-file FILE.yaml    YAML merged over the recipe (maps merge, scalars and lists replace)\n"
                "  --training-mode MODE       pretrain | finetune: DFM's flow-matching presets for diffusion.*\n"
+               "  --peak-tflops X            logger.peak_tflops=X: one process's peak TFLOP/s, for MFU in the log\n"
                "  --print-config             print the resolved configuration as YAML\n"
                "overrides (Hydra): a.b=v set, +a.b=v add, ++a.b=v add or set, ~a.b / ~a.b=v delete, a.0=v list item;\n"
                "  values are YAML: 3, 1e-4, true, null, 'x y', [1, 2], {k: v}\n"
