@@ -12,7 +12,8 @@
  *    checkpoint resumed as CP2 x PP2, continuing like the uninterrupted run;
  *  - DiT LoRA (every linear) under CP2 x PP2: losses and the PEFT adapter file;
  *  - all at once on 16 ranks: TP2+SP x CP2 x PP2 x DP2 with optim_grads (DiT with a2a, and with 2 model chunks and
- *    selective recompute; Wan), the DiT checkpoint resumed as one process and as TP2 x CP2, and exported.
+ *    selective recompute; Wan), the DiT checkpoint resumed as one process and as TP2 x CP2, and exported; a
+ *    one-process checkpoint resumed as TP2 x CP2.
  * Losses of every step, validation losses at steps 5 and 10, final weights and EMA within 1e-5 relative (CP changes
  * the order of the attention's and the gradients' sums); every case prints its worst differences and its time.
  * AdamW's eps is 1e-6 here: with the default 1e-8 the rounding noise of the key bias's gradient (mathematically zero:
@@ -366,6 +367,12 @@ static void all_at_once(void) {
         compare(0, "all_to_tpcp", "one49h4", 6, "DiT saved by the 16-rank layout at step 5, resumed as TP2 x CP2");
     else
         CHECK(0, "the 16-rank checkpoint resumed as TP2 x CP2 runs");
+    if (train(4, dith, "one_to_tpcp",
+              test_path("model.tensor_model_parallel_size=2 model.context_parallel_size=2 checkpoint.load=%s",
+                        ck("one49h4", 5))) == 0)
+        compare(0, "one_to_tpcp", "one49h4", 6, "DiT saved by one process at step 5, resumed as TP2 x CP2");
+    else
+        CHECK(0, "a one-process checkpoint resumed as TP2 x CP2 runs");
     int rc = test_sh("%s export --checkpoint %s/all/ck --out %s/exp_all > %s/exp_all.log 2>&1 && %s export "
                      "--checkpoint %s/one49h4/ck --out %s/exp_one49h4 >> %s/exp_all.log 2>&1",
                      bin, dir, dir, dir, bin, dir, dir, dir);
