@@ -72,14 +72,8 @@ static const char *ck(const char *run, int it) {
     return test_path("%s/%s/ck/iter_%07d", dir, run, it);
 }
 
-/* The validation loss the log shows at `step` (NAN if absent). */
 static double val_loss(const char *run, int step) {
-    char *log = test_read_file(test_path("%s/%s.log", dir, run), NULL), want[64];
-    snprintf(want, sizeof want, "validation loss at step %d: ", step);
-    const char *at = log ? strstr(log, want) : NULL;
-    double v = at ? atof(at + strlen(want)) : NAN;
-    free(log);
-    return v;
+    return test_run_val_loss(dir, run, step);
 }
 
 static double worse(double a, double b) {
@@ -123,10 +117,7 @@ static void run_case(int wan, int np, const char *model, const char *name, const
 }
 
 static int log_has(const char *run, const char *text) {
-    char *log = test_read_file(test_path("%s/%s.log", dir, run), NULL);
-    int has = log && strstr(log, text);
-    free(log);
-    return has;
+    return test_run_log_count(dir, run, text) > 0;
 }
 
 static void dit_cases(void) {

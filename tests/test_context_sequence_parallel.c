@@ -42,23 +42,12 @@ static const char *ck(const char *run, int it) {
     return test_path("%s/%s/ck/iter_%07d", dir, run, it);
 }
 
-/* The validation loss the log shows at `step` (NAN if absent). */
 static double val_loss(const char *run, int step) {
-    char *log = test_read_file(test_path("%s/%s.log", dir, run), NULL), want[64];
-    snprintf(want, sizeof want, "validation loss at step %d: ", step);
-    const char *at = log ? strstr(log, want) : NULL;
-    double v = at ? atof(at + strlen(want)) : NAN;
-    free(log);
-    return v;
+    return test_run_val_loss(dir, run, step);
 }
 
-/* How many times the run's log contains s. */
 static int log_count(const char *run, const char *s) {
-    char *log = test_read_file(test_path("%s/%s.log", dir, run), NULL);
-    int n = 0;
-    for (const char *p = log; p && (p = strstr(p, s)); p++) n++;
-    free(log);
-    return n;
+    return test_run_log_count(dir, run, s);
 }
 
 typedef struct {

@@ -107,6 +107,25 @@ static inline int test_run_pretrain(const char *dir, const char *bin, int np, co
     return rc;
 }
 
+/* The validation loss DIR/RUN.log shows at `step` (NAN if absent). */
+static inline double test_run_val_loss(const char *dir, const char *run, int step) {
+    char *log = test_read_file(test_path("%s/%s.log", dir, run), NULL), want[64];
+    snprintf(want, sizeof want, "validation loss at step %d: ", step);
+    const char *at = log ? strstr(log, want) : NULL;
+    double v = at ? atof(at + strlen(want)) : NAN;
+    free(log);
+    return v;
+}
+
+/* How many times DIR/RUN.log contains text. */
+static inline int test_run_log_count(const char *dir, const char *run, const char *text) {
+    char *log = test_read_file(test_path("%s/%s.log", dir, run), NULL);
+    int n = 0;
+    for (const char *p = log; p && (p = strstr(p, text)); p++) n++;
+    free(log);
+    return n;
+}
+
 /* 1 when mpirun is on PATH; otherwise a FAIL line naming the packages, and 0. */
 static inline int test_have_mpirun(void) {
     if (test_sh("command -v mpirun >/dev/null") == 0) return 1;

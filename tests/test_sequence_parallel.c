@@ -49,13 +49,9 @@ static const char *ck(const char *run, int it) {
     return test_path("%s/%s/ck/iter_%07d", dir, run, it);
 }
 
-/* The log says the TP ranks agreed on the replicated parameters at each of the run's checkpoints. */
+/* The log says the TP ranks agreed on the replicated parameters at each of the run's `saves` checkpoints. */
 static int replicas_agree(const char *run, int saves) {
-    char *log = test_read_file(test_path("%s/%s.log", dir, run), NULL);
-    int n = 0;
-    for (const char *p = log; p && (p = strstr(p, "tensor-parallel ranks agree bit for bit")); p++) n++;
-    free(log);
-    return n == saves;
+    return test_run_log_count(dir, run, "tensor-parallel ranks agree bit for bit") == saves;
 }
 
 static void dit_cases(void) {
