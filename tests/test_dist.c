@@ -281,12 +281,17 @@ static void hybrid_resume(void) {
 static void layout_errors(void) {
     char cmd[2048], *out = NULL;
     snprintf(cmd, sizeof cmd,
-             "mpirun --oversubscribe -np 2 %s pretrain %s train.global_batch_size=6 logger.output_dir=%s/e", bin, TINY,
+             "mpirun --oversubscribe -np 4 %s pretrain %s train.global_batch_size=6 logger.output_dir=%s/e", bin, TINY,
              dir);
-    int rc = test_capture(cmd, &out);
-    CHECK(rc != 0 && strstr(out, "train.global_batch_size 6 does not divide into data-parallel size 2 x "
-                                 "train.micro_batch_size 2"),
-          "a global batch that DP x micro-batch does not divide is refused, naming the numbers");
+    int rc = test_capture(cmd, &out), said = 0;
+    for (const char *p = out; p && (p = strstr(p, "dfm: error:")); p++) said++;
+    CHECK(rc != 0 &&
+              strstr(out, "rank 0: train.global_batch_size 6 does not divide into data-parallel size 4 x "
+                          "train.micro_batch_size 2") &&
+              said == 1,
+          "a global batch that DP x micro-batch does not divide is refused, naming the numbers, once (by rank 0; "
+          "%d error lines from the 4 ranks)",
+          said);
     free(out);
     snprintf(cmd, sizeof cmd,
              "mpirun --oversubscribe -np 3 %s pretrain %s model.tensor_model_parallel_size=2 "

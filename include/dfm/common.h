@@ -16,6 +16,10 @@ void dfm_die(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)
 /* Under several processes: a prefix for every message ("rank 3: ") and the way out instead of exit(1)
  * (MPI_Abort, so that one rank's error ends the whole job). */
 void dfm_set_die_hook(const char *prefix, void (*exit_fn)(int code));
+/* Seconds dfm_die waits before it prints and exits (0: none). Ranks other than 0 wait, so that an error every rank
+ * meets (a bad key, a layout that does not divide) is printed once, by rank 0, whose abort ends the others first;
+ * an error of one rank alone is still printed, that much later. */
+void dfm_set_die_delay(double seconds);
 /* Print "dfm: warning: <msg>" to stderr. */
 void dfm_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 

@@ -15,15 +15,25 @@
 
 static char die_prefix[64];
 static void (*die_exit)(int);
+static double die_delay;
 
 void dfm_set_die_hook(const char *prefix, void (*exit_fn)(int code)) {
     snprintf(die_prefix, sizeof die_prefix, "%s", prefix ? prefix : "");
     die_exit = exit_fn;
 }
 
+void dfm_set_die_delay(double seconds) {
+    die_delay = seconds > 0 ? seconds : 0;
+}
+
 void dfm_die(const char *fmt, ...) {
     va_list ap;
     fflush(stdout);
+    if (die_delay > 0) {
+        struct timespec ts = {(time_t)die_delay, (long)((die_delay - (double)(time_t)die_delay) * 1e9)};
+        while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+        }
+    }
     fprintf(stderr, "dfm: error: %s", die_prefix);
     va_start(ap, fmt);
     vfprintf(stderr, fmt, ap);

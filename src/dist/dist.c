@@ -71,6 +71,7 @@ void dist_init(int *argc, char ***argv) {
     char prefix[48];
     snprintf(prefix, sizeof prefix, "rank %d: ", info.rank);
     dfm_set_die_hook(prefix, abort_all);
+    dfm_set_die_delay(info.rank == 0 ? 0 : 3.0);
 }
 
 const dist_info *dist_get(void) {
@@ -164,6 +165,7 @@ void dist_finalize(void) {
     free(sp_pack);
     sp_pack = NULL, sp_pack_n = 0;
     dfm_set_die_hook(NULL, NULL);
+    dfm_set_die_delay(0);
     MPI_Finalize();
     info.active = 0;
 }

@@ -1814,13 +1814,13 @@ int dfm_pretrain(const cfg *c) {
                 char eta[32];
                 fmt_eta(eta, sizeof eta, (double)(train_iters - j.iteration) * dt / steps_window);
                 if (tty)
-                    printf("\r\033[K  step %ld/%ld | loss %.4f | lr %.2e | grad norm %.3f | %.1f samples/s | %.3f "
+                    printf("\r\033[K  step %ld/%ld | loss %.4f | lr %.2e | grad norm %.3f | %.1f samples/s | %.3g "
                            "TFLOP/s%s "
                            "| data wait %.1f%% | ETA %s",
                            j.iteration, train_iters, r.loss, lr, r.grad_norm, sps, tflops, mfu_s, 100 * wait_frac, eta);
                 else
                     printf(
-                        "  step %ld/%ld loss %.4f lr %.3e grad_norm %.4f samples/s %.1f tflops %.4f%s data_wait %.1f%% "
+                        "  step %ld/%ld loss %.4f lr %.3e grad_norm %.4f samples/s %.1f tflops %.4g%s data_wait %.1f%% "
                         "eta %s\n",
                         j.iteration, train_iters, r.loss, lr, r.grad_norm, sps, tflops, mfu_s, 100 * wait_frac, eta);
                 fflush(stdout);
