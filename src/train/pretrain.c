@@ -1256,10 +1256,16 @@ int dfm_pretrain(const cfg *c) {
     j.objective_meta = objective_json(&j.obj);
     long train_iters = int_key(c, "train.train_iters", 0, 1L << 30);
     int gbs = int_key(c, "train.global_batch_size", 1, 1 << 20), mbs = int_key(c, "train.micro_batch_size", 1, 1 << 20);
-    if (gbs % ((long)mbs * di->dp))
+    if (gbs % ((long)mbs * di->dp)) {
+        char hint[160];
+        if (gbs % di->dp == 0)
+            snprintf(hint, sizeof hint, "set train.micro_batch_size to a divisor of %d", gbs / di->dp);
+        else
+            snprintf(hint, sizeof hint, "set train.global_batch_size to a multiple of %ld", (long)mbs * di->dp);
         dfm_die("train.global_batch_size %d does not divide into data-parallel size %d x train.micro_batch_size %d "
-                "(every rank takes %d / %d samples in micro-batches of %d)",
-                gbs, di->dp, mbs, gbs, di->dp, mbs);
+                "(every rank takes %d / %d samples in micro-batches of %d): %s",
+                gbs, di->dp, mbs, gbs, di->dp, mbs, hint);
+    }
     int n_local = gbs / di->dp;
     dp_sharding strategy;
     if (!dp_sharding_parse(cfg_str(c, "ddp.data_parallel_sharding_strategy"), &strategy))
@@ -1597,7 +1603,9 @@ int dfm_pretrain(const cfg *c) {
                 eval_samples, cfg_source(c, "train.eval_samples"), dtype);
     if (eval_samples > 0 && n_val == 0)
         dfm_die("train.eval_samples = %d: there are no held-out samples (dataset.val_samples is 0)", eval_samples);
-    int tty = lead && isatty(fileno(stdout));
+    /* one updating status line on a terminal; a line per log step otherwise. Under mpirun the ranks' output goes
+     * through a pseudo-terminal even when the job's is a file, so MPI runs always write lines. */
+    int tty = lead && !di->active && isatty(fileno(stdout));
 
     /* this rank's batch: samples (images or latents) with labels, or with text embeddings and their lengths */
     size_t per = (size_t)chans * frames * vh * vw;
