@@ -607,7 +607,7 @@ static void test_getters(void) {
     expect_death(get_int, "cfg_int", c, "model.num_layers.0", "does not exist", NULL);
     CHECK(cfg_float(c, "model.num_layers") == 6.0, "cfg_float reads an int");
     CHECK(!cfg_has(c, "nope") && cfg_kind_of(c, "nope") == -1 && cfg_source(c, "nope") == NULL, "absent key");
-    CHECK(cfg_len(c, "model") == 25 && !strcmp(cfg_key_at(c, "model", 0), "kind") &&
+    CHECK(cfg_len(c, "model") == 28 && !strcmp(cfg_key_at(c, "model", 0), "kind") &&
               !strcmp(cfg_key_at(c, "", 0), "model"),
           "map iteration");
     cfg_free(c);

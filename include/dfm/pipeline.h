@@ -1,6 +1,7 @@
 /* Pipeline parallelism (model.pipeline_model_parallel_size = P > 1; docs/ARCHITECTURE.md "Pipeline parallelism").
  *
- * The blocks are split evenly over the P stages of a pipeline group (dist.h: ranks that differ only in pp_rank);
+ * The blocks are split over the P stages of a pipeline group (dist.h: ranks that differ only in pp_rank), evenly
+ * or as model.num_layers_in_first/last_pipeline_stage or model.pipeline_model_parallel_layout say (pp_plan_make);
  * the embedders live on the first stage, the output head and the loss on the last. A stage owns its segments of
  * the parameter table only: pp_stage_new moves them into a stage buffer, frees the model's whole buffers and
  * sets the model's hooks, and gives the data-parallel engine a table of the stage's part (so DP, sharding,
@@ -30,11 +31,33 @@ typedef struct pp_stage pp_stage;
 
 #define PP_MAX_CHUNKS 16 /* model chunks per stage (virtual pipeline stages) */
 
-/* Blocks [*b0, *b1) of model chunk `chunk` (0..V-1) of stage `stage` of P, V chunks per stage (V = 1: the plain
- * pipeline), for a model of L blocks: the blocks are cut into P V equal chunks and stage s holds chunks s, s + P,
- * s + 2P, ... (Megatron's interleaved assignment). 0, or -1 with err naming model.num_layers, the pipeline size
- * and (V > 1) the virtual pipeline size when P V does not divide L. */
-int pp_layout(int L, int P, int V, int stage, int chunk, int *b0, int *b1, char *err, size_t errlen);
+#define PP_MAX_STAGES 64 /* model chunks of a pipeline, P V (the message tags number the boundaries in 6 bits) */
+
+/* How the L blocks are split over the P V model chunks of a pipeline (P stages, V chunks per stage; V = 1: the
+ * plain pipeline). Chunk k holds n[k] consecutive blocks, after those of chunks 0..k-1; it is model chunk k / P of
+ * stage k mod P (Megatron's interleaved assignment), so chunk 0 has the embedders and chunk P V - 1 the head. */
+typedef struct {
+    int P, V, L;
+    int n[PP_MAX_STAGES];
+    int even; /* every chunk has L / (P V) blocks */
+} pp_plan;
+
+/* Fill *pl from Megatron's keys, or -1 with err naming the keys and the numbers:
+ *  - even (first = last = -1, layout NULL): L / (P V) blocks a chunk; P V must divide L;
+ *  - model.num_layers_in_first_pipeline_stage / _last_ (first, last >= 1 when set, -1 when null): the first / last
+ *    stage has that many blocks, the other stages split the rest evenly; with V chunks per stage every stage's
+ *    count is cut into V equal chunks (Megatron's rule: each stage's count must divide by V);
+ *  - model.pipeline_model_parallel_layout (layout): Megatron's string, stages separated by '|', 'E' the embedders
+ *    (opening the first stage), 't' a block, 'L' the head and the loss (closing the last stage), "X*N" and
+ *    "(...)*N" repeat, commas are cosmetic; its P V stages are chunks 0..P V - 1 in the order above. *V is set
+ *    from it (V_set: model.virtual_pipeline_model_parallel_size was given, and must then agree).
+ * A chunk of no blocks is refused (not built). V is in/out: the configured chunks per stage (1 when null). */
+int pp_plan_make(pp_plan *pl, int L, int P, int *V, int V_set, int first, int last, const char *layout, char *err,
+                 size_t errlen);
+/* Blocks [*b0, *b1) of model chunk `chunk` (0..V-1) of stage `stage` of the plan. */
+void pp_layout(const pp_plan *pl, int stage, int chunk, int *b0, int *b1);
+/* The blocks of stage s (all its chunks). */
+int pp_stage_blocks(const pp_plan *pl, int s);
 /* The micro-batches per step the schedule can take: 0, or -1 with err naming them and P when V > 1 and P does
  * not divide m (the interleaved schedule goes through the micro-batches in groups of P). */
 int pp_check_micro(int P, int V, int m, char *err, size_t errlen);

@@ -36,6 +36,13 @@ static cfg *recipe_base(const char *name) {
     cfg_def(c, "model.pipeline_model_parallel_size", CFG_INT, "1", "pipeline stages");
     cfg_def(c, "model.virtual_pipeline_model_parallel_size", CFG_INT, NULL,
             "model chunks per pipeline stage (V > 1: interleaved 1F1B; null: plain 1F1B)");
+    cfg_def(c, "model.num_layers_in_first_pipeline_stage", CFG_INT, NULL,
+            "blocks of the first pipeline stage (the other stages split the rest evenly; null: all even)");
+    cfg_def(c, "model.num_layers_in_last_pipeline_stage", CFG_INT, NULL,
+            "blocks of the last pipeline stage (the other stages split the rest evenly; null: all even)");
+    cfg_def(c, "model.pipeline_model_parallel_layout", CFG_STR, NULL,
+            "Megatron's layout string, e.g. \"Et*3|(tt|)*2,t|tL\": P x V stages split by '|', E embedders, t a block, "
+            "L head and loss (null: even, or the first/last keys)");
     cfg_def(c, "model.sequence_parallel", CFG_BOOL, "false", "shard norms/dropout over the sequence with TP");
     cfg_def_enum(c, "model.recompute_granularity", 1, NULL, "full|selective", "activation recomputation");
     cfg_def_enum(c, "model.recompute_method", 1, NULL, "uniform|block", "how recomputed layers are chosen");

@@ -45,24 +45,316 @@ struct pp_stage {
     const float *adapters;
 };
 
-int pp_layout(int L, int P, int V, int stage, int chunk, int *b0, int *b1, char *err, size_t errlen) {
-    if (P < 1 || V < 1 || L % (P * V)) {
-        if (V > 1)
-            snprintf(err, errlen,
-                     "model.num_layers %d is not divisible by model.pipeline_model_parallel_size %d x "
-                     "model.virtual_pipeline_model_parallel_size %d = %d: the blocks are split evenly into that many "
-                     "model chunks",
-                     L, P, V, P * V);
-        else
-            snprintf(err, errlen,
-                     "model.num_layers %d is not divisible by model.pipeline_model_parallel_size %d: the blocks are "
-                     "split evenly over the pipeline stages",
-                     L, P);
+/* ---- layouts -------------------------------------------------------------------------------------------- */
+
+#define LAYOUT_MAX_SYMBOLS 65536
+
+typedef struct {
+    char *s;
+    size_t n, cap;
+} symbuf;
+
+static int sym_put(symbuf *b, const char *s, size_t n, long times, char *err, size_t errlen) {
+    if (times > 0 && n > 0 && (size_t)times > (LAYOUT_MAX_SYMBOLS - b->n) / n) {
+        snprintf(err, errlen, "model.pipeline_model_parallel_layout expands to more than %d symbols",
+                 LAYOUT_MAX_SYMBOLS);
         return -1;
     }
-    int c = L / (P * V), k = chunk * P + stage;
-    *b0 = k * c, *b1 = (k + 1) * c;
+    size_t add = n * (size_t)(times > 0 ? times : 0);
+    if (b->n + add + 1 > b->cap) {
+        b->cap = b->n + add + 64;
+        b->s = xrealloc(b->s, b->cap);
+    }
+    for (long t = 0; t < times; t++) memcpy(b->s + b->n, s, n), b->n += n;
+    b->s[b->n] = 0;
     return 0;
+}
+
+/* Expands the sequence at s[*at] (up to a ')' when depth > 0, or the end) into out: symbols E t L |, "X*N" and
+ * "(...)*N" repeated, commas and blanks dropped. */
+static int layout_expand(const char *s, size_t *at, int depth, symbuf *out, char *err, size_t errlen) {
+    for (;;) {
+        char c = s[*at];
+        size_t pos = *at;
+        if (c == 0) {
+            if (depth == 0) return 0;
+            snprintf(err, errlen, "model.pipeline_model_parallel_layout '%s': a '(' is not closed", s);
+            return -1;
+        }
+        if (c == ')') {
+            if (depth > 0) return 0;
+            snprintf(err, errlen, "model.pipeline_model_parallel_layout '%s': ')' at position %zu closes nothing", s,
+                     pos);
+            return -1;
+        }
+        if (c == ',' || c == ' ' || c == '\t') {
+            (*at)++;
+            continue;
+        }
+        symbuf item = {0};
+        if (c == 'E' || c == 't' || c == 'L' || c == '|') {
+            (*at)++;
+            if (sym_put(&item, &c, 1, 1, err, errlen) != 0) return free(item.s), -1;
+        } else if (c == '(') {
+            (*at)++;
+            if (layout_expand(s, at, depth + 1, &item, err, errlen) != 0) return free(item.s), -1;
+            (*at)++; /* the ')' */
+        } else if (c == '*') {
+            snprintf(err, errlen,
+                     "model.pipeline_model_parallel_layout '%s': '*' at position %zu repeats nothing (write X*N or "
+                     "(...)*N)",
+                     s, pos);
+            return -1;
+        } else {
+            snprintf(err, errlen,
+                     "model.pipeline_model_parallel_layout '%s': '%c' at position %zu is not a layout symbol (E the "
+                     "embedders, t a transformer block, L the head and the loss, '|' between stages, X*N and "
+                     "(...)*N repeat, commas cosmetic)%s",
+                     s, c, pos,
+                     c == 'm' ? "; 'm' (multi-token prediction) has no counterpart in a diffusion model" : "");
+            return -1;
+        }
+        long times = 1;
+        if (s[*at] == '*') {
+            size_t p = ++*at;
+            if (s[p] < '0' || s[p] > '9') {
+                free(item.s);
+                snprintf(err, errlen,
+                         "model.pipeline_model_parallel_layout '%s': '*' at position %zu is not followed by a count", s,
+                         p - 1);
+                return -1;
+            }
+            times = 0;
+            while (s[*at] >= '0' && s[*at] <= '9') {
+                times = times * 10 + (s[*at] - '0');
+                (*at)++;
+                if (times > LAYOUT_MAX_SYMBOLS) {
+                    free(item.s);
+                    snprintf(err, errlen,
+                             "model.pipeline_model_parallel_layout '%s': the count at position %zu is above %d", s, p,
+                             LAYOUT_MAX_SYMBOLS);
+                    return -1;
+                }
+            }
+        }
+        int rc = sym_put(out, item.s ? item.s : "", item.n, times, err, errlen);
+        free(item.s);
+        if (rc != 0) return -1;
+    }
+}
+
+static int plan_from_layout(pp_plan *pl, const char *layout, int L, int P, int *V, int V_set, char *err,
+                            size_t errlen) {
+    symbuf b = {0};
+    size_t at = 0;
+    if (layout_expand(layout, &at, 0, &b, err, errlen) != 0) return free(b.s), -1;
+    const char *x = b.s ? b.s : "";
+    int S = 1, nE = 0, nL = 0, nt = 0;
+    for (const char *q = x; *q; q++) S += *q == '|';
+    if (S % P) {
+        snprintf(err, errlen,
+                 "model.pipeline_model_parallel_layout '%s' has %d stages, not a multiple of "
+                 "model.pipeline_model_parallel_size %d (it lists P x V stages)",
+                 layout, S, P);
+        return free(b.s), -1;
+    }
+    if (S / P > PP_MAX_CHUNKS || S > PP_MAX_STAGES) {
+        snprintf(err, errlen,
+                 "model.pipeline_model_parallel_layout '%s' has %d stages, %d model chunks per pipeline stage: at most "
+                 "%d chunks per stage and %d in all are supported",
+                 layout, S, S / P, PP_MAX_CHUNKS, PP_MAX_STAGES);
+        return free(b.s), -1;
+    }
+    if (V_set && *V != S / P) {
+        snprintf(err, errlen,
+                 "model.pipeline_model_parallel_layout '%s' has %d stages = model.pipeline_model_parallel_size %d x "
+                 "%d model chunks, but model.virtual_pipeline_model_parallel_size is %d",
+                 layout, S, P, S / P, *V);
+        return free(b.s), -1;
+    }
+    int k = 0, pos = 0;
+    memset(pl->n, 0, sizeof pl->n);
+    for (const char *q = x;; q++) {
+        if (*q == '|' || *q == 0) {
+            if (pl->n[k] == 0) {
+                snprintf(
+                    err, errlen,
+                    "model.pipeline_model_parallel_layout '%s': stage %d of the layout (model chunk %d of pipeline "
+                    "stage %d) has no transformer block: a stage without blocks is not built",
+                    layout, k, k / P, k % P);
+                return free(b.s), -1;
+            }
+            if (*q == 0) break;
+            k++, pos = 0;
+            continue;
+        }
+        if (*q == 't') pl->n[k]++, nt++;
+        if (*q == 'E' && (nE++ || k != 0 || pos != 0)) {
+            snprintf(err, errlen,
+                     "model.pipeline_model_parallel_layout '%s': 'E' (the embedders) at symbol %d of stage %d: the "
+                     "embedders are on the first stage only, before its blocks (one 'E', opening the layout)",
+                     layout, pos, k);
+            return free(b.s), -1;
+        }
+        if (*q == 'L' && (nL++ || k != S - 1 || q[1] != 0)) {
+            snprintf(err, errlen,
+                     "model.pipeline_model_parallel_layout '%s': 'L' (the head and the loss) at symbol %d of stage %d: "
+                     "the head is on the last stage only, after its blocks (one 'L', closing the layout)",
+                     layout, pos, k);
+            return free(b.s), -1;
+        }
+        pos++;
+    }
+    free(b.s);
+    if (nE == 0 || nL == 0) {
+        snprintf(err, errlen,
+                 "model.pipeline_model_parallel_layout '%s' has no '%s': it must open with 'E' (the embedders) and "
+                 "close with 'L' (the head and the loss)",
+                 layout, nE == 0 ? "E" : "L");
+        return -1;
+    }
+    if (nt != L) {
+        snprintf(err, errlen,
+                 "model.pipeline_model_parallel_layout '%s' has %d transformer blocks ('t'), "
+                 "model.num_layers is %d",
+                 layout, nt, L);
+        return -1;
+    }
+    *V = S / P;
+    return 0;
+}
+
+int pp_plan_make(pp_plan *pl, int L, int P, int *V, int V_set, int first, int last, const char *layout, char *err,
+                 size_t errlen) {
+    memset(pl, 0, sizeof *pl);
+    int Vc = *V;
+    if (P < 1 || Vc < 1 || L < 1) {
+        snprintf(err, errlen, "internal: pipeline of %d stages x %d chunks for %d blocks", P, Vc, L);
+        return -1;
+    }
+    if (layout && (first >= 0 || last >= 0)) {
+        snprintf(err, errlen,
+                 "model.pipeline_model_parallel_layout and model.num_layers_in_%s_pipeline_stage are both set: the "
+                 "layout places every block already, use one or the other",
+                 first >= 0 ? "first" : "last");
+        return -1;
+    }
+    if (layout) {
+        if (plan_from_layout(pl, layout, L, P, V, V_set, err, errlen) != 0) return -1;
+        pl->P = P, pl->V = *V, pl->L = L;
+        pl->even = 1;
+        for (int k = 1; k < P * *V; k++) pl->even &= pl->n[k] == pl->n[0];
+        return 0;
+    }
+    if (P * Vc > PP_MAX_STAGES) {
+        snprintf(err, errlen,
+                 "model.pipeline_model_parallel_size %d x model.virtual_pipeline_model_parallel_size %d = %d model "
+                 "chunks: at most %d are supported",
+                 P, Vc, P * Vc, PP_MAX_STAGES);
+        return -1;
+    }
+    pl->P = P, pl->V = Vc, pl->L = L;
+    if (first < 0 && last < 0) {
+        if (L % (P * Vc)) {
+            if (Vc > 1)
+                snprintf(err, errlen,
+                         "model.num_layers %d is not divisible by model.pipeline_model_parallel_size %d x "
+                         "model.virtual_pipeline_model_parallel_size %d = %d: the blocks are split evenly into that "
+                         "many model chunks (or set model.num_layers_in_first/last_pipeline_stage or "
+                         "model.pipeline_model_parallel_layout)",
+                         L, P, Vc, P * Vc);
+            else
+                snprintf(err, errlen,
+                         "model.num_layers %d is not divisible by model.pipeline_model_parallel_size %d: the blocks "
+                         "are split evenly over the pipeline stages (or set model.num_layers_in_first/"
+                         "last_pipeline_stage or model.pipeline_model_parallel_layout)",
+                         L, P);
+            return -1;
+        }
+        for (int k = 0; k < P * Vc; k++) pl->n[k] = L / (P * Vc);
+        pl->even = 1;
+        return 0;
+    }
+    /* Megatron's uneven split: the first / last stage that many blocks, the others the rest evenly; then each
+     * stage's count cut into its V chunks */
+    const char *names[2] = {"first", "last"};
+    int given[2] = {first, last}, per[PP_MAX_STAGES], rest = L, mid = P;
+    for (int i = 0; i < 2; i++) {
+        if (given[i] < 0) continue;
+        if (given[i] == 0) {
+            snprintf(err, errlen,
+                     "model.num_layers_in_%s_pipeline_stage is 0: a stage without blocks is not built (at least 1)",
+                     names[i]);
+            return -1;
+        }
+        if (given[i] % Vc) {
+            snprintf(err, errlen,
+                     "model.num_layers_in_%s_pipeline_stage %d is not divisible by "
+                     "model.virtual_pipeline_model_parallel_size %d: the stage's blocks are cut into that many equal "
+                     "model chunks",
+                     names[i], given[i], Vc);
+            return -1;
+        }
+        rest -= given[i], mid--;
+    }
+    char what[160];
+    if (first >= 0 && last >= 0)
+        snprintf(what, sizeof what,
+                 "model.num_layers_in_first_pipeline_stage %d + model.num_layers_in_last_pipeline_stage %d", first,
+                 last);
+    else
+        snprintf(what, sizeof what, "model.num_layers_in_%s_pipeline_stage %d", first >= 0 ? "first" : "last",
+                 first >= 0 ? first : last);
+    if (mid == 0 && rest != 0) {
+        snprintf(err, errlen,
+                 "%s = %d, not model.num_layers %d: with model.pipeline_model_parallel_size %d there is no other stage "
+                 "to take the rest",
+                 what, L - rest, L, P);
+        return -1;
+    }
+    if (mid > 0 && rest < mid) {
+        snprintf(err, errlen,
+                 "%s leaves %d of model.num_layers %d for the other %d pipeline stages: a stage without blocks is "
+                 "not built (each needs at least 1)",
+                 what, rest < 0 ? 0 : rest, L, mid);
+        return -1;
+    }
+    if (mid > 0 && rest % mid) {
+        snprintf(err, errlen,
+                 "%s leaves %d of model.num_layers %d, not divisible by the other %d pipeline stages (they split the "
+                 "rest evenly)",
+                 what, rest, L, mid);
+        return -1;
+    }
+    for (int s = 0; s < P; s++) per[s] = mid > 0 ? rest / mid : 0;
+    if (first >= 0) per[0] = first;
+    if (last >= 0) per[P - 1] = last;
+    if (mid > 0 && (rest / mid) % Vc) {
+        snprintf(err, errlen,
+                 "%s leaves %d blocks to each of the other %d pipeline stages, not divisible by "
+                 "model.virtual_pipeline_model_parallel_size %d: each stage's blocks are cut into that many equal "
+                 "model chunks",
+                 what, rest / mid, mid, Vc);
+        return -1;
+    }
+    for (int k = 0; k < P * Vc; k++) pl->n[k] = per[k % P] / Vc;
+    pl->even = 1;
+    for (int k = 1; k < P * Vc; k++) pl->even &= pl->n[k] == pl->n[0];
+    return 0;
+}
+
+void pp_layout(const pp_plan *pl, int stage, int chunk, int *b0, int *b1) {
+    int k = chunk * pl->P + stage, at = 0;
+    if (stage < 0 || stage >= pl->P || chunk < 0 || chunk >= pl->V)
+        dfm_die("internal: model chunk %d of pipeline stage %d outside %d x %d", chunk, stage, pl->P, pl->V);
+    for (int i = 0; i < k; i++) at += pl->n[i];
+    *b0 = at, *b1 = at + pl->n[k];
+}
+
+int pp_stage_blocks(const pp_plan *pl, int s) {
+    int n = 0;
+    for (int v = 0; v < pl->V; v++) n += pl->n[v * pl->P + s];
+    return n;
 }
 
 int pp_check_micro(int P, int V, int m, char *err, size_t errlen) {

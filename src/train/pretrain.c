@@ -1246,6 +1246,25 @@ int dfm_pretrain(const cfg *c) {
     else
         config_to_dit(c, &dc);
     recompute_plan recompute = recompute_blocks(c, j.wan ? wc.num_layers : dc.num_layers);
+    /* how the blocks are split over the pipeline: evenly, or Megatron's uneven first / last stage, or its layout */
+    pp_plan plan;
+    {
+        static const char *const pk[3] = {"model.num_layers_in_first_pipeline_stage",
+                                          "model.num_layers_in_last_pipeline_stage",
+                                          "model.pipeline_model_parallel_layout"};
+        for (int i = 0; i < 3; i++)
+            if (!cfg_is_null(c, pk[i]) && di->pp == 1)
+                dfm_die("%s is set (from %s) without pipeline parallelism (model.pipeline_model_parallel_size is 1): "
+                        "it places blocks on pipeline stages",
+                        pk[i], cfg_source(c, pk[i]));
+        int first = cfg_is_null(c, pk[0]) ? -1 : int_key(c, pk[0], 0, 1000);
+        int last = cfg_is_null(c, pk[1]) ? -1 : int_key(c, pk[1], 0, 1000);
+        const char *lay = cfg_is_null(c, pk[2]) ? NULL : cfg_str(c, pk[2]);
+        if (pp_plan_make(&plan, j.wan ? wc.num_layers : dc.num_layers, di->pp, &vpp,
+                         !cfg_is_null(c, "model.virtual_pipeline_model_parallel_size"), first, last, lay, err,
+                         sizeof err) != 0)
+            dfm_die("%s", err);
+    }
     if (di->tp > 1) { /* heads and FFN columns split over the TP group: sizes it does not divide are refused */
         if (!(j.wan ? wan_tp_check(&wc, di->tp, err, sizeof err) : dit_tp_check(&dc, di->tp, err, sizeof err)))
             dfm_die("%s (from %s)", err, cfg_source(c, "model.tensor_model_parallel_size"));
@@ -1480,10 +1499,9 @@ int dfm_pretrain(const cfg *c) {
             printf("checkpoint.load is set: resuming from it; checkpoint.pretrained_checkpoint is not read\n");
     }
     if (j.lora_on) setup_lora(&j, &dm, seed);
-    int n_micro = n_local / mbs, pp_b0 = 0, pp_b1 = 0, pp_arenas = 1;
+    int n_micro = n_local / mbs, pp_arenas = 1;
     if (di->pp >
         1) { /* this rank's stage: its blocks, its part of the parameters, an arena per micro-batch in flight */
-        int L = j.wan ? wc.num_layers : dc.num_layers;
         if (pp_check_micro(di->pp, vpp, n_micro, err, sizeof err) != 0) dfm_die("%s", err);
         j.vpp = vpp;
         if (vpp > 1) { /* the chunks after the first: models of their own, with chunk 0's initial weights */
@@ -1496,9 +1514,8 @@ int dfm_pretrain(const cfg *c) {
         pp_arenas = 0;
         for (int v = 0; v < vpp; v++) {
             int b0, b1;
-            if (pp_layout(L, di->pp, vpp, di->pp_rank, v, &b0, &b1, err, sizeof err) != 0) dfm_die("%s", err);
+            pp_layout(&plan, di->pp_rank, v, &b0, &b1);
             int na = pp_chunk_arenas(di->pp, di->pp_rank, vpp, n_micro, v);
-            if (v == 0) pp_b0 = b0, pp_b1 = b1;
             pp_arenas += na;
             if (j.wan) {
                 wan_model *m = v ? &j.xwan[v - 1] : &j.wmodel;
@@ -1677,18 +1694,22 @@ int dfm_pretrain(const cfg *c) {
         printf("  memory per rank: parameters %.1f MB, gradients %.1f MB, optimizer state + EMA %.1f MB, "
                "activations %.1f MB%s%s\n",
                pbytes / 1e6, gbytes / 1e6, obytes / 1e6, act_bytes / 1e6, rc_note, sp_note);
+        char pp_counts[4 * PP_MAX_STAGES + 16] = ""; /* even: the blocks of each; else of every stage or chunk */
+        for (int k = 0; di->pp > 1 && k < (plan.even ? 1 : di->pp * vpp); k++)
+            snprintf(pp_counts + strlen(pp_counts), sizeof pp_counts - strlen(pp_counts), "%s%d", k ? ", " : "",
+                     plan.n[k]);
         if (di->pp > 1 && vpp == 1)
-            printf("  pipeline: %d stages of %d blocks (stage 0 + embedders, stage %d + head and loss), 1F1B over %d "
+            printf("  pipeline: %d stages of %s blocks (stage 0 + embedders, stage %d + head and loss), 1F1B over %d "
                    "micro-batches, bubble (P-1)/(m+P-1) = %.3f; rank 0 keeps %d activation arena%s (one per "
                    "micro-batch in flight)\n",
-                   di->pp, pp_b1 - pp_b0, di->pp - 1, n_micro, pp_bubble(di->pp, n_micro, 1), pp_arenas,
+                   di->pp, pp_counts, di->pp - 1, n_micro, pp_bubble(di->pp, n_micro, 1), pp_arenas,
                    pp_arenas == 1 ? "" : "s");
         else if (di->pp > 1)
-            printf("  pipeline: %d stages x %d model chunks of %d blocks (chunk k on stage k mod %d; embedders on "
+            printf("  pipeline: %d stages x %d model chunks of %s blocks (chunk k on stage k mod %d; embedders on "
                    "stage 0, head and loss on stage %d), interleaved 1F1B over %d micro-batches, bubble "
                    "(P-1)/(V*m+P-1) = %.3f (Megatron's bubble/ideal (P-1)/(V*m) = %.3f); rank 0 keeps %d activation "
                    "arenas over its chunks\n",
-                   di->pp, vpp, pp_b1 - pp_b0, di->pp, di->pp - 1, n_micro, pp_bubble(di->pp, n_micro, vpp),
+                   di->pp, vpp, pp_counts, di->pp, di->pp - 1, n_micro, pp_bubble(di->pp, n_micro, vpp),
                    (double)(di->pp - 1) / ((double)vpp * n_micro), pp_arenas);
         printf("  %s\n", kernels_blas_info());
         fflush(stdout);
