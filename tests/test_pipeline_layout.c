@@ -5,9 +5,10 @@
  *    refusal with its message;
  *  - runs under mpirun --oversubscribe on 2 cores against one process at the same global batch (the pipeline does
  *    not change the arithmetic: losses and final weights within 1e-6 relative): a 6-block DiT with first = 1 on PP2
- *    and first = 1, last = 3 on PP3, the layout "Et|t*5L" on PP2 and "Et|tt|tt|tL" on PP2 x 2 chunks, a 3-block Wan
- *    with first = 1 on PP2; the start-up line shows the blocks of each stage or chunk; the uneven PP2 checkpoint
- *    (step 5) resumed as one process and as an even PP2. */
+ *    (also with checkpoints of 2 blocks recomputed) and first = 1, last = 3 on PP3, first = 2 on PP2 x 2 chunks, the
+ *    layout "Et|t*5L" on PP2 and "Et|tt|tt|tL" on PP2 x 2 chunks, a 3-block Wan with first = 1 on PP2; the start-up
+ * line shows the blocks of each stage or chunk; the uneven PP2 checkpoint (step 5) resumed as one process and as an
+ * even PP2. */
 #include "dfm/pipeline.h"
 #include "test.h"
 #include "test_fs.h"
@@ -219,6 +220,22 @@ int main(void) {
         startup_line("dit_vlayout", "pipeline: 2 stages x 2 model chunks of 1, 2, 2, 1 blocks");
     } else
         CHECK(0, "DiT PP2 x 2 chunks with a layout string runs");
+
+    if (ok && train(2, DIT, "dit_vfirst",
+                    "model.pipeline_model_parallel_size=2 "
+                    "model.virtual_pipeline_model_parallel_size=2 "
+                    "model.num_layers_in_first_pipeline_stage=2") == 0) {
+        compare(0, "dit_vfirst", "dit1", 1, "DiT PP2 x 2 chunks, first stage 2 blocks (chunks 1, 2, 1, 2)");
+        startup_line("dit_vfirst", "pipeline: 2 stages x 2 model chunks of 1, 2, 1, 2 blocks");
+    } else
+        CHECK(0, "DiT PP2 x 2 chunks with model.num_layers_in_first_pipeline_stage=2 runs");
+    if (ok && train(2, DIT, "dit_first1_rc",
+                    "model.pipeline_model_parallel_size=2 "
+                    "model.num_layers_in_first_pipeline_stage=1 model.recompute_granularity=full "
+                    "model.recompute_method=uniform model.recompute_num_layers=2") == 0)
+        compare(0, "dit_first1_rc", "dit1", 1, "DiT PP2 1 + 5 with checkpoints of 2 blocks recomputed");
+    else
+        CHECK(0, "DiT PP2 1 + 5 with uniform recompute of 2 runs");
 
     /* the uneven PP2 checkpoint (step 5) resumed as one process and as an even PP2 (3 + 3) */
     if (ok) {
