@@ -120,6 +120,15 @@ static void unit(void) {
     /* virtual stages: the string's stage k is model chunk k / P of pipeline stage k mod P */
     accepts(6, 2, 1, 0, -1, -1, "Et|tt|tt|tL", "1,2,2,1", 2);
     accepts(6, 2, 2, 1, -1, -1, "Et|tt|tt|tL", "1,2,2,1", 2);
+    {
+        pp_plan pl;
+        char err[512];
+        int v = 1;
+        int rc = pp_plan_make(&pl, 8, 3, &v, 0, -1, -1, "Et|tt|t|tt|t|tL", err, sizeof err);
+        CHECK(rc == 0 && v == 2 && pp_stage_blocks(&pl, 0) == 3 && pp_stage_blocks(&pl, 1) == 3 &&
+                  pp_stage_blocks(&pl, 2) == 2 && !pl.even,
+              "layout Et|tt|t|tt|t|tL on PP3: 2 chunks per stage, stages of 3, 3, 2 blocks (pp_stage_blocks)");
+    }
     refuses(6, 2, 3, 1, -1, -1, "Et|tt|tt|tL",
             "has 4 stages = model.pipeline_model_parallel_size 2 x 2 model chunks, but "
             "model.virtual_pipeline_model_parallel_size is 3");
