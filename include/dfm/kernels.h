@@ -40,6 +40,23 @@ void matmul_forward(float *out, const float *inp, const float *weight, const flo
 void matmul_backward(float *dinp, float *dweight, float *dbias, const float *dout, const float *inp,
                      const float *weight, int M, int N, int K);
 
+/* C[M,N] = alpha op(A) op(B) + beta C (row-major; ta, tb 'N' or 'T'), the GEMM the linear layers use. */
+void kernels_sgemm(char ta, char tb, int M, int N, int K, float alpha, const float *A, int lda, const float *B, int ldb,
+                   float beta, float *C, int ldc);
+
+/* ---- Frozen weights (LoRA's backward, include/dfm/lora.h) --------------------------------------- */
+/* While a span [lo, lo + n) of a model's gradient buffer is frozen, the kernels compute no weight or bias
+ * gradient that would land in it: matmul_backward, layernorm_backward, rmsnorm_backward(_strided) and
+ * embedding_backward skip such a dweight / dbias (input gradients are computed as always), and a linear's weight
+ * gradient is handed to fn instead: fn(ctx, dweight, dout, inp, M, N, K) may compute what it needs from the same
+ * operands (LoRA: its adapters' gradients). Not thread-safe: set and cleared by the thread that runs a model's
+ * backward. n = 0 clears it. */
+typedef void (*kernels_frozen_linear_fn)(void *ctx, float *dweight, const float *dout, const float *inp, int M, int N,
+                                         int K);
+void kernels_set_frozen(float *lo, size_t n, kernels_frozen_linear_fn fn, void *ctx);
+/* 1 when p lies in the frozen span (its gradient is not wanted). */
+int kernels_grad_frozen(const float *p);
+
 /* ---- Attention -------------------------------------------------------------------------------- */
 /* Fused multi-head attention with online softmax; the N x N score matrix is never stored.
  * q: [B, Nq, H, D] with token stride q_stride (elements between consecutive tokens of one sample;

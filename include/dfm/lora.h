@@ -5,12 +5,17 @@
  * A starts uniform in +-1/sqrt(in) (PEFT's kaiming_uniform(a = sqrt 5)), B at zero, so the adapted model starts as
  * the base model. The base weights are frozen; only A and B are trained.
  *
- * How dfm trains them: the product is linear in W, so the model runs on merged weights W' = W + scale B A and the
- * model's own backward gives G = dL/dW'; then dL/dA = scale B^T G and dL/dB = scale G A^T exactly. The base
- * weights are kept aside untouched (bit-identical to what was loaded) and every step re-merges from them. The
- * price: the model's weight gradients are computed for every layer (the frozen ones too); the saving: the
- * optimizer, its moments, the EMA and the gradient reduction cover the adapters only. Dropout on the adapter
- * input cannot be expressed through merged weights, so peft.dropout > 0 is refused.
+ * How dfm trains them: the model runs on merged weights W' = W + scale B A (the forward costs what the base model's
+ * does; the input gradients dX = G W'^T are the adapted model's). The base weights are kept aside untouched
+ * (bit-identical to what was loaded) and every step re-merges from them. The backward of an adapted linear (M rows
+ * of input X and output gradient G) takes the adapters' gradients from the activations, never forming the weight
+ * gradient G^T X:  U = X A^T, V = G B (M x r);  dB += scale G^T U, dA += scale V^T X  (4 M r (in + out) FLOPs
+ * instead of 2 M in out), and the frozen parameters get no weight gradient at all (kernels_set_frozen). The older
+ * way, kept selectable (merged_backward, the key peft.merged_backward): the model's full backward gives G_W =
+ * dL/dW' for every layer, then dL/dA = scale B^T G_W and dL/dB = scale G_W A^T; the same gradients up to rounding
+ * (a different association), at the cost of full fine-tuning's backward. Either way the optimizer, its moments, the
+ * EMA and the gradient reduction cover the adapters only. Dropout on the adapter input cannot be expressed through
+ * merged weights, so peft.dropout > 0 is refused.
  *
  * Modules are the diffusers module names of 2-D ".weight" tensors (embedding tables excluded): e.g.
  * "blocks.0.attn1.to_q". A module is adapted when it matches one of `targets` (or every linear with
@@ -80,6 +85,14 @@ typedef struct {
     int n_all;
     float *tp_scratch; /* the partial adapter gradients under tensor parallelism (tp_n floats) */
     size_t tp_n;
+    int merged_backward; /* 1: adapter gradients from the model's weight gradients (see above); 0 (default): fast */
+    /* between lora_micro_backward_begin and _end: the adapters, the gradients' destination, the model's gradient
+     * buffer and the span of it being differentiated; U and V of the fast backward (uv_n floats) */
+    const float *bw_adapters;
+    float *bw_grads, *bw_model_grads;
+    size_t bw_lo, bw_hi;
+    float *uv;
+    size_t uv_n;
 } lora_model;
 
 /* 1 when the 2-D tensor `name` of a model is a linear layer's weight LoRA can adapt; module gets its name. */
@@ -111,12 +124,15 @@ void lora_backward_range(lora_model *L, const float *adapters, const float *mode
 
 /* In a training step, with a data-parallel engine over the adapters (dp_model of L->table, L->nseg, L->seg_begin,
  * &L->params, &L->grads, &L->hooks): lora_step_begin fetches the adapters (gathered when the engine shards them)
- * and merges them into model_params; returns the adapters, valid until the step's dp_finish_step. After each
- * micro-batch's model backward (model gradients zeroed before it), lora_micro_backward adds the adapter
- * gradients where the engine wants them and tells it they are done. */
+ * and merges them into model_params; returns the adapters, valid until the step's dp_finish_step. Each
+ * micro-batch's model backward runs between lora_micro_backward_begin and lora_micro_backward_end: the adapter
+ * gradients are added where the engine wants them (TP partial sums reduced in rank order at the end) and the
+ * engine is told they are done. model_grads is the model's gradient buffer and [lo, hi) the span of it this
+ * backward covers (the whole model, or a pipeline stage's model chunk): the fast backward freezes that span
+ * (nothing is written there), the merged one zeroes it and reads the weight gradients from it at the end. */
 const float *lora_step_begin(lora_model *L, float *model_params);
-void lora_micro_backward(lora_model *L, const float *adapters, const float *model_grads);
-void lora_micro_backward_range(lora_model *L, const float *adapters, const float *model_grads, size_t lo, size_t hi);
+void lora_micro_backward_begin(lora_model *L, const float *adapters, float *model_grads, size_t lo, size_t hi);
+void lora_micro_backward_end(lora_model *L);
 
 /* Write dir/adapter_model.safetensors and dir/adapter_config.json (PEFT's form) atomically; base_name goes
  * into base_model_name_or_path (may be NULL). dir is created. adapters are laid out by L->global (every module,

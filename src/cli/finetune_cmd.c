@@ -266,6 +266,7 @@ int dfm_finetune_main(int argc, char **argv) {
     put(m, "peft.alpha", json_real(cfg_float(a, "peft.alpha")));
     put(m, "peft.dropout", json_real(cfg_float(a, "peft.dropout")));
     put(m, "peft.match_all_linear", json_boolean(cfg_bool(a, "peft.match_all_linear")));
+    put(m, "peft.merged_backward", json_boolean(cfg_bool(a, "peft.merged_backward")));
     static const char *lists[] = {"peft.target_modules", "peft.exclude_modules"};
     for (int k = 0; k < 2; k++) {
         json_t *l = json_array();

@@ -113,6 +113,8 @@ cfg *automodel_defaults(void) {
     cfg_def(c, "peft.target_modules", CFG_LIST, "[]", "module globs to adapt, e.g. ['*.to_q', '*.to_v']");
     cfg_def(c, "peft.exclude_modules", CFG_LIST, "[]", "module globs never adapted");
     cfg_def(c, "peft.match_all_linear", CFG_BOOL, "false", "adapt every linear layer");
+    cfg_def(c, "peft.merged_backward", CFG_BOOL, "false",
+            "dfm: adapter gradients through the full weight gradients (slower; default: from the activations)");
     cfg_def(c, "peft._target_", CFG_STR, NULL, "Automodel's Python class; accepted and ignored");
 
     cfg_def(c, "wandb", CFG_MAP, NULL, "accepted (Automodel's Weights & Biases settings); unused");

@@ -119,6 +119,9 @@ static cfg *recipe_base(const char *name) {
             "diffusers module names or globs to adapt, e.g. ['*.to_q', '*.to_v'] or ['to_q', 'to_v']");
     cfg_def(c, "peft.exclude_modules", CFG_LIST, "[]", "module names or globs never adapted");
     cfg_def(c, "peft.match_all_linear", CFG_BOOL, "false", "adapt every linear layer");
+    cfg_def(c, "peft.merged_backward", CFG_BOOL, "false",
+            "adapter gradients through the model's full weight gradients (the slower way; default: from the "
+            "activations, no weight gradient formed)");
 
     /* dataset */
     cfg_def_enum(c, "dataset.type", 0, "fashion_mnist",

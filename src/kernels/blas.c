@@ -68,8 +68,37 @@ void matmul_forward(float *out, const float *inp, const float *weight, const flo
     gemm('N', 'T', M, N, K, inp, K, weight, K, bias ? 1.0f : 0.0f, out, N);
 }
 
+void kernels_sgemm(char ta, char tb, int M, int N, int K, float alpha, const float *A, int lda, const float *B, int ldb,
+                   float beta, float *C, int ldc) {
+    dnnl_status_t st = dnnl_sgemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    if (st != dnnl_success)
+        dfm_die("oneDNN sgemm failed (status %d) for %c%c M=%d N=%d K=%d", (int)st, ta, tb, M, N, K);
+}
+
+static struct {
+    const float *lo, *hi;
+    kernels_frozen_linear_fn fn;
+    void *ctx;
+} frozen;
+
+void kernels_set_frozen(float *lo, size_t n, kernels_frozen_linear_fn fn, void *ctx) {
+    frozen.lo = n ? lo : NULL;
+    frozen.hi = n ? lo + n : NULL;
+    frozen.fn = n ? fn : NULL;
+    frozen.ctx = n ? ctx : NULL;
+}
+
+int kernels_grad_frozen(const float *p) {
+    return p && frozen.lo && p >= frozen.lo && p < frozen.hi;
+}
+
 void matmul_backward(float *dinp, float *dweight, float *dbias, const float *dout, const float *inp,
                      const float *weight, int M, int N, int K) {
+    if (kernels_grad_frozen(dweight)) { /* a frozen weight: what its owner wants instead (LoRA), no G^T X */
+        if (frozen.fn) frozen.fn(frozen.ctx, dweight, dout, inp, M, N, K);
+        dweight = NULL;
+    }
+    if (kernels_grad_frozen(dbias)) dbias = NULL;
     if (dinp) gemm('N', 'N', M, K, N, dout, N, weight, K, 1.0f, dinp, K);
     if (dweight) gemm('T', 'N', N, K, M, dout, N, inp, K, 1.0f, dweight, K);
     if (dbias) {

@@ -92,6 +92,7 @@ void embedding_forward(float *restrict out, const float *restrict table, const i
 }
 
 void embedding_backward(float *restrict dtable, const float *restrict dout, const int *restrict ids, int B, int C) {
+    if (kernels_grad_frozen(dtable)) return;
     const int nblk = (C + EMBED_COLS - 1) / EMBED_COLS;
 #pragma omp parallel for schedule(static)
     for (int blk = 0; blk < nblk; blk++) {

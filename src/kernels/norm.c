@@ -41,6 +41,8 @@ void layernorm_forward(float *restrict out, float *restrict mean, float *restric
 void layernorm_backward(float *restrict dinp, float *restrict dweight, float *restrict dbias,
                         const float *restrict dout, const float *restrict inp, const float *restrict weight,
                         const float *restrict mean, const float *restrict rstd, int N, int C) {
+    if (kernels_grad_frozen(dweight)) dweight = NULL;
+    if (kernels_grad_frozen(dbias)) dbias = NULL;
     if (dinp) {
 #pragma omp parallel for schedule(static)
         for (int i = 0; i < N; i++) {
@@ -123,6 +125,7 @@ void rmsnorm_forward(float *restrict out, float *restrict rstd, const float *res
 void rmsnorm_backward_strided(float *restrict dinp, float *restrict dweight, const float *restrict dout,
                               const float *restrict inp, const float *restrict weight, const float *restrict rstd,
                               int N, int C, int dinp_stride, int dout_stride, int inp_stride) {
+    if (kernels_grad_frozen(dweight)) dweight = NULL;
     if (dinp) {
 #pragma omp parallel for schedule(static)
         for (int i = 0; i < N; i++) {

@@ -2,6 +2,7 @@
 #include "dfm/lora.h"
 #include "dfm/common.h"
 #include "dfm/dist.h"
+#include "dfm/kernels.h"
 #include "dfm/rng.h"
 #include "dfm/safetensors.h"
 
@@ -143,7 +144,7 @@ int lora_create(lora_model *L, const param_table *base, const float *base_params
 void lora_free(lora_model *L) {
     for (int k = 0; k < L->n; k++) free(L->t[k].module), free(L->t[k].base);
     for (int k = 0; k < L->n_all; k++) free(L->all_modules[k]);
-    free(L->t), free(L->all_modules), free(L->tp_scratch);
+    free(L->t), free(L->all_modules), free(L->tp_scratch), free(L->uv);
     free(L->params), free(L->grads);
     param_table_free(&L->table);
     param_table_free(&L->global);
@@ -158,6 +159,34 @@ void lora_merge(const lora_model *L, const float *adapters, float *model_params)
         memcpy(w, t->base, (size_t)t->out * t->in * sizeof(float));
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, t->out, t->in, L->r, L->scale, adapters + t->b_off, L->r,
                     adapters + t->a_off, t->in, 1.0f, w, t->in);
+    }
+}
+
+/* The partial gradients of tp_scratch [p0, p1) (the modules with weights in [lo, hi)): summed over the TP group in
+ * rank order (every rank the same bits), then added into the adapter gradients. */
+static void tp_finish(lora_model *L, float *adapter_grads, size_t lo, size_t hi, size_t p0, size_t p1) {
+    if (p1 <= p0) return;
+    dist_tp_allreduce_sum_f32(L->tp_scratch + p0, p1 - p0, "tensor-parallel all-reduce of the LoRA gradients");
+    for (int k = 0; k < L->n; k++) {
+        const lora_target *t = &L->t[k];
+        if (t->w_off < lo || t->w_off >= hi || t->split < 0) continue;
+        size_t off = t->split == 0 ? t->a_off : t->b_off,
+               n = t->split == 0 ? (size_t)L->r * t->in : (size_t)t->out * L->r;
+        const float *src = L->tp_scratch + t->p_off;
+        float *dst = adapter_grads + off;
+        for (size_t i = 0; i < n; i++) dst[i] += src[i];
+    }
+}
+
+/* The span of tp_scratch the partial gradients of the modules with weights in [lo, hi) take: [*p0, *p1). */
+static void tp_span(const lora_model *L, size_t lo, size_t hi, size_t *p0, size_t *p1) {
+    *p0 = L->tp_n, *p1 = 0;
+    for (int k = 0; k < L->n; k++) {
+        const lora_target *t = &L->t[k];
+        if (t->w_off < lo || t->w_off >= hi || t->split < 0) continue;
+        size_t n = t->split == 0 ? (size_t)L->r * t->in : (size_t)t->out * L->r;
+        if (t->p_off < *p0) *p0 = t->p_off;
+        if (t->p_off + n > *p1) *p1 = t->p_off + n;
     }
 }
 
@@ -184,18 +213,7 @@ void lora_backward_range(lora_model *L, const float *adapters, const float *mode
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, t->out, L->r, t->in, L->scale, g, t->in, a, t->in, beta_b,
                     db, L->r);
     }
-    if (p1 <= p0) return;
-    /* the partial sums over the TP group, added in rank order (every rank the same bits), then into the gradients */
-    dist_tp_allreduce_sum_f32(L->tp_scratch + p0, p1 - p0, "tensor-parallel all-reduce of the LoRA gradients");
-    for (int k = 0; k < L->n; k++) {
-        const lora_target *t = &L->t[k];
-        if (t->w_off < lo || t->w_off >= hi || t->split < 0) continue;
-        size_t off = t->split == 0 ? t->a_off : t->b_off,
-               n = t->split == 0 ? (size_t)L->r * t->in : (size_t)t->out * L->r;
-        const float *src = L->tp_scratch + t->p_off;
-        float *dst = adapter_grads + off;
-        for (size_t i = 0; i < n; i++) dst[i] += src[i];
-    }
+    tp_finish(L, adapter_grads, lo, hi, p0, p1);
 }
 
 void lora_backward(lora_model *L, const float *adapters, const float *model_grads, float *adapter_grads) {
@@ -208,14 +226,66 @@ const float *lora_step_begin(lora_model *L, float *model_params) {
     return ad;
 }
 
-void lora_micro_backward_range(lora_model *L, const float *adapters, const float *model_grads, size_t lo, size_t hi) {
-    float *g = L->hooks.grads ? L->hooks.grads(L->hooks.ctx, 0) : L->grads;
-    lora_backward_range(L, adapters, model_grads, g, lo, hi);
-    if (L->hooks.grads_done) L->hooks.grads_done(L->hooks.ctx, 0);
+/* The fast backward of a frozen linear whose weight gradient would land at dweight (kernels_set_frozen): for each
+ * adapted module among the rows of that weight (q, k and v are one fused [3 d, d] product), with G its columns of
+ * dout [M, N] and X = inp [M, K]:  U = X A^T, V = G B;  dB += scale G^T U, dA += scale V^T X. Under tensor
+ * parallelism the part that sums over the split axis goes to tp_scratch (dA of a column-parallel weight: V sums
+ * over this rank's rows; dB of a row-parallel one: U over its columns), summed over the group at the end. */
+static void fast_linear(void *ctx, float *dweight, const float *dout, const float *inp, int M, int N, int K) {
+    lora_model *L = ctx;
+    const size_t off = (size_t)(dweight - L->bw_model_grads), end = off + (size_t)N * K;
+    const int r = L->r;
+    for (int k = 0; k < L->n; k++) {
+        const lora_target *t = &L->t[k];
+        if (t->w_off < off || t->w_off >= end) continue;
+        if (t->in != K || (t->w_off - off) % (size_t)K || (t->w_off - off) / K + (size_t)t->out > (size_t)N)
+            dfm_die("LoRA backward: module %s [%d, %d] is not whole rows of a [%d, %d] linear; set "
+                    "peft.merged_backward: true",
+                    t->module, t->out, t->in, N, K);
+        const float *a = L->bw_adapters + t->a_off, *b = L->bw_adapters + t->b_off;
+        const float *g = dout + (t->w_off - off) / K; /* this module's columns of dout, row stride N */
+        float *da = L->bw_grads + t->a_off, *db = L->bw_grads + t->b_off;
+        if (t->split == 0) da = L->tp_scratch + t->p_off;
+        if (t->split == 1) db = L->tp_scratch + t->p_off;
+        if (L->uv_n < (size_t)2 * M * r) {
+            free(L->uv);
+            L->uv_n = (size_t)2 * M * r;
+            L->uv = xalloc_floats(L->uv_n);
+        }
+        float *U = L->uv, *V = L->uv + (size_t)M * r;
+        kernels_sgemm('N', 'T', M, r, K, 1.0f, inp, K, a, K, 0.0f, U, r);         /* U [M, r] = X A^T */
+        kernels_sgemm('N', 'N', M, r, t->out, 1.0f, g, N, b, r, 0.0f, V, r);      /* V [M, r] = G B */
+        kernels_sgemm('T', 'N', t->out, r, M, L->scale, g, N, U, r, 1.0f, db, r); /* dB [out, r] += s G^T U */
+        kernels_sgemm('T', 'N', r, K, M, L->scale, V, r, inp, K, 1.0f, da, K);    /* dA [r, in] += s V^T X */
+    }
 }
 
-void lora_micro_backward(lora_model *L, const float *adapters, const float *model_grads) {
-    lora_micro_backward_range(L, adapters, model_grads, 0, SIZE_MAX);
+void lora_micro_backward_begin(lora_model *L, const float *adapters, float *model_grads, size_t lo, size_t hi) {
+    L->bw_adapters = adapters ? adapters : L->params;
+    L->bw_grads = L->hooks.grads ? L->hooks.grads(L->hooks.ctx, 0) : L->grads;
+    L->bw_model_grads = model_grads;
+    L->bw_lo = lo, L->bw_hi = hi;
+    if (L->merged_backward) { /* this micro-batch's weight gradients, from zero */
+        memset(model_grads + lo, 0, (hi - lo) * sizeof(float));
+        return;
+    }
+    size_t p0, p1;
+    tp_span(L, lo, hi, &p0, &p1);
+    if (p1 > p0) memset(L->tp_scratch + p0, 0, (p1 - p0) * sizeof(float));
+    kernels_set_frozen(model_grads + lo, hi - lo, fast_linear, L);
+}
+
+void lora_micro_backward_end(lora_model *L) {
+    if (L->merged_backward)
+        lora_backward_range(L, L->bw_adapters, L->bw_model_grads, L->bw_grads, L->bw_lo, L->bw_hi);
+    else {
+        kernels_set_frozen(NULL, 0, NULL, NULL);
+        size_t p0, p1;
+        tp_span(L, L->bw_lo, L->bw_hi, &p0, &p1);
+        tp_finish(L, L->bw_grads, L->bw_lo, L->bw_hi, p0, p1);
+    }
+    if (L->hooks.grads_done) L->hooks.grads_done(L->hooks.ctx, 0);
+    L->bw_adapters = NULL, L->bw_grads = L->bw_model_grads = NULL;
 }
 
 int lora_restrict(lora_model *L, const param_table *part) {

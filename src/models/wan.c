@@ -1159,9 +1159,10 @@ void wan_forward(wan_model *m, float *out, const float *latents, const float *ti
 
 /* dtable[j] += sum_b dmod[b, j]; dper_sample[b, j] += dmod[b, j] (the per-sample part may be NULL) */
 static void add_table_backward(float *dtable, float *dper_sample, const float *dmod, int B, int n) {
+    if (kernels_grad_frozen(dtable)) dtable = NULL; /* LoRA: a frozen table */
     for (int b = 0; b < B; b++)
         for (int j = 0; j < n; j++) {
-            dtable[j] += dmod[(size_t)b * n + j];
+            if (dtable) dtable[j] += dmod[(size_t)b * n + j];
             if (dper_sample) dper_sample[(size_t)b * n + j] += dmod[(size_t)b * n + j];
         }
 }
@@ -1212,11 +1213,12 @@ void wan_backward(wan_model *m, const float *dout) {
         layernorm_backward(dxf, NULL, NULL, a->sB, xL, NULL, a->meanf, a->rstdf, BN, d);
         if (m->sp) sp_take_local(m, a->dx, dxf);
         zero(a->dtemb, (size_t)B * d);
+        float *dsst = kernels_grad_frozen(g->sst) ? NULL : g->sst; /* LoRA: a frozen table */
         for (int b = 0; b < B; b++)
             for (int k = 0; k < 2; k++)
                 for (int j = 0; j < d; j++) {
                     const float v = a->dhmod[((size_t)b * 2 + k) * d + j];
-                    g->sst[(size_t)k * d + j] += v;
+                    if (dsst) dsst[(size_t)k * d + j] += v;
                     a->dtemb[(size_t)b * d + j] += v;
                 }
         seg_done(m, c->num_layers + 1);
@@ -1293,7 +1295,9 @@ void wan_backward(wan_model *m, const float *dout) {
         zero(dn2, nT);
         matmul_backward(dn2, gw->q2_w, gw->q2_b, dq2, sp_gather(m, n2), w->q2_w, BN, da, d);
         dn2 = tp_sum_sp(m, dn2);
-        if (m->sp) { /* norm2's weight and bias see this rank's tokens: their gradients summed over the TP group */
+        if (m->sp && kernels_grad_frozen(gw->n2_w)) /* LoRA: frozen, no weight gradients to sum */
+            layernorm_backward(a->dx, NULL, NULL, dn2, a->xmid[l], w->n2_w, a->mean2[l], a->rstd2[l], BNl, d);
+        else if (m->sp) { /* norm2's weight and bias see this rank's tokens: their gradients summed over the TP group */
             float *dwb = a->dn2wb;
             zero(dwb, 2 * (size_t)d);
             layernorm_backward(a->dx, dwb, dwb + d, dn2, a->xmid[l], w->n2_w, a->mean2[l], a->rstd2[l], BNl, d);

@@ -72,14 +72,14 @@ step_result dit_trainer_step_dp(dit_trainer *tr, dp_engine *e, const float *x0, 
     for (int off = 0; off < n_local; off += m->max_batch) {
         int mb = n_local - off < m->max_batch ? n_local - off : m->max_batch;
         dp_micro_begin(e, off + mb >= n_local);
-        if (tr->lora) dit_zero_grad(m);
         diffusion_prepare(&tr->db, &tr->obj, x0 + (size_t)off * in_n, labels + off, mb, in_n, c->num_classes, tr->seed,
                           step, first + (uint32_t)off);
         dit_forward(m, tr->out, tr->db.model_in, tr->db.timestep, tr->db.labels, mb);
         float share = (float)mb / (float)B_global;
         loss += share * diffusion_loss_masked(&tr->db, tr->out, tr->dout, out_n, share, tr->cp_mask);
+        if (tr->lora) lora_micro_backward_begin(tr->lora, adapters, m->grads, 0, m->table.total);
         dit_backward(m, tr->dout, mb);
-        if (tr->lora) lora_micro_backward(tr->lora, adapters, m->grads);
+        if (tr->lora) lora_micro_backward_end(tr->lora);
         dp_micro_end(e);
     }
     dist_allreduce_sum_f64(&loss, 1, "all-reduce of the loss");

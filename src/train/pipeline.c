@@ -627,9 +627,9 @@ static void run_backward(pp_stage *ps, dp_engine *e, const pp_ops *o, int v, int
     }
     dp_micro_begin(e, final);
     size_t lo = ps->seg_begin[ch->seg0], hi = ps->seg_begin[ch->seg0 + ch->hi - ch->lo];
-    if (ps->lora) memset(ps->grads + lo, 0, (hi - lo) * sizeof(float)); /* this micro-batch's weight gradients */
+    if (ps->lora) lora_micro_backward_begin(ps->lora, ps->adapters, ps->grads, lo, hi); /* the chunk's adapters */
     o->backward(o->ctx, ch->model, k);
-    if (ps->lora) lora_micro_backward_range(ps->lora, ps->adapters, ps->grads, lo, hi); /* the chunk's adapters */
+    if (ps->lora) lora_micro_backward_end(ps->lora);
     dp_micro_end(e);
     if (ch->gc > 0) {
         o->tensors(o->ctx, ch->model, k, STAGE_GRAD, &io);

@@ -1014,6 +1014,7 @@ static void setup_lora(job *j, dp_model *dm, uint64_t seed) {
     float *params = j->wan ? j->wmodel.params : j->model.params;
     if (lora_create(&j->lora, base, params, &spec, seed, err, sizeof err) != 0) dfm_die("%s", err);
     free(targets), free(excludes);
+    j->lora.merged_backward = cfg_bool(c, "peft.merged_backward");
     *dm = (dp_model){
         &j->lora.table, j->lora.nseg, j->lora.seg_begin, &j->lora.params, &j->lora.grads, &j->lora.hooks, NULL, 0};
     j->table = &j->lora.table;
@@ -1032,9 +1033,12 @@ static void setup_lora(job *j, dp_model *dm, uint64_t seed) {
         for (int k = 0; k < j->lora.n; k++) copies += (size_t)j->lora.t[k].out * j->lora.t[k].in;
         printf("LoRA: r %d, alpha %g (scale %g) on %d linear layers: %zu trainable parameters; the %zu base "
                "parameters frozen (weights, their gradients and %.1f MB of base copies of the adapted layers kept "
-               "outside the optimizer)\n",
+               "outside the optimizer); backward: %s\n",
                j->lora.r, (double)j->lora.alpha, (double)j->lora.scale, j->lora.n, j->lora.table.total, frozen,
-               copies * 4 / 1e6);
+               copies * 4 / 1e6,
+               j->lora.merged_backward ? "merged (the model's weight gradients, then the chain rule; "
+                                         "peft.merged_backward)"
+                                       : "adapter gradients from the activations, no frozen weight gradient");
     }
 }
 

@@ -84,12 +84,12 @@ step_result wan_trainer_step_micro(wan_trainer *tr, dp_engine *e, const wan_micr
     double loss = 0;
     for (int k = 0; k < n_micro; k++) {
         dp_micro_begin(e, k + 1 >= n_micro);
-        if (tr->lora) wan_zero_grad(tr->model);
         float share = (float)mb[k].count / (float)B_global;
         loss += share * forward_loss(tr, &tr->obj, tr->seed, mb[k].latents, mb[k].text, mb[k].text_lens, mb[k].count,
                                      mb[k].frames, mb[k].height, mb[k].width, step, mb[k].first, share, 1);
+        if (tr->lora) lora_micro_backward_begin(tr->lora, adapters, tr->model->grads, 0, tr->model->table.total);
         wan_backward(tr->model, tr->dout);
-        if (tr->lora) lora_micro_backward(tr->lora, adapters, tr->model->grads);
+        if (tr->lora) lora_micro_backward_end(tr->lora);
         dp_micro_end(e);
     }
     dist_allreduce_sum_f64(&loss, 1, "all-reduce of the loss");
