@@ -6,6 +6,8 @@
 #   megatron       dfm pretrain (Megatron tree, checkpoint.pretrained_checkpoint = the folder, DDP no_shard)
 #   automodel      dfm finetune -c recipes/automodel/wan_tiny_finetune.yaml (FSDP optim_grads_params)
 #   automodel_lora the same with peft: r 16 on every attention projection (to_q, to_k, to_v, to_out.0)
+#   automodel_lora_merged  the same LoRA trained the older way (peft.merged_backward: true: the model's full
+#                  weight gradients, then the chain rule), for the before / after of the fast LoRA backward
 # Prints per run: ms per step (median over the logged steps after 2 warm-up steps, from samples_per_s), peak RSS,
 # and the per-rank parameter / gradient / optimizer+EMA bytes of the start-up line; then the ratios.
 # usage: bench/paradigms.sh [steps=10]
@@ -81,6 +83,10 @@ echo "# $(date -u +%F) $(lscpu | sed -n 's/^Model name: *//p') x $(nproc) cores,
   # shellcheck disable=SC2086
   run automodel_lora $bin finetune $COMMON_AM --checkpoint.checkpoint_dir="$out/automodel_lora" \
     "--peft.target_modules=['to_q', 'to_k', 'to_v', 'to_out.0']" --peft.dim=16 --peft.alpha=16
+  # shellcheck disable=SC2086
+  run automodel_lora_merged $bin finetune $COMMON_AM --checkpoint.checkpoint_dir="$out/automodel_lora_merged" \
+    "--peft.target_modules=['to_q', 'to_k', 'to_v', 'to_out.0']" --peft.dim=16 --peft.alpha=16 \
+    --peft.merged_backward=true
 } | tee "$out/summary"
 /usr/bin/python3 - "$out/summary" <<'EOF'
 import re, sys
@@ -94,4 +100,7 @@ print(f"paradigm_ratio automodel_vs_megatron step_time={f('automodel', 'megatron
 print(f"paradigm_ratio lora_vs_full step_time={f('automodel_lora', 'automodel', 'ms_per_step'):.3f}x "
       f"peak_rss={f('automodel_lora', 'automodel', 'peak_rss_mb'):.3f}x "
       f"optim_ema={f('automodel_lora', 'automodel', 'optim_ema_mb'):.4f}x")
+print(f"paradigm_ratio lora_merged_vs_full step_time={f('automodel_lora_merged', 'automodel', 'ms_per_step'):.3f}x "
+      f"peak_rss={f('automodel_lora_merged', 'automodel', 'peak_rss_mb'):.3f}x")
+print(f"paradigm_ratio lora_fast_vs_merged step_time={f('automodel_lora', 'automodel_lora_merged', 'ms_per_step'):.3f}x")
 EOF

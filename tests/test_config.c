@@ -610,6 +610,10 @@ static void test_getters(void) {
     CHECK(cfg_len(c, "model") == 28 && !strcmp(cfg_key_at(c, "model", 0), "kind") &&
               !strcmp(cfg_key_at(c, "", 0), "model"),
           "map iteration");
+    CHECK(cfg_len(c, "peft") == 8 && !cfg_bool(c, "peft.merged_backward") && ov(c, "peft.merged_backward=true") &&
+              cfg_bool(c, "peft.merged_backward"),
+          "peft: 8 keys (dim, alpha, dropout, use_rslora, target_modules, exclude_modules, match_all_linear, "
+          "merged_backward, default false)");
     cfg_free(c);
 }
 

@@ -7,6 +7,7 @@
 #include "dfm/common.h"
 #include "dfm/diffusers.h"
 #include "dfm/diffusion.h"
+#include "dfm/dit.h"
 #include "dfm/kernels.h"
 #include "dfm/lora.h"
 #include "dfm/safetensors.h"
@@ -106,7 +107,83 @@ static void selection(void) {
     wan_free(&m);
 }
 
-/* dfm's adapter gradients (merged weights + chain rule) against PyTorch with the adapters unmerged */
+/* The worst per-tensor difference between two sets of adapter gradients, relative to the tensor's largest. */
+static double fast_vs_merged(const lora_model *L, const float *fast, const float *merged) {
+    double worst = 0;
+    for (int i = 0; i < L->table.n; i++) {
+        const param_entry *e = &L->table.e[i];
+        double big = 0, diff = 0;
+        for (size_t k = 0; k < e->numel; k++) {
+            big = fmax(big, fabs(merged[e->offset + k]));
+            diff = fmax(diff, fabs((double)fast[e->offset + k] - merged[e->offset + k]));
+        }
+        worst = fmax(worst, big > 0 ? diff / big : diff);
+    }
+    return worst;
+}
+
+/* DiT: the fast backward (a fused q/k/v product with q and v adapted, k not; column- and row-parallel shapes, the
+ * adaLN and embedder linears) against the merged-weight backward, micro-batches accumulated */
+static void dit_fast_backward(void) {
+    dit_config c;
+    dit_config_named(&c, "tiny");
+    c.num_layers = 2, c.hidden_size = 48, c.num_heads = 3, c.patch_size = 2, c.in_channels = 3, c.out_channels = 6;
+    c.image_size = 10, c.num_classes = 5;
+    dit_model m;
+    enum { B = 3 };
+    dit_create(&m, &c, B);
+    test_fill_randn(m.params, m.table.total, 0.2f);
+    const char *t[] = {"to_q",     "to_v",         "to_out.0",   "ff.net.0.proj",
+                       "ff.net.2", "norm1.linear", "proj_out_2", "linear_1"};
+    lora_spec s = spec_of(t, 8, 4, 8);
+    lora_model L;
+    char err[1024];
+    if (lora_create(&L, &m.table, m.params, &s, 9, err, sizeof err) != 0) {
+        CHECK(0, "lora_create: %s", err);
+        dit_free(&m);
+        return;
+    }
+    test_fill_randn(L.params, L.table.total, 0.3f);
+    lora_merge(&L, NULL, m.params);
+    size_t in_n = (size_t)c.in_channels * c.image_size * c.image_size;
+    size_t out_n = (size_t)c.out_channels * c.image_size * c.image_size;
+    float *x = xalloc_floats(2 * B * in_n), *out = xalloc_floats(B * out_n), *dout = xalloc_floats(2 * B * out_n),
+          tt[2 * B];
+    int labels[2 * B];
+    test_fill_randn(x, 2 * B * in_n, 1.0f);
+    test_fill_randn(dout, 2 * B * out_n, 1.0f);
+    for (int i = 0; i < 2 * B; i++) tt[i] = 100.0f * (float)(i + 1), labels[i] = i % (c.num_classes + 1);
+    float *g[2];
+    size_t written = 0;
+    for (int merged = 1; merged >= 0; merged--) { /* two micro-batches each */
+        L.merged_backward = merged;
+        memset(L.grads, 0, L.table.total * sizeof(float));
+        memset(m.grads, 0, m.table.total * sizeof(float));
+        for (int k = 0; k < 2; k++) {
+            dit_forward(&m, out, x + (size_t)k * B * in_n, tt + k * B, labels + k * B, B);
+            lora_micro_backward_begin(&L, NULL, m.grads, 0, m.table.total);
+            dit_backward(&m, dout + (size_t)k * B * out_n, B);
+            lora_micro_backward_end(&L);
+        }
+        g[merged] = xalloc_floats(L.table.total);
+        memcpy(g[merged], L.grads, L.table.total * sizeof(float));
+        if (!merged)
+            for (size_t i = 0; i < m.table.total; i++) written += m.grads[i] != 0.0f;
+    }
+    double w = fast_vs_merged(&L, g[0], g[1]), nz = 0;
+    for (size_t i = 0; i < L.table.total; i++) nz += g[0][i] != 0.0f;
+    printf("# DiT: fast vs merged backward: worst adapter gradient difference %.3g (relative)\n", w);
+    CHECK(w <= 1e-5 && nz > 0.9 * L.table.total && written == 0,
+          "DiT: the fast LoRA backward (%d modules, q and v of the fused q/k/v, 2 micro-batches) = the merged-weight "
+          "backward within 1e-5 (%.3g); no frozen weight gradient written (%zu nonzero)",
+          L.n, w, written);
+    free(g[0]), free(g[1]), free(x), free(out), free(dout);
+    lora_free(&L);
+    dit_free(&m);
+}
+
+/* dfm's adapter gradients (merged weights + chain rule, and the fast backward) against PyTorch with the adapters
+ * unmerged */
 static void gradients(void) {
     wan_config c;
     wan_config_named(&c, "wan_tiny");
@@ -150,6 +227,23 @@ static void gradients(void) {
     wan_backward(&m, dout);
     memset(L.grads, 0, L.table.total * sizeof(float));
     lora_backward(&L, NULL, m.grads, L.grads);
+    /* the merged-weight backward's gradients (peft.merged_backward), then the fast backward's on the same forward */
+    float *gmerged = xalloc_floats(L.table.total);
+    memcpy(gmerged, L.grads, L.table.total * sizeof(float));
+    wan_forward(&m, out, db.model_in, db.timestep, text, NULL, &sh);
+    memset(m.grads, 0, m.table.total * sizeof(float));
+    memset(L.grads, 0, L.table.total * sizeof(float));
+    lora_micro_backward_begin(&L, NULL, m.grads, 0, m.table.total);
+    wan_backward(&m, dout);
+    lora_micro_backward_end(&L);
+    size_t written = 0;
+    for (size_t i = 0; i < m.table.total; i++) written += m.grads[i] != 0.0f;
+    double fw = fast_vs_merged(&L, L.grads, gmerged);
+    printf("# Wan: fast vs merged backward: worst adapter gradient difference %.3g (relative)\n", fw);
+    CHECK(fw <= 1e-5 && written == 0,
+          "Wan: the fast LoRA backward's adapter gradients = the merged-weight backward's within 1e-5 (%.3g); no "
+          "frozen weight gradient written (%zu nonzero of %zu)",
+          fw, written, m.table.total);
 
     st_writer *w = st_writer_new();
     int64_t xs[5] = {B, c.in_channels, sh.frames, sh.height, sh.width}, ts[3] = {B, sh.text_len, c.text_dim};
@@ -167,12 +261,14 @@ static void gradients(void) {
         snprintf(keep[i], sizeof keep[i], "param.%s", e->name);
         st_writer_add(w, keep[i], ST_F32, e->ndim, e->shape, base + e->offset);
     }
-    for (int i = 0; i < L.table.n && nn < 126; i++) {
+    for (int i = 0; i < L.table.n && nn < 125; i++) {
         const param_entry *e = &L.table.e[i];
         snprintf(name[nn], sizeof name[nn], "lora.%s", e->name);
         st_writer_add(w, name[nn++], ST_F32, e->ndim, e->shape, L.params + e->offset);
         snprintf(name[nn], sizeof name[nn], "grad.%s", e->name);
         st_writer_add(w, name[nn++], ST_F32, e->ndim, e->shape, L.grads + e->offset);
+        snprintf(name[nn], sizeof name[nn], "grad_merged.%s", e->name);
+        st_writer_add(w, name[nn++], ST_F32, e->ndim, e->shape, gmerged + e->offset);
     }
     json_t *mods = json_array();
     for (int k = 0; k < L.n; k++) json_array_append_new(mods, json_string(L.t[k].module));
@@ -191,8 +287,10 @@ static void gradients(void) {
     int rc = test_sh("cd tests/ref && /usr/bin/python3 lora_ref.py '%s'", path);
     CHECK(rc == 0,
           "LoRA on %d modules (to_q, to_v, attn2.to_k, to_out.0, ffn.net.2, proj_out, time embedder): loss "
-          "and every adapter gradient match PyTorch with unmerged adapters (exit %d)",
+          "and every adapter gradient, of the fast and of the merged backward, match PyTorch with unmerged adapters "
+          "(exit %d)",
           L.n, rc);
+    free(gmerged);
     free(sm), free(sc), free(so);
     json_decref(mods), json_decref(jo);
 
@@ -435,6 +533,7 @@ int main(void) {
     patterns();
     selection();
     gradients();
+    dit_fast_backward();
     end_to_end();
     megatron_dit();
     if (!getenv("DFM_KEEP_CASES")) test_rmtree(dir);

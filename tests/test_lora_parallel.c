@@ -228,6 +228,25 @@ static void dit_cases(void) {
     layout(0, 4, "d_cptpsp",
            "model.context_parallel_size=2 model.tensor_model_parallel_size=2 model.sequence_parallel=true", 1e-5,
            "DiT LoRA CP2 x TP2 + SP");
+    /* the fast backward (the default) under activation recomputation, and the merged-weight backward kept
+     * selectable (peft.merged_backward) under one process and TP2: all the same training within 1e-5 */
+    layout(0, 0, "d_rcfull",
+           "model.recompute_granularity=full model.recompute_method=uniform model.recompute_num_layers=2", 1e-6,
+           "DiT LoRA, full recompute (2-block checkpoints)");
+    layout(0, 2, "d_tpsel",
+           "model.tensor_model_parallel_size=2 model.sequence_parallel=true "
+           "model.recompute_granularity=selective",
+           1e-5, "DiT LoRA TP2 + SP, selective recompute");
+    layout(0, 0, "d1m", "peft.merged_backward=true", 1e-5, "DiT LoRA, merged-weight backward (one process)");
+    layout(0, 2, "d_tp2m", "peft.merged_backward=true model.tensor_model_parallel_size=2", 1e-5,
+           "DiT LoRA TP2, merged-weight backward");
+    char *l1 = test_read_file(test_path("%s/d1.log", dir), NULL),
+         *lm = test_read_file(test_path("%s/d1m.log", dir), NULL);
+    CHECK(l1 && lm && strstr(l1, "backward: adapter gradients from the activations") &&
+              strstr(lm, "backward: merged (the model's weight gradients"),
+          "the log states which LoRA backward runs (the fast one by default, the merged one with "
+          "peft.merged_backward)");
+    free(l1), free(lm);
 
     /* the PEFT files: one process's names and shapes, whatever the layout */
     const char *ref = test_path("%s/d1/ck/iter_0000010/adapter/adapter_model.safetensors", dir);
@@ -297,6 +316,11 @@ static void wan_cases(void) {
     layout(1, 2, "w_pp2", PP2, 1e-6, "Wan LoRA PP2");
     layout(1, 2, "w_cp2", CP2, 1e-5, "Wan LoRA CP2");
     layout(1, 4, "w_tppp", TPPP, 1e-5, "Wan LoRA TP2 x PP2");
+    layout(1, 2, "w_sel",
+           "model.tensor_model_parallel_size=2 model.sequence_parallel=true "
+           "model.recompute_granularity=selective",
+           1e-5, "Wan LoRA TP2 + SP, selective recompute");
+    layout(1, 0, "w1m", "peft.merged_backward=true", 1e-5, "Wan LoRA, merged-weight backward (one process)");
     double w;
     int n = peft_compare(test_path("%s/w_tp2/ck/iter_0000010/adapter/adapter_model.safetensors", dir),
                          test_path("%s/w1/ck/iter_0000010/adapter/adapter_model.safetensors", dir), &w);

@@ -4,7 +4,8 @@
 Usage: lora_ref.py CASE.safetensors
 The case file (written by tests/test_lora.c) holds a Wan config, the base parameters, the adapters
 ("lora.<module>.lora_A.weight" [r, in], ".lora_B.weight" [out, r]) with their scale, the inputs and flow-matching
-draws, and dfm's loss and adapter gradients. Here the adapters are applied as PEFT does, unmerged:
+draws, and dfm's loss and adapter gradients ("grad.*": the fast backward; "grad_merged.*", when present: the
+merged-weight backward). Here the adapters are applied as PEFT does, unmerged:
 y = x W^T + b + scale * (x A^T) B^T, on the base weights, and autograd gives dL/dA and dL/dB.
 """
 import json
@@ -47,12 +48,17 @@ def main():
                           1e-4) > 1e-4)
     loss.backward()
     worst = 0.0
-    for m in mods:
-        for half, t in (("A", A[m]), ("B", B[m])):
-            e = report(f"LoRA: grad {m}.lora_{half}.weight", case[f"grad.{m}.lora_{half}.weight"], t.grad.numpy(), 1e-4)
-            failures += e > 1e-4
-            worst = max(worst, e)
-    print(f"# LoRA: worst adapter gradient rel err {worst:.3e} over {2 * len(mods)} tensors", flush=True)
+    ways = [("grad", "fast backward")] + ([("grad_merged", "merged backward")] if any(
+        k.startswith("grad_merged.") for k in case) else [])
+    for key, way in ways:
+        worst = 0.0
+        for m in mods:
+            for half, t in (("A", A[m]), ("B", B[m])):
+                e = report(f"LoRA ({way}): grad {m}.lora_{half}.weight", case[f"{key}.{m}.lora_{half}.weight"],
+                           t.grad.numpy(), 1e-4)
+                failures += e > 1e-4
+                worst = max(worst, e)
+        print(f"# LoRA ({way}): worst adapter gradient rel err {worst:.3e} over {2 * len(mods)} tensors", flush=True)
     sys.exit(1 if failures else 0)
 
 
