@@ -93,6 +93,7 @@ typedef struct {
     size_t bw_lo, bw_hi;
     float *uv;
     size_t uv_n;
+    int *bw_hits; /* per module: the fast backward's products taken this micro-batch (each must be taken once) */
 } lora_model;
 
 /* 1 when the 2-D tensor `name` of a model is a linear layer's weight LoRA can adapt; module gets its name. */

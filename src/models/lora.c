@@ -144,7 +144,7 @@ int lora_create(lora_model *L, const param_table *base, const float *base_params
 void lora_free(lora_model *L) {
     for (int k = 0; k < L->n; k++) free(L->t[k].module), free(L->t[k].base);
     for (int k = 0; k < L->n_all; k++) free(L->all_modules[k]);
-    free(L->t), free(L->all_modules), free(L->tp_scratch), free(L->uv);
+    free(L->t), free(L->all_modules), free(L->tp_scratch), free(L->uv), free(L->bw_hits);
     free(L->params), free(L->grads);
     param_table_free(&L->table);
     param_table_free(&L->global);
@@ -257,6 +257,7 @@ static void fast_linear(void *ctx, float *dweight, const float *dout, const floa
         kernels_sgemm('N', 'N', M, r, t->out, 1.0f, g, N, b, r, 0.0f, V, r);      /* V [M, r] = G B */
         kernels_sgemm('T', 'N', t->out, r, M, L->scale, g, N, U, r, 1.0f, db, r); /* dB [out, r] += s G^T U */
         kernels_sgemm('T', 'N', r, K, M, L->scale, V, r, inp, K, 1.0f, da, K);    /* dA [r, in] += s V^T X */
+        L->bw_hits[k]++;
     }
 }
 
@@ -272,6 +273,8 @@ void lora_micro_backward_begin(lora_model *L, const float *adapters, float *mode
     size_t p0, p1;
     tp_span(L, lo, hi, &p0, &p1);
     if (p1 > p0) memset(L->tp_scratch + p0, 0, (p1 - p0) * sizeof(float));
+    if (!L->bw_hits) L->bw_hits = xcalloc((size_t)(L->n ? L->n : 1), sizeof(int));
+    memset(L->bw_hits, 0, (size_t)L->n * sizeof(int));
     kernels_set_frozen(model_grads + lo, hi - lo, fast_linear, L);
 }
 
@@ -280,6 +283,11 @@ void lora_micro_backward_end(lora_model *L) {
         lora_backward_range(L, L->bw_adapters, L->bw_model_grads, L->bw_grads, L->bw_lo, L->bw_hi);
     else {
         kernels_set_frozen(NULL, 0, NULL, NULL);
+        for (int k = 0; k < L->n; k++) /* every adapted linear of the span went through matmul_backward once */
+            if (L->t[k].w_off >= L->bw_lo && L->t[k].w_off < L->bw_hi && L->bw_hits[k] != 1)
+                dfm_die("LoRA backward: module %s was differentiated %d times in one backward (want 1); set "
+                        "peft.merged_backward: true",
+                        L->t[k].module, L->bw_hits[k]);
         size_t p0, p1;
         tp_span(L, L->bw_lo, L->bw_hi, &p0, &p1);
         tp_finish(L, L->bw_grads, L->bw_lo, L->bw_hi, p0, p1);
