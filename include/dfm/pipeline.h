@@ -94,8 +94,8 @@ float *pp_stage_params(pp_stage *ps);
 /* A training step, 1F1B or interleaved (the loss and the norm are the same on every rank of every stage). Arguments as
  * dit_trainer_step_dp / wan_trainer_step_micro. With the trainer's lora set (LoRA: the engine was made over the
  * adapters of this stage's modules, lora_restrict), the adapters are merged into the stage's weights first, and
- * after each backward of a model chunk its adapters' gradients go to the engine (the chunk's weight gradients
- * zeroed before it, as one process zeroes them per micro-batch). */
+ * each backward of a model chunk runs between lora_micro_backward_begin and _end over the chunk's span of the
+ * stage's gradient buffer: its adapters' gradients go to the engine, as one process's per micro-batch. */
 step_result pp_dit_step(pp_stage *ps, dit_trainer *tr, dp_engine *e, const float *x0, const int *labels, int n_local,
                         int B_global, uint32_t first, uint32_t step, float lr);
 step_result pp_wan_step(pp_stage *ps, wan_trainer *tr, dp_engine *e, const wan_micro *mb, int n_micro, int B_global,

@@ -47,8 +47,8 @@ int lora_create(lora_model *L, const param_table *base, const float *base_params
     }
     if (spec->dropout != 0.0f) {
         snprintf(err, errlen,
-                 "peft.dropout = %g: dropout on the LoRA input is not built (dfm trains adapters through merged "
-                 "weights, which cannot express it); use 0",
+                 "peft.dropout = %g: dropout on the LoRA input is not built (dfm's forward runs on merged weights, "
+                 "which cannot express it); use 0",
                  (double)spec->dropout);
         return -1;
     }
