@@ -118,50 +118,16 @@ static void compare(int wan, const char *run, const char *ref, int from, double 
           what, from, dl, dw, tol);
 }
 
-/* The log says the TP ranks agreed on the replicated parameters at each of the run's `saves` checkpoints. */
 static int replicas_agree(const char *run, int saves) {
-    char *log = test_read_file(test_path("%s/%s.log", dir, run), NULL);
-    int n = 0;
-    for (const char *p = log; p && (p = strstr(p, "tensor-parallel ranks agree bit for bit")); p++) n++;
-    free(log);
-    return n == saves;
+    return test_run_tp_agree(dir, run, saves);
 }
 
 /* Two PEFT adapter files: the same tensor names and shapes; *worst the largest relative difference of the values
  * (max |a - b| / max |b| over every tensor). Returns the number of tensors, -1 when they differ in names/shapes. */
 static int peft_compare(const char *a, const char *b, double *worst) {
-    char err[512];
-    *worst = INFINITY;
-    st_file *fa = st_open(a, err, sizeof err), *fb = fa ? st_open(b, err, sizeof err) : NULL;
-    int n = -1;
-    if (fa && fb && fa->n_tensors == fb->n_tensors) {
-        double maxdiff = 0, maxref = 0;
-        n = fb->n_tensors;
-        for (int i = 0; i < fb->n_tensors && n > 0; i++) {
-            const st_tensor *tb = &fb->tensors[i], *ta = st_find(fa, tb->name);
-            int same = ta && ta->ndim == tb->ndim;
-            for (int d = 0; same && d < tb->ndim; d++) same = ta->shape[d] == tb->shape[d];
-            if (!same) {
-                printf("# '%s': tensor '%s' missing or of another shape\n", a, tb->name);
-                n = -1;
-                break;
-            }
-            size_t k = (size_t)st_numel(tb);
-            float *x = xalloc_floats(k ? k : 1), *y = xalloc_floats(k ? k : 1);
-            st_read_f32(fa, ta, x);
-            st_read_f32(fb, tb, y);
-            for (size_t e = 0; e < k; e++) {
-                maxdiff = fmax(maxdiff, fabs((double)x[e] - y[e]));
-                maxref = fmax(maxref, fabs((double)y[e]));
-            }
-            free(x), free(y);
-        }
-        if (n > 0) *worst = maxdiff / (maxref > 0 ? maxref : 1);
-    } else if (!fa || !fb)
-        printf("# %s\n", err);
-    if (fa) st_close(fa);
-    if (fb) st_close(fb);
-    return n;
+    int n = 0;
+    *worst = test_st_diff(a, b, &n);
+    return isinf(*worst) ? -1 : n;
 }
 
 /* An exported diffusers transformer against another: tensors bit-identical outside the adapted weights (*changed

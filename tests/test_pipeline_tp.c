@@ -72,13 +72,8 @@ static void compare(int wan, const char *run, const char *ref, int from, double 
           what, from, dl, dw, tol);
 }
 
-/* The log says the TP ranks agreed on the replicated parameters at each of the run's `saves` checkpoints. */
 static int replicas_agree(const char *run, int saves) {
-    char *log = test_read_file(test_path("%s/%s.log", dir, run), NULL);
-    int n = 0;
-    for (const char *p = log; p && (p = strstr(p, "tensor-parallel ranks agree bit for bit")); p++) n++;
-    free(log);
-    return n == saves;
+    return test_run_tp_agree(dir, run, saves);
 }
 
 static const char *TPPP = "model.tensor_model_parallel_size=2 model.pipeline_model_parallel_size=2";

@@ -126,6 +126,12 @@ static inline int test_run_log_count(const char *dir, const char *run, const cha
     return n;
 }
 
+/* The log of DIR/RUN says the TP ranks agreed on the replicated parameters at each of the run's `saves`
+ * checkpoints. */
+static inline int test_run_tp_agree(const char *dir, const char *run, int saves) {
+    return test_run_log_count(dir, run, "tensor-parallel ranks agree bit for bit") == saves;
+}
+
 /* 1 when mpirun is on PATH; otherwise a FAIL line naming the packages, and 0. */
 static inline int test_have_mpirun(void) {
     if (test_sh("command -v mpirun >/dev/null") == 0) return 1;

@@ -49,9 +49,8 @@ static const char *ck(const char *run, int it) {
     return test_path("%s/%s/ck/iter_%07d", dir, run, it);
 }
 
-/* The log says the TP ranks agreed on the replicated parameters at each of the run's `saves` checkpoints. */
 static int replicas_agree(const char *run, int saves) {
-    return test_run_log_count(dir, run, "tensor-parallel ranks agree bit for bit") == saves;
+    return test_run_tp_agree(dir, run, saves);
 }
 
 static void dit_cases(void) {
