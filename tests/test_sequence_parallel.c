@@ -11,6 +11,7 @@
 #include "test_run.h"
 
 #include <math.h>
+#include <unistd.h>
 
 static const char *DIT =
     "model.num_layers=2 model.hidden_size=32 model.num_attention_heads=2 model.ffn_hidden_size=128 "
@@ -281,6 +282,33 @@ static void refused(int np, const char *model, const char *extra, const char *wa
     test_run_refused(dir, bin, np, model, extra, want, what);
 }
 
+/* dfm finetune (the Automodel paradigm): fsdp.tp_size with fsdp.sequence_parallel maps onto TP + SP */
+static void finetune_case(void) {
+    static char abs_bin[2048], cwd[800];
+    snprintf(abs_bin, sizeof abs_bin, "%s/%s", getcwd(cwd, sizeof cwd) ? cwd : ".", bin);
+    int rc = test_tiny_wan_fixture(dir, abs_bin);
+    CHECK(rc == 0, "fixtures: a tiny Wan as a diffusers folder and pre-encoded clips (256 tokens each)");
+    const char *runs[][3] = {
+        {"", "ft_one", ""},
+        {"mpirun --oversubscribe -np 2", "ft_sp", "--fsdp.tp_size=2 --fsdp.sequence_parallel=true"}};
+    for (int k = 0; k < 2 && rc == 0; k++)
+        rc = test_sh("%s %s finetune -c recipes/automodel/wan_tiny_finetune.yaml "
+                     "--model.pretrained_model_name_or_path=%s/hf --data.dataloader.meta_folder=%s/st "
+                     "--checkpoint.checkpoint_dir=%s/%s --optimizer.lr=2e-3 "
+                     "--step_scheduler.global_batch_size=4 --step_scheduler.local_batch_size=2 "
+                     "--step_scheduler.max_steps=6 --step_scheduler.log_every=1 %s > %s/%s.log 2>&1",
+                     runs[k][0], bin, dir, dir, dir, runs[k][1], runs[k][2], dir, runs[k][1]);
+    int sp =
+        test_run_log_count(dir, "ft_sp", "sequence parallel") > 0 && test_run_log_count(dir, "ft_sp", "tensor 2") > 0;
+    char run[1024];
+    snprintf(run, sizeof run, "%s/ft_sp", dir);
+    double dl = rc ? INFINITY : test_run_loss_diff(run, test_path("%s/ft_one", dir), 1, 6);
+    CHECK(rc == 0 && sp && dl <= 1e-5,
+          "dfm finetune with fsdp.tp_size=2 and fsdp.sequence_parallel=true runs TP2 + SP and matches one process: "
+          "6 steps, worst loss rel %.2e (tol 1e-5)",
+          dl);
+}
+
 int main(void) {
     bin = test_dfm_bin();
     test_mpi_env();
@@ -297,6 +325,7 @@ int main(void) {
     wan_memory();
     wan_cases();
     wan_bucket_cases();
+    finetune_case();
     refused(2, WAN,
             "model.tensor_model_parallel_size=2 model.sequence_parallel=true model.image_size=10 model.num_frames=3",
             "the 75 video tokens per sample (3 x 5 x 5 patches) are not divisible by "

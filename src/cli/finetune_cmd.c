@@ -225,6 +225,8 @@ int dfm_finetune_main(int argc, char **argv) {
     put(m, "model.pipeline_model_parallel_size", json_integer(plan.pp)); /* fsdp.pp_size: the same 1F1B pipeline */
     /* fsdp.tp_size: Megatron's tensor parallelism (heads and FFN columns split over tp_size ranks) */
     put(m, "model.tensor_model_parallel_size", json_integer(plan.tp));
+    /* fsdp.sequence_parallel: Megatron's sequence parallelism over the TP group (the job refuses it without TP) */
+    put(m, "model.sequence_parallel", json_boolean(cfg_bool(a, "fsdp.sequence_parallel")));
     /* fsdp.cp_size: context parallelism (ring attention; the sequence padded where cp_size does not divide it) */
     put(m, "model.context_parallel_size", json_integer(plan.cp));
     put(m, "dataset.type", json_string(dtype));

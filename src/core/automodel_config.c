@@ -91,6 +91,7 @@ cfg *automodel_defaults(void) {
     cfg_def(c, "fsdp.tp_size", CFG_INT, "1", "tensor-parallel size");
     cfg_def(c, "fsdp.cp_size", CFG_INT, "1", "context-parallel size");
     cfg_def(c, "fsdp.pp_size", CFG_INT, "1", "pipeline-parallel size");
+    cfg_def(c, "fsdp.sequence_parallel", CFG_BOOL, "false", "sequence parallelism in the tensor-parallel group");
     cfg_def(c, "fsdp.dp_size", CFG_INT, NULL, "data-parallel size (null: world / (tp x cp x pp))");
     cfg_def(c, "fsdp.dp_replicate_size", CFG_INT, "1", "> 1: HSDP, replicate across this many groups");
     cfg_def(c, "fsdp.activation_checkpointing", CFG_BOOL, "true", "recompute activations in the backward pass");
