@@ -74,6 +74,7 @@ bench: test-deps
 	@bash bench/dp.sh
 	@bash bench/paradigms.sh
 	@bash bench/layouts.sh
+	@bash bench/lora.sh
 
 # Crash consistency with 20 random kills (CI's test suite runs 5): prints kills=, resumed_bit_exact=, corrupt_loaded=
 reliability: test-deps
