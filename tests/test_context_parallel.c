@@ -150,13 +150,7 @@ static void wan_cases(void) {
               cases[k].name, cases[k].np, padded ? ", 75 tokens padded to a multiple of CP" : "", dl, dw, de, TOL);
     }
     /* resolution buckets: 32- and 75-token samples in one folder, a shape per micro-batch, validation per shape */
-    int rc = test_sh("D=%s && %s data prepare --video-clips --out $D/en32 --n 12 --frames 2 --size 8 --text-dim 32 "
-                     "--seed 5 > $D/bk.log 2>&1 && %s data convert --from $D/en32 --to $D/st32 >> $D/bk.log 2>&1 && "
-                     "%s data prepare --video-clips --out $D/en75 --n 8 --frames 3 --size 10 --text-dim 32 --seed 7 "
-                     ">> $D/bk.log 2>&1 && %s data convert --from $D/en75 --to $D/st75 >> $D/bk.log 2>&1 && mkdir -p "
-                     "$D/mix && for f in $D/st32/*; do cp $f $D/mix/a_${f##*/}; done && for f in $D/st75/*; do cp $f "
-                     "$D/mix/b_${f##*/}; done",
-                     dir, bin, bin, bin, bin);
+    int rc = test_wan_bucket_fixture(dir, bin);
     CHECK(rc == 0, "fixtures: 20 Wan samples of two latent shapes in one folder");
     char wb[2048];
     snprintf(wb, sizeof wb,
@@ -293,13 +287,7 @@ static void finetune_cases(void) {
     int rc = test_tiny_wan_fixture(dir, abs_bin);
     CHECK(rc == 0, "fixtures: a tiny Wan as a diffusers folder and pre-encoded clips (256 tokens each)");
     const char *runs[][3] = {{"", "ft_one", ""}, {"mpirun --oversubscribe -np 2", "ft_cp2", "--fsdp.cp_size=2"}};
-    for (int k = 0; k < 2 && rc == 0; k++)
-        rc = test_sh("%s %s finetune -c recipes/automodel/wan_tiny_finetune.yaml "
-                     "--model.pretrained_model_name_or_path=%s/hf --data.dataloader.meta_folder=%s/st "
-                     "--checkpoint.checkpoint_dir=%s/%s --optimizer.lr=2e-3 "
-                     "--step_scheduler.global_batch_size=4 --step_scheduler.local_batch_size=2 "
-                     "--step_scheduler.max_steps=6 --step_scheduler.log_every=1 %s > %s/%s.log 2>&1",
-                     runs[k][0], bin, dir, dir, dir, runs[k][1], runs[k][2], dir, runs[k][1]);
+    for (int k = 0; k < 2 && rc == 0; k++) rc = test_finetune_tiny_wan(dir, bin, runs[k][0], runs[k][1], runs[k][2]);
     char *log = test_read_file(test_path("%s/ft_cp2.log", dir), NULL);
     int cp = log && strstr(log, "context 2") != NULL;
     free(log);

@@ -300,13 +300,7 @@ static void wan_cases(void) {
              "Wan TP2+SP x CP2 x PP2 (8 ranks)");
     /* resolution buckets: 32- and 75-token samples, a shape per micro-batch, so each micro-batch has its own chunk
      * length (16 or 38 tokens a CP rank) on every stage */
-    int rc = test_sh("D=%s && %s data prepare --video-clips --out $D/en32 --n 12 --frames 2 --size 8 --text-dim 32 "
-                     "--seed 5 > $D/bk.log 2>&1 && %s data convert --from $D/en32 --to $D/st32 >> $D/bk.log 2>&1 && "
-                     "%s data prepare --video-clips --out $D/en75 --n 8 --frames 3 --size 10 --text-dim 32 --seed 7 "
-                     ">> $D/bk.log 2>&1 && %s data convert --from $D/en75 --to $D/st75 >> $D/bk.log 2>&1 && mkdir -p "
-                     "$D/mix && for f in $D/st32/*; do cp $f $D/mix/a_${f##*/}; done && for f in $D/st75/*; do cp $f "
-                     "$D/mix/b_${f##*/}; done",
-                     dir, bin, bin, bin, bin);
+    int rc = test_wan_bucket_fixture(dir, bin);
     char wb[2048];
     snprintf(wb, sizeof wb,
              "%s dataset.type=video_folder dataset.path=%s/mix dataset.max_samples=null train.global_batch_size=4", WAN,

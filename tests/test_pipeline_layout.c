@@ -163,17 +163,7 @@ static int train(int np, const char *base, const char *name, const char *extra) 
 }
 
 static double weights_diff(int wan, const char *a, const char *b) {
-    char pa[4096], pb[4096];
-    snprintf(pa, sizeof pa, "%s/%s/ck/iter_0000010", dir, a);
-    snprintf(pb, sizeof pb, "%s/%s/ck/iter_0000010", dir, b);
-    double d = 0;
-    const char *kinds[2] = {"model", "ema"};
-    for (int k = 0; k < 2; k++) {
-        double e =
-            wan ? test_wan_weights_diff(pa, kinds[k], pb, kinds[k]) : test_dit_weights_diff(pa, kinds[k], pb, kinds[k]);
-        if (!(e <= d)) d = isnan(e) ? INFINITY : e;
-    }
-    return d;
+    return test_run_final_weights_diff(dir, wan, a, b);
 }
 
 static void compare(int wan, const char *run, const char *ref, int from, const char *what) {

@@ -45,22 +45,9 @@ static double loss_diff(const char *a, const char *b, int from, int to) {
     return test_run_loss_diff(ra, test_path("%s/%s", dir, b), from, to);
 }
 
-static double dit_weights_diff(const char *a, const char *b, const char *kind) {
-    return test_dit_weights_diff(a, kind, b, kind);
-}
-
 /* The worst of the model and EMA differences of the step-10 checkpoints of two runs. */
 static double weights_diff(int wan, const char *a, const char *b) {
-    char pa[4096], pb[4096];
-    snprintf(pa, sizeof pa, "%s/%s/ck/iter_0000010", dir, a);
-    snprintf(pb, sizeof pb, "%s/%s/ck/iter_0000010", dir, b);
-    double d = 0;
-    const char *kinds[2] = {"model", "ema"};
-    for (int k = 0; k < 2; k++) {
-        double e = wan ? test_wan_weights_diff(pa, kinds[k], pb, kinds[k]) : dit_weights_diff(pa, pb, kinds[k]);
-        if (!(e <= d)) d = isnan(e) ? INFINITY : e;
-    }
-    return d;
+    return test_run_final_weights_diff(dir, wan, a, b);
 }
 
 static void compare(int wan, const char *run, const char *ref, int from, double tol, const char *what) {

@@ -107,6 +107,22 @@ static inline int test_run_pretrain(const char *dir, const char *bin, int np, co
     return rc;
 }
 
+/* The worst relative difference of the model and EMA weights in the step-10 checkpoints of runs DIR/a and DIR/b
+ * (a NaN counts as infinite). */
+static inline double test_run_final_weights_diff(const char *dir, int wan, const char *a, const char *b) {
+    char pa[4096], pb[4096];
+    snprintf(pa, sizeof pa, "%s/%s/ck/iter_0000010", dir, a);
+    snprintf(pb, sizeof pb, "%s/%s/ck/iter_0000010", dir, b);
+    double d = 0;
+    const char *kinds[2] = {"model", "ema"};
+    for (int k = 0; k < 2; k++) {
+        double e =
+            wan ? test_wan_weights_diff(pa, kinds[k], pb, kinds[k]) : test_dit_weights_diff(pa, kinds[k], pb, kinds[k]);
+        if (!(e <= d)) d = isnan(e) ? INFINITY : e;
+    }
+    return d;
+}
+
 /* The validation loss DIR/RUN.log shows at `step` (NAN if absent). */
 static inline double test_run_val_loss(const char *dir, const char *run, int step) {
     char *log = test_read_file(test_path("%s/%s.log", dir, run), NULL), want[64];
@@ -198,6 +214,31 @@ static inline double test_st_diff(const char *a, const char *b, int *n) {
     if (fa) st_close(fa);
     if (fb) st_close(fb);
     return ok ? maxdiff / (maxref > 0 ? maxref : 1) : INFINITY;
+}
+
+/* In folder dir: Wan samples of two latent shapes in one folder, mix/ (12 of 2 frames of 8 x 8: 32 tokens; 8 of 3
+ * frames of 10 x 10: 75 tokens), for resolution buckets. Logs in dir/bk.log. Returns the shell's status. */
+static inline int test_wan_bucket_fixture(const char *dir, const char *bin) {
+    return test_sh("D=%s && %s data prepare --video-clips --out $D/en32 --n 12 --frames 2 --size 8 --text-dim 32 "
+                   "--seed 5 > $D/bk.log 2>&1 && %s data convert --from $D/en32 --to $D/st32 >> $D/bk.log 2>&1 && "
+                   "%s data prepare --video-clips --out $D/en75 --n 8 --frames 3 --size 10 --text-dim 32 --seed 7 "
+                   ">> $D/bk.log 2>&1 && %s data convert --from $D/en75 --to $D/st75 >> $D/bk.log 2>&1 && mkdir -p "
+                   "$D/mix && for f in $D/st32/*; do cp $f $D/mix/a_${f##*/}; done && for f in $D/st75/*; do cp $f "
+                   "$D/mix/b_${f##*/}; done",
+                   dir, bin, bin, bin, bin);
+}
+
+/* dfm finetune of test_tiny_wan_fixture's model on its clips (recipes/automodel/wan_tiny_finetune.yaml, 6 steps of
+ * global batch 4 in micro-batches of 2), launched by `launch` ("" or an mpirun prefix) with the extra options, into
+ * dir/name (log dir/name.log). Returns the shell's status. */
+static inline int test_finetune_tiny_wan(const char *dir, const char *bin, const char *launch, const char *name,
+                                         const char *extra) {
+    return test_sh("%s %s finetune -c recipes/automodel/wan_tiny_finetune.yaml "
+                   "--model.pretrained_model_name_or_path=%s/hf --data.dataloader.meta_folder=%s/st "
+                   "--checkpoint.checkpoint_dir=%s/%s --optimizer.lr=2e-3 "
+                   "--step_scheduler.global_batch_size=4 --step_scheduler.local_batch_size=2 "
+                   "--step_scheduler.max_steps=6 --step_scheduler.log_every=1 %s > %s/%s.log 2>&1",
+                   launch, bin, dir, dir, dir, name, extra, dir, name);
 }
 
 #endif

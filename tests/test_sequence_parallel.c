@@ -291,13 +291,7 @@ static void finetune_case(void) {
     const char *runs[][3] = {
         {"", "ft_one", ""},
         {"mpirun --oversubscribe -np 2", "ft_sp", "--fsdp.tp_size=2 --fsdp.sequence_parallel=true"}};
-    for (int k = 0; k < 2 && rc == 0; k++)
-        rc = test_sh("%s %s finetune -c recipes/automodel/wan_tiny_finetune.yaml "
-                     "--model.pretrained_model_name_or_path=%s/hf --data.dataloader.meta_folder=%s/st "
-                     "--checkpoint.checkpoint_dir=%s/%s --optimizer.lr=2e-3 "
-                     "--step_scheduler.global_batch_size=4 --step_scheduler.local_batch_size=2 "
-                     "--step_scheduler.max_steps=6 --step_scheduler.log_every=1 %s > %s/%s.log 2>&1",
-                     runs[k][0], bin, dir, dir, dir, runs[k][1], runs[k][2], dir, runs[k][1]);
+    for (int k = 0; k < 2 && rc == 0; k++) rc = test_finetune_tiny_wan(dir, bin, runs[k][0], runs[k][1], runs[k][2]);
     int sp =
         test_run_log_count(dir, "ft_sp", "sequence parallel") > 0 && test_run_log_count(dir, "ft_sp", "tensor 2") > 0;
     char run[1024];
